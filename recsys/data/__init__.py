@@ -1,0 +1,1 @@
+"""Data: loading, the built-in dataset, exploration and preparation."""

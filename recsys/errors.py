@@ -1,0 +1,64 @@
+"""The exception hierarchy.
+
+Every error recsys raises on purpose derives from :class:`RecsysError`, so callers (and the
+CLI) can tell a user mistake from a bug. Messages say what was expected, what was found and,
+where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RecsysError",
+    "DataError",
+    "ConfigError",
+    "NotFittedError",
+    "ModelFitError",
+    "BackendError",
+    "ModelFormatError",
+    "MissingDependencyError",
+]
+
+
+class RecsysError(Exception):
+    """Base class of every error raised by recsys on purpose."""
+
+
+class DataError(RecsysError, ValueError):
+    """The input data is unusable: missing file or columns, nothing valid left, bad ids."""
+
+
+class ConfigError(RecsysError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+class NotFittedError(RecsysError, AttributeError):
+    """A model was used before ``fit`` was called."""
+
+
+class ModelFitError(RecsysError, RuntimeError):
+    """Training failed, e.g. the loss or the parameters became NaN or infinite."""
+
+
+class BackendError(RecsysError, RuntimeError):
+    """A backend (e.g. a SageMaker job or endpoint) failed."""
+
+
+class ModelFormatError(RecsysError, ValueError):
+    """A saved model or artifact has the wrong format or version."""
+
+
+class MissingDependencyError(RecsysError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``pip install 'recsys[extra]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised via monkeypatch in tests
+        raise MissingDependencyError(
+            f"{module!r} is required for this feature but could not be imported ({exc}). "
+            f"Install it with: pip install 'recsys[{extra}]'"
+        ) from exc

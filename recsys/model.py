@@ -1,0 +1,242 @@
+"""The fitted factorization machine: a backend-neutral artifact.
+
+Whichever backend trained it (the local PyTorch FM or SageMaker's built-in FM), a fitted FM
+is three arrays -- the global bias ``w0``, the linear weights ``w`` (feature_dim,) and the
+factors ``V`` (feature_dim, num_factors) -- plus the predictor type and the configuration.
+That is exactly what SageMaker's FM model holds. k-NN, evaluation and serving consume it.
+
+    y(x) = w0 + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._io import atomic_dir, to_json
+from .errors import DataError, ModelFormatError
+
+__all__ = ["FittedFM", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid"]
+
+FM_FORMAT = "recsys.fm"
+FM_FORMAT_VERSION = 1
+_PREDICTOR_TYPES = ("regressor", "binary_classifier")
+_ROW_CHUNK = 65536
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+@dataclass(eq=False)
+class FittedFM:
+    """A trained factorization machine.
+
+    Attributes
+    ----------
+    w0 : float
+        Global bias.
+    w : ndarray of shape (feature_dim,)
+        Linear weights.
+    V : ndarray of shape (feature_dim, num_factors)
+        Factors.
+    predictor_type : {"regressor", "binary_classifier"}
+    config : dict
+        The hyperparameters it was trained with.
+    metadata : dict
+        Provenance: ``backend``, and for the users-then-items one-hot layout ``n_users`` and
+        ``n_items`` (needed to turn the model into k-NN vectors).
+    """
+
+    w0: float
+    w: np.ndarray
+    V: np.ndarray
+    predictor_type: str = "regressor"
+    config: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.w0 = float(np.asarray(self.w0, dtype=np.float64).reshape(-1)[0]) if np.ndim(self.w0) else float(self.w0)
+        self.w = np.ascontiguousarray(np.asarray(self.w, dtype=np.float32).reshape(-1))
+        self.V = np.ascontiguousarray(np.asarray(self.V, dtype=np.float32))
+        if self.V.ndim != 2:
+            raise ModelFormatError(f"V must be 2-D (feature_dim, num_factors), got shape {self.V.shape}")
+        if self.V.shape[0] != self.w.shape[0]:
+            raise ModelFormatError(
+                f"w has {self.w.shape[0]} entries but V has {self.V.shape[0]} rows; both must equal feature_dim"
+            )
+        if self.predictor_type not in _PREDICTOR_TYPES:
+            raise ModelFormatError(
+                f"predictor_type must be 'regressor' or 'binary_classifier', got {self.predictor_type!r}"
+            )
+        self._v_sq: np.ndarray | None = None
+
+    # ---- shape ---------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return int(self.w.shape[0])
+
+    @property
+    def num_factors(self) -> int:
+        return int(self.V.shape[1])
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.predictor_type == "binary_classifier"
+
+    def one_hot_layout(self) -> tuple[int, int]:
+        """``(n_users, n_items)`` of the users-then-items one-hot design this model was trained on."""
+        n_users, n_items = self.metadata.get("n_users"), self.metadata.get("n_items")
+        if n_users is None or n_items is None:
+            raise ModelFormatError(
+                "this model does not record its one-hot layout (metadata n_users / n_items); "
+                "pass n_users and n_items explicitly"
+            )
+        if int(n_users) + int(n_items) > self.feature_dim:
+            raise ModelFormatError(
+                f"n_users + n_items = {int(n_users) + int(n_items)} exceeds feature_dim {self.feature_dim}"
+            )
+        return int(n_users), int(n_items)
+
+    # ---- prediction ----------------------------------------------------------------------
+    def _as_csr(self, X: Any) -> sp.csr_matrix:
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+        else:
+            X = np.asarray(X)
+            if X.ndim == 1:
+                X = X.reshape(1, -1)
+            if X.ndim != 2:
+                raise DataError(f"X must be 2-D (n_samples, feature_dim), got {X.ndim}-D")
+            if not np.issubdtype(X.dtype, np.number):
+                raise DataError(f"X must be numeric, got dtype {X.dtype}")
+            X = sp.csr_matrix(X.astype(np.float64, copy=False))
+        if X.shape[1] != self.feature_dim:
+            raise DataError(
+                f"X has {X.shape[1]} columns but the model's feature_dim is {self.feature_dim}"
+            )
+        return X
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The raw FM output y(x) (the logit for a classifier), in float64, O(nnz * num_factors)."""
+        X = self._as_csr(X)
+        if self._v_sq is None:
+            self._v_sq = np.square(self.V.astype(np.float64))
+        V = self.V.astype(np.float64, copy=False)
+        w = self.w.astype(np.float64, copy=False)
+        out = np.empty(X.shape[0], dtype=np.float64)
+        for start in range(0, X.shape[0], _ROW_CHUNK):
+            part = X[start : start + _ROW_CHUNK].astype(np.float64)
+            s = np.asarray(part @ V)
+            s2 = np.asarray(part.multiply(part) @ self._v_sq)
+            out[start : start + part.shape[0]] = (
+                self.w0 + np.asarray(part @ w).ravel() + 0.5 * (s * s - s2).sum(axis=1)
+            )
+        return out
+
+    def predict_score(self, X: Any) -> np.ndarray:
+        """SageMaker's ``score``: the prediction for a regressor, P(y = 1) for a classifier."""
+        raw = self.decision_function(X)
+        return sigmoid(raw) if self.is_classifier else raw
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The prediction for a regressor; for a classifier the label 1.0 if P(y=1) >= 0.5 else 0.0
+        (SageMaker's ``predicted_label``)."""
+        score = self.predict_score(X)
+        return (score >= 0.5).astype(np.float64) if self.is_classifier else score
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (n_samples, 2), columns P(y=0), P(y=1). Classifier only."""
+        if not self.is_classifier:
+            raise ModelFormatError("predict_proba needs a binary_classifier; this model is a regressor")
+        p = sigmoid(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def decision_pairs(self, users: Any, items: Any) -> np.ndarray:
+        """y(x) for one-hot (user, item) pairs: ``w0 + w_u + w_i + <V_u, V_i>``, in float64."""
+        n_users, n_items = self.one_hot_layout()
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if users.shape != items.shape:
+            raise DataError(f"users and items must have the same shape, got {users.shape} and {items.shape}")
+        if users.size and (users.min() < 0 or users.max() >= n_users):
+            raise DataError(f"user indices must be in [0, {n_users}), got range [{users.min()}, {users.max()}]")
+        if items.size and (items.min() < 0 or items.max() >= n_items):
+            raise DataError(f"item indices must be in [0, {n_items}), got range [{items.min()}, {items.max()}]")
+        cols = items + n_users
+        Vu = self.V[users].astype(np.float64)
+        Vi = self.V[cols].astype(np.float64)
+        return self.w0 + self.w[users].astype(np.float64) + self.w[cols] + np.einsum("ij,ij->i", Vu, Vi)
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/`` (a directory): ``config.json`` and ``params.npz``, atomically."""
+        path = Path(path)
+        meta = {
+            "format": FM_FORMAT,
+            "format_version": FM_FORMAT_VERSION,
+            "predictor_type": self.predictor_type,
+            "feature_dim": self.feature_dim,
+            "num_factors": self.num_factors,
+            "w0": self.w0,
+            "config": self.config,
+            "metadata": self.metadata,
+        }
+        with atomic_dir(path) as tmp:
+            (tmp / "config.json").write_text(to_json(meta) + "\n", encoding="utf-8")
+            with open(tmp / "params.npz", "wb") as fh:
+                np.savez(fh, w=self.w, V=self.V)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FittedFM:
+        """Read a model written by :meth:`save`; the format stamp and version are checked."""
+        path = Path(path)
+        cfg_path, npz_path = path / "config.json", path / "params.npz"
+        if not cfg_path.is_file() or not npz_path.is_file():
+            raise ModelFormatError(
+                f"{path} is not a saved recsys FM: expected config.json and params.npz in it"
+            )
+        try:
+            meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FM_FORMAT:
+            raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {meta.get('format')!r})")
+        version = meta.get("format_version")
+        if version != FM_FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{path} has FM format version {version!r}; this recsys reads version {FM_FORMAT_VERSION}. "
+                "Re-save the model with a matching recsys version."
+            )
+        try:
+            with np.load(npz_path, allow_pickle=False) as arrays:
+                w, V = arrays["w"], arrays["V"]
+        except (ValueError, KeyError, OSError) as exc:
+            raise ModelFormatError(f"{npz_path} is unreadable or lacks the arrays w and V: {exc}") from exc
+        fm = cls(
+            w0=meta["w0"], w=w, V=V, predictor_type=meta["predictor_type"],
+            config=meta.get("config", {}), metadata=meta.get("metadata", {}),
+        )  # fmt: skip
+        if fm.feature_dim != meta.get("feature_dim") or fm.num_factors != meta.get("num_factors"):
+            raise ModelFormatError(f"{path}: array shapes do not match config.json")
+        return fm
+
+    def __repr__(self) -> str:
+        return (
+            f"FittedFM(predictor_type={self.predictor_type!r}, feature_dim={self.feature_dim}, "
+            f"num_factors={self.num_factors}, backend={self.metadata.get('backend')!r})"
+        )

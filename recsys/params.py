@@ -1,0 +1,208 @@
+"""Hyperparameters shared by every backend.
+
+Names and defaults mirror SageMaker's built-in Factorization Machines and k-NN algorithms, so
+one configuration runs on either backend. Parameters that only the local (torch) backend
+understands are marked "local only"; they are never sent to SageMaker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["FMParams", "KNNParams", "RankingParams", "params_from_dict"]
+
+PREDICTOR_TYPES = ("regressor", "binary_classifier")
+INIT_METHODS = ("normal", "uniform", "constant")
+OPTIMIZERS = ("adam", "sgd", "adagrad")
+INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat")
+INDEX_METRICS = ("INNER_PRODUCT", "L2", "COSINE")
+
+
+def _check_positive(name: str, value: Any, *, allow_none: bool = False, integer: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def _check_nonneg(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not ok:
+        raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+@dataclass
+class FMParams:
+    """Factorization-machine hyperparameters (SageMaker ``factorization-machines`` names).
+
+    ``feature_dim`` may be left ``None``: it is then taken from the design matrix.
+    """
+
+    num_factors: int = 64
+    predictor_type: str = "regressor"
+    feature_dim: int | None = None
+    epochs: int = 1
+    mini_batch_size: int = 1000
+    clip_gradient: float | None = None
+    eps: float | None = None
+    rescale_grad: float | None = None
+    bias_lr: float = 0.1
+    linear_lr: float = 0.001
+    factors_lr: float = 0.0001
+    bias_wd: float = 0.01
+    linear_wd: float = 0.001
+    factors_wd: float = 0.00001
+    bias_init_method: str = "normal"
+    bias_init_scale: float | None = None
+    bias_init_sigma: float = 0.01
+    bias_init_value: float | None = None
+    linear_init_method: str = "normal"
+    linear_init_scale: float | None = None
+    linear_init_sigma: float = 0.01
+    linear_init_value: float | None = None
+    factors_init_method: str = "normal"
+    factors_init_scale: float | None = None
+    factors_init_sigma: float = 0.001
+    factors_init_value: float | None = None
+    # ---- local only -------------------------------------------------------------------
+    optimizer: str = "adam"
+    seed: int = 0
+    threads: int | None = None
+    early_stopping_patience: int | None = None
+
+    #: Names SageMaker's FM understands (everything above the "local only" line).
+    SAGEMAKER_NAMES = (
+        "feature_dim", "num_factors", "predictor_type", "epochs", "mini_batch_size",
+        "clip_gradient", "eps", "rescale_grad", "bias_lr", "linear_lr", "factors_lr",
+        "bias_wd", "linear_wd", "factors_wd",
+        "bias_init_method", "bias_init_scale", "bias_init_sigma", "bias_init_value",
+        "linear_init_method", "linear_init_scale", "linear_init_sigma", "linear_init_value",
+        "factors_init_method", "factors_init_scale", "factors_init_sigma", "factors_init_value",
+    )  # fmt: skip
+
+    def validate(self) -> FMParams:
+        _check_positive("num_factors", self.num_factors, integer=True)
+        _check_choice("predictor_type", self.predictor_type, PREDICTOR_TYPES)
+        _check_positive("feature_dim", self.feature_dim, allow_none=True, integer=True)
+        _check_positive("epochs", self.epochs, integer=True)
+        _check_positive("mini_batch_size", self.mini_batch_size, integer=True)
+        _check_positive("clip_gradient", self.clip_gradient, allow_none=True)
+        _check_positive("eps", self.eps, allow_none=True)
+        _check_positive("rescale_grad", self.rescale_grad, allow_none=True)
+        for part in ("bias", "linear", "factors"):
+            _check_nonneg(f"{part}_lr", getattr(self, f"{part}_lr"))
+            _check_nonneg(f"{part}_wd", getattr(self, f"{part}_wd"))
+            method = getattr(self, f"{part}_init_method")
+            _check_choice(f"{part}_init_method", method, INIT_METHODS)
+            if method == "uniform":
+                _check_nonneg(f"{part}_init_scale", getattr(self, f"{part}_init_scale"))
+            elif method == "constant":
+                value = getattr(self, f"{part}_init_value")
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise ConfigError(
+                        f"{part}_init_method='constant' needs a finite {part}_init_value, got {value!r}"
+                    )
+            else:
+                _check_nonneg(f"{part}_init_sigma", getattr(self, f"{part}_init_sigma"))
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        _check_positive("threads", self.threads, allow_none=True, integer=True)
+        _check_positive("early_stopping_patience", self.early_stopping_patience, allow_none=True, integer=True)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def sagemaker_hyperparameters(self, feature_dim: int | None = None) -> dict[str, str]:
+        """The hyperparameters to send to SageMaker (strings, ``None`` values left out)."""
+        out: dict[str, str] = {}
+        for name in self.SAGEMAKER_NAMES:
+            value = getattr(self, name)
+            if name == "feature_dim" and feature_dim is not None:
+                value = feature_dim
+            if value is None:
+                continue
+            out[name] = str(value)
+        if "feature_dim" not in out:
+            raise ConfigError("feature_dim is required for SageMaker; pass the design matrix width")
+        return out
+
+
+@dataclass
+class KNNParams:
+    """k-NN hyperparameters (SageMaker ``knn`` names). ``k`` defaults to 100 (the lab's top-100)."""
+
+    k: int = 100
+    index_type: str = "faiss.Flat"
+    index_metric: str = "INNER_PRODUCT"
+    predictor_type: str = "classifier"
+    sample_size: int | None = None
+    mini_batch_size: int = 5000
+    faiss_index_ivf_nlists: int | str = "auto"
+    # ---- local only -------------------------------------------------------------------
+    nprobe: int = 16
+    query_batch_size: int = 4096
+    threads: int | None = None
+
+    def validate(self) -> KNNParams:
+        _check_positive("k", self.k, integer=True)
+        _check_choice("index_type", self.index_type, INDEX_TYPES)
+        _check_choice("index_metric", self.index_metric, INDEX_METRICS)
+        _check_choice("predictor_type", self.predictor_type, ("classifier", "regressor"))
+        _check_positive("sample_size", self.sample_size, allow_none=True, integer=True)
+        _check_positive("mini_batch_size", self.mini_batch_size, integer=True)
+        if self.faiss_index_ivf_nlists != "auto":
+            _check_positive("faiss_index_ivf_nlists", self.faiss_index_ivf_nlists, integer=True)
+        _check_positive("nprobe", self.nprobe, integer=True)
+        _check_positive("query_batch_size", self.query_batch_size, integer=True)
+        _check_positive("threads", self.threads, allow_none=True, integer=True)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RankingParams:
+    """Training the FM for ranking (``objective = "ranking"``): a pairwise or sampled loss over
+    observed (customer, video) pairs against unobserved ones. Filled in by the ranking stage."""
+
+    loss: str = "bpr"
+    negatives: int = 1
+    fm: FMParams = field(default_factory=FMParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def params_from_dict(cls: type, values: dict[str, Any], *, where: str) -> Any:
+    """Build ``cls`` from ``values``; an unknown key raises :class:`ConfigError` naming the valid ones."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table of key = value pairs, got {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in [{where}]; "
+            f"valid keys: {', '.join(names)}"
+        )
+    return cls(**values)
