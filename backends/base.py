@@ -82,7 +82,7 @@ class Backend(abc.ABC):
     def build_knn(self, vectors: np.ndarray, params: KNNParams) -> KNNIndex:
         """Index ``vectors`` (n, d) for ``params.index_metric`` search."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for local backends
         """Release remote resources (endpoints, sessions). Safe to call twice."""
 
     def __enter__(self) -> Backend:

@@ -1,0 +1,411 @@
+"""A pure-PyTorch factorization machine with SageMaker's hyperparameter semantics.
+
+The model, for any sparse feature row x::
+
+    y(x) = w0 + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
+
+is computed in O(nnz * num_factors) per batch with gathers and segment sums. Gradients are
+computed in closed form (checked against autograd and finite differences in the tests) and
+applied *lazily*: only the rows of ``w`` and ``V`` whose features occur in a batch are updated
+(and weight-decayed), as MXNet's sparse optimizers do -- so an epoch costs O(nnz * k), not
+O(feature_dim * k) per batch, and millions of users are cheap.
+
+Optimizer semantics follow MXNet (which runs SageMaker's FM): per batch the loss gradient is
+summed and multiplied by ``rescale_grad`` (default ``1 / batch size``, i.e. the mean), clipped
+to ``[-clip_gradient, clip_gradient]``, weight decay ``wd * weight`` is added, then the
+optimizer steps with the per-part learning rate (``bias_lr``, ``linear_lr``, ``factors_lr``).
+SageMaker does not document which optimizer its FM uses; ``eps`` ("avoid division by 0")
+implies an adaptive one. The local default is Adam (``optimizer="adam"``), which trains well with
+SageMaker's default learning rates; ``"sgd"`` and ``"adagrad"`` are available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from backends.base import Callback, EpochInfo
+from recsys.errors import DataError, ModelFitError
+from recsys.model import FittedFM
+from recsys.params import FMParams
+
+__all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batches"]
+
+log = logging.getLogger("recsys")
+
+_ADAM_BETA1 = 0.9
+_ADAM_BETA2 = 0.999
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SparseBatch:
+    """A batch of sparse rows in coordinate form: entry j is ``x[row[j], idx[j]] = val[j]``."""
+
+    idx: torch.Tensor  # int64 (nnz,)
+    val: torch.Tensor  # float32 (nnz,)
+    row: torch.Tensor  # int64 (nnz,), local row ids in [0, n_rows)
+    n_rows: int
+
+
+class _CSRTensors:
+    """A CSR matrix held as torch tensors, cut into :class:`SparseBatch` es.
+
+    :meth:`epoch` permutes the whole matrix once and then yields contiguous slices, so a batch
+    costs no gather of its own.
+    """
+
+    def __init__(self, X: sp.csr_matrix):
+        X = sp.csr_matrix(X)
+        X.sum_duplicates()
+        self.n_rows = X.shape[0]
+        self.indptr = torch.from_numpy(X.indptr.astype(np.int64))
+        self.indices = torch.from_numpy(X.indices.astype(np.int64))
+        self.data = torch.from_numpy(X.data.astype(np.float32))
+        lengths = np.diff(X.indptr)
+        # Every row with the same number of entries (e.g. a one-hot design): reshape, no gather.
+        self.width = int(lengths[0]) if X.shape[0] and lengths[0] > 0 and np.all(lengths == lengths[0]) else None
+        if self.width:
+            self.idx2d = self.indices.view(self.n_rows, self.width)
+            self.val2d = self.data.view(self.n_rows, self.width)
+        self._row_ids: dict[int, torch.Tensor] = {}
+
+    def _local_rows(self, b: int) -> torch.Tensor:
+        if b not in self._row_ids:
+            self._row_ids[b] = torch.arange(b).repeat_interleave(self.width)
+        return self._row_ids[b]
+
+    def batch(self, rows: torch.Tensor) -> SparseBatch:
+        """The rows ``rows`` (int64 tensor) as a batch."""
+        b = int(rows.numel())
+        if self.width:
+            return SparseBatch(self.idx2d[rows].reshape(-1), self.val2d[rows].reshape(-1), self._local_rows(b), b)
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        local = torch.repeat_interleave(torch.arange(b), lengths)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        pos = starts[local] + (torch.arange(int(lengths.sum())) - offsets[local])
+        return SparseBatch(self.indices[pos], self.data[pos], local, b)
+
+    def epoch(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[slice, SparseBatch]]:
+        """Yield ``(slice into order, batch)`` covering all rows in ``order``."""
+        if not self.width:
+            for start in range(0, len(order), batch_size):
+                yield slice(start, start + batch_size), self.batch(order[start : start + batch_size])
+            return
+        idx = self.idx2d[order]
+        val = self.val2d[order]
+        for start in range(0, len(order), batch_size):
+            sl = slice(start, start + batch_size)
+            b = int(idx[sl].shape[0])
+            yield sl, SparseBatch(idx[sl].reshape(-1), val[sl].reshape(-1), self._local_rows(b), b)
+
+
+def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:
+    """Yield ``(row_ids, batch)`` over ``X`` in ``order`` (default: row order)."""
+    data = _CSRTensors(X)
+    order = np.arange(X.shape[0]) if order is None else order
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows, data.batch(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+def fm_forward_torch(w0: torch.Tensor, w: torch.Tensor, V: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
+    """y(x) for a batch, differentiable with autograd (used as the reference in tests)."""
+    xv = V[batch.idx] * batch.val[:, None]
+    k = V.shape[1]
+    s = torch.zeros(batch.n_rows, k, dtype=V.dtype).index_add(0, batch.row, xv)
+    lin = torch.zeros(batch.n_rows, dtype=w.dtype).index_add(0, batch.row, w[batch.idx] * batch.val)
+    sq = torch.zeros(batch.n_rows, dtype=V.dtype).index_add(0, batch.row, (xv * xv).sum(1))
+    return w0 + lin + 0.5 * ((s * s).sum(1) - sq)
+
+
+def _init(shape: tuple[int, ...], method: str, sigma: float | None, scale: float | None, value: float | None, gen: torch.Generator) -> torch.Tensor:
+    if method == "normal":
+        return torch.randn(shape, generator=gen) * float(sigma)
+    if method == "uniform":
+        return (torch.rand(shape, generator=gen) * 2.0 - 1.0) * float(scale)
+    return torch.full(shape, float(value))
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def squared_loss(y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row squared error (y - t)^2 and d(1/2 (y - t)^2)/dy = y - t (MXNet's regression output)."""
+    d = y - t
+    return d * d, d
+
+
+def logistic_loss(y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row log loss on logits and its gradient sigmoid(y) - t."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(y, t, reduction="none"), torch.sigmoid(y) - t
+
+
+class FMTrainer:
+    """Parameters, optimizer state and the closed-form training step of an FM.
+
+    The linear weights and the factors live in one (feature_dim, num_factors + 1) table
+    ``P = [V | w]`` so a batch does one gather and one scatter; per-column learning rates and
+    weight decays keep ``linear_lr`` / ``factors_lr`` (and the ``_wd`` s) separate.
+    """
+
+    def __init__(self, feature_dim: int, params: FMParams):
+        self.params = params
+        self.feature_dim = feature_dim
+        k = self.k = params.num_factors
+        gen = torch.Generator().manual_seed(params.seed)
+        p = params
+        self.w0 = _init((1,), p.bias_init_method, p.bias_init_sigma, p.bias_init_scale, p.bias_init_value, gen)
+        w = _init((feature_dim,), p.linear_init_method, p.linear_init_sigma, p.linear_init_scale, p.linear_init_value, gen)
+        V = _init((feature_dim, k), p.factors_init_method, p.factors_init_sigma, p.factors_init_scale, p.factors_init_value, gen)
+        self.P = torch.cat([V, w[:, None]], dim=1).contiguous()
+        self.lr = torch.tensor([p.factors_lr] * k + [p.linear_lr])
+        self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
+        self.step_count = 0
+        self.optimizer = p.optimizer
+        n_state = {"adam": 2, "adagrad": 1, "sgd": 0}[self.optimizer]
+        self.state_P = [torch.zeros_like(self.P) for _ in range(n_state)]
+        self.state_w0 = [torch.zeros_like(self.w0) for _ in range(n_state)]
+        self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
+
+    @property
+    def V(self) -> torch.Tensor:
+        return self.P[:, : self.k]
+
+    @property
+    def w(self) -> torch.Tensor:
+        return self.P[:, self.k]
+
+    # -- forward / backward ----------------------------------------------------------------
+    def forward(self, batch: SparseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``y`` (n_rows,), plus the per-row factor sums ``s`` and the per-entry
+        ``x_j v_j`` kept for the backward pass."""
+        e = self.P.index_select(0, batch.idx) * batch.val[:, None]
+        xv = e[:, : self.k]
+        s = torch.zeros(batch.n_rows, self.k + 1).index_add_(0, batch.row, e)
+        sq = torch.zeros(batch.n_rows).index_add_(0, batch.row, (xv * xv).sum(1))
+        y = self.w0 + s[:, self.k] + 0.5 * ((s[:, : self.k] ** 2).sum(1) - sq)
+        return y, s[:, : self.k], xv
+
+    def gradients(
+        self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Closed-form gradients given ``g = dLoss/dy`` per row.
+
+        Returns ``(g_w0, rows, g_P[rows])`` where ``rows`` are the distinct features of the
+        batch and ``g_P = [g_V | g_w]``:  dy/dw0 = 1,  dy/dw_i = x_i,
+        dy/dv_if = x_i (s_f - v_if x_i).
+        """
+        gx = g[batch.row] * batch.val
+        g_e = torch.empty(batch.idx.numel(), self.k + 1)
+        torch.mul(s.index_select(0, batch.row) - xv, gx[:, None], out=g_e[:, : self.k])
+        g_e[:, self.k] = gx
+        rows, inverse = torch.unique(batch.idx, return_inverse=True)
+        g_rows = torch.zeros(rows.numel(), self.k + 1).index_add_(0, inverse, g_e)
+        return g.sum().reshape(1), rows, g_rows
+
+    # -- update ----------------------------------------------------------------------------
+    def _step(self, weight: torch.Tensor, grad: torch.Tensor, state: list[torch.Tensor], lr: Any, wd: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One optimizer update of ``weight`` (rows already gathered). Returns new weight and state."""
+        p = self.params
+        if p.clip_gradient is not None:
+            grad = grad.clamp(-p.clip_gradient, p.clip_gradient)
+        grad = grad + wd * weight
+        if self.optimizer == "sgd":
+            return weight - lr * grad, []
+        if self.optimizer == "adagrad":
+            h = state[0] + grad * grad
+            return weight - lr * grad / (h.sqrt() + self.eps), [h]
+        t = self.step_count
+        m = state[0] * _ADAM_BETA1 + (1 - _ADAM_BETA1) * grad
+        v = state[1] * _ADAM_BETA2 + (1 - _ADAM_BETA2) * grad * grad
+        correction = math.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
+        return weight - (lr * correction) * m / (v.sqrt() + self.eps), [m, v]
+
+    def train_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
+        """Forward, loss, closed-form backward and a lazy optimizer step. Returns the summed loss."""
+        y, s, xv = self.forward(batch)
+        loss, dy = loss_fn(y, target)
+        scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
+        self.apply_gradient(batch, dy * scale, s, xv)
+        return float(loss.sum())
+
+    def apply_gradient(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> None:
+        """Apply per-row loss gradients ``g`` (already rescaled) with a lazy optimizer step."""
+        p = self.params
+        g_w0, rows, g_rows = self.gradients(batch, g, s, xv)
+        self.step_count += 1
+        new, state = self._step(self.w0, g_w0, self.state_w0, p.bias_lr, p.bias_wd)
+        self.w0.copy_(new)
+        for old, upd in zip(self.state_w0, state, strict=True):
+            old.copy_(upd)
+        weight = self.P.index_select(0, rows)
+        state_rows = [st.index_select(0, rows) for st in self.state_P]
+        new, state = self._step(weight, g_rows, state_rows, self.lr, self.wd)
+        self.P.index_copy_(0, rows, new)
+        for st, upd in zip(self.state_P, state, strict=True):
+            st.index_copy_(0, rows, upd)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def predict_raw(self, X: sp.csr_matrix, batch_size: int = 65536) -> np.ndarray:
+        out = np.empty(X.shape[0], dtype=np.float32)
+        with torch.no_grad():
+            for rows, batch in csr_batches(X, batch_size):
+                out[rows] = self.forward(batch)[0].numpy()
+        return out
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.w0).all() and torch.isfinite(self.P).all())
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.w0.clone(), self.P.clone()
+
+    def restore(self, snap: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.w0, self.P = (t.clone() for t in snap)
+
+    def to_artifact(self, metadata: dict[str, Any] | None = None) -> FittedFM:
+        meta = {"backend": "torch"}
+        meta.update(metadata or {})
+        return FittedFM(
+            w0=float(self.w0[0]),
+            w=self.w.numpy().copy(),
+            V=self.V.contiguous().numpy().copy(),
+            predictor_type=self.params.predictor_type,
+            config=self.params.to_dict(),
+            metadata=meta,
+        )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _check_xy(X: Any, y: Any, feature_dim: int | None, what: str) -> tuple[sp.csr_matrix, np.ndarray]:
+    if not sp.issparse(X):
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise DataError(f"{what}: X must be a 2-D matrix (CSR or dense), got {X.ndim}-D")
+    X = sp.csr_matrix(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    if X.shape[0] != y.shape[0]:
+        raise DataError(f"{what}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+    if X.shape[0] == 0:
+        raise DataError(f"{what}: no rows to train on")
+    if feature_dim is not None and X.shape[1] != feature_dim:
+        raise DataError(f"{what}: X has {X.shape[1]} columns but feature_dim is {feature_dim}")
+    if not np.isfinite(X.data).all():
+        raise DataError(f"{what}: X contains NaN or infinite values")
+    if not np.isfinite(y).all():
+        raise DataError(f"{what}: y contains NaN or infinite values")
+    return X, y
+
+
+def _diverged(where: str, params: FMParams) -> ModelFitError:
+    return ModelFitError(
+        f"training diverged ({where} is not finite). Lower the learning rates "
+        f"(factors_lr={params.factors_lr}, linear_lr={params.linear_lr}, bias_lr={params.bias_lr}) "
+        "or set clip_gradient (e.g. 5.0)."
+    )
+
+
+def train_fm(
+    X: sp.csr_matrix,
+    y: np.ndarray,
+    params: FMParams,
+    *,
+    X_eval: sp.csr_matrix | None = None,
+    y_eval: np.ndarray | None = None,
+    callbacks: Sequence[Callback] = (),
+    show_progress: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> FittedFM:
+    """Train a factorization machine on ``X, y`` and return the fitted artifact."""
+    params.validate()
+    X, y = _check_xy(X, y, params.feature_dim, "training data")
+    classifier = params.predictor_type == "binary_classifier"
+    if classifier and not np.isin(y, (0.0, 1.0)).all():
+        raise DataError("binary_classifier labels must be 0 or 1; found other values in y")
+    has_eval = X_eval is not None
+    if has_eval:
+        X_eval, y_eval = _check_xy(X_eval, y_eval, X.shape[1], "evaluation data")
+    elif params.early_stopping_patience:
+        raise DataError("early_stopping_patience needs an evaluation set (X_eval, y_eval)")
+    loss_fn = logistic_loss if classifier else squared_loss
+    metric_name = "logloss" if classifier else "mse"
+    rng = np.random.default_rng(params.seed)
+    trainer = FMTrainer(X.shape[1], params)
+    data = _CSRTensors(X)
+    targets = torch.from_numpy(y)
+    n = X.shape[0]
+    bs = params.mini_batch_size
+    best: tuple[float, int, Any] | None = None
+    history: list[dict[str, float]] = []
+    t_start = time.perf_counter()
+    with torch_threads(params.threads), torch.no_grad():
+        bar = tqdm(range(params.epochs), desc=f"FM {params.predictor_type}", unit="epoch", disable=not show_progress, leave=False)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            order = torch.from_numpy(rng.permutation(n))
+            shuffled = targets[order]
+            total = 0.0
+            for sl, batch in data.epoch(order, bs):
+                total += trainer.train_step(batch, shuffled[sl], loss_fn)
+                if not math.isfinite(total):
+                    raise _diverged(f"the training loss in epoch {epoch + 1}", params)
+            if not trainer.finite():
+                raise _diverged(f"a model parameter after epoch {epoch + 1}", params)
+            train_loss = total / n
+            info = EpochInfo(epoch=epoch + 1, train_loss=train_loss, seconds=time.perf_counter() - t0)
+            postfix = {metric_name: f"{train_loss:.4f}"}
+            if has_eval:
+                raw = torch.from_numpy(trainer.predict_raw(X_eval))
+                eval_loss = float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean())
+                info.eval_loss = eval_loss
+                info.eval_metric = {metric_name: eval_loss}
+                postfix[f"eval_{metric_name}"] = f"{eval_loss:.4f}"
+                if params.early_stopping_patience:
+                    if best is None or eval_loss < best[0]:
+                        best = (eval_loss, epoch + 1, trainer.snapshot())
+            bar.set_postfix(postfix)
+            history.append({"epoch": epoch + 1, f"train_{metric_name}": train_loss, **({f"eval_{metric_name}": info.eval_loss} if has_eval else {})})
+            log.debug("FM epoch %d: %s", epoch + 1, postfix)
+            stop = any(bool(cb(info)) for cb in callbacks)
+            if params.early_stopping_patience and best is not None and epoch + 1 - best[1] >= params.early_stopping_patience:
+                log.info("early stopping after epoch %d (best eval %s %.4f at epoch %d)", epoch + 1, metric_name, best[0], best[1])
+                stop = True
+            if stop:
+                break
+        bar.close()
+    if best is not None:
+        trainer.restore(best[2])
+    meta = {"history": history, "train_seconds": time.perf_counter() - t_start, "train_rows": n}
+    if best is not None:
+        meta["best_epoch"] = best[1]
+    meta.update(metadata or {})
+    return trainer.to_artifact(meta)

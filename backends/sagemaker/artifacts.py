@@ -1,0 +1,762 @@
+"""SageMaker built-in algorithm artifacts, read and written offline with numpy only.
+
+**Factorization Machines.** A training job writes ``model.tar.gz`` holding ``model_algo-1``, a
+zip archive of
+
+* ``params`` -- an MXNet NDArray list (:mod:`backends.sagemaker.mxnet_ndarray`) with
+  ``arg:w0_weight`` (1,), ``arg:w1_weight`` (feature_dim, 1) and ``arg:v``
+  (feature_dim, num_factors);
+* ``symbol.json`` -- the MXNet graph, whose output is named ``out`` (label ``out_label``);
+* ``meta.json`` -- training metadata, including ``training_parameters.feature_dim``.
+
+That layout, the parameter names and shapes and the ``out_label`` come from public code that
+loads FM artifacts with MXNet (AWS notebooks: untar, unzip ``model_algo-1``, rename ``params``
+to ``model-0000.params``, ``mx.module.Module.load(..., label_names=['out_label'])``, then
+``_arg_params['w0_weight' | 'w1_weight' | 'v']``; one public loader also reads
+``meta.json["training_parameters"]["feature_dim"]`` and handles an alternative naming,
+``Linear_Plus_Bias_weight`` (1, feature_dim) / ``Linear_Plus_Bias_bias`` with ``v`` stored as
+(num_factors, feature_dim), which :func:`read_fm_artifact` also accepts). The rest of
+``meta.json`` and the operators inside SageMaker's ``symbol.json`` are not public: what
+:func:`write_fm_model_tar` writes there is a reconstruction (an FM graph built with MXNet 1.9.1,
+see ``tests/fixtures/make_mxnet_fixtures.py``; a ``meta.json`` holding only
+``training_parameters``). Readers rely on ``params`` alone; ``meta.json`` and ``symbol.json``
+only supply the predictor type and the hyperparameters when present.
+
+**k-NN.** Batch transform with ``accept="application/jsonlines; verbose=true"`` writes one JSON
+object per query, ``{"predicted_label": ..., "labels": [...], "distances": [...]}``
+(neighbours sorted by distance; labels are floats); see :func:`parse_knn_jsonlines`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys._io import atomic_write_bytes
+from recsys.errors import ModelFormatError
+from recsys.model import FittedFM
+
+from .mxnet_ndarray import LIST_MAGIC, read_ndarray_dict, write_ndarray_list
+
+__all__ = [
+    "MAX_ARTIFACT_BYTES",
+    "read_fm_artifact",
+    "write_fm_model_tar",
+    "fm_model_tar_bytes",
+    "fm_symbol_json",
+    "parse_knn_jsonlines",
+    "write_knn_jsonlines",
+]
+
+logger = logging.getLogger("recsys")
+
+#: Largest archive member read into memory (params of a 10M-feature, 64-factor FM are ~2.6 GB).
+MAX_ARTIFACT_BYTES = 8 * 1024**3
+_MAX_JSON_BYTES = 64 * 1024**2
+_ALGO_MEMBER = "model_algo-1"
+_PREDICTOR_TYPES = ("regressor", "binary_classifier")
+_OUTPUT_OPS = {
+    "LinearRegressionOutput": "regressor",
+    "LogisticRegressionOutput": "binary_classifier",
+}
+_MXNET_VERSION = 10901  # the version MXNet 1.9.1 stamps into symbol.json
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# What zipfile / tarfile / gzip raise on corrupt input besides their own error classes.
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    IndexError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    UnicodeDecodeError,
+)
+
+
+# ---- locating the files inside an artifact ---------------------------------------------------
+@dataclass
+class _Files:
+    params: bytes
+    symbol: bytes | None
+    meta: bytes | None
+    origin: str
+
+
+def _sniff(head: bytes) -> str:
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") == LIST_MAGIC:
+        return "params"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    return "unknown"
+
+
+def _too_big(what: str, size: int, limit: int) -> ModelFormatError:
+    return ModelFormatError(
+        f"{what} is {size} bytes, more than the {limit}-byte limit for an artifact member; "
+        "pass a larger max_bytes if this is expected"
+    )
+
+
+def _from_zip(data: bytes, origin: str, limit: int) -> _Files:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
+
+            def member(name: str, cap: int) -> bytes | None:
+                info = infos.get(name) or next(
+                    (i for n, i in infos.items() if n.rsplit("/", 1)[-1] == name), None
+                )
+                if info is None:
+                    return None
+                if info.file_size > cap:
+                    raise _too_big(f"{origin}: {info.filename}", info.file_size, cap)
+                with zf.open(info) as fh:
+                    raw = fh.read(cap + 1)
+                if len(raw) > cap:
+                    raise _too_big(f"{origin}: {info.filename}", len(raw), cap)
+                return raw
+
+            params = member("params", limit)
+            if params is None:
+                raise ModelFormatError(
+                    f"{origin} is a zip without a 'params' member (expected symbol.json, params, "
+                    f"meta.json as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}"
+                )
+            return _Files(
+                params,
+                member("symbol.json", _MAX_JSON_BYTES),
+                member("meta.json", _MAX_JSON_BYTES),
+                origin,
+            )
+    except ModelFormatError:
+        raise
+    except _ARCHIVE_ERRORS as exc:
+        raise ModelFormatError(f"{origin}: corrupt zip archive: {exc!r}") from exc
+
+
+def _from_algo_bytes(data: bytes, origin: str, limit: int) -> _Files:
+    kind = _sniff(data[:512])
+    if kind == "zip":
+        return _from_zip(data, origin, limit)
+    if kind == "params":  # some algorithms (PCA, k-means) store the NDArray file directly
+        return _Files(data, None, None, origin)
+    raise ModelFormatError(
+        f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray file; "
+        f"it starts with {data[:8]!r}"
+    )
+
+
+def _from_tar(path: Path, limit: int) -> _Files:
+    origin = str(path)
+    try:
+        with tarfile.open(path, mode="r:*") as tf:
+            files = {m.name.removeprefix("./"): m for m in tf.getmembers() if m.isfile()}
+
+            def read(member: tarfile.TarInfo, cap: int) -> bytes:
+                if member.size > cap:
+                    raise _too_big(f"{origin}: {member.name}", member.size, cap)
+                fh = tf.extractfile(member)
+                if fh is None:  # pragma: no cover - isfile() members always extract
+                    raise ModelFormatError(f"{origin}: cannot read member {member.name}")
+                return fh.read()
+
+            algo = files.get(_ALGO_MEMBER) or next(
+                (m for n, m in files.items() if n.rsplit("/", 1)[-1] == _ALGO_MEMBER), None
+            )
+            if algo is None:
+                candidates = [
+                    m for n, m in files.items() if n.rsplit("/", 1)[-1].startswith("model_algo-")
+                ]
+                algo = candidates[0] if len(candidates) == 1 else None
+            if algo is not None:
+                return _from_algo_bytes(read(algo, limit), f"{origin}:{algo.name}", limit)
+            if "params" in files:  # an extracted model_algo-1 that was tarred again
+                opt = {
+                    n: read(files[n], _MAX_JSON_BYTES) if n in files else None
+                    for n in ("symbol.json", "meta.json")
+                }
+                return _Files(
+                    read(files["params"], limit), opt["symbol.json"], opt["meta.json"], origin
+                )
+            raise ModelFormatError(
+                f"{origin} has no '{_ALGO_MEMBER}' member (SageMaker's model.tar.gz layout); "
+                f"its files are {sorted(files)[:20]}"
+            )
+    except ModelFormatError:
+        raise
+    except (tarfile.TarError, *_ARCHIVE_ERRORS) as exc:
+        raise ModelFormatError(f"{origin}: corrupt tar archive: {exc!r}") from exc
+
+
+def _read_file(path: Path, limit: int) -> bytes:
+    size = path.stat().st_size
+    if size > limit:
+        raise _too_big(str(path), size, limit)
+    return path.read_bytes()
+
+
+def _locate(path: Path, limit: int) -> _Files:
+    if path.is_dir():
+        if (path / "params").is_file():
+            opt = {
+                n: _read_file(path / n, _MAX_JSON_BYTES) if (path / n).is_file() else None
+                for n in ("symbol.json", "meta.json")
+            }
+            return _Files(
+                _read_file(path / "params", limit), opt["symbol.json"], opt["meta.json"], str(path)
+            )
+        for name in (_ALGO_MEMBER, "model.tar.gz"):
+            if (path / name).is_file():
+                return _locate(path / name, limit)
+        raise ModelFormatError(
+            f"{path} is a directory without 'params', '{_ALGO_MEMBER}' or 'model.tar.gz'; "
+            f"it holds {sorted(p.name for p in path.iterdir())[:20]}"
+        )
+    if not path.is_file():
+        raise ModelFormatError(f"no SageMaker model artifact at {path}: the path does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    kind = _sniff(head)
+    if kind in ("gzip", "tar"):
+        return _from_tar(path, limit)
+    if kind in ("zip", "params"):
+        return _from_algo_bytes(_read_file(path, limit), str(path), limit)
+    raise ModelFormatError(
+        f"{path} is not a SageMaker model artifact: expected model.tar.gz, the model_algo-1 zip, an "
+        f"extracted directory or an MXNet 'params' file; the file starts with {head[:8]!r}"
+    )
+
+
+# ---- interpreting the files ------------------------------------------------------------------
+def _json(raw: bytes | None, what: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _coerce(value: Any) -> Any:
+    """SageMaker passes hyperparameters as strings; turn '7' / '0.01' / 'true' back into values."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _find_key(obj: Any, key: str, depth: int = 0) -> Any:
+    if not isinstance(obj, dict) or depth > 4:
+        return None
+    if key in obj:
+        return obj[key]
+    for value in obj.values():
+        found = _find_key(value, key, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _predictor_from_symbol(symbol: Any) -> str | None:
+    if not isinstance(symbol, dict) or not isinstance(symbol.get("nodes"), list):
+        return None
+    found = {
+        _OUTPUT_OPS[n["op"]]
+        for n in symbol["nodes"]
+        if isinstance(n, dict) and n.get("op") in _OUTPUT_OPS
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def _resolve_predictor_type(meta: Any, symbol: Any, requested: str | None, origin: str) -> str:
+    recorded, where = None, None
+    raw = _find_key(meta, "predictor_type")
+    if raw is not None:
+        recorded, where = str(raw).strip().lower(), "meta.json"
+        if recorded not in _PREDICTOR_TYPES:
+            raise ModelFormatError(
+                f"{origin}: meta.json has predictor_type {raw!r}; recsys reads FM models with "
+                "'regressor' or 'binary_classifier'"
+            )
+    from_symbol = _predictor_from_symbol(symbol)
+    if recorded is None and from_symbol is not None:
+        recorded, where = from_symbol, "symbol.json"
+    elif recorded is not None and from_symbol is not None and from_symbol != recorded:
+        logger.warning(
+            "%s: meta.json says predictor_type %r but symbol.json's output layer suggests %r; using meta.json",
+            origin, recorded, from_symbol,
+        )  # fmt: skip
+    if requested is not None:
+        if requested not in _PREDICTOR_TYPES:
+            raise ModelFormatError(
+                f"predictor_type must be 'regressor' or 'binary_classifier', got {requested!r}"
+            )
+        if recorded is not None and recorded != requested:
+            raise ModelFormatError(
+                f"{origin}: predictor_type={requested!r} was requested but the artifact's {where} "
+                f"says {recorded!r}; drop the argument or pass {recorded!r}"
+            )
+        return requested
+    if recorded is not None:
+        return recorded
+    logger.warning(
+        "%s: the artifact does not record its predictor_type (no meta.json or symbol.json); "
+        "assuming 'regressor'. Pass predictor_type= to be explicit.",
+        origin,
+    )
+    return "regressor"
+
+
+def _param(params: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    for key in (f"arg:{name}", name):
+        if key in params:
+            return params[key]
+    return None
+
+
+def _fm_arrays(params: dict[str, np.ndarray], origin: str) -> tuple[float, np.ndarray, np.ndarray]:
+    found = sorted(params)
+    v = _param(params, "v")
+    w0, w1 = _param(params, "w0_weight"), _param(params, "w1_weight")
+    lin_b, lin_w = (
+        _param(params, "Linear_Plus_Bias_bias"),
+        _param(params, "Linear_Plus_Bias_weight"),
+    )
+    if w0 is not None or w1 is not None:
+        if w0 is None or w1 is None or v is None:
+            missing = [
+                n
+                for n, a in (("arg:w0_weight", w0), ("arg:w1_weight", w1), ("arg:v", v))
+                if a is None
+            ]
+            raise ModelFormatError(f"{origin}: FM params lack {missing}; the file has {found}")
+        if w1.ndim == 2 and w1.shape[1] == 1:
+            w = w1[:, 0]
+        elif w1.ndim == 1:
+            w = w1
+        else:
+            raise ModelFormatError(
+                f"{origin}: w1_weight must have shape (feature_dim, 1), got {w1.shape}"
+            )
+        if v.ndim != 2 or v.shape[0] != w.shape[0]:
+            raise ModelFormatError(
+                f"{origin}: v must have shape (feature_dim, num_factors) = ({w.shape[0]}, k), got {v.shape}"
+            )
+        V = v
+    elif lin_w is not None:
+        if lin_b is None or v is None:
+            raise ModelFormatError(
+                f"{origin}: FM params with Linear_Plus_Bias_weight also need Linear_Plus_Bias_bias and v; "
+                f"the file has {found}"
+            )
+        if lin_w.ndim != 2 or lin_w.shape[0] != 1:
+            raise ModelFormatError(
+                f"{origin}: Linear_Plus_Bias_weight must be (1, feature_dim), got {lin_w.shape}"
+            )
+        w0, w = lin_b, lin_w[0]
+        d = w.shape[0]
+        if v.ndim == 2 and v.shape[1] == d:  # this naming stores v as (num_factors, feature_dim)
+            V = v.T
+        elif v.ndim == 2 and v.shape[0] == d:
+            V = v
+        else:
+            raise ModelFormatError(
+                f"{origin}: v must be (num_factors, {d}) or ({d}, num_factors), got {v.shape}"
+            )
+    else:
+        raise ModelFormatError(
+            f"{origin}: no factorization machine parameters found; expected arg:w0_weight, "
+            f"arg:w1_weight and arg:v (SageMaker FM), the file has {found}"
+        )
+    w0 = np.asarray(w0)
+    if w0.size != 1:
+        raise ModelFormatError(
+            f"{origin}: the bias w0 must hold one value (shape (1,)), got shape {w0.shape}"
+        )
+    for name, arr in (("w0", w0), ("w", w), ("V", V)):
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ModelFormatError(
+                f"{origin}: FM parameter {name} has dtype {arr.dtype}, expected float"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ModelFormatError(
+                f"{origin}: FM parameter {name} contains NaN or infinite values; the training job "
+                "probably diverged (try lower bias_lr/linear_lr/factors_lr or a clip_gradient)"
+            )
+    return float(w0.reshape(-1)[0]), w, V
+
+
+def read_fm_artifact(
+    path: str | os.PathLike,
+    *,
+    predictor_type: str | None = None,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
+) -> FittedFM:
+    """Read a SageMaker Factorization Machines model into a :class:`~recsys.model.FittedFM`.
+
+    Archives are read in memory; nothing is extracted to disk.
+
+    Parameters
+    ----------
+    path : path-like
+        ``model.tar.gz`` as written by the training job, the ``model_algo-1`` zip inside it, a
+        directory holding ``params`` (an extracted ``model_algo-1``) or ``model_algo-1`` /
+        ``model.tar.gz``, or the raw ``params`` NDArray file.
+    predictor_type : {"regressor", "binary_classifier"}, optional
+        Needed only when the artifact does not record it (a bare ``params`` file). When
+        ``meta.json`` or ``symbol.json`` records it, the argument must agree.
+    n_users, n_items : int, optional
+        The users-then-items one-hot layout the model was trained on; stored in ``metadata``.
+    max_bytes : int
+        Refuse archive members or files larger than this.
+
+    Returns
+    -------
+    FittedFM
+        ``w0``, ``w`` = ``w1_weight.ravel()``, ``V`` = ``v``; ``config`` = meta.json's
+        ``training_parameters`` (numbers parsed) if present; ``metadata`` = ``{"backend":
+        "sagemaker", "source": str(path)}`` plus ``n_users`` / ``n_items`` when given.
+
+    Raises
+    ------
+    ModelFormatError
+        Unrecognised or corrupt file, missing parameters (the message lists the keys found),
+        inconsistent shapes, non-finite values, or a predictor type that contradicts the artifact.
+    """
+    path = Path(path)
+    files = _locate(path, max_bytes)
+    params = read_ndarray_dict(files.params, sparse="dense", source=f"{files.origin} (params)")
+    w0, w, V = _fm_arrays(params, files.origin)
+    meta = _json(files.meta, f"{files.origin}: meta.json")
+    symbol = _json(files.symbol, f"{files.origin}: symbol.json")
+    ptype = _resolve_predictor_type(meta, symbol, predictor_type, files.origin)
+
+    config: dict[str, Any] = {}
+    training = meta.get("training_parameters") if isinstance(meta, dict) else None
+    if isinstance(training, dict):
+        config = {str(k): _coerce(v) for k, v in training.items()}
+        for key, actual in (("feature_dim", w.shape[0]), ("num_factors", V.shape[1])):
+            if key in config and config[key] != actual:
+                raise ModelFormatError(
+                    f"{files.origin}: meta.json says {key}={config[key]!r} but the params have {actual}"
+                )
+    metadata: dict[str, Any] = {"backend": "sagemaker", "source": str(path)}
+    for key, value in (("n_users", n_users), ("n_items", n_items)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ModelFormatError(f"{key} must be a non-negative int, got {value!r}")
+            metadata[key] = int(value)
+    if n_users is not None and n_items is not None and n_users + n_items > w.shape[0]:
+        raise ModelFormatError(
+            f"n_users + n_items = {n_users + n_items} exceeds the model's feature_dim {w.shape[0]}"
+        )
+    return FittedFM(w0=w0, w=w, V=V, predictor_type=ptype, config=config, metadata=metadata)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def fm_symbol_json(feature_dim: int, num_factors: int, predictor_type: str = "regressor") -> str:
+    """The FM graph as MXNet symbol JSON (what ``Symbol.tojson()`` of MXNet 1.9.1 gives for the
+    graph in ``tests/fixtures/make_mxnet_fixtures.py``; equal as JSON, not byte for byte).
+
+    ``y = w0 + x.w1 + 1/2 sum_f[(x V)_f^2 - (x^2 V^2)_f]``, output ``out`` (label ``out_label``):
+    ``LinearRegressionOutput`` for a regressor, ``LogisticRegressionOutput`` for a classifier.
+    """
+    if predictor_type not in _OUTPUT_OPS.values():
+        raise ModelFormatError(
+            f"predictor_type must be 'regressor' or 'binary_classifier', got {predictor_type!r}"
+        )
+    output_op = next(op for op, p in _OUTPUT_OPS.items() if p == predictor_type)
+    nodes: list[dict[str, Any]] = []
+
+    def node(
+        op: str, name: str, inputs: Iterable[int] = (), attrs: dict[str, str] | None = None
+    ) -> int:
+        entry: dict[str, Any] = {"op": op, "name": name}
+        if attrs:
+            entry["attrs"] = attrs
+        entry["inputs"] = [[i, 0, 0] for i in inputs]
+        nodes.append(entry)
+        return len(nodes) - 1
+
+    def var(name: str, shape: tuple[int, ...] | None = None) -> int:
+        return node("null", name, attrs={"__shape__": str(shape)} if shape else None)
+
+    data = var("data")
+    w1 = var("w1_weight", (int(feature_dim), 1))
+    linear_dot = node("dot", "linear_dot", (data, w1))
+    w0 = var("w0_weight", (1,))
+    linear = node("broadcast_add", "linear", (linear_dot, w0))
+    v = var("v", (int(feature_dim), int(num_factors)))
+    xv = node("dot", "xv", (data, v))
+    xv_sq = node("square", "xv_sq", (xv,))
+    x_sq = node("square", "x_sq", (data,))
+    v_sq = node("square", "v_sq", (v,))
+    x2v2 = node("dot", "x2v2", (x_sq, v_sq))
+    diff = node("elemwise_sub", "pair_diff", (xv_sq, x2v2))
+    pair_sum = node("sum", "pair_sum", (diff,), {"axis": "1", "keepdims": "True"})
+    pairwise = node("_mul_scalar", "pairwise", (pair_sum,), {"scalar": "0.5"})
+    score = node("elemwise_add", "score", (linear, pairwise))
+    label = var("out_label")
+    out = node(output_op, "out", (score, label))
+    graph = {
+        "nodes": nodes,
+        "arg_nodes": [i for i, n in enumerate(nodes) if n["op"] == "null"],
+        "node_row_ptr": list(range(len(nodes) + 1)),
+        "heads": [[out, 0, 0]],
+        "attrs": {"mxnet_version": ["int", _MXNET_VERSION]},
+    }
+    return json.dumps(graph, indent=2)
+
+
+def _hyperparameter_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float, np.integer, np.floating)):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def fm_model_tar_bytes(fm: FittedFM) -> bytes:
+    """The bytes of :func:`write_fm_model_tar`'s ``model.tar.gz`` (e.g. to upload to a fake S3)."""
+    params = write_ndarray_list(
+        {
+            "arg:w0_weight": np.array([fm.w0], dtype=np.float32),
+            "arg:w1_weight": np.asarray(fm.w, dtype=np.float32).reshape(-1, 1),
+            "arg:v": np.asarray(fm.V, dtype=np.float32),
+        }
+    )
+    training = {str(k): _hyperparameter_text(v) for k, v in fm.config.items()}
+    training.update(
+        feature_dim=str(fm.feature_dim),
+        num_factors=str(fm.num_factors),
+        predictor_type=fm.predictor_type,
+    )
+    meta = json.dumps({"training_parameters": training}, indent=2, sort_keys=True) + "\n"
+    algo = _zip(
+        {
+            "symbol.json": fm_symbol_json(
+                fm.feature_dim, fm.num_factors, fm.predictor_type
+            ).encode(),
+            "params": params,
+            "meta.json": meta.encode(),
+        }
+    )
+    return _tar_gz({_ALGO_MEMBER: algo})
+
+
+def write_fm_model_tar(fm: FittedFM, path: str | os.PathLike) -> Path:
+    """Write ``fm`` as a SageMaker FM ``model.tar.gz`` (the built-in algorithm's layout).
+
+    Deterministic (fixed timestamps, fixed member order) and atomic. Parameters are stored as
+    float32, as SageMaker does, so ``w0`` round-trips as ``float(np.float32(fm.w0))``;
+    ``fm.config`` goes into ``meta.json`` as string hyperparameters (``metadata`` is not stored:
+    pass ``n_users`` / ``n_items`` to :func:`read_fm_artifact` again).
+
+    Parameters
+    ----------
+    fm : FittedFM
+    path : path-like
+        The file to write (conventionally ``.../model.tar.gz``); parent directories are created.
+
+    Returns
+    -------
+    Path
+    """
+    return atomic_write_bytes(path, fm_model_tar_bytes(fm))
+
+
+# ---- k-NN batch transform output -------------------------------------------------------------
+def _knn_rows(text: str) -> list[dict[str, Any]]:
+    stripped = text.strip()
+    if not stripped:
+        return []
+    if stripped.startswith("{") and "\n" not in stripped:
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict) and isinstance(whole.get("predictions"), list):
+            return whole["predictions"]  # the verbose JSON (not JSON lines) response
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ModelFormatError(f"k-NN output line {lineno} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def parse_knn_jsonlines(
+    text_or_bytes: str | bytes, *, k: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parse SageMaker k-NN batch-transform output (``accept="application/jsonlines; verbose=true"``).
+
+    Each non-empty line is ``{"predicted_label": ..., "labels": [...], "distances": [...]}``;
+    the verbose JSON form ``{"predictions": [...]}`` is accepted too.
+
+    Parameters
+    ----------
+    text_or_bytes : str or bytes
+        The output file's content (UTF-8).
+    k : int, optional
+        Width of the result; default the longest row. Shorter rows are padded.
+
+    Returns
+    -------
+    labels : ndarray of int64, shape (n_queries, k)
+        Neighbour labels in the order given (nearest first); -1 pads missing neighbours.
+    distances : ndarray of float32, shape (n_queries, k)
+        NaN pads missing neighbours.
+
+    Raises
+    ------
+    ModelFormatError
+        Invalid JSON, non-verbose output (only ``predicted_label``: the transform job needs
+        ``accept="application/jsonlines; verbose=true"``), labels and distances of different
+        lengths, non-integer labels, or a row longer than ``k``.
+    """
+    if isinstance(text_or_bytes, (bytes, bytearray)):
+        try:
+            text = bytes(text_or_bytes).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFormatError(f"k-NN output is not UTF-8 text: {exc}") from exc
+    else:
+        text = text_or_bytes
+    rows = _knn_rows(text)
+    label_rows, dist_rows = [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ModelFormatError(
+                f"k-NN output row {i} is {type(row).__name__}, expected a JSON object"
+            )
+        if "labels" not in row or "distances" not in row:
+            if "predicted_label" in row:
+                raise ModelFormatError(
+                    f"k-NN output row {i} has only 'predicted_label', not the neighbour 'labels' and "
+                    "'distances': run the batch transform with accept='application/jsonlines; verbose=true'"
+                )
+            raise ModelFormatError(
+                f"k-NN output row {i} lacks 'labels'/'distances'; its keys are {sorted(row)}"
+            )
+        labels, dists = row["labels"], row["distances"]
+        if not isinstance(labels, list) or not isinstance(dists, list) or len(labels) != len(dists):
+            raise ModelFormatError(
+                f"k-NN output row {i}: 'labels' and 'distances' must be lists of equal length"
+            )
+        try:
+            lab = np.asarray(labels, dtype=np.float64)
+            dist = np.asarray(dists, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(
+                f"k-NN output row {i} has non-numeric labels or distances: {exc}"
+            ) from exc
+        if lab.size and (not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab))):
+            raise ModelFormatError(f"k-NN output row {i} has non-integer labels {labels[:5]}...")
+        label_rows.append(lab.astype(np.int64))
+        dist_rows.append(dist)
+    width = max((r.size for r in label_rows), default=0) if k is None else int(k)
+    if k is not None:
+        too_long = next((i for i, r in enumerate(label_rows) if r.size > width), None)
+        if too_long is not None:
+            raise ModelFormatError(
+                f"k-NN output row {too_long} has {label_rows[too_long].size} neighbours, more than k={width}"
+            )
+    labels_out = np.full((len(label_rows), width), -1, dtype=np.int64)
+    dists_out = np.full((len(label_rows), width), np.nan, dtype=np.float32)
+    for i, (lab, dist) in enumerate(zip(label_rows, dist_rows, strict=True)):
+        labels_out[i, : lab.size] = lab
+        dists_out[i, : dist.size] = dist
+    return labels_out, dists_out
+
+
+def write_knn_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
+    """Write k-NN results the way SageMaker's verbose JSON-lines output looks (for fakes).
+
+    One line per row: ``{"distances": [...], "labels": [...], "predicted_label": x}`` with
+    labels as floats, like the real service. Padding entries (label -1) are left out.
+    ``predicted_label`` is the most frequent label among the neighbours, ties going to the one
+    seen first (nearest) -- the fake's choice; the real tie rule is not documented.
+
+    Parameters
+    ----------
+    labels : array-like of int, shape (n, k)
+    distances : array-like of float, shape (n, k)
+
+    Returns
+    -------
+    bytes
+        UTF-8, one JSON object per line, newline-terminated.
+    """
+    labels = np.asarray(labels)
+    distances = np.asarray(distances, dtype=np.float32)
+    if labels.ndim != 2 or labels.shape != distances.shape:
+        raise ModelFormatError(
+            f"labels and distances must be 2-D arrays of the same shape, got {labels.shape} and {distances.shape}"
+        )
+    lines = []
+    for lab_row, dist_row in zip(labels, distances, strict=True):
+        keep = lab_row != -1
+        lab = [float(x) for x in lab_row[keep]]
+        dist = [float(x) for x in dist_row[keep]]
+        row: dict[str, Any] = {"distances": dist, "labels": lab}
+        if lab:
+            counts: dict[float, int] = {}
+            for x in lab:
+                counts[x] = counts.get(x, 0) + 1
+            row["predicted_label"] = max(counts, key=lambda x: counts[x])  # first max = nearest
+        lines.append(json.dumps(row))
+    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""

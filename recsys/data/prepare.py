@@ -1,0 +1,618 @@
+"""Preparation: reduce, de-duplicate, drop the long tail, index, split and encode.
+
+Each stage is a plain function over DataFrames/arrays that returns new values;
+:func:`prepare` wires them together in the lab's order:
+
+1. :func:`reduce_columns` -- keep customer, product, title, rating (+ date for ordering).
+2. :func:`drop_duplicates` -- exact duplicate rows, then re-reviews of the same video by the
+   same customer (the latest review is kept).
+3. :func:`filter_long_tail` -- keep customers with >= ``min_customer_ratings`` ratings and
+   videos with >= ``min_product_ratings`` (the lab's 18 / 95). Both counts are taken once on
+   the de-duplicated data and applied together, as in the lab; ``repeat_until_stable`` repeats
+   the filter until every remaining customer and video passes it (a k-core).
+4. :func:`build_mappings` / :func:`index_ratings` -- sequential 0-based ``user`` / ``item``.
+5. :func:`split_leave_last_out` (default), :func:`split_random` or :func:`split_explicit`.
+6. :func:`one_hot` -- the users-then-items one-hot design matrix, float32 CSR.
+
+About the leave-last-out split: the lab took ``groupby("customer_id").last()`` which picks the
+last row *in file order*, not the latest review. Here the test row of a customer is their
+latest review by ``review_date``; ties on the date are broken by file order (the later line
+wins), so the result is deterministic for a given file. Reviews without a date count as the
+oldest. Customers with a single rating stay entirely in training (nothing to learn from
+otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._io import atomic_path
+from ..errors import ConfigError, DataError
+from .schema import (
+    CUSTOMER,
+    DATE,
+    ITEM,
+    PRODUCT,
+    RATING,
+    RATINGS_COLUMNS,
+    REQUIRED_COLUMNS,
+    TITLE,
+    USER,
+)
+
+__all__ = [
+    "PrepareConfig",
+    "PrepareReport",
+    "PreparedData",
+    "Mappings",
+    "reduce_columns",
+    "drop_duplicates",
+    "filter_long_tail",
+    "build_mappings",
+    "index_ratings",
+    "split_leave_last_out",
+    "split_random",
+    "split_explicit",
+    "one_hot",
+    "labels",
+    "prepare",
+]
+
+log = logging.getLogger("recsys")
+
+SPLITS = ("leave_last_out", "random")
+
+
+@dataclass
+class PrepareConfig:
+    """Options of the preparation stage (section ``[prepare]`` of a run config)."""
+
+    min_customer_ratings: int = 18
+    min_product_ratings: int = 95
+    repeat_until_stable: bool = False
+    split: str = "leave_last_out"
+    test_fraction: float = 0.2
+    positive_threshold: float = 5.0
+    seed: int = 0
+
+    def validate(self) -> PrepareConfig:
+        for name in ("min_customer_ratings", "min_product_ratings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.repeat_until_stable, bool):
+            raise ConfigError(f"repeat_until_stable must be true or false, got {self.repeat_until_stable!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
+        if not isinstance(self.test_fraction, (int, float)) or not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {self.test_fraction!r}")
+        if not isinstance(self.positive_threshold, (int, float)) or isinstance(self.positive_threshold, bool):
+            raise ConfigError(f"positive_threshold must be a number, got {self.positive_threshold!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        return self
+
+
+@dataclass
+class PrepareReport:
+    """Counts from every preparation stage (all plain ints / dicts, JSON-serialisable)."""
+
+    rows_in: int = 0
+    exact_duplicates_removed: int = 0
+    rereviews_removed: int = 0
+    rows_after_dedupe: int = 0
+    customers_before_filter: int = 0
+    products_before_filter: int = 0
+    customers: int = 0
+    products: int = 0
+    rows_after_filter: int = 0
+    filter_passes: int = 0
+    min_customer_ratings: int = 0
+    min_product_ratings: int = 0
+    rating_distribution_before: dict[str, int] = field(default_factory=dict)
+    rating_distribution_after: dict[str, int] = field(default_factory=dict)
+    split: str = ""
+    train_rows: int = 0
+    test_rows: int = 0
+    test_customers_single_rating: int = 0
+    test_date_ties: int = 0
+    test_items_unseen_in_train: int = 0
+    explicit_test_rows_dropped: int = 0
+    explicit_test_overlap_removed: int = 0
+
+    @property
+    def duplicates_removed(self) -> int:
+        return self.exact_duplicates_removed + self.rereviews_removed
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["duplicates_removed"] = self.duplicates_removed
+        return out
+
+    def summary_lines(self) -> list[str]:
+        return [
+            f"{self.rows_in:,} ratings in; removed {self.exact_duplicates_removed:,} exact duplicates "
+            f"and {self.rereviews_removed:,} re-reviews (kept each customer's latest review of a video)",
+            f"long-tail filter (customers >= {self.min_customer_ratings}, videos >= {self.min_product_ratings}"
+            f"{', repeated until stable' if self.filter_passes > 1 else ''}): "
+            f"{self.customers_before_filter:,} -> {self.customers:,} customers, "
+            f"{self.products_before_filter:,} -> {self.products:,} videos, "
+            f"{self.rows_after_dedupe:,} -> {self.rows_after_filter:,} ratings",
+            f"split ({self.split}): {self.train_rows:,} train / {self.test_rows:,} test ratings",
+        ]
+
+
+def _rating_distribution(ratings: pd.Series) -> dict[str, int]:
+    counts = ratings.value_counts().sort_index()
+    return {f"{float(k):g}": int(v) for k, v in counts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. reduce
+# ---------------------------------------------------------------------------------------------
+def reduce_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the ratings columns (customer, product, title, rating, date), adding missing optional
+    ones as NaN/NaT. A missing required column raises :class:`DataError` naming it."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"the ratings are missing required column(s) {', '.join(missing)}; "
+            f"found columns: {', '.join(map(str, frame.columns))}"
+        )
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for col in RATINGS_COLUMNS:
+        if col in frame.columns:
+            out[col] = frame[col].reset_index(drop=True)
+        elif col == DATE:
+            out[col] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns]")
+        else:
+            out[col] = pd.Series(np.nan, index=out.index, dtype="float64").astype("category")
+    out[RATING] = out[RATING].astype(np.float32)
+    if not pd.api.types.is_datetime64_any_dtype(out[DATE]):
+        out[DATE] = pd.to_datetime(out[DATE], errors="coerce")
+    return out
+
+
+def _codes(series: pd.Series) -> np.ndarray:
+    """Integer codes with equal values -> equal codes (NaN gets its own code)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return series.cat.codes.to_numpy().astype(np.int64)
+    return pd.factorize(series, use_na_sentinel=False)[0].astype(np.int64)
+
+
+def _date_key(frame: pd.DataFrame) -> np.ndarray:
+    """Dates as int64 for ordering; NaT sorts first (oldest)."""
+    dates = frame[DATE]
+    values = dates.to_numpy(dtype="datetime64[ns]").view(np.int64).copy()
+    values[dates.isna().to_numpy()] = np.iinfo(np.int64).min
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. duplicates
+# ---------------------------------------------------------------------------------------------
+def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop exact duplicate rows, then re-reviews (same customer and video): keep the latest.
+
+    "Latest" is by ``review_date``; on equal dates the row later in the file wins. Returns the
+    de-duplicated frame (file order preserved) and the counts ``exact_duplicates_removed`` and
+    ``rereviews_removed``.
+    """
+    n = len(frame)
+    cust, prod = _codes(frame[CUSTOMER]), _codes(frame[PRODUCT])
+    title = _codes(frame[TITLE])
+    rating = frame[RATING].to_numpy(dtype=np.float64)
+    date = _date_key(frame)
+    # Exact duplicates over all reduced columns: keep the first occurrence.
+    key = pd.DataFrame({"c": cust, "p": prod, "t": title, "r": rating, "d": date})
+    exact_dup = key.duplicated(keep="first").to_numpy()
+    keep = ~exact_dup
+    # Re-reviews: among the remaining rows, per (customer, product) keep the latest (date, row).
+    rows = np.flatnonzero(keep)
+    order = np.lexsort((rows, date[rows], prod[rows], cust[rows]))
+    sorted_rows = rows[order]
+    c_s, p_s = cust[sorted_rows], prod[sorted_rows]
+    last_of_group = np.ones(len(sorted_rows), dtype=bool)
+    if len(sorted_rows) > 1:
+        last_of_group[:-1] = (c_s[1:] != c_s[:-1]) | (p_s[1:] != p_s[:-1])
+    final = np.zeros(n, dtype=bool)
+    final[sorted_rows[last_of_group]] = True
+    out = frame.iloc[np.flatnonzero(final)].reset_index(drop=True)
+    stats = {
+        "exact_duplicates_removed": int(exact_dup.sum()),
+        "rereviews_removed": int(keep.sum() - final.sum()),
+    }
+    return out, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. long tail
+# ---------------------------------------------------------------------------------------------
+def filter_long_tail(
+    frame: pd.DataFrame,
+    min_customer_ratings: int = 18,
+    min_product_ratings: int = 95,
+    *,
+    repeat_until_stable: bool = False,
+) -> tuple[pd.DataFrame, int]:
+    """Keep customers with >= ``min_customer_ratings`` and videos with >= ``min_product_ratings``.
+
+    Both counts are computed on the input and applied together (the lab's rule). With
+    ``repeat_until_stable`` the filter is repeated until nothing changes. Returns the filtered
+    frame and the number of passes. If nothing is left, raises :class:`DataError` naming the
+    thresholds and how many customers / videos met each.
+    """
+    if len(frame) == 0:
+        raise DataError("no ratings to filter: the input is empty")
+    current = frame
+    passes = 0
+    while True:
+        passes += 1
+        cust, prod = _codes(current[CUSTOMER]), _codes(current[PRODUCT])
+        c_counts = np.bincount(cust)
+        p_counts = np.bincount(prod)
+        c_ok = c_counts >= min_customer_ratings
+        p_ok = p_counts >= min_product_ratings
+        mask = c_ok[cust] & p_ok[prod]
+        if not mask.any():
+            n_c, n_p = int((c_counts > 0).sum()), int((p_counts > 0).sum())
+            raise DataError(
+                "nothing left after the long-tail filter"
+                f"{f' (pass {passes})' if passes > 1 else ''}: "
+                f"{int(c_ok.sum()):,} of {n_c:,} customers have >= {min_customer_ratings} ratings "
+                f"(most active: {int(c_counts.max()):,}), {int(p_ok.sum()):,} of {n_p:,} videos have "
+                f">= {min_product_ratings} ratings (most rated: {int(p_counts.max()):,}), and no rating "
+                "passes both. Lower --min-customer-ratings / --min-product-ratings."
+            )
+        if mask.all():
+            return current.reset_index(drop=True), passes
+        current = current.iloc[np.flatnonzero(mask)]
+        if not repeat_until_stable:
+            return current.reset_index(drop=True), passes
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. index
+# ---------------------------------------------------------------------------------------------
+def _sorted_uniques(series: pd.Series) -> pd.Index:
+    values = series.dropna()
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.remove_unused_categories()
+        uniques = pd.Index(values.cat.categories)
+    else:
+        uniques = pd.Index(pd.unique(values.to_numpy()))
+    try:
+        return uniques.sort_values()
+    except TypeError:  # mixed types: order by their text
+        return uniques[np.argsort(uniques.astype(str).to_numpy(), kind="stable")]
+
+
+@dataclass
+class Mappings:
+    """Both-way mappings between ids and 0-based indices (plus video titles).
+
+    ``customer_ids[u]`` is the id of user ``u``; ``product_ids[i]`` the id of item ``i`` and
+    ``product_titles[i]`` its title (``None`` when unknown). Indices follow the sorted ids.
+    """
+
+    customer_ids: pd.Index
+    product_ids: pd.Index
+    product_titles: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.customer_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.product_ids)
+
+    @staticmethod
+    def _lookup(index: pd.Index, ids: Any) -> np.ndarray:
+        arr = np.atleast_1d(np.asarray(ids, dtype=object))
+        if pd.api.types.is_integer_dtype(index.dtype):
+            # ids may arrive as text (a URL, the command line): "123" finds customer 123
+            num = pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(dtype=np.float64)
+            ok = np.isfinite(num) & (num == np.round(num))
+            out = np.full(len(arr), -1, dtype=np.int64)
+            if ok.any():
+                out[ok] = index.get_indexer(num[ok].astype(np.int64))
+            return out
+        return index.get_indexer(pd.Index([str(x) for x in arr], dtype=index.dtype))
+
+    def user_index(self, customer_ids: Any) -> np.ndarray:
+        """0-based user indices for ids (-1 where unknown). Accepts ids as given or as strings."""
+        return self._lookup(self.customer_ids, customer_ids)
+
+    def item_index(self, product_ids: Any) -> np.ndarray:
+        """0-based item indices for ids (-1 where unknown)."""
+        return self._lookup(self.product_ids, product_ids)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``customers.parquet`` and ``products.parquet`` (atomically) into ``directory``."""
+        directory = Path(directory)
+        customers = pd.DataFrame({USER: np.arange(self.n_users, dtype=np.int64), CUSTOMER: self.customer_ids})
+        products = pd.DataFrame(
+            {
+                ITEM: np.arange(self.n_items, dtype=np.int64),
+                PRODUCT: self.product_ids,
+                TITLE: pd.array(self.product_titles, dtype="string"),
+            }
+        )
+        for name, table in (("customers.parquet", customers), ("products.parquet", products)):
+            with atomic_path(directory / name) as tmp:
+                table.to_parquet(tmp, index=False)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Mappings:
+        directory = Path(directory)
+        try:
+            customers = pd.read_parquet(directory / "customers.parquet")
+            products = pd.read_parquet(directory / "products.parquet")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the id mappings in {directory}: {exc}") from exc
+        titles = products[TITLE].astype(object).where(products[TITLE].notna(), None).to_numpy()
+        return cls(pd.Index(customers[CUSTOMER]), pd.Index(products[PRODUCT]), titles)
+
+
+def build_mappings(frame: pd.DataFrame) -> Mappings:
+    """Sequential indices for the customers and videos in ``frame`` (sorted ids) and a title
+    per video (its most recent non-missing title)."""
+    customers = _sorted_uniques(frame[CUSTOMER])
+    products = _sorted_uniques(frame[PRODUCT])
+    titles = np.full(len(products), None, dtype=object)
+    has_title = frame[TITLE].notna().to_numpy()
+    if has_title.any():
+        sub = frame.loc[has_title, [PRODUCT, TITLE]]
+        last = sub.drop_duplicates(subset=[PRODUCT], keep="last")
+        pos = products.get_indexer(last[PRODUCT])
+        titles[pos] = last[TITLE].astype(str).to_numpy()
+    return Mappings(customers, products, titles)
+
+
+def index_ratings(frame: pd.DataFrame, mappings: Mappings) -> pd.DataFrame:
+    """Add ``user`` and ``item`` columns (int32 indices; -1 for ids the mappings lack)."""
+    out = frame.copy()
+    out[USER] = mappings.customer_ids.get_indexer(frame[CUSTOMER]).astype(np.int32)
+    out[ITEM] = mappings.product_ids.get_indexer(frame[PRODUCT]).astype(np.int32)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. split
+# ---------------------------------------------------------------------------------------------
+def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Each customer's latest rating (by date, then file order) is the test row.
+
+    Customers with a single rating keep it in training. Returns ``(train, test, stats)`` with
+    stats ``test_customers_single_rating`` and ``test_date_ties`` (customers whose latest date
+    was shared by several ratings, where file order decided).
+    """
+    users = indexed[USER].to_numpy()
+    date = _date_key(indexed)
+    rows = np.arange(len(indexed))
+    order = np.lexsort((rows, date, users))
+    u_sorted = users[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = u_sorted[1:] != u_sorted[:-1]
+    counts = np.bincount(users)
+    test_rows = order[last]
+    single = counts[users[test_rows]] == 1
+    # ties: the row before the last one of the same user has the same date
+    prev = np.flatnonzero(last) - 1
+    tie = np.zeros(len(test_rows), dtype=bool)
+    valid_prev = prev >= 0
+    same_user = np.zeros(len(test_rows), dtype=bool)
+    same_user[valid_prev] = u_sorted[prev[valid_prev]] == u_sorted[np.flatnonzero(last)[valid_prev]]
+    tie[same_user] = date[order[prev[same_user]]] == date[test_rows[same_user]]
+    test_rows = np.sort(test_rows[~single])
+    is_test = np.zeros(len(indexed), dtype=bool)
+    is_test[test_rows] = True
+    stats = {"test_customers_single_rating": int(single.sum()), "test_date_ties": int(tie[~single].sum())}
+    return (
+        indexed.iloc[np.flatnonzero(~is_test)].reset_index(drop=True),
+        indexed.iloc[test_rows].reset_index(drop=True),
+        stats,
+    )
+
+
+def split_random(
+    indexed: pd.DataFrame, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """A seeded random split of the rows (``test_fraction`` of them to test)."""
+    rng = np.random.default_rng(seed)
+    n_test = int(round(len(indexed) * test_fraction))
+    test_rows = np.sort(rng.choice(len(indexed), size=n_test, replace=False))
+    is_test = np.zeros(len(indexed), dtype=bool)
+    is_test[test_rows] = True
+    return (
+        indexed.iloc[np.flatnonzero(~is_test)].reset_index(drop=True),
+        indexed.iloc[test_rows].reset_index(drop=True),
+        {},
+    )
+
+
+def split_explicit(
+    indexed: pd.DataFrame, test_frame: pd.DataFrame, mappings: Mappings
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Use a given test set (e.g. a published split). Test rows whose customer or video is not in
+    the prepared training data are dropped (counted); (customer, video) pairs present in both are
+    removed from training so the test never leaks into it."""
+    test = index_ratings(reduce_columns(test_frame), mappings)
+    known = (test[USER] >= 0) & (test[ITEM] >= 0)
+    dropped = int((~known).sum())
+    test = test.loc[known].reset_index(drop=True)
+    if len(test) == 0:
+        raise DataError(
+            f"none of the {dropped:,} test ratings has a customer and a video that are in the prepared "
+            "training data; check that --test-data matches --data (same ids) and the long-tail thresholds"
+        )
+    n_items = mappings.n_items
+    train_keys = indexed[USER].to_numpy(np.int64) * n_items + indexed[ITEM].to_numpy(np.int64)
+    test_keys = test[USER].to_numpy(np.int64) * n_items + test[ITEM].to_numpy(np.int64)
+    overlap = np.isin(train_keys, test_keys)
+    train = indexed.iloc[np.flatnonzero(~overlap)].reset_index(drop=True)
+    return train, test, {"explicit_test_rows_dropped": dropped, "explicit_test_overlap_removed": int(overlap.sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. encode
+# ---------------------------------------------------------------------------------------------
+def one_hot(users: Any, items: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    """The one-hot design matrix: row r has a 1 in column ``users[r]`` and in column
+    ``n_users + items[r]``; float32 CSR with ``n_users + n_items`` columns. Vectorised."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if users.shape != items.shape or users.ndim != 1:
+        raise DataError(f"users and items must be 1-D of equal length, got {users.shape} and {items.shape}")
+    if users.size:
+        if users.min() < 0 or users.max() >= n_users:
+            raise DataError(f"user indices must be in [0, {n_users}), got [{users.min()}, {users.max()}]")
+        if items.min() < 0 or items.max() >= n_items:
+            raise DataError(f"item indices must be in [0, {n_items}), got [{items.min()}, {items.max()}]")
+    n = users.size
+    dim = n_users + n_items
+    index_dtype = np.int32 if 2 * n < 2**31 and dim < 2**31 else np.int64
+    indices = np.empty(2 * n, dtype=index_dtype)
+    indices[0::2] = users
+    indices[1::2] = items + n_users
+    indptr = np.arange(0, 2 * n + 1, 2, dtype=index_dtype)
+    data = np.ones(2 * n, dtype=np.float32)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, dim))
+
+
+def labels(ratings: Any, kind: str = "regression", threshold: float = 5.0) -> np.ndarray:
+    """float32 labels: the rating (``"regression"``) or ``rating >= threshold`` as 0/1
+    (``"classification"``, the lab's "is it 5 stars")."""
+    ratings = np.asarray(ratings, dtype=np.float32)
+    if kind == "regression":
+        return ratings.copy()
+    if kind == "classification":
+        return (ratings >= threshold).astype(np.float32)
+    raise ConfigError(f"label kind must be 'regression' or 'classification', got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the wired stage
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    """The output of :func:`prepare`.
+
+    ``ratings`` is the cleaned, filtered, indexed frame; ``train`` / ``test`` are its split
+    (columns as ``ratings``). Use :meth:`design_matrix` and :meth:`labels` to encode a part.
+    """
+
+    ratings: pd.DataFrame
+    train: pd.DataFrame
+    test: pd.DataFrame
+    mappings: Mappings
+    report: PrepareReport
+    config: PrepareConfig
+
+    @property
+    def n_users(self) -> int:
+        return self.mappings.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.mappings.n_items
+
+    @property
+    def feature_dim(self) -> int:
+        return self.n_users + self.n_items
+
+    def _part(self, part: str | pd.DataFrame) -> pd.DataFrame:
+        if isinstance(part, pd.DataFrame):
+            return part
+        if part not in ("train", "test", "ratings"):
+            raise ConfigError(f"part must be 'train', 'test' or 'ratings', got {part!r}")
+        return getattr(self, part)
+
+    def design_matrix(self, part: str | pd.DataFrame = "train") -> sp.csr_matrix:
+        frame = self._part(part)
+        return one_hot(frame[USER].to_numpy(), frame[ITEM].to_numpy(), self.n_users, self.n_items)
+
+    def labels(self, part: str | pd.DataFrame = "train", kind: str = "regression") -> np.ndarray:
+        return labels(self._part(part)[RATING].to_numpy(), kind, self.config.positive_threshold)
+
+    def seen_items(self) -> sp.csr_matrix:
+        """(n_users, n_items) boolean CSR of the training interactions."""
+        tr = self.train
+        data = np.ones(len(tr), dtype=bool)
+        m = sp.csr_matrix(
+            (data, (tr[USER].to_numpy(), tr[ITEM].to_numpy())), shape=(self.n_users, self.n_items)
+        )
+        m.sum_duplicates()
+        return m
+
+    def save_split(self, directory: str | os.PathLike) -> None:
+        """Write train/test (user, item, rating, date) as Parquet and the mappings, atomically."""
+        directory = Path(directory)
+        for name in ("train", "test"):
+            with atomic_path(directory / f"{name}.parquet") as tmp:
+                getattr(self, name)[[USER, ITEM, RATING, DATE]].to_parquet(tmp, index=False)
+        self.mappings.save(directory)
+        with atomic_path(directory / "prepare.json") as tmp:
+            tmp.write_text(json.dumps({"config": dataclasses.asdict(self.config)}, indent=2), encoding="utf-8")
+
+
+def prepare(
+    frame: pd.DataFrame, config: PrepareConfig | None = None, *, test_frame: pd.DataFrame | None = None
+) -> PreparedData:
+    """Run every preparation stage on a ratings frame (see the module docstring)."""
+    config = (config or PrepareConfig()).validate()
+    report = PrepareReport(min_customer_ratings=config.min_customer_ratings, min_product_ratings=config.min_product_ratings)
+    reduced = reduce_columns(frame)
+    report.rows_in = len(reduced)
+    if report.rows_in == 0:
+        raise DataError("no ratings to prepare: the input is empty")
+    report.rating_distribution_before = _rating_distribution(reduced[RATING])
+    deduped, dup_stats = drop_duplicates(reduced)
+    report.exact_duplicates_removed = dup_stats["exact_duplicates_removed"]
+    report.rereviews_removed = dup_stats["rereviews_removed"]
+    report.rows_after_dedupe = len(deduped)
+    report.customers_before_filter = int(deduped[CUSTOMER].nunique())
+    report.products_before_filter = int(deduped[PRODUCT].nunique())
+    filtered, passes = filter_long_tail(
+        deduped, config.min_customer_ratings, config.min_product_ratings, repeat_until_stable=config.repeat_until_stable
+    )
+    report.filter_passes = passes
+    report.rows_after_filter = len(filtered)
+    report.rating_distribution_after = _rating_distribution(filtered[RATING])
+    mappings = build_mappings(filtered)
+    report.customers, report.products = mappings.n_users, mappings.n_items
+    indexed = index_ratings(filtered, mappings)
+    if test_frame is not None:
+        train, test, stats = split_explicit(indexed, test_frame, mappings)
+        report.split = "explicit"
+    elif config.split == "random":
+        train, test, stats = split_random(indexed, config.test_fraction, config.seed)
+        report.split = "random"
+    else:
+        train, test, stats = split_leave_last_out(indexed)
+        report.split = "leave_last_out"
+    for key, value in stats.items():
+        setattr(report, key, value)
+    report.train_rows, report.test_rows = len(train), len(test)
+    if report.test_rows == 0:
+        raise DataError(
+            "the split left no test ratings (every customer has a single rating); "
+            "lower the thresholds less aggressively or use split = 'random'"
+        )
+    train_items = np.zeros(mappings.n_items, dtype=bool)
+    train_items[train[ITEM].to_numpy()] = True
+    report.test_items_unseen_in_train = int((~train_items[test[ITEM].to_numpy()]).sum())
+    for line in report.summary_lines():
+        log.info(line)
+    return PreparedData(indexed, train, test, mappings, report, config)

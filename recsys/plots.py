@@ -1,0 +1,392 @@
+"""PNG plots for the lab's reports.
+
+Every plot is a small independent function ``plot_<what>(..., path) -> Path`` built on two shared
+helpers: :func:`_new_figure` (size, resolution, titles, axis labels, house style) and
+:func:`_save_figure` (atomic PNG write). Figures are plain :class:`matplotlib.figure.Figure`
+objects drawn by the Agg canvas: pyplot is never imported, so making plots neither opens windows
+nor changes the backend or the figure list of a notebook or script that uses recsys.
+
+Exploration plots (inputs from :mod:`recsys.data.explore`):
+
+* :func:`plot_rating_distribution` -- rows per star value, with shares;
+* :func:`plot_reviews_by_month` -- seasonality, January to December;
+* :func:`plot_reviews_by_year` -- reviews per calendar year;
+* :func:`plot_count_distribution` -- how many reviews each customer / product has (log-log);
+* :func:`plot_exploration` -- all of the above into one directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from ._io import atomic_path
+from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+
+    from .data.explore import Exploration
+
+__all__ = [
+    "EXPLORATION_PLOTS",
+    "plot_count_distribution",
+    "plot_exploration",
+    "plot_rating_distribution",
+    "plot_reviews_by_month",
+    "plot_reviews_by_year",
+]
+
+logger = logging.getLogger(__name__)
+
+FIGSIZE: tuple[float, float] = (7.0, 4.0)
+WIDE_FIGSIZE: tuple[float, float] = (10.0, 4.0)
+DPI = 110
+COLOR = "#4C72B0"
+HIGHLIGHT = "#DD8452"
+MUTED = "#8C8C8C"
+
+#: File names written by :func:`plot_exploration`, by plot name.
+EXPLORATION_PLOTS: dict[str, str] = {
+    "rating_distribution": "rating_distribution.png",
+    "reviews_by_month": "reviews_by_month.png",
+    "reviews_by_year": "reviews_by_year.png",
+    "reviews_per_customer": "reviews_per_customer.png",
+    "reviews_per_product": "reviews_per_product.png",
+}
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# --------------------------------------------------------------------------------------------
+# shared style
+
+
+def _new_figure(
+    title: str,
+    xlabel: str | Sequence[str] = "",
+    ylabel: str | Sequence[str] = "",
+    *,
+    ncols: int = 1,
+    figsize: tuple[float, float] = FIGSIZE,
+    subtitles: Sequence[str] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """A styled figure with ``ncols`` axes side by side, attached to an Agg canvas.
+
+    Parameters
+    ----------
+    title : str
+        Figure title (the axes' own title when there is one panel, else the suptitle).
+    xlabel, ylabel : str or sequence of str
+        One label for every panel, or one per panel.
+    ncols : int
+        Number of panels.
+    figsize : (float, float)
+        Size in inches; the PNG is written at :data:`DPI`.
+    subtitles : sequence of str, optional
+        Per-panel titles when ``ncols > 1``.
+
+    Returns
+    -------
+    fig : Figure
+    axes : list of Axes
+    """
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(np.atleast_1d(fig.subplots(1, ncols)))
+    xlabels = [xlabel] * ncols if isinstance(xlabel, str) else list(xlabel)
+    ylabels = [ylabel] * ncols if isinstance(ylabel, str) else list(ylabel)
+    for i, ax in enumerate(axes):
+        ax.set_xlabel(xlabels[i])
+        ax.set_ylabel(ylabels[i])
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.grid(axis="y", color="#E5E5E5", linewidth=0.8)
+        ax.set_axisbelow(True)
+        if subtitles is not None:
+            ax.set_title(subtitles[i], fontsize="medium")
+    if ncols == 1 and subtitles is None:
+        axes[0].set_title(title, fontweight="bold")
+    else:
+        fig.suptitle(title, fontweight="bold")
+    return fig, axes
+
+
+def _thousands(axis: Axis) -> None:
+    """Format a linear count axis as integers with thousands separators (``12,345``)."""
+    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}"))
+
+
+def _log_counts(axis: Axis) -> None:
+    """Plain numbers with thousands separators on a log count axis (``1``, ``10``, ``1,000``)."""
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.10g}" if x >= 1 else f"{x:g}"))
+
+
+def _no_data(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color=MUTED)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (temp file + rename), then release it."""
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    logger.debug("wrote %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# exploration plots
+
+
+def plot_rating_distribution(exploration: Exploration, path: str | os.PathLike) -> Path:
+    """Bar chart of the number of rows per star value, labelled with each value's share.
+
+    Parameters
+    ----------
+    exploration : Exploration
+        Uses ``rating_counts`` and ``rating_shares``.
+    path : path-like
+        Where to write the PNG.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    counts = exploration.rating_counts
+    total = sum(counts.values())
+    fig, (ax,) = _new_figure(f"Star ratings ({total:,} rated reviews)", "star rating", "reviews")
+    if not counts:
+        _no_data(ax, "no ratings")
+        return _save_figure(fig, path)
+    stars = list(counts)
+    x = np.arange(len(stars))
+    bars = ax.bar(x, [counts[s] for s in stars], color=COLOR, width=0.7)
+    ax.bar_label(
+        bars, labels=[f"{exploration.rating_shares[s]:.1%}" for s in stars], padding=2,
+        fontsize="small",
+    )  # fmt: skip
+    ax.set_xticks(x, [f"{s:g}★" for s in stars])
+    ax.margins(y=0.1)
+    _thousands(ax.yaxis)
+    return _save_figure(fig, path)
+
+
+def plot_reviews_by_month(exploration: Exploration, path: str | os.PathLike) -> Path:
+    """Bar chart of reviews per month of the year (January..December), busiest highlighted.
+
+    Parameters
+    ----------
+    exploration : Exploration
+        Uses ``reviews_by_month`` and ``busiest_month``.
+    path : path-like
+        Where to write the PNG.
+
+    Returns
+    -------
+    Path
+    """
+    by_month = exploration.reviews_by_month
+    counts = [by_month.get(m, 0) for m in range(1, 13)]
+    fig, (ax,) = _new_figure("Reviews by month of the year", "month", "reviews")
+    if not any(counts):
+        _no_data(ax, "no dated reviews")
+        return _save_figure(fig, path)
+    colors = [HIGHLIGHT if m == exploration.busiest_month else COLOR for m in range(1, 13)]
+    ax.bar(np.arange(12), counts, color=colors, width=0.7)
+    ax.set_xticks(np.arange(12), _MONTHS)
+    ax.set_ylim(0, max(counts) * 1.15)  # headroom for the legend
+    _thousands(ax.yaxis)
+    _legend_busiest(ax, f"busiest: {_MONTHS[exploration.busiest_month - 1]}")
+    return _save_figure(fig, path)
+
+
+def plot_reviews_by_year(exploration: Exploration, path: str | os.PathLike) -> Path:
+    """Bar chart of reviews per calendar year, the busiest year highlighted.
+
+    Parameters
+    ----------
+    exploration : Exploration
+        Uses ``reviews_by_year`` and ``busiest_year``.
+    path : path-like
+        Where to write the PNG.
+
+    Returns
+    -------
+    Path
+    """
+    by_year = exploration.reviews_by_year
+    fig, (ax,) = _new_figure("Reviews by year", "year", "reviews")
+    if not by_year:
+        _no_data(ax, "no dated reviews")
+        return _save_figure(fig, path)
+    years = list(by_year)
+    colors = [HIGHLIGHT if y == exploration.busiest_year else COLOR for y in years]
+    ax.bar(years, list(by_year.values()), color=colors, width=0.7)
+    ax.set_ylim(0, max(by_year.values()) * 1.15)  # headroom for the legend
+    step = max(1, int(np.ceil(len(years) / 20)))  # at most ~20 tick labels
+    ax.set_xticks(years[::step], [str(y) for y in years[::step]])
+    if len(years) > 8:
+        ax.tick_params(axis="x", labelrotation=45)
+    _thousands(ax.yaxis)
+    _legend_busiest(ax, f"busiest: {exploration.busiest_year}")
+    return _save_figure(fig, path)
+
+
+def plot_count_distribution(counts: np.ndarray, path: str | os.PathLike, *, what: str) -> Path:
+    """How many reviews each customer (or product) has: log-log histogram and survival curve.
+
+    Left panel: how many customers (products, ...) have *k* reviews, averaged over logarithmic
+    bins of *k* (bin count / bin width, so a power law is a straight line). Right panel: the
+    complementary CDF -- the share with at least *k* reviews -- with the median, the 90th and
+    99th percentiles and the maximum marked. Both axes are logarithmic.
+
+    Parameters
+    ----------
+    counts : array of int
+        Reviews per customer (or product), one entry each, e.g. from
+        :func:`recsys.data.explore.review_counts`.
+    path : path-like
+        Where to write the PNG.
+    what : str
+        Singular noun for the entities counted: ``"customer"``, ``"product"``, ``"video"``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    DataError
+        If ``counts`` is empty or has values below 1.
+    """
+    counts = np.asarray(counts).ravel()
+    if counts.size == 0:
+        raise DataError(f"no review counts to plot for {what}s (empty array)")
+    if (
+        not np.issubdtype(counts.dtype, np.number)
+        or counts.min() < 1
+        or not np.array_equal(counts, np.round(counts))
+    ):
+        raise DataError(
+            f"review counts per {what} must be integers >= 1 (one per {what} that has "
+            f"reviews); got min {counts.min()!r}, dtype {counts.dtype}"
+        )
+    counts = counts.astype(np.int64)
+    plural = f"{what}s"
+    fig, (hist_ax, ccdf_ax) = _new_figure(
+        f"Reviews per {what} ({counts.size:,} {plural}, {int(counts.sum()):,} reviews)",
+        xlabel=f"reviews per {what}",
+        ylabel=[f"{plural} with k reviews", f"share of {plural}"],
+        ncols=2,
+        figsize=WIDE_FIGSIZE,
+        subtitles=[f"{plural} with k reviews (log bins)", "share with at least k reviews"],
+    )
+
+    # Left: log-binned histogram. Integer-aligned edges so each bin holds whole counts.
+    top = int(counts.max())
+    edges = np.unique(np.round(np.geomspace(1, top + 1, num=min(40, top) + 1)).astype(np.int64))
+    edges = np.unique(np.append(edges, top + 1))
+    hist, _ = np.histogram(counts, bins=edges)
+    widths = np.diff(edges)
+    keep = hist > 0
+    hist_ax.bar(
+        edges[:-1][keep], hist[keep] / widths[keep], width=widths[keep], align="edge", color=COLOR,
+        edgecolor="white", linewidth=0.5,
+    )  # fmt: skip
+    hist_ax.set_xscale("log")
+    hist_ax.set_yscale("log")
+    hist_ax.set_ylim(bottom=min(0.7, (hist[keep] / widths[keep]).min() * 0.7))
+
+    # Right: complementary CDF, P(count >= k), as a step function.
+    values, value_counts = np.unique(counts, return_counts=True)
+    at_least = np.cumsum(value_counts[::-1])[::-1] / counts.size
+    ccdf_ax.step(values, at_least, where="post", color=COLOR, linewidth=1.5)
+    ccdf_ax.set_xscale("log")
+    ccdf_ax.set_yscale("log")
+    ccdf_ax.set_ylim(top=1.3)
+
+    # Quantile markers: one line style each, explained by a legend (labels next to the lines
+    # collide when quantiles are close, as they are for small or flat data).
+    marks = {"median": (0.5, "--"), "p90": (0.9, "-."), "p99": (0.99, ":"), "max": (1.0, "-")}
+    levels = np.quantile(counts, [level for level, _ in marks.values()])
+    for (name, (_, style)), value in zip(marks.items(), levels, strict=True):
+        for ax in (hist_ax, ccdf_ax):
+            ax.axvline(
+                value, color=HIGHLIGHT, linewidth=1.0, linestyle=style,
+                label=f"{name} {value:,.4g}" if ax is ccdf_ax else None,
+            )  # fmt: skip
+    ccdf_ax.legend(loc="lower left", fontsize="small", framealpha=0.95, edgecolor="#CCCCCC")
+    for ax in (hist_ax, ccdf_ax):
+        ax.set_xlim(0.8, top * 1.5 + 1)
+        _log_counts(ax.xaxis)
+    _log_counts(hist_ax.yaxis)
+    ccdf_ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:.3g}"))
+    hist_ax.text(
+        0.98, 0.97, f"mean {counts.mean():,.2f}\nmedian {levels[0]:,.4g}",
+        transform=hist_ax.transAxes, ha="right", va="top", fontsize="small",
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#CCCCCC"},
+    )  # fmt: skip
+    return _save_figure(fig, path)
+
+
+def plot_exploration(
+    exploration: Exploration,
+    frame: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    item_label: str = "product",
+) -> dict[str, Path]:
+    """Write every exploration plot into ``out_dir`` under the names in :data:`EXPLORATION_PLOTS`.
+
+    Parameters
+    ----------
+    exploration : Exploration
+        From :func:`recsys.data.explore.explore` on ``frame``.
+    frame : DataFrame
+        The ratings frame, for the per-customer and per-product review counts.
+    out_dir : path-like
+        Directory to write into (created if needed); existing files are replaced.
+    item_label : str
+        Singular noun for products in titles and labels, e.g. ``"video"``.
+
+    Returns
+    -------
+    dict[str, Path]
+        Plot name (the file stem) -> written path.
+    """
+    from .data.explore import review_counts
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / file for name, file in EXPLORATION_PLOTS.items()}
+    per_customer, per_product = review_counts(frame)
+    plot_rating_distribution(exploration, paths["rating_distribution"])
+    plot_reviews_by_month(exploration, paths["reviews_by_month"])
+    plot_reviews_by_year(exploration, paths["reviews_by_year"])
+    plot_count_distribution(per_customer, paths["reviews_per_customer"], what="customer")
+    plot_count_distribution(per_product, paths["reviews_per_product"], what=item_label)
+    logger.info("wrote %d exploration plots to %s", len(paths), out_dir)
+    return paths
+
+
+def _legend_busiest(ax: Axes, label: str) -> None:
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=HIGHLIGHT, label=label)], loc="upper left", frameon=False)
