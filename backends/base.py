@@ -78,6 +78,34 @@ class Backend(abc.ABC):
     ) -> FittedFM:
         """Train an FM (``params.predictor_type`` regressor or binary_classifier) on ``X, y``."""
 
+    def fit_fm_ranking(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        layout: Any,
+        params: FMParams,
+        *,
+        user_part: sp.csr_matrix | None = None,
+        loss: str = "softmax",
+        negatives: int = 512,
+        eval_set: tuple[Any, Any, Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> FittedFM:
+        """Train an FM with a ranking loss (``"softmax"`` / ``"bpr"``) on observed pairs.
+
+        Optional: backends whose FM has only regression/classification losses (SageMaker)
+        train rankers with the sampled-negatives classifier instead (see
+        :func:`recsys.objectives.train_ranking_model`).
+        """
+        from recsys.errors import ConfigError
+
+        raise ConfigError(
+            f"the {self.name} backend cannot train the {loss!r} ranking loss; "
+            "set [ranking] loss = 'classifier' (observed vs sampled unobserved pairs)"
+        )
+
     @abc.abstractmethod
     def build_knn(self, vectors: np.ndarray, params: KNNParams) -> KNNIndex:
         """Index ``vectors`` (n, d) for ``params.index_metric`` search."""

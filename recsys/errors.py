@@ -7,6 +7,8 @@ where there is one, the fix.
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
 __all__ = [
     "RecsysError",
     "DataError",
@@ -31,8 +33,8 @@ class ConfigError(RecsysError, ValueError):
     """A configuration key or value is invalid."""
 
 
-class NotFittedError(RecsysError, AttributeError):
-    """A model was used before ``fit`` was called."""
+class NotFittedError(RecsysError, _SklearnNotFittedError):
+    """A model was used before ``fit`` was called (also a scikit-learn ``NotFittedError``)."""
 
 
 class ModelFitError(RecsysError, RuntimeError):

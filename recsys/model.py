@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,6 @@ class FittedFM:
             raise ModelFormatError(
                 f"predictor_type must be 'regressor' or 'binary_classifier', got {self.predictor_type!r}"
             )
-        self._v_sq: np.ndarray | None = None
 
     # ---- shape ---------------------------------------------------------------------------
     @property
@@ -133,15 +133,14 @@ class FittedFM:
     def decision_function(self, X: Any) -> np.ndarray:
         """The raw FM output y(x) (the logit for a classifier), in float64, O(nnz * num_factors)."""
         X = self._as_csr(X)
-        if self._v_sq is None:
-            self._v_sq = np.square(self.V.astype(np.float64))
-        V = self.V.astype(np.float64, copy=False)
+        V = self.V.astype(np.float64)
+        v_sq = V * V
         w = self.w.astype(np.float64, copy=False)
         out = np.empty(X.shape[0], dtype=np.float64)
         for start in range(0, X.shape[0], _ROW_CHUNK):
             part = X[start : start + _ROW_CHUNK].astype(np.float64)
             s = np.asarray(part @ V)
-            s2 = np.asarray(part.multiply(part) @ self._v_sq)
+            s2 = np.asarray(part.multiply(part) @ v_sq)
             out[start : start + part.shape[0]] = (
                 self.w0 + np.asarray(part @ w).ravel() + 0.5 * (s * s - s2).sum(axis=1)
             )
@@ -215,7 +214,8 @@ class FittedFM:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FM_FORMAT:
-            raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {meta.get('format')!r})")
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {found!r})")
         version = meta.get("format_version")
         if version != FM_FORMAT_VERSION:
             raise ModelFormatError(
@@ -225,12 +225,18 @@ class FittedFM:
         try:
             with np.load(npz_path, allow_pickle=False) as arrays:
                 w, V = arrays["w"], arrays["V"]
-        except (ValueError, KeyError, OSError) as exc:
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
             raise ModelFormatError(f"{npz_path} is unreadable or lacks the arrays w and V: {exc}") from exc
-        fm = cls(
-            w0=meta["w0"], w=w, V=V, predictor_type=meta["predictor_type"],
-            config=meta.get("config", {}), metadata=meta.get("metadata", {}),
-        )  # fmt: skip
+        missing = [k for k in ("w0", "predictor_type") if k not in meta]
+        if missing:
+            raise ModelFormatError(f"{cfg_path} lacks {', '.join(missing)}")
+        try:
+            fm = cls(
+                w0=float(meta["w0"]), w=w, V=V, predictor_type=meta["predictor_type"],
+                config=meta.get("config") or {}, metadata=meta.get("metadata") or {},
+            )  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{path}: invalid model data: {exc}") from exc
         if fm.feature_dim != meta.get("feature_dim") or fm.num_factors != meta.get("num_factors"):
             raise ModelFormatError(f"{path}: array shapes do not match config.json")
         return fm

@@ -83,7 +83,9 @@ class FMParams:
     # ---- local only -------------------------------------------------------------------
     optimizer: str = "adam"
     seed: int = 0
+    #: torch threads while training (None: 1 -- batches are small, see backends.local.fm)
     threads: int | None = None
+    #: stop when the evaluation metric has not improved for this many epochs (keeps the best)
     early_stopping_patience: int | None = None
 
     #: Names SageMaker's FM understands (everything above the "local only" line).

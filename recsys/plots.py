@@ -45,6 +45,10 @@ __all__ = [
     "plot_rating_distribution",
     "plot_reviews_by_month",
     "plot_reviews_by_year",
+    "plot_prediction_histogram",
+    "plot_confusion_matrix",
+    "plot_score_scatter",
+    "plot_ranking_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -382,7 +386,7 @@ def plot_exploration(
     plot_reviews_by_year(exploration, paths["reviews_by_year"])
     plot_count_distribution(per_customer, paths["reviews_per_customer"], what="customer")
     plot_count_distribution(per_product, paths["reviews_per_product"], what=item_label)
-    logger.info("wrote %d exploration plots to %s", len(paths), out_dir)
+    logger.debug("wrote %d exploration plots to %s", len(paths), out_dir)
     return paths
 
 
@@ -390,3 +394,82 @@ def _legend_busiest(ax: Axes, label: str) -> None:
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color=HIGHLIGHT, label=label)], loc="upper left", frameon=False)
+
+
+# --------------------------------------------------------------------------------------------
+# model plots
+
+
+def plot_prediction_histogram(
+    predictions: np.ndarray, path: str | os.PathLike, *, title: str, xlabel: str, bins: int = 40,
+    truth: np.ndarray | None = None,
+) -> Path:
+    """Histogram of a model's test predictions (the lab's sanity check), optionally next to the
+    true values' histogram."""
+    fig, (ax,) = _new_figure(title, xlabel, "test rows")
+    p = np.asarray(predictions, dtype=np.float64)
+    if p.size == 0:
+        _no_data(ax, "no predictions")
+        return _save_figure(fig, path)
+    edges = np.histogram_bin_edges(p if truth is None else np.r_[p, np.asarray(truth, dtype=np.float64)], bins=bins)
+    if truth is not None:
+        ax.hist(np.asarray(truth, dtype=np.float64), bins=edges, color=MUTED, alpha=0.45, label="actual")
+    ax.hist(p, bins=edges, color=COLOR, alpha=0.85, label="predicted")
+    ax.axvline(p.min(), color=HIGHLIGHT, linestyle=":", linewidth=1)
+    ax.axvline(p.max(), color=HIGHLIGHT, linestyle=":", linewidth=1)
+    ax.text(0.99, 0.97, f"min {p.min():.3g}   max {p.max():.3g}   mean {p.mean():.3g}", transform=ax.transAxes,
+            ha="right", va="top", fontsize="small", color="#333333")  # fmt: skip
+    _thousands(ax.yaxis)
+    ax.legend(frameon=False, loc="upper left")
+    return _save_figure(fig, path)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: str | os.PathLike, *, labels: Sequence[str] = ("not 5★", "5★")) -> Path:
+    """Heatmap of ``[[tn, fp], [fn, tp]]`` with counts and row shares in each cell."""
+    m = np.asarray(matrix, dtype=np.float64)
+    fig, (ax,) = _new_figure("Confusion matrix (test set)", "predicted", "actual", figsize=(4.8, 4.0))
+    ax.grid(False)
+    ax.imshow(m, cmap="Blues")
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    for (r, c), value in np.ndenumerate(m):
+        dark = value > m.max() / 2
+        ax.text(c, r, f"{int(value):,}\n{share[r, c]:.0%}", ha="center", va="center",
+                color="white" if dark else "#222222", fontsize="medium")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.spines[:].set_visible(False)
+    return _save_figure(fig, path)
+
+
+def plot_score_scatter(
+    a: np.ndarray, b: np.ndarray, path: str | os.PathLike, *, label_a: str, label_b: str, title: str
+) -> Path:
+    """Scatter of two customers' scores over the whole catalogue (the lab's 200 vs 201 plot)."""
+    fig, (ax,) = _new_figure(title, f"score for {label_a}", f"score for {label_b}", figsize=(5.2, 4.6))
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ax.scatter(a, b, s=6, alpha=0.45, color=COLOR, linewidths=0)
+    if a.size > 1 and a.std() > 0 and b.std() > 0:
+        r = float(np.corrcoef(a, b)[0, 1])
+        ax.text(0.02, 0.97, f"Pearson r = {r:.3f}", transform=ax.transAxes, va="top", fontsize="small")
+    ax.grid(axis="both", color="#E5E5E5", linewidth=0.8)
+    return _save_figure(fig, path)
+
+
+def plot_ranking_metrics(
+    rows: Sequence[tuple[str, dict[str, float]]], path: str | os.PathLike, *, metrics: Sequence[str] = ("hr@10", "ndcg@10", "hr@100", "ndcg@100")
+) -> Path:
+    """Grouped bars: each model's ranking metrics side by side (e.g. FM vs popularity)."""
+    fig, (ax,) = _new_figure("Ranking on held-out latest ratings", "", "value")
+    width = 0.8 / max(len(rows), 1)
+    palette = (COLOR, HIGHLIGHT, "#55A868", MUTED, "#C44E52")
+    x = np.arange(len(metrics))
+    for j, (name, values) in enumerate(rows):
+        heights = [values.get(m, np.nan) for m in metrics]
+        bars = ax.bar(x + (j - (len(rows) - 1) / 2) * width, heights, width, label=name, color=palette[j % len(palette)])
+        for bar, h in zip(bars, heights, strict=True):
+            if np.isfinite(h):
+                ax.text(bar.get_x() + bar.get_width() / 2, h, f"{h:.3f}", ha="center", va="bottom", fontsize="x-small")
+    ax.set_xticks(x, [m.upper() for m in metrics])
+    ax.legend(frameon=False)
+    return _save_figure(fig, path)

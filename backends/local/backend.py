@@ -39,6 +39,28 @@ class TorchBackend(Backend):
             show_progress=show_progress, metadata=metadata,
         )  # fmt: skip
 
+    def fit_fm_ranking(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        layout: Any,
+        params: FMParams,
+        *,
+        user_part: sp.csr_matrix | None = None,
+        loss: str = "softmax",
+        negatives: int = 512,
+        eval_set: tuple[Any, Any, Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        show_progress: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> FittedFM:
+        from .ranking import train_fm_ranking
+
+        return train_fm_ranking(
+            users, items, layout, params, user_part=user_part, loss=loss, negatives=negatives,
+            eval_set=eval_set, callbacks=callbacks, show_progress=show_progress, metadata=metadata,
+        )  # fmt: skip
+
     def build_knn(self, vectors: np.ndarray, params: KNNParams) -> KNNIndex:
         from .knn import FaissIndex
 

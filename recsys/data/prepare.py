@@ -190,7 +190,7 @@ def _codes(series: pd.Series) -> np.ndarray:
     return pd.factorize(series, use_na_sentinel=False)[0].astype(np.int64)
 
 
-def _date_key(frame: pd.DataFrame) -> np.ndarray:
+def date_order_key(frame: pd.DataFrame) -> np.ndarray:
     """Dates as int64 for ordering; NaT sorts first (oldest)."""
     dates = frame[DATE]
     values = dates.to_numpy(dtype="datetime64[ns]").view(np.int64).copy()
@@ -212,7 +212,7 @@ def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     cust, prod = _codes(frame[CUSTOMER]), _codes(frame[PRODUCT])
     title = _codes(frame[TITLE])
     rating = frame[RATING].to_numpy(dtype=np.float64)
-    date = _date_key(frame)
+    date = date_order_key(frame)
     # Exact duplicates over all reduced columns: keep the first occurrence.
     key = pd.DataFrame({"c": cust, "p": prod, "t": title, "r": rating, "d": date})
     exact_dup = key.duplicated(keep="first").to_numpy()
@@ -399,7 +399,7 @@ def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     was shared by several ratings, where file order decided).
     """
     users = indexed[USER].to_numpy()
-    date = _date_key(indexed)
+    date = date_order_key(indexed)
     rows = np.arange(len(indexed))
     order = np.lexsort((rows, date, users))
     u_sorted = users[order]

@@ -57,6 +57,7 @@ from .schema import AMAZON_COLUMNS
 __all__ = [
     "GENRES",
     "GeneratorConfig",
+    "GENERATOR_VERSION",
     "MALFORMED_REASONS",
     "PRESETS",
     "WriteInfo",
@@ -105,6 +106,9 @@ _GENRE_STYLE = (
 )  # fmt: skip
 
 #: Reasons reported in :attr:`WriteInfo.malformed_line_numbers`.
+#: Bumped whenever the generator's output changes for a given preset and seed (cache key).
+GENERATOR_VERSION = 1
+
 MALFORMED_REASONS: tuple[str, ...] = (
     "too many fields",
     "too few fields",

@@ -1,0 +1,429 @@
+"""The run configuration: every parameter of ``recsys run``, from TOML/YAML files and flags.
+
+A config file has top-level keys and one table per stage::
+
+    seed = 0
+    backend = "torch"          # or "sagemaker"
+    objective = "ranking"      # or "classifier" (the lab's classifier + k-NN path)
+    out = "recsys-output"
+
+    [data]        path, format, preset, test_path, user_column, item_column, ...
+    [prepare]     min_customer_ratings = 18, min_product_ratings = 95, split, ...
+    [regressor]   SageMaker FM hyperparameters (lab: num_factors 64, epochs 25, ...)
+    [classifier]  SageMaker FM hyperparameters (lab: num_factors 128, batch 512, 25 epochs)
+    [ranking]     loss, negatives, history_length, ... and FM hyperparameters
+    [knn]         SageMaker k-NN hyperparameters (k = 100, index_type, index_metric)
+    [recommend]   exclude_seen, csv, sample_customers
+    [evaluation]  liked_threshold
+    [sagemaker]   bucket, role, prefix, instance types, ... (only for backend = "sagemaker")
+
+Unknown keys are errors that name the key and list the valid ones. ``seed`` feeds every stage
+that has no seed of its own in the file. :func:`dump_toml` writes the effective config back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.prepare import PrepareConfig
+from .errors import ConfigError
+from .params import FMParams, KNNParams, params_from_dict
+
+__all__ = [
+    "RunConfig",
+    "DataConfig",
+    "RankingConfig",
+    "RecommendConfig",
+    "EvaluationConfig",
+    "load_config",
+    "config_from_dict",
+    "dump_toml",
+    "apply_overrides",
+    "apply_seed",
+    "OBJECTIVES",
+    "BACKENDS",
+]
+
+OBJECTIVES = ("ranking", "classifier")
+BACKENDS = ("torch", "sagemaker")
+DATA_FORMATS = ("amazon", "movielens", "csv", "parquet")
+PRESETS = ("tiny", "default", "full")
+RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
+
+
+@dataclass
+class DataConfig:
+    """Where the ratings come from. No ``path``: the built-in dataset ``preset``."""
+
+    path: str | None = None
+    format: str | None = None
+    preset: str = "default"
+    test_path: str | None = None
+    user_column: str | None = None
+    item_column: str | None = None
+    rating_column: str | None = None
+    timestamp_column: str | None = None
+    title_column: str | None = None
+    sep: str | None = None
+
+    def validate(self) -> DataConfig:
+        if self.format is not None and self.format not in DATA_FORMATS:
+            raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}; got {self.format!r}")
+        if self.path is None and self.preset not in PRESETS:
+            raise ConfigError(f"data.preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        return self
+
+    def mapping(self) -> dict[str, str]:
+        """Column-mapping options for CSV/Parquet loaders (only those that were set)."""
+        names = {"user_column": "user", "item_column": "item", "rating_column": "rating",
+                 "timestamp_column": "timestamp", "title_column": "title"}  # fmt: skip
+        out = {v: getattr(self, k) for k, v in names.items() if getattr(self, k)}
+        if self.sep:
+            out["sep"] = self.sep
+        return out
+
+
+def _fm_defaults(**overrides: Any) -> FMParams:
+    return FMParams(**overrides)
+
+
+@dataclass
+class RankingConfig:
+    """The ranking objective: an FM over [user | video | recent videos] trained to put each
+    customer's next video first (see :mod:`recsys.features` and the README)."""
+
+    loss: str = "auto"
+    negatives: int | None = None
+    history_length: int = 5
+    history_weighting: str = "uniform"
+    fm: FMParams = field(
+        default_factory=lambda: _fm_defaults(
+            predictor_type="binary_classifier", num_factors=64, epochs=20, mini_batch_size=512,
+            linear_lr=0.003, factors_lr=0.003, factors_init_sigma=0.01,
+        )  # fmt: skip
+    )
+
+    OWN_KEYS = ("loss", "negatives", "history_length", "history_weighting")
+
+    def resolved_loss(self, backend: str) -> str:
+        """``auto`` means sampled softmax locally and the sampled-negatives classifier on
+        SageMaker (whose built-in FM only has regression and classification losses)."""
+        if self.loss != "auto":
+            return self.loss
+        return "classifier" if backend == "sagemaker" else "softmax"
+
+    def validate(self) -> RankingConfig:
+        if self.loss not in RANKING_LOSSES:
+            raise ConfigError(f"ranking.loss must be one of {', '.join(RANKING_LOSSES)}; got {self.loss!r}")
+        for name, low in (("negatives", 1), ("history_length", 0)):
+            v = getattr(self, name)
+            if v is None and name == "negatives":
+                continue  # per-loss default (recsys.objectives.DEFAULT_NEGATIVES)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"ranking.{name} must be an integer >= {low}, got {v!r}")
+        if self.history_weighting not in ("uniform", "decay"):
+            raise ConfigError(f"ranking.history_weighting must be 'uniform' or 'decay', got {self.history_weighting!r}")
+        self.fm.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.OWN_KEYS}
+        out.update({k: v for k, v in self.fm.to_dict().items() if k != "predictor_type"})
+        return out
+
+
+@dataclass
+class RecommendConfig:
+    """The recommendations written (``k`` lives in ``[knn]``)."""
+
+    exclude_seen: bool = True
+    csv: bool = False
+    sample_customers: int = 5
+
+    def validate(self) -> RecommendConfig:
+        for name in ("exclude_seen", "csv"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"recommend.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.sample_customers, int) or self.sample_customers < 0:
+            raise ConfigError(f"recommend.sample_customers must be an integer >= 0, got {self.sample_customers!r}")
+        return self
+
+
+@dataclass
+class EvaluationConfig:
+    """Ranking evaluation options: ``liked_threshold`` adds metrics over held-out videos the
+    customer liked (rated at least this); ``None`` turns that off."""
+
+    liked_threshold: float | None = 4.0
+
+    def validate(self) -> EvaluationConfig:
+        t = self.liked_threshold
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t)):
+            raise ConfigError(f"evaluation.liked_threshold must be a number or omitted, got {t!r}")
+        return self
+
+
+def _lab_regressor() -> FMParams:
+    return FMParams(predictor_type="regressor", num_factors=64, epochs=25, mini_batch_size=1000,
+                    clip_gradient=5.0, rescale_grad=1.0 / 1000)  # fmt: skip
+
+
+def _lab_classifier() -> FMParams:
+    return FMParams(predictor_type="binary_classifier", num_factors=128, epochs=25, mini_batch_size=512)
+
+
+@dataclass
+class RunConfig:
+    """Every parameter of a run; defaults reproduce the lab's settings."""
+
+    seed: int = 0
+    backend: str = "torch"
+    objective: str = "ranking"
+    out: str = "recsys-output"
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    regressor: FMParams = field(default_factory=_lab_regressor)
+    classifier: FMParams = field(default_factory=_lab_classifier)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    knn: KNNParams = field(default_factory=KNNParams)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    sagemaker: dict[str, Any] = field(default_factory=dict)
+
+    TOP_KEYS = ("seed", "backend", "objective", "out")
+    SECTIONS = ("data", "prepare", "regressor", "classifier", "ranking", "knn", "recommend", "evaluation", "sagemaker")
+
+    def validate(self) -> RunConfig:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError(f"out must be a directory path, got {self.out!r}")
+        self.data.validate()
+        self.prepare.validate()
+        if self.regressor.predictor_type != "regressor":
+            raise ConfigError("[regressor] predictor_type must be 'regressor'")
+        if self.classifier.predictor_type != "binary_classifier":
+            raise ConfigError("[classifier] predictor_type must be 'binary_classifier'")
+        self.regressor.validate()
+        self.classifier.validate()
+        self.ranking.validate()
+        self.knn.validate()
+        self.recommend.validate()
+        self.evaluation.validate()
+        if self.backend == "sagemaker":
+            from backends.sagemaker.config import SAGEMAKER_OPTIONS
+
+            unknown = sorted(set(self.sagemaker) - set(SAGEMAKER_OPTIONS))
+            if unknown:
+                raise ConfigError(
+                    f"unknown key(s) {', '.join(map(repr, unknown))} in [sagemaker]; valid keys: "
+                    f"{', '.join(SAGEMAKER_OPTIONS)}"
+                )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "backend": self.backend,
+            "objective": self.objective,
+            "out": self.out,
+            "data": dataclasses.asdict(self.data),
+            "prepare": dataclasses.asdict(self.prepare),
+            "regressor": self.regressor.to_dict(),
+            "classifier": self.classifier.to_dict(),
+            "ranking": self.ranking.to_dict(),
+            "knn": self.knn.to_dict(),
+            "recommend": dataclasses.asdict(self.recommend),
+            "evaluation": dataclasses.asdict(self.evaluation),
+            "sagemaker": dict(self.sagemaker),
+        }
+
+
+def _fm_section(values: dict[str, Any], where: str, base: FMParams, predictor_type: str) -> FMParams:
+    values = dict(values)
+    if "predictor_type" in values and values["predictor_type"] != predictor_type:
+        raise ConfigError(f"[{where}] predictor_type is fixed to {predictor_type!r}")
+    values["predictor_type"] = predictor_type
+    merged = {**base.to_dict(), **values}
+    return params_from_dict(FMParams, merged, where=where)
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Build and validate a :class:`RunConfig` from nested dicts (a parsed TOML/YAML file).
+
+    Section seeds that are not given follow the top-level ``seed``.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a table of keys, got {type(raw).__name__}")
+    cfg = RunConfig()
+    valid = list(RunConfig.TOP_KEYS) + list(RunConfig.SECTIONS)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    for key in RunConfig.TOP_KEYS:
+        if key in raw:
+            setattr(cfg, key, raw[key])
+    explicit_seeds: set[str] = set()
+
+    def section(name: str) -> dict[str, Any]:
+        value = raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of key = value pairs")
+        if "seed" in value:
+            explicit_seeds.add(name)
+        return value
+
+    cfg.data = params_from_dict(DataConfig, section("data"), where="data")
+    cfg.prepare = params_from_dict(PrepareConfig, section("prepare"), where="prepare")
+    cfg.regressor = _fm_section(section("regressor"), "regressor", _lab_regressor(), "regressor")
+    cfg.classifier = _fm_section(section("classifier"), "classifier", _lab_classifier(), "binary_classifier")
+    ranking_raw = section("ranking")
+    own = {k: v for k, v in ranking_raw.items() if k in RankingConfig.OWN_KEYS}
+    fm_raw = {k: v for k, v in ranking_raw.items() if k not in RankingConfig.OWN_KEYS}
+    fm_names = [f.name for f in dataclasses.fields(FMParams)]
+    bad = sorted(set(fm_raw) - set(fm_names))
+    if bad:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(map(repr, bad))} in [ranking]; valid keys: "
+            f"{', '.join(RankingConfig.OWN_KEYS + tuple(n for n in fm_names if n != 'predictor_type'))}"
+        )
+    cfg.ranking = RankingConfig(**own)
+    cfg.ranking.fm = _fm_section(fm_raw, "ranking", RankingConfig().fm, "binary_classifier")
+    cfg.knn = params_from_dict(KNNParams, section("knn"), where="knn")
+    cfg.recommend = params_from_dict(RecommendConfig, section("recommend"), where="recommend")
+    cfg.evaluation = params_from_dict(EvaluationConfig, section("evaluation"), where="evaluation")
+    cfg.sagemaker = dict(section("sagemaker"))
+    cfg._explicit_seeds = explicit_seeds  # type: ignore[attr-defined]
+    apply_seed(cfg, cfg.seed)
+    return cfg.validate()
+
+
+def apply_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    """Set ``seed`` everywhere a section did not set its own."""
+    cfg.seed = seed
+    explicit = getattr(cfg, "_explicit_seeds", set())
+    for name, obj in (("prepare", cfg.prepare), ("regressor", cfg.regressor), ("classifier", cfg.classifier)):
+        if name not in explicit:
+            obj.seed = seed
+    if "ranking" not in explicit:
+        cfg.ranking.fm.seed = seed
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raise ConfigError(f"config file must end in .toml, .yaml, .yml or .json, got {path.name}")
+    except ConfigError:
+        raise
+    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError, JSONDecodeError
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    return config_from_dict(raw, source=str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    """The config as TOML text (keys whose value is unset are left out: they mean the default)."""
+    data = cfg.to_dict()
+    lines = ["# recsys run configuration (effective values)"]
+    for key in RunConfig.TOP_KEYS:
+        lines.append(f"{key} = {_toml_value(data[key])}")
+    for name in RunConfig.SECTIONS:
+        lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in data[name].items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+#: Flat override names (CLI flags / ``recsys.run(**overrides)``) -> where they go.
+OVERRIDES: dict[str, tuple[str, ...]] = {
+    "out": ("out",),
+    "backend": ("backend",),
+    "objective": ("objective",),
+    "data_path": ("data", "path"),
+    "data_format": ("data", "format"),
+    "preset": ("data", "preset"),
+    "test_path": ("data", "test_path"),
+    "user_column": ("data", "user_column"),
+    "item_column": ("data", "item_column"),
+    "rating_column": ("data", "rating_column"),
+    "timestamp_column": ("data", "timestamp_column"),
+    "title_column": ("data", "title_column"),
+    "sep": ("data", "sep"),
+    "min_customer_ratings": ("prepare", "min_customer_ratings"),
+    "min_product_ratings": ("prepare", "min_product_ratings"),
+    "split": ("prepare", "split"),
+    "k": ("knn", "k"),
+    "csv": ("recommend", "csv"),
+}
+
+
+def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
+    """Apply flat overrides (``None`` values are ignored) and re-validate."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "seed":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"seed must be an integer, got {value!r}")
+            apply_seed(cfg, value)
+            continue
+        where = OVERRIDES.get(key)
+        if where is None:
+            raise ConfigError(f"unknown option {key!r}; valid options: seed, {', '.join(OVERRIDES)}")
+        target: Any = cfg
+        for part in where[:-1]:
+            target = getattr(target, part)
+        setattr(target, where[-1], value)
+    return cfg.validate()

@@ -1,0 +1,169 @@
+"""Feature layouts of the FM design matrix.
+
+The lab's design is one-hot: ``n_users`` user columns, then ``n_items`` item columns. The
+ranking objective can add the customer's *recent history* -- a second block of ``n_items``
+columns holding the videos the customer rated just before (the last ``history_length`` of
+them, weights summing to 1) -- so the model can learn "people who just watched X watch Y next"
+(a factorized personalised Markov chain, Rendle et al. 2010, written as an FM)::
+
+    [ user one-hot | candidate item one-hot | recent items (weights) ]
+      0 .. n_users   n_users .. +n_items      n_users+n_items .. +n_items
+
+Everything on the customer's side of a row (user one-hot + history) is the *user part*; the
+candidate video is a single one-hot column. For such rows the FM score splits into
+
+    y(user part + item i) = y(user part) + w_i + <sum_f x_f V_f, V_i>
+
+which is what makes k-NN exact: item vector ``[V_i, w_i]``, user vector
+``[sum_f x_f V_f, 1]`` (just ``[V_u, 1]`` for the one-hot layout) and a per-customer
+constant ``y(user part)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .data.prepare import date_order_key
+from .data.schema import ITEM, USER
+from .errors import ConfigError, DataError
+
+__all__ = ["FeatureLayout", "user_features", "pair_user_features", "design_rows"]
+
+HISTORY_WEIGHTINGS = ("uniform", "decay")
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where each block of features lives in the design matrix."""
+
+    n_users: int
+    n_items: int
+    history_length: int = 0
+    history_weighting: str = "uniform"
+
+    def __post_init__(self) -> None:
+        for name in ("n_users", "n_items", "history_length"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.history_weighting not in HISTORY_WEIGHTINGS:
+            raise ConfigError(
+                f"history_weighting must be one of {', '.join(HISTORY_WEIGHTINGS)}, got {self.history_weighting!r}"
+            )
+
+    @property
+    def item_offset(self) -> int:
+        return self.n_users
+
+    @property
+    def history_offset(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def feature_dim(self) -> int:
+        return self.n_users + self.n_items * (2 if self.history_length else 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> FeatureLayout:
+        """The layout a model records in its metadata (``layout``, or ``n_users``/``n_items``)."""
+        if "layout" in metadata and metadata["layout"]:
+            return cls(**metadata["layout"])
+        if "n_users" in metadata and "n_items" in metadata:
+            return cls(int(metadata["n_users"]), int(metadata["n_items"]))
+        raise DataError("the model does not record its feature layout (metadata 'layout' or n_users/n_items)")
+
+    def _weights(self, lags: np.ndarray) -> np.ndarray:
+        if self.history_weighting == "decay":  # halves every history_length / 2 steps back
+            return 0.5 ** ((lags - 1) / max(self.history_length / 2.0, 1.0))
+        return np.ones(len(lags))
+
+
+def _timeline(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``frame`` ordered by (user, date, file order); returns order, users, items and
+    each row's 0-based position in its user's timeline (in that order)."""
+    users = frame[USER].to_numpy(np.int64)
+    order = np.lexsort((np.arange(len(frame)), date_order_key(frame), users))
+    u_sorted = users[order]
+    starts = np.r_[0, np.flatnonzero(u_sorted[1:] != u_sorted[:-1]) + 1] if len(order) else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, len(order)])
+    pos = np.arange(len(order)) - np.repeat(starts, lengths)
+    return order, u_sorted, frame[ITEM].to_numpy(np.int64)[order], pos
+
+
+def _normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    scale = np.divide(1.0, sums, out=np.zeros_like(sums, dtype=np.float64), where=sums > 0)
+    return sp.csr_matrix(sp.diags(scale) @ m, dtype=np.float32)
+
+
+def _user_part(layout: FeatureLayout, users: np.ndarray, history: sp.csr_matrix | None) -> sp.csr_matrix:
+    n = len(users)
+    onehot = sp.csr_matrix(
+        (np.ones(n, dtype=np.float32), (np.arange(n), users)), shape=(n, layout.feature_dim)
+    )
+    if history is None or not layout.history_length:
+        return onehot
+    hist = sp.csr_matrix(history, dtype=np.float32)
+    shifted = sp.csr_matrix((hist.data, hist.indices + layout.history_offset, hist.indptr), shape=(n, layout.feature_dim))
+    out = (onehot + shifted).tocsr()
+    out.sort_indices()
+    return out
+
+
+def user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_matrix:
+    """The user part of every customer, (n_users, feature_dim): one-hot user plus, with history,
+    their last ``history_length`` training ratings (most recent by date, then file order)."""
+    users = np.arange(layout.n_users)
+    if not layout.history_length:
+        return _user_part(layout, users, None)
+    order, u_sorted, i_sorted, pos = _timeline(train)
+    counts = np.bincount(u_sorted, minlength=layout.n_users)
+    lag = counts[u_sorted] - pos  # 1 = most recent
+    keep = lag <= layout.history_length
+    hist = sp.csr_matrix(
+        (layout._weights(lag[keep]), (u_sorted[keep], i_sorted[keep])), shape=(layout.n_users, layout.n_items)
+    )
+    hist.sum_duplicates()
+    return _user_part(layout, users, _normalise_rows(hist))
+
+
+def pair_user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_matrix:
+    """The user part of every training row, (len(train), feature_dim), in ``train``'s row order:
+    one-hot user plus the ``history_length`` ratings that customer made *before* this one
+    (never the rating itself, so training sees what serving will see)."""
+    users = train[USER].to_numpy(np.int64)
+    if not layout.history_length:
+        return _user_part(layout, users, None)
+    order, u_sorted, i_sorted, pos = _timeline(train)
+    rows, cols, lags = [], [], []
+    for lag in range(1, layout.history_length + 1):
+        ok = np.flatnonzero(pos >= lag)
+        rows.append(order[ok])
+        cols.append(i_sorted[ok - lag])
+        lags.append(np.full(len(ok), lag, dtype=np.float64))
+    r, c, g = (np.concatenate(x) for x in (rows, cols, lags))
+    hist = sp.csr_matrix((layout._weights(g), (r, c)), shape=(len(train), layout.n_items))
+    hist.sum_duplicates()
+    return _user_part(layout, users, _normalise_rows(hist))
+
+
+def design_rows(layout: FeatureLayout, user_part: sp.csr_matrix, items: Any) -> sp.csr_matrix:
+    """Full FM rows: each user-part row plus a one-hot candidate item column."""
+    items = np.asarray(items, dtype=np.int64)
+    if user_part.shape[0] != len(items):
+        raise DataError(f"user_part has {user_part.shape[0]} rows but {len(items)} items were given")
+    onehot = sp.csr_matrix(
+        (np.ones(len(items), dtype=np.float32), (np.arange(len(items)), items + layout.item_offset)),
+        shape=(len(items), layout.feature_dim),
+    )
+    out = (sp.csr_matrix(user_part, dtype=np.float32) + onehot).tocsr()
+    out.sort_indices()
+    return out

@@ -1,0 +1,115 @@
+"""Training the FM for ranking (``objective = "ranking"``), on any backend.
+
+The model is an FM over ``[user | candidate video | recent videos]`` (:mod:`recsys.features`)
+trained so each customer's next video scores above videos they did not pick:
+
+* ``softmax`` (local default) -- sampled softmax over ``negatives`` shared random videos;
+* ``bpr`` -- pairwise BPR against ``negatives`` random videos per observed pair;
+* ``classifier`` (SageMaker default) -- the binary classifier on observed rows (label 1) and
+  ``negatives`` sampled unobserved videos per observed row (label 0). Any backend's plain FM
+  can train this, so it is how SageMaker's built-in FM learns to rank.
+
+All three give an ordinary :class:`recsys.model.FittedFM` with its layout in the metadata, which
+goes through the same vectors -> k-NN path as the lab's classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .data.prepare import PreparedData, split_leave_last_out
+from .data.schema import ITEM, USER
+from .errors import DataError
+from .features import FeatureLayout, design_rows, pair_user_features, user_features
+from .model import FittedFM
+
+__all__ = ["ranking_layout", "sampled_classifier_data", "train_ranking_model", "DEFAULT_NEGATIVES"]
+
+log = logging.getLogger("recsys")
+
+#: Negatives per loss when ``[ranking] negatives`` is not set.
+DEFAULT_NEGATIVES = {"softmax": 512, "bpr": 4, "classifier": 4}
+
+
+def ranking_layout(prepared: PreparedData, cfg: Any) -> FeatureLayout:
+    return FeatureLayout(prepared.n_users, prepared.n_items, cfg.history_length, cfg.history_weighting)
+
+
+def sampled_classifier_data(
+    layout: FeatureLayout,
+    user_part: sp.csr_matrix,
+    users: np.ndarray,
+    items: np.ndarray,
+    negatives: int,
+    seed: int = 0,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Rows for the sampled-negatives classifier: every observed (user part, item) with label 1
+    and ``negatives`` rows with the same user part and a random video the customer has not
+    rated, label 0. Returns ``(X, y)``."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    n = len(users)
+    rng = np.random.default_rng(seed)
+    observed = np.unique(users * layout.n_items + items)
+    neg = rng.integers(0, layout.n_items, size=(n, negatives))
+    # resample videos the customer has rated (a few rounds; leftovers are dropped)
+    for _ in range(8):
+        keys = users[:, None] * layout.n_items + neg
+        hit = np.isin(keys, observed)
+        if not hit.any():
+            break
+        neg[hit] = rng.integers(0, layout.n_items, size=int(hit.sum()))
+    keep = ~np.isin(users[:, None] * layout.n_items + neg, observed)
+    rows = np.concatenate([np.arange(n), np.repeat(np.arange(n), negatives)[keep.ravel()]])
+    cand = np.concatenate([items, neg.ravel()[keep.ravel()]])
+    y = np.concatenate([np.ones(n, dtype=np.float32), np.zeros(int(keep.sum()), dtype=np.float32)])
+    X = design_rows(layout, user_part[rows], cand)
+    return X, y
+
+
+def train_ranking_model(
+    backend: Any,
+    prepared: PreparedData,
+    cfg: Any,
+    *,
+    backend_name: str = "torch",
+    show_progress: bool = False,
+) -> tuple[FittedFM, sp.csr_matrix]:
+    """Train the ranking FM configured by ``cfg`` (a :class:`recsys.config.RankingConfig`).
+
+    Returns the model and the customers' user features (n_users, feature_dim) to turn it into
+    k-NN vectors (:func:`recsys.vectors.fm_vectors`).
+    """
+    layout = ranking_layout(prepared, cfg)
+    train = prepared.train
+    if len(train) == 0:
+        raise DataError("no training ratings for the ranking model")
+    loss = cfg.resolved_loss(backend_name)
+    negatives = cfg.negatives if cfg.negatives is not None else DEFAULT_NEGATIVES[loss]
+    part = pair_user_features(layout, train)
+    users, items = train[USER].to_numpy(np.int64), train[ITEM].to_numpy(np.int64)
+    params = cfg.fm
+    eval_set = None
+    if params.early_stopping_patience and loss != "classifier":
+        # validation: each customer's latest training rating (as the test split is built)
+        rows = np.arange(len(train))
+        fit_rows, val_rows, _ = split_leave_last_out(train.assign(_row=rows))
+        fit_idx, val_idx = fit_rows["_row"].to_numpy(), val_rows["_row"].to_numpy()
+        eval_set = (users[val_idx], items[val_idx], part[val_idx])
+        users, items, part = users[fit_idx], items[fit_idx], part[fit_idx]
+    meta = {"objective": "ranking", "ranking_loss": loss, "negatives": negatives, "layout": layout.to_dict(),
+            "n_users": layout.n_users, "n_items": layout.n_items}  # fmt: skip
+    if loss == "classifier":
+        X, y = sampled_classifier_data(layout, part, users, items, negatives, seed=params.seed)
+        log.info("ranking (classifier): %s rows, %s positives", f"{X.shape[0]:,}", f"{int(y.sum()):,}")
+        fm = backend.fit_fm(X, y, params, show_progress=show_progress, metadata=meta)
+    else:
+        fm = backend.fit_fm_ranking(
+            users, items, layout, params, user_part=part, loss=loss, negatives=negatives, eval_set=eval_set,
+            show_progress=show_progress, metadata=meta,
+        )  # fmt: skip
+    return fm, user_features(layout, train)

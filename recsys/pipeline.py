@@ -1,0 +1,652 @@
+"""The main job: the lab's whole workflow as one reproducible run.
+
+load -> explore -> prepare -> FM regressor -> FM 5-star classifier -> (ranking FM) -> vectors ->
+k-NN top-K for every customer -> ranking evaluation -> sample customers -> outputs
+
+This module only wires the stages together; each stage lives in its own module. Every output
+is written into a temporary directory next to ``out`` that replaces ``out`` as a whole at the
+end, so an interrupted run (Ctrl-C, an error) leaves the previous outputs untouched and no
+half-written files. Same config and seed -> same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from ._io import atomic_dir, to_json
+from .config import RunConfig, config_from_dict, dump_toml, load_config
+from .data import explore as explore_mod
+from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
+from .data.prepare import PreparedData, prepare
+from .data.schema import CUSTOMER, DATE, ITEM, PRODUCT, RATING, TITLE, USER
+from .errors import ConfigError, DataError
+from .evaluation import classification_report, prediction_summary, regression_report
+from .model import FittedFM
+from .recommend import Recommender, write_recommendations
+from .vectors import fm_vectors
+
+__all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
+           "RUN_FORMAT_VERSION"]
+
+log = logging.getLogger("recsys")
+
+RUN_FORMAT = "recsys.run"
+RUN_FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """Everything a run produced. ``metrics`` is what ``metrics.json`` holds."""
+
+    config: RunConfig
+    out_dir: Path | None
+    metrics: dict[str, Any]
+    load_report: LoadReport | None = None
+    exploration: Any = None
+    prepared: PreparedData | None = None
+    models: dict[str, FittedFM] = field(default_factory=dict)
+    recommender: Recommender | None = None
+    recommendations: pd.DataFrame | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, Any] = field(default_factory=dict)
+    plan: str | None = None
+    #: the loaded ratings frame (for the exploration plots)
+    frame: pd.DataFrame | None = field(default=None, repr=False)
+    #: test predictions and truths per rating model, for the plots
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    #: two customers' scores over the catalogue per model (the lab's scatter)
+    score_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def summary_lines(self) -> list[str]:
+        m = self.metrics
+        lines = []
+        d = m.get("data", {})
+        if d:
+            lines.append(
+                f"data: {d['rows_read']:,} reviews read ({d['rows_skipped']:,} malformed lines skipped), "
+                f"{d['duplicates_removed']:,} duplicates removed -> {d['customers']:,} customers x "
+                f"{d['products']:,} videos, {d['train_rows']:,} train / {d['test_rows']:,} test ratings"
+            )
+        r = m.get("regressor")
+        if r:
+            lines.append(
+                f"FM regressor: test RMSE {r['test_rmse']:.4f} vs naive {r['naive_rmse']:.4f} "
+                f"({r['rmse_improvement_over_naive']:+.1%} better), per-video mean {r.get('item_mean_rmse', float('nan')):.4f}"
+            )
+        c = m.get("classifier")
+        if c:
+            lines.append(
+                f"FM 5-star classifier: accuracy {c['accuracy']:.4f} vs baseline {c['baseline_accuracy']:.4f}, "
+                f"AUC {c['auc']:.4f}, log loss {c['log_loss']:.4f} vs {c['baseline_log_loss']:.4f}"
+            )
+        k = m.get("ranking")
+        if k:
+            lines.append(
+                f"recommendations ({k['objective']}): HR@10 {k['hr@10']:.4f} (popularity {k['popularity_hr@10']:.4f}), "
+                f"NDCG@10 {k['ndcg@10']:.4f} ({k['popularity_ndcg@10']:.4f}), HR@100 {k['hr@100']:.4f} "
+                f"({k['popularity_hr@100']:.4f}), coverage {k['coverage']:.1%}"
+            )
+        t = m.get("timing", {})
+        if t:
+            lines.append(f"total time {t.get('total', 0):.1f} s")
+        return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: load
+# ---------------------------------------------------------------------------------------------
+def _cache_dir() -> Path:
+    base = os.environ.get("RECSYS_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "recsys"
+
+
+def builtin_dataset(preset: str = "default", seed: int = 0) -> Path:
+    """Path of the built-in dataset file (generated on first use and cached; same seed, same
+    bytes). Set ``RECSYS_CACHE_DIR`` to choose where it is kept."""
+    from .data.synthetic import GENERATOR_VERSION, generate_reviews, write_reviews_tsv
+
+    path = _cache_dir() / "datasets" / f"amazon_reviews_{preset}_seed{seed}_v{GENERATOR_VERSION}.tsv"
+    if not path.is_file():
+        log.info("generating the built-in %r dataset (seed %d) into %s", preset, seed, path)
+        write_reviews_tsv(generate_reviews(preset, seed), path, seed=seed)
+    return path
+
+
+def load_input(data_cfg: Any, seed: int = 0) -> tuple[pd.DataFrame, LoadReport, str]:
+    """Load the configured ratings (or the built-in dataset). Returns frame, report, a label."""
+    if data_cfg.path:
+        path = Path(data_cfg.path)
+        if not path.exists():
+            raise DataError(f"no such file: {path}")
+        options = data_cfg.mapping()
+        fmt = data_cfg.format
+        if fmt in ("amazon", "movielens") and options:
+            raise ConfigError(f"column-mapping options apply to csv/parquet data, not {fmt}")
+        frame, report = load_ratings(path, fmt, **options)
+        return frame, report, str(path)
+    path = builtin_dataset(data_cfg.preset, seed)
+    frame, report = load_amazon_reviews(path)
+    return frame, report, f"built-in {data_cfg.preset!r} dataset (seed {seed})"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        log.info("stage: %s", stage)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - t0, 3)
+
+
+def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bool) -> np.ndarray:
+    """The popularity baseline's top-k per user (seen items skipped), as a 2-D index array."""
+    order = rec._popular_order
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    seen = rec.seen if exclude_seen else None
+    depth = min(len(order), k + (int(np.diff(seen.indptr).max(initial=0)) if seen is not None else 0))
+    cand = np.broadcast_to(order[:depth], (len(users), depth))
+    from .recommend import _seen_mask, top_k_excluding
+
+    ids, _ = top_k_excluding(cand.copy(), np.zeros(cand.shape), _seen_mask(seen, users, cand), k)
+    out[:, : ids.shape[1]] = ids[:, :k]
+    return out
+
+
+def _ranking_metrics(
+    rec: Recommender, prepared: PreparedData, lists: np.ndarray, cfg: RunConfig, objective: str
+) -> dict[str, Any]:
+    from .ranking import evaluate_ranking
+
+    users_v, items_v = rec.user_vectors, rec.item_vectors
+    test = prepared.test
+    pop_lists = _popular_lists(rec, np.arange(prepared.n_users), lists.shape[1], cfg.recommend.exclude_seen)
+    seen = rec.seen if cfg.recommend.exclude_seen else None
+    kwargs = dict(
+        score_fn=lambda u: users_v[u] @ items_v.T, lists=lists, test_users=test[USER].to_numpy(), test_items=test[ITEM].to_numpy(),
+        n_items=prepared.n_items, seen=seen, item_popularity=rec.item_popularity, popular_lists=pop_lists,
+    )  # fmt: skip
+    out: dict[str, Any] = {"objective": objective, "k": int(lists.shape[1])}
+    out.update(evaluate_ranking(**kwargs))
+    if cfg.evaluation.liked_threshold is not None:
+        try:
+            liked = evaluate_ranking(**kwargs, test_ratings=test[RATING].to_numpy(), liked_threshold=cfg.evaluation.liked_threshold)
+            out["liked"] = {"threshold": cfg.evaluation.liked_threshold, **liked}
+        except DataError:
+            out["liked"] = {"threshold": cfg.evaluation.liked_threshold, "test_rows": 0}
+    return out
+
+
+def _samples(prepared: PreparedData, recs: pd.DataFrame, n: int, seed: int, liked_threshold: float | None) -> list[dict[str, Any]]:
+    """Sample customers: what they rated highly (latest first) next to what they are recommended."""
+    if n <= 0 or len(prepared.test) == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    test_users = prepared.test[USER].to_numpy()
+    users = np.sort(rng.choice(np.unique(test_users), size=min(n, len(np.unique(test_users))), replace=False))
+    titles = prepared.mappings.product_titles
+    pids = prepared.mappings.product_ids.to_numpy()
+    threshold = liked_threshold if liked_threshold is not None else 4.0
+    train = prepared.train
+    by_customer = {c: g for c, g in recs.groupby(CUSTOMER, sort=False)} if len(recs) else {}
+    out = []
+    for u in users:
+        cid = prepared.mappings.customer_ids[u]
+        hist = train[train[USER] == u].sort_values(DATE, ascending=False, na_position="last")
+        liked = hist[hist[RATING] >= threshold].head(10)
+        held = prepared.test[prepared.test[USER] == u]
+        r = by_customer.get(cid, pd.DataFrame(columns=recs.columns))
+        held_items = set(held[ITEM].tolist())
+        rec_items = prepared.mappings.item_index(r[PRODUCT].tolist()) if len(r) else np.array([], dtype=np.int64)
+        hits = [int(i) in held_items for i in rec_items]
+        out.append(
+            {
+                "customer_id": cid,
+                "n_train_ratings": int(len(hist)),
+                "liked": [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
+                          for i, s in zip(liked[ITEM], liked[RATING], strict=True)],  # fmt: skip
+                "held_out": [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
+                             for i, s in zip(held[ITEM], held[RATING], strict=True)],  # fmt: skip
+                "recommended": [{"rank": int(rk), "product_id": p, "product_title": t, "score": float(sc), "held_out": h}
+                                for rk, p, t, sc, h in zip(r["rank"].head(10), r[PRODUCT].head(10), r[TITLE].head(10),
+                                                           r["score"].head(10), hits[:10], strict=False)],  # fmt: skip
+                "held_out_rank_in_list": next((int(rk) for rk, h in zip(r["rank"], hits, strict=False) if h), None),
+            }
+        )
+    return out
+
+
+def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
+    p = prepared.report
+    return {
+        "rows_read": int(report.rows_read),
+        "rows_skipped": int(report.rows_skipped),
+        "skip_reasons": dict(report.skip_reasons),
+        "skipped_lines": [[int(n), r] for n, r in report.skipped_lines],
+        "duplicates_removed": int(p.duplicates_removed),
+        "exact_duplicates_removed": int(p.exact_duplicates_removed),
+        "rereviews_removed": int(p.rereviews_removed),
+        "customers": int(p.customers),
+        "products": int(p.products),
+        "ratings_after_filter": int(p.rows_after_filter),
+        "train_rows": int(p.train_rows),
+        "test_rows": int(p.test_rows),
+        "split": p.split,
+        "min_customer_ratings": int(p.min_customer_ratings),
+        "min_product_ratings": int(p.min_product_ratings),
+        "rating_distribution_before": p.rating_distribution_before,
+        "rating_distribution_after": p.rating_distribution_after,
+        "test_items_unseen_in_train": int(p.test_items_unseen_in_train),
+    }
+
+
+def _resolve(config: RunConfig | dict | str | os.PathLike | None, overrides: dict[str, Any]) -> RunConfig:
+    if config is None:
+        cfg = config_from_dict({})
+    elif isinstance(config, RunConfig):
+        cfg = dataclasses.replace(config)
+    elif isinstance(config, dict):
+        cfg = config_from_dict(config)
+    else:
+        cfg = load_config(config)
+    from .config import apply_overrides
+
+    return apply_overrides(cfg, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+def run(
+    config: RunConfig | dict | str | os.PathLike | None = None,
+    *,
+    show_progress: bool = True,
+    dry_run: bool = False,
+    write: bool = True,
+    until: str | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Run the whole workflow and write its outputs into ``config.out``.
+
+    Parameters
+    ----------
+    config : RunConfig, dict, path or None
+        The configuration (a TOML/YAML path, a nested dict as in a config file, or a
+        :class:`recsys.config.RunConfig`); None = all defaults (the built-in dataset).
+    show_progress : bool
+        Progress bars on the long stages.
+    dry_run : bool
+        SageMaker backend only: print every job, model, endpoint and transform the run would
+        create, without calling AWS (the data is still loaded and prepared locally).
+    write : bool
+        Write the outputs (False: compute and return only).
+    until : {None, "train"}
+        ``"train"`` stops after training and saving the FMs (``recsys train``).
+    **overrides
+        Flat overrides, as the CLI flags: ``out``, ``seed``, ``backend``, ``objective``,
+        ``data_path``, ``data_format``, ``test_path``, ``min_customer_ratings``, ``k``, ...
+
+    Returns
+    -------
+    RunResult
+    """
+    cfg = _resolve(config, overrides)
+    out_dir = Path(cfg.out)
+    if write and not dry_run:
+        _check_out_dir(out_dir)
+    timer = _Timer()
+    t_total = time.perf_counter()
+    from backends import get_backend
+
+    backend_options = dict(cfg.sagemaker) if cfg.backend == "sagemaker" else {}
+    if dry_run:
+        if cfg.backend != "sagemaker":
+            raise ConfigError("--dry-run applies to the SageMaker backend (--backend sagemaker)")
+        backend_options["dry_run"] = True
+    backend = get_backend(cfg.backend, **backend_options)
+    with backend:
+        if until not in (None, "train"):
+            raise ConfigError(f"until must be None or 'train', got {until!r}")
+        result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train")
+        if dry_run:
+            from backends.sagemaker import format_plan
+
+            result.plan = format_plan(backend.plan, dry_run=True)
+            return result
+    result.metrics["timing"] = {**timer.seconds}
+    if write:
+        with timer("write outputs"):
+            result.files = _write_outputs(result, out_dir)
+    result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
+    if write:
+        # the final timing goes into metrics.json too (a small in-place rewrite of one file)
+        from ._io import atomic_write_json
+
+        atomic_write_json(out_dir / "metrics.json", result.metrics)
+    result.out_dir = out_dir if write else None
+    return result
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a directory that is not a previous recsys run (it would be lost)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ConfigError(f"--out {out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not (out_dir / "run.json").is_file():
+            raise ConfigError(
+                f"--out {out_dir} exists, is not empty and is not a recsys run directory; "
+                "choose another --out (recsys replaces its output directory as a whole)"
+            )
+
+
+def _run_stages(
+    cfg: RunConfig, backend: Any, timer: _Timer, show_progress: bool, dry_run: bool, *, train_only: bool = False
+) -> RunResult:
+    metrics: dict[str, Any] = {}
+    with timer("load"):
+        frame, report, label = load_input(cfg.data, cfg.seed)
+        test_frame = None
+        if cfg.data.test_path:
+            test_frame, _ = load_ratings(cfg.data.test_path, cfg.data.format, **cfg.data.mapping())
+        log.info("loaded %s", report.summary())
+    with timer("explore"):
+        exploration = explore_mod.explore(frame, report)
+    with timer("prepare"):
+        prepared = prepare(frame, cfg.prepare, test_frame=test_frame)
+    metrics["data"] = _data_metrics(report, prepared)
+    metrics["data"]["source"] = label
+    result = RunResult(config=cfg, out_dir=None, metrics=metrics, load_report=report, exploration=exploration,
+                       prepared=prepared, frame=frame)  # fmt: skip
+    meta = {"n_users": prepared.n_users, "n_items": prepared.n_items}
+    Xtr, Xte = prepared.design_matrix("train"), prepared.design_matrix("test")
+    rating_range = (float(np.nanmin(frame[RATING])), float(np.nanmax(frame[RATING])))
+
+    with timer("fm regressor"):
+        ytr, yte = prepared.labels("train"), prepared.labels("test")
+        reg = backend.fit_fm(Xtr, ytr, cfg.regressor, X_eval=Xte, y_eval=yte, show_progress=show_progress,
+                             metadata={**meta, "stage": "regressor"})  # fmt: skip
+        pred = reg.predict(Xte)
+        r = regression_report(yte, pred, ytr, items_test=prepared.test[ITEM], items_train=prepared.train[ITEM])
+        r["predictions"] = prediction_summary(pred, valid_range=rating_range)
+        metrics["regressor"] = r
+    with timer("fm classifier"):
+        ctr, cte = prepared.labels("train", "classification"), prepared.labels("test", "classification")
+        clf = backend.fit_fm(Xtr, ctr, cfg.classifier, X_eval=Xte, y_eval=cte, show_progress=show_progress,
+                             metadata={**meta, "stage": "classifier"})  # fmt: skip
+        proba = clf.predict_score(Xte)
+        c = classification_report(cte, proba, ctr)
+        c["positive_threshold"] = cfg.prepare.positive_threshold
+        c["predictions"] = prediction_summary(proba, valid_range=(0.0, 1.0))
+        metrics["classifier"] = c
+    result.models = {"regressor": reg, "classifier": clf}
+    result.predictions = {"regressor": (pred, yte), "classifier": (proba, cte)}
+    user_features = None
+    if cfg.objective == "ranking":
+        with timer("fm ranking"):
+            from .objectives import train_ranking_model
+
+            ranker, user_features = train_ranking_model(backend, prepared, cfg.ranking, backend_name=cfg.backend,
+                                                        show_progress=show_progress)  # fmt: skip
+            result.models["ranking"] = ranker
+    metrics["run"] = {"backend": cfg.backend, "objective": cfg.objective, "seed": cfg.seed, "recsys_version": __version__}
+    if train_only:
+        return result
+    chosen = result.models["ranking" if cfg.objective == "ranking" else "classifier"]
+    seen = prepared.seen_items()
+    popularity = np.bincount(prepared.train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
+    with timer("knn"):
+        knn_params = cfg.knn
+        if cfg.backend == "sagemaker":
+            # SageMaker's k-NN returns a fixed k: enough to skip every already-rated video
+            margin = int(np.diff(seen.indptr).max(initial=0)) if cfg.recommend.exclude_seen else 0
+            knn_params = dataclasses.replace(cfg.knn, k=min(prepared.n_items, cfg.knn.k + margin))
+        _, item_vectors = fm_vectors(chosen, user_features=user_features) if user_features is not None else fm_vectors(chosen)
+        index = backend.build_knn(item_vectors, knn_params)
+        rec = Recommender(chosen, prepared.mappings, seen, item_popularity=popularity, index=index,
+                          knn_params=cfg.knn, user_features=user_features)  # fmt: skip
+    with timer("recommend"):
+        recs = rec.recommend_customers(k=cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+    result.recommender, result.recommendations = rec, recs
+    if dry_run:
+        return result
+    with timer("evaluate ranking"):
+        lists = _lists_from_frame(recs, prepared, cfg.knn.k)
+        ranking = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective)
+        metrics["ranking"] = ranking
+        if cfg.objective == "ranking":
+            # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
+            lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity,
+                              backend=_comparison_backend(cfg, backend), knn_params=cfg.knn)  # fmt: skip
+            lab_lists, _ = lab.recommend(np.arange(prepared.n_users), cfg.knn.k, filter_already_liked_items=cfg.recommend.exclude_seen)
+            metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier")
+        # the lab's two-customer views, on the regressor (its scores look alike for everyone)
+        # and on the model whose recommendations are written
+        views = {}
+        pair = _two_customers(prepared)
+        if pair is not None:
+            for name, model, uf in (("regressor", reg, None), (cfg.objective, chosen, user_features)):
+                r2 = rec if model is chosen else Recommender(model, prepared.mappings, seen, user_features=uf)
+                corr, a, b = r2.score_correlation(*pair)
+                views[name] = {"customers": [pair[0], pair[1]], "pearson_r": corr}
+                result.score_pairs[name] = (a, b)
+            ids = [c for c in _three_customers(prepared)]
+            views["top_k_overlap"] = {
+                "customers": ids,
+                "shared_videos": Recommender.list_overlap(recs, ids).to_numpy().tolist(),
+            }
+        metrics["customer_views"] = views
+    with timer("samples"):
+        result.samples = _samples(prepared, recs, cfg.recommend.sample_customers, cfg.seed, cfg.evaluation.liked_threshold)
+    return result
+
+
+def _comparison_backend(cfg: RunConfig, backend: Any) -> Any:
+    """The index used to evaluate the comparison path: local FAISS (exact, same as SageMaker's
+    faiss.Flat) so the comparison costs no extra SageMaker jobs."""
+    from backends import get_backend
+
+    return get_backend("torch") if cfg.backend == "sagemaker" else backend
+
+
+def _lists_from_frame(recs: pd.DataFrame, prepared: PreparedData, k: int) -> np.ndarray:
+    """The written recommendations as an (n_users, k) item-index array (-1 = empty slot)."""
+    lists = np.full((prepared.n_users, k), -1, dtype=np.int64)
+    if len(recs):
+        known = ~recs["fallback"].to_numpy()
+        r = recs.loc[known]
+        users = prepared.mappings.user_index(r[CUSTOMER].to_numpy())
+        items = prepared.mappings.item_index(r[PRODUCT].to_numpy())
+        lists[users, r["rank"].to_numpy() - 1] = items
+    return lists
+
+
+def _two_customers(prepared: PreparedData) -> tuple[Any, Any] | None:
+    """The lab compared customers 200 and 201; use the customers at those indices when they
+    exist (else the first two)."""
+    n = prepared.n_users
+    if n < 2:
+        return None
+    a, b = (200, 201) if n > 201 else (0, 1)
+    ids = prepared.mappings.customer_ids
+    return ids[a], ids[b]
+
+
+def _three_customers(prepared: PreparedData) -> list[Any]:
+    n = prepared.n_users
+    picks = [200, 201, 900] if n > 900 else list(range(min(3, n)))
+    return [prepared.mappings.customer_ids[i] for i in picks]
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------
+def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
+    """Every PNG of the report."""
+    from . import plots
+
+    cfg, m = result.config, result.metrics
+    paths = plots.plot_exploration(result.exploration, result.frame, plot_dir, item_label="video")
+    pred, y = result.predictions["regressor"]
+    paths["regressor_predictions"] = plots.plot_prediction_histogram(
+        pred, plot_dir / "regressor_predictions.png", title="FM regressor: test predictions",
+        xlabel="predicted rating", truth=y)  # fmt: skip
+    proba, _ = result.predictions["classifier"]
+    paths["classifier_probabilities"] = plots.plot_prediction_histogram(
+        proba, plot_dir / "classifier_probabilities.png", title="FM classifier: P(5 stars) on the test set",
+        xlabel="predicted probability of 5 stars")  # fmt: skip
+    paths["confusion_matrix"] = plots.plot_confusion_matrix(m["classifier"]["confusion_matrix"], plot_dir / "confusion_matrix.png")
+    for name, (a, b) in result.score_pairs.items():
+        ca, cb = m["customer_views"][name]["customers"]
+        paths[f"scatter_{name}"] = plots.plot_score_scatter(
+            a, b, plot_dir / f"score_scatter_{name}.png", label_a=f"customer {ca}", label_b=f"customer {cb}",
+            title=f"Two customers' scores over all videos ({name} FM)")  # fmt: skip
+    if "ranking" in m:
+        rows = [(f"FM ({cfg.objective})", m["ranking"])]
+        if "ranking_classifier_knn" in m:
+            rows.append(("FM classifier + k-NN (lab)", m["ranking_classifier_knn"]))
+        rows.append(("popularity", {k.removeprefix("popularity_"): v for k, v in m["ranking"].items() if k.startswith("popularity_")}))
+        paths["ranking"] = plots.plot_ranking_metrics(rows, plot_dir / "ranking_metrics.png")
+    return paths
+
+
+def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
+    """Write every output into a temporary directory that then replaces ``out_dir``."""
+    from .report import write_report
+
+    cfg = result.config
+    prepared = result.prepared
+    files: dict[str, Any] = {}
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
+        files["config"] = "config.toml"
+        if result.recommendations is not None:
+            files["recommendations"] = write_recommendations(result.recommendations, tmp / "recommendations.parquet").name
+            if cfg.recommend.csv:
+                files["recommendations_csv"] = write_recommendations(result.recommendations, tmp / "recommendations.csv").name
+        for name, model in result.models.items():
+            model.save(tmp / "models" / name)
+            files[f"model_{name}"] = f"models/{name}"
+        if result.recommender is not None and result.recommender._index is not None:
+            try:
+                result.recommender.index.save(tmp / "knn")
+                files["knn_index"] = "knn"
+            except NotImplementedError:
+                log.info("the %s k-NN index lives in SageMaker; the recommendations are saved locally", cfg.backend)
+        prepared.save_split(tmp / "data")
+        files["data"] = "data"
+        (tmp / "exploration.json").write_text(to_json(result.exploration.to_dict()) + "\n", encoding="utf-8")
+        if result.recommendations is not None:
+            plot_dir = tmp / "plots"
+            files["plots"] = {k: f"plots/{Path(v).name}" for k, v in _plots(result, plot_dir).items()}
+            (tmp / "samples.json").write_text(to_json(result.samples) + "\n", encoding="utf-8")
+            write_report(result, tmp / "report.html", plot_dir=plot_dir)
+            files["report"] = "report.html"
+        (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
+        files["metrics"] = "metrics.json"
+        run_info = {
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "run_id": uuid.uuid4().hex[:12],
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "backend": cfg.backend,
+            "objective": cfg.objective,
+            "recommender_model": "ranking" if cfg.objective == "ranking" else "classifier",
+            "seed": cfg.seed,
+            "n_customers": prepared.n_users,
+            "n_products": prepared.n_items,
+            "k": cfg.knn.k,
+            "recsys_version": __version__,
+            "python": platform.python_version(),
+            "files": files,
+        }
+        (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# the parts on their own: eda, evaluate
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EdaResult:
+    load_report: LoadReport
+    exploration: Any
+    out_dir: Path
+    files: dict[str, Any]
+
+
+def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides: Any) -> EdaResult:
+    """Load and explore the configured data; write ``exploration.json`` and the plots into
+    ``out`` (default ``recsys-eda``)."""
+    from . import plots
+
+    overrides.setdefault("out", "recsys-eda")
+    cfg = _resolve(config, overrides)
+    out_dir = Path(cfg.out)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "exploration.json").is_file():
+        raise ConfigError(f"--out {out_dir} exists, is not empty and is not a recsys output directory; choose another --out")
+    frame, report, label = load_input(cfg.data, cfg.seed)
+    exploration = explore_mod.explore(frame, report)
+    with atomic_dir(out_dir) as tmp:
+        paths = plots.plot_exploration(exploration, frame, tmp / "plots", item_label="video")
+        doc = {"source": label, "load": report.to_dict(), "exploration": exploration.to_dict()}
+        (tmp / "exploration.json").write_text(to_json(doc) + "\n", encoding="utf-8")
+    files = {"exploration": "exploration.json", "plots": {k: f"plots/{Path(v).name}" for k, v in paths.items()}}
+    return EdaResult(report, exploration, out_dir, files)
+
+
+def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Re-evaluate a saved run's models on its saved test split: rating metrics for the
+    regressor and classifier, ranking metrics for the recommending model."""
+    from .saved_run import SavedRun
+
+    saved = SavedRun(run_dir)
+    cfg = saved.config
+    train, test = saved.train, saved.test
+    n_users, n_items = saved.mappings.n_users, saved.mappings.n_items
+    from .data.prepare import labels, one_hot
+
+    Xte = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
+    out: dict[str, Any] = {}
+    models = {p.name for p in (saved.path / "models").iterdir()}
+    if "regressor" in models:
+        reg = saved.model("regressor")
+        out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(Xte), train[RATING].to_numpy(),
+                                             items_test=test[ITEM], items_train=train[ITEM])  # fmt: skip
+    if "classifier" in models:
+        clf = saved.model("classifier")
+        thr = cfg.prepare.positive_threshold
+        out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(Xte),
+                                                  labels(train[RATING], "classification", thr))  # fmt: skip
+    rec = saved.recommender()
+    lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, filter_already_liked_items=cfg.recommend.exclude_seen)
+    prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
+    out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])
+    return out

@@ -1,0 +1,165 @@
+"""Ranking evaluation shared by every backend.
+
+Protocol (leave-last-out): for each test row (customer u, held-out video t), rank t among *all*
+videos u has not rated in training, by the model's score. Ties are broken by item index (lower
+first), the same order the recommendation lists use, so a degenerate model that scores
+everything equally gets no credit. From the 1-based rank r:
+
+* HR@K   = mean(r <= K)
+* NDCG@K = mean(1 / log2(r + 1) if r <= K else 0)   (one relevant item per row)
+* MRR    = mean(1 / r)
+
+List-level measures over the top-K lists actually recommended: catalogue coverage (share of
+videos that appear in at least one list), mean popularity of recommended videos (training
+ratings per video), and mean pairwise overlap between customers' lists
+(|A & B| / min(|A|, |B|), over every pair when there are at most ``pairs`` of them, else over
+that many random pairs). Everything is reported next to the popularity baseline computed the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import DataError
+
+__all__ = ["ranks_from_scores", "rank_metrics", "list_metrics", "evaluate_ranking", "DEFAULT_CUTOFFS"]
+
+DEFAULT_CUTOFFS = (10, 100)
+
+
+def ranks_from_scores(
+    score_fn: Any,
+    users: np.ndarray,
+    targets: np.ndarray,
+    n_items: int,
+    seen: sp.csr_matrix | None = None,
+    *,
+    batch_rows: int | None = None,
+) -> np.ndarray:
+    """1-based rank of ``targets[r]`` among the items not in ``seen[users[r]]``.
+
+    ``score_fn(user_batch) -> (len(batch), n_items)`` scores. Memory is bounded by scoring
+    ``batch_rows`` rows at a time.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if users.shape != targets.shape:
+        raise DataError("users and targets must have the same length")
+    if targets.size and (targets.min() < 0 or targets.max() >= n_items):
+        raise DataError(f"target items must be in [0, {n_items})")
+    if batch_rows is None:
+        batch_rows = max(1, (1 << 24) // max(n_items, 1))
+    ranks = np.empty(len(users), dtype=np.int64)
+    item_idx = np.arange(n_items)
+    for start in range(0, len(users), batch_rows):
+        u = users[start : start + batch_rows]
+        t = targets[start : start + batch_rows]
+        s = np.array(score_fn(u), dtype=np.float64, copy=True)
+        if s.shape != (len(u), n_items):
+            raise DataError(f"score_fn returned shape {s.shape}, expected {(len(u), n_items)}")
+        if np.isnan(s).any():
+            raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
+        rows = np.arange(len(u))
+        st = s[rows, t].copy()
+        if seen is not None:
+            # seen items drop out of both comparisons below (NaN compares False)
+            sub = seen[u]
+            r_idx = np.repeat(rows, np.diff(sub.indptr))
+            s[r_idx, sub.indices] = np.nan
+            s[rows, t] = st  # the held-out item itself is always a candidate
+        greater = (s > st[:, None]).sum(axis=1)
+        tied_before = ((s == st[:, None]) & (item_idx[None, :] < t[:, None])).sum(axis=1)
+        ranks[start : start + len(u)] = greater + tied_before + 1
+    return ranks
+
+
+def rank_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS) -> dict[str, float]:
+    """HR@K, NDCG@K for each cutoff and MRR from 1-based ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise DataError("no test rows to evaluate")
+    out: dict[str, float] = {}
+    for k in cutoffs:
+        hit = ranks <= k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+    out["mrr"] = float((1.0 / ranks).mean())
+    return out
+
+
+def list_metrics(
+    lists: np.ndarray, n_items: int, item_popularity: np.ndarray, *, pairs: int = 20000, seed: int = 0
+) -> dict[str, float]:
+    """Coverage, mean popularity and mean pairwise overlap of top-K ``lists`` (rows of item
+    indices, -1 = empty slot)."""
+    lists = np.asarray(lists, dtype=np.int64)
+    if lists.ndim != 2 or lists.shape[0] == 0:
+        raise DataError("lists must be a non-empty 2-D array of item indices")
+    valid = lists >= 0
+    rec = lists[valid]
+    coverage = float(np.unique(rec).size / n_items) if n_items else 0.0
+    mean_pop = float(np.asarray(item_popularity, dtype=np.float64)[rec].mean()) if rec.size else 0.0
+    n, k = lists.shape
+    overlap = float("nan")
+    if n >= 2:
+        if n * (n - 1) // 2 <= pairs:
+            a, b = np.triu_indices(n, k=1)
+        else:
+            rng = np.random.default_rng(seed)
+            a = rng.integers(0, n, size=pairs)
+            b = (a + rng.integers(1, n, size=pairs)) % n  # b != a
+        # |A & B| per pair: sort the two lists together and count equal neighbours (items are
+        # unique within a list; empty slots get distinct negative sentinels)
+        sentinel = -1 - np.arange(2 * k)
+        la = np.where(lists[a] >= 0, lists[a], sentinel[:k])
+        lb = np.where(lists[b] >= 0, lists[b], sentinel[k:])
+        both = np.sort(np.concatenate([la, lb], axis=1), axis=1)
+        common = (both[:, 1:] == both[:, :-1]).sum(axis=1)
+        denom = np.maximum(np.minimum(valid[a].sum(1), valid[b].sum(1)), 1)
+        overlap = float((common / denom).mean())
+    return {"coverage": coverage, "mean_popularity": mean_pop, "mean_overlap": overlap}
+
+
+def evaluate_ranking(
+    score_fn: Any,
+    lists: np.ndarray,
+    test_users: np.ndarray,
+    test_items: np.ndarray,
+    n_items: int,
+    seen: sp.csr_matrix,
+    item_popularity: np.ndarray,
+    popular_lists: np.ndarray,
+    *,
+    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS,
+    test_ratings: np.ndarray | None = None,
+    liked_threshold: float | None = None,
+    list_users: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The full ranking report: the model's metrics and the popularity baseline's, side by side.
+
+    ``lists`` are the model's top-K lists (one row per customer in ``list_users``, default
+    every user), ``popular_lists`` the popularity baseline's lists for the same customers.
+    With ``liked_threshold`` only test rows rated at least that are evaluated.
+    """
+    users = np.asarray(test_users, dtype=np.int64)
+    items = np.asarray(test_items, dtype=np.int64)
+    if liked_threshold is not None:
+        if test_ratings is None:
+            raise DataError("liked_threshold needs test_ratings")
+        keep = np.asarray(test_ratings, dtype=np.float64) >= liked_threshold
+        users, items = users[keep], items[keep]
+    if users.size == 0:
+        raise DataError("no test rows to evaluate (after the liked-only filter)" if liked_threshold else "no test rows")
+    ranks = ranks_from_scores(score_fn, users, items, n_items, seen)
+    pop = np.asarray(item_popularity, dtype=np.float64)
+    pop_ranks = ranks_from_scores(lambda u: np.broadcast_to(pop, (len(u), n_items)), users, items, n_items, seen)
+    out: dict[str, Any] = {"test_rows": int(users.size)}
+    out.update(rank_metrics(ranks, cutoffs))
+    out.update(list_metrics(lists, n_items, pop))
+    base = rank_metrics(pop_ranks, cutoffs)
+    base.update(list_metrics(popular_lists, n_items, pop))
+    out.update({f"popularity_{k}": v for k, v in base.items()})
+    return out

@@ -1,0 +1,337 @@
+"""Clients with the SageMaker SDK predictor's ``predict`` shape.
+
+``predict(data)`` takes a numpy array / scipy sparse matrix (encoded with
+:mod:`recsys.serving.protocol`, dense rows for an array, sparse rows for a sparse matrix, split
+into bodies under ``max_payload_bytes``), a JSON payload (``{"instances": [...]}`` or the list
+of instances) or an already-encoded body (``bytes``/``str``), and returns the deserialized
+JSON, ``{"predictions": [{"score": ..., "predicted_label": ...}, ...]}``, as the SDK's
+``JSONDeserializer`` does (JSON-lines answers are gathered into the same shape).
+
+* :class:`RecsysPredictor` talks to the recsys service (``recsys serve``) over HTTP and also
+  has :meth:`~RecsysPredictor.recommendations`, :meth:`~RecsysPredictor.similar`,
+  :meth:`~RecsysPredictor.health` and :meth:`~RecsysPredictor.reload`;
+* :class:`SageMakerPredictor` calls a real SageMaker endpoint through a ``sagemaker-runtime``
+  client (boto3's, or the one of a ``sagemaker.predictor.Predictor`` it wraps).
+
+Both raise :class:`PredictorError` (a :class:`~recsys.errors.BackendError`) when the service
+refuses a request, with its status code and the service's ``error`` / ``detail``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.errors import BackendError, DataError, require
+
+from .protocol import (
+    DEFAULT_MAX_BODY_BYTES,
+    JSON,
+    JSONLINES,
+    PAYLOAD_FORMATS,
+    batch_payloads,
+    parse_predictions,
+    predictions_to_arrays,
+    response_media_type,
+)
+
+__all__ = ["PredictorError", "RecsysPredictor", "SageMakerPredictor"]
+
+log = logging.getLogger("recsys")
+
+#: What :class:`SageMakerPredictor` sends at most per request (SageMaker refuses over 6 MB).
+SAGEMAKER_PAYLOAD_BYTES = 5 * 1024 * 1024
+
+
+class PredictorError(BackendError):
+    """A prediction service refused or failed a request.
+
+    Attributes
+    ----------
+    status_code : int or None
+        The HTTP status.
+    error : str or None
+        The service's error code (``"shape_mismatch"``, ``"ValidationError"``, ...).
+    detail : Any
+        The service's explanation.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, error: str | None = None, detail: Any = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.error = error
+        self.detail = detail
+
+
+class _FMPredictor:
+    """The shared ``predict``: encode, send each body with :meth:`_invoke`, decode."""
+
+    def __init__(self, *, content_type: str, accept: str, format: str, max_payload_bytes: int, where: str):
+        if format not in PAYLOAD_FORMATS:
+            raise DataError(f"format must be one of {', '.join(PAYLOAD_FORMATS)}, got {format!r}")
+        self.content_type = response_media_type(content_type, strict=True)
+        self.accept = response_media_type(accept, strict=True)
+        self.format = format
+        self.max_payload_bytes = int(max_payload_bytes)
+        self._where = where
+
+    def _invoke(self, body: bytes, content_type: str, accept: str) -> tuple[bytes, str | None]:
+        """Send one body; return the response body and its ``Content-Type``."""
+        raise NotImplementedError
+
+    def _bodies(self, data: Any, content_type: str) -> Iterator[tuple[int | None, bytes]]:
+        if isinstance(data, (bytes, bytearray)):
+            yield None, bytes(data)
+            return
+        if isinstance(data, str):
+            yield None, data.encode("utf-8")
+            return
+        instances = None
+        if isinstance(data, dict):
+            instances = data.get("instances")
+            if not isinstance(instances, list):
+                raise DataError(f'a JSON payload must be {{"instances": [...]}}, got keys {sorted(data)}')
+        elif isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
+            instances = data
+        if instances is not None:
+            if content_type == JSONLINES:
+                body = "".join(json.dumps(inst) + "\n" for inst in instances)
+            else:
+                body = json.dumps({"instances": instances})
+            yield len(instances), body.encode("utf-8")
+            return
+        if not sp.issparse(data):
+            data = np.asarray(data)
+        for start, stop, body in batch_payloads(
+            data, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
+        ):
+            yield stop - start, body
+
+    def predict(self, data: Any, initial_args: dict[str, str] | None = None) -> dict[str, Any]:
+        """Score rows; the SageMaker SDK ``Predictor.predict`` shape.
+
+        Parameters
+        ----------
+        data : ndarray, sparse matrix, dict, list of dict, bytes or str
+            Rows of shape (n, feature_dim); or ``{"instances": [...]}`` / its list of
+            instances; or a request body sent as it is.
+        initial_args : dict, optional
+            ``{"ContentType": ..., "Accept": ...}`` for this call (as in the SDK).
+
+        Returns
+        -------
+        dict
+            ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, one per row in order
+            (``predicted_label`` only for a classifier).
+
+        Raises
+        ------
+        DataError
+            ``data`` cannot be encoded (NaN, not 2-D, a row over ``max_payload_bytes``).
+        PredictorError
+            The service refused a request (its ``status_code``, ``error`` and ``detail``).
+        """
+        args = initial_args or {}
+        content_type = response_media_type(args.get("ContentType", self.content_type), strict=True)
+        accept = response_media_type(args.get("Accept", self.accept), strict=True)
+        predictions: list[dict[str, Any]] = []
+        for n, body in self._bodies(data, content_type):
+            raw, response_type = self._invoke(body, content_type, accept)
+            predictions.extend(
+                parse_predictions(raw, n, where=self._where, content_type=response_type or accept)
+            )
+        return {"predictions": predictions}
+
+    def predict_arrays(self, data: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict` as ``(scores, predicted_labels)`` float64 arrays."""
+        return predictions_to_arrays(self.predict(data, **kwargs)["predictions"])
+
+
+class RecsysPredictor(_FMPredictor):
+    """A client of the recsys service (``recsys serve``).
+
+    Parameters
+    ----------
+    endpoint_url : str
+        The service's base URL, e.g. ``"http://127.0.0.1:8080"``.
+    timeout : float
+        Seconds per request.
+    content_type, accept : {"application/json", "application/jsonlines"}
+        Request and response formats of :meth:`predict`.
+    format : {"auto", "dense", "sparse"}
+        How matrices are encoded (``"auto"``: sparse rows for a sparse matrix).
+    max_payload_bytes : int
+        Largest request body; bigger inputs go in several requests (the service's default
+        limit is 6 MB).
+    client : httpx.Client, optional
+        A client to use instead of a new one (its ``base_url`` is ignored).
+
+    Examples
+    --------
+    >>> with RecsysPredictor("http://127.0.0.1:8080") as p:  # doctest: +SKIP
+    ...     p.predict(X)["predictions"][0]["score"]
+    ...     p.recommendations(272888, k=5)["recommendations"]
+    """
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        *,
+        timeout: float = 30.0,
+        content_type: str = JSON,
+        accept: str = JSON,
+        format: str = "auto",
+        max_payload_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        client: Any = None,
+    ):
+        super().__init__(content_type=content_type, accept=accept, format=format,
+                         max_payload_bytes=max_payload_bytes, where=f"recsys service {endpoint_url}")  # fmt: skip
+        httpx = require("httpx", "serve")
+        self.endpoint_url = endpoint_url.rstrip("/")
+        self._owns_client = client is None
+        self._http = client if client is not None else httpx.Client(timeout=timeout)
+        self._timeout = timeout
+
+    # ---- transport -----------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        url = self.endpoint_url + path
+        try:
+            response = self._http.request(method, url, timeout=self._timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise PredictorError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {}
+            error = payload.get("error") if isinstance(payload, dict) else None
+            detail = payload.get("detail") if isinstance(payload, dict) else response.text[:500]
+            raise PredictorError(
+                f"{method} {url} answered {response.status_code}: {error or 'error'}: {detail}",
+                status_code=response.status_code, error=error, detail=detail,
+            )  # fmt: skip
+        return response
+
+    def _invoke(self, body: bytes, content_type: str, accept: str) -> tuple[bytes, str | None]:
+        response = self._request("POST", "/invocations", content=body,
+                                 headers={"Content-Type": content_type, "Accept": accept})  # fmt: skip
+        return response.content, response.headers.get("content-type")
+
+    # ---- the service's other endpoints ---------------------------------------------------
+    def recommendations(self, customer_id: Any, k: int = 10, *, exclude_seen: bool = True) -> dict[str, Any]:
+        """``GET /recommendations/{customer_id}``: ``{"customer_id", "fallback", "k",
+        "exclude_seen", "recommendations": [{"rank", "product_id", "product_title", "score"}]}``."""
+        path = f"/recommendations/{quote(str(customer_id), safe='')}"
+        params = {"k": k, "exclude_seen": "true" if exclude_seen else "false"}
+        return self._request("GET", path, params=params).json()
+
+    def similar(self, product_id: Any, k: int = 10) -> dict[str, Any]:
+        """``GET /similar/{product_id}``: ``{"product_id", "product_title", "k", "similar": [...]}``."""
+        return self._request("GET", f"/similar/{quote(str(product_id), safe='')}", params={"k": k}).json()
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: the served model's identity."""
+        return self._request("GET", "/healthz").json()
+
+    def ping(self) -> bool:
+        """True when ``GET /ping`` answers 200."""
+        try:
+            self._request("GET", "/ping")
+        except PredictorError:
+            return False
+        return True
+
+    def reload(self, model_dir: str | None = None, model: str | None = None) -> dict[str, Any]:
+        """``POST /reload``: load ``model_dir`` (default: the served directory again) and swap."""
+        payload = {k: v for k, v in (("model_dir", model_dir), ("model", model)) if v is not None}
+        return self._request("POST", "/reload", json=payload).json()
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._http.close()
+
+    def __enter__(self) -> RecsysPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RecsysPredictor({self.endpoint_url!r})"
+
+
+class SageMakerPredictor(_FMPredictor):
+    """A real SageMaker FM endpoint behind the same ``predict``.
+
+    Give one of ``predictor`` (a ``sagemaker.predictor.Predictor``: its endpoint name and its
+    session's runtime client are used; its own serializer is bypassed), ``runtime_client`` (a
+    boto3 ``sagemaker-runtime`` client) with ``endpoint_name``, or only ``endpoint_name`` (a
+    boto3 client is created from the default AWS configuration).
+
+    Parameters
+    ----------
+    endpoint_name : str, optional
+    predictor : sagemaker.predictor.Predictor, optional
+    runtime_client : botocore client, optional
+    content_type, accept, format, max_payload_bytes
+        As for :class:`RecsysPredictor` (default limit 5 MB, under SageMaker's 6 MB).
+    region_name : str, optional
+        For the boto3 client created here.
+    """
+
+    def __init__(
+        self,
+        endpoint_name: str | None = None,
+        *,
+        predictor: Any = None,
+        runtime_client: Any = None,
+        content_type: str = JSON,
+        accept: str = JSON,
+        format: str = "auto",
+        max_payload_bytes: int = SAGEMAKER_PAYLOAD_BYTES,
+        region_name: str | None = None,
+    ):
+        self.component_name = None
+        if predictor is not None:
+            endpoint_name = endpoint_name or predictor.endpoint_name
+            runtime_client = runtime_client or predictor.sagemaker_session.sagemaker_runtime_client
+            self.component_name = getattr(predictor, "component_name", None)
+        if not endpoint_name:
+            raise DataError("SageMakerPredictor needs an endpoint_name or a sagemaker Predictor")
+        if runtime_client is None:
+            boto3 = require("boto3", "sagemaker")
+            runtime_client = boto3.client("sagemaker-runtime", region_name=region_name)
+        super().__init__(content_type=content_type, accept=accept, format=format,
+                         max_payload_bytes=max_payload_bytes, where=f"SageMaker endpoint {endpoint_name}")  # fmt: skip
+        self.endpoint_name = endpoint_name
+        self._runtime = runtime_client
+
+    def _invoke(self, body: bytes, content_type: str, accept: str) -> tuple[bytes, str | None]:
+        request = {"EndpointName": self.endpoint_name, "Body": body, "ContentType": content_type, "Accept": accept}
+        if self.component_name:
+            request["InferenceComponentName"] = self.component_name
+        try:
+            response = self._runtime.invoke_endpoint(**request)
+            raw = response["Body"].read()
+        except Exception as exc:
+            if not type(exc).__module__.startswith("botocore"):
+                raise
+            info = getattr(exc, "response", None) or {}
+            status = info.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = info.get("Error", {}).get("Code")
+            raise PredictorError(
+                f"invoking SageMaker endpoint {self.endpoint_name} failed: {exc}",
+                status_code=status, error=code, detail=str(exc),
+            ) from exc  # fmt: skip
+        return raw, response.get("ContentType")
+
+    def __repr__(self) -> str:
+        return f"SageMakerPredictor({self.endpoint_name!r})"

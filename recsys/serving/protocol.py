@@ -1,0 +1,502 @@
+"""The FM inference protocol of SageMaker's built-in factorization machines, in one place.
+
+Both sides live here: the encoding a client sends and the decoding of the answer
+(:class:`backends.sagemaker.endpoint.FMEndpoint`, :mod:`recsys.serving.client`), and the
+strict decoding of requests and encoding of answers the recsys service does
+(:mod:`recsys.serving.app`). No web framework is imported.
+
+Requests (``Content-Type``), one object per row:
+
+* ``application/json``: ``{"instances": [INSTANCE, ...]}``;
+* ``application/jsonlines``: one ``INSTANCE`` per line.
+
+An ``INSTANCE`` is dense, ``{"features": [x_0, ..., x_{d-1}]}``, or sparse,
+``{"data": {"features": {"keys": [...], "shape": [d], "values": [...]}}}`` (without ``keys``
+the ``values`` are a dense row).
+
+Responses (``Accept``): ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, or one
+``{"score": s, "predicted_label": l}`` per line for ``application/jsonlines``;
+``predicted_label`` (a float, 1.0 or 0.0) only for a ``binary_classifier``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.errors import BackendError, DataError
+
+__all__ = [
+    "JSON",
+    "JSONLINES",
+    "PAYLOAD_FORMATS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_INSTANCES",
+    "RequestError",
+    "as_matrix",
+    "encode_rows",
+    "batch_payloads",
+    "parse_predictions",
+    "predictions_to_arrays",
+    "request_media_type",
+    "response_media_type",
+    "decode_request",
+    "encode_predictions",
+]
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+#: Media types read as JSON lines (the first is the one written).
+JSONLINES_TYPES = (JSONLINES, "application/x-jsonlines", "application/jsonl")
+PAYLOAD_FORMATS = ("auto", "dense", "sparse")
+#: SageMaker's limit on a real-time request body.
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
+DEFAULT_MAX_INSTANCES = 10_000
+
+_FRAMES = {JSON: (b'{"instances": [', b"]}", b", "), JSONLINES: (b"", b"\n", b"\n")}
+_NUMBER_TYPES = frozenset((int, float))
+
+
+# ================================================================================================
+# client side: matrices -> request bodies, response bodies -> predictions
+# ================================================================================================
+def as_matrix(X: Any, feature_dim: int | None = None) -> np.ndarray | sp.csr_matrix:
+    """``X`` as a float32 CSR matrix or C-contiguous 2-D array, checked to be finite (JSON
+    cannot carry NaN or infinity) and, when given, ``feature_dim`` wide.
+
+    Raises
+    ------
+    DataError
+        ``X`` is not a 2-D numeric matrix, holds NaN/inf, or has the wrong width.
+    """
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32)
+        X.sum_duplicates()
+        values = X.data
+    else:
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2 or not np.issubdtype(X.dtype, np.number):
+            raise DataError(
+                f"X must be a 2-D numeric matrix (CSR or dense), got shape {X.shape} dtype {X.dtype}"
+            )
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        values = X
+    if not np.all(np.isfinite(values)):
+        raise DataError(
+            "X contains NaN or infinite values, which JSON cannot carry; clean the data first"
+        )
+    if feature_dim is not None and X.shape[1] != feature_dim:
+        raise DataError(f"X has {X.shape[1]} columns but the model's feature_dim is {feature_dim}")
+    return X
+
+
+def encode_rows(X: Any, *, format: str = "auto") -> Iterator[bytes]:
+    """The JSON object of each row of ``X`` (UTF-8), as SageMaker's FM expects it.
+
+    Parameters
+    ----------
+    X : CSR matrix or 2-D array
+    format : {"auto", "dense", "sparse"}
+        ``"auto"``: sparse for a scipy sparse matrix, dense for an array.
+    """
+    if format not in PAYLOAD_FORMATS:
+        raise DataError(f"format must be one of {', '.join(PAYLOAD_FORMATS)}, got {format!r}")
+    X = as_matrix(X, None)
+    sparse = sp.issparse(X) if format == "auto" else format == "sparse"
+    n, d = X.shape
+    if sparse:
+        csr = X if sp.issparse(X) else sp.csr_matrix(X)
+        for i in range(n):
+            lo, hi = csr.indptr[i], csr.indptr[i + 1]
+            row = {
+                "keys": csr.indices[lo:hi].tolist(),
+                "shape": [d],
+                "values": csr.data[lo:hi].tolist(),
+            }
+            yield json.dumps({"data": {"features": row}}).encode("utf-8")
+    else:
+        for i in range(n):
+            dense = X[i].toarray().ravel() if sp.issparse(X) else X[i]
+            yield json.dumps({"features": dense.tolist()}).encode("utf-8")
+
+
+def batch_payloads(
+    X: Any, *, max_bytes: int, format: str = "auto", content_type: str = JSON
+) -> Iterator[tuple[int, int, bytes]]:
+    """Cut ``X`` into request bodies of at most ``max_bytes`` bytes each.
+
+    Parameters
+    ----------
+    X : CSR matrix or 2-D array
+    max_bytes : int
+        Largest body (SageMaker rejects bodies over 6 MB).
+    format : {"auto", "dense", "sparse"}
+        See :func:`encode_rows`.
+    content_type : {"application/json", "application/jsonlines"}
+        JSON bodies are ``{"instances": [...]}`` (the same text ``json.dumps`` gives);
+        JSON-lines bodies one instance per line.
+
+    Yields
+    ------
+    (start, stop, body)
+        Rows ``start:stop`` encoded as one request body.
+
+    Raises
+    ------
+    DataError
+        A single row does not fit in ``max_bytes`` (for wide one-hot data use the sparse
+        format), or ``X`` is unusable (see :func:`as_matrix`).
+    """
+    head, tail, sep = _FRAMES[response_media_type(content_type, strict=True)]
+    frame = len(head) + len(tail)
+    batch: list[bytes] = []
+    size, start, i = frame, 0, 0
+    for i, frag in enumerate(encode_rows(X, format=format)):
+        if frame + len(frag) > max_bytes:
+            raise DataError(
+                f"row {i} alone encodes to {frame + len(frag)} bytes of JSON, more than "
+                f"max_payload_bytes={max_bytes}; send sparse rows (format='sparse') or raise "
+                "max_payload_bytes (at most 6 MB)"
+            )
+        extra = len(frag) + (len(sep) if batch else 0)
+        if batch and size + extra > max_bytes:
+            yield start, i, head + sep.join(batch) + tail
+            batch, size, start = [], frame, i
+            extra = len(frag)
+        batch.append(frag)
+        size += extra
+    if batch:
+        yield start, i + 1, head + sep.join(batch) + tail
+
+
+def parse_predictions(
+    body: bytes | str, n_rows: int | None, *, where: str = "endpoint", content_type: str = JSON
+) -> list[dict[str, Any]]:
+    """The predictions of an FM response, checked to hold ``n_rows`` objects (any number when
+    None) with a numeric ``score``.
+
+    Parameters
+    ----------
+    body : bytes or str
+        ``{"predictions": [...]}`` (``application/json``) or one prediction per line
+        (``application/jsonlines``).
+    n_rows : int or None
+    where : str
+        Names the source in error messages.
+    content_type : str
+        The response's ``Content-Type``.
+
+    Raises
+    ------
+    BackendError
+        The body is not what an FM endpoint answers.
+    """
+    jsonlines = _base_media_type(content_type) in JSONLINES_TYPES
+    try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        if jsonlines:
+            preds: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            payload = json.loads(text)
+            preds = payload.get("predictions") if isinstance(payload, dict) else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        snippet = body[:200] if isinstance(body, (bytes, bytearray, str)) else body
+        raise BackendError(
+            f"{where} returned a body that is not {'JSON lines' if jsonlines else 'JSON'} ({exc}); "
+            f"it starts with {snippet!r}"
+        ) from exc
+    if not isinstance(preds, list):
+        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise BackendError(f"{where} returned JSON without a 'predictions' list (found {keys})")
+    if n_rows is not None and len(preds) != n_rows:
+        raise BackendError(f"{where} returned {len(preds)} predictions for {n_rows} rows")
+    for j, p in enumerate(preds):
+        score = p.get("score") if isinstance(p, dict) else None
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise BackendError(f"{where}: prediction {j} has no numeric 'score': {p!r}")
+    return preds
+
+
+def predictions_to_arrays(
+    predictions: list[dict[str, Any]],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(scores, predicted_labels)`` as float64 arrays from a ``predictions`` list.
+
+    ``predicted_labels`` is ``None`` when no prediction carries one (a regressor's response).
+    """
+    scores = np.array([float(p["score"]) for p in predictions], dtype=np.float64)
+    have = ["predicted_label" in p for p in predictions]
+    if not predictions or not any(have):
+        return scores, None
+    if not all(have):
+        raise BackendError("some predictions have a 'predicted_label' and others do not")
+    labels = np.array([float(p["predicted_label"]) for p in predictions], dtype=np.float64)
+    return scores, labels
+
+
+# ================================================================================================
+# server side: request bodies -> a CSR matrix, predictions -> response bodies
+# ================================================================================================
+class RequestError(DataError):
+    """A request the service refuses, with the HTTP status and a short error code.
+
+    Attributes
+    ----------
+    status_code : int
+        A 4xx status.
+    error : str
+        Machine-readable code (``"invalid_json"``, ``"unsupported_media_type"``, ...).
+    detail : Any
+        What was wrong, for people (JSON-serializable).
+    """
+
+    def __init__(self, status_code: int, error: str, detail: Any):
+        super().__init__(f"{error}: {detail}")
+        self.status_code = status_code
+        self.error = error
+        self.detail = detail
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail}
+
+
+def _base_media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def request_media_type(content_type: str | None) -> str:
+    """:data:`JSON` or :data:`JSONLINES` for a request's ``Content-Type``.
+
+    Raises
+    ------
+    RequestError
+        415 for anything else (also when the header is missing).
+    """
+    base = _base_media_type(content_type)
+    if base == JSON:
+        return JSON
+    if base in JSONLINES_TYPES:
+        return JSONLINES
+    raise RequestError(
+        415, "unsupported_media_type",
+        f"Content-Type must be {JSON} or {JSONLINES}, got {content_type or 'none'!r}",
+    )  # fmt: skip
+
+
+def response_media_type(accept: str | None, *, strict: bool = False) -> str:
+    """The response type for an ``Accept`` header: the first acceptable of its entries
+    (q=0 entries skipped); :data:`JSON` when missing, empty or a wildcard.
+
+    Raises
+    ------
+    RequestError
+        406 when no entry is JSON or JSON lines (``strict``: DataError instead, for callers).
+    """
+    if not accept or not accept.strip():
+        return JSON
+    for entry in accept.split(","):
+        base, *params = (part.strip() for part in entry.split(";"))
+        base = base.lower()
+        if any(_q_is_zero(p) for p in params):
+            continue
+        if base == JSON or base in ("*/*", "application/*"):
+            return JSON
+        if base in JSONLINES_TYPES:
+            return JSONLINES
+    if strict:
+        raise DataError(f"content_type must be {JSON} or {JSONLINES}, got {accept!r}")
+    raise RequestError(406, "not_acceptable", f"Accept must allow {JSON} or {JSONLINES}, got {accept!r}")
+
+
+def _q_is_zero(param: str) -> bool:
+    name, _, value = param.partition("=")
+    if name.strip().lower() != "q":
+        return False
+    try:
+        return float(value) == 0.0
+    except ValueError:
+        return False
+
+
+def _reject_constant(name: str) -> float:
+    raise RequestError(400, "invalid_value", f"{name} is not a valid feature value (JSON has no NaN or Infinity)")
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, "invalid_json", f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "invalid_json", f"{where} is nested too deeply") from None
+
+
+def _numbers(values: Any, where: str) -> np.ndarray:
+    """A JSON list of numbers as float64; booleans, strings, null, nested lists and
+    non-finite values are refused."""
+    if not isinstance(values, list):
+        raise RequestError(400, "invalid_instance", f"{where} must be a list of numbers, got {type(values).__name__}")
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        j, bad = next((j, v) for j, v in enumerate(values) if type(v) not in _NUMBER_TYPES)
+        raise RequestError(
+            400, "invalid_value",
+            f"{where}[{j}] is {json.dumps(bad)[:50]} ({_json_type(bad)}); feature values must be numbers",
+        )  # fmt: skip
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except OverflowError:
+        arr = np.array([math.inf])
+    if not np.isfinite(arr).all():
+        raise RequestError(400, "invalid_value", f"{where} holds a number too large for float64")
+    return arr
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", str: "string", type(None): "null", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _instance(inst: Any, i: int, feature_dim: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(keys or None for a dense row, values)`` of instance ``i``."""
+    where = f"instances[{i}]"
+    if isinstance(inst, dict) and "features" in inst:
+        values = _numbers(inst["features"], f"{where}.features")
+        if len(values) != feature_dim:
+            raise RequestError(
+                400, "shape_mismatch",
+                f"{where}.features has {len(values)} values but the model's feature_dim is {feature_dim}",
+            )  # fmt: skip
+        return None, values
+    data = inst.get("data") if isinstance(inst, dict) else None
+    feats = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(feats, dict):
+        raise RequestError(
+            400, "invalid_instance",
+            f'{where} must be {{"features": [...]}} or {{"data": {{"features": {{"keys": [...], '
+            f'"shape": [{feature_dim}], "values": [...]}}}}}}, got {json.dumps(inst)[:100]}',
+        )  # fmt: skip
+    where += ".data.features"
+    shape = feats.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int):
+        raise RequestError(400, "invalid_instance", f"{where}.shape must be [{feature_dim}], got {json.dumps(shape)[:50]}")
+    if shape[0] != feature_dim:
+        raise RequestError(
+            400, "shape_mismatch", f"{where}.shape is {shape} but the model's feature_dim is {feature_dim}"
+        )
+    if "values" not in feats:
+        raise RequestError(400, "invalid_instance", f"{where} has no 'values'")
+    values = _numbers(feats["values"], f"{where}.values")
+    if "keys" not in feats:
+        if len(values) != feature_dim:
+            raise RequestError(
+                400, "shape_mismatch",
+                f"{where}.values has {len(values)} values and no keys, but the model's feature_dim is {feature_dim}",
+            )  # fmt: skip
+        return None, values
+    keys = feats["keys"]
+    if not isinstance(keys, list) or not set(map(type, keys)) <= {int}:
+        raise RequestError(400, "invalid_instance", f"{where}.keys must be a list of integers")
+    if len(keys) != len(values):
+        raise RequestError(
+            400, "length_mismatch", f"{where} has {len(keys)} keys but {len(values)} values"
+        )
+    if not keys:
+        return np.zeros(0, dtype=np.int64), values
+    if min(keys) < 0 or max(keys) >= feature_dim:
+        bad = next(k for k in keys if not 0 <= k < feature_dim)
+        raise RequestError(
+            400, "key_out_of_range", f"{where}.keys holds {bad}; keys must be in [0, {feature_dim})"
+        )
+    idx = np.array(keys, dtype=np.int64)
+    if len(np.unique(idx)) != len(idx):
+        raise RequestError(400, "duplicate_keys", f"{where}.keys must not repeat a key")
+    return idx, values
+
+
+def decode_request(
+    body: bytes,
+    content_type: str | None,
+    feature_dim: int,
+    *,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
+) -> sp.csr_matrix:
+    """Strictly decode an FM inference request into a float64 CSR matrix (n, feature_dim).
+
+    Raises
+    ------
+    RequestError
+        415 (content type), 400 (not UTF-8/JSON, wrong structure, non-numeric or non-finite
+        values, keys out of range or repeated, keys/values of different lengths, a width or
+        ``shape`` other than ``feature_dim``, no instances), 413 (more than ``max_instances``).
+    """
+    media = request_media_type(content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, "invalid_json", f"the body is not UTF-8: {exc}") from None
+    if media == JSON:
+        payload = _loads(text, "the body")
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(instances, list):
+            found = sorted(payload) if isinstance(payload, dict) else _json_type(payload)
+            raise RequestError(
+                400, "invalid_payload", f'expected {{"instances": [...]}}, got {json.dumps(found)[:100]}'
+            )
+    else:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if len(lines) > max_instances:
+            _too_many(len(lines), max_instances)
+        instances = [_loads(line, f"line {n}") for n, line in lines]
+    if not instances:
+        raise RequestError(400, "empty_instances", "the request has no instances; send at least one row")
+    if len(instances) > max_instances:
+        _too_many(len(instances), max_instances)
+    rows = [_instance(inst, i, feature_dim) for i, inst in enumerate(instances)]
+    return _rows_to_csr(rows, feature_dim)
+
+
+def _too_many(n: int, limit: int) -> None:
+    raise RequestError(
+        413, "too_many_instances", f"the request has {n} instances; at most {limit} per request"
+    )
+
+
+def _rows_to_csr(rows: Sequence[tuple[np.ndarray | None, np.ndarray]], feature_dim: int) -> sp.csr_matrix:
+    indices, data, counts = [], [], []
+    for keys, values in rows:
+        if keys is None:
+            keys = np.flatnonzero(values)
+            values = values[keys]
+        else:
+            nz = values != 0
+            order = np.argsort(keys[nz], kind="stable")
+            keys, values = keys[nz][order], values[nz][order]
+        indices.append(keys)
+        data.append(values)
+        counts.append(len(keys))
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices).astype(np.int64), indptr),
+        shape=(len(rows), feature_dim),
+    )
+
+
+def encode_predictions(scores: np.ndarray, labels: np.ndarray | None, media_type: str = JSON) -> bytes:
+    """The response body for ``scores`` (and a classifier's ``labels``) in ``media_type``."""
+    s = np.asarray(scores, dtype=np.float64).tolist()
+    if labels is None:
+        preds = [{"score": v} for v in s]
+    else:
+        preds = [{"score": v, "predicted_label": lab} for v, lab in zip(s, np.asarray(labels, dtype=np.float64).tolist(), strict=True)]
+    if media_type == JSONLINES:
+        return "".join(json.dumps(p) + "\n" for p in preds).encode("utf-8")
+    return json.dumps({"predictions": preds}).encode("utf-8")
