@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("regressor", "classifier", "ranking"), default=None,
                    help="the FM /invocations serves (default: classifier)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--max-body-bytes", type=int, default=6 * 1024 * 1024, metavar="N",
+                   help="largest request body; bigger ones get 413 (default 6 MB, SageMaker's limit)")  # fmt: skip
     return parser
 
 
@@ -209,7 +211,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
-    serve(args.run_dir, host=args.host, port=args.port, model=args.model, workers=args.workers, log_level="warning" if args.quiet else "info")
+    serve(args.run_dir, host=args.host, port=args.port, model=args.model, workers=args.workers,
+          log_level="warning" if args.quiet else "info", max_body_bytes=args.max_body_bytes)  # fmt: skip
     return 0
 
 

@@ -104,8 +104,8 @@ class RankingConfig:
     history_weighting: str = "uniform"
     fm: FMParams = field(
         default_factory=lambda: _fm_defaults(
-            predictor_type="binary_classifier", num_factors=64, epochs=20, mini_batch_size=512,
-            linear_lr=0.003, factors_lr=0.003, factors_init_sigma=0.01,
+            predictor_type="binary_classifier", num_factors=64, epochs=30, mini_batch_size=1024,
+            linear_lr=0.003, factors_lr=0.003, factors_init_sigma=0.01, early_stopping_patience=3,
         )  # fmt: skip
     )
 

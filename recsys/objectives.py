@@ -15,6 +15,7 @@ goes through the same vectors -> k-NN path as the lab's classifier.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -104,6 +105,8 @@ def train_ranking_model(
     meta = {"objective": "ranking", "ranking_loss": loss, "negatives": negatives, "layout": layout.to_dict(),
             "n_users": layout.n_users, "n_items": layout.n_items}  # fmt: skip
     if loss == "classifier":
+        # a plain FM fit (SageMaker's too) has no ranking metric to stop on: train all epochs
+        params = dataclasses.replace(params, early_stopping_patience=None)
         X, y = sampled_classifier_data(layout, part, users, items, negatives, seed=params.seed)
         log.info("ranking (classifier): %s rows, %s positives", f"{X.shape[0]:,}", f"{int(y.sum()):,}")
         fm = backend.fit_fm(X, y, params, show_progress=show_progress, metadata=meta)

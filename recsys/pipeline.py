@@ -235,7 +235,8 @@ def _samples(prepared: PreparedData, recs: pd.DataFrame, n: int, seed: int, like
                           for i, s in zip(liked[ITEM], liked[RATING], strict=True)],  # fmt: skip
                 "held_out": [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
                              for i, s in zip(held[ITEM], held[RATING], strict=True)],  # fmt: skip
-                "recommended": [{"rank": int(rk), "product_id": p, "product_title": t, "score": float(sc), "held_out": h}
+                "recommended": [{"rank": int(rk), "product_id": p, "product_title": t if isinstance(t, str) else None,
+                                 "score": float(sc), "held_out": h}
                                 for rk, p, t, sc, h in zip(r["rank"].head(10), r[PRODUCT].head(10), r[TITLE].head(10),
                                                            r["score"].head(10), hits[:10], strict=False)],  # fmt: skip
                 "held_out_rank_in_list": next((int(rk) for rk, h in zip(r["rank"], hits, strict=False) if h), None),

@@ -415,12 +415,11 @@ def plot_prediction_histogram(
     if truth is not None:
         ax.hist(np.asarray(truth, dtype=np.float64), bins=edges, color=MUTED, alpha=0.45, label="actual")
     ax.hist(p, bins=edges, color=COLOR, alpha=0.85, label="predicted")
-    ax.axvline(p.min(), color=HIGHLIGHT, linestyle=":", linewidth=1)
+    ax.axvline(p.min(), color=HIGHLIGHT, linestyle=":", linewidth=1, label="min / max")
     ax.axvline(p.max(), color=HIGHLIGHT, linestyle=":", linewidth=1)
-    ax.text(0.99, 0.97, f"min {p.min():.3g}   max {p.max():.3g}   mean {p.mean():.3g}", transform=ax.transAxes,
-            ha="right", va="top", fontsize="small", color="#333333")  # fmt: skip
     _thousands(ax.yaxis)
-    ax.legend(frameon=False, loc="upper left")
+    ax.legend(frameon=False, loc="upper left", fontsize="small",
+              title=f"min {p.min():.3g}, max {p.max():.3g}, mean {p.mean():.3g}", title_fontsize="small")  # fmt: skip
     return _save_figure(fig, path)
 
 

@@ -26,7 +26,7 @@ th,td{padding:5px 10px;border-bottom:1px solid #eceff3;text-align:left;vertical-
 th{background:#f1f4f8;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .better{color:#1a7f37;font-weight:600} .worse{color:#b42318;font-weight:600}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:14px}
-.grid img,.plot{width:100%;height:auto;border:1px solid #eee;border-radius:4px}
+.grid img,.plot{width:100%;max-width:640px;height:auto;border:1px solid #eee;border-radius:4px}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:6px}
 .card{background:#f1f4f8;border-radius:6px;padding:10px 14px;min-width:150px}
 .card b{display:block;font-size:20px} .card span{font-size:12px;color:#555}
@@ -68,7 +68,7 @@ def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1) -> 
     for row in rows:
         cells = []
         for j, cell in enumerate(row):
-            cls = ' class="num"' if j >= numeric_from and not isinstance(cell, str) else ""
+            cls = ' class="num"' if j >= numeric_from and (isinstance(cell, _Raw) or not isinstance(cell, str)) else ""
             cells.append(f"<td{cls}>{cell if isinstance(cell, _Raw) else _fmt(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -121,7 +121,7 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         nulls = [[k, v] for k, v in ex.nulls.items()]
         q_c = ex.reviews_per_customer_quantiles
         q_p = ex.reviews_per_product_quantiles
-        qrows = [[f"{float(q):g}", q_c[q], q_p[q]] for q in q_c]
+        qrows = [[f"{float(q):g}", _Raw(f"{q_c[q]:,.4g}"), _Raw(f"{q_p[q]:,.4g}")] for q in q_c]
         parts[-1] += (
             '<div class="grid"><div><h3>Nulls per column</h3>' + _table(["column", "nulls"], nulls) + "</div>"
             "<div><h3>Reviews per customer / per video (quantiles)</h3>"

@@ -232,11 +232,13 @@ class FakeSageMaker:
                 return _original(name)
 
             monkeypatch.setattr(backend, seam, wrapped)
-        runtime_events = self.session.sagemaker_runtime_client.meta.events
+        # Hook the backend's own clients: it may have built its own session (as `recsys run`
+        # does from [sagemaker] bucket/role/region) rather than use this fake's.
+        runtime_events = backend.session.sagemaker_runtime_client.meta.events
         runtime_events.register(
             "provide-client-params.sagemaker-runtime.InvokeEndpoint", self._on_invoke
         )
-        sm_events = self.session.sagemaker_client.meta.events
+        sm_events = backend.session.sagemaker_client.meta.events
         sm_events.register("before-call.sagemaker.StopTrainingJob", self._on_stop)
         sm_events.register("before-call.sagemaker.StopTransformJob", self._on_stop)
 

@@ -98,6 +98,9 @@ class SageMakerKNNIndex(KNNIndex):
         Number and width of the indexed vectors.
     k : int
         Neighbours per query the model returns (``min(params.k, ntotal)``); fixed at training.
+    max_k : int
+        The same number, under the name :class:`recsys.recommend.Recommender` reads to know
+        how deep this index can be searched (it stops there instead of asking for more).
     job_name, model_s3_uri : str
         The training job and its model artifact.
     dry_run : bool
@@ -124,6 +127,7 @@ class SageMakerKNNIndex(KNNIndex):
         self.ntotal = int(ntotal)
         self.dim = int(dim)
         self.k = min(int(params.k), self.ntotal)
+        self.max_k = self.k
         self.dry_run = dry_run
         self.model_name: str | None = None  # the SageMaker model, created at the first search
         self.transform_jobs: list[str] = []

@@ -69,6 +69,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.requests import ClientDisconnect  # noqa: E402
 
 __all__ = [
     "ServingConfig",
@@ -168,7 +169,7 @@ class ServedRun:
         t0 = time.perf_counter()
         if model not in SERVED_MODELS:
             raise DataError(f"model must be one of {', '.join(SERVED_MODELS)}, got {model!r}")
-        self.run_dir = Path(run_dir).resolve()
+        self.run_dir = Path(os.path.abspath(run_dir))  # not resolve(): SIGHUP re-reads a symlink
         self.saved = SavedRun(self.run_dir)
         self.model_name = model
         self.fm = self.saved.model(model)
@@ -179,7 +180,7 @@ class ServedRun:
         self.product_titles = [t if isinstance(t, str) else None for t in mappings.product_titles]
         self._customer_lookup = {str(c): i for i, c in enumerate(self.customer_ids)}
         self._product_lookup = {str(p): i for i, p in enumerate(self.product_ids)}
-        # warm up: load the index, build the similarity index, compile nothing lazily later
+        # warm up (the k-NN index, the similarity index): no request pays for a lazy first use
         if mappings.n_users:
             self.recommender.recommend(0, 1)
         if mappings.n_items:
@@ -358,11 +359,14 @@ async def _read_body(request: Any, limit: int) -> bytes:
                 413, "body_too_large", f"the body has {declared} bytes; at most {limit} bytes per request"
             )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "body_too_large", f"the body exceeds {limit} bytes; at most {limit} bytes per request")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", f"the body exceeds {limit} bytes; at most {limit} bytes per request")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(400, "client_disconnected", "the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -594,7 +598,7 @@ def serve(
 
         SavedRun(run_dir).model(config.model)  # fail now, not in every worker
         os.environ.update({
-            _ENV_PREFIX + "MODEL_DIR": str(Path(run_dir).resolve()),
+            _ENV_PREFIX + "MODEL_DIR": os.path.abspath(run_dir),
             _ENV_PREFIX + "MODEL": config.model,
             _ENV_PREFIX + "MAX_BODY_BYTES": str(config.max_body_bytes),
             _ENV_PREFIX + "MAX_INSTANCES": str(config.max_instances),

@@ -1,0 +1,658 @@
+"""The recommendation service over real HTTP: uvicorn on a loopback port, httpx as the client.
+
+Every answer is checked against the in-process objects it must equal (FittedFM predictions,
+Recommender.recommend_customers / similar_products), every kind of bad input must get a 4xx
+with a JSON error naming the problem, and a reload must not disturb requests in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from recsys.errors import DataError  # noqa: E402
+from recsys.model import FittedFM  # noqa: E402
+from recsys.saved_run import SavedRun  # noqa: E402
+from recsys.serving import protocol  # noqa: E402
+from recsys.serving.app import (  # noqa: E402
+    BackgroundServer,
+    ServingConfig,
+    create_app,
+    predict_rows,
+)
+from recsys.serving.client import PredictorError, RecsysPredictor, SageMakerPredictor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"regressor": {"epochs": 2}, "classifier": {"epochs": 2}, "ranking": {"epochs": 2}}
+
+
+# ---- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished tiny run (few epochs: the service, not the model, is under test)."""
+    from recsys.pipeline import run
+
+    out = tmp_path_factory.mktemp("serving") / "run"
+    run(FAST, preset="tiny", out=str(out), show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def saved(run_dir) -> SavedRun:
+    return SavedRun(run_dir)
+
+
+@pytest.fixture(scope="session")
+def server(run_dir):
+    with BackgroundServer(create_app(run_dir)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def small_server(run_dir):
+    """Tight limits, to test them cheaply."""
+    app = create_app(run_dir, ServingConfig(max_body_bytes=4096, max_instances=5, max_k=50))
+    with BackgroundServer(app) as srv:
+        yield srv
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def one_hot_rows(saved: SavedRun, n: int = 12, seed: int = 0) -> sp.csr_matrix:
+    """Users-then-items one-hot rows of random (customer, video) pairs, one all-zero row and
+    one row with non-unit values."""
+    m = saved.mappings
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, m.n_users, n), rng.integers(0, m.n_items, n)
+    X = sp.lil_matrix((n + 2, m.n_users + m.n_items))
+    for r, (u, i) in enumerate(zip(users, items, strict=True)):
+        X[r, u] = 1.0
+        X[r, m.n_users + i] = 1.0
+    X[n + 1, 3] = 0.25
+    X[n + 1, m.n_users + 1] = -2.5
+    return X.tocsr()
+
+
+def dense_instances(X: sp.csr_matrix) -> list[dict]:
+    return [{"features": row.tolist()} for row in X.toarray()]
+
+
+def sparse_instances(X: sp.csr_matrix) -> list[dict]:
+    out = []
+    for i in range(X.shape[0]):
+        row = X.getrow(i)
+        out.append({"data": {"features": {"keys": row.indices.tolist(), "shape": [X.shape[1]], "values": row.data.tolist()}}})
+    return out
+
+
+def post_instances(http, instances: list[dict], *, jsonlines: bool = False, accept: str | None = None):
+    if jsonlines:
+        body, ctype = "".join(json.dumps(i) + "\n" for i in instances), protocol.JSONLINES
+    else:
+        body, ctype = json.dumps({"instances": instances}), protocol.JSON
+    headers = {"Content-Type": ctype, **({"Accept": accept} if accept else {})}
+    return http.post("/invocations", content=body.encode(), headers=headers)
+
+
+def read_predictions(response) -> list[dict]:
+    if response.headers["content-type"].startswith(protocol.JSONLINES):
+        return [json.loads(line) for line in response.text.splitlines()]
+    return response.json()["predictions"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- binding, health ---------------------------------------------------------------------------
+def test_binds_loopback_by_default(server):
+    import inspect
+
+    from recsys.cli import build_parser
+    from recsys.serving import app as app_module
+    from recsys.serving import serve
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    assert inspect.signature(app_module.serve).parameters["host"].default == "127.0.0.1"
+    assert server.host == "127.0.0.1"
+
+
+def test_ping_and_healthz(http, saved):
+    r = http.get("/ping")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    h = http.get("/healthz").json()
+    fm = saved.model("classifier")
+    assert h["run_id"] == saved.info["run_id"] and h["created"] == saved.info["created"]
+    assert h["backend"] == "torch" and h["model"] == "classifier"
+    assert h["feature_dim"] == fm.feature_dim == saved.mappings.n_users + saved.mappings.n_items
+    assert (h["n_customers"], h["n_products"]) == (saved.mappings.n_users, saved.mappings.n_items)
+    assert h["predictor_type"] == "binary_classifier" and h["limits"]["max_body_bytes"] == 6 * 1024 * 1024
+
+
+# ---- /invocations ------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["dense", "sparse"])
+@pytest.mark.parametrize("jsonlines", [False, True])
+@pytest.mark.parametrize("accept", [None, protocol.JSONLINES])
+def test_invocations_equal_the_model(http, saved, encoding, jsonlines, accept):
+    fm = saved.model("classifier")
+    X = one_hot_rows(saved)
+    instances = dense_instances(X) if encoding == "dense" else sparse_instances(X)
+    r = post_instances(http, instances, jsonlines=jsonlines, accept=accept)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith(accept or protocol.JSON)
+    preds = read_predictions(r)
+    assert len(preds) == X.shape[0] and all(set(p) == {"score", "predicted_label"} for p in preds)
+    np.testing.assert_allclose([p["score"] for p in preds], fm.predict_score(X), rtol=1e-12, atol=0)
+    labels = [p["predicted_label"] for p in preds]
+    assert all(isinstance(v, float) for v in labels)  # 1.0 / 0.0, as SageMaker answers
+    np.testing.assert_array_equal(labels, fm.predict(X))
+
+
+def test_regressor_and_ranking_models(run_dir, saved):
+    """--model chooses the FM; the shape check follows its feature_dim."""
+    m = saved.mappings
+    for name in ("regressor", "ranking"):
+        fm = saved.model(name)
+        with BackgroundServer(create_app(run_dir, ServingConfig(model=name))) as srv, httpx.Client(base_url=srv.url) as http:
+            assert http.get("/healthz").json()["feature_dim"] == fm.feature_dim
+            X = sp.random(6, fm.feature_dim, density=0.05, format="csr", random_state=3)
+            preds = read_predictions(post_instances(http, sparse_instances(X)))
+            np.testing.assert_allclose([p["score"] for p in preds], fm.predict_score(X), rtol=1e-12)
+            assert ("predicted_label" in preds[0]) == fm.is_classifier
+            wrong = m.n_users + m.n_items + (1 if name == "regressor" else 0)
+            r = post_instances(http, [{"data": {"features": {"keys": [0], "shape": [wrong], "values": [1.0]}}}])
+            assert r.status_code == 400 and r.json()["error"] == "shape_mismatch"
+            assert str(fm.feature_dim) in r.json()["detail"]
+    assert saved.model("ranking").feature_dim > m.n_users + m.n_items
+
+
+def test_predict_rows_is_the_model_on_the_used_columns(saved):
+    fm = saved.model("classifier")
+    X = one_hot_rows(saved, n=50, seed=4).astype(np.float64)
+    scores, labels = predict_rows(fm, X)
+    np.testing.assert_array_equal(scores, fm.predict_score(X))
+    np.testing.assert_array_equal(labels, fm.predict(X))
+    empty = sp.csr_matrix((3, fm.feature_dim))
+    np.testing.assert_array_equal(predict_rows(fm, empty)[0], fm.predict_score(empty))
+
+
+# ---- /recommendations, /similar ------------------------------------------------------------------
+def as_frame_rows(payload: dict) -> list[tuple]:
+    return [
+        (payload["customer_id"], r["rank"], r["product_id"], r["product_title"], r["score"], payload["fallback"])
+        for r in payload["recommendations"]
+    ]
+
+
+@pytest.mark.parametrize("k,exclude_seen", [(10, True), (3, False), (1000, True)])
+def test_recommendations_equal_the_recommender(http, saved, k, exclude_seen):
+    rec = saved.recommender()
+    customers = saved.mappings.customer_ids.tolist()
+    chosen = customers[:5] + customers[-2:] + ["nobody", 10**12]
+    expected = rec.recommend_customers(chosen, k=k, exclude_seen=exclude_seen)
+    got = []
+    for cid in chosen:
+        r = http.get(f"/recommendations/{cid}", params={"k": k, "exclude_seen": str(exclude_seen).lower()})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["fallback"] == (cid in ("nobody", 10**12))
+        got += as_frame_rows(body)
+    want = [
+        (c if not isinstance(c, np.generic) else c.item(), int(rk), p, t if isinstance(t, str) else None, float(s), bool(f))
+        for c, rk, p, t, s, f in expected.itertuples(index=False)
+    ]
+    key = lambda row: (str(row[0]), *row[1:4], row[5])  # noqa: E731 - unknown ids come back as text
+    assert [key(g) for g in got] == [key(w) for w in want]
+    np.testing.assert_allclose([g[4] for g in got], [w[4] for w in want], rtol=1e-12)
+
+
+def test_customer_ids_match_like_the_mappings(http, saved):
+    """An id as text matches as Mappings.user_index does (e.g. a leading zero)."""
+    cid = int(saved.mappings.customer_ids[7])
+    a = http.get(f"/recommendations/{cid}", params={"k": 5}).json()
+    b = http.get(f"/recommendations/0{cid}", params={"k": 5}).json()
+    assert a == b and not a["fallback"] and a["customer_id"] == cid
+
+
+def test_similar_equals_the_recommender(http, saved):
+    rec = saved.recommender()
+    for pid in saved.mappings.product_ids[:4].tolist():
+        expected = rec.similar_products(pid, k=5)
+        body = http.get(f"/similar/{pid}", params={"k": 5}).json()
+        assert body["product_id"] == pid
+        assert [s["product_id"] for s in body["similar"]] == expected["product_id"].tolist()
+        assert [s["rank"] for s in body["similar"]] == expected["rank"].tolist()
+        assert [s["product_title"] for s in body["similar"]] == [t if isinstance(t, str) else None for t in expected["product_title"]]
+        np.testing.assert_allclose([s["score"] for s in body["similar"]], expected["score"], rtol=1e-12)
+
+
+# ---- bad input: always 4xx + {"error", "detail"} ---------------------------------------------------
+J = {"Content-Type": "application/json"}
+
+
+def sparse(keys, values, shape=240):
+    return {"data": {"features": {"keys": keys, "shape": [shape], "values": values}}}
+
+
+def body_of(instances) -> bytes:
+    return json.dumps({"instances": instances}).encode()
+
+
+BAD = [
+    # (id, method, path, body or None, headers, status, error)
+    ("malformed json", "POST", "/invocations", b'{"instances": [', J, 400, "invalid_json"),
+    ("not utf-8", "POST", "/invocations", b'{"instances": ["\xff"]}', J, 400, "invalid_json"),
+    ("deeply nested", "POST", "/invocations", b"[" * 100_000 + b"]" * 100_000, J, 400, "invalid_json"),
+    ("text/csv", "POST", "/invocations", b"1,2,3", {"Content-Type": "text/csv"}, 415, "unsupported_media_type"),
+    ("no content type", "POST", "/invocations", b"{}", {"Content-Type": ""}, 415, "unsupported_media_type"),
+    ("accept csv", "POST", "/invocations", b"{}", {**J, "Accept": "text/csv"}, 406, "not_acceptable"),
+    ("not an object", "POST", "/invocations", b"[1, 2]", J, 400, "invalid_payload"),
+    ("no instances key", "POST", "/invocations", b'{"rows": []}', J, 400, "invalid_payload"),
+    ("empty instances", "POST", "/invocations", body_of([]), J, 400, "empty_instances"),
+    ("empty jsonlines", "POST", "/invocations", b"\n\n", {"Content-Type": "application/jsonlines"}, 400, "empty_instances"),
+    ("instance not an object", "POST", "/invocations", body_of([[1.0, 2.0]]), J, 400, "invalid_instance"),
+    ("key out of range", "POST", "/invocations", body_of([sparse([0, 240], [1, 1])]), J, 400, "key_out_of_range"),
+    ("negative key", "POST", "/invocations", body_of([sparse([-1], [1])]), J, 400, "key_out_of_range"),
+    ("huge key", "POST", "/invocations", body_of([sparse([10**30], [1])]), J, 400, "key_out_of_range"),
+    ("float key", "POST", "/invocations", body_of([sparse([1.0], [1])]), J, 400, "invalid_instance"),
+    ("bool key", "POST", "/invocations", body_of([sparse([True], [1])]), J, 400, "invalid_instance"),
+    ("duplicate keys", "POST", "/invocations", body_of([sparse([3, 3], [1, 1])]), J, 400, "duplicate_keys"),
+    ("keys/values lengths", "POST", "/invocations", body_of([sparse([1, 2, 3], [1, 1])]), J, 400, "length_mismatch"),
+    ("shape != feature_dim", "POST", "/invocations", body_of([sparse([1], [1], shape=241)]), J, 400, "shape_mismatch"),
+    ("shape not a list", "POST", "/invocations", body_of([{"data": {"features": {"keys": [1], "shape": 240, "values": [1]}}}]), J, 400, "invalid_instance"),
+    ("dense too short", "POST", "/invocations", body_of([{"features": [0.0] * 239}]), J, 400, "shape_mismatch"),
+    ("dense too long", "POST", "/invocations", body_of([{"features": [0.0] * 241}]), J, 400, "shape_mismatch"),
+    ("NaN literal", "POST", "/invocations", b'{"instances": [{"data": {"features": {"keys": [1], "shape": [240], "values": [NaN]}}}]}', J, 400, "invalid_value"),
+    ("Infinity literal", "POST", "/invocations", b'{"instances": [{"features": [Infinity]}]}', J, 400, "invalid_value"),
+    ("-Infinity literal", "POST", "/invocations", b'{"instances": [{"features": [-Infinity]}]}', J, 400, "invalid_value"),
+    ("overflowing number", "POST", "/invocations", b'{"instances": [{"data": {"features": {"keys": [1], "shape": [240], "values": [1e999]}}}]}', J, 400, "invalid_value"),
+    ("huge integer", "POST", "/invocations", body_of([sparse([1], [10**400])]), J, 400, "invalid_value"),
+    ("boolean value", "POST", "/invocations", body_of([sparse([1, 2], [1.0, True])]), J, 400, "invalid_value"),
+    ("string value", "POST", "/invocations", body_of([sparse([1], ["1.0"])]), J, 400, "invalid_value"),
+    ("null value", "POST", "/invocations", body_of([{"features": [None] * 240}]), J, 400, "invalid_value"),
+    ("nested value", "POST", "/invocations", body_of([sparse([1], [[1.0]])]), J, 400, "invalid_value"),
+    ("values not a list", "POST", "/invocations", body_of([sparse([1], "1")]), J, 400, "invalid_instance"),
+    ("jsonlines bad line", "POST", "/invocations", b'{"features": []}\n{oops\n', {"Content-Type": "application/jsonlines"}, 400, "invalid_json"),
+    ("k = 0", "GET", "/recommendations/1?k=0", None, {}, 422, "invalid_parameter"),
+    ("k < 0", "GET", "/recommendations/1?k=-5", None, {}, 422, "invalid_parameter"),
+    ("k absurd", "GET", "/recommendations/1?k=1000000000000", None, {}, 422, "invalid_parameter"),
+    ("k absurder", "GET", "/recommendations/1?k=1" + "0" * 40, None, {}, 422, "invalid_parameter"),
+    ("k text", "GET", "/recommendations/1?k=ten", None, {}, 422, "invalid_parameter"),
+    ("k float", "GET", "/recommendations/1?k=2.5", None, {}, 422, "invalid_parameter"),
+    ("exclude_seen text", "GET", "/recommendations/1?exclude_seen=maybe", None, {}, 422, "invalid_parameter"),
+    ("similar k = 0", "GET", "/similar/x?k=0", None, {}, 422, "invalid_parameter"),
+    ("similar k absurd", "GET", "/similar/x?k=99999999", None, {}, 422, "invalid_parameter"),
+    ("unknown product", "GET", "/similar/NO-SUCH-VIDEO", None, {}, 404, "unknown_product"),
+    ("unknown route", "GET", "/nothing/here", None, {}, 404, "not_found"),
+    ("wrong method", "GET", "/invocations", None, {}, 405, "method_not_allowed"),
+    ("reload bad json", "POST", "/reload", b"{nope", J, 400, "invalid_json"),
+    ("reload unknown key", "POST", "/reload", b'{"path": "/tmp"}', J, 400, "invalid_payload"),
+    ("reload bad model", "POST", "/reload", b'{"model": "gbdt"}', J, 400, "invalid_payload"),
+    ("reload text/plain", "POST", "/reload", b"/tmp/x", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_is_a_4xx_with_a_json_error(http, case):
+    _, method, path, body, headers, status, error = case
+    r = http.request(method, path, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    payload = r.json()
+    assert payload["error"] == error and payload["detail"], payload
+
+
+def test_bad_input_messages_name_the_problem(http):
+    r = http.post("/invocations", content=body_of([sparse([1], [1]), sparse([0, 999], [1, 1])]), headers=J)
+    assert r.json()["detail"] == "instances[1].data.features.keys holds 999; keys must be in [0, 240)"
+    r = http.post("/invocations", content=body_of([sparse([1, 2], [1.0, True])]), headers=J)
+    assert "values[1] is true (boolean)" in r.json()["detail"]
+    r = http.post("/invocations", content=body_of([sparse([1], [1], shape=7)]), headers=J)
+    assert "shape is [7] but the model's feature_dim is 240" in r.json()["detail"]
+
+
+def test_limits(small_server):
+    """Body size (Content-Length and chunked), instance count and k limits."""
+    url = small_server.url
+    with httpx.Client(base_url=url) as http:
+        ok = body_of([sparse([1], [1.0])])
+        exact = ok + b" " * (4096 - len(ok))
+        assert http.post("/invocations", content=exact, headers=J).status_code == 200
+        r = http.post("/invocations", content=exact + b" ", headers=J)
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+        def chunks():
+            for _ in range(10):
+                yield b" " * 1000
+
+        r = http.post("/invocations", content=chunks(), headers=J)  # no Content-Length
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+        assert http.post("/invocations", content=(c for c in [ok]), headers=J).status_code == 200
+        r = http.post("/invocations", content=body_of([sparse([1], [1.0])] * 6), headers=J)
+        assert r.status_code == 413 and r.json()["error"] == "too_many_instances"
+        lines = b'{"features": [1]}\n' * 6
+        r = http.post("/invocations", content=lines, headers={"Content-Type": "application/jsonlines"})
+        assert r.status_code == 413 and r.json()["error"] == "too_many_instances"
+        assert http.get("/recommendations/1", params={"k": 50}).status_code == 200
+        assert http.get("/recommendations/1", params={"k": 51}).status_code == 422
+
+
+def test_oversized_body_is_refused_before_it_is_read(server):
+    """A declared Content-Length over the limit is answered at once: the server never waits
+    for (or buffers) the 100 MB that were announced."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n" + b'{"instances": ['
+        )
+        t0 = time.monotonic()
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert time.monotonic() - t0 < 5
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert json.loads(body)["error"] == "body_too_large"
+
+
+def test_random_garbage_never_yields_a_5xx(http):
+    rng = np.random.default_rng(0)
+    valid = body_of(sparse_instances(sp.random(3, 240, density=0.02, format="csr", random_state=0)))
+    statuses = set()
+    for _ in range(150):
+        b = bytearray(valid)
+        for _ in range(rng.integers(1, 6)):
+            op, pos = rng.integers(0, 3), rng.integers(0, len(b))
+            if op == 0:
+                b[pos] = int(rng.integers(0, 256))
+            elif op == 1:
+                del b[pos : pos + int(rng.integers(1, 20))]
+            else:
+                b[pos:pos] = rng.choice([b"NaN", b"true", b'"x"', b"-1", b"1e999", b"[", b"}", b"null", b"240"])
+        r = http.post("/invocations", content=bytes(b), headers=J)
+        statuses.add(r.status_code)
+        assert r.status_code < 500, (bytes(b), r.text)
+        if r.status_code != 200:
+            assert r.json()["error"]
+    assert 400 in statuses
+
+
+# ---- reload ----------------------------------------------------------------------------------
+def make_variant(run_dir: Path, dest: Path, run_id: str, w0_shift: float) -> Path:
+    """A copy of the run with another run id and a classifier whose bias moved."""
+    shutil.copytree(run_dir, dest)
+    info = json.loads((dest / "run.json").read_text())
+    info["run_id"] = run_id
+    (dest / "run.json").write_text(json.dumps(info))
+    fm = FittedFM.load(dest / "models" / "classifier")
+    FittedFM(w0=fm.w0 + w0_shift, w=fm.w, V=fm.V, predictor_type=fm.predictor_type, config=fm.config,
+             metadata=fm.metadata).save(dest / "models" / "classifier")  # fmt: skip
+    return dest
+
+
+def test_reload_swaps_the_model_without_dropping_requests(run_dir, saved, tmp_path):
+    a = make_variant(run_dir, tmp_path / "a", "run-a", 0.0)
+    b = make_variant(run_dir, tmp_path / "b", "run-b", 1.5)
+    broken = make_variant(run_dir, tmp_path / "broken", "run-broken", 0.0)
+    (broken / "models" / "classifier" / "params.npz").write_bytes(b"not an npz")
+    X = one_hot_rows(saved, n=4)
+    body = body_of(sparse_instances(X))
+    expected = {rid: FittedFM.load(d / "models" / "classifier").predict_score(X) for rid, d in (("run-a", a), ("run-b", b))}
+    customer = int(saved.mappings.customer_ids[0])
+    errors: list[str] = []
+    seen_scores: list[np.ndarray] = []
+    stop = threading.Event()
+
+    with BackgroundServer(create_app(a)) as srv:
+
+        def stream() -> None:
+            with httpx.Client(base_url=srv.url, timeout=30) as http:
+                while not stop.is_set():
+                    r = http.post("/invocations", content=body, headers=J)
+                    if r.status_code != 200:
+                        errors.append(r.text)
+                        continue
+                    seen_scores.append(np.array([p["score"] for p in r.json()["predictions"]]))
+                    r = http.get(f"/recommendations/{customer}", params={"k": 5})
+                    if r.status_code != 200:
+                        errors.append(r.text)
+
+        threads = [threading.Thread(target=stream) for _ in range(3)]
+        for t in threads:
+            t.start()
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            for target in (b, a, b):
+                time.sleep(0.2)
+                r = http.post("/reload", json={"model_dir": str(target)})
+                assert r.status_code == 200, r.text
+                assert r.json()["current"]["run_id"] == json.loads((target / "run.json").read_text())["run_id"]
+            r = http.post("/reload", json={"model_dir": str(broken)})
+            assert r.status_code == 422 and r.json()["error"] == "reload_failed"
+            assert "params.npz" in r.json()["detail"] and "still serving run run-b" in r.json()["detail"]
+            r = http.post("/reload", json={"model_dir": str(tmp_path / "missing")})
+            assert r.status_code == 422 and "no run.json" in r.json()["detail"]
+            time.sleep(0.2)
+            stop.set()
+            for t in threads:
+                t.join()
+            health = http.get("/healthz").json()
+            assert health["run_id"] == "run-b" and health["reloads"] == 3 and "no run.json" in health["last_reload_error"]
+            preds = http.post("/invocations", content=body, headers=J).json()["predictions"]
+            np.testing.assert_allclose([p["score"] for p in preds], expected["run-b"], rtol=1e-12)
+            # a reload with no body re-reads the current directory
+            assert http.post("/reload").json()["current"]["run_id"] == "run-b"
+    assert errors == []
+    assert len(seen_scores) > 10
+    # every answer came whole from one model or the other, never a mix
+    for s in seen_scores:
+        assert any(np.allclose(s, e, rtol=1e-12) for e in expected.values())
+
+
+def test_sighup_reloads_the_served_directory(run_dir, tmp_path):
+    """`recsys serve` in its own process: SIGHUP re-reads the directory (here a symlink that
+    was switched to another run)."""
+    a = make_variant(run_dir, tmp_path / "a", "run-a", 0.0)
+    b = make_variant(run_dir, tmp_path / "b", "run-b", 0.5)
+    link = tmp_path / "current"
+    link.symlink_to(a)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "serve", "--model-dir", str(link), "--port", str(port), "-q"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=5) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                try:
+                    if http.get("/ping").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+            assert http.get("/healthz").json()["run_id"] == "run-a"
+            link.unlink()
+            link.symlink_to(b)
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while http.get("/healthz").json()["run_id"] != "run-b":
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            assert http.get("/ping").status_code == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_cli_serve_fails_fast_on_a_bad_directory(tmp_path):
+    from recsys.cli import main
+
+    assert main(["serve", "--model-dir", str(tmp_path), "--port", str(free_port()), "-q"]) == 2
+
+
+# ---- clients ---------------------------------------------------------------------------------
+def test_recsys_predictor_against_the_server(server, saved):
+    fm = saved.model("classifier")
+    X = one_hot_rows(saved, n=30, seed=9)
+    with RecsysPredictor(server.url) as p:
+        assert p.ping() and p.health()["run_id"] == saved.info["run_id"]
+        for data in (X, X.toarray(), {"instances": sparse_instances(X)}, sparse_instances(X), body_of(dense_instances(X))):
+            out = p.predict(data)
+            assert set(out) == {"predictions"} and len(out["predictions"]) == X.shape[0]
+            np.testing.assert_allclose([q["score"] for q in out["predictions"]], fm.predict_score(X), rtol=1e-12)
+        scores, labels = p.predict_arrays(X, initial_args={"ContentType": protocol.JSONLINES, "Accept": protocol.JSONLINES})
+        np.testing.assert_allclose(scores, fm.predict_score(X), rtol=1e-12)
+        np.testing.assert_array_equal(labels, fm.predict(X))
+    with RecsysPredictor(server.url, max_payload_bytes=500, format="dense") as small:
+        with pytest.raises(DataError, match="alone encodes"):
+            small.predict(X)
+    # a matrix bigger than max_payload_bytes goes in several requests, in order
+    with RecsysPredictor(server.url, max_payload_bytes=400, accept=protocol.JSONLINES) as small:
+        np.testing.assert_allclose(small.predict_arrays(X)[0], fm.predict_score(X), rtol=1e-12)
+    with RecsysPredictor(server.url) as p:
+        cid = int(saved.mappings.customer_ids[2])
+        recs = p.recommendations(cid, k=4)
+        assert recs["customer_id"] == cid and len(recs["recommendations"]) == 4
+        assert p.recommendations("someone new", k=3)["fallback"] is True
+        pid = saved.mappings.product_ids[0]
+        assert len(p.similar(pid, k=3)["similar"]) == 3
+        with pytest.raises(PredictorError) as info:
+            p.predict({"instances": [sparse([500], [1.0])]})
+        assert info.value.status_code == 400 and info.value.error == "key_out_of_range"
+        with pytest.raises(PredictorError) as info:
+            p.similar("nope")
+        assert info.value.status_code == 404
+    with RecsysPredictor(f"http://127.0.0.1:{free_port()}", timeout=2) as dead:
+        assert dead.ping() is False
+        with pytest.raises(PredictorError, match="failed"):
+            dead.health()
+
+
+class ForwardingRuntime:
+    """A stand-in ``sagemaker-runtime`` client that answers InvokeEndpoint from the recsys
+    service over HTTP (which speaks the SageMaker FM protocol) and records the calls."""
+
+    def __init__(self, url: str, fail_with: Exception | None = None):
+        self.url = url
+        self.calls: list[dict] = []
+        self.fail_with = fail_with
+
+    def invoke_endpoint(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.fail_with is not None:
+            raise self.fail_with
+        r = httpx.post(self.url + "/invocations", content=kwargs["Body"],
+                       headers={"Content-Type": kwargs["ContentType"], "Accept": kwargs["Accept"]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        return {"Body": io.BytesIO(r.content), "ContentType": r.headers["content-type"]}
+
+
+def test_sagemaker_predictor_with_a_fake_runtime(server, saved):
+    fm = saved.model("classifier")
+    X = one_hot_rows(saved, n=20, seed=2)
+    runtime = ForwardingRuntime(server.url)
+    p = SageMakerPredictor("my-fm-endpoint", runtime_client=runtime, max_payload_bytes=600)
+    out = p.predict(X)
+    np.testing.assert_allclose([q["score"] for q in out["predictions"]], fm.predict_score(X), rtol=1e-12)
+    assert len(runtime.calls) > 1 and all(len(c["Body"]) <= 600 for c in runtime.calls)
+    assert {(c["EndpointName"], c["ContentType"], c["Accept"]) for c in runtime.calls} == {
+        ("my-fm-endpoint", "application/json", "application/json")
+    }
+    first = json.loads(runtime.calls[0]["Body"])["instances"][0]
+    assert first == sparse_instances(X[:1].astype(np.float32))[0]
+    jl = SageMakerPredictor("ep", runtime_client=runtime, accept=protocol.JSONLINES, content_type=protocol.JSONLINES)
+    np.testing.assert_array_equal(jl.predict_arrays(X)[1], fm.predict(X))
+
+
+def test_sagemaker_predictor_wraps_an_sdk_predictor(server, saved):
+    pytest.importorskip("sagemaker")
+    from types import SimpleNamespace
+
+    from botocore.exceptions import ClientError
+    from sagemaker.predictor import Predictor
+
+    runtime = ForwardingRuntime(server.url)
+    sdk = Predictor("sdk-endpoint", sagemaker_session=SimpleNamespace(sagemaker_runtime_client=runtime))
+    p = SageMakerPredictor(predictor=sdk)
+    X = one_hot_rows(saved, n=3)
+    np.testing.assert_allclose(p.predict_arrays(X)[0], saved.model("classifier").predict_score(X), rtol=1e-12)
+    assert runtime.calls[-1]["EndpointName"] == "sdk-endpoint"
+    error = ClientError(
+        {"Error": {"Code": "ModelError", "Message": "Received client error (400)"}, "ResponseMetadata": {"HTTPStatusCode": 424}},
+        "InvokeEndpoint",
+    )  # fmt: skip
+    failing = SageMakerPredictor("ep", runtime_client=ForwardingRuntime(server.url, fail_with=error))
+    with pytest.raises(PredictorError, match="invoking SageMaker endpoint ep failed") as info:
+        failing.predict(X)
+    assert info.value.status_code == 424 and info.value.error == "ModelError"
+
+
+# ---- the protocol, shared with the SageMaker endpoint client --------------------------------------
+def test_one_protocol_implementation():
+    from backends.sagemaker import endpoint
+
+    for name in ("encode_rows", "batch_payloads", "parse_predictions", "predictions_to_arrays", "PAYLOAD_FORMATS"):
+        assert getattr(endpoint, name) is getattr(protocol, name)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "sparse"])
+@pytest.mark.parametrize("ctype", [protocol.JSON, protocol.JSONLINES])
+def test_encode_then_decode_round_trips(fmt, ctype):
+    X = sp.random(25, 30, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    bodies = list(protocol.batch_payloads(X, max_bytes=1500 if fmt == "sparse" else 3000, format=fmt, content_type=ctype))
+    assert len(bodies) > 1
+    decoded = sp.vstack([protocol.decode_request(body, ctype, 30) for _, _, body in bodies])
+    np.testing.assert_array_equal(decoded.toarray(), X.toarray().astype(np.float64))
+    scores = np.linspace(0, 1, 5)
+    labels = (scores >= 0.5).astype(float)
+    body = protocol.encode_predictions(scores, labels, ctype)
+    preds = protocol.parse_predictions(body, 5, content_type=ctype)
+    got_scores, got_labels = protocol.predictions_to_arrays(preds)
+    np.testing.assert_array_equal(got_scores, scores)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_accept_negotiation():
+    assert protocol.response_media_type(None) == protocol.JSON
+    assert protocol.response_media_type("*/*") == protocol.JSON
+    assert protocol.response_media_type("application/jsonlines;q=0.9, application/json") == protocol.JSONLINES
+    assert protocol.response_media_type("application/json;q=0, application/jsonlines") == protocol.JSONLINES
+    with pytest.raises(protocol.RequestError) as info:
+        protocol.response_media_type("text/html")
+    assert info.value.status_code == 406
