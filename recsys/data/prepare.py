@@ -207,30 +207,46 @@ def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     "Latest" is by ``review_date``; on equal dates the row later in the file wins. Returns the
     de-duplicated frame (file order preserved) and the counts ``exact_duplicates_removed`` and
     ``rereviews_removed``.
+
+    One stable sort by (customer, video, date) does both: exact duplicates can only sit in a
+    run of equal (customer, video, date), and the last row of each (customer, video) run is
+    the latest review.
     """
     n = len(frame)
+    if n == 0:
+        return frame.reset_index(drop=True), {"exact_duplicates_removed": 0, "rereviews_removed": 0}
     cust, prod = _codes(frame[CUSTOMER]), _codes(frame[PRODUCT])
-    title = _codes(frame[TITLE])
-    rating = frame[RATING].to_numpy(dtype=np.float64)
-    date = date_order_key(frame)
-    # Exact duplicates over all reduced columns: keep the first occurrence.
-    key = pd.DataFrame({"c": cust, "p": prod, "t": title, "r": rating, "d": date})
-    exact_dup = key.duplicated(keep="first").to_numpy()
-    keep = ~exact_dup
-    # Re-reviews: among the remaining rows, per (customer, product) keep the latest (date, row).
-    rows = np.flatnonzero(keep)
-    order = np.lexsort((rows, date[rows], prod[rows], cust[rows]))
-    sorted_rows = rows[order]
-    c_s, p_s = cust[sorted_rows], prod[sorted_rows]
-    last_of_group = np.ones(len(sorted_rows), dtype=bool)
-    if len(sorted_rows) > 1:
-        last_of_group[:-1] = (c_s[1:] != c_s[:-1]) | (p_s[1:] != p_s[:-1])
-    final = np.zeros(n, dtype=bool)
-    final[sorted_rows[last_of_group]] = True
-    out = frame.iloc[np.flatnonzero(final)].reset_index(drop=True)
+    pair = cust * (int(prod.max()) + 1) + prod
+    date = np.unique(date_order_key(frame), return_inverse=True)[1].reshape(-1)
+    n_dates = int(date.max()) + 1
+    if (int(pair.max()) + 1) * n_dates < 2**62:
+        order = np.argsort(pair * n_dates + date, kind="stable")  # stable: file order on ties
+    else:  # pragma: no cover - astronomically many (pair, date) combinations
+        order = np.lexsort((date, pair))
+    p_s, d_s = pair[order], date[order]
+    same_prev = np.zeros(n, dtype=bool)
+    same_prev[1:] = (p_s[1:] == p_s[:-1]) & (d_s[1:] == d_s[:-1])
+    # rows in a run of equal (pair, date): compare title and rating there only (rare)
+    in_run = same_prev.copy()
+    in_run[:-1] |= same_prev[1:]
+    exact = np.zeros(n, dtype=bool)
+    if in_run.any():
+        rows = order[in_run]
+        key = pd.DataFrame({
+            "k": pair[rows] * n_dates + date[rows],
+            "t": _codes(frame[TITLE])[rows],
+            "r": frame[RATING].to_numpy(dtype=np.float64)[rows],
+        })  # fmt: skip
+        exact[rows] = key.duplicated(keep="first").to_numpy()
+    kept = order[~exact[order]]
+    p_k = pair[kept]
+    last = np.ones(len(kept), dtype=bool)
+    last[:-1] = p_k[1:] != p_k[:-1]
+    final = np.sort(kept[last])
+    out = frame.iloc[final].reset_index(drop=True)
     stats = {
-        "exact_duplicates_removed": int(exact_dup.sum()),
-        "rereviews_removed": int(keep.sum() - final.sum()),
+        "exact_duplicates_removed": int(exact.sum()),
+        "rereviews_removed": int(n - exact.sum() - len(final)),
     }
     return out, stats
 
