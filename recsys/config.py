@@ -367,6 +367,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. [sagemaker] tags = {team = "recs"}
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise ConfigError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -419,9 +421,14 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
                 raise ConfigError(f"seed must be an integer, got {value!r}")
             apply_seed(cfg, value)
             continue
+        if key == "sagemaker":
+            if not isinstance(value, dict):
+                raise ConfigError(f"sagemaker must be a dict of [sagemaker] options, got {type(value).__name__}")
+            cfg.sagemaker = {**cfg.sagemaker, **value}
+            continue
         where = OVERRIDES.get(key)
         if where is None:
-            raise ConfigError(f"unknown option {key!r}; valid options: seed, {', '.join(OVERRIDES)}")
+            raise ConfigError(f"unknown option {key!r}; valid options: seed, sagemaker, {', '.join(OVERRIDES)}")
         target: Any = cfg
         for part in where[:-1]:
             target = getattr(target, part)

@@ -388,9 +388,6 @@ def test_bad_training_data_is_a_data_error_before_anything_is_uploaded(
 def test_bad_vectors_are_a_data_error_before_anything_is_uploaded(
     backend, aws_footprint, bad: str, request: pytest.FixtureRequest
 ) -> None:
-    if bad == "zero width" and backend.name == "torch":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="FaissIndex.build accepts (n, 0) vectors and builds a 0-d index"))  # fmt: skip
     V = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
     V = {
         "nan": np.where(np.eye(6, 3, dtype=bool), np.nan, V),

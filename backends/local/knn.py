@@ -65,6 +65,8 @@ class FaissIndex(KNNIndex):
         x = _as_float32("vectors", vectors)
         if x.shape[0] == 0:
             raise DataError("cannot build a k-NN index over zero vectors")
+        if x.shape[1] == 0:
+            raise DataError("cannot build a k-NN index over zero-dimensional vectors")
         if params.threads:
             faiss.omp_set_num_threads(int(params.threads))
         if params.index_metric == "COSINE":

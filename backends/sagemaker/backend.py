@@ -477,7 +477,8 @@ class SageMakerBackend(Backend):
         hyperparameters = params.sagemaker_hyperparameters(feature_dim)
         kind = "fm-bin" if classifier else "fm-reg"
         job = self._new_name(kind)
-        purpose = f"FM {params.predictor_type}"
+        stage = (metadata or {}).get("stage") or (metadata or {}).get("objective")
+        purpose = f"FM {params.predictor_type}" + (f" ({stage})" if stage else "")
         data = {"train": (X, y)}
         if has_eval:
             data["test"] = (X_eval, y_eval)
