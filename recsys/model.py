@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from ._io import atomic_dir, to_json
 from .errors import DataError, ModelFormatError
 
-__all__ = ["FittedFM", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid"]
+__all__ = ["FittedFM", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid", "check_design"]
 
 FM_FORMAT = "recsys.fm"
 FM_FORMAT_VERSION = 1
@@ -40,6 +40,41 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     ez = np.exp(z[~pos])
     out[~pos] = ez / (1.0 + ez)
     return out
+
+
+def check_design(
+    X: Any, y: Any, what: str = "training data", *, feature_dim: int | None = None, classifier: bool = False
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Validate FM training data (for every backend): a non-empty 2-D design matrix of finite
+    values and as many finite labels (0/1 for a classifier). Returns float32 canonical CSR (the
+    caller's matrix is never modified) and float32 labels; raises :class:`DataError`."""
+    if not sp.issparse(X):
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise DataError(f"{what}: X must be a 2-D matrix (CSR or dense), got {X.ndim}-D")
+        if not np.issubdtype(X.dtype, np.number):
+            raise DataError(f"{what}: X must be numeric, got dtype {X.dtype}")
+    X = sp.csr_matrix(X, dtype=np.float32)
+    if not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
+        raise DataError(f"{what}: y must be numeric, got dtype {y.dtype}")
+    y = y.astype(np.float32).reshape(-1)
+    if X.shape[0] != y.shape[0]:
+        raise DataError(f"{what}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{what}: X is empty (shape {X.shape})")
+    if feature_dim is not None and X.shape[1] != feature_dim:
+        raise DataError(f"{what}: X has {X.shape[1]} columns but feature_dim is {feature_dim}")
+    if not np.isfinite(X.data).all():
+        raise DataError(f"{what}: X contains NaN or infinite values")
+    if not np.isfinite(y).all():
+        raise DataError(f"{what}: y contains NaN or infinite values")
+    if classifier and not np.isin(y, (0.0, 1.0)).all():
+        raise DataError(f"{what}: binary_classifier labels must be 0 or 1; found other values in y")
+    return X, y
 
 
 @dataclass(eq=False)

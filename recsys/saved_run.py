@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .config import RunConfig, load_config
-from .data.prepare import Mappings
+from .data.prepare import Mappings, seen_matrix
 from .data.schema import ITEM, USER
 from .errors import DataError, ModelFormatError
 from .features import FeatureLayout, user_features
@@ -83,10 +83,7 @@ class SavedRun:
     @cached_property
     def seen(self) -> sp.csr_matrix:
         tr = self.train
-        n_users, n_items = self.mappings.n_users, self.mappings.n_items
-        m = sp.csr_matrix((np.ones(len(tr), dtype=bool), (tr[USER].to_numpy(), tr[ITEM].to_numpy())), shape=(n_users, n_items))
-        m.sum_duplicates()
-        return m
+        return seen_matrix(tr[USER].to_numpy(), tr[ITEM].to_numpy(), self.mappings.n_users, self.mappings.n_items)
 
     @cached_property
     def popularity(self) -> np.ndarray:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from backends.base import Callback, EpochInfo
 from recsys.errors import DataError, ModelFitError
-from recsys.model import FittedFM
+from recsys.model import FittedFM, check_design
 from recsys.params import FMParams
 
 __all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batches"]
@@ -322,26 +322,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _check_xy(X: Any, y: Any, feature_dim: int | None, what: str) -> tuple[sp.csr_matrix, np.ndarray]:
-    if not sp.issparse(X):
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise DataError(f"{what}: X must be a 2-D matrix (CSR or dense), got {X.ndim}-D")
-    X = sp.csr_matrix(X, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32).reshape(-1)
-    if X.shape[0] != y.shape[0]:
-        raise DataError(f"{what}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
-    if X.shape[0] == 0:
-        raise DataError(f"{what}: no rows to train on")
-    if feature_dim is not None and X.shape[1] != feature_dim:
-        raise DataError(f"{what}: X has {X.shape[1]} columns but feature_dim is {feature_dim}")
-    if not np.isfinite(X.data).all():
-        raise DataError(f"{what}: X contains NaN or infinite values")
-    if not np.isfinite(y).all():
-        raise DataError(f"{what}: y contains NaN or infinite values")
-    return X, y
-
-
 def _diverged(where: str, params: FMParams) -> ModelFitError:
     return ModelFitError(
         f"training diverged ({where} is not finite). Lower the learning rates "
@@ -363,13 +343,11 @@ def train_fm(
 ) -> FittedFM:
     """Train a factorization machine on ``X, y`` and return the fitted artifact."""
     params.validate()
-    X, y = _check_xy(X, y, params.feature_dim, "training data")
     classifier = params.predictor_type == "binary_classifier"
-    if classifier and not np.isin(y, (0.0, 1.0)).all():
-        raise DataError("binary_classifier labels must be 0 or 1; found other values in y")
+    X, y = check_design(X, y, "training data", feature_dim=params.feature_dim, classifier=classifier)
     has_eval = X_eval is not None
     if has_eval:
-        X_eval, y_eval = _check_xy(X_eval, y_eval, X.shape[1], "evaluation data")
+        X_eval, y_eval = check_design(X_eval, y_eval, "evaluation data", feature_dim=X.shape[1], classifier=classifier)
     elif params.early_stopping_patience:
         raise DataError("early_stopping_patience needs an evaluation set (X_eval, y_eval)")
     loss_fn = logistic_loss if classifier else squared_loss

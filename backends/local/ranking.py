@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from backends.base import Callback, EpochInfo
+from recsys.data.prepare import seen_matrix
 from recsys.errors import DataError
 from recsys.features import FeatureLayout
 from recsys.model import FittedFM
@@ -51,9 +52,7 @@ class _Seen:
     """Which videos each customer rated in training, for masking sampled negatives."""
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
-        m = sp.csr_matrix((np.ones(len(users), dtype=bool), (users, items)), shape=(n_users, n_items))
-        m.sum_duplicates()
-        m.sort_indices()
+        m = seen_matrix(users, items, n_users, n_items)
         self.n_items = n_items
         self.matrix = m
         self.indptr = torch.from_numpy(m.indptr.astype(np.int64))

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 
 from backends.base import Backend, Callback, KNNIndex
 from recsys.errors import BackendError, ConfigError, DataError, require
-from recsys.model import FittedFM
+from recsys.model import FittedFM, check_design
 from recsys.params import FMParams, KNNParams
 
 from .artifacts import fm_model_tar_bytes, parse_knn_jsonlines, read_fm_artifact
@@ -464,15 +464,13 @@ class SageMakerBackend(Backend):
         """
         params.validate()
         classifier = params.predictor_type == "binary_classifier"
-        X, y = _check_design(X, y, "training data", params.feature_dim, classifier)
+        X, y = check_design(X, y, "training data", feature_dim=params.feature_dim, classifier=classifier)
         feature_dim = X.shape[1]
         has_eval = X_eval is not None or y_eval is not None
         if has_eval:
             if X_eval is None or y_eval is None:
                 raise DataError("pass both X_eval and y_eval (or neither)")
-            X_eval, y_eval = _check_design(
-                X_eval, y_eval, "evaluation data", feature_dim, classifier
-            )
+            X_eval, y_eval = check_design(X_eval, y_eval, "evaluation data", feature_dim=feature_dim, classifier=classifier)
         self._warn_local_only(params, callbacks)
         hyperparameters = params.sagemaker_hyperparameters(feature_dim)
         kind = "fm-bin" if classifier else "fm-reg"
@@ -970,29 +968,6 @@ class SageMakerBackend(Backend):
 def _snake(name: str) -> str:
     out = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
     return out.replace("_in_seconds", "_seconds")
-
-
-def _check_design(
-    X: Any, y: Any, what: str, feature_dim: int | None, classifier: bool
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    if not sp.issparse(X):
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise DataError(f"{what}: X must be a 2-D matrix (CSR or dense), got {X.ndim}-D")
-    X = sp.csr_matrix(X, dtype=np.float32)
-    X.sum_duplicates()
-    y = np.asarray(y, dtype=np.float32).reshape(-1)
-    if X.shape[0] != y.shape[0]:
-        raise DataError(f"{what}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataError(f"{what}: X is empty (shape {X.shape})")
-    if feature_dim is not None and X.shape[1] != feature_dim:
-        raise DataError(f"{what}: X has {X.shape[1]} columns but feature_dim is {feature_dim}")
-    if not np.isfinite(X.data).all() or not np.isfinite(y).all():
-        raise DataError(f"{what}: X or y contains NaN or infinite values")
-    if classifier and not np.isin(y, (0.0, 1.0)).all():
-        raise DataError(f"{what}: binary_classifier labels must be 0 or 1; found other values in y")
-    return X, y
 
 
 def _client_error(exc: BaseException) -> bool:

@@ -64,6 +64,7 @@ __all__ = [
     "split_random",
     "split_explicit",
     "one_hot",
+    "seen_matrix",
     "labels",
     "prepare",
 ]
@@ -507,6 +508,15 @@ def one_hot(users: Any, items: Any, n_users: int, n_items: int) -> sp.csr_matrix
     return sp.csr_matrix((data, indices, indptr), shape=(n, dim))
 
 
+def seen_matrix(users: Any, items: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    """(n_users, n_items) boolean CSR with True where a user rated an item (sorted indices)."""
+    users = np.asarray(users, dtype=np.int64)
+    m = sp.csr_matrix((np.ones(len(users), dtype=bool), (users, np.asarray(items, dtype=np.int64))), shape=(n_users, n_items))
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
 def labels(ratings: Any, kind: str = "regression", threshold: float = 5.0) -> np.ndarray:
     """float32 labels: the rating (``"regression"``) or ``rating >= threshold`` as 0/1
     (``"classification"``, the lab's "is it 5 stars")."""
@@ -564,13 +574,7 @@ class PreparedData:
 
     def seen_items(self) -> sp.csr_matrix:
         """(n_users, n_items) boolean CSR of the training interactions."""
-        tr = self.train
-        data = np.ones(len(tr), dtype=bool)
-        m = sp.csr_matrix(
-            (data, (tr[USER].to_numpy(), tr[ITEM].to_numpy())), shape=(self.n_users, self.n_items)
-        )
-        m.sum_duplicates()
-        return m
+        return seen_matrix(self.train[USER].to_numpy(), self.train[ITEM].to_numpy(), self.n_users, self.n_items)
 
     def save_split(self, directory: str | os.PathLike) -> None:
         """Write train/test (user, item, rating, date) as Parquet and the mappings, atomically."""

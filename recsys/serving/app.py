@@ -604,8 +604,8 @@ def serve(
             _ENV_PREFIX + "MAX_INSTANCES": str(config.max_instances),
             _ENV_PREFIX + "MAX_K": str(config.max_k),
         })  # fmt: skip
-        uvicorn.run("recsys.serving.app:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level, access_log=access_log)  # fmt: skip
+        _run_workers(uvicorn.Config("recsys.serving.app:app_from_env", factory=True, host=host, port=port,
+                                    workers=workers, log_level=log_level, access_log=access_log))  # fmt: skip
         return
     state = ServiceState.load(run_dir, config.model)
     app = create_app(state, config)
@@ -616,6 +616,25 @@ def serve(
         state.current.saved.info.get("run_id"), config.model, host, port,
     )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def _run_workers(config: Any) -> None:
+    """``uvicorn.run`` for ``workers > 1``, with TCP_NODELAY on every connection.
+
+    uvicorn binds the shared listening socket with ``proto`` 0; accepted sockets inherit it,
+    and asyncio only sets TCP_NODELAY on sockets whose ``proto`` is IPPROTO_TCP -- so every
+    keep-alive response waits ~40 ms for the client's delayed ACK (uvicorn issue #3149). The
+    socket is rewrapped with IPPROTO_TCP before the workers get it.
+    """
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        sock.set_inheritable(True)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 @dataclass

@@ -282,7 +282,9 @@ class SageMakerPredictor(_FMPredictor):
     predictor : sagemaker.predictor.Predictor, optional
     runtime_client : botocore client, optional
     content_type, accept, format, max_payload_bytes
-        As for :class:`RecsysPredictor` (default limit 5 MB, under SageMaker's 6 MB).
+        As for :class:`RecsysPredictor` (default limit 5 MB, under SageMaker's 6 MB). SageMaker's
+        built-in FM reads ``application/json`` requests (keep the default ``content_type``) and
+        answers ``application/json`` or ``application/jsonlines``.
     region_name : str, optional
         For the boto3 client created here.
     """
