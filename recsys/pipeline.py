@@ -528,7 +528,7 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
         ca, cb = m["customer_views"][name]["customers"]
         paths[f"scatter_{name}"] = plots.plot_score_scatter(
             a, b, plot_dir / f"score_scatter_{name}.png", label_a=f"customer {ca}", label_b=f"customer {cb}",
-            title=f"Two customers' scores over all videos ({name} FM)")  # fmt: skip
+            title=f"Two customers' scores, all videos ({name} FM)")  # fmt: skip
     if "ranking" in m:
         rows = [(f"FM ({cfg.objective})", m["ranking"])]
         if "ranking_classifier_knn" in m:

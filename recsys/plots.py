@@ -445,7 +445,7 @@ def plot_score_scatter(
     a: np.ndarray, b: np.ndarray, path: str | os.PathLike, *, label_a: str, label_b: str, title: str
 ) -> Path:
     """Scatter of two customers' scores over the whole catalogue (the lab's 200 vs 201 plot)."""
-    fig, (ax,) = _new_figure(title, f"score for {label_a}", f"score for {label_b}", figsize=(5.2, 4.6))
+    fig, (ax,) = _new_figure(title, f"score for {label_a}", f"score for {label_b}", figsize=(6.0, 4.8))
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ax.scatter(a, b, s=6, alpha=0.45, color=COLOR, linewidths=0)
     if a.size > 1 and a.std() > 0 and b.std() > 0:

@@ -317,7 +317,7 @@ def test_dry_run_prints_the_whole_plan_without_calling_aws(
         )
         assert block["role"] == ROLE
     purposes = [b["purpose"] for b in train[:3]]
-    assert purposes == ["FM regressor training"] + ["FM binary_classifier training"] * 2
+    assert purposes == ["FM regressor training", "FM classifier training", "FM ranking training"]
     knn = train[3]
     assert knn["image"] == KNN_IMAGE and knn["instances"] == "1 x ml.m4.xlarge"
     assert knn["hyperparameters"] == (

@@ -656,3 +656,46 @@ def test_accept_negotiation():
     with pytest.raises(protocol.RequestError) as info:
         protocol.response_media_type("text/html")
     assert info.value.status_code == 406
+
+
+def test_workers_get_a_tcp_nodelay_socket(monkeypatch):
+    """With --workers N the shared listening socket must carry IPPROTO_TCP, or asyncio leaves
+    Nagle on and every keep-alive response waits ~40 ms for a delayed ACK (uvicorn #3149)."""
+    import uvicorn
+    import uvicorn.supervisors
+
+    from recsys.serving import app as app_module
+
+    seen = {}
+
+    class FakeMultiprocess:
+        def __init__(self, config, sockets):
+            seen["sockets"] = sockets
+
+        def run(self):
+            sock = seen["sockets"][0]
+            seen["proto"], seen["inheritable"] = sock.proto, sock.get_inheritable()
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", FakeMultiprocess)
+    config = uvicorn.Config("recsys.serving.app:app_from_env", factory=True, host="127.0.0.1", port=free_port(), workers=2)
+    app_module._run_workers(config)
+    assert seen["proto"] == socket.IPPROTO_TCP and seen["inheritable"]
+
+
+def test_reload_with_a_frozen_heap_frees_the_old_model(run_dir):
+    """`recsys serve` freezes the GC heap after each load; a reload must still free the model
+    it replaced."""
+    import gc
+    import weakref
+
+    from recsys.serving.app import ServiceState
+
+    try:
+        state = ServiceState.load(run_dir, freeze_gc=True)
+        old = weakref.ref(state.current)
+        previous, current = state.reload()
+        assert previous["run_id"] == current["run_id"] and state.reloads == 1
+        assert old() is None and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

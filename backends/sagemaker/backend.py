@@ -476,7 +476,7 @@ class SageMakerBackend(Backend):
         kind = "fm-bin" if classifier else "fm-reg"
         job = self._new_name(kind)
         stage = (metadata or {}).get("stage") or (metadata or {}).get("objective")
-        purpose = f"FM {params.predictor_type}" + (f" ({stage})" if stage else "")
+        purpose = f"FM {stage}" if stage else f"FM {params.predictor_type}"
         data = {"train": (X, y)}
         if has_eval:
             data["test"] = (X_eval, y_eval)
