@@ -16,9 +16,10 @@ Parts
 accuracy    MovieLens ``ml-latest-small`` (``--data``), leave-last-out split of
             :func:`recsys.data.prepare.prepare` with no long-tail filter (each user's latest
             rating is the test row). Test RMSE of our FM regressor with the lab's settings
-            (``RunConfig().regressor``) and with a configuration tuned *on a validation split
-            carved from the training data* (each user's latest training rating; the test rows
-            are never used to choose anything), against ``surprise.SVD()`` with its defaults
+            (``RunConfig().regressor``) and with a configuration tuned *on validation folds
+            carved from the training data* (fold 1: each user's latest training rating; folds
+            2-3 move that origin back one rating each; the test rows are never used to choose
+            anything: see :func:`validation_folds`), against ``surprise.SVD()`` with its defaults
             trained on the same training rows and predicting the same test rows (rating scale
             0.5-5). ``--seeds`` seeds for every model; the naive (training mean) and per-movie
             mean baselines.
@@ -58,18 +59,25 @@ RATING_SCALE = (0.5, 5.0)
 
 #: Candidates for the tuned regressor: changes to the lab's settings (RunConfig().regressor).
 #: The first is the lab's own; the epoch count of each is chosen on the validation curve.
-TUNE_GRID: list[dict[str, Any]] = [{}] + [
-    {"linear_lr": lin, "factors_lr": fac, "factors_wd": wd, "mini_batch_size": 512, "rescale_grad": None}
-    for lin in (0.003, 0.01)
-    for fac in (0.0003, 0.001, 0.003)
-    for wd in (1e-4, 1e-3, 1e-2)
-] + [
-    # the lead's earlier configuration, as stated (rescale_grad stays the lab's 1/1000)
-    {"linear_lr": 0.003, "factors_lr": 0.0003, "factors_wd": 1e-4, "mini_batch_size": 512},
-]
-
-#: The lead's earlier configuration, re-measured on the test rows (a verification, not a choice).
-LEAD_CONFIG = {"linear_lr": 0.003, "factors_lr": 0.0003, "factors_wd": 1e-4, "mini_batch_size": 512, "epochs": 25}
+TUNE_GRID: list[dict[str, Any]] = (
+    [{}]
+    + [
+        {
+            "linear_lr": lin,
+            "factors_lr": fac,
+            "factors_wd": wd,
+            "mini_batch_size": 512,
+            "rescale_grad": None,
+        }
+        for lin in (0.003, 0.01)
+        for fac in (0.0003, 0.001)
+        for wd in (1e-4, 3e-4, 1e-3)
+    ]
+    + [
+        # the same with the lab's rescale_grad (1/1000) kept
+        {"linear_lr": 0.003, "factors_lr": 0.0003, "factors_wd": 1e-4, "mini_batch_size": 512},
+    ]
+)
 
 THROUGHPUT_DATASETS = {
     # name: (source, PrepareConfig overrides)
@@ -99,7 +107,9 @@ def load_prepared(source: str, prepare_overrides: dict[str, Any], data_path: str
 
 
 def movielens(args_data: str):
-    return load_prepared("movielens", {"min_customer_ratings": 1, "min_product_ratings": 1}, args_data)
+    return load_prepared(
+        "movielens", {"min_customer_ratings": 1, "min_product_ratings": 1}, args_data
+    )
 
 
 def rmse(pred, y) -> float:
@@ -121,13 +131,17 @@ def svd_fit_predict(train_users, train_items, train_ratings, test_users, test_it
     import pandas as pd
     from surprise import SVD, Dataset, Reader
 
-    df = pd.DataFrame({"u": train_users, "i": train_items, "r": np.asarray(train_ratings, dtype=np.float64)})
+    df = pd.DataFrame(
+        {"u": train_users, "i": train_items, "r": np.asarray(train_ratings, dtype=np.float64)}
+    )
     trainset = Dataset.load_from_df(df, Reader(rating_scale=RATING_SCALE)).build_full_trainset()
     algo = SVD(random_state=seed)
     t0 = time.perf_counter()
     algo.fit(trainset)
     fit_s = time.perf_counter() - t0
-    pred = np.array([algo.predict(int(u), int(i)).est for u, i in zip(test_users, test_items, strict=True)])
+    pred = np.array(
+        [algo.predict(int(u), int(i)).est for u, i in zip(test_users, test_items, strict=True)]
+    )
     return pred, fit_s
 
 
@@ -136,27 +150,46 @@ def svd_fit_predict(train_users, train_items, train_ratings, test_users, test_it
 # --------------------------------------------------------------------------------------------
 
 
+def validation_folds(train, n_folds: int):
+    """Rolling-origin validation inside the training rows: fold f holds out each user's latest
+    rating of the training data with its f-1 latest ratings already removed (fold 1 = each
+    user's latest training rating) and fits on the ratings before it. No test row is used."""
+    from recsys.data.prepare import split_leave_last_out
+
+    folds, cur = [], train
+    for _ in range(n_folds):
+        cur, val, _ = split_leave_last_out(cur)
+        folds.append((cur, val))
+    return folds
+
+
 def stage_tune(p: dict[str, Any]) -> dict[str, Any]:
-    """Grid over TUNE_GRID on a validation split of the training rows; per-epoch validation RMSE
-    from ``train_fm(..., X_eval=validation)``."""
+    """Grid over TUNE_GRID on validation folds of the training rows; per-epoch validation RMSE
+    from ``train_fm(..., X_eval=validation)``, averaged over the folds (fold f uses seed f)."""
     import numpy as np
 
     from backends.local.fm import train_fm
-    from recsys.data.prepare import one_hot, split_leave_last_out
+    from recsys.data.prepare import one_hot
 
     data = movielens(p["data"])
-    fit, val, _ = split_leave_last_out(data.train)  # each user's latest *training* rating
     nu, ni = data.n_users, data.n_items
-    Xf = one_hot(fit["user"].to_numpy(), fit["item"].to_numpy(), nu, ni)
-    Xv = one_hot(val["user"].to_numpy(), val["item"].to_numpy(), nu, ni)
-    yf = fit["star_rating"].to_numpy(np.float32)
-    yv = val["star_rating"].to_numpy(np.float32)
-    seeds = list(range(p["tune_seeds"]))
+    folds = []
+    for fit, val in validation_folds(data.train, p["tune_folds"]):
+        folds.append(
+            (
+                one_hot(fit["user"].to_numpy(), fit["item"].to_numpy(), nu, ni),
+                fit["star_rating"].to_numpy(np.float32).copy(),
+                one_hot(val["user"].to_numpy(), val["item"].to_numpy(), nu, ni),
+                val["star_rating"].to_numpy(np.float32).copy(),
+                fit,
+                val,
+            )
+        )
     candidates = []
     for ci, change in enumerate(TUNE_GRID):
         curves = []
         t0 = time.perf_counter()
-        for seed in seeds:
+        for seed, (Xf, yf, Xv, yv, _, _) in enumerate(folds):
             params = lab_regressor(**change, epochs=p["tune_epochs"], seed=seed)
             fm = train_fm(Xf, yf, params, X_eval=Xv, y_eval=yv)
             curves.append([math.sqrt(h["eval_mse"]) for h in fm.metadata["history"]])
@@ -169,32 +202,36 @@ def stage_tune(p: dict[str, Any]) -> dict[str, Any]:
                 "mean_val_rmse_by_epoch": [round(float(v), 5) for v in mean_curve],
                 "best_epochs": best + 1,
                 "best_val_rmse": float(mean_curve[best]),
+                "best_val_rmse_per_fold": [float(c[best]) for c in curves],
                 "val_rmse_at_25": float(mean_curve[24]) if len(mean_curve) >= 25 else None,
                 "seconds": time.perf_counter() - t0,
             }
         )
-        print(f"    tune {ci + 1}/{len(TUNE_GRID)} {change}: {mean_curve[best]:.4f} @ {best + 1}", file=sys.stderr, flush=True)
+        print(
+            f"    tune {ci + 1}/{len(TUNE_GRID)} {change}: {mean_curve[best]:.4f} @ {best + 1}",
+            file=sys.stderr,
+            flush=True,
+        )
     svd_val = []
-    for seed in seeds:
+    for seed, (_, yf, _, yv, fit, val) in enumerate(folds):
         pred, _ = svd_fit_predict(fit["user"], fit["item"], yf, val["user"], val["item"], seed)
         svd_val.append(rmse(pred, yv))
     chosen = min(candidates, key=lambda c: c["best_val_rmse"])
     return {
-        "fit_rows": len(fit),
-        "val_rows": len(val),
-        "seeds": seeds,
+        "folds": [{"fit_rows": len(f[4]), "val_rows": len(f[5])} for f in folds],
         "max_epochs": p["tune_epochs"],
         "candidates": candidates,
         "chosen": {**chosen["changes"], "epochs": chosen["best_epochs"]},
         "chosen_val_rmse": chosen["best_val_rmse"],
         "lab_val_rmse_at_25": candidates[0]["val_rmse_at_25"],
-        "svd_val_rmse": svd_val,
+        "svd_val_rmse_per_fold": svd_val,
+        "svd_val_rmse": statistics.fmean(svd_val),
         "peak": peak_bytes(),
     }
 
 
 def stage_accuracy(p: dict[str, Any]) -> dict[str, Any]:
-    """Test RMSE per seed, interleaved: SVD, our FM (lab settings), our FM (tuned), lead's config."""
+    """Test RMSE per seed, interleaved: SVD, our FM (lab settings), our FM (tuned)."""
     import numpy as np
 
     from backends.local.fm import train_fm
@@ -207,14 +244,21 @@ def stage_accuracy(p: dict[str, Any]) -> dict[str, Any]:
     models = {
         "fm_lab": {},
         "fm_tuned": dict(p["tuned"]),
-        "fm_lead_config": dict(LEAD_CONFIG),
-        "fm_lead_config_mean_grad": {**LEAD_CONFIG, "rescale_grad": None},
     }
     runs: dict[str, list[dict[str, Any]]] = {"svd": [], **{m: [] for m in models}}
     baselines = None
     for seed in range(p["seeds"]):
-        pred, fit_s = svd_fit_predict(tr["user"], tr["item"], tr["star_rating"], te["user"], te["item"], seed)
-        runs["svd"].append({"seed": seed, "rmse": rmse(pred, yte), "mae": float(np.mean(np.abs(pred - yte))), "fit_s": fit_s})
+        pred, fit_s = svd_fit_predict(
+            tr["user"], tr["item"], tr["star_rating"], te["user"], te["item"], seed
+        )
+        runs["svd"].append(
+            {
+                "seed": seed,
+                "rmse": rmse(pred, yte),
+                "mae": float(np.mean(np.abs(pred - yte))),
+                "fit_s": fit_s,
+            }
+        )
         for name, change in models.items():
             params = lab_regressor(**change, seed=seed)
             t0 = time.perf_counter()
@@ -229,12 +273,29 @@ def stage_accuracy(p: dict[str, Any]) -> dict[str, Any]:
                     "rmse_clipped": rmse(np.clip(pred, *RATING_SCALE), yte),
                     "mae": rep["test_mae"],
                     "fit_s": fit_s,
-                    "params": {k: v for k, v in params.to_dict().items() if k in change or k in ("epochs", "seed")},
+                    "params": {
+                        k: v
+                        for k, v in params.to_dict().items()
+                        if k in change or k in ("epochs", "seed")
+                    },
                 }
             )
             if baselines is None:
-                baselines = {k: rep[k] for k in ("naive_rmse", "naive_mae", "item_mean_rmse", "item_mean_mae", "train_mean")}
-        print(f"    seed {seed}: " + ", ".join(f"{m} {runs[m][-1]['rmse']:.4f}" for m in runs), file=sys.stderr, flush=True)
+                baselines = {
+                    k: rep[k]
+                    for k in (
+                        "naive_rmse",
+                        "naive_mae",
+                        "item_mean_rmse",
+                        "item_mean_mae",
+                        "train_mean",
+                    )
+                }
+        print(
+            f"    seed {seed}: " + ", ".join(f"{m} {runs[m][-1]['rmse']:.4f}" for m in runs),
+            file=sys.stderr,
+            flush=True,
+        )
     return {
         "n_users": data.n_users,
         "n_items": data.n_items,
@@ -285,7 +346,9 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
     source, prep = THROUGHPUT_DATASETS[p["dataset"]]
     data = load_prepared(source, prep, p["data"])
     X, y = data.design_matrix("train"), data.labels("train")
-    fields = np.stack([data.train["user"].to_numpy(np.int64), data.train["item"].to_numpy(np.int64)], axis=1)
+    fields = np.stack(
+        [data.train["user"].to_numpy(np.int64), data.train["item"].to_numpy(np.int64)], axis=1
+    )
     n, nu, ni = len(y), data.n_users, data.n_items
     k, bs, epochs = 64, 1000, p["epochs"]
     partial = p.get("partial_batches")  # pytorch-fm: time only the first N batches of one epoch
@@ -312,7 +375,11 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             fm = train_fm(X, y, params)
             sec = time.perf_counter() - t0
-            return {"rows": epochs * n, "seconds": sec, "train_mse": fm.metadata["history"][-1]["train_mse"]}
+            return {
+                "rows": epochs * n,
+                "seconds": sec,
+                "train_mse": fm.metadata["history"][-1]["train_mse"],
+            }
 
         return run
 
@@ -333,11 +400,15 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             for _ in range(n_epochs):
                 if mode == "dataloader":
-                    batches = torch.utils.data.DataLoader(RatingsDataset(fields, y), batch_size=bs, shuffle=True)
+                    batches = torch.utils.data.DataLoader(
+                        RatingsDataset(fields, y), batch_size=bs, shuffle=True
+                    )
                 else:
                     ft, yt = torch.from_numpy(fields), torch.from_numpy(y)
                     perm = torch.randperm(n)
-                    batches = ((ft[perm[s : s + bs]], yt[perm[s : s + bs]]) for s in range(0, n, bs))
+                    batches = (
+                        (ft[perm[s : s + bs]], yt[perm[s : s + bs]]) for s in range(0, n, bs)
+                    )
                 for b, (f, t) in enumerate(batches):
                     if partial and b >= partial:
                         break
@@ -368,7 +439,11 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
             r = fn(rep)
             r.update(rate=r["rows"] / r["seconds"], loadavg=load)
             results[name].append(r)
-            print(f"    {p['dataset']} threads={threads} rep {rep}: {name} {r['rate']:,.0f} rows/s", file=sys.stderr, flush=True)
+            print(
+                f"    {p['dataset']} threads={threads} rep {rep}: {name} {r['rate']:,.0f} rows/s",
+                file=sys.stderr,
+                flush=True,
+            )
     return {
         "dataset": p["dataset"],
         "threads": threads,
@@ -420,7 +495,12 @@ def stage_full(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-STAGES = {"tune": stage_tune, "accuracy": stage_accuracy, "throughput": stage_throughput, "full": stage_full}
+STAGES = {
+    "tune": stage_tune,
+    "accuracy": stage_accuracy,
+    "throughput": stage_throughput,
+    "full": stage_full,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +515,16 @@ def run_child(script: Path, stage: str, params: dict[str, Any]) -> dict[str, Any
 
     with tempfile.NamedTemporaryFile(prefix=f"bench-{stage}-", suffix=".json", delete=False) as fh:
         out_path = Path(fh.name)
-    cmd = [sys.executable, str(script), "--stage", stage, "--stage-params", json.dumps(params), "--stage-out", str(out_path)]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--stage",
+        stage,
+        "--stage-params",
+        json.dumps(params),
+        "--stage-out",
+        str(out_path),
+    ]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
@@ -456,7 +545,12 @@ def run_child(script: Path, stage: str, params: dict[str, Any]) -> dict[str, Any
         raise SystemExit(f"stage {stage} failed with exit code {rc}: {' '.join(cmd)}")
     result = json.loads(out_path.read_text())
     out_path.unlink()
-    result.update(process_wall_s=wall, sampled_peak=sampled, loadavg_before=list(load_before), loadavg_after=list(os.getloadavg()))
+    result.update(
+        process_wall_s=wall,
+        sampled_peak=sampled,
+        loadavg_before=list(load_before),
+        loadavg_after=list(os.getloadavg()),
+    )
     print(f"  {stage} {params.get('dataset', '')}: {wall:.1f} s", file=sys.stderr, flush=True)
     return result
 
@@ -477,12 +571,11 @@ def accuracy_table(res: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     labels = {
         "fm_lab": "our FM, lab settings (RunConfig().regressor)",
-        "fm_tuned": "our FM, tuned on validation: " + ", ".join(f"{k}={v}" for k, v in tuned.items()),
+        "fm_tuned": "our FM, tuned on validation: "
+        + ", ".join(f"{k}={v}" for k, v in tuned.items()),
         "svd": "Surprise SVD() defaults (peer)",
-        "fm_lead_config": "our FM, lead's earlier config as stated (verification only)",
-        "fm_lead_config_mean_grad": "our FM, lead's config with rescale_grad=None (verification only)",
     }
-    for key in ("fm_tuned", "fm_lab", "svd", "fm_lead_config", "fm_lead_config_mean_grad"):
+    for key in ("fm_tuned", "fm_lab", "svd"):
         r = runs[key]
         clipped = fmt_ms([x["rmse_clipped"] for x in r]) if "rmse_clipped" in r[0] else "(clips)"
         rows.append(
@@ -496,8 +589,19 @@ def accuracy_table(res: dict[str, Any]) -> list[tuple[str, ...]]:
             )
         )
     b = acc["baselines"]
-    rows.append(("naive: training mean", f"{b['naive_rmse']:.4f}", "", f"{b['naive_mae']:.4f}", "", ""))
-    rows.append(("per-movie training mean", f"{b['item_mean_rmse']:.4f}", "", f"{b['item_mean_mae']:.4f}", "", ""))
+    rows.append(
+        ("naive: training mean", f"{b['naive_rmse']:.4f}", "", f"{b['naive_mae']:.4f}", "", "")
+    )
+    rows.append(
+        (
+            "per-movie training mean",
+            f"{b['item_mean_rmse']:.4f}",
+            "",
+            f"{b['item_mean_mae']:.4f}",
+            "",
+            "",
+        )
+    )
     return rows
 
 
@@ -548,28 +652,44 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="MovieLens ratings.csv (ml-latest-small)")
+    parser.add_argument(
+        "--data", default=DEFAULT_DATA, help="MovieLens ratings.csv (ml-latest-small)"
+    )
     parser.add_argument("--only", choices=("accuracy", "throughput", "full"), action="append",
                         help="run only these parts (repeatable); default all")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model for the test RMSE")
-    parser.add_argument("--tune-seeds", type=int, default=2, help="seeds per candidate on the validation split")
-    parser.add_argument("--tune-epochs", type=int, default=40, help="epochs of each candidate's validation curve")
+    parser.add_argument("--tune-folds", type=int, default=3,
+                        help="rolling validation folds inside the training rows (fold f: seed f)")  # fmt: skip
+    parser.add_argument(
+        "--tune-epochs", type=int, default=40, help="epochs of each candidate's validation curve"
+    )
     parser.add_argument("--tuned-config", type=json.loads, default=None,
                         help="JSON of FMParams changes (incl. epochs) to use instead of tuning")  # fmt: skip
     parser.add_argument("--datasets", default="ml,default,default-unfiltered,full-unfiltered",
                         help=f"throughput datasets, from {', '.join(THROUGHPUT_DATASETS)}")  # fmt: skip
-    parser.add_argument("--threads", default="1,default", help="torch thread settings for throughput")
-    parser.add_argument("--epochs", type=int, default=3, help="throughput epochs on the small datasets")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved repeats of each throughput variant")
+    parser.add_argument(
+        "--threads", default="1,default", help="torch thread settings for throughput"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="throughput epochs on the small datasets"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="interleaved repeats of each throughput variant"
+    )
     parser.add_argument("--partial-batches", type=int, default=40,
                         help="on full-unfiltered, pytorch-fm is timed over this many batches (one epoch of ours)")  # fmt: skip
-    parser.add_argument("--full-repeat", type=int, default=1, help="runs of the full-preset training")
+    parser.add_argument(
+        "--full-repeat", type=int, default=1, help="runs of the full-preset training"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--stage-params", type=json.loads, help=argparse.SUPPRESS)
     parser.add_argument("--stage-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.seeds, args.tune_seeds, args.epochs, args.repeat, args.full_repeat) < 1 or args.tune_epochs < 25:
+    if (
+        min(args.seeds, args.tune_folds, args.epochs, args.repeat, args.full_repeat) < 1
+        or args.tune_epochs < 25
+    ):
         parser.error("counts must be >= 1 and --tune-epochs >= 25")
     bad = set(args.datasets.split(",")) - set(THROUGHPUT_DATASETS)
     if bad:
@@ -585,44 +705,73 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     script = Path(__file__).resolve()
     parts = set(args.only or ("accuracy", "throughput", "full"))
-    import faiss  # noqa: F401  (version in the machine info)
-    import surprise
-    import torch
-    import torchfm  # noqa: F401
-
     from importlib.metadata import version
 
+    import surprise
+    import torch
+
     res: dict[str, Any] = {
-        "machine": {**machine_info(), "torch": torch.__version__, "torchfm": version("torchfm"),
-                    "scikit-surprise": surprise.__version__},  # fmt: skip
-        "command": "python benchmarks/bench_fm.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("stage")},
+        "machine": {
+            **machine_info(),
+            "torch": torch.__version__,
+            "torchfm": version("torchfm"),
+            "scikit-surprise": surprise.__version__,
+        },  # fmt: skip
+        "command": "python benchmarks/bench_fm.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not k.startswith("stage")
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg_start": list(os.getloadavg()),
     }
     if "accuracy" in parts:
         if args.tuned_config is None:
-            res["tune"] = run_child(script, "tune", {"data": args.data, "tune_seeds": args.tune_seeds, "tune_epochs": args.tune_epochs})
+            res["tune"] = run_child(
+                script,
+                "tune",
+                {"data": args.data, "tune_folds": args.tune_folds, "tune_epochs": args.tune_epochs},
+            )
             res["tuned_config"] = res["tune"]["chosen"]
         else:
             res["tuned_config"] = args.tuned_config
-        res["accuracy"] = run_child(script, "accuracy", {"data": args.data, "seeds": args.seeds, "tuned": res["tuned_config"]})
+        res["accuracy"] = run_child(
+            script,
+            "accuracy",
+            {"data": args.data, "seeds": args.seeds, "tuned": res["tuned_config"]},
+        )
     if "throughput" in parts:
         res["throughput"] = []
         for ds in args.datasets.split(","):
             for th in args.threads.split(","):
                 big = ds.startswith("full")
                 res["throughput"].append(
-                    run_child(script, "throughput", {
-                        "data": args.data, "dataset": ds, "threads": 1 if th == "1" else "default",
-                        "epochs": 1 if ds.endswith("unfiltered") else args.epochs,
-                        "repeat": 1 if big else args.repeat, "partial_batches": args.partial_batches if big else None,
-                        "ours_default_threads": not big,
-                    })  # fmt: skip
+                    run_child(
+                        script,
+                        "throughput",
+                        {
+                            "data": args.data,
+                            "dataset": ds,
+                            "threads": 1 if th == "1" else "default",
+                            "epochs": 1 if ds.endswith("unfiltered") else args.epochs,
+                            "repeat": 1 if big else args.repeat,
+                            "partial_batches": args.partial_batches if big else None,
+                            "ours_default_threads": not big,
+                        },
+                    )  # fmt: skip
                 )
     if "full" in parts:
-        runs = [run_child(script, "full", {"data": args.data, "seed": i}) for i in range(args.full_repeat)]
-        res["full"] = {"runs": runs, "train_s": [r["train_s"] for r in runs], "peak": max(r["peak"] for r in runs)}
+        runs = [
+            run_child(script, "full", {"data": args.data, "seed": i})
+            for i in range(args.full_repeat)
+        ]
+        res["full"] = {
+            "runs": runs,
+            "train_s": [r["train_s"] for r in runs],
+            "peak": max(r["peak"] for r in runs),
+        }
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["loadavg_end"] = list(os.getloadavg())
 
@@ -649,7 +798,18 @@ def main(argv: list[str] | None = None) -> int:
     if "throughput" in res:
         rows, ratios = throughput_rows(res)
         res["throughput_table"], res["throughput_ratios"] = rows, ratios
-        print_table(("data", "train rows x features", "threads", "variant", "rows/s min / median / max", "ours / peer", "load avg"), rows)
+        print_table(
+            (
+                "data",
+                "train rows x features",
+                "threads",
+                "variant",
+                "rows/s min / median / max",
+                "ours / peer",
+                "load avg",
+            ),
+            rows,
+        )
         for r in ratios:
             if r["floor_applies"]:
                 floors.append({"floor": f"training throughput >= {FLOOR_SPEEDUP:g}x pytorch-fm ({r['peer']}, {r['dataset']}, threads {r['threads']})",

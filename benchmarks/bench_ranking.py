@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -93,21 +92,39 @@ def _implicit_metrics(model_name: str, data, seen, seed: int) -> dict[str, Any]:
     import numpy as np
     from implicit.als import AlternatingLeastSquares
     from implicit.bpr import BayesianPersonalizedRanking
+    from threadpoolctl import threadpool_limits
 
     from recsys.ranking import list_metrics, rank_metrics, ranks_from_scores
     from recsys.recommend import popularity
 
     user_items = seen.astype(np.float32).tocsr()
-    model = (AlternatingLeastSquares if model_name == "als" else BayesianPersonalizedRanking)(random_state=seed)
+    model = (AlternatingLeastSquares if model_name == "als" else BayesianPersonalizedRanking)(
+        random_state=seed
+    )
     t0 = time.perf_counter()
-    model.fit(user_items, show_progress=False)
+    with threadpool_limits(1, "blas"):  # what implicit asks for (its check_blas_config warning)
+        model.fit(user_items, show_progress=False)
     fit_s = time.perf_counter() - t0
     uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
     test = data.test
-    ranks = ranks_from_scores(lambda u: uf[u] @ itf.T, test["user"].to_numpy(), test["item"].to_numpy(), data.n_items, seen)
+    ranks = ranks_from_scores(
+        lambda u: uf[u] @ itf.T,
+        test["user"].to_numpy(),
+        test["item"].to_numpy(),
+        data.n_items,
+        seen,
+    )
     out = rank_metrics(ranks)
-    ids, _ = model.recommend(np.arange(data.n_users), user_items, N=K, filter_already_liked_items=True)
-    out.update(list_metrics(np.asarray(ids, dtype=np.int64), data.n_items, popularity(data.train["item"], data.n_items)))
+    ids, _ = model.recommend(
+        np.arange(data.n_users), user_items, N=K, filter_already_liked_items=True
+    )
+    out.update(
+        list_metrics(
+            np.asarray(ids, dtype=np.int64),
+            data.n_items,
+            popularity(data.train["item"], data.n_items),
+        )
+    )
     out["fit_s"] = fit_s
     return out
 
@@ -129,7 +146,12 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
     seen = data.seen_items()
     pop = np.bincount(data.train["item"].to_numpy(), minlength=data.n_items).astype(np.float64)
     Xtr = data.design_matrix("train")
-    runs: dict[str, list[dict[str, Any]]] = {"lab_classifier_knn": [], "ranking_objective": [], "implicit_als": [], "implicit_bpr": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "lab_classifier_knn": [],
+        "ranking_objective": [],
+        "implicit_als": [],
+        "implicit_bpr": [],
+    }
     popularity = None
     for seed in range(p["seeds"]):
         cfg = apply_seed(RunConfig(prepare=PrepareConfig(**prep)), seed)
@@ -137,25 +159,50 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         clf = train_fm(Xtr, data.labels("train", "classification"), cfg.classifier)
         fit_s = time.perf_counter() - t0
-        rec = Recommender(clf, data.mappings, seen, item_popularity=pop, backend=backend, knn_params=cfg.knn)
-        lists, _ = rec.recommend(np.arange(data.n_users), cfg.knn.k, filter_already_liked_items=True)
+        rec = Recommender(
+            clf, data.mappings, seen, item_popularity=pop, backend=backend, knn_params=cfg.knn
+        )
+        lists, _ = rec.recommend(
+            np.arange(data.n_users), cfg.knn.k, filter_already_liked_items=True
+        )
         m = _ranking_metrics(rec, data, lists, cfg, "classifier")
         runs["lab_classifier_knn"].append({**m, "fit_s": fit_s, "seed": seed})
         if popularity is None:
-            popularity = {k.removeprefix("popularity_"): v for k, v in m.items() if k.startswith("popularity_")}
+            popularity = {
+                k.removeprefix("popularity_"): v
+                for k, v in m.items()
+                if k.startswith("popularity_")
+            }
         # our ranking objective
         t0 = time.perf_counter()
         ranker, uf = train_ranking_model(backend, data, cfg.ranking, backend_name="torch")
         fit_s = time.perf_counter() - t0
-        rec = Recommender(ranker, data.mappings, seen, item_popularity=pop, backend=backend, knn_params=cfg.knn, user_features=uf)
-        lists, _ = rec.recommend(np.arange(data.n_users), cfg.knn.k, filter_already_liked_items=True)
+        rec = Recommender(
+            ranker,
+            data.mappings,
+            seen,
+            item_popularity=pop,
+            backend=backend,
+            knn_params=cfg.knn,
+            user_features=uf,
+        )
+        lists, _ = rec.recommend(
+            np.arange(data.n_users), cfg.knn.k, filter_already_liked_items=True
+        )
         m = _ranking_metrics(rec, data, lists, cfg, "ranking")
         runs["ranking_objective"].append(
-            {**m, "fit_s": fit_s, "seed": seed, "best_epoch": ranker.metadata.get("best_epoch"),
-             "epochs_run": len(ranker.metadata.get("history", []))}  # fmt: skip
+            {
+                **m,
+                "fit_s": fit_s,
+                "seed": seed,
+                "best_epoch": ranker.metadata.get("best_epoch"),
+                "epochs_run": len(ranker.metadata.get("history", [])),
+            }  # fmt: skip
         )
         for name in ("als", "bpr"):
-            runs[f"implicit_{name}"].append({**_implicit_metrics(name, data, seen, seed), "seed": seed})
+            runs[f"implicit_{name}"].append(
+                {**_implicit_metrics(name, data, seen, seed), "seed": seed}
+            )
         print(f"    {p['dataset']} seed {seed}: " + ", ".join(f"{k} {v[-1]['hr@10']:.4f}" for k, v in runs.items()),
               file=sys.stderr, flush=True)  # fmt: skip
     runs["popularity"] = [popularity]
@@ -209,12 +256,16 @@ def stage_vectors(p: dict[str, Any]) -> dict[str, Any]:
     seen = data.seen_items()
     sp.save_npz(work / "seen.npz", seen)
     sp.save_npz(work / "user_features.npz", sp.csr_matrix(uf))
-    U, I = fm_vectors(fm, user_features=uf)
+    U, items_v = fm_vectors(fm, user_features=uf)
     np.save(work / "U.npy", U)
-    np.save(work / "I.npy", I)
+    np.save(work / "I.npy", items_v)
     rng = np.random.default_rng(0)
     n = data.n_users
-    sample = np.sort(rng.choice(n, size=min(p["sample"], n), replace=False)) if p["sample"] else np.arange(n)
+    sample = (
+        np.sort(rng.choice(n, size=min(p["sample"], n), replace=False))
+        if p["sample"]
+        else np.arange(n)
+    )
     np.save(work / "sample.npy", sample)
     counts = np.diff(seen.indptr)
     chunk = np.arange(min(65536, n))
@@ -272,7 +323,11 @@ def stage_sgemm(p: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             a @ b.T
             times.append(time.perf_counter() - t0)
-        out["skinny"] = {"shape": [q, n, d], "seconds": times, "gflops": 2 * q * n * d / min(times) / 1e9}
+        out["skinny"] = {
+            "shape": [q, n, d],
+            "seconds": times,
+            "gflops": 2 * q * n * d / min(times) / 1e9,
+        }
     return out
 
 
@@ -291,11 +346,20 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
     method = p["method"]
     seen = sp.load_npz(work / "seen.npz").tocsr()
     seen.sort_indices()
-    users = np.arange(min(65536, seen.shape[0])) if p.get("first_chunk") else np.load(work / "sample.npy")
+    users = (
+        np.arange(min(65536, seen.shape[0]))
+        if p.get("first_chunk")
+        else np.load(work / "sample.npy")
+    )
     n_items = seen.shape[1]
     margin = int(np.diff(seen.indptr)[users].max(initial=0))
     depth = min(n_items, K + margin)
-    info: dict[str, Any] = {"method": method, "queries": int(len(users)), "n_items": n_items, "depth": depth}
+    info: dict[str, Any] = {
+        "method": method,
+        "queries": int(len(users)),
+        "n_items": n_items,
+        "depth": depth,
+    }
     if method.startswith("ours"):
         from backends.local.knn import FaissIndex
         from recsys.data.prepare import Mappings
@@ -365,11 +429,19 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
         info["dim_searched"] = int(I_.shape[1]) + (1 if method == "sklearn_mips_euclidean" else 0)
     info.update(seconds=seconds, peak=peak_bytes(), rss_before=before, loadavg=os.getloadavg()[0])
     if ids is not None:
-        np.save(work / f"ids-{method}-{p['dataset']}-{p.get('tag', '')}.npy", np.asarray(ids, dtype=np.int64))
+        np.save(
+            work / f"ids-{method}-{p['dataset']}-{p.get('tag', '')}.npy",
+            np.asarray(ids, dtype=np.int64),
+        )
     return info
 
 
-STAGES = {"quality": stage_quality, "vectors": stage_vectors, "sgemm": stage_sgemm, "knn": stage_knn}
+STAGES = {
+    "quality": stage_quality,
+    "vectors": stage_vectors,
+    "sgemm": stage_sgemm,
+    "knn": stage_knn,
+}
 KNN_METHODS = ("ours", "sklearn_mips_euclidean", "sklearn_cosine", "numpy_matmul", "faiss_k100")
 
 
@@ -388,9 +460,17 @@ LABELS = {
 
 def quality_rows(q: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
-    for key in ("ranking_objective", "lab_classifier_knn", "implicit_als", "implicit_bpr", "popularity"):
+    for key in (
+        "ranking_objective",
+        "lab_classifier_knn",
+        "implicit_als",
+        "implicit_bpr",
+        "popularity",
+    ):
         runs = q["runs"][key]
-        cells = [fmt_ms([r[m] for r in runs]) if len(runs) > 1 else f"{runs[0][m]:.4f}" for m in METRICS]
+        cells = [
+            fmt_ms([r[m] for r in runs]) if len(runs) > 1 else f"{runs[0][m]:.4f}" for m in METRICS
+        ]
         cov = statistics.fmean(r["coverage"] for r in runs)
         fit = f"{statistics.median(r['fit_s'] for r in runs):.1f}" if "fit_s" in runs[0] else ""
         rows.append((LABELS[key], *cells, f"{cov:.1%}", fit, str(len(runs))))
@@ -433,7 +513,11 @@ def knn_summary(res: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[dict[s
             flops = 2.0 * q * r0["n_items"] * r0.get("dim_searched", r0["dim"])
             gflops = flops / min(secs) / 1e9
             agree = ""
-            if ours_ids is not None and method not in ("ours", "ours_customers") and r0.get("first_chunk") is None:
+            if (
+                ours_ids is not None
+                and method not in ("ours", "ours_customers")
+                and r0.get("first_chunk") is None
+            ):
                 path = work / f"ids-{method}-{ds}-.npy"
                 if path.exists():
                     other = np.load(path)
@@ -455,7 +539,9 @@ def knn_summary(res: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[dict[s
                     extrap,
                     f"{max(r['peak'] for r in runs) / GB:.2f} ({r0['rss_before'] / GB:.2f})",
                     f"{gflops:.1f} ({gflops / peak_gflops:.0%})",
-                    f"{med[m0] / med['ours']:.1f}x" if (m0 := method) != "ours" and "ours" in med and not r0.get("first_chunk") else "",
+                    f"{med[m0] / med['ours']:.1f}x"
+                    if (m0 := method) != "ours" and "ours" in med and not r0.get("first_chunk")
+                    else "",
                     agree,
                 )
             )
@@ -470,16 +556,30 @@ def knn_summary(res: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[dict[s
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="MovieLens ratings.csv (ml-latest-small)")
-    parser.add_argument("--only", choices=("quality", "knn"), action="append", help="run only these parts")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per model for the quality tables")
+    parser.add_argument(
+        "--data", default=DEFAULT_DATA, help="MovieLens ratings.csv (ml-latest-small)"
+    )
+    parser.add_argument(
+        "--only", choices=("quality", "knn"), action="append", help="run only these parts"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="seeds per model for the quality tables"
+    )
     parser.add_argument("--quality-datasets", default="ml,default")
     parser.add_argument("--knn-datasets", default="full,full-unfiltered")
     parser.add_argument("--methods", default=",".join(KNN_METHODS), help="k-NN methods")
-    parser.add_argument("--sample", type=int, default=20000, help="customers timed on full-unfiltered")
-    parser.add_argument("--knn-repeat", type=int, default=3, help="interleaved runs of each k-NN method")
-    parser.add_argument("--no-chunk", action="store_true", help="skip the 65,536-customer recommend_customers chunk")
-    parser.add_argument("--workdir", type=Path, default=None, help="model/vector files (default: a temp dir)")
+    parser.add_argument(
+        "--sample", type=int, default=20000, help="customers timed on full-unfiltered"
+    )
+    parser.add_argument(
+        "--knn-repeat", type=int, default=3, help="interleaved runs of each k-NN method"
+    )
+    parser.add_argument(
+        "--no-chunk", action="store_true", help="skip the 65,536-customer recommend_customers chunk"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="model/vector files (default: a temp dir)"
+    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
@@ -507,11 +607,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     res: dict[str, Any] = {
-        "machine": {**machine_info(), "torch": torch.__version__, "faiss": faiss.__version__, "implicit": implicit.__version__,
-                    "scikit-learn": sklearn.__version__, "threadpoolctl": version("threadpoolctl"),
-                    "omp_threads_faiss": faiss.omp_get_max_threads()},  # fmt: skip
-        "command": "python benchmarks/bench_ranking.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("stage")},
+        "machine": {
+            **machine_info(),
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+            "implicit": implicit.__version__,
+            "scikit-learn": sklearn.__version__,
+            "threadpoolctl": version("threadpoolctl"),
+            "omp_threads_faiss": faiss.omp_get_max_threads(),
+        },  # fmt: skip
+        "command": "python benchmarks/bench_ranking.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not k.startswith("stage")
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg_start": list(os.getloadavg()),
     }
@@ -520,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     if "quality" in parts:
         res["quality"] = {}
         for ds in args.quality_datasets.split(","):
-            res["quality"][ds] = run_child(script, "quality", {"data": args.data, "dataset": ds, "seeds": args.seeds})
+            res["quality"][ds] = run_child(
+                script, "quality", {"data": args.data, "dataset": ds, "seeds": args.seeds}
+            )
     if "knn" in parts:
         tmp = None
         work = args.workdir or Path(tmp := tempfile.mkdtemp(prefix="recsys-bench-ranking-"))
@@ -535,14 +648,30 @@ def main(argv: list[str] | None = None) -> int:
                 vec = run_child(script, "vectors", {"data": args.data, "dataset": ds, "workdir": str(wd),
                                                     "epochs": 1 if unfiltered else None,
                                                     "sample": args.sample if unfiltered else None})  # fmt: skip
-                res["sgemm"].append(run_child(script, "sgemm", {"skinny": [min(vec["sample"], 20000), vec["n_items"], vec["dim"]]}))
+                res["sgemm"].append(
+                    run_child(script, "sgemm", {"skinny": [2048, vec["n_items"], vec["dim"]]})
+                )
                 runs: dict[str, list[dict[str, Any]]] = {}
                 for _rep in range(args.knn_repeat):
                     for method in args.methods.split(","):
-                        r = run_child(script, "knn", {"workdir": str(wd), "dataset": ds, "method": method})
+                        r = run_child(
+                            script, "knn", {"workdir": str(wd), "dataset": ds, "method": method}
+                        )
                         runs.setdefault(method, []).append(r)
                 if unfiltered and not args.no_chunk:
-                    runs["ours_customers"] = [run_child(script, "knn", {"workdir": str(wd), "dataset": ds, "method": "ours_customers", "first_chunk": True, "tag": "chunk"})]
+                    runs["ours_customers"] = [
+                        run_child(
+                            script,
+                            "knn",
+                            {
+                                "workdir": str(wd),
+                                "dataset": ds,
+                                "method": "ours_customers",
+                                "first_chunk": True,
+                                "tag": "chunk",
+                            },
+                        )
+                    ]
                     runs["ours_customers"][0]["first_chunk"] = True
                 res["sgemm"].append(run_child(script, "sgemm", {}))
                 # agreement is computed from the saved ids; move them next to the results
@@ -570,10 +699,16 @@ def main(argv: list[str] | None = None) -> int:
         floors += quality_goals(q)
     if "knn" in res:
         sg = res["sgemm"]
-        print("sgemm (square 4096, float32): " + ", ".join(f"{s['square']['gflops']:.1f}" for s in sg) + " GFLOP/s")
+        print(
+            "sgemm (square 4096, float32): "
+            + ", ".join(f"{s['square']['gflops']:.1f}" for s in sg)
+            + " GFLOP/s"
+        )
         for s in sg:
             if "skinny" in s:
-                print(f"sgemm of the scoring shape {s['skinny']['shape']}: {s['skinny']['gflops']:.1f} GFLOP/s")
+                print(
+                    f"sgemm of the scoring shape {s['skinny']['shape']}: {s['skinny']['gflops']:.1f} GFLOP/s"
+                )
         for ds, block in res["knn"].items():
             v = block["vectors"]
             print(f"{ds}: {v['n_users']:,} customers x {v['n_items']:,} videos, d = {v['dim']}; seen per customer "

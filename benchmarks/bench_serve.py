@@ -90,13 +90,17 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc._log.close()  # type: ignore[attr-defined]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 300.0) -> dict[str, Any]:
+def wait_ready(
+    url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 300.0
+) -> dict[str, Any]:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+            raise SystemExit(
+                f"the server exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}"
+            )
         try:
             r = httpx.get(url + "/healthz", timeout=2)
             if r.status_code == 200:
@@ -122,10 +126,16 @@ def one_hot_pairs(rng: np.random.Generator, n: int, n_users: int, n_items: int) 
     return [[int(u), n_users + int(i)] for u, i in zip(users, items, strict=True)]
 
 
-def recommendation_requests(rng: np.random.Generator, n: int, customers: list[str], unknown: float, k: int) -> list[Request]:
+def recommendation_requests(
+    rng: np.random.Generator, n: int, customers: list[str], unknown: float, k: int
+) -> list[Request]:
     out = []
     for i in range(n):
-        cid = f"unknown-{i}" if rng.random() < unknown else customers[int(rng.integers(0, len(customers)))]
+        cid = (
+            f"unknown-{i}"
+            if rng.random() < unknown
+            else customers[int(rng.integers(0, len(customers)))]
+        )
         out.append(("GET", f"/recommendations/{cid}?k={k}", None, {}))
     return out
 
@@ -136,12 +146,32 @@ def invalid_requests(dim: int, max_body: int, product: str) -> dict[str, Request
     return {
         "malformed json": ("POST", "/invocations", b'{"instances": [', JSON_HEADERS),
         "wrong content type": ("POST", "/invocations", b"1,2,3", {"Content-Type": "text/csv"}),
-        "unacceptable accept": ("POST", "/invocations", inst(sparse_row([0], dim)), {**JSON_HEADERS, "Accept": "text/csv"}),
+        "unacceptable accept": (
+            "POST",
+            "/invocations",
+            inst(sparse_row([0], dim)),
+            {**JSON_HEADERS, "Accept": "text/csv"},
+        ),
         "key out of range": ("POST", "/invocations", inst(sparse_row([dim], dim)), JSON_HEADERS),
-        "keys/values lengths": ("POST", "/invocations", inst({"data": {"features": {"keys": [0, 1], "shape": [dim], "values": [1.0]}}}), JSON_HEADERS),
-        "shape != feature_dim": ("POST", "/invocations", inst(sparse_row([0], dim + 1)), JSON_HEADERS),
+        "keys/values lengths": (
+            "POST",
+            "/invocations",
+            inst({"data": {"features": {"keys": [0, 1], "shape": [dim], "values": [1.0]}}}),
+            JSON_HEADERS,
+        ),
+        "shape != feature_dim": (
+            "POST",
+            "/invocations",
+            inst(sparse_row([0], dim + 1)),
+            JSON_HEADERS,
+        ),
         "NaN": ("POST", "/invocations", b'{"instances": [{"features": [NaN]}]}', JSON_HEADERS),
-        "boolean value": ("POST", "/invocations", inst({"data": {"features": {"keys": [0], "shape": [dim], "values": [True]}}}), JSON_HEADERS),
+        "boolean value": (
+            "POST",
+            "/invocations",
+            inst({"data": {"features": {"keys": [0], "shape": [dim], "values": [True]}}}),
+            JSON_HEADERS,
+        ),
         "empty instances": ("POST", "/invocations", b'{"instances": []}', JSON_HEADERS),
         "k = 0": ("GET", "/recommendations/1?k=0", None, {}),
         "k absurd": ("GET", "/recommendations/1?k=100000000", None, {}),
@@ -165,7 +195,9 @@ class RawClient:
     :attr:`errors`.
     """
 
-    def __init__(self, host: str, port: int, max_connections: int, timeout: float, max_idle: float = 3.0):
+    def __init__(
+        self, host: str, port: int, max_connections: int, timeout: float, max_idle: float = 3.0
+    ):
         self.host, self.port, self.timeout, self.max_idle = host, port, timeout, max_idle
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._slots = asyncio.Semaphore(max_connections)
@@ -176,7 +208,10 @@ class RawClient:
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        fields = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
         if 100 <= status < 200:
             return status, False
         await reader.readexactly(int(fields.get("content-length", "0")))
@@ -192,7 +227,14 @@ class RawClient:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         return reader, writer, False
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes, body: bytes, expect: bool) -> tuple[int, bool]:
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        data: bytes,
+        body: bytes,
+        expect: bool,
+    ) -> tuple[int, bool]:
         if expect:
             writer.write(data)
             await writer.drain()
@@ -205,10 +247,16 @@ class RawClient:
         await writer.drain()
         return await self._response(reader)
 
-    async def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> int:
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> int:
         body = body or b""
         expect = len(body) > 65536
-        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+        ]
         head += [f"{k}: {v}" for k, v in headers.items()]
         if expect:
             head.append("Expect: 100-continue")
@@ -219,9 +267,19 @@ class RawClient:
                 try:
                     async with asyncio.timeout(self.timeout):
                         status, close = await self._exchange(reader, writer, data, body, expect)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
+                except (
+                    OSError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    TimeoutError,
+                    ValueError,
+                ) as exc:
                     writer.close()
-                    stale = reused and isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)) and not getattr(exc, "partial", b"")
+                    stale = (
+                        reused
+                        and isinstance(exc, (asyncio.IncompleteReadError, ConnectionError))
+                        and not getattr(exc, "partial", b"")
+                    )
                     if stale and attempt == 1:
                         self.retries += 1
                         continue
@@ -240,7 +298,9 @@ class RawClient:
         self._idle.clear()
 
 
-async def _run(url: str, requests: list[Request], rate: float, connections: int, timeout: float) -> dict[str, Any]:
+async def _run(
+    url: str, requests: list[Request], rate: float, connections: int, timeout: float
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     host, port = url.rsplit("/", 1)[-1].split(":")
     client = RawClient(host, int(port), connections, timeout)
@@ -286,7 +346,14 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def run_scenario(name: str, url: str, server_pid: int, requests: list[Request], rate: float, args: argparse.Namespace) -> dict[str, Any]:
+def run_scenario(
+    name: str,
+    url: str,
+    server_pid: int,
+    requests: list[Request],
+    rate: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     gc.collect()
     gc.freeze()  # no ~80 ms full collection of the client's heap in the middle of the run
@@ -326,7 +393,9 @@ def run_scenario(name: str, url: str, server_pid: int, requests: list[Request], 
     return row
 
 
-def in_process_peer(run_dir: Path, customers: list[str], n: int, k: int, seed: int) -> dict[str, Any]:
+def in_process_peer(
+    run_dir: Path, customers: list[str], n: int, k: int, seed: int
+) -> dict[str, Any]:
     """CPU per call, in this process, of what ``/recommendations`` does (index-level
     ``Recommender.recommend`` + id/title arrays + JSON) against the DataFrame path it avoids
     (``Recommender.recommend_customers`` for one customer + ``to_dict`` + JSON)."""
@@ -342,7 +411,9 @@ def in_process_peer(run_dir: Path, customers: list[str], n: int, k: int, seed: i
         return _dumps(served.recommendations(cid, k, True))
 
     def frame(cid: str) -> bytes:
-        return json.dumps(rec.recommend_customers([cid], k=k).to_dict(orient="records"), default=str).encode()
+        return json.dumps(
+            rec.recommend_customers([cid], k=k).to_dict(orient="records"), default=str
+        ).encode()
 
     out = {}
     for name, fn in (("served_fast_path", fast), ("recommend_customers_dataframe", frame)):
@@ -382,8 +453,10 @@ def machine() -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| scenario | offered/s | requests | achieved/s | p50 ms | p90 ms | p99 ms | max ms | > 20 ms | "
-            "client send lag max ms | status counts | server CPU % | client CPU % | load avg |")
+    head = (
+        "| scenario | offered/s | requests | achieved/s | p50 ms | p90 ms | p99 ms | max ms | > 20 ms | "
+        "client send lag max ms | status counts | server CPU % | client CPU % | load avg |"
+    )
     lines = [head, "|" + "---|" * 14]
     for r in rows:
         counts = ", ".join(f"{k}: {v}" for k, v in r["status_counts"].items())
@@ -398,23 +471,66 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run-dir", type=Path, default=Path("/tmp/bench-run"), help="output of `recsys run` (default /tmp/bench-run)")
-    p.add_argument("--model", default="classifier", choices=("regressor", "classifier", "ranking"), help="FM for /invocations")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("/tmp/bench-run"),
+        help="output of `recsys run` (default /tmp/bench-run)",
+    )
+    p.add_argument(
+        "--model",
+        default="classifier",
+        choices=("regressor", "classifier", "ranking"),
+        help="FM for /invocations",
+    )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    p.add_argument("--rate", type=float, default=FLOOR_RATE, help="offered requests/s (default 200)")
-    p.add_argument("--requests", type=int, default=3000, help="requests per scenario (default 3000)")
-    p.add_argument("--repeat", type=int, default=3, help="runs of the /recommendations floor scenario (default 3)")
+    p.add_argument(
+        "--rate", type=float, default=FLOOR_RATE, help="offered requests/s (default 200)"
+    )
+    p.add_argument(
+        "--requests", type=int, default=3000, help="requests per scenario (default 3000)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of the /recommendations floor scenario (default 3)",
+    )
     p.add_argument("--k", type=int, default=10, help="k of /recommendations (default 10)")
-    p.add_argument("--unknown-fraction", type=float, default=0.1, help="share of unknown customers (default 0.1)")
-    p.add_argument("--batch-rows", type=int, default=100, help="rows per batch /invocations request (default 100)")
-    p.add_argument("--batch-rate", type=float, default=50.0, help="offered batch requests/s (default 50)")
+    p.add_argument(
+        "--unknown-fraction",
+        type=float,
+        default=0.1,
+        help="share of unknown customers (default 0.1)",
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=100,
+        help="rows per batch /invocations request (default 100)",
+    )
+    p.add_argument(
+        "--batch-rate", type=float, default=50.0, help="offered batch requests/s (default 50)"
+    )
     p.add_argument("--max-rates", default="200,300,400,500,600,800,1000",
                    help="rates tried for the max sustainable /recommendations rate (comma-separated)")  # fmt: skip
-    p.add_argument("--max-rate-seconds", type=float, default=5.0, help="seconds of load per max-rate step (default 5)")
-    p.add_argument("--connections", type=int, default=256, help="client connection pool size (default 256)")
+    p.add_argument(
+        "--max-rate-seconds",
+        type=float,
+        default=5.0,
+        help="seconds of load per max-rate step (default 5)",
+    )
+    p.add_argument(
+        "--connections", type=int, default=256, help="client connection pool size (default 256)"
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})",
+    )
     p.add_argument("--skip-max-rate", action="store_true", help="skip the max-rate search")
     return p.parse_args(argv)
 
@@ -422,7 +538,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (args.run_dir / "run.json").is_file():
-        raise SystemExit(f"{args.run_dir} is not a recsys run; make one: python -m recsys.cli run --out {args.run_dir} -q")
+        raise SystemExit(
+            f"{args.run_dir} is not a recsys run; make one: python -m recsys.cli run --out {args.run_dir} -q"
+        )
     sys.path.insert(0, str(REPO))
     from recsys._io import atomic_write_json
     from recsys.saved_run import SavedRun
@@ -448,13 +566,26 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run(url, warm, 200.0, args.connections, args.timeout))
 
         for r in range(args.repeat):
-            reqs = recommendation_requests(rng, args.requests, customers, args.unknown_fraction, args.k)
-            rows.append(run_scenario(f"recommendations (run {r + 1})", url, proc.pid, reqs, args.rate, args))
-        reqs = [invocation(one_hot_pairs(rng, 1, n_users, n_items), dim) for _ in range(args.requests)]
+            reqs = recommendation_requests(
+                rng, args.requests, customers, args.unknown_fraction, args.k
+            )
+            rows.append(
+                run_scenario(f"recommendations (run {r + 1})", url, proc.pid, reqs, args.rate, args)
+            )
+        reqs = [
+            invocation(one_hot_pairs(rng, 1, n_users, n_items), dim) for _ in range(args.requests)
+        ]
         rows.append(run_scenario("invocations-1", url, proc.pid, reqs, args.rate, args))
         n_batch = max(1, int(args.requests * args.batch_rate / args.rate))
-        reqs = [invocation(one_hot_pairs(rng, args.batch_rows, n_users, n_items), dim) for _ in range(n_batch)]
-        rows.append(run_scenario(f"invocations-{args.batch_rows}", url, proc.pid, reqs, args.batch_rate, args))
+        reqs = [
+            invocation(one_hot_pairs(rng, args.batch_rows, n_users, n_items), dim)
+            for _ in range(n_batch)
+        ]
+        rows.append(
+            run_scenario(
+                f"invocations-{args.batch_rows}", url, proc.pid, reqs, args.batch_rate, args
+            )
+        )
 
         bad = invalid_requests(dim, int(health["limits"]["max_body_bytes"]), products[0])
         valid = [
@@ -481,7 +612,12 @@ def main(argv: list[str] | None = None) -> int:
                 reqs = recommendation_requests(rng, n, customers, args.unknown_fraction, args.k)
                 row = run_scenario("max-rate recommendations", url, proc.pid, reqs, rate, args)
                 max_rate_rows.append(row)
-                if row["p99_ms"] > FLOOR_P99_MS or row["achieved_rps"] < 0.95 * rate or row["n_5xx"] or row["n_transport_errors"]:
+                if (
+                    row["p99_ms"] > FLOOR_P99_MS
+                    or row["achieved_rps"] < 0.95 * rate
+                    or row["n_5xx"]
+                    or row["n_transport_errors"]
+                ):
                     break
         rows.extend(max_rate_rows)
     finally:
@@ -497,10 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "floor": f"/recommendations p99 <= {FLOOR_P99_MS} ms at {FLOOR_RATE:.0f} requests/s",
         "floor_p99_ms": [r["p99_ms"] for r in floor_rows],
-        "floor_met": all(r["p99_ms"] <= FLOOR_P99_MS for r in floor_rows) if args.rate >= FLOOR_RATE else None,
+        "floor_met": all(r["p99_ms"] <= FLOOR_P99_MS for r in floor_rows)
+        if args.rate >= FLOOR_RATE
+        else None,
         "max_sustainable_rps": max(ok_rates) if ok_rates else None,
         "total_5xx": sum(r["n_5xx"] for r in rows),
-        "mixed_status_counts": next((r["status_counts"] for r in rows if r["scenario"] == "mixed valid/invalid"), None),
+        "mixed_status_counts": next(
+            (r["status_counts"] for r in rows if r["scenario"] == "mixed valid/invalid"), None
+        ),
     }
     print()
     print(table(rows))
@@ -513,8 +653,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(),
         "data": {
-            "run_dir": str(args.run_dir), "run_id": health["run_id"], "n_customers": health["n_customers"],
-            "n_products": health["n_products"], "served_model": args.model, "feature_dim": health["feature_dim"],
+            "run_dir": str(args.run_dir),
+            "run_id": health["run_id"],
+            "n_customers": health["n_customers"],
+            "n_products": health["n_products"],
+            "served_model": args.model,
+            "feature_dim": health["feature_dim"],
             "recommender_model": health["recommender_model"],
         },  # fmt: skip
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

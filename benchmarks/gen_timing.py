@@ -45,7 +45,9 @@ def post_filter_sizes(df, min_customer: int = 18, min_product: int = 95) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "default"])
-    parser.add_argument("--write", nargs="*", default=[], help="presets to also write (.tsv, .tsv.gz)")
+    parser.add_argument(
+        "--write", nargs="*", default=[], help="presets to also write (.tsv, .tsv.gz)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timing repeats for tiny")
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default: temp)")
@@ -53,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results: dict = {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "numpy": np.__version__},  # fmt: skip
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "numpy": np.__version__,
+        },  # fmt: skip
         "runs": [],
     }
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="recsys-gen-"))
@@ -71,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             "generate_s": round(min(times), 3),
             "peak_rss_mb": round(peak_rss_mb()),
             "post_filter": post_filter_sizes(df),
-            "star_shares": {int(k): round(float(v), 4) for k, v in
-                            df["star_rating"].value_counts(normalize=True).sort_index().items()},  # fmt: skip
+            "star_shares": {
+                int(k): round(float(v), 4)
+                for k, v in df["star_rating"].value_counts(normalize=True).sort_index().items()
+            },  # fmt: skip
         }
         if preset in args.write:
             for suffix in (".tsv", ".tsv.gz"):

@@ -58,6 +58,9 @@ class SparseBatch:
     val: torch.Tensor  # float32 (nnz,)
     row: torch.Tensor  # int64 (nnz,), local row ids in [0, n_rows)
     n_rows: int
+    #: Set when every row has exactly ``width`` entries, stored row by row (entry j belongs to
+    #: row j // width): the model then sums with reshapes instead of scatters.
+    width: int | None = None
 
 
 class _CSRTensors:
@@ -93,7 +96,7 @@ class _CSRTensors:
         """The rows ``rows`` (int64 tensor) as a batch."""
         b = int(rows.numel())
         if self.width:
-            return SparseBatch(self.idx2d[rows].reshape(-1), self.val2d[rows].reshape(-1), self._local_rows(b), b)
+            return SparseBatch(self.idx2d[rows].reshape(-1), self.val2d[rows].reshape(-1), self._local_rows(b), b, self.width)
         starts = self.indptr[rows]
         lengths = self.indptr[rows + 1] - starts
         local = torch.repeat_interleave(torch.arange(b), lengths)
@@ -112,7 +115,7 @@ class _CSRTensors:
         for start in range(0, len(order), batch_size):
             sl = slice(start, start + batch_size)
             b = int(idx[sl].shape[0])
-            yield sl, SparseBatch(idx[sl].reshape(-1), val[sl].reshape(-1), self._local_rows(b), b)
+            yield sl, SparseBatch(idx[sl].reshape(-1), val[sl].reshape(-1), self._local_rows(b), b, self.width)
 
 
 def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:
@@ -198,12 +201,18 @@ class FMTrainer:
     def forward(self, batch: SparseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``y`` (n_rows,), plus the per-row factor sums ``s`` and the per-entry
         ``x_j v_j`` kept for the backward pass."""
-        e = self.P.index_select(0, batch.idx) * batch.val[:, None]
-        xv = e[:, : self.k]
-        s = torch.zeros(batch.n_rows, self.k + 1).index_add_(0, batch.row, e)
-        sq = torch.zeros(batch.n_rows).index_add_(0, batch.row, (xv * xv).sum(1))
-        y = self.w0 + s[:, self.k] + 0.5 * ((s[:, : self.k] ** 2).sum(1) - sq)
-        return y, s[:, : self.k], xv
+        k = self.k
+        e = self.P.index_select(0, batch.idx).mul_(batch.val[:, None])
+        xv = e[:, :k]
+        if batch.width:  # fixed-width rows: per-row sums are reshapes, no scatter
+            s = e.view(batch.n_rows, batch.width, k + 1).sum(1)
+            sq = (xv * xv).view(batch.n_rows, -1).sum(1)
+        else:
+            s = torch.zeros(batch.n_rows, k + 1).index_add_(0, batch.row, e)
+            sq = torch.zeros(batch.n_rows).index_add_(0, batch.row, (xv * xv).sum(1))
+        sv = s[:, :k]
+        y = (sv * sv).sum(1).sub_(sq).mul_(0.5).add_(s[:, k]).add_(self.w0)
+        return y, sv, xv
 
     def gradients(
         self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor
@@ -214,10 +223,17 @@ class FMTrainer:
         batch and ``g_P = [g_V | g_w]``:  dy/dw0 = 1,  dy/dw_i = x_i,
         dy/dv_if = x_i (s_f - v_if x_i).
         """
-        gx = g[batch.row] * batch.val
-        g_e = torch.empty(batch.idx.numel(), self.k + 1)
-        torch.mul(s.index_select(0, batch.row) - xv, gx[:, None], out=g_e[:, : self.k])
-        g_e[:, self.k] = gx
+        k = self.k
+        g_e = torch.empty(batch.idx.numel(), k + 1)
+        if batch.width:
+            w = batch.width
+            gx = (g[:, None] * batch.val.view(-1, w)).view(-1)
+            diff = (s[:, None, :] - xv.view(-1, w, k)).view(-1, k)
+        else:
+            gx = g[batch.row] * batch.val
+            diff = s.index_select(0, batch.row) - xv
+        torch.mul(diff, gx[:, None], out=g_e[:, :k])
+        g_e[:, k] = gx
         rows, inverse = torch.unique(batch.idx, return_inverse=True)
         g_rows = torch.zeros(rows.numel(), self.k + 1).index_add_(0, inverse, g_e)
         return g.sum().reshape(1), rows, g_rows
@@ -235,10 +251,10 @@ class FMTrainer:
             h = state[0] + grad * grad
             return weight - lr * grad / (h.sqrt() + self.eps), [h]
         t = self.step_count
-        m = state[0] * _ADAM_BETA1 + (1 - _ADAM_BETA1) * grad
-        v = state[1] * _ADAM_BETA2 + (1 - _ADAM_BETA2) * grad * grad
+        m = state[0].mul_(_ADAM_BETA1).add_(grad, alpha=1 - _ADAM_BETA1)
+        v = state[1].mul_(_ADAM_BETA2).addcmul_(grad, grad, value=1 - _ADAM_BETA2)
         correction = math.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
-        return weight - (lr * correction) * m / (v.sqrt() + self.eps), [m, v]
+        return weight.sub_(m.div(v.sqrt().add_(self.eps)).mul_(lr * correction)), [m, v]
 
     def train_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
         """Forward, loss, closed-form backward and a lazy optimizer step. Returns the summed loss."""
