@@ -385,9 +385,43 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_watched(cmd: list[str], out_path: Path, name: str) -> dict[str, Any]:
+    """Run a stage command that writes its JSON result to ``out_path``; return that result
+    plus the parent's view: wall time, the child's RSS sampled every 50 ms with psutil, and
+    the load average before and after."""
+    import psutil
+
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    sampled = 0
+    try:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                sampled = max(sampled, ps.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+    finally:
+        rc = proc.wait()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        out_path.unlink(missing_ok=True)
+        raise SystemExit(f"stage {name} failed with exit code {rc}: {' '.join(cmd)}")
+    result = json.loads(out_path.read_text())
+    out_path.unlink()
+    result.update(
+        process_wall_s=wall,
+        sampled_peak=sampled,
+        loadavg_before=list(load_before),
+        loadavg_after=list(os.getloadavg()),
+    )
+    return result
+
+
 def run_stage(name: str, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """Run one stage in a fresh interpreter; return its JSON result plus parent-side checks."""
-    import psutil
 
     with tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".json", delete=False) as fh:
         out_path = Path(fh.name)
@@ -413,31 +447,12 @@ def run_stage(name: str, args: argparse.Namespace, **extra: Any) -> dict[str, An
             cmd.append(flag)
         elif value not in (None, False):
             cmd += [flag, str(value)]
-    load_before = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    sampled = 0
-    try:
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                sampled = max(sampled, ps.memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-    finally:
-        rc = proc.wait()
-    wall = time.perf_counter() - t0
-    if rc != 0:
-        out_path.unlink(missing_ok=True)
-        raise SystemExit(f"stage {name} failed with exit code {rc}: {' '.join(cmd)}")
-    result = json.loads(out_path.read_text())
-    out_path.unlink()
-    result.update(process_wall_s=wall, sampled_peak=sampled, loadavg_before=load_before)
+    result = run_watched(cmd, out_path, name)
+    result["loadavg_before"] = result["loadavg_before"][0]
     shown = " ".join(
         f"{k}={Path(v).name if isinstance(v, Path) else v}" for k, v in extra.items() if v
     )
-    print(f"  {name} {shown}: {wall:.1f} s", file=sys.stderr, flush=True)
+    print(f"  {name} {shown}: {result['process_wall_s']:.1f} s", file=sys.stderr, flush=True)
     return result
 
 

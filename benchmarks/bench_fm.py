@@ -43,14 +43,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_data import GB, Peaks, machine_info, peak_bytes, write_json
+from bench_data import GB, Peaks, machine_info, peak_bytes, run_watched, write_json
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_fm.json"
 DEFAULT_DATA = "/work/shared/datasets/ml-latest-small/ratings.csv"
@@ -511,7 +510,6 @@ STAGES = {
 def run_child(script: Path, stage: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run ``script --stage stage`` in a fresh interpreter with ``params`` (JSON); return its
     JSON result plus the parent's view: wall time, psutil-sampled peak RSS, load average."""
-    import psutil
 
     with tempfile.NamedTemporaryFile(prefix=f"bench-{stage}-", suffix=".json", delete=False) as fh:
         out_path = Path(fh.name)
@@ -525,33 +523,12 @@ def run_child(script: Path, stage: str, params: dict[str, Any]) -> dict[str, Any
         "--stage-out",
         str(out_path),
     ]
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    sampled = 0
-    try:
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                sampled = max(sampled, ps.memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-    finally:
-        rc = proc.wait()
-    wall = time.perf_counter() - t0
-    if rc != 0:
-        out_path.unlink(missing_ok=True)
-        raise SystemExit(f"stage {stage} failed with exit code {rc}: {' '.join(cmd)}")
-    result = json.loads(out_path.read_text())
-    out_path.unlink()
-    result.update(
-        process_wall_s=wall,
-        sampled_peak=sampled,
-        loadavg_before=list(load_before),
-        loadavg_after=list(os.getloadavg()),
+    result = run_watched(cmd, out_path, stage)
+    print(
+        f"  {stage} {params.get('dataset', '')}: {result['process_wall_s']:.1f} s",
+        file=sys.stderr,
+        flush=True,
     )
-    print(f"  {stage} {params.get('dataset', '')}: {wall:.1f} s", file=sys.stderr, flush=True)
     return result
 
 

@@ -543,7 +543,7 @@ def test_random_fm_recommend_equals_bruteforce():
         np.testing.assert_allclose(scores[u], exp_scores, rtol=1e-5, atol=1e-5)
 
 
-def test_fake_brute_index_gives_same_results(grid_fm, mappings, seen, rec):
+def test_fake_brute_index_gives_same_results(grid_fm, mappings, seen, rec, monkeypatch):
     """Any KNNIndex works: a numpy index (chunked queries) gives FAISS's answers."""
     index = BruteIndex(rec.item_vectors, query_chunk=4)
     other = Recommender(grid_fm, mappings, seen, index=index)
@@ -551,9 +551,33 @@ def test_fake_brute_index_gives_same_results(grid_fm, mappings, seen, rec):
     b = rec.recommend(np.arange(N_USERS), N=5)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    assert [n for n, _ in index.calls] == [4, 2]  # two chunks of users
-    # k searched = N + the chunk's largest number of seen items, capped at the catalogue
-    assert [k for _, k in index.calls] == [min(9, 5 + 7), min(9, 5 + 7)]
+    assert max(n for n, _ in index.calls) <= 4  # chunks of at most query_chunk users
+    # users 1, 5, 3 and 0 (0-2 rated) are one batch, searched 5 + 2 + 1 deep; users 2 and 4
+    # (6 and 7 rated) would more than double that depth, so they are searched apart, 9 deep
+    assert index.calls[0] == (4, 8)
+    assert (2, 9) in index.calls
+
+
+def test_search_depth_follows_each_customers_rated_count(grid_fm, mappings, seen, monkeypatch):
+    """With no minimum batch, customers are searched only as deep as their own number of rated
+    videos (rounded up to a power of two) needs, plus one candidate to see a tie at the cut,
+    and the answers do not change."""
+    import recsys.recommend as recommend_module
+
+    index = BruteIndex(Recommender(grid_fm, mappings, seen, index=BruteIndex(np.zeros((9, 4)))).item_vectors)
+    expected = Recommender(grid_fm, mappings, seen, index=index).recommend(np.arange(N_USERS), N=5)
+    monkeypatch.setattr(recommend_module, "_MIN_BATCH", 1)
+    index.calls.clear()
+    got = Recommender(grid_fm, mappings, seen, index=index).recommend(np.arange(N_USERS), N=5)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    first_calls = {}
+    for n, k in index.calls:
+        first_calls.setdefault(n, []).append(k)
+    # users 1 and 5 rated nothing: 5 + 0 + 1; user 3 rated 1: 5 + 1 + 1; user 0 rated 2:
+    # 5 + 2 + 1; users 2 and 4 rated 6 and 7: 5 + 7 + 1, capped at 9 (ties may deepen a search)
+    assert index.calls[0] == (2, 6)
+    assert (1, 7) in index.calls and (1, 8) in index.calls and (2, 9) in index.calls
 
 
 def test_max_k_too_small_raises_backend_error(grid_fm, mappings, seen):
