@@ -37,7 +37,9 @@ knn      All-customers top-100 with seen items excluded, from the ranking model'
          65,536-customer chunk of ``Recommender.recommend_customers``). Methods:
 
          * ours: ``Recommender.recommend(users, 100)`` over a ``FaissIndex`` (``faiss.Flat``,
-           ``INNER_PRODUCT``) -- searches ``100 + max seen`` deep and drops seen videos;
+           ``INNER_PRODUCT``) -- customers grouped by how many videos they rated (rounded up
+           to a power of two), each group searched ``100 + its largest seen count + 1`` deep,
+           seen videos dropped (the table's depth column is the deepest group's);
          * scikit-learn ``NearestNeighbors(algorithm="brute")``: it has no inner-product
            metric, so (a) ``metric="euclidean"`` on the MIPS->NN reduction (items
            ``[v, sqrt(M^2 - |v|^2)]``, queries ``[u, 0]``: the same top-k as the inner
