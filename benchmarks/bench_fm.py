@@ -30,7 +30,10 @@ throughput  Training ratings/s of our FM (:func:`backends.local.fm.train_fm`) ag
             same k (64), batch size (1000), epochs and training rows. pytorch-fm is fed as its
             examples do (``DataLoader`` over a ``Dataset``, ``shuffle=True``) and from
             pre-tensorised index batches (no ``DataLoader``); with one torch thread and with
-            torch's default thread count. Variants are interleaved and repeated in one process.
+            torch's default thread count. Ours runs with its fused C training step (the
+            default when built) and, as ``ours_pytorch_step``, with ``RECSYS_FM_KERNEL=torch``
+            (the same update in PyTorch operations). Variants are interleaved and repeated in
+            one process.
 full        25 epochs, k = 64 (the lab's regressor) on the ``full`` preset after the default
             18/95 long-tail filter, in its own process: training time and peak RSS.
 """
@@ -340,6 +343,7 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from backends.local import _kernel
     from backends.local.fm import train_fm
 
     source, prep = THROUGHPUT_DATASETS[p["dataset"]]
@@ -368,12 +372,14 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
         def __getitem__(self, index):
             return self.items[index], self.targets[index]
 
-    def ours(n_threads):
+    def ours(n_threads, step="auto"):
         def run(seed):
             params = lab_regressor(epochs=epochs, threads=n_threads, seed=seed)
+            os.environ[_kernel.KERNEL_ENV] = step  # "torch": the pure-PyTorch training step
             t0 = time.perf_counter()
             fm = train_fm(X, y, params)
             sec = time.perf_counter() - t0
+            os.environ[_kernel.KERNEL_ENV] = "auto"
             return {
                 "rows": epochs * n,
                 "seconds": sec,
@@ -425,9 +431,12 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
 
         return run
 
+    if _kernel.load() is None:
+        raise SystemExit("the fused FM kernel is not built: pip install -e . with a C compiler")
     variants: dict[str, Any] = {"ours": ours(None)}
     if threads != 1 and p.get("ours_default_threads", True):
         variants[f"ours_threads_{default_threads}"] = ours(default_threads)
+    variants["ours_pytorch_step"] = ours(None, "torch")
     variants["torchfm_dataloader"] = torchfm("dataloader")
     variants["torchfm_tensors"] = torchfm("tensors")
     variants["torchfm_tensors_sparseadam"] = torchfm("sparse")

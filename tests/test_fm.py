@@ -20,8 +20,10 @@ import scipy.sparse as sp
 import torch
 
 from backends.base import EpochInfo
+from backends.local import _kernel
 from backends.local.fm import (
     FMTrainer,
+    SparseBatch,
     _CSRTensors,
     csr_batches,
     fm_forward_torch,
@@ -40,6 +42,10 @@ from recsys.params import FMParams
 # Every small training run uses one torch thread: on a busy 2-core machine torch's default
 # intra-op threads make the tiny per-batch ops ~10-30x slower (results are unaffected).
 THREADS = 1
+
+#: the fused C training step (backends/local/_fmkernel.c), when this install built it
+KERNEL = _kernel.load()
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason="the fused FM kernel is not built here")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,6 +454,17 @@ OPT_CASES = [
 
 @pytest.mark.parametrize("opt,clip,rescale,kind", OPT_CASES)
 def test_one_optimizer_step_equals_hand_computed_update(float64, opt, clip, rescale, kind):
+    # float64 parameters: the PyTorch step (the fused C step is float32 only)
+    _check_one_step(opt, clip, rescale, kind, fused=False, rtol=1e-10, atol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("opt,clip,rescale,kind", OPT_CASES)
+def test_fused_step_equals_hand_computed_update(opt, clip, rescale, kind):
+    _check_one_step(opt, clip, rescale, kind, fused=True, rtol=3e-5, atol=1e-6)
+
+
+def _check_one_step(opt, clip, rescale, kind, *, fused: bool, rtol: float, atol: float) -> None:
     rng = np.random.default_rng(11)
     dim, k, n = 16, 3, 6
     # features 12..15 never occur: they must stay bit-identical (no lazy weight decay)
@@ -502,27 +519,98 @@ def test_one_optimizer_step_equals_hand_computed_update(float64, opt, clip, resc
     )
 
     batch = _CSRTensors(X).batch(torch.arange(n))
+    assert (tr._kernel is not None and tr._fusable()) == fused
     with torch.no_grad():
         total = tr.train_step(
-            batch, torch.from_numpy(target), squared_loss if kind == "squared" else logistic_loss
+            batch,
+            torch.from_numpy(target).to(tr.P.dtype),
+            squared_loss if kind == "squared" else logistic_loss,
         )
     expected_total = (
         np.sum((y - target) ** 2) if kind == "squared" else np.sum(np.log1p(np.exp(y)) - target * y)
     )
-    assert total == pytest.approx(expected_total, rel=1e-10)
+    assert total == pytest.approx(expected_total, rel=max(rtol, 1e-10))
     assert tr.step_count == 5
 
     P1 = tr.P.numpy()
-    np.testing.assert_allclose(P1[touched], new_rows, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(tr.w0.numpy(), new_w0, rtol=1e-10, atol=1e-12)  # bias always updated
+    np.testing.assert_allclose(P1[touched], new_rows, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(tr.w0.numpy(), new_w0, rtol=rtol, atol=atol)  # bias always updated
     assert not np.array_equal(tr.w0.numpy(), w00)
     # lazy: rows of absent features and their optimizer state are bit-identical
     assert np.array_equal(P1[untouched], P0[untouched])
     for st, old, upd in zip(tr.state_P, S0, new_state, strict=True):
         assert np.array_equal(st.numpy()[untouched], old[untouched])
-        np.testing.assert_allclose(st.numpy()[touched], upd, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(st.numpy()[touched], upd, rtol=rtol, atol=atol * 1e-2)
     for st, upd in zip(tr.state_w0, new_state_w0, strict=True):
-        np.testing.assert_allclose(st.numpy(), upd, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(st.numpy(), upd, rtol=rtol, atol=atol * 1e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("opt,clip,rescale,kind", OPT_CASES)
+@pytest.mark.parametrize("lengths", [LENGTHS_GENERAL, [2] * 9], ids=["general", "one-hot"])
+def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, kind, lengths):
+    """Two trainers from the same seed, one on each path, 3 epochs of 10-row batches with
+    repeated features: parameters and optimizer state stay equal to float32 rounding."""
+    rng = np.random.default_rng(5)
+    dim = 40
+    rows = [random_csr(rng, lengths, dim) for _ in range(12)]
+    X = sp.vstack(rows).tocsr()
+    n = X.shape[0]
+    target = rng.normal(3, 1, n) if kind == "squared" else rng.integers(0, 2, n).astype(float)
+    params = FMParams(num_factors=6, optimizer=opt, clip_gradient=clip, rescale_grad=rescale,
+                      linear_wd=0.01, factors_wd=0.02, bias_wd=0.03, threads=THREADS)  # fmt: skip
+    fused, ref = FMTrainer(dim, params), FMTrainer(dim, params)
+    for tr in (fused, ref):  # O(1) parameters, so every term of the update matters
+        tr.P.copy_(torch.from_numpy(np.random.default_rng(1).normal(0, 0.5, (dim, 7))).float())
+    loss = squared_loss if kind == "squared" else logistic_loss
+    data = _CSRTensors(X)
+    t = torch.from_numpy(target).float()
+    with torch.no_grad(), torch_threads(THREADS):
+        for epoch in range(3):
+            order = torch.from_numpy(np.random.default_rng(epoch).permutation(n))
+            for sl, batch in data.epoch(order, 10):
+                a = fused.train_step(batch, t[order][sl], loss)
+                b = ref.torch_step(batch, t[order][sl], loss)
+                assert a == pytest.approx(b, rel=1e-4)
+    assert fused.step_count == ref.step_count == 3 * math.ceil(n / 10)
+    assert not torch.equal(fused.P, FMTrainer(dim, params).P)  # it trained
+    torch.testing.assert_close(fused.P, ref.P, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.w0, ref.w0, rtol=1e-4, atol=1e-5)
+    for a, b in zip((*fused.state_P, *fused.state_w0), (*ref.state_P, *ref.state_w0), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@needs_kernel
+def test_fused_step_rejects_out_of_range_indices_and_changes_nothing():
+    tr = FMTrainer(5, FMParams(num_factors=2))
+    before = tr.P.clone(), tr.w0.clone()
+    bad = SparseBatch(torch.tensor([1, 5]), torch.ones(2), torch.tensor([0, 0]), 1)
+    with pytest.raises(DataError, match=r"outside \[0, 5\)"), torch.no_grad():
+        tr.train_step(bad, torch.ones(1), squared_loss)
+    assert torch.equal(tr.P, before[0]) and torch.equal(tr.w0, before[1]) and tr.step_count == 0
+
+
+def test_kernel_switch(monkeypatch):
+    monkeypatch.setenv(_kernel.KERNEL_ENV, "torch")
+    assert _kernel.load() is None and FMTrainer(3, FMParams(num_factors=2))._kernel is None
+    monkeypatch.setenv(_kernel.KERNEL_ENV, "fast")
+    with pytest.raises(ValueError, match="RECSYS_FM_KERNEL must be"):
+        _kernel.load()
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+    """An install on a machine with a C compiler builds the kernel; if it silently did not,
+    training is ~4x slower (the build is optional so that installs without one still work)."""
+    import shutil
+    import sysconfig
+
+    if os.environ.get(_kernel.KERNEL_ENV, "auto") == "torch":
+        pytest.skip("switched off")
+    if not (shutil.which("cc") or shutil.which("gcc")) or not os.path.exists(
+        os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    ):
+        pytest.skip("no C compiler or Python headers here")
+    assert KERNEL is not None
 
 
 def test_default_eps_and_default_rescale_is_the_batch_mean():

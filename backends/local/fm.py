@@ -17,6 +17,13 @@ optimizer steps with the per-part learning rate (``bias_lr``, ``linear_lr``, ``f
 SageMaker does not document which optimizer its FM uses; ``eps`` ("avoid division by 0")
 implies an adaptive one. The local default is Adam (``optimizer="adam"``), which trains well with
 SageMaker's default learning rates; ``"sgd"`` and ``"adagrad"`` are available.
+
+A training step is ~40 small tensor operations, whose per-call overhead dominates on small
+catalogues. When the optional C extension ``backends/local/_fmkernel.c`` was built at install
+time (it is whenever a C compiler is present), :meth:`FMTrainer.train_step` runs forward, loss,
+gradients and the lazy update in one call instead (about 4x faster on MovieLens-sized data); the
+result equals the PyTorch step to float32 rounding (tested). ``RECSYS_FM_KERNEL=torch`` forces
+the PyTorch step; float64 parameters always use it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from backends.base import Callback, EpochInfo
+from backends.local import _kernel
 from recsys.errors import DataError, ModelFitError
 from recsys.model import FittedFM, check_design
 from recsys.params import FMParams
@@ -162,6 +170,11 @@ def logistic_loss(y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.nn.functional.binary_cross_entropy_with_logits(y, t, reduction="none"), torch.sigmoid(y) - t
 
 
+#: Losses the fused C step implements (its ``loss`` argument) and its optimizer codes.
+_KERNEL_LOSSES: dict[Any, int] = {squared_loss: 0, logistic_loss: 1}
+_OPTIMIZERS = {"sgd": 0, "adagrad": 1, "adam": 2}
+
+
 class FMTrainer:
     """Parameters, optimizer state and the closed-form training step of an FM.
 
@@ -188,6 +201,11 @@ class FMTrainer:
         self.state_P = [torch.zeros_like(self.P) for _ in range(n_state)]
         self.state_w0 = [torch.zeros_like(self.w0) for _ in range(n_state)]
         self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
+        # the fused C step (backends/local/_fmkernel.c), when built; None: the PyTorch step
+        self._kernel = _kernel.load()
+        self._slot: torch.Tensor | None = None
+        self._fwork = torch.empty(0)
+        self._iwork = torch.empty(0, dtype=torch.int64)
 
     @property
     def V(self) -> torch.Tensor:
@@ -258,11 +276,60 @@ class FMTrainer:
 
     def train_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
         """Forward, loss, closed-form backward and a lazy optimizer step. Returns the summed loss."""
+        if self._kernel is not None and loss_fn in _KERNEL_LOSSES and self._fusable():
+            return self._fused_step(batch, target, _KERNEL_LOSSES[loss_fn])
+        return self.torch_step(batch, target, loss_fn)
+
+    def torch_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
+        """:meth:`train_step` in PyTorch operations (the reference for the fused C step)."""
         y, s, xv = self.forward(batch)
         loss, dy = loss_fn(y, target)
         scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
         self.apply_gradient(batch, dy * scale, s, xv)
         return float(loss.sum())
+
+    def _fusable(self) -> bool:
+        """The kernel writes the parameters and state in place through raw pointers."""
+        tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
+        return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+    def _fused_step(self, batch: SparseBatch, target: torch.Tensor, loss: int) -> float:
+        """:meth:`train_step` as one call of the C kernel: same arithmetic, one pass."""
+        p = self.params
+        k1 = self.k + 1
+        nnz, n = int(batch.idx.numel()), batch.n_rows
+        if self._slot is None:
+            self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
+        need = n * k1 + nnz * k1 + n
+        if self._fwork.numel() < need:
+            self._fwork = torch.empty(need)
+        if self._iwork.numel() < nnz:
+            self._iwork = torch.empty(nnz, dtype=torch.int64)
+        idx, val, row = batch.idx.contiguous(), batch.val.contiguous(), batch.row.contiguous()
+        target = target.to(torch.float32).contiguous()
+        self.step_count += 1
+        t = self.step_count
+        correction = math.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t) if self.optimizer == "adam" else 1.0
+        st = [*self.state_P, None, None][:2]
+        st0 = [*self.state_w0, None, None][:2]
+        scale = p.rescale_grad if p.rescale_grad is not None else 1.0 / n
+        ptr = _kernel.ptr
+        total = self._kernel.fm_train_step(
+            ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, k1,
+            ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
+            ptr(row), ptr(idx), ptr(val), nnz, n, ptr(target), loss, scale,
+            ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
+            -1.0 if p.clip_gradient is None else p.clip_gradient,
+            _OPTIMIZERS[self.optimizer], correction, self.eps,
+            ptr(self._slot), ptr(self._fwork), ptr(self._iwork),
+        )  # fmt: skip
+        if total < 0:
+            self.step_count -= 1
+            raise DataError(
+                f"a batch has a feature index outside [0, {self.feature_dim}) or a row id outside "
+                f"[0, {n}); build batches with csr_batches() from a matrix with {self.feature_dim} columns"
+            )
+        return total
 
     def apply_gradient(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> None:
         """Apply per-row loss gradients ``g`` (already rescaled) with a lazy optimizer step."""
