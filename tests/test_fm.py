@@ -559,8 +559,8 @@ def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, k
     target = rng.normal(3, 1, n) if kind == "squared" else rng.integers(0, 2, n).astype(float)
     params = FMParams(num_factors=6, optimizer=opt, clip_gradient=clip, rescale_grad=rescale,
                       linear_wd=0.01, factors_wd=0.02, bias_wd=0.03, threads=THREADS)  # fmt: skip
-    fused, ref = FMTrainer(dim, params), FMTrainer(dim, params)
-    for tr in (fused, ref):  # O(1) parameters, so every term of the update matters
+    fused, ref, whole = FMTrainer(dim, params), FMTrainer(dim, params), FMTrainer(dim, params)
+    for tr in (fused, ref, whole):  # O(1) parameters, so every term of the update matters
         tr.P.copy_(torch.from_numpy(np.random.default_rng(1).normal(0, 0.5, (dim, 7))).float())
     loss = squared_loss if kind == "squared" else logistic_loss
     data = _CSRTensors(X)
@@ -568,11 +568,17 @@ def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, k
     with torch.no_grad(), torch_threads(THREADS):
         for epoch in range(3):
             order = torch.from_numpy(np.random.default_rng(epoch).permutation(n))
+            a = b = 0.0
             for sl, batch in data.epoch(order, 10):
-                a = fused.train_step(batch, t[order][sl], loss)
-                b = ref.torch_step(batch, t[order][sl], loss)
-                assert a == pytest.approx(b, rel=1e-4)
-    assert fused.step_count == ref.step_count == 3 * math.ceil(n / 10)
+                a += fused.train_step(batch, t[order][sl], loss)
+                b += ref.torch_step(batch, t[order][sl], loss)
+            assert a == pytest.approx(b, rel=1e-4)
+            # the whole epoch in one kernel call: the same steps, bit for bit
+            assert whole.train_epoch(data, order, t[order], 10, loss) == a
+            assert torch.equal(whole.P, fused.P) and torch.equal(whole.w0, fused.w0)
+    assert fused.step_count == ref.step_count == whole.step_count == 3 * math.ceil(n / 10)
+    for x, y in zip((*whole.state_P, *whole.state_w0), (*fused.state_P, *fused.state_w0), strict=True):
+        assert torch.equal(x, y)
     assert not torch.equal(fused.P, FMTrainer(dim, params).P)  # it trained
     torch.testing.assert_close(fused.P, ref.P, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused.w0, ref.w0, rtol=1e-4, atol=1e-5)

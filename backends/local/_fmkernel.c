@@ -23,12 +23,20 @@
 #define ONE_MINUS_BETA1 ((float)(1.0 - 0.9))
 #define ONE_MINUS_BETA2 ((float)(1.0 - 0.999))
 
+
 enum { OPT_SGD = 0, OPT_ADAGRAD = 1, OPT_ADAM = 2 };
 enum { LOSS_SQUARED = 0, LOSS_LOGISTIC = 1 };
 
 /* Bumped whenever fm_train_step's arguments change: backends/local/_kernel.py refuses a
  * library built from older sources (an editable install is not rebuilt by a git pull). */
-int fm_kernel_abi(void) { return 2; }
+int fm_kernel_abi(void) { return 3; }
+
+/* Rows of P and its optimizer state are read in a data-dependent order, so the hardware
+ * prefetcher cannot see them coming; ask for a row a few iterations ahead. */
+static inline void prefetch_row(const float *row, int64_t k1) {
+    for (int64_t b = 0; b < k1 * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char *)row + b);
+}
+#define AHEAD 8
 
 /* sum_f a[f]^2 with 8 running sums: a single running sum is one long chain of dependent
  * additions (about 4 cycles each); the vectorised torch reduction does not keep that order
@@ -43,34 +51,53 @@ static inline float sumsq(const float *restrict a, int64_t n) {
     return tot;
 }
 
-/* One optimizer update of n weights with gradient g (clipped, weight decay added here). */
-static void update(float *restrict wgt, float *restrict g, float *restrict s0, float *restrict s1,
-                   int64_t n, const float *restrict lr, const float *restrict wd, int optimizer,
-                   float clip, float eps, float correction) {
-    if (clip >= 0.0f) {
-        for (int64_t f = 0; f < n; f++) {
-            float x = g[f];
-            g[f] = x < -clip ? -clip : (x > clip ? clip : x);
-        }
-    }
-    for (int64_t f = 0; f < n; f++) g[f] = g[f] + wd[f] * wgt[f];
+/* One optimizer update of n weights with gradient g: clipped to [-clip, clip] (clip = inf:
+ * none; NaN passes through, as torch.clamp), weight decay added, then the optimizer's rule.
+ * One loop per optimizer over restrict pointers, so that gcc vectorises it. */
+static void update(float *restrict wgt, const float *restrict g, float *restrict s0,
+                   float *restrict s1, int64_t n, const float *restrict lr,
+                   const float *restrict wd, int optimizer, float clip, float eps,
+                   float correction) {
+    const float lo = -clip;
     if (optimizer == OPT_SGD) {
-        for (int64_t f = 0; f < n; f++) wgt[f] = wgt[f] - lr[f] * g[f];
+        for (int64_t f = 0; f < n; f++) {
+            float x = clip < g[f] ? clip : g[f];
+            x = x < lo ? lo : x;
+            x = x + wd[f] * wgt[f];
+            wgt[f] = wgt[f] - lr[f] * x;
+        }
     } else if (optimizer == OPT_ADAGRAD) {
         for (int64_t f = 0; f < n; f++) {
-            float h = s0[f] + g[f] * g[f];
+            float x = clip < g[f] ? clip : g[f];
+            x = x < lo ? lo : x;
+            x = x + wd[f] * wgt[f];
+            float h = s0[f] + x * x;
             s0[f] = h;
-            wgt[f] = wgt[f] - lr[f] * g[f] / (sqrtf(h) + eps);
+            wgt[f] = wgt[f] - lr[f] * x / (sqrtf(h) + eps);
         }
     } else {
         for (int64_t f = 0; f < n; f++) {
-            float m = s0[f] * BETA1 + ONE_MINUS_BETA1 * g[f];
-            float v = s1[f] * BETA2 + ONE_MINUS_BETA2 * g[f] * g[f];
+            float x = clip < g[f] ? clip : g[f];
+            x = x < lo ? lo : x;
+            x = x + wd[f] * wgt[f];
+            float m = s0[f] * BETA1 + ONE_MINUS_BETA1 * x;
+            float v = s1[f] * BETA2 + ONE_MINUS_BETA2 * x * x;
             s0[f] = m;
             s1[f] = v;
             wgt[f] = wgt[f] - (m / (sqrtf(v) + eps)) * (lr[f] * correction);
         }
     }
+}
+
+/* y[f] += a * x[f] */
+static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t n) {
+    for (int64_t f = 0; f < n; f++) y[f] += x[f] * a;
+}
+
+/* gr[f] += (sr[f] - p[f] * x) * gx: a feature's factor gradient from one entry */
+static inline void factor_grad(float *restrict gr, const float *restrict sr,
+                               const float *restrict p, float x, float gx, int64_t n) {
+    for (int64_t f = 0; f < n; f++) gr[f] += (sr[f] - p[f] * x) * gx;
 }
 
 /*
@@ -103,10 +130,11 @@ double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_
     memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
     memset(sq, 0, sizeof(float) * (size_t)n_rows);
     for (int64_t j = 0; j < nnz; j++) {
+        if (j + AHEAD < nnz) prefetch_row(P + idx[j + AHEAD] * k1, k1);
         const float *p = P + idx[j] * k1;
         float *sr = s + row[j] * k1;
         const float x = val[j];
-        for (int64_t f = 0; f < k1; f++) sr[f] += p[f] * x;
+        axpy(sr, p, x, k1);
         sq[row[j]] += sumsq(p, k) * (x * x);
     }
     float g_w0 = 0.0f;
@@ -143,18 +171,61 @@ double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_
         const float *sr = s + row[j] * k1;
         const float x = val[j];
         const float gx = sq[row[j]] * x;
-        for (int64_t f = 0; f < k; f++) gr[f] += (sr[f] - p[f] * x) * gx;
+        factor_grad(gr, sr, p, x, gx, k);
         gr[k] += gx;
     }
 
     /* lazy optimizer step: w0, then the touched rows */
-    float g0 = g_w0;
-    update(w0, &g0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, clip, eps, correction);
+    if (!(clip >= 0.0f)) clip = INFINITY;
+    update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, clip, eps, correction);
     for (int64_t u = 0; u < n_uniq; u++) {
+        if (u + AHEAD < n_uniq) {
+            int64_t a = uniq[u + AHEAD] * k1;
+            prefetch_row(P + a, k1);
+            if (s0) prefetch_row(s0 + a, k1);
+            if (s1) prefetch_row(s1 + a, k1);
+        }
         int64_t i = uniq[u];
         slot[i] = -1;
         update(P + i * k1, grows + u * k1, s0 ? s0 + i * k1 : NULL, s1 ? s1 + i * k1 : NULL, k1,
                lr, wd, optimizer, clip, eps, correction);
+    }
+    return total;
+}
+
+/*
+ * A whole epoch: the rows of a (permuted) CSR matrix -- row r holds entries indptr[r] ..
+ * indptr[r + 1] of idx/val -- in batches of batch_size, each one fm_train_step. rescale <= 0
+ * means 1 / rows in the batch. *step is the optimizer's step count before the epoch and is
+ * advanced by one per batch; Adam's bias correction is computed per step as FMTrainer does.
+ * Returns the summed loss, NaN as soon as it stops being finite (the training has diverged;
+ * the batches so far are applied, as in the PyTorch loop), or -1 (nothing changed) if an index
+ * is out of range. iwork: 2 x the largest batch's entries.
+ */
+double fm_train_epoch(float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1,
+                      float *w0, float *w0_s0, float *w0_s1,
+                      const int64_t *indptr, const int64_t *idx, const float *val, int64_t n,
+                      const float *target, int64_t batch_size, int loss, double rescale,
+                      const float *lr, const float *wd, float bias_lr, float bias_wd,
+                      float clip, int optimizer, int64_t *step, float eps,
+                      int32_t *slot, float *fwork, int64_t *iwork) {
+    for (int64_t j = indptr[0]; j < indptr[n]; j++)
+        if (idx[j] < 0 || idx[j] >= feature_dim) return -1.0;
+    double total = 0.0;
+    for (int64_t r0 = 0; r0 < n; r0 += batch_size) {
+        int64_t r1 = r0 + batch_size < n ? r0 + batch_size : n;
+        int64_t e0 = indptr[r0], nnz = indptr[r1] - e0;
+        int64_t *rows = iwork + nnz;
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t j = indptr[r]; j < indptr[r + 1]; j++) rows[j - e0] = r - r0;
+        int64_t t = ++*step;
+        float correction = (float)(sqrt(1.0 - pow(0.999, (double)t)) / (1.0 - pow(0.9, (double)t)));
+        float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)(r1 - r0));
+        total += fm_train_step(P, s0, s1, feature_dim, k1, w0, w0_s0, w0_s1, rows, idx + e0,
+                               val + e0, nnz, r1 - r0, target + r0, loss, scale, lr, wd, bias_lr,
+                               bias_wd, clip, optimizer, optimizer == OPT_ADAM ? correction : 1.0f,
+                               eps, slot, fwork, iwork);
+        if (!isfinite(total)) return NAN;
     }
     return total;
 }

@@ -21,7 +21,7 @@ __all__ = ["load", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_FM_KERNEL"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
-KERNEL_ABI = 2
+KERNEL_ABI = 3
 
 _F = ctypes.c_void_p  # pointers are passed as integers (tensor.data_ptr())
 
@@ -54,6 +54,17 @@ def _library() -> ctypes.CDLL | None:
         _F, _F, _F, i64, i64, _F, i32, f32,  # row, idx, val, nnz, n_rows, target, loss, scale
         _F, _F, f32, f32,  # lr, wd, bias_lr, bias_wd
         f32, i32, f32, f32,  # clip, optimizer, correction, eps
+        _F, _F, _F,  # slot, fwork, iwork
+    ]  # fmt: skip
+    fn = lib.fm_train_epoch
+    fn.restype = ctypes.c_double
+    fn.argtypes = [
+        _F, _F, _F, i64, i64,  # P, s0, s1, feature_dim, k1
+        _F, _F, _F,  # w0, w0_s0, w0_s1
+        _F, _F, _F, i64,  # indptr, idx, val, n
+        _F, i64, i32, ctypes.c_double,  # target, batch_size, loss, rescale
+        _F, _F, f32, f32,  # lr, wd, bias_lr, bias_wd
+        f32, i32, ctypes.POINTER(i64), f32,  # clip, optimizer, step (in/out), eps
         _F, _F, _F,  # slot, fwork, iwork
     ]  # fmt: skip
     return lib

@@ -29,6 +29,7 @@ the PyTorch step; float64 parameters always use it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import time
@@ -288,6 +289,63 @@ class FMTrainer:
         self.apply_gradient(batch, dy * scale, s, xv)
         return float(loss.sum())
 
+    def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
+        """:meth:`train_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
+        (``target`` already in that order). Returns the summed loss, or NaN as soon as it is
+        not finite (training diverged)."""
+        if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
+            total = 0.0
+            for sl, batch in data.epoch(order, batch_size):
+                total += self.torch_step(batch, target[sl], loss_fn)
+                if not math.isfinite(total):
+                    return math.nan
+            return total
+        n = int(order.numel())
+        if data.width:
+            idx, val = data.idx2d[order].reshape(-1), data.val2d[order].reshape(-1)
+            indptr = torch.arange(n + 1) * data.width
+        else:
+            whole = data.batch(order)
+            idx, val = whole.idx, whole.val
+            lengths = data.indptr[order + 1] - data.indptr[order]
+            indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+        starts = torch.arange(0, n, batch_size)
+        ends = torch.clamp(starts + batch_size, max=n)
+        max_nnz = int((indptr[ends] - indptr[starts]).max()) if n else 0
+        self._scratch(min(batch_size, n), max_nnz, 2 * max_nnz)
+        p = self.params
+        st = [*self.state_P, None, None][:2]
+        st0 = [*self.state_w0, None, None][:2]
+        step = ctypes.c_int64(self.step_count)
+        target = target.to(torch.float32).contiguous()
+        ptr = _kernel.ptr
+        total = self._kernel.fm_train_epoch(
+            ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
+            ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
+            ptr(indptr), ptr(idx), ptr(val), n,
+            ptr(target), batch_size, _KERNEL_LOSSES[loss_fn],
+            -1.0 if p.rescale_grad is None else p.rescale_grad,
+            ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
+            -1.0 if p.clip_gradient is None else p.clip_gradient,
+            _OPTIMIZERS[self.optimizer], ctypes.byref(step), self.eps,
+            ptr(self._slot), ptr(self._fwork), ptr(self._iwork),
+        )  # fmt: skip
+        self.step_count = step.value
+        if total == -1.0:
+            raise DataError(f"a feature index is outside [0, {self.feature_dim})")
+        return total
+
+    def _scratch(self, n_rows: int, nnz: int, n_int: int) -> None:
+        """Grow the kernel's scratch buffers to fit a batch of ``n_rows`` rows, ``nnz`` entries."""
+        if self._slot is None:
+            self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
+        k1 = self.k + 1
+        need = n_rows * k1 + nnz * k1 + n_rows
+        if self._fwork.numel() < need:
+            self._fwork = torch.empty(need)
+        if self._iwork.numel() < n_int:
+            self._iwork = torch.empty(n_int, dtype=torch.int64)
+
     def _fusable(self) -> bool:
         """The kernel writes the parameters and state in place through raw pointers."""
         tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
@@ -298,13 +356,7 @@ class FMTrainer:
         p = self.params
         k1 = self.k + 1
         nnz, n = int(batch.idx.numel()), batch.n_rows
-        if self._slot is None:
-            self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
-        need = n * k1 + nnz * k1 + n
-        if self._fwork.numel() < need:
-            self._fwork = torch.empty(need)
-        if self._iwork.numel() < nnz:
-            self._iwork = torch.empty(nnz, dtype=torch.int64)
+        self._scratch(n, nnz, nnz)
         idx, val, row = batch.idx.contiguous(), batch.val.contiguous(), batch.row.contiguous()
         target = target.to(torch.float32).contiguous()
         self.step_count += 1
@@ -450,11 +502,9 @@ def train_fm(
             t0 = time.perf_counter()
             order = torch.from_numpy(rng.permutation(n))
             shuffled = targets[order]
-            total = 0.0
-            for sl, batch in data.epoch(order, bs):
-                total += trainer.train_step(batch, shuffled[sl], loss_fn)
-                if not math.isfinite(total):
-                    raise _diverged(f"the training loss in epoch {epoch + 1}", params)
+            total = trainer.train_epoch(data, order, shuffled, bs, loss_fn)
+            if not math.isfinite(total):
+                raise _diverged(f"the training loss in epoch {epoch + 1}", params)
             if not trainer.finite():
                 raise _diverged(f"a model parameter after epoch {epoch + 1}", params)
             train_loss = total / n
