@@ -54,6 +54,12 @@ class KNNIndex(abc.ABC):
         vectors; -1 marks an empty slot (only possible with approximate indexes).
         """
 
+    def search_excluding(self, queries: np.ndarray, k: int, exclude: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """Optional: top-``k`` with the ids in row ``r`` of the CSR matrix ``exclude`` skipped
+        for query ``r``, rows padded with id -1; None when the index cannot (the caller then
+        searches deeper with :meth:`search` and drops the excluded ids itself)."""
+        return None
+
     def save(self, path: Any) -> None:  # pragma: no cover - optional capability
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
 

@@ -31,7 +31,7 @@ throughput  Training ratings/s of our FM (:func:`backends.local.fm.train_fm`) ag
             examples do (``DataLoader`` over a ``Dataset``, ``shuffle=True``) and from
             pre-tensorised index batches (no ``DataLoader``); with one torch thread and with
             torch's default thread count. Ours runs with its fused C training step (the
-            default when built) and, as ``ours_pytorch_step``, with ``RECSYS_FM_KERNEL=torch``
+            default when built) and, as ``ours_pytorch_step``, with ``RECSYS_NATIVE=off``
             (the same update in PyTorch operations). Variants are interleaved and repeated in
             one process.
 full        25 epochs, k = 64 (the lab's regressor) on the ``full`` preset after the default
@@ -375,7 +375,7 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
     def ours(n_threads, step="auto"):
         def run(seed):
             params = lab_regressor(epochs=epochs, threads=n_threads, seed=seed)
-            os.environ[_kernel.KERNEL_ENV] = step  # "torch": the pure-PyTorch training step
+            os.environ[_kernel.KERNEL_ENV] = step  # "off": the pure-PyTorch training step
             t0 = time.perf_counter()
             fm = train_fm(X, y, params)
             sec = time.perf_counter() - t0
@@ -436,7 +436,7 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
     variants: dict[str, Any] = {"ours": ours(None)}
     if threads != 1 and p.get("ours_default_threads", True):
         variants[f"ours_threads_{default_threads}"] = ours(default_threads)
-    variants["ours_pytorch_step"] = ours(None, "torch")
+    variants["ours_pytorch_step"] = ours(None, "off")
     variants["torchfm_dataloader"] = torchfm("dataloader")
     variants["torchfm_tensors"] = torchfm("tensors")
     variants["torchfm_tensors_sparseadam"] = torchfm("sparse")

@@ -37,9 +37,13 @@ knn      All-customers top-100 with seen items excluded, from the ranking model'
          65,536-customer chunk of ``Recommender.recommend_customers``). Methods:
 
          * ours: ``Recommender.recommend(users, 100)`` over a ``FaissIndex`` (``faiss.Flat``,
-           ``INNER_PRODUCT``) -- customers grouped by how many videos they rated (rounded up
-           to a power of two), each group searched ``100 + its largest seen count + 1`` deep,
-           seen videos dropped (the table's depth column is the deepest group's);
+           ``INNER_PRODUCT``). Catalogues up to 131,072 videos: ``FaissIndex.search_excluding``
+           (a float32 matrix product per block of customers, then the native top-k that skips
+           seen videos: depth 100 for everyone). Larger ones: FAISS, customers grouped by how
+           many videos they rated (rounded up to a power of two), each group searched ``100 +
+           its largest seen count + 1`` deep, seen videos dropped (the depth column shows
+           ``100 + max seen``, the deepest any method needs without exclusion in the search);
+         * ours_faiss (``--methods``): the FAISS path forced (``RECSYS_NATIVE=off``);
          * scikit-learn ``NearestNeighbors(algorithm="brute")``: it has no inner-product
            metric, so (a) ``metric="euclidean"`` on the MIPS->NN reduction (items
            ``[v, sqrt(M^2 - |v|^2)]``, queries ``[u, 0]``: the same top-k as the inner
@@ -363,6 +367,8 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
         "depth": depth,
     }
     if method.startswith("ours"):
+        if method == "ours_faiss":  # the general path: FAISS searched deep, seen dropped after
+            os.environ["RECSYS_NATIVE"] = "off"
         from backends.local.knn import FaissIndex
         from recsys.data.prepare import Mappings
         from recsys.model import FittedFM
@@ -380,7 +386,7 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
         before = _rss()
         reset_peak()
         t0 = time.perf_counter()
-        if method == "ours":
+        if method in ("ours", "ours_faiss"):
             ids, _ = rec.recommend(users, K, filter_already_liked_items=True)
         else:  # ours_customers: the pipeline's DataFrame path (ids, titles, chunks of 65,536)
             frame = rec.recommend_customers(mappings.customer_ids.to_numpy()[users], k=K)
@@ -444,7 +450,14 @@ STAGES = {
     "sgemm": stage_sgemm,
     "knn": stage_knn,
 }
-KNN_METHODS = ("ours", "sklearn_mips_euclidean", "sklearn_cosine", "numpy_matmul", "faiss_k100")
+KNN_METHODS = (
+    "ours",
+    "ours_faiss",
+    "sklearn_mips_euclidean",
+    "sklearn_cosine",
+    "numpy_matmul",
+    "faiss_k100",
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -238,6 +238,9 @@ class Recommender:
 
     def _search(self, users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         seen = self.seen if exclude_seen else None
+        found = self._search_excluding(users, k, seen)
+        if found is not None:
+            return found
         chunk = getattr(self.index, "query_chunk", None) or max(len(users), 1)
         out_ids = np.full((len(users), k), _EMPTY, dtype=np.int64)
         out_scores = np.full((len(users), k), -np.inf, dtype=np.float64)
@@ -284,6 +287,26 @@ class Recommender:
                 i, s = self._search_chunk(users[r], k, depth, need - k, seen)
                 out_ids[r] = i
                 out_scores[r] = s
+        return out_ids, out_scores
+
+    def _search_excluding(
+        self, users: np.ndarray, k: int, seen: sp.csr_matrix | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The index's own exclusion search (exact flat inner product, native kernel), when it
+        has one: no deeper search and no re-search of ties. None: use the general path."""
+        search = getattr(self.index, "search_excluding", None)
+        if search is None or self.index.metric != "INNER_PRODUCT":
+            return None
+        out_ids = np.full((len(users), k), _EMPTY, dtype=np.int64)
+        out_scores = np.full((len(users), k), -np.inf, dtype=np.float64)
+        for start in range(0, len(users), 65536):
+            u = users[start : start + 65536]
+            found = search(self.user_vectors[u], k, seen[u] if seen is not None else None)
+            if found is None:
+                return None
+            raw, ids = found
+            out_ids[start : start + len(u)] = ids
+            out_scores[start : start + len(u)] = np.where(ids >= 0, self._to_score(u, raw), -np.inf)
         return out_ids, out_scores
 
     def _search_chunk(

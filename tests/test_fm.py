@@ -586,6 +586,30 @@ def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, k
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.skipif(
+    not (_kernel._cpu_has_avx2() and all(_kernel._library(b) for b in _kernel.BUILDS)),
+    reason="needs both native builds and an AVX2 CPU",
+)
+def test_avx2_and_baseline_builds_train_bit_for_bit_the_same():
+    """Wider vectors must not change a single bit: no FMA contraction, no reassociation."""
+    rng = np.random.default_rng(8)
+    X = sp.vstack([random_csr(rng, LENGTHS_GENERAL, 50) for _ in range(20)]).tocsr()
+    y = torch.from_numpy(rng.normal(3, 1, X.shape[0])).float()
+    params = FMParams(num_factors=13, clip_gradient=0.5, factors_wd=0.01, threads=THREADS)
+    out = []
+    for build in _kernel.BUILDS:
+        tr = FMTrainer(50, params)
+        tr._kernel = _kernel._library(build)
+        assert tr._kernel.build_name == build
+        with torch.no_grad():
+            for epoch in range(2):
+                order = torch.from_numpy(np.random.default_rng(epoch).permutation(X.shape[0]))
+                tr.train_epoch(_CSRTensors(X), order, y[order], 16, squared_loss)
+        out.append((tr.P.clone(), tr.w0.clone(), [st.clone() for st in tr.state_P]))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert all(torch.equal(a, b) for a, b in zip(out[0][2], out[1][2], strict=True))
+
+
 @needs_kernel
 def test_fused_step_rejects_out_of_range_indices_and_changes_nothing():
     tr = FMTrainer(5, FMParams(num_factors=2))
@@ -597,10 +621,10 @@ def test_fused_step_rejects_out_of_range_indices_and_changes_nothing():
 
 
 def test_kernel_switch(monkeypatch):
-    monkeypatch.setenv(_kernel.KERNEL_ENV, "torch")
+    monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
     assert _kernel.load() is None and FMTrainer(3, FMParams(num_factors=2))._kernel is None
     monkeypatch.setenv(_kernel.KERNEL_ENV, "fast")
-    with pytest.raises(ValueError, match="RECSYS_FM_KERNEL must be"):
+    with pytest.raises(ValueError, match="RECSYS_NATIVE must be"):
         _kernel.load()
 
 
@@ -610,7 +634,7 @@ def test_the_kernel_is_built_where_a_compiler_is():
     import shutil
     import sysconfig
 
-    if os.environ.get(_kernel.KERNEL_ENV, "auto") == "torch":
+    if os.environ.get(_kernel.KERNEL_ENV, "auto") == "off":
         pytest.skip("switched off")
     if not (shutil.which("cc") or shutil.which("gcc")) or not os.path.exists(
         os.path.join(sysconfig.get_paths()["include"], "Python.h")

@@ -11,9 +11,11 @@ import json
 import faiss
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from backends import get_backend
 from backends.base import KNNIndex
+from backends.local import _kernel
 from backends.local.knn import KNN_FORMAT_VERSION, FaissIndex
 from recsys.errors import DataError, ModelFormatError
 from recsys.params import KNNParams
@@ -364,3 +366,112 @@ def test_float64_and_noncontiguous_inputs(data):
     np.testing.assert_array_equal(a[1], b[1])
     c = FaissIndex.build(x, KNNParams()).search(np.repeat(q, 2, axis=0)[::2], 5)
     np.testing.assert_array_equal(a[1], c[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# search with exclusion (native kernel)
+# ---------------------------------------------------------------------------------------------
+needs_native = pytest.mark.skipif(_kernel.load() is None, reason="native kernels not built here")
+
+
+def _int_case(rng, n_items=300, n_q=70, d=6, excl_density=0.2):
+    """Small-integer vectors: every inner product is exact in float32 and ties are common."""
+    items = rng.integers(-3, 4, size=(n_items, d)).astype(np.float32)
+    q = rng.integers(-3, 4, size=(n_q, d)).astype(np.float32)
+    excl = sp.random(n_q, n_items, density=excl_density, format="csr", random_state=3, dtype=bool)
+    return items, q, excl
+
+
+def _brute_excluding(items, q, excl, k):
+    """Reference: every item scored in float64, excluded ones dropped, sorted by (-score, id)."""
+    S = q.astype(np.float64) @ items.astype(np.float64).T
+    ids = np.full((len(q), k), -1)
+    out = np.full((len(q), k), -np.inf)
+    for r in range(len(q)):
+        keep = np.setdiff1d(np.arange(items.shape[0]), excl[r].indices)
+        order = keep[np.lexsort((keep, -S[r, keep]))][:k]
+        ids[r, : len(order)] = order
+        out[r, : len(order)] = S[r, order]
+    return ids, out
+
+
+@needs_native
+@pytest.mark.parametrize("k", [1, 10, 100, 290, 400])
+def test_search_excluding_equals_brute_force_with_ties(k):
+    rng = np.random.default_rng(0)
+    items, q, excl = _int_case(rng)
+    index = FaissIndex.build(items, KNNParams())
+    scores, ids = index.search_excluding(q, k, excl)
+    ref_ids, ref_scores = _brute_excluding(items, q, excl, k)
+    assert ids.shape == scores.shape == (len(q), k)
+    np.testing.assert_array_equal(ids, ref_ids)  # same ids, same order, same -1 padding
+    np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
+    for r in range(len(q)):  # never an excluded id
+        assert not np.isin(ids[r], excl[r].indices).any()
+
+
+@needs_native
+def test_search_excluding_without_exclusions_equals_faiss_search():
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(500, 9)).astype(np.float32)  # continuous: no ties
+    q = rng.normal(size=(40, 9)).astype(np.float32)
+    index = FaissIndex.build(items, KNNParams())
+    s1, i1 = index.search_excluding(q, 50, None)
+    s2, i2 = index.search(q, 50)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_search_excluding_a_query_gets_the_same_bits_alone_or_in_a_batch():
+    """Scores use a fixed summation order: searching one customer alone, or with others, or
+    split over threads, gives bit-identical scores (and so the same order of near-ties)."""
+    rng = np.random.default_rng(6)
+    items = rng.normal(size=(700, 33)).astype(np.float32)
+    q = rng.normal(size=(600, 33)).astype(np.float32)
+    index = FaissIndex.build(items, KNNParams(threads=2))
+    s_all, i_all = index.search_excluding(q, 20, None)  # two threads of 300 queries
+    for r in (0, 299, 300, 599):
+        s1, i1 = index.search_excluding(q[r], 20, None)
+        assert np.array_equal(s1[0], s_all[r]) and np.array_equal(i1[0], i_all[r])
+
+
+@needs_native
+def test_search_excluding_everything_excluded_and_threads():
+    rng = np.random.default_rng(2)
+    items, q, _ = _int_case(rng, n_items=20, n_q=5)
+    everything = sp.csr_matrix(np.ones((5, 20), dtype=bool))
+    scores, ids = FaissIndex.build(items, KNNParams()).search_excluding(q, 3, everything)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    # queries split over threads give what each query gives alone
+    items, q, excl = _int_case(rng, n_items=1 << 12, n_q=2100, d=4, excl_density=0.001)
+    index = FaissIndex.build(items, KNNParams(threads=2))
+    _, ids = index.search_excluding(q, 7, excl)  # two threads of 1,050 queries
+    for r in (0, 1049, 1050, 2099):
+        ref, _ = _brute_excluding(items, q[r : r + 1], excl[r : r + 1], 7)
+        np.testing.assert_array_equal(ids[r], ref[0])
+
+
+@needs_native
+def test_search_excluding_rejects_bad_input():
+    rng = np.random.default_rng(4)
+    items, q, excl = _int_case(rng, n_items=30, n_q=4)
+    index = FaissIndex.build(items, KNNParams())
+    with pytest.raises(DataError, match="exclude must have shape"):
+        index.search_excluding(q, 3, excl[:2])
+    with pytest.raises(DataError, match="k must be"):
+        index.search_excluding(q, 0, excl)
+    with pytest.raises(DataError, match="dimension"):
+        index.search_excluding(q[:, :2], 3, excl)
+
+
+@pytest.mark.parametrize(
+    "params", [KNNParams(index_metric="L2"), KNNParams(index_metric="COSINE"),
+               KNNParams(index_type="faiss.IVFFlat", faiss_index_ivf_nlists=4)],
+)  # fmt: skip
+def test_search_excluding_declines_other_indexes(params, monkeypatch):
+    rng = np.random.default_rng(5)
+    items, q, excl = _int_case(rng, n_items=64, n_q=3)
+    assert FaissIndex.build(items, params).search_excluding(q, 3, excl) is None
+    monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
+    assert FaissIndex.build(items, KNNParams()).search_excluding(q, 3, excl) is None

@@ -16,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 from backends.base import KNNIndex
+from backends.local import _kernel
 from backends.local.knn import FaissIndex
 from recsys.data.prepare import Mappings, one_hot
 from recsys.data.schema import CUSTOMER, DATE, ITEM, PRODUCT, TITLE, USER
@@ -910,3 +911,34 @@ def test_interrupted_write_leaves_nothing(rec, tmp_path, name, existing):
         assert [p.name for p in tmp_path.iterdir()] == [name]
     else:
         assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(_kernel.load() is None, reason="native kernels not built here")
+def test_exclusion_search_equals_the_deep_faiss_search(monkeypatch):
+    """The native exclusion search (default for flat inner product) and the general path
+    (FAISS searched deep enough, seen dropped afterwards) give the same lists."""
+    n_users, n_items = 300, 400
+    fm = make_fm(n_users, n_items, seed=11)
+    rng = np.random.default_rng(11)
+    seen = sp.random(n_users, n_items, density=0.15, format="lil", random_state=rng, dtype=bool)
+    seen[7] = True  # a customer who rated everything
+    seen = sp.csr_matrix(seen)
+    users = np.arange(n_users)
+    fast = Recommender(fm, make_mappings(n_users, n_items), seen)
+    assert fast.index.search_excluding(fast.user_vectors[:1], 5, seen[:1]) is not None
+    ids_fast, scores_fast = fast.recommend(users, 50)
+    monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
+    deep = Recommender(fm, make_mappings(n_users, n_items), seen)
+    assert deep.index.search_excluding(deep.user_vectors[:1], 5, seen[:1]) is None
+    ids_deep, scores_deep = deep.recommend(users, 50)
+    np.testing.assert_allclose(scores_fast, scores_deep, rtol=1e-5, atol=1e-5)
+    # FAISS's BLAS product and the kernel's fixed-order dot product round differently, so two
+    # videos whose scores differ by an ulp may swap; nothing else may differ
+    diff = np.argwhere(ids_fast != ids_deep)
+    assert len(diff) <= 4
+    for r, c in diff:
+        other = np.flatnonzero(ids_deep[r] == ids_fast[r, c])
+        assert len(other) == 0 or abs(scores_deep[r, other[0]] - scores_fast[r, c]) < 1e-5
+    assert (ids_fast[7] == -1).all()
+    for u in users:
+        assert not np.isin(ids_fast[u], seen[u].indices).any()

@@ -22,7 +22,7 @@ A training step is ~40 small tensor operations, whose per-call overhead dominate
 catalogues. When the optional C extension ``backends/local/_fmkernel.c`` was built at install
 time (it is whenever a C compiler is present), :meth:`FMTrainer.train_step` runs forward, loss,
 gradients and the lazy update in one call instead (about 4x faster on MovieLens-sized data); the
-result equals the PyTorch step to float32 rounding (tested). ``RECSYS_FM_KERNEL=torch`` forces
+result equals the PyTorch step to float32 rounding (tested). ``RECSYS_NATIVE=off`` forces
 the PyTorch step; float64 parameters always use it.
 """
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+import scipy.sparse as sp
 
 from backends.base import KNNIndex
+from backends.local import _kernel
 from recsys._io import atomic_dir
 from recsys.errors import DataError, ModelFormatError
 from recsys.params import KNNParams
@@ -58,6 +61,7 @@ class FaissIndex(KNNIndex):
         self.metric = params.index_metric
         self.ntotal = int(index.ntotal)
         self.dim = int(index.d)
+        self._vectors: np.ndarray | None = None  # for search_excluding, on first use
 
     @classmethod
     def build(cls, vectors: Any, params: KNNParams | None = None) -> FaissIndex:
@@ -105,6 +109,75 @@ class FaissIndex(KNNIndex):
             d, i = self.index.search(q[start : start + bs], k_eff)
             scores[start : start + bs] = d
             ids[start : start + bs] = i
+        return scores, ids
+
+    #: Catalogues up to this size are searched by :meth:`search_excluding` (larger ones by FAISS,
+    #: whose blocked BLAS product is faster when the product dominates).
+    EXCLUDING_MAX_ITEMS = 1 << 17
+
+    def search_excluding(self, queries: Any, k: int, exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact top-``k`` by inner product with the ids in ``exclude[r]`` skipped for query
+        ``r`` (``exclude``: one CSR row per query, or None), or None when this index cannot.
+
+        What :meth:`search` would return for an exact inner-product index if the excluded
+        vectors were absent, ties ordered by lower id, rows padded with id -1 and score -inf.
+        The native kernel scores the queries against every vector, four queries by sixteen
+        vectors at a time, each score summed in the same fixed order
+        (so a customer's scores and list do not depend on which other customers are searched
+        with it) and selects the best ``k`` while skipping excluded ids, so the search never goes
+        deeper than ``k`` however many ids a query excludes; queries are split over threads.
+        Available for ``faiss.Flat`` with ``INNER_PRODUCT`` over at most
+        :attr:`EXCLUDING_MAX_ITEMS` vectors, when the native kernels are built.
+        """
+        lib = _kernel.load()
+        if (
+            lib is None
+            or self.params.index_type != "faiss.Flat"
+            or self.metric != "INNER_PRODUCT"
+            or self.ntotal > self.EXCLUDING_MAX_ITEMS
+        ):
+            return None
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise DataError(f"k must be a positive integer, got {k!r}")
+        q = _as_float32("queries", queries, self.dim)
+        n, k = q.shape[0], int(k)
+        indptr = indices = None
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude)
+            if exclude.shape != (n, self.ntotal):
+                raise DataError(f"exclude must have shape ({n}, {self.ntotal}), got {exclude.shape}")
+            indptr = np.ascontiguousarray(exclude.indptr, dtype=np.int64)
+            indices = np.ascontiguousarray(exclude.indices, dtype=np.int64)
+        if self._vectors is None:  # transposed, zero-padded to a multiple of 16 columns
+            n_pad = -(-self.ntotal // 16) * 16
+            items_t = np.zeros((self.dim, n_pad), dtype=np.float32)
+            items_t[:, : self.ntotal] = self.index.reconstruct_n(0, self.ntotal).T
+            self._vectors = items_t
+        items_t = self._vectors
+        n_pad = items_t.shape[1]
+        ids = np.empty((n, k), dtype=np.int64)
+        scores = np.empty((n, k), dtype=np.float32)
+        threads = int(self.params.threads or faiss.omp_get_max_threads())
+        parts = max(1, min(threads, n // 256))  # a thread per part; ctypes releases the GIL
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+
+        def run(a: int, b: int) -> int:
+            mark = np.zeros(self.ntotal, dtype=np.uint8)
+            rows = np.empty((4, n_pad), dtype=np.float32)  # QB rows in _fmkernel.c
+            return lib.topk_ip_excluding(
+                q[a:b].ctypes.data, b - a, items_t.ctypes.data, self.ntotal, n_pad, self.dim,
+                None if indptr is None else indptr[a:].ctypes.data,
+                None if indices is None else indices.ctypes.data,
+                k, ids[a:b].ctypes.data, scores[a:b].ctypes.data, mark.ctypes.data, rows.ctypes.data,
+            )  # fmt: skip
+
+        if parts == 1:
+            codes = [run(0, n)]
+        else:
+            with ThreadPoolExecutor(parts) as pool:
+                codes = list(pool.map(run, bounds[:-1].tolist(), bounds[1:].tolist()))
+        if any(codes):
+            raise DataError(f"exclude holds an id outside [0, {self.ntotal}) (or memory ran out)")
         return scores, ids
 
     # ---- persistence ---------------------------------------------------------------------
