@@ -432,7 +432,7 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
         return run
 
     if _kernel.load() is None:
-        raise SystemExit("the fused FM kernel is not built: pip install -e . with a C compiler")
+        raise SystemExit("the native kernels are not built: pip install -e . with a C compiler")
     variants: dict[str, Any] = {"ours": ours(None)}
     if threads != 1 and p.get("ours_default_threads", True):
         variants[f"ours_threads_{default_threads}"] = ours(default_threads)

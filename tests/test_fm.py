@@ -45,7 +45,7 @@ THREADS = 1
 
 #: the fused C training step (backends/local/_fmkernel.c), when this install built it
 KERNEL = _kernel.load()
-needs_kernel = pytest.mark.skipif(KERNEL is None, reason="the fused FM kernel is not built here")
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason="the native kernels are not built here")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,7 +630,7 @@ def test_kernel_switch(monkeypatch):
 
 def test_the_kernel_is_built_where_a_compiler_is():
     """An install on a machine with a C compiler builds the kernel; if it silently did not,
-    training is ~4x slower (the build is optional so that installs without one still work)."""
+    training is ~5x slower (the build is optional so that installs without one still work)."""
     import shutil
     import sysconfig
 

@@ -21,9 +21,10 @@ SageMaker's default learning rates; ``"sgd"`` and ``"adagrad"`` are available.
 A training step is ~40 small tensor operations, whose per-call overhead dominates on small
 catalogues. When the optional C extension ``backends/local/_fmkernel.c`` was built at install
 time (it is whenever a C compiler is present), :meth:`FMTrainer.train_step` runs forward, loss,
-gradients and the lazy update in one call instead (about 4x faster on MovieLens-sized data); the
-result equals the PyTorch step to float32 rounding (tested). ``RECSYS_NATIVE=off`` forces
-the PyTorch step; float64 parameters always use it.
+gradients and the lazy update in one call, and :meth:`FMTrainer.train_epoch` a whole epoch in
+one call (5-6x faster on MovieLens-sized data); the result equals the PyTorch step to float32
+rounding (tested). ``RECSYS_NATIVE=off`` forces the PyTorch step; float64 parameters always
+use it.
 """
 
 from __future__ import annotations
