@@ -295,7 +295,7 @@ class Recommender:
         """The index's own exclusion search (exact flat inner product, native kernel), when it
         has one: no deeper search and no re-search of ties. None: use the general path."""
         search = getattr(self.index, "search_excluding", None)
-        if search is None or self.index.metric != "INNER_PRODUCT":
+        if search is None:
             return None
         out_ids = np.full((len(users), k), _EMPTY, dtype=np.int64)
         out_scores = np.full((len(users), k), -np.inf, dtype=np.float64)

@@ -620,6 +620,19 @@ def test_fused_step_rejects_out_of_range_indices_and_changes_nothing():
     assert torch.equal(tr.P, before[0]) and torch.equal(tr.w0, before[1]) and tr.step_count == 0
 
 
+@needs_kernel
+def test_a_batch_with_rows_out_of_order_takes_the_pytorch_step():
+    """The C call needs each row's entries together; a hand-made batch that interleaves rows
+    still trains correctly (through the PyTorch step)."""
+    params = FMParams(num_factors=3)
+    a, b = FMTrainer(6, params), FMTrainer(6, params)
+    batch = SparseBatch(torch.tensor([0, 3, 1, 4]), torch.ones(4), torch.tensor([0, 1, 0, 1]), 2)
+    t = torch.tensor([2.0, 4.0])
+    with torch.no_grad():
+        assert a.train_step(batch, t, squared_loss) == b.torch_step(batch, t, squared_loss)
+    assert torch.equal(a.P, b.P) and torch.equal(a.w0, b.w0)
+
+
 def test_kernel_switch(monkeypatch):
     monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
     assert _kernel.load() is None and FMTrainer(3, FMParams(num_factors=2))._kernel is None

@@ -31,16 +31,9 @@
 enum { OPT_SGD = 0, OPT_ADAGRAD = 1, OPT_ADAM = 2 };
 enum { LOSS_SQUARED = 0, LOSS_LOGISTIC = 1 };
 
-/* Bumped whenever fm_train_step's arguments change: backends/local/_kernel.py refuses a
+/* Bumped whenever an exported function's arguments change: backends/local/_kernel.py refuses a
  * library built from older sources (an editable install is not rebuilt by a git pull). */
-int fm_kernel_abi(void) { return 6; }
-
-/* Rows of P and its optimizer state are read in a data-dependent order, so the hardware
- * prefetcher cannot see them coming; ask for a row a few iterations ahead. */
-static inline void prefetch_row(const float *row, int64_t k1) {
-    for (int64_t b = 0; b < k1 * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char *)row + b);
-}
-#define AHEAD 8
+int fm_kernel_abi(void) { return 7; }
 
 /* sum_f a[f]^2 with 8 running sums: a single running sum is one long chain of dependent
  * additions (about 4 cycles each); the vectorised torch reduction does not keep that order
@@ -113,7 +106,7 @@ static inline void factor_grad(float *restrict gr, const float *restrict sr,
  * n_rows * k1 + nnz * k1 + n_rows floats, iwork of nnz int64.
  * Returns the summed loss of the batch, or -1 (nothing changed) if an index is out of range.
  */
-double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1,
+static double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1,
                      float *w0, float *w0_s0, float *w0_s1,
                      const int64_t *row, const int64_t *idx, const float *val, int64_t nnz,
                      int64_t n_rows, const float *target, int loss, float scale,
@@ -134,7 +127,6 @@ double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_
     memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
     memset(sq, 0, sizeof(float) * (size_t)n_rows);
     for (int64_t j = 0; j < nnz; j++) {
-        if (j + AHEAD < nnz) prefetch_row(P + idx[j + AHEAD] * k1, k1);
         const float *p = P + idx[j] * k1;
         float *sr = s + row[j] * k1;
         const float x = val[j];
@@ -183,12 +175,6 @@ double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_
     if (!(clip >= 0.0f)) clip = INFINITY;
     update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, clip, eps, correction);
     for (int64_t u = 0; u < n_uniq; u++) {
-        if (u + AHEAD < n_uniq) {
-            int64_t a = uniq[u + AHEAD] * k1;
-            prefetch_row(P + a, k1);
-            if (s0) prefetch_row(s0 + a, k1);
-            if (s1) prefetch_row(s1 + a, k1);
-        }
         int64_t i = uniq[u];
         slot[i] = -1;
         update(P + i * k1, grows + u * k1, s0 ? s0 + i * k1 : NULL, s1 ? s1 + i * k1 : NULL, k1,

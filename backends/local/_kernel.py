@@ -22,7 +22,7 @@ __all__ = ["load", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_NATIVE"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
-KERNEL_ABI = 6
+KERNEL_ABI = 7
 
 _F = ctypes.c_void_p  # pointers are passed as integers (tensor.data_ptr())
 
@@ -69,16 +69,6 @@ def _library(build: str | None = None) -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, f32, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    fn = lib.fm_train_step
-    fn.restype = ctypes.c_double
-    fn.argtypes = [
-        _F, _F, _F, i64, i64,  # P, s0, s1, feature_dim, k1
-        _F, _F, _F,  # w0, w0_s0, w0_s1
-        _F, _F, _F, i64, i64, _F, i32, f32,  # row, idx, val, nnz, n_rows, target, loss, scale
-        _F, _F, f32, f32,  # lr, wd, bias_lr, bias_wd
-        f32, i32, f32, f32,  # clip, optimizer, correction, eps
-        _F, _F, _F,  # slot, fwork, iwork
-    ]  # fmt: skip
     fn = lib.fm_train_epoch
     fn.restype = ctypes.c_double
     fn.argtypes = [

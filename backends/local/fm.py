@@ -279,7 +279,7 @@ class FMTrainer:
     def train_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
         """Forward, loss, closed-form backward and a lazy optimizer step. Returns the summed loss."""
         if self._kernel is not None and loss_fn in _KERNEL_LOSSES and self._fusable():
-            return self._fused_step(batch, target, _KERNEL_LOSSES[loss_fn])
+            return self._fused_step(batch, target, loss_fn)
         return self.torch_step(batch, target, loss_fn)
 
     def torch_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
@@ -293,7 +293,7 @@ class FMTrainer:
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
         """:meth:`train_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
         (``target`` already in that order). Returns the summed loss, or NaN as soon as it is
-        not finite (training diverged)."""
+        not finite (training diverged); the native kernel runs the whole epoch in one call."""
         if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
@@ -310,6 +310,12 @@ class FMTrainer:
             idx, val = whole.idx, whole.val
             lengths = data.indptr[order + 1] - data.indptr[order]
             indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+        return self._fused_rows(indptr, idx, val, target, batch_size, _KERNEL_LOSSES[loss_fn])
+
+    def _fused_rows(self, indptr: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, target: torch.Tensor, batch_size: int, loss: int) -> float:
+        """The C kernel over CSR rows (``indptr`` int64, n + 1 offsets into ``idx`` / ``val``) in
+        batches of ``batch_size``: one :meth:`torch_step` per batch, same arithmetic."""
+        n = int(indptr.numel()) - 1
         starts = torch.arange(0, n, batch_size)
         ends = torch.clamp(starts + batch_size, max=n)
         max_nnz = int((indptr[ends] - indptr[starts]).max()) if n else 0
@@ -318,13 +324,12 @@ class FMTrainer:
         st = [*self.state_P, None, None][:2]
         st0 = [*self.state_w0, None, None][:2]
         step = ctypes.c_int64(self.step_count)
-        target = target.to(torch.float32).contiguous()
         ptr = _kernel.ptr
         total = self._kernel.fm_train_epoch(
             ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
             ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
-            ptr(indptr), ptr(idx), ptr(val), n,
-            ptr(target), batch_size, _KERNEL_LOSSES[loss_fn],
+            ptr(indptr.contiguous()), ptr(idx.contiguous()), ptr(val.contiguous()), n,
+            ptr(target.to(torch.float32).contiguous()), batch_size, loss,
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
             -1.0 if p.clip_gradient is None else p.clip_gradient,
@@ -333,7 +338,10 @@ class FMTrainer:
         )  # fmt: skip
         self.step_count = step.value
         if total == -1.0:
-            raise DataError(f"a feature index is outside [0, {self.feature_dim})")
+            raise DataError(
+                f"a feature index is outside [0, {self.feature_dim}); build batches with "
+                f"csr_batches() from a matrix with {self.feature_dim} columns"
+            )
         return total
 
     def _scratch(self, n_rows: int, nnz: int, n_int: int) -> None:
@@ -352,37 +360,15 @@ class FMTrainer:
         tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
         return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
-    def _fused_step(self, batch: SparseBatch, target: torch.Tensor, loss: int) -> float:
-        """:meth:`train_step` as one call of the C kernel: same arithmetic, one pass."""
-        p = self.params
-        k1 = self.k + 1
-        nnz, n = int(batch.idx.numel()), batch.n_rows
-        self._scratch(n, nnz, nnz)
-        idx, val, row = batch.idx.contiguous(), batch.val.contiguous(), batch.row.contiguous()
-        target = target.to(torch.float32).contiguous()
-        self.step_count += 1
-        t = self.step_count
-        correction = math.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t) if self.optimizer == "adam" else 1.0
-        st = [*self.state_P, None, None][:2]
-        st0 = [*self.state_w0, None, None][:2]
-        scale = p.rescale_grad if p.rescale_grad is not None else 1.0 / n
-        ptr = _kernel.ptr
-        total = self._kernel.fm_train_step(
-            ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, k1,
-            ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
-            ptr(row), ptr(idx), ptr(val), nnz, n, ptr(target), loss, scale,
-            ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
-            -1.0 if p.clip_gradient is None else p.clip_gradient,
-            _OPTIMIZERS[self.optimizer], correction, self.eps,
-            ptr(self._slot), ptr(self._fwork), ptr(self._iwork),
-        )  # fmt: skip
-        if total < 0:
-            self.step_count -= 1
-            raise DataError(
-                f"a batch has a feature index outside [0, {self.feature_dim}) or a row id outside "
-                f"[0, {n}); build batches with csr_batches() from a matrix with {self.feature_dim} columns"
-            )
-        return total
+    def _fused_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
+        """:meth:`train_step` as one C call: the batch as CSR rows, one batch of its own size.
+        Rows not grouped in order (never from :class:`_CSRTensors`) take the PyTorch step."""
+        row, n = batch.row, batch.n_rows
+        if n == 0 or (row.numel() and not (bool((row[1:] >= row[:-1]).all()) and 0 <= int(row[0]) and int(row[-1]) < n)):
+            return self.torch_step(batch, target, loss_fn)
+        indptr = torch.zeros(n + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(row, minlength=n), 0, out=indptr[1:])
+        return self._fused_rows(indptr, batch.idx, batch.val, target, n, _KERNEL_LOSSES[loss_fn])
 
     def apply_gradient(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> None:
         """Apply per-row loss gradients ``g`` (already rescaled) with a lazy optimizer step."""

@@ -61,7 +61,7 @@ class FaissIndex(KNNIndex):
         self.metric = params.index_metric
         self.ntotal = int(index.ntotal)
         self.dim = int(index.d)
-        self._vectors: np.ndarray | None = None  # for search_excluding, on first use
+        self._items_t: np.ndarray | None = None  # for search_excluding, on first use
 
     @classmethod
     def build(cls, vectors: Any, params: KNNParams | None = None) -> FaissIndex:
@@ -148,12 +148,12 @@ class FaissIndex(KNNIndex):
                 raise DataError(f"exclude must have shape ({n}, {self.ntotal}), got {exclude.shape}")
             indptr = np.ascontiguousarray(exclude.indptr, dtype=np.int64)
             indices = np.ascontiguousarray(exclude.indices, dtype=np.int64)
-        if self._vectors is None:  # transposed, zero-padded to a multiple of 16 columns
+        if self._items_t is None:  # transposed, zero-padded to a multiple of 16 columns
             n_pad = -(-self.ntotal // 16) * 16
             items_t = np.zeros((self.dim, n_pad), dtype=np.float32)
             items_t[:, : self.ntotal] = self.index.reconstruct_n(0, self.ntotal).T
-            self._vectors = items_t
-        items_t = self._vectors
+            self._items_t = items_t
+        items_t = self._items_t
         n_pad = items_t.shape[1]
         ids = np.empty((n, k), dtype=np.int64)
         scores = np.empty((n, k), dtype=np.float32)
