@@ -1,17 +1,24 @@
 """Backends behind one contract (:mod:`backends.base`), chosen by name with :func:`get_backend`.
 
-* ``"torch"`` -- local: a pure-PyTorch factorization machine and FAISS k-NN (:mod:`backends.local`).
+* ``"torch"`` -- local: a PyTorch factorization machine (with an optional native training
+  kernel) and FAISS k-NN (:mod:`backends.local`).
 * ``"sagemaker"`` -- Amazon SageMaker's built-in FM and k-NN (:mod:`backends.sagemaker`), needs
   ``pip install 'recsys[sagemaker]'``.
+
+This module is the only place that knows backends by name: everything else reads the
+capabilities a backend declares (:class:`backends.base.Backend`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, ModelFormatError
 
-__all__ = ["get_backend", "available_backends"]
+__all__ = ["get_backend", "backend_class", "available_backends", "load_knn"]
 
 _ALIASES = {"torch": "torch", "local": "torch", "sagemaker": "sagemaker"}
 
@@ -20,19 +27,39 @@ def available_backends() -> tuple[str, ...]:
     return ("torch", "sagemaker")
 
 
-def get_backend(name: str = "torch", **options: Any):
-    """Return a backend instance by name (``"torch"`` or ``"sagemaker"``).
+def backend_class(name: str) -> type:
+    """The :class:`backends.base.Backend` subclass called ``name`` (``"torch"`` or ``"sagemaker"``).
 
-    ``options`` go to the backend's constructor (for SageMaker: session, bucket, role, ...).
-    Heavy optional dependencies are imported only here, for the backend asked for.
+    Heavy optional dependencies are imported only when a backend is built, not here.
     """
-    key = _ALIASES.get(str(name).lower()) if isinstance(name, str) else None
+    key = _ALIASES.get(name.lower()) if isinstance(name, str) else None
     if key is None:
         raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(available_backends())}")
     if key == "torch":
         from backends.local import TorchBackend
 
-        return TorchBackend(**options)
+        return TorchBackend
     from backends.sagemaker import SageMakerBackend
 
-    return SageMakerBackend(**options)
+    return SageMakerBackend
+
+
+def get_backend(name: str = "torch", **options: Any):
+    """Return a backend instance by name; ``options`` go to its constructor (for SageMaker:
+    the ``[sagemaker]`` keys: bucket, role, ...)."""
+    return backend_class(name)(**options)
+
+
+def load_knn(path: str | os.PathLike):
+    """Load a saved k-NN index by the format stamp in its ``config.json``."""
+    from backends.local.knn import KNN_FORMAT, FaissIndex
+
+    path = Path(path)
+    try:
+        stamp = json.loads((path / "config.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise ModelFormatError(f"{path} is not a saved recsys k-NN index ({type(exc).__name__})") from exc
+    loaders = {KNN_FORMAT: FaissIndex.load}
+    if stamp not in loaders:
+        raise ModelFormatError(f"{path}: unknown k-NN index format {stamp!r}; this recsys reads {', '.join(loaders)}")
+    return loaders[stamp](path)

@@ -167,7 +167,7 @@ def validation_folds(train, n_folds: int):
 
 def stage_tune(p: dict[str, Any]) -> dict[str, Any]:
     """Grid over TUNE_GRID on validation folds of the training rows; per-epoch validation RMSE
-    from ``train_fm(..., X_eval=validation)``, averaged over the folds (fold f uses seed f)."""
+    from ``train_fm(..., eval_set=validation)``, averaged over the folds (fold f uses seed f)."""
     import numpy as np
 
     from backends.local.fm import train_fm
@@ -193,7 +193,7 @@ def stage_tune(p: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         for seed, (Xf, yf, Xv, yv, _, _) in enumerate(folds):
             params = lab_regressor(**change, epochs=p["tune_epochs"], seed=seed)
-            fm = train_fm(Xf, yf, params, X_eval=Xv, y_eval=yv)
+            fm = train_fm(Xf, yf, params, eval_set=(Xv, yv))
             curves.append([math.sqrt(h["eval_mse"]) for h in fm.metadata["history"]])
         mean_curve = np.mean(curves, axis=0)
         best = int(mean_curve.argmin())

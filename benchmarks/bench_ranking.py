@@ -34,16 +34,14 @@ knn      All-customers top-100 with seen items excluded, from the ranking model'
          (inner product, d = 65), on the ``full`` preset after the 18/95 filter (all
          customers) and without the filter (2,000,000 customers x 159,738 videos: a fixed
          random sample of ``--sample`` customers for every method, extrapolated, plus one
-         65,536-customer chunk of ``Recommender.recommend_customers``). Methods:
+         65,536-customer chunk of ``Recommender.recommendations``). Methods:
 
          * ours: ``Recommender.recommend(users, 100)`` over a ``FaissIndex`` (``faiss.Flat``,
-           ``INNER_PRODUCT``). Catalogues up to 131,072 videos: ``FaissIndex.search_excluding``
-           (a float32 matrix product per block of customers, then the native top-k that skips
-           seen videos: depth 100 for everyone). Larger ones: FAISS, customers grouped by how
-           many videos they rated (rounded up to a power of two), each group searched ``100 +
-           its largest seen count + 1`` deep, seen videos dropped (the depth column shows
-           ``100 + max seen``, the deepest any method needs without exclusion in the search);
-         * ours_faiss (``--methods``): the FAISS path forced (``RECSYS_NATIVE=off``);
+           ``INNER_PRODUCT``), i.e. ``KNNIndex.search(..., exclude=seen)``: customers grouped
+           by how many videos they rated (rounded up to a power of two), each group searched
+           ``100 + its largest seen count + 1`` deep with FAISS, seen videos dropped (the depth
+           column shows ``100 + max seen``, the deepest any method needs without exclusion in
+           the search);
          * scikit-learn ``NearestNeighbors(algorithm="brute")``: it has no inner-product
            metric, so (a) ``metric="euclidean"`` on the MIPS->NN reduction (items
            ``[v, sqrt(M^2 - |v|^2)]``, queries ``[u, 0]``: the same top-k as the inner
@@ -122,7 +120,7 @@ def _implicit_metrics(model_name: str, data, seen, seed: int) -> dict[str, Any]:
     )
     out = rank_metrics(ranks)
     ids, _ = model.recommend(
-        np.arange(data.n_users), user_items, N=K, filter_already_liked_items=True
+        np.arange(data.n_users), user_items, N=K, filter_already_liked_items=True  # implicit's API
     )
     out.update(
         list_metrics(
@@ -169,7 +167,7 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
             clf, data.mappings, seen, item_popularity=pop, backend=backend, knn_params=cfg.knn
         )
         lists, _ = rec.recommend(
-            np.arange(data.n_users), cfg.knn.k, filter_already_liked_items=True
+            np.arange(data.n_users), cfg.knn.k, exclude_seen=True
         )
         m = _ranking_metrics(rec, data, lists, cfg, "classifier")
         runs["lab_classifier_knn"].append({**m, "fit_s": fit_s, "seed": seed})
@@ -181,7 +179,7 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
             }
         # our ranking objective
         t0 = time.perf_counter()
-        ranker, uf = train_ranking_model(backend, data, cfg.ranking, backend_name="torch")
+        ranker, uf = train_ranking_model(backend, data, cfg.ranking)
         fit_s = time.perf_counter() - t0
         rec = Recommender(
             ranker,
@@ -193,7 +191,7 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
             user_features=uf,
         )
         lists, _ = rec.recommend(
-            np.arange(data.n_users), cfg.knn.k, filter_already_liked_items=True
+            np.arange(data.n_users), cfg.knn.k, exclude_seen=True
         )
         m = _ranking_metrics(rec, data, lists, cfg, "ranking")
         runs["ranking_objective"].append(
@@ -367,8 +365,6 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
         "depth": depth,
     }
     if method.startswith("ours"):
-        if method == "ours_faiss":  # the general path: FAISS searched deep, seen dropped after
-            os.environ["RECSYS_NATIVE"] = "off"
         from backends.local.knn import FaissIndex
         from recsys.data.prepare import Mappings
         from recsys.model import FittedFM
@@ -386,10 +382,10 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
         before = _rss()
         reset_peak()
         t0 = time.perf_counter()
-        if method in ("ours", "ours_faiss"):
-            ids, _ = rec.recommend(users, K, filter_already_liked_items=True)
+        if method == "ours":
+            ids, _ = rec.recommend(users, K, exclude_seen=True)
         else:  # ours_customers: the pipeline's DataFrame path (ids, titles, chunks of 65,536)
-            frame = rec.recommend_customers(mappings.customer_ids.to_numpy()[users], k=K)
+            frame = rec.recommendations(mappings.customer_ids.to_numpy()[users], k=K)
             ids = None
             info["rows"] = len(frame)
         seconds = time.perf_counter() - t0
@@ -452,7 +448,6 @@ STAGES = {
 }
 KNN_METHODS = (
     "ours",
-    "ours_faiss",
     "sklearn_mips_euclidean",
     "sklearn_cosine",
     "numpy_matmul",
@@ -590,7 +585,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--knn-repeat", type=int, default=3, help="interleaved runs of each k-NN method"
     )
     parser.add_argument(
-        "--no-chunk", action="store_true", help="skip the 65,536-customer recommend_customers chunk"
+        "--no-chunk", action="store_true", help="skip the 65,536-customer recommendations chunk"
     )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="model/vector files (default: a temp dir)"

@@ -28,7 +28,7 @@ max-rate            ``/recommendations`` at increasing rates until p99 exceeds t
                     achieved rate falls below 95 % of the offered one.
 
 In-process peer, same run: CPU per call of the ``/recommendations`` fast path (index-level
-``Recommender.recommend`` + precomputed id/title arrays) against ``recommend_customers`` (the
+``Recommender.recommend`` + precomputed id/title arrays) against ``recommendations`` (the
 DataFrame path) for one customer, and their ratio.
 
 Prints a markdown table and writes JSON (atomically) to ``--json``. Floor: ``/recommendations``
@@ -398,7 +398,7 @@ def in_process_peer(
 ) -> dict[str, Any]:
     """CPU per call, in this process, of what ``/recommendations`` does (index-level
     ``Recommender.recommend`` + id/title arrays + JSON) against the DataFrame path it avoids
-    (``Recommender.recommend_customers`` for one customer + ``to_dict`` + JSON)."""
+    (``Recommender.recommendations`` for one customer + ``to_dict`` + JSON)."""
     from recsys.serving.app import ServedRun, _dumps, limit_threads
 
     limit_threads()
@@ -412,18 +412,18 @@ def in_process_peer(
 
     def frame(cid: str) -> bytes:
         return json.dumps(
-            rec.recommend_customers([cid], k=k).to_dict(orient="records"), default=str
+            rec.recommendations([cid], k=k).to_dict(orient="records"), default=str
         ).encode()
 
     out = {}
-    for name, fn in (("served_fast_path", fast), ("recommend_customers_dataframe", frame)):
+    for name, fn in (("served_fast_path", fast), ("recommendations_dataframe", frame)):
         for cid in ids[:50]:
             fn(cid)
         t0 = time.process_time()
         for cid in ids:
             fn(cid)
         out[name + "_ms"] = round(1000 * (time.process_time() - t0) / n, 3)
-    out["ratio"] = round(out["recommend_customers_dataframe_ms"] / out["served_fast_path_ms"], 1)
+    out["ratio"] = round(out["recommendations_dataframe_ms"] / out["served_fast_path_ms"], 1)
     out["calls"] = n
     return out
 
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
 
     peer = in_process_peer(args.run_dir, customers, 1000, args.k, args.seed)
     print(f"in-process CPU per call: /recommendations fast path {peer['served_fast_path_ms']} ms, "
-          f"recommend_customers DataFrame path {peer['recommend_customers_dataframe_ms']} ms ({peer['ratio']}x)")  # fmt: skip
+          f"recommendations DataFrame path {peer['recommendations_dataframe_ms']} ms ({peer['ratio']}x)")  # fmt: skip
     floor_rows = [r for r in rows if r["scenario"].startswith("recommendations (run")]
     ok_rates = [r["offered_rps"] for r in rows if r["scenario"] == "max-rate recommendations"
                 and r["p99_ms"] <= FLOOR_P99_MS and r["achieved_rps"] >= 0.95 * r["offered_rps"]]  # fmt: skip

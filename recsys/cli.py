@@ -180,7 +180,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
     saved = SavedRun(args.run_dir)
     rec = saved.recommender()
-    frame = rec.recommend_customers(args.customer_id, k=args.k, exclude_seen=not args.include_seen)
+    frame = rec.recommendations(args.customer_id, k=args.k, exclude_seen=not args.include_seen)
     if args.json:
         for row in frame.to_dict(orient="records"):
             print(json.dumps(row, default=str))

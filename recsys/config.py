@@ -111,12 +111,11 @@ class RankingConfig:
 
     OWN_KEYS = ("loss", "negatives", "history_length", "history_weighting")
 
-    def resolved_loss(self, backend: str) -> str:
-        """``auto`` means sampled softmax locally and the sampled-negatives classifier on
-        SageMaker (whose built-in FM only has regression and classification losses)."""
-        if self.loss != "auto":
-            return self.loss
-        return "classifier" if backend == "sagemaker" else "softmax"
+    def resolved_loss(self, backend: Any) -> str:
+        """``auto`` means the backend's best ranking loss (:attr:`backends.base.Backend.ranking_losses`):
+        sampled softmax locally, the sampled-negatives classifier on SageMaker (whose built-in
+        FM only has regression and classification losses)."""
+        return backend.ranking_losses[0] if self.loss == "auto" else self.loss
 
     def validate(self) -> RankingConfig:
         if self.loss not in RANKING_LOSSES:
@@ -220,15 +219,16 @@ class RunConfig:
         self.knn.validate()
         self.recommend.validate()
         self.evaluation.validate()
-        if self.backend == "sagemaker":
-            from backends.sagemaker.config import SAGEMAKER_OPTIONS
+        from backends import backend_class
 
-            unknown = sorted(set(self.sagemaker) - set(SAGEMAKER_OPTIONS))
-            if unknown:
-                raise ConfigError(
-                    f"unknown key(s) {', '.join(map(repr, unknown))} in [sagemaker]; valid keys: "
-                    f"{', '.join(SAGEMAKER_OPTIONS)}"
-                )
+        cls = backend_class(self.backend)
+        if cls.options_section:
+            cls.check_options(getattr(self, cls.options_section))
+        if self.objective == "ranking" and self.ranking.loss not in ("auto", *cls.ranking_losses):
+            raise ConfigError(
+                f"the {cls.name} backend cannot train the ranking loss {self.ranking.loss!r}; "
+                f"set [ranking] loss to one of: auto, {', '.join(cls.ranking_losses)}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
+from backends.base import TrainOptions
+
 from .data.prepare import one_hot
 from .data.schema import ITEM, USER
 from .errors import DataError, ModelFormatError, NotFittedError
@@ -188,10 +190,9 @@ class _FMEstimator(BaseEstimator):
             X_eval, _ = as_design_matrix(eval_set[0], layout)
             y_eval = self._encode_labels(eval_set[1])
         metadata = {"n_users": layout[0], "n_items": layout[1]} if layout else {}
-        model = self._backend().fit_fm(
-            Xc, y, params, X_eval=X_eval, y_eval=y_eval, callbacks=list(self.callbacks or ()),
-            show_progress=self.show_progress, metadata=metadata,
-        )  # fmt: skip
+        eval_pair = None if X_eval is None else (X_eval, y_eval)
+        options = TrainOptions(callbacks=list(self.callbacks or ()), show_progress=self.show_progress, metadata=metadata)
+        model = self._backend().fit_fm(Xc, y, params, eval_set=eval_pair, options=options)
         self._set_model(model, layout)
         return self
 

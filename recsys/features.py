@@ -21,7 +21,7 @@ constant ``y(user part)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from .data.prepare import date_order_key
 from .data.schema import ITEM, USER
 from .errors import ConfigError, DataError
 
-__all__ = ["FeatureLayout", "user_features", "pair_user_features", "design_rows"]
+__all__ = ["FeatureLayout", "RankingData", "user_features", "pair_user_features", "design_rows"]
 
 HISTORY_WEIGHTINGS = ("uniform", "decay")
 
@@ -84,6 +84,51 @@ class FeatureLayout:
         if self.history_weighting == "decay":  # halves every history_length / 2 steps back
             return 0.5 ** ((lags - 1) / max(self.history_length / 2.0, 1.0))
         return np.ones(len(lags))
+
+
+@dataclass
+class RankingData:
+    """Observed (user, item) pairs for training or validating a ranking FM.
+
+    ``user_part`` is the customer side of each row, (len(users), layout.feature_dim); it
+    defaults to the user one-hot (:func:`pair_user_features` adds recent history).
+    """
+
+    layout: FeatureLayout
+    users: np.ndarray
+    items: np.ndarray
+    user_part: sp.csr_matrix = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        layout = self.layout
+        self.users = np.asarray(self.users, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+        if self.users.ndim != 1 or self.users.shape != self.items.shape:
+            raise DataError(
+                f"users and items must be 1-D arrays of equal length, got shapes {self.users.shape} and {self.items.shape}"
+            )
+        if self.users.size and (
+            self.users.min() < 0 or self.users.max() >= layout.n_users
+            or self.items.min() < 0 or self.items.max() >= layout.n_items
+        ):  # fmt: skip
+            raise DataError(
+                f"user indices must be in [0, {layout.n_users}) and item indices in [0, {layout.n_items})"
+            )
+        if self.user_part is None:
+            if layout.history_length:
+                raise DataError("a layout with history needs user_part (recsys.features.pair_user_features)")
+            self.user_part = _user_part(layout, self.users, None)
+        self.user_part = sp.csr_matrix(self.user_part, dtype=np.float32)
+        if self.user_part.shape != (len(self.users), layout.feature_dim):
+            raise DataError(
+                f"user_part must have shape ({len(self.users)}, {layout.feature_dim}), got {self.user_part.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.users.size)
+
+    def subset(self, rows: np.ndarray) -> RankingData:
+        return RankingData(self.layout, self.users[rows], self.items[rows], self.user_part[rows])
 
 
 def _timeline(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

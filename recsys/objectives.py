@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from backends.base import TrainOptions
+
 from .data.prepare import PreparedData, split_leave_last_out
 from .data.schema import ITEM, USER
 from .errors import DataError
-from .features import FeatureLayout, design_rows, pair_user_features, user_features
+from .features import FeatureLayout, RankingData, design_rows, pair_user_features, user_features
 from .model import FittedFM
 
 __all__ = ["ranking_layout", "sampled_classifier_data", "train_ranking_model", "DEFAULT_NEGATIVES"]
@@ -77,7 +79,6 @@ def train_ranking_model(
     prepared: PreparedData,
     cfg: Any,
     *,
-    backend_name: str = "torch",
     show_progress: bool = False,
 ) -> tuple[FittedFM, sp.csr_matrix]:
     """Train the ranking FM configured by ``cfg`` (a :class:`recsys.config.RankingConfig`).
@@ -89,30 +90,26 @@ def train_ranking_model(
     train = prepared.train
     if len(train) == 0:
         raise DataError("no training ratings for the ranking model")
-    loss = cfg.resolved_loss(backend_name)
+    loss = cfg.resolved_loss(backend)
     negatives = cfg.negatives if cfg.negatives is not None else DEFAULT_NEGATIVES[loss]
-    part = pair_user_features(layout, train)
-    users, items = train[USER].to_numpy(np.int64), train[ITEM].to_numpy(np.int64)
+    data = RankingData(layout, train[USER].to_numpy(np.int64), train[ITEM].to_numpy(np.int64),
+                       pair_user_features(layout, train))  # fmt: skip
     params = cfg.fm
     eval_set = None
     if params.early_stopping_patience and loss != "classifier":
         # validation: each customer's latest training rating (as the test split is built)
-        rows = np.arange(len(train))
-        fit_rows, val_rows, _ = split_leave_last_out(train.assign(_row=rows))
-        fit_idx, val_idx = fit_rows["_row"].to_numpy(), val_rows["_row"].to_numpy()
-        eval_set = (users[val_idx], items[val_idx], part[val_idx])
-        users, items, part = users[fit_idx], items[fit_idx], part[fit_idx]
+        fit_rows, val_rows, _ = split_leave_last_out(train.assign(_row=np.arange(len(train))))
+        eval_set = data.subset(val_rows["_row"].to_numpy())
+        data = data.subset(fit_rows["_row"].to_numpy())
     meta = {"objective": "ranking", "ranking_loss": loss, "negatives": negatives, "layout": layout.to_dict(),
             "n_users": layout.n_users, "n_items": layout.n_items}  # fmt: skip
     if loss == "classifier":
         # a plain FM fit (SageMaker's too) has no ranking metric to stop on: train all epochs
         params = dataclasses.replace(params, early_stopping_patience=None)
-        X, y = sampled_classifier_data(layout, part, users, items, negatives, seed=params.seed)
+        X, y = sampled_classifier_data(layout, data.user_part, data.users, data.items, negatives, seed=params.seed)
         log.info("ranking (classifier): %s rows, %s positives", f"{X.shape[0]:,}", f"{int(y.sum()):,}")
-        fm = backend.fit_fm(X, y, params, show_progress=show_progress, metadata=meta)
+        fm = backend.fit_fm(X, y, params, options=TrainOptions(show_progress=show_progress, metadata=meta))
     else:
-        fm = backend.fit_fm_ranking(
-            users, items, layout, params, user_part=part, loss=loss, negatives=negatives, eval_set=eval_set,
-            show_progress=show_progress, metadata=meta,
-        )  # fmt: skip
+        fm = backend.fit_fm_ranking(data, params, loss=loss, negatives=negatives, eval_set=eval_set,
+                                    options=TrainOptions(show_progress=show_progress, metadata=meta))  # fmt: skip
     return fm, user_features(layout, train)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from backends.base import TrainOptions
+
 from . import __version__
 from ._io import atomic_dir, to_json
 from .config import RunConfig, config_from_dict, dump_toml, load_config
@@ -34,11 +36,10 @@ from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
 from .data.prepare import PreparedData, prepare
 from .data.schema import CUSTOMER, DATE, ITEM, PRODUCT, RATING, TITLE, USER
-from .errors import ConfigError, DataError
+from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
 from .model import FittedFM
 from .recommend import Recommender, write_recommendations
-from .vectors import fm_vectors
 
 __all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
            "RUN_FORMAT_VERSION"]
@@ -169,16 +170,14 @@ class _Timer:
 
 def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bool) -> np.ndarray:
     """The popularity baseline's top-k per user (seen items skipped), as a 2-D index array."""
-    order = rec._popular_order
-    out = np.full((len(users), k), -1, dtype=np.int64)
-    seen = rec.seen if exclude_seen else None
-    depth = min(len(order), k + (int(np.diff(seen.indptr).max(initial=0)) if seen is not None else 0))
-    cand = np.broadcast_to(order[:depth], (len(users), depth))
-    from .recommend import _seen_mask, top_k_excluding
+    from backends.base import drop_excluded
 
-    ids, _ = top_k_excluding(cand.copy(), np.zeros(cand.shape), _seen_mask(seen, users, cand), k)
-    out[:, : ids.shape[1]] = ids[:, :k]
-    return out
+    order = rec.popular_order
+    seen = rec.seen[users] if exclude_seen and rec.seen is not None else None
+    depth = min(len(order), k + (int(np.diff(seen.indptr).max(initial=0)) if seen is not None else 0))
+    cand = np.tile(order[:depth], (len(users), 1))
+    ids, _ = drop_excluded(cand, np.zeros(cand.shape, np.float32), seen, k, 0.0)
+    return ids
 
 
 def _ranking_metrics(
@@ -325,23 +324,19 @@ def run(
         _check_out_dir(out_dir)
     timer = _Timer()
     t_total = time.perf_counter()
-    from backends import get_backend
+    from backends import backend_class
 
-    backend_options = dict(cfg.sagemaker) if cfg.backend == "sagemaker" else {}
-    if dry_run:
-        if cfg.backend != "sagemaker":
-            raise ConfigError("--dry-run applies to the SageMaker backend (--backend sagemaker)")
-        backend_options["dry_run"] = True
-    backend = get_backend(cfg.backend, **backend_options)
+    backend = backend_class(cfg.backend).from_config(cfg, dry_run=dry_run)
     with backend:
         if until not in (None, "train"):
             raise ConfigError(f"until must be None or 'train', got {until!r}")
         result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train")
         if dry_run:
-            from backends.sagemaker import format_plan
-
-            result.plan = format_plan(backend.plan, dry_run=True)
+            result.plan = backend.format_plan()
             return result
+        report = backend.report()
+        if report:
+            result.metrics[backend.name] = report
     result.metrics["timing"] = {**timer.seconds}
     if write:
         with timer("write outputs"):
@@ -392,16 +387,16 @@ def _run_stages(
 
     with timer("fm regressor"):
         ytr, yte = prepared.labels("train"), prepared.labels("test")
-        reg = backend.fit_fm(Xtr, ytr, cfg.regressor, X_eval=Xte, y_eval=yte, show_progress=show_progress,
-                             metadata={**meta, "stage": "regressor"})  # fmt: skip
+        reg = backend.fit_fm(Xtr, ytr, cfg.regressor, eval_set=(Xte, yte),
+                             options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": "regressor"}))  # fmt: skip
         pred = reg.predict(Xte)
         r = regression_report(yte, pred, ytr, items_test=prepared.test[ITEM], items_train=prepared.train[ITEM])
         r["predictions"] = prediction_summary(pred, valid_range=rating_range)
         metrics["regressor"] = r
     with timer("fm classifier"):
         ctr, cte = prepared.labels("train", "classification"), prepared.labels("test", "classification")
-        clf = backend.fit_fm(Xtr, ctr, cfg.classifier, X_eval=Xte, y_eval=cte, show_progress=show_progress,
-                             metadata={**meta, "stage": "classifier"})  # fmt: skip
+        clf = backend.fit_fm(Xtr, ctr, cfg.classifier, eval_set=(Xte, cte),
+                             options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": "classifier"}))  # fmt: skip
         proba = clf.predict_score(Xte)
         c = classification_report(cte, proba, ctr)
         c["positive_threshold"] = cfg.prepare.positive_threshold
@@ -414,8 +409,7 @@ def _run_stages(
         with timer("fm ranking"):
             from .objectives import train_ranking_model
 
-            ranker, user_features = train_ranking_model(backend, prepared, cfg.ranking, backend_name=cfg.backend,
-                                                        show_progress=show_progress)  # fmt: skip
+            ranker, user_features = train_ranking_model(backend, prepared, cfg.ranking, show_progress=show_progress)
             result.models["ranking"] = ranker
     metrics["run"] = {"backend": cfg.backend, "objective": cfg.objective, "seed": cfg.seed, "recsys_version": __version__}
     if train_only:
@@ -424,17 +418,11 @@ def _run_stages(
     seen = prepared.seen_items()
     popularity = np.bincount(prepared.train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
     with timer("knn"):
-        knn_params = cfg.knn
-        if cfg.backend == "sagemaker":
-            # SageMaker's k-NN returns a fixed k: enough to skip every already-rated video
-            margin = int(np.diff(seen.indptr).max(initial=0)) if cfg.recommend.exclude_seen else 0
-            knn_params = dataclasses.replace(cfg.knn, k=min(prepared.n_items, cfg.knn.k + margin))
-        _, item_vectors = fm_vectors(chosen, user_features=user_features) if user_features is not None else fm_vectors(chosen)
-        index = backend.build_knn(item_vectors, knn_params)
-        rec = Recommender(chosen, prepared.mappings, seen, item_popularity=popularity, index=index,
+        rec = Recommender(chosen, prepared.mappings, seen, item_popularity=popularity, backend=backend,
                           knn_params=cfg.knn, user_features=user_features)  # fmt: skip
+        rec.index  # noqa: B018 - built here, so the stage timings tell building from searching
     with timer("recommend"):
-        recs = rec.recommend_customers(k=cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+        recs = rec.recommendations(k=cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
     result.recommender, result.recommendations = rec, recs
     if dry_run:
         return result
@@ -444,9 +432,10 @@ def _run_stages(
         metrics["ranking"] = ranking
         if cfg.objective == "ranking":
             # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
+            # (searched locally on a remote backend: a comparison is not worth paid jobs)
             lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity,
-                              backend=_comparison_backend(cfg, backend), knn_params=cfg.knn)  # fmt: skip
-            lab_lists, _ = lab.recommend(np.arange(prepared.n_users), cfg.knn.k, filter_already_liked_items=cfg.recommend.exclude_seen)
+                              backend="torch" if backend.remote else backend, knn_params=cfg.knn)  # fmt: skip
+            lab_lists, _ = lab.recommend(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
             metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier")
         # the lab's two-customer views, on the regressor (its scores look alike for everyone)
         # and on the model whose recommendations are written
@@ -467,14 +456,6 @@ def _run_stages(
     with timer("samples"):
         result.samples = _samples(prepared, recs, cfg.recommend.sample_customers, cfg.seed, cfg.evaluation.liked_threshold)
     return result
-
-
-def _comparison_backend(cfg: RunConfig, backend: Any) -> Any:
-    """The index used to evaluate the comparison path: local FAISS (exact, same as SageMaker's
-    faiss.Flat) so the comparison costs no extra SageMaker jobs."""
-    from backends import get_backend
-
-    return get_backend("torch") if cfg.backend == "sagemaker" else backend
 
 
 def _lists_from_frame(recs: pd.DataFrame, prepared: PreparedData, k: int) -> np.ndarray:
@@ -555,12 +536,12 @@ def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
         for name, model in result.models.items():
             model.save(tmp / "models" / name)
             files[f"model_{name}"] = f"models/{name}"
-        if result.recommender is not None and result.recommender._index is not None:
+        if result.recommender is not None:
             try:
                 result.recommender.index.save(tmp / "knn")
                 files["knn_index"] = "knn"
-            except NotImplementedError:
-                log.info("the %s k-NN index lives in SageMaker; the recommendations are saved locally", cfg.backend)
+            except BackendError:
+                log.info("the %s k-NN index lives remotely; the recommendations are saved locally", cfg.backend)
         prepared.save_split(tmp / "data")
         files["data"] = "data"
         (tmp / "exploration.json").write_text(to_json(result.exploration.to_dict()) + "\n", encoding="utf-8")
@@ -647,7 +628,7 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
         out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(Xte),
                                                   labels(train[RATING], "classification", thr))  # fmt: skip
     rec = saved.recommender()
-    lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, filter_already_liked_items=cfg.recommend.exclude_seen)
+    lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
     prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
     out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])
     return out

@@ -3,17 +3,22 @@
 :class:`Recommender` turns the FM into user/item vectors (:mod:`recsys.vectors`), asks a k-NN
 index (FAISS locally, SageMaker's k-NN remotely) for each customer's nearest videos by inner
 product, drops videos the customer already rated (on by default; the lab did not), and falls
-back to the most popular videos for customers it does not know (flagged ``fallback``).
+back to the most popular videos for customers it does not know (flagged ``fallback``, with no
+score). The k-NN index comes from the backend; searching with the rated videos skipped is the
+index's (:meth:`backends.base.KNNIndex.search`).
 
 Scores are FM scores: the inner product plus the customer's constant ``w0 + w_u``, i.e.
 exactly ``FittedFM.decision_pairs(user, item)`` (the logit for a classifier).
 
-Index-level API (implicit's convention): ``recommend(userid, N)`` with a scalar id returns 1-D
-``(ids, scores)``, with an array of ids 2-D arrays padded with id -1 / score -inf.
+Index level (implicit's convention): ``recommend(userid, k)`` with a scalar user index returns
+1-D ``(ids, scores)``, with an array of indices 2-D arrays padded with id -1 / score -inf;
+``similar_items(itemid, k)``. Id level: ``recommendations(customer_ids, k)`` and
+``similar(product_id, k)`` return DataFrames.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -24,88 +29,27 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from backends.base import Backend, KNNIndex, check_k
+
 from ._io import atomic_path
 from .data.prepare import Mappings
 from .data.schema import CUSTOMER, PRODUCT, TITLE
-from .errors import BackendError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .features import FeatureLayout
 from .model import FittedFM
 from .params import KNNParams
 from .vectors import fm_vectors, user_offsets
 
-__all__ = ["Recommender", "popularity", "top_k_excluding", "write_recommendations", "RECOMMENDATION_COLUMNS"]
+__all__ = ["Recommender", "popularity", "write_recommendations", "RECOMMENDATION_COLUMNS"]
 
 log = logging.getLogger("recsys")
 
 RECOMMENDATION_COLUMNS = (CUSTOMER, "rank", PRODUCT, TITLE, "score", "fallback")
-_EMPTY = -1
-#: Customers searched together at least (see ``Recommender._search``).
-_MIN_BATCH = 4096
 
 
 def popularity(items: Any, n_items: int) -> np.ndarray:
     """Number of training ratings per item (float64), the popularity baseline's score."""
     return np.bincount(np.asarray(items, dtype=np.int64), minlength=n_items).astype(np.float64)
-
-
-def _seen_mask(seen: sp.csr_matrix | None, users: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """True where ``ids[r, j]`` is an item ``users[r]`` has already rated."""
-    out = np.zeros(ids.shape, dtype=bool)
-    if seen is None or seen.nnz == 0 or ids.size == 0:
-        return out
-    n_items = seen.shape[1]
-    # A dense (rows x n_items) scratch block: set the block's seen cells, gather, clear them
-    # again: O(nnz + rows * depth) per block, whatever the catalogue size.
-    block = max(1, (1 << 24) // max(n_items, 1))
-    scratch = np.zeros((min(block, len(users)), n_items), dtype=bool)
-    safe = np.where(ids >= 0, ids, 0)
-    for start in range(0, len(users), block):
-        sub = seen[users[start : start + block]]
-        r = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-        scratch[r, sub.indices] = True
-        rows = np.arange(sub.shape[0])[:, None]
-        out[start : start + block] = scratch[rows, safe[start : start + block]]
-        scratch[r, sub.indices] = False
-    out &= ids >= 0
-    return out
-
-
-def top_k_excluding(
-    ids: np.ndarray, scores: np.ndarray, exclude: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the first ``k`` entries of each row that are not excluded (and not -1), in order.
-
-    Rows with fewer survivors are padded with id -1 and score -inf.
-    """
-    valid = (~exclude) & (ids >= 0)
-    # the j-th surviving entry of a row goes to column j: a running count, no sort
-    pos = np.cumsum(valid, axis=1) - 1
-    keep = valid & (pos < k)
-    rows, cols = np.nonzero(keep)
-    out_ids = np.full((ids.shape[0], k), _EMPTY, dtype=np.int64)
-    out_scores = np.full((ids.shape[0], k), -np.inf, dtype=np.float64)
-    dest = pos[rows, cols]
-    out_ids[rows, dest] = ids[rows, cols]
-    out_scores[rows, dest] = scores[rows, cols]
-    return out_ids, out_scores
-
-
-def _order_by_score(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row sorted by score descending, then item index ascending (-1 last).
-
-    Indexes return rows sorted by score already, so only the rows that are out of that order
-    (ties in another order, or an index that does not sort) are sorted.
-    """
-    key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
-    s0, s1, k0, k1 = scores[:, :-1], scores[:, 1:], key[:, :-1], key[:, 1:]
-    bad = np.flatnonzero(((s1 > s0) | ((s1 == s0) & (k1 < k0))).any(axis=1))
-    if len(bad) == 0:
-        return ids, scores
-    ids, scores = ids.copy(), scores.copy()
-    order = np.lexsort((key[bad], -scores[bad]), axis=-1)
-    ids[bad] = np.take_along_axis(ids[bad], order, axis=1)
-    scores[bad] = np.take_along_axis(scores[bad], order, axis=1)
-    return ids, scores
 
 
 class Recommender:
@@ -114,19 +58,21 @@ class Recommender:
     Parameters
     ----------
     fm : FittedFM
-        Trained on the users-then-items one-hot layout of ``mappings``.
+        Trained on the users-then-items one-hot layout of ``mappings`` (or a layout recorded
+        in its metadata, with ``user_features``).
     mappings : Mappings
         Ids <-> indices and titles.
     seen : csr_matrix (n_users, n_items), optional
         Training interactions; excluded from recommendations unless ``exclude_seen=False``.
     item_popularity : ndarray (n_items,), optional
-        Score of the popularity fallback (default: number of ratings in ``seen``).
+        Orders the popularity fallback (default: number of ratings in ``seen``).
     index : KNNIndex, optional
-        A k-NN index over the item vectors; built with ``backend`` when omitted.
-    backend : Backend or str, optional
-        Used to build the index (default ``"torch"``: FAISS).
+        A k-NN index over the item vectors; built with ``backend`` on first use when omitted.
+    backend : Backend or str
+        Builds the index (default ``"torch"``: FAISS).
     knn_params : KNNParams, optional
-        ``index_type`` / ``index_metric`` etc. (default: exact inner product).
+        ``k`` (the list length), ``index_type``, ``index_metric``, ... (default: exact inner
+        product, k = 100).
     user_features : csr_matrix (n_users, feature_dim), optional
         The customer side of each row when the model uses more than the user one-hot (the
         recent-history features of :mod:`recsys.features`).
@@ -139,8 +85,8 @@ class Recommender:
         seen: sp.csr_matrix | None = None,
         *,
         item_popularity: np.ndarray | None = None,
-        index: Any = None,
-        backend: Any = "torch",
+        index: KNNIndex | None = None,
+        backend: Backend | str = "torch",
         knn_params: KNNParams | None = None,
         user_features: sp.spmatrix | None = None,
     ):
@@ -164,7 +110,7 @@ class Recommender:
                 f"the model was trained for {layout.n_users} users x {layout.n_items} items but the "
                 f"mappings have {n_users} x {n_items}"
             )
-        kw = {"user_features": user_features}
+        kw: dict[str, Any] = {"user_features": user_features}
         if layout is None:
             kw.update(n_users=n_users, n_items=n_items)
         self.user_vectors, self.item_vectors = fm_vectors(fm, **kw)
@@ -176,26 +122,28 @@ class Recommender:
         self.item_popularity = np.asarray(item_popularity, dtype=np.float64)
         self.knn_params = (knn_params or KNNParams()).validate()
         self._backend = backend
-        self._index = None
+        self._index: KNNIndex | None = None
         if index is not None:
             self.index = index
-        self._popular_order = np.lexsort((np.arange(n_items), -self.item_popularity))
-        self._similar_index = None
+        self.popular_order = np.lexsort((np.arange(n_items), -self.item_popularity))
 
     # ---- index-level API ---------------------------------------------------------------------
     @property
-    def index(self) -> Any:
-        """The k-NN index over the item vectors (built with the backend on first use)."""
+    def index(self) -> KNNIndex:
+        """The k-NN index over the item vectors, built with the backend on first use, deep
+        enough for ``knn_params.k`` plus the most videos any customer rated (plus one, to see
+        ties); a backend may cap that (:attr:`KNNIndex.max_k`)."""
         if self._index is None:
             from backends import get_backend
-            from backends.base import Backend
 
-            be = self._backend if isinstance(self._backend, Backend) else get_backend(self._backend)
-            self.index = be.build_knn(self.item_vectors, self.knn_params)
-        return self._index
+            be = get_backend(self._backend) if isinstance(self._backend, str) else self._backend
+            most_seen = int(np.diff(self.seen.indptr).max(initial=0)) if self.seen is not None else 0
+            depth = min(self.n_items, self.knn_params.k + most_seen + 1)
+            self.index = be.build_knn(self.item_vectors, dataclasses.replace(self.knn_params, k=depth))
+        return self._index  # type: ignore[return-value]
 
     @index.setter
-    def index(self, index: Any) -> None:
+    def index(self, index: KNNIndex) -> None:
         if int(index.ntotal) != self.n_items:
             raise DataError(f"the k-NN index holds {index.ntotal} vectors but there are {self.n_items} items")
         self._index = index
@@ -216,151 +164,54 @@ class Recommender:
             return -raw.astype(np.float64)
         return raw.astype(np.float64)
 
-    def recommend(
-        self, userid: Any, N: int = 10, *, filter_already_liked_items: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``N`` item indices and scores for user index/indices ``userid``.
+    def recommend(self, userid: Any, k: int = 10, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item indices and FM scores for user index/indices ``userid``.
 
         A scalar gives 1-D arrays (only real recommendations); an array gives 2-D arrays of
-        shape (len(userid), N) padded with -1 / -inf.
+        shape (len(userid), k) padded with -1 / -inf. Ties: lower item index first.
         """
         scalar = np.ndim(userid) == 0
         users = np.atleast_1d(np.asarray(userid, dtype=np.int64))
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
             raise DataError(f"user indices must be in [0, {self.n_users}), got {users.min()}..{users.max()}")
-        if not isinstance(N, (int, np.integer)) or N < 1:
-            raise DataError(f"N must be a positive integer, got {N!r}")
-        ids, scores = self._search(users, int(N), filter_already_liked_items)
+        k = check_k(k)
+        exclude = self.seen[users] if exclude_seen and self.seen is not None else None
+        ids, raw = self.index.search(self.user_vectors[users], k, exclude=exclude)
+        scores = np.where(ids >= 0, self._to_score(users, raw), -np.inf)
+        if ids.shape[1] < k:  # a catalogue smaller than k
+            pad = k - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         if scalar:
             keep = ids[0] >= 0
             return ids[0][keep], scores[0][keep]
         return ids, scores
 
-    def _search(self, users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        seen = self.seen if exclude_seen else None
-        found = self._search_excluding(users, k, seen)
-        if found is not None:
-            return found
-        chunk = getattr(self.index, "query_chunk", None) or max(len(users), 1)
-        out_ids = np.full((len(users), k), _EMPTY, dtype=np.int64)
-        out_scores = np.full((len(users), k), -np.inf, dtype=np.float64)
-        # A customer who rated m videos needs k + m candidates, plus one more so that the k-th
-        # kept score can be compared with a candidate that is not kept (a tie there is the only
-        # reason to search deeper). Customers are grouped by m rounded up to a power of two and
-        # each group is searched only as deep as it needs, so a few heavy raters no longer make
-        # every query deep. Small groups are merged upwards while the depth at most doubles:
-        # a flat search of fewer than ~4,096 queries ran at half the per-query speed here.
-        n_seen = np.diff(seen.indptr)[users] if seen is not None else np.zeros(len(users), np.int64)
-        max_k = getattr(self.index, "max_k", None)
-        if max_k is not None:
-            # an index with a fixed depth (SageMaker's k-NN: each search is a batch transform
-            # job) is searched in one go
-            batches = [np.arange(len(users))]
-        else:
-            group = np.where(n_seen > 0, 2 ** np.ceil(np.log2(np.maximum(n_seen, 1))), 0).astype(np.int64)
-            batches, current, first = [], [], None
-            for margin in np.unique(group):
-                rows = np.flatnonzero(group == margin)
-                if current and k + margin > 2 * (k + first):
-                    batches.append(np.concatenate(current))
-                    current = []
-                if not current:
-                    first = int(margin)
-                current.append(rows)
-                if sum(len(r) for r in current) >= _MIN_BATCH:
-                    batches.append(np.concatenate(current))
-                    current = []
-            if current:
-                batches.append(np.concatenate(current))
-        for rows in batches:
-            need = min(self.n_items, k + int(n_seen[rows].max(initial=0)))
-            depth = min(self.n_items, need + 1)
-            if max_k is not None:
-                if need > max_k:
-                    raise BackendError(
-                        f"the k-NN index was built for k={max_k} neighbours but {need} are needed "
-                        f"({k} plus up to {need - k} already-rated videos to skip); rebuild it with k >= {need}"
-                    )
-                depth = min(depth, max_k)
-            for start in range(0, len(rows), chunk):
-                r = rows[start : start + chunk]
-                i, s = self._search_chunk(users[r], k, depth, need - k, seen)
-                out_ids[r] = i
-                out_scores[r] = s
-        return out_ids, out_scores
-
-    def _search_excluding(
-        self, users: np.ndarray, k: int, seen: sp.csr_matrix | None
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The index's own exclusion search (exact flat inner product, native kernel), when it
-        has one: no deeper search and no re-search of ties. None: use the general path."""
-        search = getattr(self.index, "search_excluding", None)
-        if search is None:
-            return None
-        out_ids = np.full((len(users), k), _EMPTY, dtype=np.int64)
-        out_scores = np.full((len(users), k), -np.inf, dtype=np.float64)
-        for start in range(0, len(users), 65536):
-            u = users[start : start + 65536]
-            found = search(self.user_vectors[u], k, seen[u] if seen is not None else None)
-            if found is None:
-                return None
-            raw, ids = found
-            out_ids[start : start + len(u)] = ids
-            out_scores[start : start + len(u)] = np.where(ids >= 0, self._to_score(u, raw), -np.inf)
-        return out_ids, out_scores
-
-    def _search_chunk(
-        self, u: np.ndarray, k: int, k_search: int, margin: int, seen: sp.csr_matrix | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of users ``u``, searching ``k_search`` deep; deeper while a tie group of
-        scores runs past the end of what the index returned (so the order is always score
-        descending, then item index ascending, whatever the depth or the batch)."""
-        max_k = getattr(self.index, "max_k", None)
-        out_ids = np.full((len(u), k), _EMPTY, dtype=np.int64)
-        out_scores = np.full((len(u), k), -np.inf, dtype=np.float64)
-        pending = np.arange(len(u))
-        while True:
-            if max_k is not None and k_search > max_k:
-                raise BackendError(
-                    f"the k-NN index was built for k={max_k} neighbours but {k_search} are needed "
-                    f"({k} plus up to {margin} already-rated videos to skip); rebuild it with k >= {k_search}"
-                )
-            q = u[pending]
-            raw, ids = self.index.search(self.user_vectors[q], k_search)
-            ids, scores = _order_by_score(ids, self._to_score(q, raw))
-            top_ids, top_scores = top_k_excluding(ids, scores, _seen_mask(seen, q, ids), k)
-            out_ids[pending], out_scores[pending] = top_ids, top_scores
-            if k_search >= self.n_items or (max_k is not None and k_search >= max_k):
-                return out_ids, out_scores
-            # a row is undecided if its k-th kept score ties with the last candidate returned:
-            # only those rows are searched again, twice as deep
-            kth = top_scores[:, k - 1]
-            undecided = np.isfinite(kth) & (kth == scores[:, -1])
-            if not undecided.any():
-                return out_ids, out_scores
-            pending = pending[undecided]
-            k_search = min(self.n_items, 2 * k_search) if max_k is None else min(self.n_items, max_k, 2 * k_search)
-
-    def popular(self, N: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The ``N`` most popular items (ties: lower index first), optionally skipping some."""
-        order = self._popular_order
+    def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most popular items (ties: lower index first) and their rating counts,
+        optionally skipping some."""
+        order = self.popular_order
         if exclude is not None and len(exclude):
             order = order[~np.isin(order, exclude)]
-        top = order[:N]
+        top = order[:k]
         return top, self.item_popularity[top]
 
-    def similar_items(self, itemid: int, N: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Items most similar to ``itemid`` by cosine of the item vectors (itself excluded)."""
+    def similar_items(self, itemid: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Items most similar to ``itemid`` by cosine of the item vectors (itself excluded),
+        exact, ties by lower index."""
         if not 0 <= int(itemid) < self.n_items:
             raise DataError(f"item index must be in [0, {self.n_items}), got {itemid}")
-        if self._similar_index is None:
-            from backends.local.knn import FaissIndex
+        k = check_k(k)
+        if self._unit_items is None:
+            v = self.item_vectors.astype(np.float64)
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            self._unit_items = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+        cos = self._unit_items @ self._unit_items[int(itemid)]
+        cos[int(itemid)] = -np.inf
+        order = np.lexsort((np.arange(self.n_items), -cos))[: min(k, self.n_items - 1)]
+        return order, cos[order]
 
-            self._similar_index = FaissIndex.build(self.item_vectors, KNNParams(index_metric="COSINE"))
-        k = min(self.n_items, int(N) + 1)
-        scores, ids = self._similar_index.search(self.item_vectors[int(itemid)], k)
-        keep = (ids[0] != int(itemid)) & (ids[0] >= 0)
-        return ids[0][keep][:N], scores[0][keep][:N].astype(np.float64)
+    _unit_items: np.ndarray | None = None
 
     # ---- id-level API --------------------------------------------------------------------
     def _frame(self, customer_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, fallback: np.ndarray) -> pd.DataFrame:
@@ -391,12 +242,10 @@ class Recommender:
     ) -> Iterator[pd.DataFrame]:
         """Yield recommendation frames (columns :data:`RECOMMENDATION_COLUMNS`) chunk by chunk.
 
-        ``customer_ids`` None means every known customer. Unknown ids get the popularity
-        fallback (``fallback=True``).
+        ``customer_ids`` None means every known customer. Unknown ids get the most popular
+        videos, flagged ``fallback=True``, with ``score`` NaN (a rating count is not a score).
         """
-        k = self.knn_params.k if k is None else k
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        k = check_k(self.knn_params.k if k is None else k)
         if customer_ids is None:
             ids_all = self.mappings.customer_ids.to_numpy()
             idx_all = np.arange(self.n_users, dtype=np.int64)
@@ -411,24 +260,23 @@ class Recommender:
             idx = idx_all[start : start + chunk]
             cust = ids_all[start : start + chunk]
             known = idx >= 0
-            ids = np.full((len(idx), k), _EMPTY, dtype=np.int64)
-            scores = np.full((len(idx), k), -np.inf)
+            ids = np.full((len(idx), k), -1, dtype=np.int64)
+            scores = np.full((len(idx), k), np.nan)
             if known.any():
-                ids[known], scores[known] = self._search(idx[known], k, exclude_seen)
+                ids[known], scores[known] = self.recommend(idx[known], k, exclude_seen=exclude_seen)
             if (~known).any():
-                top, pop = self.popular(k)
+                top, _ = self.popular(k)
                 ids[~known, : len(top)] = top
-                scores[~known, : len(top)] = pop
             yield self._frame(cust, ids, scores, ~known)
 
-    def recommend_customers(self, customer_ids: Any = None, k: int | None = None, *, exclude_seen: bool = True) -> pd.DataFrame:
+    def recommendations(self, customer_ids: Any = None, k: int | None = None, *, exclude_seen: bool = True) -> pd.DataFrame:
         """All recommendations as one DataFrame (see :meth:`iter_recommendations`)."""
         frames = list(self.iter_recommendations(customer_ids, k, exclude_seen=exclude_seen))
         if not frames:
             return pd.DataFrame({c: [] for c in RECOMMENDATION_COLUMNS})
         return pd.concat(frames, ignore_index=True)
 
-    def similar_products(self, product_id: Any, k: int = 10) -> pd.DataFrame:
+    def similar(self, product_id: Any, k: int = 10) -> pd.DataFrame:
         """Videos similar to ``product_id`` (columns product_id, product_title, score, rank)."""
         idx = self.mappings.item_index([product_id])[0]
         if idx < 0:

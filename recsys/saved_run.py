@@ -97,15 +97,15 @@ class SavedRun:
         return user_features(layout, self.train) if layout.history_length else None
 
     def recommender(self, name: str | None = None) -> Recommender:
-        """A :class:`Recommender` for the run's recommending model (its saved FAISS index when
-        there is one, else an exact index built now)."""
+        """A :class:`Recommender` for the run's recommending model (its saved k-NN index when
+        there is one, else an exact local index built now)."""
         name = name or self.info["recommender_model"]
         fm = self.model(name)
         index = None
-        if name == self.info["recommender_model"] and (self.path / "knn" / "index.faiss").is_file():
-            from backends.local.knn import FaissIndex
+        if name == self.info["recommender_model"] and (self.path / "knn").is_dir():
+            from backends import load_knn
 
-            index = FaissIndex.load(self.path / "knn")
+            index = load_knn(self.path / "knn")
         cfg = self.config
         return Recommender(
             fm, self.mappings, self.seen, item_popularity=self.popularity, index=index,

@@ -311,7 +311,7 @@ class FakeSageMaker:
         assert sp.issparse(X) and X.dtype == np.float32 and y.dtype == np.float32
         assert X.shape[1] == params.feature_dim
         X_eval, y_eval = channels.get("test", (None, None))
-        fm = train_fm(X, y, params, X_eval=X_eval, y_eval=y_eval)
+        fm = train_fm(X, y, params, eval_set=None if X_eval is None else (X_eval, y_eval))
         self.trained[name] = fm
         return fm_model_tar_bytes(fm)
 

@@ -9,7 +9,6 @@ numpy ``argsort`` top-k, FM scores sorted in plain Python.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +18,14 @@ import pytest
 import scipy.sparse as sp
 
 from backends import get_backend
+from backends.base import TrainOptions
 from recsys.data.prepare import Mappings
 from recsys.errors import DataError, NotFittedError
 from recsys.estimators import FMClassifier, FMRegressor
 from recsys.model import FittedFM
 from recsys.params import FMParams, KNNParams
 from recsys.recommend import Recommender
+from tests.reference import fm_brute_force, knn_brute_force
 
 # The moto server and fake-algorithm fixtures (sagemaker_backend, sagemaker_session, ...).
 pytest_plugins = ["tests.sagemaker_fakes"]
@@ -72,38 +73,6 @@ def aws_footprint(backend, request: pytest.FixtureRequest) -> Callable[[], dict[
 # ---------------------------------------------------------------------------------------------
 # references
 # ---------------------------------------------------------------------------------------------
-def fm_brute_force(w0: float, w: np.ndarray, V: np.ndarray, X: sp.csr_matrix) -> np.ndarray:
-    """y(x) = w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j, pair by pair, in float64."""
-    X = sp.csr_matrix(X)
-    out = []
-    for r in range(X.shape[0]):
-        row = X.getrow(r).toarray().ravel().astype(np.float64)
-        nz = np.flatnonzero(row)
-        y = float(w0) + sum(float(w[i]) * row[i] for i in nz)
-        for i, j in itertools.combinations(nz, 2):
-            y += float(np.dot(V[i].astype(np.float64), V[j].astype(np.float64))) * row[i] * row[j]
-        out.append(y)
-    return np.array(out)
-
-
-def numpy_top_k(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, ids)`` best first by numpy argsort: inner products / cosines descending, squared
-    L2 distances (by explicit differences) ascending."""
-    V, Q = vectors.astype(np.float64), queries.astype(np.float64)
-    if metric == "L2":
-        score = ((Q[:, None, :] - V[None, :, :]) ** 2).sum(-1)
-        ids = np.argsort(score, axis=1)[:, :k]
-    else:
-        if metric == "COSINE":
-            V = V / np.linalg.norm(V, axis=1, keepdims=True)
-            Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
-        score = Q @ V.T
-        ids = np.argsort(-score, axis=1)[:, :k]
-    return np.take_along_axis(score, ids, 1), ids
-
-
 def auc(y: np.ndarray, score: np.ndarray) -> float:
     """P(score of a random positive > score of a random negative), ties counting one half."""
     pos, neg = score[y == 1], score[y == 0]
@@ -143,7 +112,7 @@ def fm_params(ptype: str, **overrides) -> FMParams:
 def test_fit_fm_returns_a_fitted_fm_that_learns(backend, ptype: str) -> None:
     classifier = ptype == "binary_classifier"
     X, y, X_test, y_test = planted_problem(classifier)
-    fm = backend.fit_fm(X, y, fm_params(ptype), metadata={"purpose": "contract"})
+    fm = backend.fit_fm(X, y, fm_params(ptype), options=TrainOptions(metadata={"purpose": "contract"}))
 
     assert isinstance(fm, FittedFM)
     assert fm.predictor_type == ptype
@@ -190,7 +159,7 @@ def test_torch_and_sagemaker_train_the_same_arrays(sagemaker_backend, ptype: str
     assert not awkward.has_canonical_format
     labels = y.astype(np.int64) if classifier else y.astype(np.float64)
     params = fm_params(ptype)
-    eval_kw = {} if classifier else {"X_eval": X_test, "y_eval": y_test}  # the test channel too
+    eval_kw = {} if classifier else {"eval_set": (X_test, y_test)}  # the test channel too
     local = get_backend("torch").fit_fm(awkward, labels, params, **eval_kw)
     remote = sagemaker_backend.fit_fm(awkward, labels, params, **eval_kw)
     assert (local.metadata["backend"], remote.metadata["backend"]) == ("torch", "sagemaker")
@@ -211,9 +180,9 @@ def test_knn_search_equals_numpy_top_k(backend, metric: str) -> None:
     Q = rng.normal(size=(7, 6)).astype(np.float32)
     index = backend.build_knn(V, KNNParams(k=8, index_metric=metric))
     assert (index.ntotal, index.dim, index.metric) == (30, 6, metric)
-    scores, ids = index.search(Q, 8)
+    ids, scores = index.search(Q, 8)
 
-    want_scores, want_ids = numpy_top_k(V, Q, 8, metric)
+    want_ids, want_scores = knn_brute_force(V, Q, 8, metric)
     assert scores.shape == ids.shape == (7, 8)
     assert ((ids >= 0) & (ids < 30)).all()
     np.testing.assert_array_equal(ids, want_ids)
@@ -221,7 +190,7 @@ def test_knn_search_equals_numpy_top_k(backend, metric: str) -> None:
     steps = np.diff(scores, axis=1)
     assert (steps >= 0).all() if metric == "L2" else (steps <= 0).all()  # best first
     # A shorter search is the head of the longer one.
-    head_scores, head_ids = index.search(Q, 3)
+    head_ids, head_scores = index.search(Q, 3)
     np.testing.assert_array_equal(head_ids, ids[:, :3])
 
 
@@ -230,14 +199,14 @@ def test_knn_k_larger_than_the_index_and_batch_equals_single(backend) -> None:
     V = rng.normal(size=(5, 4)).astype(np.float32)
     Q = rng.normal(size=(3, 4)).astype(np.float32)
     index = backend.build_knn(V, KNNParams(k=10))
-    scores, ids = index.search(Q, 9)
+    ids, scores = index.search(Q, 9)
     assert scores.shape == ids.shape == (3, 5)  # min(k, ntotal)
     assert all(sorted(row) == list(range(5)) for row in ids.tolist())  # everything, once
-    want_scores, want_ids = numpy_top_k(V, Q, 5, "INNER_PRODUCT")
+    want_ids, want_scores = knn_brute_force(V, Q, 5, "INNER_PRODUCT")
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
     for r in range(len(Q)):
-        one_scores, one_ids = index.search(Q[r : r + 1], 9)
+        one_ids, one_scores = index.search(Q[r : r + 1], 9)
         np.testing.assert_array_equal(one_ids, ids[r : r + 1])
         np.testing.assert_allclose(one_scores, scores[r : r + 1], rtol=1e-6)
 
@@ -278,9 +247,8 @@ def test_recommender_equals_brute_force_top_k_over_unseen_items(backend) -> None
     rows = [u for u, s in enumerate(seen_sets) for _ in s]
     cols = [i for s in seen_sets for i in s]
     seen = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(N_USERS, N_ITEMS))
-    margin = max(len(s) for s in seen_sets)
-    knn = KNNParams(k=min(N_ITEMS, N + margin))  # deep enough to skip every seen item
-    rec = Recommender(fm, mappings(N_USERS, N_ITEMS), seen, backend=backend, knn_params=knn)
+    # the Recommender asks the backend for an index deep enough to skip every seen item
+    rec = Recommender(fm, mappings(N_USERS, N_ITEMS), seen, backend=backend, knn_params=KNNParams(k=N))
 
     users = np.arange(N_USERS)
     ids, scores = rec.recommend(users, N)
@@ -327,7 +295,7 @@ def test_recommender_with_a_tie_at_the_cut_off(backend) -> None:
 @pytest.mark.parametrize("ptype", ["regressor", "binary_classifier"])
 def test_fitted_fm_round_trips_through_save_and_load(backend, ptype: str, tmp_path: Path) -> None:
     X, y, X_test, _ = planted_problem(ptype == "binary_classifier", seed=2)
-    fm = backend.fit_fm(X, y, fm_params(ptype, epochs=2), metadata={"n_users": 20, "n_items": 10})
+    fm = backend.fit_fm(X, y, fm_params(ptype, epochs=2), options=TrainOptions(metadata={"n_users": 20, "n_items": 10}))
     fm.save(tmp_path / "model")
     again = FittedFM.load(tmp_path / "model")
     assert again.predictor_type == fm.predictor_type and again.w0 == fm.w0
@@ -357,9 +325,9 @@ def _bad_inputs(case: str):
     elif case == "nan in X_eval":
         X_test = X_test.copy()
         X_test.data[0] = np.nan
-        kwargs = {"X_eval": X_test, "y_eval": y_test}
+        kwargs = {"eval_set": (X_test, y_test)}
     elif case == "X_eval and y_eval lengths differ":
-        kwargs = {"X_eval": X_test, "y_eval": y_test[:-2]}
+        kwargs = {"eval_set": (X_test, y_test[:-2])}
     return X, y, fm_params(ptype, epochs=1), kwargs
 
 

@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from backends.base import EpochInfo
+from backends.base import EpochInfo, TrainOptions
 from backends.local import _kernel
 from backends.local.fm import (
     FMTrainer,
@@ -35,7 +35,7 @@ from backends.local.fm import (
 from backends.local.ranking import _bpr_step, _ndcg_at, _Seen, _softmax_step, train_fm_ranking
 from recsys.data.prepare import one_hot
 from recsys.errors import DataError, ModelFitError, ModelFormatError
-from recsys.features import FeatureLayout
+from recsys.features import FeatureLayout, RankingData
 from recsys.model import FM_FORMAT_VERSION, FittedFM
 from recsys.params import FMParams
 
@@ -919,7 +919,7 @@ def test_train_fm_ranking_learns_planted_preferences(loss):
         seed=0,
         threads=THREADS,
     )
-    fm = train_fm_ranking(np.array(users), np.array(items), layout, params, loss=loss, negatives=6)
+    fm = train_fm_ranking(RankingData(layout, users, items), params, loss=loss, negatives=6)
     assert (
         fm.is_classifier
         and fm.metadata["objective"] == "ranking"
@@ -938,13 +938,13 @@ def test_train_fm_ranking_rejects_bad_arguments():
     layout = FeatureLayout(3, 4)
     p = FMParams(num_factors=2)
     with pytest.raises(DataError, match="loss"):
-        train_fm_ranking([0], [1], layout, p, loss="hinge")
+        train_fm_ranking(RankingData(layout, [0], [1]), p, loss="hinge")
     with pytest.raises(DataError, match="negatives"):
-        train_fm_ranking([0], [1], layout, p, negatives=0)
-    with pytest.raises(DataError):
-        train_fm_ranking([3], [1], layout, p)
+        train_fm_ranking(RankingData(layout, [0], [1]), p, negatives=0)
+    with pytest.raises(DataError, match="user indices must be in"):
+        RankingData(layout, [3], [1])
     with pytest.raises(DataError, match="user_part"):
-        train_fm_ranking([0], [1], FeatureLayout(3, 4, history_length=2), p)
+        RankingData(FeatureLayout(3, 4, history_length=2), [0], [1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -986,7 +986,7 @@ def test_early_stopping_restores_the_best_epoch():
     X, y, y_eval = _noisy_one_hot()
     patience = 3
     fm = train_fm(
-        X, y, _small_params(epochs=60, early_stopping_patience=patience), X_eval=X, y_eval=y_eval
+        X, y, _small_params(epochs=60, early_stopping_patience=patience), eval_set=(X, y_eval)
     )
     hist = [h["eval_mse"] for h in fm.metadata["history"]]
     best = int(np.argmin(hist)) + 1
@@ -1015,7 +1015,7 @@ def test_callback_returning_true_stops_training():
         seen.append(info)
         return info.epoch == 3
 
-    fm = train_fm(X, y, _small_params(epochs=10), X_eval=X, y_eval=y_eval, callbacks=[cb])
+    fm = train_fm(X, y, _small_params(epochs=10), eval_set=(X, y_eval), options=TrainOptions(callbacks=[cb]))
     assert [i.epoch for i in seen] == [1, 2, 3]
     hist = fm.metadata["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3]
@@ -1059,7 +1059,7 @@ def test_non_finite_input_raises_data_error(where, bad):
     y, y_eval = y.copy(), y_eval.copy()
     {"X": X.data, "y": y, "X_eval": X_eval.data, "y_eval": y_eval}[where][5] = bad
     with pytest.raises(DataError, match="NaN or infinite"):
-        train_fm(X, y, _small_params(epochs=1), X_eval=X_eval, y_eval=y_eval)
+        train_fm(X, y, _small_params(epochs=1), eval_set=(X_eval, y_eval))
 
 
 @pytest.mark.parametrize("labels", [[0, 1, 2], [0, 0.5, 1], [-1, 1, 1]])
@@ -1078,7 +1078,7 @@ def test_shape_mismatches_raise_data_error():
     with pytest.raises(DataError, match="rows"):
         train_fm(X, y[:-1], _small_params(epochs=1))
     with pytest.raises(DataError, match="columns"):
-        train_fm(X, y, _small_params(epochs=1), X_eval=X[:, :-1], y_eval=y)
+        train_fm(X, y, _small_params(epochs=1), eval_set=(X[:, :-1], y))
 
 
 def test_planted_fm_is_recovered_to_the_noise_floor():

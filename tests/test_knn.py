@@ -15,50 +15,14 @@ import scipy.sparse as sp
 
 from backends import get_backend
 from backends.base import KNNIndex
-from backends.local import _kernel
 from backends.local.knn import KNN_FORMAT_VERSION, FaissIndex
-from recsys.errors import DataError, ModelFormatError
+from recsys.errors import BackendError, DataError, ModelFormatError
 from recsys.params import KNNParams
-
-TOL = 1e-4
+from tests.reference import assert_top_k, knn_brute_force, knn_scores
 
 
 def brute_scores(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
-    """(n_queries, n) scores in float64: similarity for IP/COSINE, squared distance for L2."""
-    x = x.astype(np.float64)
-    q = q.astype(np.float64)
-    if metric == "INNER_PRODUCT":
-        return q @ x.T
-    if metric == "COSINE":
-        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-        return qn @ xn.T
-    return ((q[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
-
-
-def assert_topk(
-    ref: np.ndarray, got_scores: np.ndarray, got_ids: np.ndarray, k: int, metric: str
-) -> None:
-    """``got`` is the top-k of ``ref`` (best first): scores to tolerance, ids where not near-tied."""
-    k_eff = min(k, ref.shape[1])
-    assert got_scores.shape == got_ids.shape == (ref.shape[0], k_eff)
-    key = ref if metric == "L2" else -ref  # ascending = best first
-    order = np.argsort(key, axis=1, kind="stable")[:, :k_eff]
-    expected = np.take_along_axis(ref, order, axis=1)
-    np.testing.assert_allclose(got_scores, expected, atol=TOL, rtol=TOL)
-    # the returned score is the true score of the returned id, and ids are distinct
-    np.testing.assert_allclose(
-        np.take_along_axis(ref, got_ids, axis=1), got_scores, atol=TOL, rtol=TOL
-    )
-    assert all(len(set(row)) == k_eff for row in got_ids.tolist())
-    # ids must agree wherever the reference score is separated from every other score
-    sorted_all = np.sort(key, axis=1)
-    for r in range(ref.shape[0]):
-        for j in range(k_eff):
-            s = key[r, order[r, j]]
-            n_close = np.sum(np.abs(sorted_all[r] - s) <= 10 * TOL)
-            if n_close == 1:
-                assert got_ids[r, j] == order[r, j], (r, j)
+    return knn_scores(x, q, metric)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,14 +53,14 @@ def test_flat_equals_bruteforce(data, metric, k):
     index = FaissIndex.build(x, KNNParams(index_metric=metric))
     assert isinstance(index, KNNIndex)
     assert (index.ntotal, index.dim, index.metric) == (300, 8, metric)
-    scores, ids = index.search(q, k)
+    ids, scores = index.search(q, k)
     assert scores.dtype == np.float32 and ids.dtype == np.int64
-    assert_topk(brute_scores(x, q, metric), scores, ids, k, metric)
+    assert_top_k(brute_scores(x, q, metric), ids, scores, k, metric)
 
 
 def test_l2_scores_are_ascending_squared_distances(data):
     x, q = data
-    scores, ids = FaissIndex.build(x, KNNParams(index_metric="L2")).search(q, 20)
+    ids, scores = FaissIndex.build(x, KNNParams(index_metric="L2")).search(q, 20)
     assert np.all(np.diff(scores, axis=1) >= 0)
     # squared (not plain) Euclidean distance, computed here by hand for one pair
     d2 = float(np.sum((q[0].astype(np.float64) - x[ids[0, 0]]) ** 2))
@@ -106,7 +70,7 @@ def test_l2_scores_are_ascending_squared_distances(data):
 @pytest.mark.parametrize("metric", ["INNER_PRODUCT", "COSINE"])
 def test_similarity_scores_descending(data, metric):
     x, q = data
-    scores, _ = FaissIndex.build(x, KNNParams(index_metric=metric)).search(q, 50)
+    _, scores = FaissIndex.build(x, KNNParams(index_metric=metric)).search(q, 50)
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
@@ -116,9 +80,9 @@ def test_cosine_is_scale_invariant(data):
     scale = np.linspace(0.1, 50, len(x), dtype=np.float32)[:, None]
     a = FaissIndex.build(x, KNNParams(index_metric="COSINE")).search(q, 15)
     b = FaissIndex.build(x * scale, KNNParams(index_metric="COSINE")).search(q * 7.0, 15)
-    np.testing.assert_array_equal(a[1], b[1])
-    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
-    assert np.all(np.abs(a[0]) <= 1 + 1e-5)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5)
+    assert np.all(np.abs(a[1]) <= 1 + 1e-5)
 
 
 def test_cosine_does_not_mutate_inputs(data):
@@ -132,15 +96,15 @@ def test_cosine_does_not_mutate_inputs(data):
 def test_hand_computed_tiny_case():
     x = np.array([[1, 0], [0, 1], [1, 1], [-1, 0]], dtype=np.float32)
     q = np.array([[2, 1]], dtype=np.float32)
-    ip_s, ip_i = FaissIndex.build(x, KNNParams(index_metric="INNER_PRODUCT")).search(q, 4)
+    ip_i, ip_s = FaissIndex.build(x, KNNParams(index_metric="INNER_PRODUCT")).search(q, 4)
     # <q, x> = 2, 1, 3, -2
     np.testing.assert_array_equal(ip_i, [[2, 0, 1, 3]])
     np.testing.assert_allclose(ip_s, [[3, 2, 1, -2]])
-    l2_s, l2_i = FaissIndex.build(x, KNNParams(index_metric="L2")).search(q, 4)
+    l2_i, l2_s = FaissIndex.build(x, KNNParams(index_metric="L2")).search(q, 4)
     # |q - x|^2 = 1+1, 4+0, 1+0, 9+1
     np.testing.assert_array_equal(l2_i, [[2, 0, 1, 3]])
     np.testing.assert_allclose(l2_s, [[1, 2, 4, 10]])
-    cos_s, cos_i = FaissIndex.build(x, KNNParams(index_metric="COSINE")).search(q, 4)
+    cos_i, cos_s = FaissIndex.build(x, KNNParams(index_metric="COSINE")).search(q, 4)
     # cos = 2/sqrt5, 1/sqrt5, 3/sqrt10, -2/sqrt5
     np.testing.assert_array_equal(cos_i, [[2, 0, 1, 3]])
     r5, r10 = np.sqrt(5), np.sqrt(10)
@@ -151,18 +115,18 @@ def test_hand_computed_tiny_case():
 def test_k_larger_than_ntotal(data, metric):
     x, q = data
     small = x[:7]
-    scores, ids = FaissIndex.build(small, KNNParams(index_metric=metric)).search(q, 50)
+    ids, scores = FaissIndex.build(small, KNNParams(index_metric=metric)).search(q, 50)
     assert scores.shape == ids.shape == (len(q), 7)
     assert (ids >= 0).all()
     np.testing.assert_array_equal(np.sort(ids, axis=1), np.tile(np.arange(7), (len(q), 1)))
-    assert_topk(brute_scores(small, q, metric), scores, ids, 50, metric)
+    assert_top_k(brute_scores(small, q, metric), ids, scores, 50, metric)
 
 
 def test_single_1d_query(data):
     x, q = data
     index = FaissIndex.build(x, KNNParams())
-    s1, i1 = index.search(q[3], 5)
-    s2, i2 = index.search(q[3:4], 5)
+    i1, s1 = index.search(q[3], 5)
+    i2, s2 = index.search(q[3:4], 5)
     assert s1.shape == (1, 5)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(s1, s2)
@@ -182,7 +146,7 @@ def test_backend_build_knn_is_faiss(data):
     x, q = data
     index = get_backend("torch").build_knn(x, KNNParams(index_metric="L2"))
     assert isinstance(index, FaissIndex)
-    assert_topk(brute_scores(x, q, "L2"), *index.search(q, 9), 9, "L2")
+    assert_top_k(brute_scores(x, q, "L2"), *index.search(q, 9), 9, "L2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,8 +161,8 @@ def test_ivf_with_all_lists_probed_is_exact(data, metric):
     )
     index = FaissIndex.build(x, params)
     assert index.index.nlist == 8 and index.index.nprobe == 8
-    scores, ids = index.search(q, 10)
-    assert_topk(brute_scores(x, q, metric), scores, ids, 10, metric)
+    ids, scores = index.search(q, 10)
+    assert_top_k(brute_scores(x, q, metric), ids, scores, 10, metric)
 
 
 def test_ivf_auto_nlist_and_nprobe_clamped(data):
@@ -207,7 +171,7 @@ def test_ivf_auto_nlist_and_nprobe_clamped(data):
     index = FaissIndex.build(x, KNNParams(index_type="faiss.IVFFlat", nprobe=1000))
     assert index.index.nlist == 17
     assert index.index.nprobe == 17
-    assert_topk(brute_scores(x, q, "INNER_PRODUCT"), *index.search(q, 10), 10, "INNER_PRODUCT")
+    assert_top_k(brute_scores(x, q, "INNER_PRODUCT"), *index.search(q, 10), 10, "INNER_PRODUCT")
 
 
 def test_ivf_nlist_larger_than_n_is_clamped():
@@ -218,7 +182,7 @@ def test_ivf_nlist_larger_than_n_is_clamped():
     )
     assert index.index.nlist == 5
     q = rng.normal(size=(4, 3)).astype(np.float32)
-    assert_topk(brute_scores(x, q, "INNER_PRODUCT"), *index.search(q, 5), 5, "INNER_PRODUCT")
+    assert_top_k(brute_scores(x, q, "INNER_PRODUCT"), *index.search(q, 5), 5, "INNER_PRODUCT")
 
 
 def test_ivf_with_training_sample_all_probed_is_exact(data):
@@ -232,7 +196,7 @@ def test_ivf_with_training_sample_all_probed_is_exact(data):
     )
     index = FaissIndex.build(x, params)
     assert index.ntotal == 300  # the sample only trains the quantizer; every vector is added
-    assert_topk(brute_scores(x, q, "L2"), *index.search(q, 10), 10, "L2")
+    assert_top_k(brute_scores(x, q, "L2"), *index.search(q, 10), 10, "L2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,9 +294,9 @@ def test_nan_queries_rejected(data):
 def test_wrong_dimension_rejected(data):
     x, q = data
     index = FaissIndex.build(x, KNNParams())
-    with pytest.raises(DataError, match="queries have dimension 5 but the index has dimension 8"):
+    with pytest.raises(DataError, match="queries have dimension 5 but the index holds 8-d vectors"):
         index.search(q[:, :5], 3)
-    with pytest.raises(DataError, match="must be 2-D"):
+    with pytest.raises(DataError, match="must be a 2-D numeric array"):
         index.search(q.reshape(57, 2, 4), 3)
 
 
@@ -347,13 +311,13 @@ def test_bad_k_rejected(data, k):
 def test_numpy_integer_k_accepted(data):
     x, q = data
     index = FaissIndex.build(x, KNNParams())
-    np.testing.assert_array_equal(index.search(q, np.int64(4))[1], index.search(q, 4)[1])
+    np.testing.assert_array_equal(index.search(q, np.int64(4))[0], index.search(q, 4)[0])
 
 
 def test_empty_and_bad_shape_vectors_rejected():
     with pytest.raises(DataError, match="zero vectors"):
         FaissIndex.build(np.zeros((0, 4), dtype=np.float32), KNNParams())
-    with pytest.raises(DataError, match="must be 2-D"):
+    with pytest.raises(DataError, match="must be a 2-D numeric array"):
         FaissIndex.build(np.zeros((2, 2, 2), dtype=np.float32), KNNParams())
 
 
@@ -363,17 +327,14 @@ def test_float64_and_noncontiguous_inputs(data):
     a = FaissIndex.build(x, KNNParams()).search(q, 5)
     x64 = np.asfortranarray(x.astype(np.float64))
     b = FaissIndex.build(x64, KNNParams()).search(q.astype(np.float64)[::1], 5)
-    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
     c = FaissIndex.build(x, KNNParams()).search(np.repeat(q, 2, axis=0)[::2], 5)
-    np.testing.assert_array_equal(a[1], c[1])
+    np.testing.assert_array_equal(a[0], c[0])
 
 
 # ---------------------------------------------------------------------------------------------
-# search with exclusion (native kernel)
+# search with exclusion: KNNIndex.search(..., exclude=), once for every index
 # ---------------------------------------------------------------------------------------------
-needs_native = pytest.mark.skipif(_kernel.load() is None, reason="native kernels not built here")
-
-
 def _int_case(rng, n_items=300, n_q=70, d=6, excl_density=0.2):
     """Small-integer vectors: every inner product is exact in float32 and ties are common."""
     items = rng.integers(-3, 4, size=(n_items, d)).astype(np.float32)
@@ -382,96 +343,111 @@ def _int_case(rng, n_items=300, n_q=70, d=6, excl_density=0.2):
     return items, q, excl
 
 
-def _brute_excluding(items, q, excl, k):
-    """Reference: every item scored in float64, excluded ones dropped, sorted by (-score, id)."""
-    S = q.astype(np.float64) @ items.astype(np.float64).T
-    ids = np.full((len(q), k), -1)
-    out = np.full((len(q), k), -np.inf)
-    for r in range(len(q)):
-        keep = np.setdiff1d(np.arange(items.shape[0]), excl[r].indices)
-        order = keep[np.lexsort((keep, -S[r, keep]))][:k]
-        ids[r, : len(order)] = order
-        out[r, : len(order)] = S[r, order]
-    return ids, out
+class BruteIndex(KNNIndex):
+    """A numpy inner-product index that returns candidates in an arbitrary (reversed-id) order
+    among equal scores, optionally with a depth limit, counting its calls."""
+
+    metric = "INNER_PRODUCT"
+
+    def __init__(self, vectors, max_k=None, batch_size=None):
+        self.x = np.asarray(vectors, dtype=np.float32)
+        self.ntotal, self.dim = self.x.shape
+        self.max_k, self.batch_size = max_k, batch_size
+        self.calls: list[tuple[int, int]] = []
+
+    def _search(self, queries, k):
+        assert k <= (self.max_k or self.ntotal)
+        self.calls.append((len(queries), k))
+        s = queries @ self.x.T
+        order = np.lexsort((-np.arange(self.ntotal)[None, :].repeat(len(s), 0), -s), axis=1)[:, :k]
+        return order, np.take_along_axis(s, order, 1)
 
 
-@needs_native
 @pytest.mark.parametrize("k", [1, 10, 100, 290, 400])
-def test_search_excluding_equals_brute_force_with_ties(k):
+@pytest.mark.parametrize("kind", ["faiss", "brute"])
+def test_search_excluding_equals_brute_force_with_ties(k, kind):
     rng = np.random.default_rng(0)
     items, q, excl = _int_case(rng)
-    index = FaissIndex.build(items, KNNParams())
-    scores, ids = index.search_excluding(q, k, excl)
-    ref_ids, ref_scores = _brute_excluding(items, q, excl, k)
-    assert ids.shape == scores.shape == (len(q), k)
-    np.testing.assert_array_equal(ids, ref_ids)  # same ids, same order, same -1 padding
+    index = FaissIndex.build(items, KNNParams()) if kind == "faiss" else BruteIndex(items)
+    ids, scores = index.search(q, k, exclude=excl)
+    ref_ids, ref_scores = knn_brute_force(items, q, k, exclude=excl)
+    assert ids.shape == scores.shape == (len(q), min(k, 300))
+    np.testing.assert_array_equal(ids, ref_ids)  # same ids, same order (ties by id), same -1 padding
     np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
-    for r in range(len(q)):  # never an excluded id
-        assert not np.isin(ids[r], excl[r].indices).any()
 
 
-@needs_native
-def test_search_excluding_without_exclusions_equals_faiss_search():
-    rng = np.random.default_rng(1)
-    items = rng.normal(size=(500, 9)).astype(np.float32)  # continuous: no ties
-    q = rng.normal(size=(40, 9)).astype(np.float32)
-    index = FaissIndex.build(items, KNNParams())
-    s1, i1 = index.search_excluding(q, 50, None)
-    s2, i2 = index.search(q, 50)
-    np.testing.assert_array_equal(i1, i2)
-    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-5)
+def test_each_query_is_searched_only_as_deep_as_it_needs():
+    """A few heavy raters do not make every query deep: groups by excluded count."""
+    rng = np.random.default_rng(7)
+    items = rng.normal(size=(2000, 5)).astype(np.float32)  # no ties: no tie re-searches
+    q = rng.normal(size=(5000, 5)).astype(np.float32)
+    rows = [rng.choice(2000, size=1000 if r < 3 else 2, replace=False) for r in range(len(q))]
+    excl = sp.csr_matrix((np.ones(sum(map(len, rows)), bool), np.concatenate(rows),
+                          np.r_[0, np.cumsum([len(r) for r in rows])]), shape=(len(q), 2000))  # fmt: skip
+    index = BruteIndex(items)
+    ids, _ = index.search(q, 10, exclude=excl)
+    deep = [n for n, depth in index.calls if depth > 100]
+    assert sum(deep) == 3  # only the three heavy raters are searched deep
+    sample = [0, 1, 2, 3, 4999]
+    np.testing.assert_array_equal(ids[sample], knn_brute_force(items, q[sample], 10, exclude=excl[sample])[0])
 
 
-@needs_native
-def test_search_excluding_a_query_gets_the_same_bits_alone_or_in_a_batch():
-    """Scores use a fixed summation order: searching one customer alone, or with others, or
-    split over threads, gives bit-identical scores (and so the same order of near-ties)."""
+def test_a_query_gets_the_same_list_alone_or_in_a_batch():
     rng = np.random.default_rng(6)
-    items = rng.normal(size=(700, 33)).astype(np.float32)
-    q = rng.normal(size=(600, 33)).astype(np.float32)
-    index = FaissIndex.build(items, KNNParams(threads=2))
-    s_all, i_all = index.search_excluding(q, 20, None)  # two threads of 300 queries
-    for r in (0, 299, 300, 599):
-        s1, i1 = index.search_excluding(q[r], 20, None)
-        assert np.array_equal(s1[0], s_all[r]) and np.array_equal(i1[0], i_all[r])
+    items, q, excl = _int_case(rng, n_items=200, n_q=300, d=4)
+    index = FaissIndex.build(items, KNNParams(query_batch_size=64))
+    ids, scores = index.search(q, 20, exclude=excl)
+    for r in (0, 63, 64, 299):
+        i1, s1 = index.search(q[r], 20, exclude=excl[r])
+        np.testing.assert_array_equal(i1[0], ids[r])
+        np.testing.assert_array_equal(s1[0], scores[r])
 
 
-@needs_native
-def test_search_excluding_everything_excluded_and_threads():
+def test_everything_excluded_gives_empty_rows():
     rng = np.random.default_rng(2)
     items, q, _ = _int_case(rng, n_items=20, n_q=5)
     everything = sp.csr_matrix(np.ones((5, 20), dtype=bool))
-    scores, ids = FaissIndex.build(items, KNNParams()).search_excluding(q, 3, everything)
+    ids, scores = FaissIndex.build(items, KNNParams()).search(q, 3, exclude=everything)
     assert (ids == -1).all() and np.isneginf(scores).all()
-    # queries split over threads give what each query gives alone
-    items, q, excl = _int_case(rng, n_items=1 << 12, n_q=2100, d=4, excl_density=0.001)
-    index = FaissIndex.build(items, KNNParams(threads=2))
-    _, ids = index.search_excluding(q, 7, excl)  # two threads of 1,050 queries
-    for r in (0, 1049, 1050, 2099):
-        ref, _ = _brute_excluding(items, q[r : r + 1], excl[r : r + 1], 7)
-        np.testing.assert_array_equal(ids[r], ref[0])
+    ids, scores = FaissIndex.build(items, KNNParams(index_metric="L2")).search(q, 3, exclude=everything)
+    assert (ids == -1).all() and np.isposinf(scores).all()
 
 
-@needs_native
-def test_search_excluding_rejects_bad_input():
+@pytest.mark.parametrize("metric", ["L2", "COSINE"])
+def test_exclusion_with_other_metrics_equals_brute_force(metric):
+    rng = np.random.default_rng(5)
+    items, q, excl = _int_case(rng, n_items=64, n_q=9)
+    items += rng.normal(scale=1e-3, size=items.shape).astype(np.float32)  # no zero vectors for COSINE
+    ids, scores = FaissIndex.build(items, KNNParams(index_metric=metric)).search(q, 12, exclude=excl)
+    assert_top_k(knn_scores(items, q, metric), ids, scores, 12, metric, exclude=excl)
+
+
+def test_a_depth_limited_index_completes_or_says_so():
+    """An index that answers at most max_k neighbours (SageMaker's k-NN) is searched once at
+    that depth; rows left short are completed by _complete (an error by default)."""
+    rng = np.random.default_rng(3)
+    items, q, excl = _int_case(rng, n_items=50, n_q=6, excl_density=0.6)
+    index = BruteIndex(items, max_k=30)
+    with pytest.raises(BackendError, match="need more than the 30 neighbours"):
+        index.search(q, 20, exclude=excl)
+
+    class Completing(BruteIndex):
+        def _complete(self, queries, k, exclude):
+            return knn_brute_force(self.x, queries, k, exclude=exclude)
+
+    index = Completing(items, max_k=30)
+    ids, _ = index.search(q, 20, exclude=excl)
+    np.testing.assert_array_equal(ids, knn_brute_force(items, q, 20, exclude=excl)[0])
+    assert {depth for _, depth in index.calls} == {30}
+
+
+def test_exclusion_rejects_bad_input():
     rng = np.random.default_rng(4)
     items, q, excl = _int_case(rng, n_items=30, n_q=4)
     index = FaissIndex.build(items, KNNParams())
     with pytest.raises(DataError, match="exclude must have shape"):
-        index.search_excluding(q, 3, excl[:2])
+        index.search(q, 3, exclude=excl[:2])
     with pytest.raises(DataError, match="k must be"):
-        index.search_excluding(q, 0, excl)
+        index.search(q, 0, exclude=excl)
     with pytest.raises(DataError, match="dimension"):
-        index.search_excluding(q[:, :2], 3, excl)
-
-
-@pytest.mark.parametrize(
-    "params", [KNNParams(index_metric="L2"), KNNParams(index_metric="COSINE"),
-               KNNParams(index_type="faiss.IVFFlat", faiss_index_ivf_nlists=4)],
-)  # fmt: skip
-def test_search_excluding_declines_other_indexes(params, monkeypatch):
-    rng = np.random.default_rng(5)
-    items, q, excl = _int_case(rng, n_items=64, n_q=3)
-    assert FaissIndex.build(items, params).search_excluding(q, 3, excl) is None
-    monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
-    assert FaissIndex.build(items, KNNParams()).search_excluding(q, 3, excl) is None
+        index.search(q[:, :2], 3, exclude=excl)

@@ -6,7 +6,6 @@ sorted in plain Python, feature matrices written out by hand, and file round tri
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 import scipy.sparse as sp
 
 from backends.base import KNNIndex
-from backends.local import _kernel
 from backends.local.knn import FaissIndex
 from recsys.data.prepare import Mappings, one_hot
 from recsys.data.schema import CUSTOMER, DATE, ITEM, PRODUCT, TITLE, USER
@@ -26,6 +24,7 @@ from recsys.model import FittedFM
 from recsys.params import KNNParams
 from recsys.recommend import RECOMMENDATION_COLUMNS, Recommender, write_recommendations
 from recsys.vectors import fm_vectors, model_layout, user_offsets
+from tests.reference import fm_brute_force
 
 GRID = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
 
@@ -34,13 +33,7 @@ GRID = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
 
 
 def fm_pairwise(fm: FittedFM, x: np.ndarray) -> float:
-    """y(x) = w0 + sum_j w_j x_j + sum_{j<l} <V_j, V_l> x_j x_l, the O(n^2) definition."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    nz = np.flatnonzero(x)
-    y = fm.w0 + sum(float(fm.w[j]) * x[j] for j in nz)
-    for a, b in itertools.combinations(nz, 2):
-        y += float(np.dot(fm.V[a].astype(np.float64), fm.V[b].astype(np.float64))) * x[a] * x[b]
-    return y
+    return float(fm_brute_force(fm.w0, fm.w, fm.V, np.atleast_2d(x))[0])
 
 
 def make_fm(
@@ -102,23 +95,21 @@ def assert_top_with_ties(ids, scores, all_scores, exclude, N):
 
 
 class BruteIndex(KNNIndex):
-    """A numpy inner-product index (ties: lower id first) with SageMaker-like ``max_k``."""
+    """A numpy inner-product index (ties: lower id first), optionally depth-limited."""
 
     metric = "INNER_PRODUCT"
 
-    def __init__(self, vectors, max_k=None, query_chunk=None):
+    def __init__(self, vectors, max_k=None, batch_size=None):
         self.x = np.asarray(vectors, dtype=np.float64)
         self.ntotal, self.dim = self.x.shape
-        self.max_k = max_k
-        self.query_chunk = query_chunk
+        self.max_k, self.batch_size = max_k, batch_size
         self.calls: list[tuple[int, int]] = []
 
-    def search(self, queries, k):
-        q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
-        self.calls.append((len(q), k))
-        s = q @ self.x.T
+    def _search(self, queries, k):
+        self.calls.append((len(queries), k))
+        s = queries.astype(np.float64) @ self.x.T
         order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(s, order, axis=1), order
+        return order, np.take_along_axis(s, order, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +211,7 @@ def test_knn_ranking_equals_fm_ranking():
     fm = make_fm(n_users, n_items, k=6, seed=4)
     U, It = fm_vectors(fm)
     off = user_offsets(fm)
-    raw, ids = FaissIndex.build(It, KNNParams()).search(U, 15)
+    ids, raw = FaissIndex.build(It, KNNParams()).search(U, 15)
     for u in range(n_users):
         s = fm.decision_pairs(np.full(n_items, u), np.arange(n_items))
         expected, exp_scores = brute_top(s.tolist(), set(), 15)
@@ -408,7 +399,7 @@ def test_recommender_with_history_matches_bruteforce():
         (np.ones(len(frame), bool), (frame[USER], frame[ITEM])), shape=(H_USERS, H_ITEMS)
     )
     rec = Recommender(fm, make_mappings(H_USERS, H_ITEMS), seen, user_features=Xu)
-    ids, scores = rec.recommend(np.arange(H_USERS), N=H_ITEMS)
+    ids, scores = rec.recommend(np.arange(H_USERS), k=H_ITEMS)
     for u in range(H_USERS):
         X = design_rows(layout, Xu[[u] * H_ITEMS], np.arange(H_ITEMS))
         s = [fm_pairwise(fm, X[i].toarray()) for i in range(H_ITEMS)]
@@ -434,14 +425,14 @@ def test_recommender_rejects_layout_mismatch():
 @pytest.mark.parametrize("N", [1, 2, 3, 5, 9, 20])
 @pytest.mark.parametrize("exclude", [True, False])
 def test_recommend_equals_bruteforce(rec, fm_scores, N, exclude):
-    ids, scores = rec.recommend(np.arange(N_USERS), N=N, filter_already_liked_items=exclude)
+    ids, scores = rec.recommend(np.arange(N_USERS), k=N, exclude_seen=exclude)
     assert ids.shape == scores.shape == (N_USERS, N)
     assert ids.dtype == np.int64 and scores.dtype == np.float64
     for u in range(N_USERS):
         excl = SEEN[u] if exclude else set()
         assert_top_with_ties(ids[u], scores[u], fm_scores[u].tolist(), excl, N)
         # the scalar API: 1-D, trimmed to the real recommendations
-        i1, s1 = rec.recommend(u, N=N, filter_already_liked_items=exclude)
+        i1, s1 = rec.recommend(u, k=N, exclude_seen=exclude)
         assert i1.ndim == s1.ndim == 1
         assert len(i1) == min(N, N_ITEMS - len(excl))
         assert_top_with_ties(i1, s1, fm_scores[u].tolist(), excl, N)
@@ -452,38 +443,38 @@ def test_ties_at_cutoff_prefer_lower_index_minimal():
     V = np.array([[1.0], [1.0], [1.0], [1.0], [2.0]])
     fm = FittedFM(0.0, np.zeros(5), V, metadata={"n_users": 2, "n_items": 3})
     rec = Recommender(fm, make_mappings(2, 3))
-    assert rec.recommend(0, N=3)[0].tolist() == [2, 0, 1]
-    assert rec.recommend(0, N=1)[0].tolist() == [2]
+    assert rec.recommend(0, k=3)[0].tolist() == [2, 0, 1]
+    assert rec.recommend(0, k=1)[0].tolist() == [2]
 
 
 def test_ties_at_cutoff_prefer_lower_index():
     V = np.array([[1.0], [1.0], [1.0], [1.0], [2.0]])
     fm = FittedFM(0.0, np.zeros(5), V, metadata={"n_users": 2, "n_items": 3})
     rec = Recommender(fm, make_mappings(2, 3))
-    # the N=2 list must be a prefix of the N=3 list [2, 0, 1]; got [2, 1]
-    assert rec.recommend(0, N=2)[0].tolist() == [2, 0]
+    # the k=2 list must be a prefix of the k=3 list [2, 0, 1]; got [2, 1]
+    assert rec.recommend(0, k=2)[0].tolist() == [2, 0]
 
 
 def test_batch_equals_scalar_with_ties(rec):
     # user 5 (nothing seen): item 4 scores 1.5, items 0 and 1 both 1.25
-    batch = rec.recommend(np.arange(N_USERS), N=2)[0]
-    assert rec.recommend(5, N=2)[0].tolist() == batch[5].tolist() == [4, 0]
+    batch = rec.recommend(np.arange(N_USERS), k=2)[0]
+    assert rec.recommend(5, k=2)[0].tolist() == batch[5].tolist() == [4, 0]
 
 
 def test_recommend_seen_items_appear_without_filter(rec, fm_scores):
     # user 4 has seen 7 of 9 items: unfiltered, the best item overall is a seen one
     best = int(np.lexsort((np.arange(N_ITEMS), -fm_scores[4]))[0])
     assert best in SEEN[4]
-    assert rec.recommend(4, N=1, filter_already_liked_items=False)[0].tolist() == [best]
-    assert rec.recommend(4, N=1)[0].tolist() != [best]
-    ids, _ = rec.recommend(4, N=20)
+    assert rec.recommend(4, k=1, exclude_seen=False)[0].tolist() == [best]
+    assert rec.recommend(4, k=1)[0].tolist() != [best]
+    ids, _ = rec.recommend(4, k=20)
     assert sorted(ids.tolist()) == [7, 8]  # every unseen item, nothing else
-    ids, _ = rec.recommend(4, N=20, filter_already_liked_items=False)
+    ids, _ = rec.recommend(4, k=20, exclude_seen=False)
     assert sorted(ids.tolist()) == list(range(N_ITEMS))
 
 
 def test_recommend_scores_descending_and_equal_decision_pairs(rec, grid_fm):
-    ids, scores = rec.recommend(np.arange(N_USERS), N=N_ITEMS)
+    ids, scores = rec.recommend(np.arange(N_USERS), k=N_ITEMS)
     for u in range(N_USERS):
         valid = ids[u] >= 0
         assert np.all(np.diff(scores[u][valid]) <= 0)
@@ -494,9 +485,9 @@ def test_recommend_scores_descending_and_equal_decision_pairs(rec, grid_fm):
 
 def test_recommend_scalar_vs_array_shapes(rec):
     for userid in (3, np.int64(3), np.int32(3)):
-        ids, scores = rec.recommend(userid, N=4)
+        ids, scores = rec.recommend(userid, k=4)
         assert ids.shape == scores.shape == (4,)
-    ids2, scores2 = rec.recommend([3], N=4)
+    ids2, scores2 = rec.recommend([3], k=4)
     assert ids2.shape == (1, 4)
     np.testing.assert_array_equal(ids2[0], ids)
 
@@ -510,9 +501,9 @@ def test_batch_equals_scalar_without_ties():
     rec = Recommender(fm, make_mappings(n_users, n_items), seen)
     users = np.array([5, 0, 2, 0, 11, 7])
     for N in (1, 6, 45):
-        ids_b, scores_b = rec.recommend(users, N=N)
+        ids_b, scores_b = rec.recommend(users, k=N)
         for row, u in enumerate(users):
-            i1, s1 = rec.recommend(int(u), N=N)
+            i1, s1 = rec.recommend(int(u), k=N)
             n = len(i1)
             assert ids_b[row, :n].tolist() == i1.tolist()
             np.testing.assert_array_equal(scores_b[row, :n], s1)
@@ -525,8 +516,8 @@ def test_recommend_bad_input(rec):
     with pytest.raises(DataError, match="user indices"):
         rec.recommend([0, -1])
     for bad in (0, -2, 2.5):
-        with pytest.raises(DataError, match="N must be a positive integer"):
-            rec.recommend(0, N=bad)
+        with pytest.raises(DataError, match="k must be a positive integer"):
+            rec.recommend(0, k=bad)
 
 
 def test_random_fm_recommend_equals_bruteforce():
@@ -536,7 +527,7 @@ def test_random_fm_recommend_equals_bruteforce():
     fm = make_fm(n_users, n_items, k=5, seed=12)
     seen = sp.csr_matrix(rng.random((n_users, n_items)) < 0.2)
     rec = Recommender(fm, make_mappings(n_users, n_items), seen)
-    ids, scores = rec.recommend(np.arange(n_users), N=10)
+    ids, scores = rec.recommend(np.arange(n_users), k=10)
     for u in range(n_users):
         s = [fm_pairwise(fm, one_hot([u], [i], n_users, n_items).toarray()) for i in range(n_items)]
         exp_ids, exp_scores = brute_top(s, set(seen[u].indices.tolist()), 10)
@@ -544,61 +535,30 @@ def test_random_fm_recommend_equals_bruteforce():
         np.testing.assert_allclose(scores[u], exp_scores, rtol=1e-5, atol=1e-5)
 
 
-def test_fake_brute_index_gives_same_results(grid_fm, mappings, seen, rec, monkeypatch):
-    """Any KNNIndex works: a numpy index (chunked queries) gives FAISS's answers."""
-    index = BruteIndex(rec.item_vectors, query_chunk=4)
+def test_any_index_gives_the_same_results(grid_fm, mappings, seen, rec):
+    """Any KNNIndex works: a numpy index searched in batches of 4 queries gives FAISS's answers."""
+    index = BruteIndex(rec.item_vectors, batch_size=4)
     other = Recommender(grid_fm, mappings, seen, index=index)
-    a = other.recommend(np.arange(N_USERS), N=5)
-    b = rec.recommend(np.arange(N_USERS), N=5)
+    a = other.recommend(np.arange(N_USERS), k=5)
+    b = rec.recommend(np.arange(N_USERS), k=5)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    assert max(n for n, _ in index.calls) <= 4  # chunks of at most query_chunk users
-    # users 1, 5, 3 and 0 (0-2 rated) are one batch, searched 5 + 2 + 1 deep; users 2 and 4
-    # (6 and 7 rated) would more than double that depth, so they are searched apart, 9 deep
-    assert index.calls[0] == (4, 8)
-    assert (2, 9) in index.calls
+    assert max(n for n, _ in index.calls) <= 4  # the declared batch size is respected
 
 
-def test_search_depth_follows_each_customers_rated_count(grid_fm, mappings, seen, monkeypatch):
-    """With no minimum batch, customers are searched only as deep as their own number of rated
-    videos (rounded up to a power of two) needs, plus one candidate to see a tie at the cut,
-    and the answers do not change."""
-    import recsys.recommend as recommend_module
-
-    index = BruteIndex(Recommender(grid_fm, mappings, seen, index=BruteIndex(np.zeros((9, 4)))).item_vectors)
-    expected = Recommender(grid_fm, mappings, seen, index=index).recommend(np.arange(N_USERS), N=5)
-    monkeypatch.setattr(recommend_module, "_MIN_BATCH", 1)
-    index.calls.clear()
-    got = Recommender(grid_fm, mappings, seen, index=index).recommend(np.arange(N_USERS), N=5)
-    np.testing.assert_array_equal(got[0], expected[0])
-    np.testing.assert_array_equal(got[1], expected[1])
-    first_calls = {}
-    for n, k in index.calls:
-        first_calls.setdefault(n, []).append(k)
-    # users 1 and 5 rated nothing: 5 + 0 + 1; user 3 rated 1: 5 + 1 + 1; user 0 rated 2:
-    # 5 + 2 + 1; users 2 and 4 rated 6 and 7: 5 + 7 + 1, capped at 9 (ties may deepen a search)
-    assert index.calls[0] == (2, 6)
-    assert (1, 7) in index.calls and (1, 8) in index.calls and (2, 9) in index.calls
-
-
-def test_max_k_too_small_raises_backend_error(grid_fm, mappings, seen):
-    index = BruteIndex(
-        Recommender(grid_fm, mappings, seen, index=BruteIndex(np.zeros((9, 4)))).item_vectors,
-        max_k=5,
-    )
-    rec = Recommender(grid_fm, mappings, seen, index=index)
+def test_a_depth_limited_index_says_what_it_cannot_answer(grid_fm, mappings, seen, rec):
+    index = BruteIndex(rec.item_vectors, max_k=5)
+    limited = Recommender(grid_fm, mappings, seen, index=index)
     # users 0 and 1 have at most 2 seen items: 3 + 2 = 5 neighbours suffice
-    ids, _ = rec.recommend([0, 1], N=3)
-    assert (ids >= 0).all()
+    np.testing.assert_array_equal(limited.recommend([0, 1], k=3)[0], rec.recommend([0, 1], k=3)[0])
     # user 2 has 6 seen items: 3 + 6 = 9 > 5
-    with pytest.raises(
-        BackendError, match=r"built for k=5 neighbours but 9 are needed .*rebuild it with k >= 9"
-    ):
-        rec.recommend(2, N=3)
+    with pytest.raises(BackendError, match="need more than the 5 neighbours"):
+        limited.recommend(2, k=3)
     # without filtering no margin is needed
-    assert len(rec.recommend(2, N=3, filter_already_liked_items=False)[0]) == 3
+    np.testing.assert_array_equal(limited.recommend(2, k=3, exclude_seen=False)[0],
+                                  rec.recommend(2, k=3, exclude_seen=False)[0])  # fmt: skip
     with pytest.raises(BackendError):
-        rec.recommend_customers(k=3)
+        limited.recommendations(k=3)
 
 
 def test_recommender_constructor_errors(grid_fm, mappings, seen):
@@ -612,7 +572,7 @@ def test_recommender_constructor_errors(grid_fm, mappings, seen):
 
 def test_no_seen_matrix(grid_fm, mappings, fm_scores):
     rec = Recommender(grid_fm, mappings)
-    ids, scores = rec.recommend(np.arange(N_USERS), N=N_ITEMS)
+    ids, scores = rec.recommend(np.arange(N_USERS), k=N_ITEMS)
     for u in range(N_USERS):
         assert ids[u].tolist() == brute_top(fm_scores[u].tolist(), set(), N_ITEMS)[0]
     np.testing.assert_array_equal(rec.item_popularity, np.zeros(N_ITEMS))
@@ -643,7 +603,7 @@ def frame_rows(frame):
             frame["rank"],
             frame[PRODUCT],
             titles,
-            frame["score"],
+            frame["score"].astype(object).where(frame["score"].notna(), None),
             frame["fallback"],
             strict=True,
         )
@@ -651,8 +611,8 @@ def frame_rows(frame):
 
 
 @pytest.mark.parametrize("k", [1, 4, 12])
-def test_recommend_customers_all(rec, mappings, fm_scores, k):
-    got = rec.recommend_customers(k=k)
+def test_recommendations_all(rec, mappings, fm_scores, k):
+    got = rec.recommendations(k=k)
     assert tuple(got.columns) == RECOMMENDATION_COLUMNS
     expected = []
     for u in range(N_USERS):
@@ -664,8 +624,8 @@ def test_recommend_customers_all(rec, mappings, fm_scores, k):
     assert not got["fallback"].any()
 
 
-def test_recommend_customers_exclude_seen_false(rec, mappings, fm_scores):
-    got = rec.recommend_customers(k=3, exclude_seen=False)
+def test_recommendations_exclude_seen_false(rec, mappings, fm_scores):
+    got = rec.recommendations(k=3, exclude_seen=False)
     expected = []
     for u in range(N_USERS):
         expected += expected_rows(
@@ -674,14 +634,14 @@ def test_recommend_customers_exclude_seen_false(rec, mappings, fm_scores):
     assert frame_rows(got) == expected
 
 
-def test_recommend_customers_unknown_get_popularity(rec, mappings, fm_scores):
+def test_recommendations_unknown_get_popularity(rec, mappings, fm_scores):
     order, pop = popularity_order(SEEN, N_ITEMS)
     assert pop == [2, 2, 2, 2, 2, 2, 2, 1, 1]  # written out from SEEN: ties decided by index
     asked = [205, 999999, "nope", "413", 101]
-    got = rec.recommend_customers(asked, k=4)
+    got = rec.recommendations(asked, k=4)
     assert tuple(got.columns) == RECOMMENDATION_COLUMNS
-    fallback = [
-        (c, r + 1, mappings.product_ids[i], mappings.product_titles[i], float(pop[i]), True)
+    fallback = [  # the popular videos with no score: a rating count is not an FM score
+        (c, r + 1, mappings.product_ids[i], mappings.product_titles[i], None, True)
         for c in (999999, "nope")
         for r, i in enumerate(order[:4])
     ]
@@ -697,30 +657,30 @@ def test_recommend_customers_unknown_get_popularity(rec, mappings, fm_scores):
 def test_fallback_k_larger_than_catalogue_and_custom_popularity(grid_fm, mappings, seen):
     popularity = np.array([0, 5, 1, 5, 9, 0, 2, 2, 3], dtype=float)
     rec = Recommender(grid_fm, mappings, seen, item_popularity=popularity)
-    got = rec.recommend_customers(["unknown"], k=12)
+    got = rec.recommendations(["unknown"], k=12)
     # 9 > 5 = 5 > 3 > 2 = 2 > 1 > 0 = 0, ties by lower index
     assert got[PRODUCT].tolist() == [mappings.product_ids[i] for i in (4, 1, 3, 8, 6, 7, 2, 0, 5)]
-    assert got["score"].tolist() == [9, 5, 5, 3, 2, 2, 1, 0, 0]
+    assert got["score"].isna().all()
     assert got["rank"].tolist() == list(range(1, 10))
     assert got["fallback"].all()
 
 
 def test_iter_recommendations_chunks_equal_whole(rec):
-    whole = rec.recommend_customers(k=5)
+    whole = rec.recommendations(k=5)
     chunks = list(rec.iter_recommendations(k=5, chunk_size=4))
     assert len(chunks) == 2
     pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole)
 
 
-def test_recommend_customers_bad_k(rec):
+def test_recommendations_bad_k(rec):
     for bad in (0, -1, 1.5):
-        with pytest.raises(ConfigError, match="k must be a positive integer"):
-            rec.recommend_customers(k=bad)
+        with pytest.raises(DataError, match="k must be a positive integer"):
+            rec.recommendations(k=bad)
 
 
 def test_default_k_is_knn_params_k(grid_fm, mappings, seen):
     rec = Recommender(grid_fm, mappings, seen, knn_params=KNNParams(k=2))
-    got = rec.recommend_customers()
+    got = rec.recommendations()
     assert got.groupby(CUSTOMER).size().tolist() == [2] * N_USERS
 
 
@@ -756,16 +716,16 @@ def test_similar_items_bruteforce_cosine(rand_rec, item, N):
     np.testing.assert_allclose(scores, exp_scores, atol=1e-5)
 
 
-def test_similar_products_frame(rand_rec):
+def test_similar_frame(rand_rec):
     rec, fm, _ = rand_rec
-    got = rec.similar_products(rec.mappings.product_ids[7], k=4)
+    got = rec.similar(rec.mappings.product_ids[7], k=4)
     exp_ids, exp_scores = brute_similar(fm, 8, 7, 4)
     assert got[PRODUCT].tolist() == [rec.mappings.product_ids[i] for i in exp_ids]
     assert got[TITLE].tolist() == [f"Video {i}" for i in exp_ids]
     assert got["rank"].tolist() == [1, 2, 3, 4]
     np.testing.assert_allclose(got["score"], exp_scores, atol=1e-5)
     with pytest.raises(DataError, match="unknown product_id"):
-        rec.similar_products("nope")
+        rec.similar("nope")
     with pytest.raises(DataError, match=r"item index must be in \[0, 30\)"):
         rec.similar_items(30)
 
@@ -843,7 +803,7 @@ def read_back(path: Path) -> pd.DataFrame:
 
 
 def test_write_parquet_round_trip(rec, tmp_path):
-    frame = rec.recommend_customers(k=4)
+    frame = rec.recommendations(k=4)
     assert frame[TITLE].isna().any()  # item 4 has no title
     path = write_recommendations(frame, tmp_path / "recs.parquet")
     assert path == tmp_path / "recs.parquet"
@@ -852,7 +812,7 @@ def test_write_parquet_round_trip(rec, tmp_path):
 
 
 def test_write_csv_round_trip(rec, tmp_path):
-    frame = rec.recommend_customers(k=4)
+    frame = rec.recommendations(k=4)
     path = write_recommendations(frame, tmp_path / "recs.csv")
     back = read_back(path)
     assert list(back.columns) == list(RECOMMENDATION_COLUMNS)
@@ -862,11 +822,11 @@ def test_write_csv_round_trip(rec, tmp_path):
 
 @pytest.mark.parametrize("name", ["recs.parquet", "recs.csv"])
 def test_write_chunked_iterable(rec, tmp_path, name):
-    whole = rec.recommend_customers(k=3)
+    whole = rec.recommendations(k=3)
     path = write_recommendations(rec.iter_recommendations(k=3, chunk_size=2), tmp_path / name)
     pd.testing.assert_frame_equal(read_back(path), whole, check_dtype=name.endswith(".parquet"))
     # a later chunk of unknown customers (object-dtype ids, fallback rows) appends fine
-    chunks = [whole.iloc[:5], rec.recommend_customers([999, 998], k=3)]
+    chunks = [whole.iloc[:5], rec.recommendations([999, 998], k=3)]
     path = write_recommendations(iter(chunks), tmp_path / ("b" + name))
     back = read_back(path)
     assert len(back) == 5 + 6
@@ -875,7 +835,7 @@ def test_write_chunked_iterable(rec, tmp_path, name):
 
 
 def test_write_explicit_format_and_bad_format(rec, tmp_path):
-    frame = rec.recommend_customers(k=2)
+    frame = rec.recommendations(k=2)
     path = write_recommendations(frame, tmp_path / "recs.out", fmt="CSV")
     pd.testing.assert_frame_equal(
         pd.read_csv(path, dtype={PRODUCT: str, TITLE: "string"}), frame, check_dtype=False
@@ -894,7 +854,7 @@ def test_write_empty_iterable_parquet(tmp_path):
 @pytest.mark.parametrize("name", ["recs.parquet", "recs.csv"])
 @pytest.mark.parametrize("existing", [False, True])
 def test_interrupted_write_leaves_nothing(rec, tmp_path, name, existing):
-    frame = rec.recommend_customers(k=3)
+    frame = rec.recommendations(k=3)
     target = tmp_path / name
     if existing:
         target.write_bytes(b"old content")
@@ -911,34 +871,3 @@ def test_interrupted_write_leaves_nothing(rec, tmp_path, name, existing):
         assert [p.name for p in tmp_path.iterdir()] == [name]
     else:
         assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.skipif(_kernel.load() is None, reason="native kernels not built here")
-def test_exclusion_search_equals_the_deep_faiss_search(monkeypatch):
-    """The native exclusion search (default for flat inner product) and the general path
-    (FAISS searched deep enough, seen dropped afterwards) give the same lists."""
-    n_users, n_items = 300, 400
-    fm = make_fm(n_users, n_items, seed=11)
-    rng = np.random.default_rng(11)
-    seen = sp.random(n_users, n_items, density=0.15, format="lil", random_state=rng, dtype=bool)
-    seen[7] = True  # a customer who rated everything
-    seen = sp.csr_matrix(seen)
-    users = np.arange(n_users)
-    fast = Recommender(fm, make_mappings(n_users, n_items), seen)
-    assert fast.index.search_excluding(fast.user_vectors[:1], 5, seen[:1]) is not None
-    ids_fast, scores_fast = fast.recommend(users, 50)
-    monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
-    deep = Recommender(fm, make_mappings(n_users, n_items), seen)
-    assert deep.index.search_excluding(deep.user_vectors[:1], 5, seen[:1]) is None
-    ids_deep, scores_deep = deep.recommend(users, 50)
-    np.testing.assert_allclose(scores_fast, scores_deep, rtol=1e-5, atol=1e-5)
-    # FAISS's BLAS product and the kernel's fixed-order dot product round differently, so two
-    # videos whose scores differ by an ulp may swap; nothing else may differ
-    diff = np.argwhere(ids_fast != ids_deep)
-    assert len(diff) <= 4
-    for r, c in diff:
-        other = np.flatnonzero(ids_deep[r] == ids_fast[r, c])
-        assert len(other) == 0 or abs(scores_deep[r, other[0]] - scores_fast[r, c]) < 1e-5
-    assert (ids_fast[7] == -1).all()
-    for u in users:
-        assert not np.isin(ids_fast[u], seen[u].indices).any()

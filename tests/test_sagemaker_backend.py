@@ -21,6 +21,7 @@ pytest.importorskip("sagemaker")
 pytest.importorskip("moto")
 pytest.register_assert_rewrite("tests.sagemaker_fakes")
 
+from backends.base import TrainOptions  # noqa: E402
 from backends.sagemaker import (  # noqa: E402
     SAGEMAKER_OPTIONS,
     FMEndpoint,
@@ -95,8 +96,8 @@ def test_fit_fm_round_trip_is_lossless(
     X, y = one_hot_problem(classifier=classifier)
     Xe, ye = one_hot_problem(n=20, seed=1, classifier=classifier)
     params = FMParams(num_factors=4, epochs=3, predictor_type=ptype, mini_batch_size=16)
-    eval_kw = {"X_eval": Xe, "y_eval": ye} if with_eval else {}
-    fm = sagemaker_backend.fit_fm(X, y, params, metadata={"n_users": 12, "n_items": 9}, **eval_kw)
+    eval_kw = {"eval_set": (Xe, ye)} if with_eval else {}
+    fm = sagemaker_backend.fit_fm(X, y, params, options=TrainOptions(metadata={"n_users": 12, "n_items": 9}), **eval_kw)
 
     job = fm.metadata["training_job_name"]
     # The channels decode to exactly the X and y given.
@@ -185,15 +186,13 @@ def test_fit_fm_rejects_bad_input_before_touching_aws(sagemaker_backend):
         sagemaker_backend.fit_fm(X, y, FMParams(predictor_type="binary_classifier"))
     with pytest.raises(DataError, match="21 columns but feature_dim is 5"):
         sagemaker_backend.fit_fm(X, y, FMParams(feature_dim=5))
-    with pytest.raises(DataError, match="both X_eval and y_eval"):
-        sagemaker_backend.fit_fm(X, y, FMParams(), X_eval=X)
     assert sagemaker_backend.plan == []
 
 
 def test_callbacks_and_local_only_options_are_ignored_with_a_warning(sagemaker_backend, caplog):
     X, y = one_hot_problem()
     fm = sagemaker_backend.fit_fm(
-        X, y, FMParams(num_factors=2, seed=3), callbacks=[lambda info: None]
+        X, y, FMParams(num_factors=2, seed=3), options=TrainOptions(callbacks=[lambda info: None])
     )
     assert "cannot call per-epoch callbacks" in caplog.text
     assert "seed only apply to the torch backend" in caplog.text
@@ -227,7 +226,7 @@ def test_knn_search_equals_brute_force(
     Q = rng.normal(size=(9, 6)).astype(np.float32)
     index = sagemaker_backend.build_knn(V, KNNParams(k=10, index_metric=metric))
     assert (index.ntotal, index.dim, index.k, index.metric) == (40, 6, 10, metric)
-    scores, ids = index.search(Q, 7)
+    ids, scores = index.search(Q, 7)
 
     want_scores, want_ids = expected_top_k(V, Q, 7, metric)
     assert scores.shape == ids.shape == (9, 7)
@@ -273,11 +272,10 @@ def test_knn_search_equals_brute_force(
 def test_knn_k_is_fixed_at_training(sagemaker_backend):
     rng = np.random.default_rng(0)
     index = sagemaker_backend.build_knn(rng.normal(size=(20, 4)), KNNParams(k=5))
-    with pytest.raises(
-        ConfigError, match=r"trained with k=5.*Rebuild the index with KNNParams\(k=6\)"
-    ):
+    with pytest.raises(BackendError, match=r"need more than the 5 neighbours .* rebuild it with a larger k"):
         index.search(rng.normal(size=(2, 4)), 6)
-    with pytest.raises(DataError, match="3 columns but the index holds 4-d"):
+    index.transform_jobs.clear()
+    with pytest.raises(DataError, match="dimension 3 but the index holds 4-d"):
         index.search(rng.normal(size=(2, 3)), 2)
     with pytest.raises(DataError, match="positive integer"):
         index.search(rng.normal(size=(2, 4)), 0)
@@ -293,17 +291,17 @@ def test_knn_more_neighbours_than_vectors_and_padding(
     index = sagemaker_backend.build_knn(V, KNNParams(k=10))
     desc = sagemaker_session.sagemaker_client.describe_training_job(TrainingJobName=index.job_name)
     assert desc["HyperParameters"]["k"] == "5"  # capped at the number of vectors
-    scores, ids = index.search(Q, 8)
+    ids, scores = index.search(Q, 8)
     assert ids.shape == (4, 5)  # min(k, ntotal)
     np.testing.assert_array_equal(ids, expected_top_k(V, Q, 5, "INNER_PRODUCT")[1])
     # A 1-D query is one row; no query at all runs no job.
     assert index.search(Q[0], 2)[1].shape == (1, 2)
-    empty_scores, empty_ids = index.search(np.empty((0, 3)), 2)
+    empty_ids, empty_scores = index.search(np.empty((0, 3)), 2)
     assert empty_scores.shape == empty_ids.shape == (0, 2)
     assert len(index.transform_jobs) == 2
     # Fewer neighbours than asked (possible with approximate indexes): padded.
     sagemaker_fake.knn_max_neighbours = 2
-    scores, ids = index.search(Q, 4)
+    ids, scores = index.search(Q, 4)
     np.testing.assert_array_equal(ids[:, 2:], -1)
     assert np.isneginf(scores[:, 2:]).all() and np.isfinite(scores[:, :2]).all()
     np.testing.assert_array_equal(ids[:, :2], expected_top_k(V, Q, 2, "INNER_PRODUCT")[1])
@@ -313,7 +311,7 @@ def test_knn_l2_padding_is_positive_infinity(sagemaker_backend, sagemaker_fake):
     rng = np.random.default_rng(2)
     index = sagemaker_backend.build_knn(rng.normal(size=(6, 2)), KNNParams(k=4, index_metric="L2"))
     sagemaker_fake.knn_max_neighbours = 1
-    scores, ids = index.search(rng.normal(size=(3, 2)), 3)
+    ids, scores = index.search(rng.normal(size=(3, 2)), 3)
     assert np.isposinf(scores[:, 1:]).all() and (ids[:, 1:] == -1).all() and (ids[:, 0] >= 0).all()
 
 
@@ -350,10 +348,10 @@ def test_failed_and_interrupted_transform_jobs(sagemaker_backend, sagemaker_fake
 def test_rank_neighbours_sorts_by_score_and_checks_labels():
     labels = np.array([[3, 0, 2, -1], [1, 2, 0, 3]])
     dist = np.array([[0.5, 2.0, 1.0, np.nan], [0.1, 0.3, 0.2, 0.3]], np.float32)
-    scores, ids = rank_neighbours(labels, dist, 3, "INNER_PRODUCT", ntotal=4)
+    ids, scores = rank_neighbours(labels, dist, 3, "INNER_PRODUCT", ntotal=4)
     np.testing.assert_array_equal(ids, [[0, 2, 3], [2, 3, 0]])  # ties: smaller id first
     np.testing.assert_array_equal(scores, np.array([[2.0, 1.0, 0.5], [0.3, 0.3, 0.2]], np.float32))
-    scores, ids = rank_neighbours(labels, dist, 5, "L2", ntotal=4)
+    ids, scores = rank_neighbours(labels, dist, 5, "L2", ntotal=4)
     np.testing.assert_array_equal(ids, [[3, 2, 0, -1, -1], [1, 0, 2, 3, -1]])
     assert np.isposinf(scores[0, 3:]).all()
     with pytest.raises(BackendError, match="label 4 .* only 4 vectors .* 1-based"):
@@ -606,8 +604,8 @@ def no_network(monkeypatch, tmp_path):
 
 
 def run_pipeline(backend, X, y, yc, V, Q):
-    fm = backend.fit_fm(X, y, FMParams(num_factors=4), X_eval=X[:10], y_eval=y[:10],
-                        metadata={"n_users": 12, "n_items": 9})  # fmt: skip
+    fm = backend.fit_fm(X, y, FMParams(num_factors=4), eval_set=(X[:10], y[:10]),
+                        options=TrainOptions(metadata={"n_users": 12, "n_items": 9}))  # fmt: skip
     fmc = backend.fit_fm(X, yc, FMParams(num_factors=4, predictor_type="binary_classifier"))
     index = backend.build_knn(V, KNNParams(k=10))
     found = index.search(Q, 5)
@@ -622,7 +620,7 @@ def test_dry_run_plans_everything_without_any_network_call(no_network, caplog):
     rng = np.random.default_rng(0)
     V, Q = rng.normal(size=(9, 5)), rng.normal(size=(12, 5))
     backend = SageMakerBackend(dry_run=True, bucket="my-bucket", prefix="exp/1", region=REGION)
-    fm, fmc, index, (scores, ids), predictions = run_pipeline(backend, X, y, yc, V, Q)
+    fm, fmc, index, (ids, scores), predictions = run_pipeline(backend, X, y, yc, V, Q)
     backend.close()
     assert no_network == []
 

@@ -84,20 +84,19 @@ def on_sagemaker(
 
     Returns ``fake`` (the :class:`FakeSageMaker`), ``backends`` (those built) and ``sm`` (a
     SageMaker client on moto, to look at what is left)."""
-    import backends
+    from backends.sagemaker import SageMakerBackend
 
-    original = backends.get_backend
+    original = SageMakerBackend.__init__
     made: list = []
 
-    def get_backend(name: str = "torch", **options):
-        backend = original(name, **options)
-        if backend.name == "sagemaker" and not backend.dry_run:
+    def init(self, **options):
+        original(self, **options)
+        if not self.dry_run:
             assert options.get("session") is None  # the backend builds its own session
-            sagemaker_fake.install(backend, monkeypatch)
-            made.append(backend)
-        return backend
+            sagemaker_fake.install(self, monkeypatch)
+            made.append(self)
 
-    monkeypatch.setattr(backends, "get_backend", get_backend)
+    monkeypatch.setattr(SageMakerBackend, "__init__", init)
     return SimpleNamespace(
         fake=sagemaker_fake, backends=made, sm=sagemaker_session.sagemaker_client
     )

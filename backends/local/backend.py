@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import scipy.sparse as sp
 
-from backends.base import Backend, Callback, KNNIndex
+from backends.base import Backend, KNNIndex, RankingData, TrainOptions
 from recsys.model import FittedFM
 from recsys.params import FMParams, KNNParams
 
@@ -19,6 +16,7 @@ class TorchBackend(Backend):
     """Trains on this machine: :func:`backends.local.fm.train_fm` and FAISS indexes."""
 
     name = "torch"
+    ranking_losses = ("softmax", "bpr", "classifier")
 
     def fit_fm(
         self,
@@ -26,40 +24,26 @@ class TorchBackend(Backend):
         y: np.ndarray,
         params: FMParams,
         *,
-        X_eval: sp.csr_matrix | None = None,
-        y_eval: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-        show_progress: bool = False,
-        metadata: dict[str, Any] | None = None,
+        eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
+        options: TrainOptions | None = None,
     ) -> FittedFM:
         from .fm import train_fm
 
-        return train_fm(
-            X, y, params, X_eval=X_eval, y_eval=y_eval, callbacks=callbacks,
-            show_progress=show_progress, metadata=metadata,
-        )  # fmt: skip
+        return train_fm(X, y, params, eval_set=eval_set, options=options)
 
     def fit_fm_ranking(
         self,
-        users: np.ndarray,
-        items: np.ndarray,
-        layout: Any,
+        data: RankingData,
         params: FMParams,
         *,
-        user_part: sp.csr_matrix | None = None,
         loss: str = "softmax",
         negatives: int = 512,
-        eval_set: tuple[Any, Any, Any] | None = None,
-        callbacks: Sequence[Callback] = (),
-        show_progress: bool = False,
-        metadata: dict[str, Any] | None = None,
+        eval_set: RankingData | None = None,
+        options: TrainOptions | None = None,
     ) -> FittedFM:
         from .ranking import train_fm_ranking
 
-        return train_fm_ranking(
-            users, items, layout, params, user_part=user_part, loss=loss, negatives=negatives,
-            eval_set=eval_set, callbacks=callbacks, show_progress=show_progress, metadata=metadata,
-        )  # fmt: skip
+        return train_fm_ranking(data, params, loss=loss, negatives=negatives, eval_set=eval_set, options=options)
 
     def build_knn(self, vectors: np.ndarray, params: KNNParams) -> KNNIndex:
         from .knn import FaissIndex

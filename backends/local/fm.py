@@ -34,7 +34,7 @@ import ctypes
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from backends.base import Callback, EpochInfo
+from backends.base import EpochInfo, TrainOptions
 from backends.local import _kernel
 from recsys.errors import DataError, ModelFitError
 from recsys.model import FittedFM, check_design
@@ -457,13 +457,13 @@ def train_fm(
     y: np.ndarray,
     params: FMParams,
     *,
-    X_eval: sp.csr_matrix | None = None,
-    y_eval: np.ndarray | None = None,
-    callbacks: Sequence[Callback] = (),
-    show_progress: bool = False,
-    metadata: dict[str, Any] | None = None,
+    eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
+    options: TrainOptions | None = None,
 ) -> FittedFM:
     """Train a factorization machine on ``X, y`` and return the fitted artifact."""
+    options = options or TrainOptions()
+    callbacks, show_progress, metadata = options.callbacks, options.show_progress, options.metadata
+    X_eval, y_eval = eval_set if eval_set is not None else (None, None)
     params.validate()
     classifier = params.predictor_type == "binary_classifier"
     X, y = check_design(X, y, "training data", feature_dim=params.feature_dim, classifier=classifier)

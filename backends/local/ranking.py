@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +30,10 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from backends.base import Callback, EpochInfo
+from backends.base import EpochInfo, TrainOptions
 from recsys.data.prepare import seen_matrix
 from recsys.errors import DataError
-from recsys.features import FeatureLayout
+from recsys.features import RankingData
 from recsys.model import FittedFM
 from recsys.params import FMParams
 
@@ -170,52 +169,30 @@ def _ndcg_at(tr: FMTrainer, data: _CSRTensors, users: torch.Tensor, items: torch
     return total / max(len(users), 1)
 
 
-def _check_pairs(users: Any, items: Any, n_users: int, n_items: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    users = np.asarray(users, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64)
-    if users.shape != items.shape or users.ndim != 1 or users.size == 0:
-        raise DataError(f"{what}: users and items must be non-empty 1-D arrays of equal length")
-    if users.min() < 0 or users.max() >= n_users or items.min() < 0 or items.max() >= n_items:
-        raise DataError(f"{what}: user indices must be in [0, {n_users}) and item indices in [0, {n_items})")
-    return users, items
-
-
-def _onehot_part(users: np.ndarray, layout: FeatureLayout) -> sp.csr_matrix:
-    return sp.csr_matrix((np.ones(len(users), dtype=np.float32), (np.arange(len(users)), users)), shape=(len(users), layout.feature_dim))
-
-
 def train_fm_ranking(
-    users: Any,
-    items: Any,
-    layout: FeatureLayout,
+    data: RankingData,
     params: FMParams,
     *,
-    user_part: sp.spmatrix | None = None,
     loss: str = "softmax",
     negatives: int = 512,
-    eval_set: tuple[Any, Any, sp.spmatrix | None] | None = None,
-    callbacks: Sequence[Callback] = (),
-    show_progress: bool = False,
-    metadata: dict[str, Any] | None = None,
+    eval_set: RankingData | None = None,
+    options: TrainOptions | None = None,
 ) -> FittedFM:
     """Train an FM for ranking on observed (user, item) index pairs; see the module docstring.
 
     Parameters
     ----------
-    users, items : array of int
-        Observed training pairs.
-    layout : FeatureLayout
-        Blocks of the design; ``feature_dim`` of the model.
+    data : RankingData
+        Observed training pairs, their layout (the model's ``feature_dim``) and the customer
+        side of each row (:func:`recsys.features.pair_user_features` adds recent history).
     params : FMParams
         FM hyperparameters (``early_stopping_patience`` uses ``eval_set``).
-    user_part : sparse (len(users), layout.feature_dim), optional
-        The customer side of each training row (default: the user one-hot;
-        :func:`recsys.features.pair_user_features` adds recent history).
     loss : {"softmax", "bpr"}
     negatives : int
         Shared negatives per batch (softmax) or per observed pair (bpr).
-    eval_set : (users, items, user_part), optional
+    eval_set : RankingData, optional
         Held-out pairs scored by NDCG@10 after every epoch.
+    options : TrainOptions, optional
 
     Returns
     -------
@@ -223,28 +200,27 @@ def train_fm_ranking(
         ``predictor_type="binary_classifier"`` (a logistic preference score), with
         ``metadata["objective"] = "ranking"`` and the layout in ``metadata["layout"]``.
     """
+    options = options or TrainOptions()
+    callbacks, show_progress, metadata = options.callbacks, options.show_progress, options.metadata
     params.validate()
     if loss not in RANKING_LOSSES:
         raise DataError(f"ranking loss must be one of {', '.join(RANKING_LOSSES)}, got {loss!r}")
     if not isinstance(negatives, int) or isinstance(negatives, bool) or negatives < 1:
         raise DataError(f"negatives must be a positive integer, got {negatives!r}")
+    layout = data.layout
     n_users, n_items = layout.n_users, layout.n_items
     if n_items < 2:
         raise DataError("ranking needs at least two items")
-    users, items = _check_pairs(users, items, n_users, n_items, "training pairs")
-    if user_part is None:
-        if layout.history_length:
-            raise DataError("a layout with history needs user_part (recsys.features.pair_user_features)")
-        user_part = _onehot_part(users, layout)
-    if user_part.shape != (len(users), layout.feature_dim):
-        raise DataError(f"user_part must have shape ({len(users)}, {layout.feature_dim}), got {user_part.shape}")
+    if len(data) == 0:
+        raise DataError("no training pairs for the ranking model")
+    users, items, user_part = data.users, data.items, data.user_part
     eval_data = None
-    if eval_set is not None:
-        eu, ei = _check_pairs(eval_set[0], eval_set[1], n_users, n_items, "eval_set")
-        ep = eval_set[2] if eval_set[2] is not None else _onehot_part(eu, layout)
-        eval_data = (_CSRTensors(sp.csr_matrix(ep, dtype=np.float32)), torch.from_numpy(eu), torch.from_numpy(ei))
+    if eval_set is not None and len(eval_set):
+        if eval_set.layout != layout:
+            raise DataError("eval_set must have the training data's layout")
+        eval_data = (_CSRTensors(eval_set.user_part), torch.from_numpy(eval_set.users), torch.from_numpy(eval_set.items))
     elif params.early_stopping_patience:
-        raise DataError("early_stopping_patience needs an eval_set")
+        raise DataError("early_stopping_patience needs a non-empty eval_set")
     negatives = min(negatives, n_items - 1)
     rng = np.random.default_rng(params.seed)
     gen = torch.Generator().manual_seed(params.seed)

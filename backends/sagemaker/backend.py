@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from backends.base import Backend, Callback, KNNIndex
+from backends.base import Backend, Callback, KNNIndex, TrainOptions
 from recsys.errors import BackendError, ConfigError, DataError, require
 from recsys.model import FittedFM, check_design
 from recsys.params import FMParams, KNNParams
@@ -163,14 +163,22 @@ class SageMakerBackend(Backend):
     """
 
     name = "sagemaker"
+    ranking_losses = ("classifier",)
+    remote = True
+    supports_dry_run = True
+    options_section = "sagemaker"
 
-    def __init__(self, **options: Any) -> None:
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(SAGEMAKER_OPTIONS))
         if unknown:
             raise ConfigError(
                 f"unknown [sagemaker] option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                 f"valid options: {', '.join(SAGEMAKER_OPTIONS)}"
             )
+
+    def __init__(self, **options: Any) -> None:
+        self.check_options(options)
         self.config = SageMakerConfig(**options).validate()
         self.dry_run = self.config.dry_run
         self._sdk = _import_sdk()
@@ -432,15 +440,12 @@ class SageMakerBackend(Backend):
         y: np.ndarray,
         params: FMParams,
         *,
-        X_eval: sp.csr_matrix | None = None,
-        y_eval: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-        show_progress: bool = False,
-        metadata: dict[str, Any] | None = None,
+        eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
+        options: TrainOptions | None = None,
     ) -> FittedFM:
         """Train SageMaker's ``factorization-machines`` on ``X, y``.
 
-        ``X_eval, y_eval`` become the ``test`` channel (SageMaker reports test metrics on it;
+        ``eval_set = (X_eval, y_eval)`` becomes the ``test`` channel (SageMaker reports test metrics on it;
         they are in ``metadata["final_metrics"]``). The hyperparameters are
         ``params.sagemaker_hyperparameters(X.shape[1])``, the same the torch backend uses.
         Training runs remotely: ``callbacks`` cannot be called per epoch (they are ignored with
@@ -462,14 +467,15 @@ class SageMakerBackend(Backend):
         BackendError
             An AWS call failed or the job failed (the message carries its ``FailureReason``).
         """
+        options = options or TrainOptions()
+        callbacks, metadata = options.callbacks, options.metadata
+        X_eval, y_eval = eval_set if eval_set is not None else (None, None)
         params.validate()
         classifier = params.predictor_type == "binary_classifier"
         X, y = check_design(X, y, "training data", feature_dim=params.feature_dim, classifier=classifier)
         feature_dim = X.shape[1]
-        has_eval = X_eval is not None or y_eval is not None
+        has_eval = eval_set is not None
         if has_eval:
-            if X_eval is None or y_eval is None:
-                raise DataError("pass both X_eval and y_eval (or neither)")
             X_eval, y_eval = check_design(X_eval, y_eval, "evaluation data", feature_dim=feature_dim, classifier=classifier)
         self._warn_local_only(params, callbacks)
         hyperparameters = params.sagemaker_hyperparameters(feature_dim)

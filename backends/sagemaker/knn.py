@@ -2,7 +2,7 @@
 
 The index is a trained ``knn`` model on S3; :meth:`SageMakerKNNIndex.search` runs a batch
 transform over the query vectors (RecordIO-protobuf in, ``application/jsonlines; verbose=true``
-out) and turns each line's ``labels`` and ``distances`` into the contract's ``(scores, ids)``.
+out) and turns each line's ``labels`` and ``distances`` into the contract's ``(ids, scores)``.
 
 The labels are the 0-based row numbers of the indexed vectors (that is what
 :meth:`~backends.sagemaker.SageMakerBackend.build_knn` trains with), so they *are* the ids.
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import KNNIndex
-from recsys.errors import BackendError, ConfigError, DataError
+from backends.base import HIGHER_IS_BETTER, KNNIndex
+from recsys.errors import BackendError
 from recsys.params import KNNParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,14 +28,12 @@ __all__ = ["SageMakerKNNIndex", "rank_neighbours", "HIGHER_IS_BETTER"]
 
 logger = logging.getLogger("recsys")
 
-#: Metrics whose score is a similarity (higher is better); for the others (L2) lower is better.
-HIGHER_IS_BETTER = ("INNER_PRODUCT", "COSINE")
 
 
 def rank_neighbours(
     labels: np.ndarray, distances: np.ndarray, k: int, metric: str, ntotal: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row's neighbours by score and return the contract's ``(scores, ids)``.
+    """Sort each row's neighbours by score and return the contract's ``(ids, scores)``.
 
     Parameters
     ----------
@@ -53,8 +51,8 @@ def rank_neighbours(
 
     Returns
     -------
-    scores : float32 (n, k)
     ids : int64 (n, k)
+    scores : float32 (n, k)
         Best first; ties keep the smaller id first.
     """
     labels = np.asarray(labels, dtype=np.int64)
@@ -84,7 +82,7 @@ def rank_neighbours(
     top_missing = np.take_along_axis(missing, top, 1)
     scores[:, :width] = np.where(top_missing, pad_score, np.take_along_axis(dist, top, 1))
     ids[:, :width] = np.where(top_missing, -1, np.take_along_axis(labels, top, 1))
-    return scores, ids
+    return ids, scores
 
 
 class SageMakerKNNIndex(KNNIndex):
@@ -96,11 +94,9 @@ class SageMakerKNNIndex(KNNIndex):
         ``params.index_metric``.
     ntotal, dim : int
         Number and width of the indexed vectors.
-    k : int
-        Neighbours per query the model returns (``min(params.k, ntotal)``); fixed at training.
-    max_k : int
-        The same number, under the name :class:`recsys.recommend.Recommender` reads to know
-        how deep this index can be searched (it stops there instead of asking for more).
+    k, max_k : int
+        Neighbours per query the model returns (``min(params.k, ntotal)``); fixed at training,
+        so the contract's exclusion search asks for at most this many.
     job_name, model_s3_uri : str
         The training job and its model artifact.
     dry_run : bool
@@ -132,57 +128,14 @@ class SageMakerKNNIndex(KNNIndex):
         self.model_name: str | None = None  # the SageMaker model, created at the first search
         self.transform_jobs: list[str] = []
 
-    def _check_queries(self, queries: Any) -> np.ndarray:
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q.reshape(1, -1)
-        if q.ndim != 2 or not np.issubdtype(q.dtype, np.number):
-            raise DataError(
-                f"queries must be a 2-D numeric array (n, {self.dim}), got shape {q.shape}"
-            )
-        if q.shape[1] != self.dim:
-            raise DataError(
-                f"queries have {q.shape[1]} columns but the index holds {self.dim}-d vectors"
-            )
-        q = np.ascontiguousarray(q, dtype=np.float32)
-        if not np.all(np.isfinite(q)):
-            raise DataError("queries contain NaN or infinite values")
-        return q
-
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` indexed vectors for each query row, by one batch transform job.
-
-        Returns ``(scores, ids)``, each (n_queries, min(k, ntotal)), best first; see
-        :meth:`backends.base.KNNIndex.search`. A 1-D query is treated as one row.
-
-        Raises
-        ------
-        ConfigError
-            ``k`` is larger than the ``k`` the model was trained with.
-        BackendError
-            The transform job failed or its output does not match the queries.
-        """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise DataError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
-        if k > self.params.k:
-            raise ConfigError(
-                f"this k-NN index was trained with k={self.params.k}; SageMaker's k-NN model returns "
-                f"at most that many neighbours, so search(k={k}) cannot be served. Rebuild the index "
-                f"with KNNParams(k={k}) or larger."
-            )
-        q = self._check_queries(queries)
-        width = min(k, self.ntotal)
-        if q.shape[0] == 0:
-            return np.empty((0, width), np.float32), np.empty((0, width), np.int64)
-        result = self._backend._knn_transform(self, q)
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (``k <= max_k``) indexed vectors of each query row, by one batch transform
+        job; in a dry run the job is recorded and no neighbours (ids -1) come back."""
+        result = self._backend._knn_transform(self, queries)
         if result is None:  # dry run
-            pad = -np.inf if self.metric in HIGHER_IS_BETTER else np.inf
-            return np.full((q.shape[0], width), pad, np.float32), np.full(
-                (q.shape[0], width), -1, np.int64
-            )
+            return np.full((len(queries), k), -1, np.int64), np.full((len(queries), k), self.worst_score, np.float32)
         labels, distances = result
-        return rank_neighbours(labels, distances, width, self.metric, self.ntotal)
+        return rank_neighbours(labels, distances, k, self.metric, self.ntotal)
 
     def close(self) -> None:
         """Delete the SageMaker model used for searching (the training artifact stays on S3)."""

@@ -228,24 +228,25 @@ class ServedRun:
     def _items(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         pids, titles = self.product_ids, self.product_titles
         return [
-            {"rank": r, "product_id": pids[i], "product_title": titles[i], "score": s}
+            {"rank": r, "product_id": pids[i], "product_title": titles[i], "score": None if s != s else s}
             for r, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1)
         ]
 
     # ---- answers -------------------------------------------------------------------------
     def recommendations(self, customer_id: str, k: int, exclude_seen: bool) -> dict[str, Any]:
-        """``/recommendations``: what :meth:`Recommender.recommend_customers` gives for one id,
+        """``/recommendations``: what :meth:`Recommender.recommendations` gives for one id,
         without the DataFrame."""
         u = self.user_index(customer_id)
         rec = self.recommender
         if u >= 0:
             try:
-                ids, scores = rec.recommend(u, k, filter_already_liked_items=exclude_seen)
+                ids, scores = rec.recommend(u, k, exclude_seen=exclude_seen)
             except BackendError as exc:  # an index built for fewer neighbours than k needs
                 raise RequestError(422, "k_too_large", str(exc)) from None
             cid: Any = self.customer_ids[u]
-        else:
-            ids, scores = rec.popular(k)
+        else:  # the most popular videos; a rating count is not a score
+            ids, _ = rec.popular(k)
+            scores = np.full(len(ids), np.nan)
             cid = customer_id
         return {
             "customer_id": cid,
@@ -256,7 +257,7 @@ class ServedRun:
         }
 
     def similar(self, product_id: str, k: int) -> dict[str, Any]:
-        """``/similar``: :meth:`Recommender.similar_products` for one id."""
+        """``/similar``: :meth:`Recommender.similar` for one id."""
         i = self.item_index(product_id)
         if i < 0:
             raise RequestError(404, "unknown_product", f"unknown product_id {product_id!r}")
