@@ -2,12 +2,13 @@
 
 >>> from recsys.estimators import FMRegressor
 >>> model = FMRegressor(num_factors=64, epochs=25).fit(X_train, y_train)   # doctest: +SKIP
->>> model.predict(X_test)                                                 # doctest: +SKIP
+>>> model = FMRegressor(n_users=6698, n_items=1186).fit(pairs=pairs, y=ratings)  # doctest: +SKIP
 
-``X`` is either a design matrix (scipy sparse or dense float array, one column per feature) or
-the (user, item) pairs of the one-hot layout: an integer array of shape (n, 2) or a DataFrame
-with ``user`` and ``item`` columns. Pairs are one-hot encoded users-then-items with
-``n_users`` / ``n_items`` (given to ``fit`` or taken as max index + 1).
+The input is either a design matrix ``X`` (scipy sparse or a dense float array, one column
+per feature) or, as ``pairs=``, the (user, item) index pairs of the one-hot layout: an integer
+array of shape (n, 2) or a DataFrame with ``user`` and ``item`` columns, one-hot encoded
+users-then-items with the estimator's ``n_users`` / ``n_items`` (default: max index + 1 of the
+training pairs). A two-column integer array passed as ``X`` is a design matrix, never pairs.
 
 Hyperparameters are SageMaker's (see :class:`recsys.params.FMParams`); ``__init__`` only stores
 them and ``fit`` validates them, so :func:`sklearn.base.clone` and grid search work.
@@ -33,41 +34,50 @@ from .errors import DataError, ModelFormatError, NotFittedError
 from .model import FittedFM
 from .params import FMParams
 
-__all__ = ["FMRegressor", "FMClassifier", "as_design_matrix"]
+__all__ = ["FMRegressor", "FMClassifier", "design_matrix", "pairs_matrix"]
 
 
-def as_design_matrix(X: Any, layout: tuple[int, int] | None = None) -> tuple[sp.csr_matrix, tuple[int, int] | None]:
-    """Turn ``X`` (a design matrix or (user, item) pairs) into a float32 CSR matrix.
-
-    Returns the matrix and the one-hot layout used (``None`` for a design matrix).
-    """
-    pairs = None
+def design_matrix(X: Any) -> sp.csr_matrix:
+    """``X`` (sparse, dense or a DataFrame of numbers) as a float32 CSR design matrix."""
     if isinstance(X, pd.DataFrame):
-        if {USER, ITEM} <= set(X.columns):
-            pairs = X[USER].to_numpy(), X[ITEM].to_numpy()
-        else:
-            X = X.to_numpy()
-    elif not sp.issparse(X):
-        arr = np.asarray(X)
-        if arr.ndim == 2 and arr.shape[1] == 2 and np.issubdtype(arr.dtype, np.integer):
-            pairs = arr[:, 0], arr[:, 1]
-        else:
-            X = arr
-    if pairs is None:
-        if sp.issparse(X):
-            return sp.csr_matrix(X, dtype=np.float32), None
-        arr = np.asarray(X)
-        if arr.ndim != 2:
-            raise DataError(f"X must be 2-D (n_samples, n_features) or (user, item) pairs, got shape {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number):
-            raise DataError(f"X must be numeric, got dtype {arr.dtype}")
-        return sp.csr_matrix(arr.astype(np.float32)), None
-    users, items = (np.asarray(a) for a in pairs)
+        X = X.to_numpy()
+    if sp.issparse(X):
+        return sp.csr_matrix(X, dtype=np.float32)
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise DataError(f"X must be a 2-D design matrix (n_samples, n_features), got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"X must be numeric, got dtype {arr.dtype}")
+    return sp.csr_matrix(arr.astype(np.float32))
+
+
+def _pair_arrays(pairs: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(pairs, pd.DataFrame):
+        if not {USER, ITEM} <= set(pairs.columns):
+            raise DataError(f"a pairs DataFrame needs {USER!r} and {ITEM!r} columns, got {list(pairs.columns)}")
+        users, items = pairs[USER].to_numpy(), pairs[ITEM].to_numpy()
+    else:
+        arr = np.asarray(pairs)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise DataError(f"pairs must have shape (n, 2), got {arr.shape}")
+        users, items = arr[:, 0], arr[:, 1]
+    if not (np.issubdtype(users.dtype, np.integer) and np.issubdtype(items.dtype, np.integer)):
+        raise DataError(f"pair indices must be integers, got {users.dtype} and {items.dtype}")
     if users.size and (users.min() < 0 or items.min() < 0):
         raise DataError("user and item indices must be >= 0")
-    if layout is None:
-        layout = (int(users.max()) + 1 if users.size else 0, int(items.max()) + 1 if items.size else 0)
-    return one_hot(users, items, *layout), layout
+    return users, items
+
+
+def pairs_matrix(pairs: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    """(user, item) index pairs -- an (n, 2) integer array or a DataFrame with ``user`` and
+    ``item`` columns -- one-hot encoded users-then-items."""
+    users, items = _pair_arrays(pairs)
+    if users.size and (users.max() >= n_users or items.max() >= n_items):
+        raise DataError(
+            f"pairs hold user indices up to {users.max()} and item indices up to {items.max()}, but the "
+            f"estimator has n_users={n_users}, n_items={n_items}; set them in the constructor"
+        )
+    return one_hot(users, items, n_users, n_items)
 
 
 _FM_FIELDS = [f for f in dataclasses.fields(FMParams) if f.name not in ("predictor_type", "feature_dim")]
@@ -106,6 +116,8 @@ class _FMEstimator(BaseEstimator):
         seed: int = 0,
         threads: int | None = None,
         early_stopping_patience: int | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
         backend: Any = "torch",
         show_progress: bool = False,
         callbacks: Sequence[Any] | None = None,
@@ -138,6 +150,8 @@ class _FMEstimator(BaseEstimator):
         self.seed = seed
         self.threads = threads
         self.early_stopping_patience = early_stopping_patience
+        self.n_users = n_users
+        self.n_items = n_items
         self.backend = backend
         self.show_progress = show_progress
         self.callbacks = callbacks
@@ -162,35 +176,51 @@ class _FMEstimator(BaseEstimator):
             )
         return model
 
-    def _transform(self, X: Any) -> sp.csr_matrix:
+    def _transform(self, X: Any, pairs: Any) -> sp.csr_matrix:
         model = self._check_fitted()
-        Xc, _ = as_design_matrix(X, self.layout_)
+        Xc = self._encode(X, pairs, self.layout_)
         if Xc.shape[1] != model.feature_dim:
             raise DataError(f"X has {Xc.shape[1]} features but the model was fitted with {model.feature_dim}")
         return Xc
 
+    @staticmethod
+    def _encode(X: Any, pairs: Any, layout: tuple[int, int] | None) -> sp.csr_matrix:
+        if (X is None) == (pairs is None):
+            raise DataError("pass either a design matrix X or (user, item) index pairs as pairs=, not both or neither")
+        if X is not None:
+            return design_matrix(X)
+        if layout is None:
+            raise DataError("this model was fitted on a design matrix X, not on pairs; pass X")
+        return pairs_matrix(pairs, *layout)
+
+    def _layout(self, pairs: Any) -> tuple[int, int]:
+        """(n_users, n_items): the constructor's, else max index + 1 of the training pairs."""
+        if self.n_users is not None and self.n_items is not None:
+            for name in ("n_users", "n_items"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                    raise DataError(f"{name} must be a positive integer, got {v!r}")
+            return int(self.n_users), int(self.n_items)
+        users, items = _pair_arrays(pairs)
+        return int(users.max(initial=0)) + 1, int(items.max(initial=0)) + 1
+
     # ---- fit -----------------------------------------------------------------------------
-    def fit(
-        self,
-        X: Any,
-        y: Any,
-        *,
-        n_users: int | None = None,
-        n_items: int | None = None,
-        eval_set: tuple[Any, Any] | None = None,
-    ):
-        """Train on ``X, y``; ``eval_set=(X_eval, y_eval)`` is scored after every epoch (and used
-        for early stopping when ``early_stopping_patience`` is set). Returns ``self``."""
+    def fit(self, X: Any = None, y: Any = None, *, pairs: Any = None, eval_set: tuple[Any, Any] | None = None):
+        """Train on ``X, y`` (or ``pairs=..., y=...``); ``eval_set=(X_eval, y_eval)`` -- the same
+        kind of input as the training data -- is scored after every epoch (and used for early
+        stopping when ``early_stopping_patience`` is set). Returns ``self``."""
         params = self.fm_params()
-        layout = (n_users, n_items) if n_users is not None and n_items is not None else None
-        Xc, layout = as_design_matrix(X, layout)
+        if y is None:
+            raise DataError("fit needs the labels y")
+        layout = self._layout(pairs) if pairs is not None else None
+        Xc = self._encode(X, pairs, layout)
         y = self._encode_labels(y)
-        X_eval = y_eval = None
+        eval_pair = None
         if eval_set is not None:
-            X_eval, _ = as_design_matrix(eval_set[0], layout)
-            y_eval = self._encode_labels(eval_set[1])
+            first, y_eval = eval_set
+            X_eval = self._encode(first if pairs is None else None, first if pairs is not None else None, layout)
+            eval_pair = (X_eval, self._encode_labels(y_eval))
         metadata = {"n_users": layout[0], "n_items": layout[1]} if layout else {}
-        eval_pair = None if X_eval is None else (X_eval, y_eval)
         options = TrainOptions(callbacks=list(self.callbacks or ()), show_progress=self.show_progress, metadata=metadata)
         model = self._backend().fit_fm(Xc, y, params, eval_set=eval_pair, options=options)
         self._set_model(model, layout)
@@ -212,9 +242,9 @@ class _FMEstimator(BaseEstimator):
         return y.astype(np.float32)
 
     # ---- predict -------------------------------------------------------------------------
-    def decision_function(self, X: Any) -> np.ndarray:
+    def decision_function(self, X: Any = None, *, pairs: Any = None) -> np.ndarray:
         """The raw FM output (the logit for a classifier)."""
-        return self._check_fitted().decision_function(self._transform(X))
+        return self._check_fitted().decision_function(self._transform(X, pairs))
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -234,10 +264,11 @@ class _FMEstimator(BaseEstimator):
                 f"{'FMClassifier' if model.is_classifier else 'FMRegressor'}"
             )
         names = {f.name for f in _FM_FIELDS}
-        est = cls(**{k: v for k, v in model.config.items() if k in names})
         layout = (model.metadata.get("estimator") or {}).get("layout")
         if layout is None and "n_users" in model.metadata and "n_items" in model.metadata:
             layout = [model.metadata["n_users"], model.metadata["n_items"]]
+        shape = {"n_users": int(layout[0]), "n_items": int(layout[1])} if layout else {}
+        est = cls(**{k: v for k, v in model.config.items() if k in names}, **shape)
         est._set_model(model, tuple(layout) if layout else None)
         return est
 
@@ -247,8 +278,8 @@ class FMRegressor(RegressorMixin, _FMEstimator):
 
     _predictor_type = "regressor"
 
-    def predict(self, X: Any) -> np.ndarray:
-        return self.decision_function(X)
+    def predict(self, X: Any = None, *, pairs: Any = None) -> np.ndarray:
+        return self.decision_function(X, pairs=pairs)
 
 
 class FMClassifier(ClassifierMixin, _FMEstimator):
@@ -273,9 +304,9 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
         super()._set_model(model, layout)
         self.classes_ = np.array([0, 1])
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any = None, *, pairs: Any = None) -> np.ndarray:
         """Shape (n_samples, 2): P(y=0), P(y=1)."""
-        return self._check_fitted().predict_proba(self._transform(X))
+        return self._check_fitted().predict_proba(self._transform(X, pairs))
 
-    def predict(self, X: Any) -> np.ndarray:
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
+    def predict(self, X: Any = None, *, pairs: Any = None) -> np.ndarray:
+        return (self.predict_proba(X, pairs=pairs)[:, 1] >= 0.5).astype(np.int64)

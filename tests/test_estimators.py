@@ -139,10 +139,10 @@ def test_sklearn_estimator_checks(cls, check):
 
 def test_clone_of_a_fitted_estimator_is_unfitted(pairs):
     users, items, rating, _ = pairs
-    est = reg().fit(np.c_[users, items], rating)
+    est = reg().fit(pairs=np.c_[users, items], y=rating)
     twin = clone(est)
     with pytest.raises(NotFittedError):
-        twin.predict(np.c_[users, items])
+        twin.predict(pairs=np.c_[users, items])
 
 
 @pytest.mark.parametrize("cls", [FMRegressor, FMClassifier])
@@ -166,7 +166,7 @@ def test_unfitted_use_raises_not_fitted_error_naming_fit(cls, tmp_path):
 def test_fit_returns_self_and_exposes_the_learned_arrays(pairs):
     users, items, rating, _ = pairs
     est = reg()
-    assert est.fit(np.c_[users, items], rating) is est
+    assert est.fit(pairs=np.c_[users, items], y=rating) is est
     assert isinstance(est.model_, FittedFM)
     assert est.n_features_in_ == N_USERS + N_ITEMS
     assert est.layout_ == (N_USERS, N_ITEMS)
@@ -186,18 +186,23 @@ def test_pairs_input_equals_the_explicit_one_hot_matrix(pairs, make):
     y = rating if make is reg else label
     X = one_hot_by_hand(users, items)
     a = make().fit(X, y)
-    b = make().fit(np.c_[users, items], y)
-    c = make().fit(pd.DataFrame({"user": users, "item": items, "other": 0}), y)
+    b = make().fit(pairs=np.c_[users, items], y=y)
+    c = make().fit(pairs=pd.DataFrame({"user": users, "item": items, "other": 0}), y=y)
     for est in (b, c):  # same design -> bit-identical training
         assert est.w0_ == a.w0_ and np.array_equal(est.w_, a.w_) and np.array_equal(est.V_, a.V_)
     ref = a.decision_function(X)
-    np.testing.assert_array_equal(b.decision_function(np.c_[users, items]), ref)
+    np.testing.assert_array_equal(b.decision_function(pairs=np.c_[users, items]), ref)
     np.testing.assert_array_equal(
-        c.decision_function(pd.DataFrame({"item": items, "user": users})), ref
+        c.decision_function(pairs=pd.DataFrame({"item": items, "user": users})), ref
     )
     # a pairs-fitted model also takes the matrix
     np.testing.assert_array_equal(b.decision_function(X), ref)
-    np.testing.assert_array_equal(b.predict(np.c_[users, items]), a.predict(X))
+    np.testing.assert_array_equal(b.predict(pairs=np.c_[users, items]), a.predict(X))
+    # a two-column integer array given as X is a design matrix, never pairs
+    with pytest.raises(DataError, match="X has 2 features"):
+        b.predict(np.c_[users, items])
+    with pytest.raises(DataError, match="either a design matrix X or"):
+        b.predict(X, pairs=np.c_[users, items])
     # dense float design matrices (and a DataFrame without user/item columns) are matrices
     np.testing.assert_array_equal(a.decision_function(X.toarray()), ref)
     np.testing.assert_array_equal(a.decision_function(pd.DataFrame(X.toarray())), ref)
@@ -205,22 +210,24 @@ def test_pairs_input_equals_the_explicit_one_hot_matrix(pairs, make):
 
 def test_pairs_layout_from_fit_arguments_and_unknown_ids(pairs):
     users, items, rating, _ = pairs
-    est = reg().fit(np.c_[users, items], rating, n_users=N_USERS + 3, n_items=N_ITEMS + 2)
+    est = reg(n_users=N_USERS + 3, n_items=N_ITEMS + 2).fit(pairs=np.c_[users, items], y=rating)
     assert est.layout_ == (N_USERS + 3, N_ITEMS + 2)
     assert est.n_features_in_ == N_USERS + N_ITEMS + 5
     ref = est.decision_function(one_hot_by_hand(users, items, N_USERS + 3, N_ITEMS + 2))
-    np.testing.assert_array_equal(est.predict(np.c_[users, items]), ref)
+    np.testing.assert_array_equal(est.predict(pairs=np.c_[users, items]), ref)
+    with pytest.raises(DataError, match="set them in the constructor"):
+        est.predict(pairs=np.c_[[N_USERS + 3], [0]])
     with pytest.raises(DataError):
-        est.predict(np.c_[[N_USERS + 3], [0]])
-    with pytest.raises(DataError):
-        est.predict(np.c_[[-1], [0]])
+        est.predict(pairs=np.c_[[-1], [0]])
+    with pytest.raises(DataError, match="set them in the constructor"):
+        reg(n_users=2, n_items=2).fit(pairs=np.c_[users, items], y=rating)
     with pytest.raises(DataError, match="features"):
         est.predict(sp.csr_matrix((2, 5), dtype=np.float32))
 
 
 def test_classifier_probabilities_and_labels(pairs):
     users, items, _, label = pairs
-    X = np.c_[users, items]
+    X = one_hot_by_hand(users, items)
     est = clf(epochs=10).fit(X, label)
     z = est.decision_function(X)
     proba = est.predict_proba(X)
@@ -236,7 +243,7 @@ def test_classifier_probabilities_and_labels(pairs):
 
 def test_classifier_accepts_booleans_and_rejects_other_labels(pairs):
     users, items, _, label = pairs
-    X = np.c_[users, items]
+    X = one_hot_by_hand(users, items)
     a = clf().fit(X, label)
     b = clf().fit(X, label.astype(bool))
     np.testing.assert_array_equal(a.V_, b.V_)
@@ -251,14 +258,14 @@ def test_nan_labels_raise_data_error(pairs):
     y = rating.copy()
     y[3] = np.nan
     with pytest.raises(DataError, match="NaN"):
-        reg().fit(np.c_[users, items], y)
+        reg().fit(pairs=np.c_[users, items], y=y)
     with pytest.raises(DataError, match="NaN"):
-        reg().fit(np.c_[users, items], rating, eval_set=(np.c_[users, items], y))
+        reg().fit(pairs=np.c_[users, items], y=rating, eval_set=(np.c_[users, items], y))
 
 
 def test_score_is_r2_and_accuracy_by_hand(pairs):
     users, items, rating, label = pairs
-    X = np.c_[users, items]
+    X = one_hot_by_hand(users, items)
     r = reg(epochs=10).fit(X, rating)
     p = r.predict(X)
     y = rating.astype(np.float64)
@@ -278,18 +285,19 @@ def test_score_is_r2_and_accuracy_by_hand(pairs):
 def test_save_load_round_trip(pairs, tmp_path, make, cls):
     users, items, rating, label = pairs
     y = rating if cls is FMRegressor else label
-    X = np.c_[users, items]
-    est = make(num_factors=3, seed=5, optimizer="adagrad").fit(X, y)
+    P = np.c_[users, items]
+    est = make(num_factors=3, seed=5, optimizer="adagrad").fit(pairs=P, y=y)
     est.save(tmp_path / "m")
     loaded = cls.load(tmp_path / "m")
     assert type(loaded) is cls
     assert loaded.layout_ == est.layout_
-    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))  # pairs still understood
+    assert (loaded.n_users, loaded.n_items) == (N_USERS, N_ITEMS)
+    np.testing.assert_array_equal(loaded.predict(pairs=P), est.predict(pairs=P))  # pairs still understood
     np.testing.assert_array_equal(
-        loaded.decision_function(one_hot_by_hand(users, items)), est.decision_function(X)
+        loaded.decision_function(one_hot_by_hand(users, items)), est.decision_function(pairs=P)
     )
     if cls is FMClassifier:
-        np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+        np.testing.assert_array_equal(loaded.predict_proba(pairs=P), est.predict_proba(pairs=P))
     for name in (
         "num_factors",
         "seed",
@@ -314,7 +322,7 @@ def test_load_a_plain_fitted_fm_with_one_hot_metadata(tmp_path):
     est = FMRegressor.load(tmp_path / "fm")
     assert est.layout_ == (3, 4)
     np.testing.assert_allclose(
-        est.predict(np.c_[[0, 2], [3, 1]]), fm.decision_pairs([0, 2], [3, 1]), rtol=1e-12
+        est.predict(pairs=np.c_[[0, 2], [3, 1]]), fm.decision_pairs([0, 2], [3, 1]), rtol=1e-12
     )
 
 
@@ -340,14 +348,14 @@ def test_invalid_hyperparameter_raises_config_error_at_fit(pairs, make, param, v
     users, items, rating, label = pairs
     est = make(**{param: value})  # fine until fit
     with pytest.raises(ConfigError, match=param):
-        est.fit(np.c_[users, items], rating if make is reg else label)
+        est.fit(pairs=np.c_[users, items], y=rating if make is reg else label)
     assert not hasattr(est, "model_")
 
 
 def test_unknown_backend_raises_config_error(pairs):
     users, items, rating, _ = pairs
     with pytest.raises(ConfigError, match="backend"):
-        reg(backend="nope").fit(np.c_[users, items], rating)
+        reg(backend="nope").fit(pairs=np.c_[users, items], y=rating)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +363,7 @@ def test_unknown_backend_raises_config_error(pairs):
 # ---------------------------------------------------------------------------------------------
 def test_eval_set_history_has_one_entry_per_epoch(pairs):
     users, items, rating, _ = pairs
-    X = np.c_[users, items]
+    X = one_hot_by_hand(users, items)
     X_eval, y_eval = X[:60], rating[:60] + 0.25
     est = reg(epochs=4).fit(X, rating, eval_set=(X_eval, y_eval))
     hist = est.history_
@@ -370,7 +378,7 @@ def test_eval_set_history_has_one_entry_per_epoch(pairs):
 
 def test_classifier_eval_set_reports_log_loss(pairs):
     users, items, _, label = pairs
-    X = np.c_[users, items]
+    X = one_hot_by_hand(users, items)
     est = clf(epochs=3).fit(X, label, eval_set=(X[:50], label[:50]))
     assert len(est.history_) == 3
     p = est.predict_proba(X[:50])[:, 1]
@@ -381,7 +389,7 @@ def test_classifier_eval_set_reports_log_loss(pairs):
 
 def test_early_stopping_and_callbacks_through_the_estimator(pairs):
     users, items, rating, _ = pairs
-    X = np.c_[users, items]
+    X = one_hot_by_hand(users, items)
     epochs_seen = []
     est = reg(
         epochs=10, callbacks=[lambda info: epochs_seen.append(info.epoch) or info.epoch == 2]
