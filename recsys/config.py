@@ -139,13 +139,18 @@ class RankingConfig:
 
 @dataclass
 class RecommendConfig:
-    """The recommendations written (``k`` lives in ``[knn]``)."""
+    """The recommendations written (``k`` lives in ``[knn]``). ``customers = "all"``: every
+    customer with a rating gets a list (the model's customers from the model, the others by
+    fold-in from what they watched, :mod:`recsys.fold_in`); ``"trained"``: only the model's."""
 
     exclude_seen: bool = True
     csv: bool = False
     sample_customers: int = 5
+    customers: str = "all"
 
     def validate(self) -> RecommendConfig:
+        if self.customers not in ("all", "trained"):
+            raise ConfigError(f"recommend.customers must be 'all' or 'trained', got {self.customers!r}")
         for name in ("exclude_seen", "csv"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"recommend.{name} must be true or false, got {getattr(self, name)!r}")

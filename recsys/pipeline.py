@@ -17,6 +17,7 @@ import datetime as _dt
 import logging
 import os
 import platform
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from backends.base import TrainOptions
 
@@ -34,10 +36,11 @@ from ._io import atomic_dir, to_json
 from .config import RunConfig, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
-from .data.prepare import PreparedData, prepare
+from .data.prepare import PreparedData, prepare, split_leave_last_out
 from .data.schema import CUSTOMER, DATE, ITEM, PRODUCT, RATING, TITLE, USER
 from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
+from .fold_in import Histories
 from .model import FittedFM
 from .recommend import Recommender, write_recommendations
 
@@ -65,7 +68,8 @@ class RunResult:
     prepared: PreparedData | None = None
     models: dict[str, FittedFM] = field(default_factory=dict)
     recommender: Recommender | None = None
-    recommendations: pd.DataFrame | None = None
+    #: the model's customers' (ids, scores) top-K, as written
+    model_lists: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     samples: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, Any] = field(default_factory=dict)
     plan: str | None = None
@@ -75,6 +79,17 @@ class RunResult:
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     #: two customers' scores over the catalogue per model (the lab's scatter)
     score_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def recommendations(self) -> pd.DataFrame | None:
+        """Every customer's recommendations (what ``recommendations.parquet`` holds): read from
+        the output when the run wrote it, else computed. Large runs: read the file in row
+        groups instead, or ask :attr:`recommender` for the customers you need."""
+        if self.out_dir is not None and (self.out_dir / "recommendations.parquet").is_file():
+            return pd.read_parquet(self.out_dir / "recommendations.parquet")
+        if self.recommender is None:
+            return None
+        return self.recommender.recommendations(k=self.config.knn.k, exclude_seen=self.config.recommend.exclude_seen)
 
     def summary_lines(self) -> list[str]:
         m = self.metrics
@@ -204,7 +219,9 @@ def _ranking_metrics(
     return out
 
 
-def _samples(prepared: PreparedData, recs: pd.DataFrame, n: int, seed: int, liked_threshold: float | None) -> list[dict[str, Any]]:
+def _samples(
+    prepared: PreparedData, rec: Recommender, lists: Any, n: int, seed: int, liked_threshold: float | None
+) -> list[dict[str, Any]]:
     """Sample customers: what they rated highly (latest first) next to what they are recommended."""
     if n <= 0 or len(prepared.test) == 0:
         return []
@@ -215,6 +232,7 @@ def _samples(prepared: PreparedData, recs: pd.DataFrame, n: int, seed: int, like
     pids = prepared.mappings.product_ids.to_numpy()
     threshold = liked_threshold if liked_threshold is not None else 4.0
     train = prepared.train
+    recs = _model_frame(rec, lists, prepared.mappings.customer_ids[users].to_numpy())
     by_customer = {c: g for c, g in recs.groupby(CUSTOMER, sort=False)} if len(recs) else {}
     out = []
     for u in users:
@@ -327,20 +345,21 @@ def run(
     from backends import backend_class
 
     backend = backend_class(cfg.backend).from_config(cfg, dry_run=dry_run)
-    with backend:
-        if until not in (None, "train"):
-            raise ConfigError(f"until must be None or 'train', got {until!r}")
-        result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train")
-        if dry_run:
-            result.plan = backend.format_plan()
-            return result
-        report = backend.report()
-        if report:
-            result.metrics[backend.name] = report
-    result.metrics["timing"] = {**timer.seconds}
-    if write:
-        with timer("write outputs"):
-            result.files = _write_outputs(result, out_dir)
+    if until not in (None, "train"):
+        raise ConfigError(f"until must be None or 'train', got {until!r}")
+    with _Spool(out_dir if write and not dry_run else None) as spool:
+        with backend:
+            result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train", spool=spool)
+            if dry_run:
+                result.plan = backend.format_plan()
+                return result
+            report = backend.report()
+            if report:
+                result.metrics[backend.name] = report
+        result.metrics["timing"] = {**timer.seconds}
+        if write:
+            with timer("write outputs"):
+                result.files = _write_outputs(result, out_dir, spool)
     result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
     if write:
         # the final timing goes into metrics.json too (a small in-place rewrite of one file)
@@ -349,6 +368,40 @@ def run(
         atomic_write_json(out_dir / "metrics.json", result.metrics)
     result.out_dir = out_dir if write else None
     return result
+
+
+class _Spool:
+    """Files written during the run (the recommendation lists, streamed while a remote
+    backend is still open) next to ``out``, moved into the outputs at the end or removed."""
+
+    def __init__(self, out_dir: Path | None) -> None:
+        self.out_dir = out_dir
+        self.files: dict[str, Path] = {}
+
+    def path(self, name: str) -> Path | None:
+        if self.out_dir is None:
+            return None
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out_dir.name}.", suffix=f".{name}.tmp", dir=self.out_dir.parent)
+        os.close(fd)
+        self.files[name] = Path(tmp)
+        return self.files[name]
+
+    def move_into(self, directory: Path) -> list[str]:
+        moved = []
+        for name, path in self.files.items():
+            os.replace(path, directory / name)
+            moved.append(name)
+        self.files.clear()
+        return moved
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path in self.files.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -364,7 +417,8 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _run_stages(
-    cfg: RunConfig, backend: Any, timer: _Timer, show_progress: bool, dry_run: bool, *, train_only: bool = False
+    cfg: RunConfig, backend: Any, timer: _Timer, show_progress: bool, dry_run: bool, *, train_only: bool = False,
+    spool: _Spool | None = None,
 ) -> RunResult:
     metrics: dict[str, Any] = {}
     with timer("load"):
@@ -418,18 +472,31 @@ def _run_stages(
     seen = prepared.seen_items()
     popularity = np.bincount(prepared.train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
     with timer("knn"):
+        histories = None
+        if cfg.recommend.customers == "all":
+            histories = Histories.from_frame(prepared.others(), prepared.mappings)
         rec = Recommender(chosen, prepared.mappings, seen, item_popularity=popularity, backend=backend,
-                          knn_params=cfg.knn, user_features=user_features)  # fmt: skip
+                          knn_params=cfg.knn, user_features=user_features, histories=histories)  # fmt: skip
         rec.index  # noqa: B018 - built here, so the stage timings tell building from searching
+    result.recommender = rec
     with timer("recommend"):
-        recs = rec.recommendations(k=cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
-    result.recommender, result.recommendations = rec, recs
+        result.model_lists = rec.recommend(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+        lists = result.model_lists[0]
+    metrics["recommendations"] = _list_counts(rec, cfg.knn.k)
     if dry_run:
         return result
+    if spool is not None and spool.out_dir is not None:
+        with timer("recommend everyone"):  # streamed to disk, block by block
+            names = ["recommendations.parquet"] + (["recommendations.csv"] if cfg.recommend.csv else [])
+            for name in names:
+                write_recommendations(rec.iter_recommendations(k=cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen,
+                                                               arrow=True, model_lists=result.model_lists),
+                                      spool.path(name), fmt=name.rsplit(".", 1)[1])  # fmt: skip
     with timer("evaluate ranking"):
-        lists = _lists_from_frame(recs, prepared, cfg.knn.k)
         ranking = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective)
         metrics["ranking"] = ranking
+        if histories is not None:
+            metrics["ranking_everyone"] = _everyone_metrics(rec, prepared, cfg.recommend.exclude_seen)
         if cfg.objective == "ranking":
             # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
             # (searched locally on a remote backend: a comparison is not worth paid jobs)
@@ -450,24 +517,77 @@ def _run_stages(
             ids = [c for c in _three_customers(prepared)]
             views["top_k_overlap"] = {
                 "customers": ids,
-                "shared_videos": Recommender.list_overlap(recs, ids).to_numpy().tolist(),
+                "shared_videos": Recommender.list_overlap(_model_frame(rec, result.model_lists, ids), ids).to_numpy().tolist(),
             }
         metrics["customer_views"] = views
     with timer("samples"):
-        result.samples = _samples(prepared, recs, cfg.recommend.sample_customers, cfg.seed, cfg.evaluation.liked_threshold)
+        result.samples = _samples(prepared, rec, result.model_lists, cfg.recommend.sample_customers, cfg.seed,
+                                  cfg.evaluation.liked_threshold)  # fmt: skip
     return result
 
 
-def _lists_from_frame(recs: pd.DataFrame, prepared: PreparedData, k: int) -> np.ndarray:
-    """The written recommendations as an (n_users, k) item-index array (-1 = empty slot)."""
-    lists = np.full((prepared.n_users, k), -1, dtype=np.int64)
-    if len(recs):
-        known = ~recs["fallback"].to_numpy()
-        r = recs.loc[known]
-        users = prepared.mappings.user_index(r[CUSTOMER].to_numpy())
-        items = prepared.mappings.item_index(r[PRODUCT].to_numpy())
-        lists[users, r["rank"].to_numpy() - 1] = items
-    return lists
+def _model_frame(rec: Recommender, lists: tuple[np.ndarray, np.ndarray], customer_ids: Any) -> pd.DataFrame:
+    """The written lists of some of the model's customers (no new search)."""
+    users = rec.mappings.user_index(customer_ids)
+    return rec.frame(rec.mappings.customer_ids.to_numpy()[users], lists[0][users], lists[1][users])
+
+
+def _list_counts(rec: Recommender, k: int) -> dict[str, int]:
+    """How many customers get a list, by source (see :data:`recsys.recommend.SOURCES`)."""
+    n_fold = n_pop = 0
+    if rec.histories is not None:
+        n_pop = int((np.diff(rec.histories.ranks.indptr) == 0).sum())
+        n_fold = len(rec.histories) - n_pop
+    return {"k": k, "customers": rec.n_users + n_fold + n_pop, "model": rec.n_users, "fold_in": n_fold, "popularity": n_pop}
+
+
+def _everyone_metrics(rec: Recommender, prepared: PreparedData, exclude_seen: bool) -> dict[str, Any]:
+    """Every customer's latest rating held out -- the model's customers' test rows, and for
+    customers outside the model (>= 2 ratings) their latest rating, the rest folded in
+    (:mod:`recsys.fold_in`) -- ranked among the catalogue, by history length (ratings before
+    the held-out one), next to the popularity baseline on the same rows. A held-out video
+    outside the catalogue is a miss; customers whose history has no catalogue video get the
+    popularity list, as they are served."""
+    from .ranking import metrics_by_history, ranks_from_scores
+
+    n_items, items_t = prepared.n_items, rec.item_vectors.T
+    pop = rec.item_popularity
+
+    def ranks(vectors: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(len(targets))
+        model = ranks_from_scores(lambda r: vectors[r] @ items_t, rows, targets, n_items, seen)
+        base = ranks_from_scores(lambda r: np.broadcast_to(pop, (len(r), n_items)), rows, targets, n_items, seen)
+        return model.astype(np.float64), base.astype(np.float64)
+
+    test = prepared.test
+    users, targets = test[USER].to_numpy(), test[ITEM].to_numpy()
+    m, b = ranks(rec.user_vectors[users], targets, rec.seen[users] if exclude_seen else None)
+    lengths = np.bincount(prepared.train[USER].to_numpy(), minlength=prepared.n_users)[users]
+    parts = [(m, b, lengths)]
+    others = prepared.others()
+    out_of_catalogue = 0
+    if len(others):
+        codes = pd.factorize(others[CUSTOMER])[0]
+        history, held, _ = split_leave_last_out(others.assign(**{USER: codes}))
+        if len(held):
+            hist = Histories.from_frame(history, prepared.mappings)
+            ranks_h = hist.ranks[hist.index(held[CUSTOMER].to_numpy())]
+            targets = prepared.mappings.item_index(held[PRODUCT].to_numpy())
+            inside = targets >= 0
+            out_of_catalogue = int((~inside).sum())
+            vectors, _ = rec.fold_in(ranks_h)
+            m = np.full(len(held), np.inf)
+            b = np.full(len(held), np.inf)
+            seen_h = (ranks_h > 0).tocsr() if exclude_seen else None
+            m[inside], b[inside] = ranks(vectors[inside], targets[inside], seen_h[inside] if seen_h is not None else None)
+            empty = np.diff(ranks_h.indptr) == 0  # served the popularity list
+            m[empty] = b[empty]
+            lengths = np.bincount(history[USER].to_numpy(), minlength=int(codes.max()) + 1)[held[USER].to_numpy()]
+            parts.append((m, b, lengths))
+    model, base, lengths = (np.concatenate(x) for x in zip(*parts, strict=True))
+    out = metrics_by_history(model, base, lengths)
+    out["held_out_outside_catalogue"] = out_of_catalogue
+    return out
 
 
 def _two_customers(prepared: PreparedData) -> tuple[Any, Any] | None:
@@ -519,7 +639,7 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
+def _write_outputs(result: RunResult, out_dir: Path, spool: _Spool) -> dict[str, Any]:
     """Write every output into a temporary directory that then replaces ``out_dir``."""
     from .report import write_report
 
@@ -529,10 +649,9 @@ def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
         files["config"] = "config.toml"
-        if result.recommendations is not None:
-            files["recommendations"] = write_recommendations(result.recommendations, tmp / "recommendations.parquet").name
-            if cfg.recommend.csv:
-                files["recommendations_csv"] = write_recommendations(result.recommendations, tmp / "recommendations.csv").name
+        rec = result.recommender
+        for name in spool.move_into(tmp):
+            files["recommendations_csv" if name.endswith(".csv") else "recommendations"] = name
         for name, model in result.models.items():
             model.save(tmp / "models" / name)
             files[f"model_{name}"] = f"models/{name}"
@@ -543,9 +662,11 @@ def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
             except BackendError:
                 log.info("the %s k-NN index lives remotely; the recommendations are saved locally", cfg.backend)
         prepared.save_split(tmp / "data")
+        if rec is not None and rec.histories is not None:
+            rec.histories.save(tmp / "data")
         files["data"] = "data"
         (tmp / "exploration.json").write_text(to_json(result.exploration.to_dict()) + "\n", encoding="utf-8")
-        if result.recommendations is not None:
+        if rec is not None:
             plot_dir = tmp / "plots"
             files["plots"] = {k: f"plots/{Path(v).name}" for k, v in _plots(result, plot_dir).items()}
             (tmp / "samples.json").write_text(to_json(result.samples) + "\n", encoding="utf-8")

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from .errors import DataError
 
-__all__ = ["ranks_from_scores", "rank_metrics", "list_metrics", "evaluate_ranking", "DEFAULT_CUTOFFS"]
+__all__ = ["ranks_from_scores", "rank_metrics", "list_metrics", "evaluate_ranking", "metrics_by_history", "DEFAULT_CUTOFFS", "HISTORY_BUCKETS"]
 
 DEFAULT_CUTOFFS = (10, 100)
 
@@ -163,3 +163,28 @@ def evaluate_ranking(
     base.update(list_metrics(popular_lists, n_items, pop))
     out.update({f"popularity_{k}": v for k, v in base.items()})
     return out
+
+
+#: History-length buckets of :func:`metrics_by_history` (ratings before the held-out one).
+HISTORY_BUCKETS = {"1": (1, 1), "2-4": (2, 4), "5-17": (5, 17), ">=18": (18, None)}
+
+
+def metrics_by_history(
+    ranks: np.ndarray, baseline_ranks: np.ndarray, history_lengths: np.ndarray, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+) -> dict[str, Any]:
+    """:func:`rank_metrics` of the model and the baseline (``popularity_`` keys) for every row
+    and per :data:`HISTORY_BUCKETS` of ``history_lengths``; empty buckets report 0 rows."""
+
+    def part(mask: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {"test_rows": int(mask.sum())}
+        if mask.any():
+            out.update(rank_metrics(ranks[mask], cutoffs))
+            out.update({f"popularity_{k}": v for k, v in rank_metrics(baseline_ranks[mask], cutoffs).items()})
+        return out
+
+    lengths = np.asarray(history_lengths)
+    buckets = {
+        name: part((lengths >= lo) & (lengths <= (hi if hi is not None else np.iinfo(np.int64).max)))
+        for name, (lo, hi) in HISTORY_BUCKETS.items()
+    }
+    return {"all": part(np.ones(len(lengths), dtype=bool)), "by_history_length": buckets}

@@ -36,6 +36,7 @@ from .data.prepare import Mappings
 from .data.schema import CUSTOMER, PRODUCT, TITLE
 from .errors import ConfigError, DataError
 from .features import FeatureLayout
+from .fold_in import Histories, fold_in_vectors, histories_matrix
 from .model import FittedFM
 from .params import KNNParams
 from .vectors import fm_vectors, user_offsets
@@ -44,7 +45,10 @@ __all__ = ["Recommender", "popularity", "write_recommendations", "RECOMMENDATION
 
 log = logging.getLogger("recsys")
 
-RECOMMENDATION_COLUMNS = (CUSTOMER, "rank", PRODUCT, TITLE, "score", "fallback")
+RECOMMENDATION_COLUMNS = (CUSTOMER, "rank", PRODUCT, TITLE, "score", "source")
+#: Where a list comes from (the ``source`` column).
+SOURCES = ("model", "fold_in", "popularity")
+MODEL, FOLD_IN, POPULARITY = range(3)
 
 
 def popularity(items: Any, n_items: int) -> np.ndarray:
@@ -76,6 +80,9 @@ class Recommender:
     user_features : csr_matrix (n_users, feature_dim), optional
         The customer side of each row when the model uses more than the user one-hot (the
         recent-history features of :mod:`recsys.features`).
+    histories : Histories, optional
+        What customers outside the model watched (:mod:`recsys.fold_in`): the id-level API
+        folds them in instead of falling back to popularity.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class Recommender:
         backend: Backend | str = "torch",
         knn_params: KNNParams | None = None,
         user_features: sp.spmatrix | None = None,
+        histories: Histories | None = None,
     ):
         self.fm = fm
         self.mappings = mappings
@@ -113,6 +121,10 @@ class Recommender:
         kw: dict[str, Any] = {"user_features": user_features}
         if layout is None:
             kw.update(n_users=n_users, n_items=n_items)
+        self.layout = layout or FeatureLayout(n_users, n_items)
+        if histories is not None and histories.ranks.shape[1] != n_items:
+            raise DataError(f"histories cover {histories.ranks.shape[1]} videos but there are {n_items}")
+        self.histories = histories
         self.user_vectors, self.item_vectors = fm_vectors(fm, **kw)
         self.offsets = user_offsets(fm, **kw)
         if item_popularity is None:
@@ -156,10 +168,10 @@ class Recommender:
     def n_items(self) -> int:
         return self.mappings.n_items
 
-    def _to_score(self, users: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    def _to_score(self, offsets: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Index output -> FM score (higher is better)."""
         if self.index.metric == "INNER_PRODUCT":
-            return raw.astype(np.float64) + self.offsets[users][:, None]
+            return raw.astype(np.float64) + offsets[:, None]
         if self.index.metric == "L2":
             return -raw.astype(np.float64)
         return raw.astype(np.float64)
@@ -176,15 +188,36 @@ class Recommender:
             raise DataError(f"user indices must be in [0, {self.n_users}), got {users.min()}..{users.max()}")
         k = check_k(k)
         exclude = self.seen[users] if exclude_seen and self.seen is not None else None
-        ids, raw = self.index.search(self.user_vectors[users], k, exclude=exclude)
-        scores = np.where(ids >= 0, self._to_score(users, raw), -np.inf)
+        ids, scores = self._search(self.user_vectors[users], self.offsets[users], k, exclude)
+        if scalar:
+            keep = ids[0] >= 0
+            return ids[0][keep], scores[0][keep]
+        return ids, scores
+
+    def recommend_history(self, histories: Any, k: int = 10, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` for customers the model was not trained on, folded in from what they
+        watched (:mod:`recsys.fold_in`): ``histories`` is a list of item index sequences,
+        oldest first, or a CSR of recency ranks. 2-D ``(ids, scores)`` padded with -1 / -inf;
+        watched videos are skipped unless ``exclude_seen=False``."""
+        k = check_k(k)
+        ranks = histories if sp.issparse(histories) else histories_matrix(histories, self.n_items)
+        vectors, offsets = self.fold_in(ranks)
+        return self._search(vectors, offsets, k, ranks if exclude_seen else None)
+
+    def fold_in(self, ranks: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """User vectors and offsets of customers outside the model from their histories (a CSR
+        of recency ranks, :func:`recsys.fold_in.histories_matrix`)."""
+        return fold_in_vectors(self.fm, self.layout, ranks)
+
+    def _search(
+        self, vectors: np.ndarray, offsets: np.ndarray, k: int, exclude: sp.spmatrix | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids, raw = self.index.search(vectors, k, exclude=exclude)
+        scores = np.where(ids >= 0, self._to_score(offsets, raw), -np.inf)
         if ids.shape[1] < k:  # a catalogue smaller than k
             pad = k - ids.shape[1]
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        if scalar:
-            keep = ids[0] >= 0
-            return ids[0][keep], scores[0][keep]
         return ids, scores
 
     def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -214,23 +247,37 @@ class Recommender:
     _unit_items: np.ndarray | None = None
 
     # ---- id-level API --------------------------------------------------------------------
-    def _frame(self, customer_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, fallback: np.ndarray) -> pd.DataFrame:
-        k = ids.shape[1]
-        valid = ids >= 0
-        n_valid = valid.sum(axis=1)
-        safe = np.where(valid, ids, 0)
-        titles = self.mappings.product_titles
-        frame = pd.DataFrame(
-            {
-                CUSTOMER: np.repeat(customer_ids, n_valid),
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(ids))[valid.ravel()],
-                PRODUCT: self.mappings.product_ids.to_numpy()[safe[valid]],
-                TITLE: pd.array(titles[safe[valid]], dtype="string"),
-                "score": scores[valid],
-                "fallback": np.repeat(fallback, n_valid),
-            }
-        )
-        return frame
+    def _lists(self, idx: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, scores, source)`` for user indices ``idx`` of the model (>= 0) or, encoded as
+        ``-2 - row``, rows of :attr:`histories`; -1: unknown (popularity, no score)."""
+        ids = np.full((len(idx), k), -1, dtype=np.int64)
+        scores = np.full((len(idx), k), np.nan)
+        source = np.full(len(idx), POPULARITY, dtype=np.int8)
+        model = idx >= 0
+        if model.any():
+            ids[model], scores[model] = self.recommend(idx[model], k, exclude_seen=exclude_seen)
+            source[model] = MODEL
+        rows = -2 - idx[idx <= -2]
+        folded = np.zeros(len(idx), dtype=bool)
+        if len(rows):
+            ranks = self.histories.ranks[rows]  # type: ignore[union-attr]
+            has = np.diff(ranks.indptr) > 0  # watched something in the catalogue
+            folded[np.flatnonzero(idx <= -2)[has]] = True
+            if has.any():
+                ids[folded], scores[folded] = self.recommend_history(ranks[has], k, exclude_seen=exclude_seen)
+                source[folded] = FOLD_IN
+        rest = source == POPULARITY
+        if rest.any():
+            top, _ = self.popular(k)
+            ids[rest, : len(top)] = top
+        return ids, scores, source
+
+    def _locate(self, customer_ids: Any) -> np.ndarray:
+        idx = self.mappings.user_index(customer_ids)
+        if self.histories is not None and (idx < 0).any():
+            rows = self.histories.index(np.asarray(customer_ids, dtype=object)[idx < 0])
+            idx[idx < 0] = np.where(rows >= 0, -2 - rows, -1)
+        return idx
 
     def iter_recommendations(
         self,
@@ -238,36 +285,90 @@ class Recommender:
         k: int | None = None,
         *,
         exclude_seen: bool = True,
-        chunk_size: int = 65536,
-    ) -> Iterator[pd.DataFrame]:
-        """Yield recommendation frames (columns :data:`RECOMMENDATION_COLUMNS`) chunk by chunk.
+        chunk_size: int | None = None,
+        arrow: bool = False,
+        model_lists: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Iterator[Any]:
+        """Yield recommendation frames (columns :data:`RECOMMENDATION_COLUMNS`) chunk by chunk
+        (``arrow=True``: pyarrow Tables with dictionary-encoded videos, titles and sources --
+        what :func:`write_recommendations` streams to disk). ``model_lists``: the model's
+        customers' ``recommend(arange(n_users), k)`` when already computed (a remote index
+        is then not searched twice).
 
-        ``customer_ids`` None means every known customer. Unknown ids get the most popular
-        videos, flagged ``fallback=True``, with ``score`` NaN (a rating count is not a score).
+        ``customer_ids`` None means every customer the recommender knows: the model's, then
+        those of :attr:`histories`. ``source`` says where a list comes from: ``model``,
+        ``fold_in`` (a customer outside the model, from what they watched) or ``popularity``
+        (nothing known: the most popular videos, ``score`` NaN -- a rating count is not a score).
         """
         k = check_k(self.knn_params.k if k is None else k)
+        build = self._table if arrow else self.frame
         if customer_ids is None:
-            ids_all = self.mappings.customer_ids.to_numpy()
-            idx_all = np.arange(self.n_users, dtype=np.int64)
+            n_other = len(self.histories) if self.histories is not None else 0
+            ids_all = self.histories.customer_ids.to_numpy() if n_other else self.mappings.customer_ids.to_numpy()[:0]  # type: ignore[union-attr]
+            idx_all = -2 - np.arange(n_other, dtype=np.int64)
+            if model_lists is not None:
+                yield build(self.mappings.customer_ids.to_numpy(), *model_lists, np.full(self.n_users, MODEL, np.int8))
+            else:
+                ids_all = np.concatenate([self.mappings.customer_ids.to_numpy(), ids_all])
+                idx_all = np.r_[np.arange(self.n_users, dtype=np.int64), idx_all]
         else:
             ids_all = np.atleast_1d(np.asarray(customer_ids, dtype=object))
-            idx_all = self.mappings.user_index(ids_all)
-            n_unknown = int((idx_all < 0).sum())
+            idx_all = self._locate(ids_all)
+            n_unknown = int((idx_all == -1).sum())
             if n_unknown:
-                log.info("%d of %d customers are unknown: using the popularity fallback", n_unknown, len(idx_all))
-        chunk = max(1, int(chunk_size))
+                log.info("%d of %d customers are unknown: using the most popular videos", n_unknown, len(idx_all))
+        # an index searched by remote jobs (no batch size) gets everyone at once
+        chunk = chunk_size or (65536 if self.index.batch_size else max(len(idx_all), 1))
         for start in range(0, len(idx_all), chunk):
-            idx = idx_all[start : start + chunk]
-            cust = ids_all[start : start + chunk]
-            known = idx >= 0
-            ids = np.full((len(idx), k), -1, dtype=np.int64)
-            scores = np.full((len(idx), k), np.nan)
-            if known.any():
-                ids[known], scores[known] = self.recommend(idx[known], k, exclude_seen=exclude_seen)
-            if (~known).any():
-                top, _ = self.popular(k)
-                ids[~known, : len(top)] = top
-            yield self._frame(cust, ids, scores, ~known)
+            ids, scores, source = self._lists(idx_all[start : start + chunk], k, exclude_seen)
+            yield build(ids_all[start : start + chunk], ids, scores, source)
+
+    def frame(self, customer_ids: Any, ids: np.ndarray, scores: np.ndarray, source: Any = MODEL) -> pd.DataFrame:
+        """Lists as a DataFrame (columns :data:`RECOMMENDATION_COLUMNS`): one customer id and
+        one source code (index into :data:`SOURCES`) per row of ``ids`` / ``scores``."""
+        customer_ids = np.asarray(customer_ids)
+        source = np.broadcast_to(np.asarray(source, dtype=np.int8), (len(ids),))
+        k = ids.shape[1]
+        valid = ids >= 0
+        n_valid = valid.sum(axis=1)
+        items = ids[valid]
+        return pd.DataFrame(
+            {
+                CUSTOMER: np.repeat(customer_ids, n_valid),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(ids))[valid.ravel()],
+                PRODUCT: self.mappings.product_ids.to_numpy()[items],
+                TITLE: pd.array(self.mappings.product_titles[items], dtype="string"),
+                "score": scores[valid],
+                "source": pd.array(np.asarray(SOURCES, dtype=object)[np.repeat(source, n_valid)], dtype="string"),
+            }
+        )
+
+    def _table(self, customer_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, source: np.ndarray) -> Any:
+        import pyarrow as pa
+
+        valid = ids >= 0
+        n_valid = valid.sum(axis=1)
+        items = ids[valid].astype(np.int32)
+        if self._arrow_dicts is None:  # (a missing title: a null index, not a null in the dictionary)
+            titled = np.array([isinstance(t, str) for t in self.mappings.product_titles], dtype=bool)
+            titles = [t if ok else "" for t, ok in zip(self.mappings.product_titles, titled, strict=True)]
+            self._arrow_dicts = (pa.array(self.mappings.product_ids.to_numpy()), pa.array(titles, pa.string()),
+                                 pa.array(SOURCES), titled)  # fmt: skip
+        products, titles, sources, titled = self._arrow_dicts
+        try:
+            customers = pa.array(np.repeat(customer_ids, n_valid))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed id types: as text
+            customers = pa.array(np.repeat([str(c) for c in customer_ids], n_valid))
+        return pa.table({
+            CUSTOMER: customers,
+            "rank": pa.array(np.tile(np.arange(1, ids.shape[1] + 1, dtype=np.int16), len(ids))[valid.ravel()]),
+            PRODUCT: pa.DictionaryArray.from_arrays(pa.array(items), products),
+            TITLE: pa.DictionaryArray.from_arrays(pa.array(items, mask=~titled[items]), titles),
+            "score": pa.array(scores[valid].astype(np.float32)),
+            "source": pa.DictionaryArray.from_arrays(pa.array(np.repeat(source, n_valid)), sources),
+        })  # fmt: skip
+
+    _arrow_dicts: tuple[Any, Any, Any, np.ndarray] | None = None
 
     def recommendations(self, customer_ids: Any = None, k: int | None = None, *, exclude_seen: bool = True) -> pd.DataFrame:
         """All recommendations as one DataFrame (see :meth:`iter_recommendations`)."""
@@ -334,39 +435,41 @@ class Recommender:
         return pd.DataFrame(data, index=ids, columns=ids)
 
 
-def write_recommendations(frames: pd.DataFrame | Any, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write recommendations (a DataFrame or an iterable of them) to Parquet or CSV, atomically.
+def write_recommendations(frames: Any, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write recommendations -- a DataFrame or pyarrow Table, or an iterable of them (e.g.
+    :meth:`Recommender.iter_recommendations`) -- to Parquet or CSV, atomically.
 
-    The format comes from ``fmt`` or the suffix (``.parquet`` / ``.csv``). Chunks are streamed,
-    so millions of customers never sit in memory at once. Returns the path.
+    The format comes from ``fmt`` or the suffix (``.parquet`` / ``.csv``). Chunks are streamed
+    (one Parquet row group each), so millions of customers never sit in memory at once.
+    Returns the path.
     """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("parquet", "csv"):
         raise ConfigError(f"recommendations format must be parquet or csv, got {fmt!r}")
-    if isinstance(frames, pd.DataFrame):
+    if isinstance(frames, (pd.DataFrame, pa.Table)):
         frames = [frames]
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     with atomic_path(path) as tmp:
-        if fmt == "csv":
-            header = True
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                for frame in frames:
-                    frame.to_csv(fh, index=False, header=header)
-                    header = False
-        else:
-            writer = None
-            try:
-                for frame in frames:
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table.cast(writer.schema))
-            finally:
-                if writer is not None:
-                    writer.close()
-            if writer is None:
-                pq.write_table(pa.table({c: [] for c in RECOMMENDATION_COLUMNS}), tmp)
+        writer: Any = None
+        schema = None
+        try:
+            for frame in frames:
+                table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+                if fmt == "csv":  # plain values: CSV has no dictionaries
+                    table = pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                                      for n, c in zip(table.column_names, table.columns, strict=True)})  # fmt: skip
+                if writer is None:
+                    schema = table.schema
+                    writer = (pacsv.CSVWriter if fmt == "csv" else pq.ParquetWriter)(tmp, schema)
+                writer.write_table(table.cast(schema))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            empty = pa.table({c: pa.array([], pa.string()) for c in RECOMMENDATION_COLUMNS})
+            (pacsv.write_csv if fmt == "csv" else pq.write_table)(empty, tmp)
     return path

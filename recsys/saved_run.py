@@ -24,6 +24,7 @@ from .data.prepare import Mappings, seen_matrix
 from .data.schema import ITEM, USER
 from .errors import DataError, ModelFormatError
 from .features import FeatureLayout, user_features
+from .fold_in import Histories
 from .model import FittedFM
 from .recommend import Recommender
 
@@ -107,9 +108,12 @@ class SavedRun:
 
             index = load_knn(self.path / "knn")
         cfg = self.config
+        histories = None
+        if (self.path / "data" / "histories.npz").is_file():
+            histories = Histories.load(self.path / "data", self.mappings.n_items)
         return Recommender(
             fm, self.mappings, self.seen, item_popularity=self.popularity, index=index,
-            knn_params=cfg.knn, user_features=self.user_features_for(fm),
+            knn_params=cfg.knn, user_features=self.user_features_for(fm), histories=histories,
         )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -87,14 +87,14 @@ def test_metrics_json_has_the_documented_keys(tiny_run: Path) -> None:
 
 
 def test_recommendations_are_complete_and_exclude_seen_items(tiny_run: Path) -> None:
-    recs = pd.read_parquet(tiny_run / "recommendations.parquet")
-    assert list(recs.columns) == ["customer_id", "rank", "product_id", "product_title", "score", "fallback"]
+    everyone = pd.read_parquet(tiny_run / "recommendations.parquet")
+    assert list(everyone.columns) == ["customer_id", "rank", "product_id", "product_title", "score", "source"]
     customers = pd.read_parquet(tiny_run / "data" / "customers.parquet")
     products = pd.read_parquet(tiny_run / "data" / "products.parquet")
     train = pd.read_parquet(tiny_run / "data" / "train.parquet")
     n_items = len(products)
-    assert not recs["fallback"].any()
-    by_customer = recs.groupby("customer_id")
+    recs = everyone[everyone["source"] == "model"]
+    by_customer = recs.groupby("customer_id", observed=True)
     assert set(by_customer.groups) == set(customers["customer_id"])
     seen = train.groupby(USER)[ITEM].apply(set)
     item_of = dict(zip(products["product_id"], products[ITEM], strict=True))
@@ -108,6 +108,32 @@ def test_recommendations_are_complete_and_exclude_seen_items(tiny_run: Path) -> 
         assert len(items) == min(K, n_items - len(seen.get(u, set())))
         assert group["rank"].tolist() == list(range(1, len(items) + 1))
         assert np.all(np.diff(group["score"].to_numpy()) <= 1e-12)
+
+
+def test_every_customer_gets_a_list_and_fold_in_skips_what_they_watched(tiny_run: Path) -> None:
+    """Customers outside the model (the long-tail filter dropped them) are folded in from
+    what they watched; those who watched nothing in the catalogue get the popular videos."""
+    from recsys.data.loaders import load_amazon_reviews
+    from recsys.pipeline import builtin_dataset
+
+    frame, _ = load_amazon_reviews(builtin_dataset("tiny"))
+    everyone = pd.read_parquet(tiny_run / "recommendations.parquet")
+    assert set(everyone["customer_id"]) == set(frame["customer_id"].dropna())
+    assert everyone.groupby("customer_id")["source"].nunique().max() == 1  # one source per customer
+    products = set(pd.read_parquet(tiny_run / "data" / "products.parquet")["product_id"])
+    watched = frame.groupby("customer_id")["product_id"].apply(lambda p: set(p) & products)
+    sources = everyone.groupby("customer_id")["source"].first()
+    folded = sources.index[sources == "fold_in"]
+    assert len(folded) and all(watched[c] for c in folded)
+    for cid, group in everyone[everyone["source"] == "fold_in"].groupby("customer_id"):
+        assert not set(group["product_id"]) & watched[cid], f"customer {cid} got a video they watched"
+        assert np.all(np.diff(group["score"].to_numpy()) <= 1e-6)
+    popular = sources.index[sources == "popularity"]
+    assert all(not watched[c] for c in popular)
+    assert everyone.loc[everyone["source"] == "popularity", "score"].isna().all()
+    counts = _metrics(tiny_run)["recommendations"]
+    assert (counts["model"], counts["fold_in"], counts["popularity"]) == (
+        int((sources == "model").sum()), len(folded), len(popular))
 
 
 def test_report_is_self_contained_html(tiny_run: Path) -> None:
@@ -151,7 +177,7 @@ def test_recommend_from_a_saved_run(tiny_run: Path, capsys: pytest.CaptureFixtur
     assert [r["product_id"] for r in mine] == expected["product_id"].tolist()
     np.testing.assert_allclose([r["score"] for r in mine], expected["score"], rtol=1e-6)
     unknown = [r for r in rows if r["customer_id"] == "no-such-customer"]
-    assert len(unknown) == 5 and all(r["fallback"] for r in unknown)
+    assert len(unknown) == 5 and all(r["source"] == "popularity" for r in unknown)
 
 
 def test_evaluate_reproduces_the_run_metrics(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

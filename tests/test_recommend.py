@@ -590,7 +590,7 @@ def popularity_order(seen_dict, n_items):
 def expected_rows(mappings, customer, u, fm_scores, k, exclude=True):
     ids, scores = brute_top(fm_scores[u].tolist(), SEEN[u] if exclude else set(), k)
     return [
-        (customer, r + 1, mappings.product_ids[i], mappings.product_titles[i], s, False)
+        (customer, r + 1, mappings.product_ids[i], mappings.product_titles[i], s, "model")
         for r, (i, s) in enumerate(zip(ids, scores, strict=True))
     ]
 
@@ -604,7 +604,7 @@ def frame_rows(frame):
             frame[PRODUCT],
             titles,
             frame["score"].astype(object).where(frame["score"].notna(), None),
-            frame["fallback"],
+            frame["source"],
             strict=True,
         )
     )
@@ -621,7 +621,7 @@ def test_recommendations_all(rec, mappings, fm_scores, k):
     # ranks are 1..n per customer, consecutive
     for _, grp in got.groupby(CUSTOMER):
         assert grp["rank"].tolist() == list(range(1, len(grp) + 1))
-    assert not got["fallback"].any()
+    assert (got["source"] == "model").all()
 
 
 def test_recommendations_exclude_seen_false(rec, mappings, fm_scores):
@@ -641,7 +641,7 @@ def test_recommendations_unknown_get_popularity(rec, mappings, fm_scores):
     got = rec.recommendations(asked, k=4)
     assert tuple(got.columns) == RECOMMENDATION_COLUMNS
     fallback = [  # the popular videos with no score: a rating count is not an FM score
-        (c, r + 1, mappings.product_ids[i], mappings.product_titles[i], None, True)
+        (c, r + 1, mappings.product_ids[i], mappings.product_titles[i], None, "popularity")
         for c in (999999, "nope")
         for r, i in enumerate(order[:4])
     ]
@@ -662,7 +662,7 @@ def test_fallback_k_larger_than_catalogue_and_custom_popularity(grid_fm, mapping
     assert got[PRODUCT].tolist() == [mappings.product_ids[i] for i in (4, 1, 3, 8, 6, 7, 2, 0, 5)]
     assert got["score"].isna().all()
     assert got["rank"].tolist() == list(range(1, 10))
-    assert got["fallback"].all()
+    assert (got["source"] == "popularity").all()
 
 
 def test_iter_recommendations_chunks_equal_whole(rec):
@@ -830,7 +830,7 @@ def test_write_chunked_iterable(rec, tmp_path, name):
     path = write_recommendations(iter(chunks), tmp_path / ("b" + name))
     back = read_back(path)
     assert len(back) == 5 + 6
-    assert back["fallback"].tolist() == [False] * 5 + [True] * 6
+    assert back["source"].tolist() == ["model"] * 5 + ["popularity"] * 6
     assert back[PRODUCT].tolist() == pd.concat(chunks)[PRODUCT].tolist()
 
 

@@ -40,7 +40,7 @@ PREFIX = "recsys-run"
 FM_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/factorization-machines:1"
 KNN_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/knn:1"
 NOTHING_LEFT = {"endpoints": [], "endpoint_configs": [], "models": []}
-RECOMMENDATION_COLUMNS = ["customer_id", "rank", "product_id", "product_title", "score", "fallback"]
+RECOMMENDATION_COLUMNS = ["customer_id", "rank", "product_id", "product_title", "score", "source"]
 
 
 @pytest.fixture(scope="module")
@@ -199,14 +199,15 @@ def test_run_on_sagemaker_writes_what_the_torch_run_writes_and_agrees_with_it(
     assert list(recs.columns) == RECOMMENDATION_COLUMNS
     pd.testing.assert_frame_equal(recs.drop(columns="score"), ref.drop(columns="score"))
     np.testing.assert_allclose(recs["score"], ref["score"], rtol=0, atol=1e-5)
-    assert_complete_and_unseen(recs, out)
+    assert_complete_and_unseen(recs[recs["source"] == "model"], out)
 
     # -- on SageMaker: one transform searched for everyone; nothing left running --
     transforms = on_sagemaker.sm.list_transform_jobs()["TransformJobSummaries"]
-    assert len(transforms) == 1 and transforms[0]["TransformJobStatus"] == "Completed"
+    # one k-NN search for the model's customers, one for everyone folded in
+    assert len(transforms) == 2 and {t["TransformJobStatus"] for t in transforms} == {"Completed"}
     (backend,) = on_sagemaker.backends
     steps = [e.kind for e in backend.plan if e.kind != "upload"]
-    assert steps == ["training_job"] * 4 + ["model", "transform_job"]
+    assert steps == ["training_job"] * 4 + ["model", "transform_job", "transform_job"]
     assert all(e.executed for e in backend.plan)
     assert on_sagemaker.fake.state() == NOTHING_LEFT  # the k-NN model was deleted by close()
 
@@ -219,9 +220,8 @@ def assert_complete_and_unseen(recs: pd.DataFrame, out: Path) -> None:
     seen = train.groupby(USER)[ITEM].apply(set)
     item_of = dict(zip(products["product_id"], products[ITEM], strict=True))
     user_of = dict(zip(customers["customer_id"], customers[USER], strict=True))
-    assert not recs["fallback"].any()
     assert set(recs["customer_id"]) == set(customers["customer_id"])
-    for cid, group in recs.groupby("customer_id"):
+    for cid, group in recs.groupby("customer_id", observed=True):
         rated = seen.get(user_of[cid], set())
         items = [item_of[p] for p in group["product_id"]]
         assert len(items) == len(set(items)) == min(K, len(products) - len(rated))

@@ -223,8 +223,8 @@ def test_recommendations_equal_the_recommender(http, saved, k, exclude_seen):
         got += as_frame_rows(body)
     want = [
         (c if not isinstance(c, np.generic) else c.item(), int(rk), p, t if isinstance(t, str) else None,
-         None if f else float(s), bool(f))
-        for c, rk, p, t, s, f in expected.itertuples(index=False)
+         None if src == "popularity" else float(s), src == "popularity")
+        for c, rk, p, t, s, src in expected.itertuples(index=False)
     ]
     key = lambda row: (str(row[0]), *row[1:4], row[5])  # noqa: E731 - unknown ids come back as text
     assert [key(g) for g in got] == [key(w) for w in want]

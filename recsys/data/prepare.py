@@ -537,6 +537,8 @@ class PreparedData:
 
     ``ratings`` is the cleaned, filtered, indexed frame; ``train`` / ``test`` are its split
     (columns as ``ratings``). Use :meth:`design_matrix` and :meth:`labels` to encode a part.
+    ``cleaned`` is the de-duplicated frame before the long-tail filter (customers the filter
+    drops are recommended by fold-in, :mod:`recsys.fold_in`).
     """
 
     ratings: pd.DataFrame
@@ -545,6 +547,13 @@ class PreparedData:
     mappings: Mappings
     report: PrepareReport
     config: PrepareConfig
+    cleaned: pd.DataFrame | None = None
+
+    def others(self) -> pd.DataFrame:
+        """The cleaned ratings of customers outside the model (all their videos)."""
+        if self.cleaned is None:
+            return self.ratings.iloc[:0]
+        return self.cleaned[~self.cleaned[CUSTOMER].isin(self.mappings.customer_ids).to_numpy()]
 
     @property
     def n_users(self) -> int:
@@ -635,4 +644,4 @@ def prepare(
     report.test_items_unseen_in_train = int((~train_items[test[ITEM].to_numpy()]).sum())
     for line in report.summary_lines():
         log.info(line)
-    return PreparedData(indexed, train, test, mappings, report, config)
+    return PreparedData(indexed, train, test, mappings, report, config, cleaned=deduped)

@@ -1,0 +1,188 @@
+"""Vectors for customers the model was not trained on: "fold-in".
+
+A customer who is not in the trained model (filtered out by the long-tail rule, or a new
+sign-up) but has watched videos of the catalogue gets a user vector computed from those videos,
+with every model parameter fixed, and then goes through the same exact k-NN as everyone else:
+
+* **models with a recent-history block** (the default ranking objective, :mod:`recsys.features`):
+  the customer's side of a row is their last ``history_length`` videos; a customer the model
+  has never seen simply has no user one-hot. The user vector is ``[sum_h x_h V_h, 1]`` and the
+  offset is the FM output of that history part -- the model's own score, exactly as for a
+  trained customer, minus the one-hot user term it does not have.
+* **one-hot models** (the lab's classifier path): the user's bias and factors ``[w_u, V_u]`` are
+  solved by ridge regression against the fixed item parameters, as implicit's
+  ``recalculate_user`` does for ALS: every watched video is a positive with target logit
+  :data:`POSITIVE_LOGIT`, i.e. ``min sum_i (t - w0 - w_i - w_u - <V_u, V_i>)^2 + lam |[w_u, V_u]|^2``.
+
+Histories are lists of item indices, oldest first (only the order matters).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._io import atomic_path
+from .data.prepare import Mappings, date_order_key
+from .data.schema import CUSTOMER, PRODUCT
+from .errors import DataError, ModelFormatError
+from .features import FeatureLayout
+from .model import FittedFM
+
+__all__ = ["Histories", "histories_matrix", "fold_in_vectors", "POSITIVE_LOGIT", "RIDGE"]
+
+#: Target logit of a watched video for one-hot models (P = 0.88).
+POSITIVE_LOGIT = 2.0
+#: Ridge penalty of the one-hot solve.
+RIDGE = 1.0
+
+
+def histories_matrix(histories: Sequence[Any], n_items: int) -> sp.csr_matrix:
+    """Histories (item index sequences, oldest first) as a CSR matrix holding each watched
+    video's 1-based recency rank (1 = the most recent; a video watched twice keeps its most
+    recent rank)."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    parts = [a for a in (np.asarray(h).ravel() for h in histories) if a.size]
+    items = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if not np.issubdtype(items.dtype, np.integer):
+        raise DataError(f"history item indices must be integers, got {items.dtype}")
+    items = items.astype(np.int64)
+    if items.size and (items.min() < 0 or items.max() >= n_items):
+        raise DataError(f"history item indices must be in [0, {n_items})")
+    return _recency_ranks(np.repeat(np.arange(len(histories)), lengths), items, len(histories), n_items)
+
+
+def _recency_ranks(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: int) -> sp.csr_matrix:
+    """``rows`` sorted, each row's items oldest first -> CSR of recency ranks (1 = latest)."""
+    counts = np.bincount(rows, minlength=n_rows)
+    lag = np.repeat(np.cumsum(counts), counts) - np.arange(len(rows))
+    key = rows * n_items + items
+    first = np.lexsort((lag, key))  # per (customer, video): the most recent first
+    if len(key):
+        first = first[np.r_[True, key[first][1:] != key[first][:-1]]]
+    return sp.csr_matrix((lag[first].astype(np.float64), (rows[first], items[first])), shape=(n_rows, n_items))
+
+
+def _history_part(layout: FeatureLayout, ranks: sp.csr_matrix) -> sp.csr_matrix:
+    """The customer side of a row for a customer the model has no one-hot for: their last
+    ``history_length`` videos, weighted as in training, summing to 1."""
+    ranks = ranks.tocoo()
+    keep = ranks.data <= layout.history_length
+    rows, cols, lag = ranks.row[keep], ranks.col[keep], ranks.data[keep]
+    w = layout._weights(lag)
+    w = w / np.bincount(rows, weights=w, minlength=ranks.shape[0])[rows]
+    return sp.csr_matrix(
+        (w.astype(np.float32), (rows, cols + layout.history_offset)), shape=(ranks.shape[0], layout.feature_dim)
+    )
+
+
+def _ridge(A: np.ndarray, r: np.ndarray, watched: sp.csr_matrix) -> np.ndarray:
+    """Per customer, ``argmin_x |A_H x - r_H|^2 + RIDGE |x|^2`` over their watched rows H of
+    ``A``. Customers are grouped by |H| and solved in batches, in the dual form
+    ``x = A_H^T (A_H A_H^T + RIDGE I)^-1 r_H`` when |H| <= dim (most fold-in customers watched
+    a few videos), else in the primal form."""
+    n, d = watched.shape[0], A.shape[1]
+    out = np.zeros((n, d))
+    counts = np.diff(watched.indptr)
+    for m in np.unique(counts[counts > 0]):
+        users = np.flatnonzero(counts == m)
+        batch = max(1, (1 << 22) // (int(m) * d))
+        for start in range(0, len(users), batch):
+            u = users[start : start + batch]
+            cols = watched.indices[watched.indptr[u][:, None] + np.arange(m)]  # (b, m)
+            Ah, rh = A[cols], r[cols]  # (b, m, d), (b, m)
+            if m <= d:
+                K = Ah @ Ah.transpose(0, 2, 1) + RIDGE * np.eye(m)
+                out[u] = (Ah.transpose(0, 2, 1) @ np.linalg.solve(K, rh[:, :, None]))[:, :, 0]
+            else:
+                G = Ah.transpose(0, 2, 1) @ Ah + RIDGE * np.eye(d)
+                out[u] = np.linalg.solve(G, (Ah.transpose(0, 2, 1) @ rh[:, :, None]))[:, :, 0]
+    return out
+
+
+def fold_in_vectors(
+    fm: FittedFM, layout: FeatureLayout, ranks: sp.csr_matrix
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_vectors float32 (n, k+1), offsets float64 (n,))`` for customers with the given
+    histories (recency ranks, :func:`histories_matrix`), such that
+    ``user_vectors @ item_vectors.T + offsets[:, None]`` is the FM score of the folded-in
+    customer (see the module docstring). An empty history gets zero factors: every score is
+    then the video's own term."""
+    k = fm.num_factors
+    vectors = np.zeros((ranks.shape[0], k + 1), dtype=np.float32)
+    vectors[:, k] = 1.0
+    if layout.history_length:
+        part = _history_part(layout, ranks)
+        vectors[:, :k] = np.asarray(part @ fm.V)
+        return vectors, fm.decision_function(part)
+    lo, hi = layout.item_offset, layout.item_offset + layout.n_items
+    A = np.hstack([np.ones((layout.n_items, 1)), fm.V[lo:hi].astype(np.float64)])  # rows [1, V_i]
+    r = POSITIVE_LOGIT - fm.w0 - fm.w[lo:hi].astype(np.float64)
+    x = _ridge(A, r, ranks)  # [w_u, V_u]
+    vectors[:, :k] = x[:, 1:]
+    return vectors, fm.w0 + x[:, 0]
+
+
+@dataclass
+class Histories:
+    """What customers outside the trained model watched: their ids and a (customers x videos)
+    CSR of recency ranks (see :func:`histories_matrix`); a row may be empty (they rated only
+    videos outside the catalogue)."""
+
+    customer_ids: pd.Index
+    ranks: sp.csr_matrix
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, mappings: Mappings) -> Histories:
+        """From cleaned ratings (``customer_id``, ``product_id``, date, in file order) of
+        customers not in ``mappings``: videos outside the catalogue are dropped from the
+        histories but the customer is kept."""
+        ids = _sorted_ids(frame[CUSTOMER])
+        rows = ids.get_indexer(frame[CUSTOMER]).astype(np.int64)
+        items = mappings.item_index(frame[PRODUCT].to_numpy())
+        keep = items >= 0
+        order = np.lexsort((np.arange(len(frame))[keep], date_order_key(frame)[keep], rows[keep]))
+        ranks = _recency_ranks(rows[keep][order], items[keep][order], len(ids), mappings.n_items)
+        return cls(ids, ranks)
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+    def index(self, customer_ids: Any) -> np.ndarray:
+        """Row of each id (-1 if absent); ids given as text match as in :class:`Mappings`."""
+        return Mappings._lookup(self.customer_ids, customer_ids)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        with atomic_path(directory / "histories_ids.parquet") as tmp:
+            pd.DataFrame({CUSTOMER: self.customer_ids}).to_parquet(tmp, index=False)
+        with atomic_path(directory / "histories.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                sp.save_npz(fh, self.ranks, compressed=True)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, n_items: int) -> Histories:
+        directory = Path(directory)
+        try:
+            ids = pd.Index(pd.read_parquet(directory / "histories_ids.parquet")[CUSTOMER])
+            ranks = sp.load_npz(directory / "histories.npz").tocsr()  # allow_pickle=False inside
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelFormatError(f"{directory}: unreadable fold-in histories ({type(exc).__name__}); re-run") from exc
+        if ranks.shape != (len(ids), n_items):
+            raise ModelFormatError(f"{directory}: fold-in histories have shape {ranks.shape}, expected ({len(ids)}, {n_items})")
+        return cls(ids, ranks)
+
+
+def _sorted_ids(series: pd.Series) -> pd.Index:
+    values = pd.unique(series.dropna())
+    try:
+        return pd.Index(np.sort(values))
+    except TypeError:  # mixed types: sort by text
+        return pd.Index(sorted(values, key=str))
