@@ -20,7 +20,7 @@ Histories are lists of item indices, oldest first (only the order matters).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._io import atomic_path
-from .data.prepare import Mappings, date_order_key
+from .data.prepare import Mappings, PreparedData, date_order_key
 from .data.schema import CUSTOMER, PRODUCT
 from .errors import DataError, ModelFormatError
 from .features import FeatureLayout
 from .model import FittedFM
 
-__all__ = ["Histories", "histories_matrix", "fold_in_vectors", "POSITIVE_LOGIT", "RIDGE"]
+__all__ = ["Histories", "histories_matrix", "fold_in_vectors", "unique_rows", "evaluate_everyone", "POSITIVE_LOGIT", "RIDGE"]
 
 #: Target logit of a watched video for one-hot models (P = 0.88).
 POSITIVE_LOGIT = 2.0
@@ -68,6 +68,38 @@ def _recency_ranks(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: in
     if len(key):
         first = first[np.r_[True, key[first][1:] != key[first][:-1]]]
     return sp.csr_matrix((lag[first].astype(np.float64), (rows[first], items[first])), shape=(n_rows, n_items))
+
+
+def unique_rows(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: the first row of each distinct row of canonical CSR ``m`` and, per
+    row, which of them it equals (``m[first][inverse] == m``). Many customers outside the model
+    watched the same one or two videos; each distinct history is folded in and searched once.
+    Rows are grouped by a 64-bit hash of their entries, then checked entry by entry."""
+    n = m.shape[0]
+    nnz = np.diff(m.indptr)
+    rows = np.repeat(np.arange(n), nnz)
+    pos = np.arange(m.nnz) - np.repeat(m.indptr[:-1], nnz)
+    with np.errstate(over="ignore"):
+        h = (m.indices.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= (m.data.astype(np.int64).astype(np.uint64) + pos.astype(np.uint64)) * np.uint64(0xC2B2AE3D27D4EB4F)
+        h ^= h >> np.uint64(29)
+        row_hash = np.zeros(n, dtype=np.uint64)
+        if m.nnz:
+            row_hash[nnz > 0] = np.add.reduceat(h, m.indptr[:-1][nnz > 0])
+        row_hash ^= nnz.astype(np.uint64) * np.uint64(0x165667B19E3779F9)
+    _, first, inverse = np.unique(row_hash, return_index=True, return_inverse=True)
+    rep = first[inverse]
+    # entry-by-entry check against the representative; a (rare) hash collision stays its own row
+    same = nnz == nnz[rep]
+    ok = same[rows]
+    entry = np.where(ok, m.indptr[rep[rows]] + pos, 0)
+    same[rows[ok & ((m.indices[entry] != m.indices) | (m.data[entry] != m.data))]] = False
+    if not same.all():
+        alone = np.flatnonzero(~same)
+        first = np.r_[first, alone]
+        inverse = inverse.copy()
+        inverse[alone] = len(first) - len(alone) + np.arange(len(alone))
+    return first, inverse.ravel()
 
 
 def _history_part(layout: FeatureLayout, ranks: sp.csr_matrix) -> sp.csr_matrix:
@@ -186,3 +218,65 @@ def _sorted_ids(series: pd.Series) -> pd.Index:
         return pd.Index(np.sort(values))
     except TypeError:  # mixed types: sort by text
         return pd.Index(sorted(values, key=str))
+
+
+def evaluate_everyone(
+    prepared: PreparedData,
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    fold_in: Callable[[sp.csr_matrix], Callable[[np.ndarray], np.ndarray]],
+    item_popularity: np.ndarray,
+    *,
+    seen: sp.csr_matrix | None = None,
+    exclude_seen: bool = True,
+) -> dict[str, Any]:
+    """Every customer's latest rating held out and ranked among the catalogue, by history
+    length (ratings before the held-out one), next to the popularity baseline on the same rows
+    (:func:`recsys.ranking.metrics_by_history`).
+
+    The model's customers are its test rows, scored by ``score_fn(user indices)``. Customers
+    outside it with >= 2 ratings hold out their latest (by date, then file order); the rest is
+    their history, from which ``fold_in(recency ranks CSR)`` returns their ``score_fn``. A
+    held-out video outside the catalogue is a miss; a customer whose history has no catalogue
+    video is ranked by popularity, as they are served. Watched videos are skipped when
+    ``exclude_seen``.
+    """
+    from .data.prepare import split_leave_last_out
+    from .data.schema import ITEM, USER
+    from .ranking import metrics_by_history, ranks_from_scores
+
+    n_items = prepared.n_items
+    pop = np.asarray(item_popularity, dtype=np.float64)
+    pop = pop.astype(np.float32) if pop.max(initial=0) < 1 << 24 else pop  # counts: exact in float32
+
+    def ranks(fn: Callable, targets: np.ndarray, seen_rows: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(len(targets))
+        model = ranks_from_scores(fn, rows, targets, n_items, seen_rows)
+        base = ranks_from_scores(lambda r: np.broadcast_to(pop, (len(r), n_items)), rows, targets, n_items, seen_rows)
+        return model.astype(np.float64), base.astype(np.float64)
+
+    test = prepared.test
+    users = test[USER].to_numpy()
+    m, b = ranks(lambda r: score_fn(users[r]), test[ITEM].to_numpy(), seen[users] if exclude_seen and seen is not None else None)
+    parts = [(m, b, np.bincount(prepared.train[USER].to_numpy(), minlength=prepared.n_users)[users])]
+    others = prepared.others()
+    outside = 0
+    if len(others):
+        codes = pd.factorize(others[CUSTOMER])[0]
+        history, held, _ = split_leave_last_out(others.assign(**{USER: codes}))
+        if len(held):
+            hist = Histories.from_frame(history, prepared.mappings)
+            ranks_h = hist.ranks[hist.index(held[CUSTOMER].to_numpy())]
+            targets = prepared.mappings.item_index(held[PRODUCT].to_numpy())
+            inside = targets >= 0
+            outside = int((~inside).sum())
+            fn = fold_in(ranks_h[inside])
+            m, b = np.full(len(held), np.inf), np.full(len(held), np.inf)
+            m[inside], b[inside] = ranks(fn, targets[inside], (ranks_h[inside] > 0).tocsr() if exclude_seen else None)
+            empty = np.diff(ranks_h.indptr) == 0  # served the popularity list
+            m[empty] = b[empty]
+            lengths = np.bincount(history[USER].to_numpy(), minlength=int(codes.max()) + 1)[held[USER].to_numpy()]
+            parts.append((m, b, lengths))
+    model, base, lengths = (np.concatenate(x) for x in zip(*parts, strict=True))
+    out = metrics_by_history(model, base, lengths)
+    out["held_out_outside_catalogue"] = outside
+    return out

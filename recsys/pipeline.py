@@ -36,7 +36,7 @@ from ._io import atomic_dir, to_json
 from .config import RunConfig, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
-from .data.prepare import PreparedData, prepare, split_leave_last_out
+from .data.prepare import PreparedData, prepare
 from .data.schema import CUSTOMER, DATE, ITEM, PRODUCT, RATING, TITLE, USER
 from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
@@ -542,52 +542,17 @@ def _list_counts(rec: Recommender, k: int) -> dict[str, int]:
 
 
 def _everyone_metrics(rec: Recommender, prepared: PreparedData, exclude_seen: bool) -> dict[str, Any]:
-    """Every customer's latest rating held out -- the model's customers' test rows, and for
-    customers outside the model (>= 2 ratings) their latest rating, the rest folded in
-    (:mod:`recsys.fold_in`) -- ranked among the catalogue, by history length (ratings before
-    the held-out one), next to the popularity baseline on the same rows. A held-out video
-    outside the catalogue is a miss; customers whose history has no catalogue video get the
-    popularity list, as they are served."""
-    from .ranking import metrics_by_history, ranks_from_scores
+    """:func:`recsys.fold_in.evaluate_everyone` for the recommending model."""
+    from .fold_in import evaluate_everyone
 
-    n_items, items_t = prepared.n_items, rec.item_vectors.T
-    pop = rec.item_popularity
+    items_t = rec.item_vectors.T
 
-    def ranks(vectors: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.arange(len(targets))
-        model = ranks_from_scores(lambda r: vectors[r] @ items_t, rows, targets, n_items, seen)
-        base = ranks_from_scores(lambda r: np.broadcast_to(pop, (len(r), n_items)), rows, targets, n_items, seen)
-        return model.astype(np.float64), base.astype(np.float64)
+    def fold_in(ranks: sp.csr_matrix) -> Any:
+        vectors, _ = rec.fold_in(ranks)
+        return lambda rows: vectors[rows] @ items_t
 
-    test = prepared.test
-    users, targets = test[USER].to_numpy(), test[ITEM].to_numpy()
-    m, b = ranks(rec.user_vectors[users], targets, rec.seen[users] if exclude_seen else None)
-    lengths = np.bincount(prepared.train[USER].to_numpy(), minlength=prepared.n_users)[users]
-    parts = [(m, b, lengths)]
-    others = prepared.others()
-    out_of_catalogue = 0
-    if len(others):
-        codes = pd.factorize(others[CUSTOMER])[0]
-        history, held, _ = split_leave_last_out(others.assign(**{USER: codes}))
-        if len(held):
-            hist = Histories.from_frame(history, prepared.mappings)
-            ranks_h = hist.ranks[hist.index(held[CUSTOMER].to_numpy())]
-            targets = prepared.mappings.item_index(held[PRODUCT].to_numpy())
-            inside = targets >= 0
-            out_of_catalogue = int((~inside).sum())
-            vectors, _ = rec.fold_in(ranks_h)
-            m = np.full(len(held), np.inf)
-            b = np.full(len(held), np.inf)
-            seen_h = (ranks_h > 0).tocsr() if exclude_seen else None
-            m[inside], b[inside] = ranks(vectors[inside], targets[inside], seen_h[inside] if seen_h is not None else None)
-            empty = np.diff(ranks_h.indptr) == 0  # served the popularity list
-            m[empty] = b[empty]
-            lengths = np.bincount(history[USER].to_numpy(), minlength=int(codes.max()) + 1)[held[USER].to_numpy()]
-            parts.append((m, b, lengths))
-    model, base, lengths = (np.concatenate(x) for x in zip(*parts, strict=True))
-    out = metrics_by_history(model, base, lengths)
-    out["held_out_outside_catalogue"] = out_of_catalogue
-    return out
+    return evaluate_everyone(prepared, lambda u: rec.user_vectors[u] @ items_t, fold_in, rec.item_popularity,
+                             seen=rec.seen, exclude_seen=exclude_seen)  # fmt: skip
 
 
 def _two_customers(prepared: PreparedData) -> tuple[Any, Any] | None:

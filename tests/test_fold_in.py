@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from recsys.data.prepare import Mappings
 from recsys.errors import DataError
 from recsys.features import FeatureLayout
-from recsys.fold_in import POSITIVE_LOGIT, RIDGE, Histories, fold_in_vectors, histories_matrix
+from recsys.fold_in import POSITIVE_LOGIT, RIDGE, Histories, fold_in_vectors, histories_matrix, unique_rows
 from recsys.model import FittedFM
 from recsys.ranking import HISTORY_BUCKETS, metrics_by_history, rank_metrics
 from recsys.recommend import Recommender
@@ -163,3 +163,13 @@ def test_metrics_by_history_buckets_by_hand():
     assert out["all"] == {"test_rows": 6, **rank_metrics(ranks),
                           **{f"popularity_{k}": v for k, v in rank_metrics(base).items()}}  # fmt: skip
     assert metrics_by_history(ranks[:1], base[:1], np.array([1]))["by_history_length"]["5-17"] == {"test_rows": 0}
+
+
+def test_unique_rows_groups_identical_histories():
+    m = sp.random(400, 30, density=0.05, format="csr", random_state=1)
+    m.data = np.ceil(m.data * 3)
+    m = sp.vstack([m, m[:150], sp.csr_matrix((5, 30)), m[7:9]]).tocsr()
+    m.sort_indices()
+    first, inverse = unique_rows(m)
+    assert (m[first][inverse] != m).nnz == 0  # every row equals its representative
+    assert len(first) == len(np.unique(m.toarray(), axis=0))  # and distinct rows stay apart
