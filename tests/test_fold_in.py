@@ -12,7 +12,14 @@ import scipy.sparse as sp
 from recsys.data.prepare import Mappings
 from recsys.errors import DataError
 from recsys.features import FeatureLayout
-from recsys.fold_in import POSITIVE_LOGIT, RIDGE, Histories, fold_in_vectors, histories_matrix, unique_rows
+from recsys.fold_in import (
+    POSITIVE_LOGIT,
+    RIDGE,
+    Histories,
+    fold_in_vectors,
+    histories_matrix,
+    unique_rows,
+)
 from recsys.model import FittedFM
 from recsys.ranking import HISTORY_BUCKETS, metrics_by_history, rank_metrics
 from recsys.recommend import Recommender
