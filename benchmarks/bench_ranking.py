@@ -79,6 +79,7 @@ QUALITY_DATASETS = {
     "ml": ("movielens", {"min_customer_ratings": 1, "min_product_ratings": 1}),
     "default": ("default", {}),
 }
+EVERYONE_DATASETS = {"default": ("default", {}), "full": ("full", {})}
 KNN_DATASETS = {
     "full": ("full", {}),
     "full-unfiltered": ("full", {"min_customer_ratings": 1, "min_product_ratings": 1}),
@@ -221,6 +222,92 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
         "classifier_config": RunConfig().classifier.to_dict(),
         "peak": peak_bytes(),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# everyone: every customer's latest rating, by history length, with fold-in
+# --------------------------------------------------------------------------------------------
+
+
+def stage_everyone(p: dict[str, Any]) -> dict[str, Any]:
+    """Every customer with >= 2 ratings: the model's customers' test rows, and for the customers
+    the long-tail filter drops, their latest rating held out and the rest folded in
+    (``recsys.fold_in.evaluate_everyone``, as ``recsys run`` reports it). Ours: the ranking
+    objective (``RunConfig().ranking``) with its fold-in; implicit ALS (defaults, one BLAS
+    thread) trained on the same rows, with its own ``recalculate_user`` fold-in on the same
+    histories; popularity. Same held-out rows for all three."""
+    import numpy as np
+    from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from backends import get_backend
+    from recsys.config import RunConfig, apply_seed
+    from recsys.data.prepare import PrepareConfig
+    from recsys.fold_in import evaluate_everyone
+    from recsys.objectives import train_ranking_model
+    from recsys.recommend import Recommender
+
+    source, prep = EVERYONE_DATASETS[p["dataset"]]
+    data = load_prepared(source, prep, p["data"])
+    seen = data.seen_items()
+    pop = np.bincount(data.train["item"].to_numpy(), minlength=data.n_items).astype(np.float64)
+    out: dict[str, Any] = {"dataset": p["dataset"], "n_users": data.n_users, "n_items": data.n_items,
+                           "customers_outside_model": int(data.others()["customer_id"].nunique())}  # fmt: skip
+    cfg = apply_seed(RunConfig(prepare=PrepareConfig(**prep)), p["seed"])
+    t0 = time.perf_counter()
+    with threadpool_limits(1):
+        ranker, uf = train_ranking_model(get_backend("torch"), data, cfg.ranking)
+    out["ours_fit_s"] = time.perf_counter() - t0
+    rec = Recommender(ranker, data.mappings, seen, item_popularity=pop, user_features=uf)
+    items_t = rec.item_vectors.T
+
+    def ours_fold_in(ranks):
+        vectors, _ = rec.fold_in(ranks)
+        return lambda rows: vectors[rows] @ items_t
+
+    t0 = time.perf_counter()
+    out["ours"] = evaluate_everyone(data, lambda u: rec.user_vectors[u] @ items_t, ours_fold_in, pop, seen=seen)
+    out["ours_eval_s"] = time.perf_counter() - t0
+    als = AlternatingLeastSquares(random_state=p["seed"])
+    t0 = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        als.fit(seen.astype(np.float32).tocsr(), show_progress=False)
+    out["als_fit_s"] = time.perf_counter() - t0
+    uf_als, if_als = np.asarray(als.user_factors), np.asarray(als.item_factors)
+
+    def als_fold_in(ranks):
+        watched = (ranks > 0).astype(np.float32).tocsr()
+        with threadpool_limits(1, "blas"):
+            factors = als.recalculate_user(np.arange(watched.shape[0]), watched)
+        return lambda rows: factors[rows] @ if_als.T
+
+    out["implicit_als"] = evaluate_everyone(data, lambda u: uf_als[u] @ if_als.T, als_fold_in, pop, seen=seen)
+    out["peak"] = peak_bytes()
+    return out
+
+
+def everyone_rows(e: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for bucket in ("all", *e["ours"]["by_history_length"]):
+        part = {k: (e[k]["all"] if bucket == "all" else e[k]["by_history_length"][bucket]) for k in ("ours", "implicit_als")}
+        n = part["ours"]["test_rows"]
+        if not n:
+            continue
+        for m in ("hr@10", "ndcg@10", "hr@100"):
+            rows.append((bucket, f"{n:,}", m, f"{part['ours'][m]:.4f}", f"{part['implicit_als'][m]:.4f}",
+                         f"{part['ours']['popularity_' + m]:.4f}"))  # fmt: skip
+    return rows
+
+
+def everyone_goals(e: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for bucket in ("2-4", "5-17"):
+        b = {k: e[k]["by_history_length"][bucket] for k in ("ours", "implicit_als")}
+        ours, als, pop = b["ours"]["hr@10"], b["implicit_als"]["hr@10"], b["ours"]["popularity_hr@10"]
+        out.append({"floor": f"{e['dataset']}: fold-in customers with {bucket} ratings, HR@10 above popularity and ALS",
+                    "measured": f"{ours:.4f} vs popularity {pop:.4f}, ALS (recalculate_user) {als:.4f}",
+                    "pass": ours > pop and ours > als})  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,6 +529,7 @@ def stage_knn(p: dict[str, Any]) -> dict[str, Any]:
 
 STAGES = {
     "quality": stage_quality,
+    "everyone": stage_everyone,
     "vectors": stage_vectors,
     "sgemm": stage_sgemm,
     "knn": stage_knn,
@@ -570,8 +658,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data", default=DEFAULT_DATA, help="MovieLens ratings.csv (ml-latest-small)"
     )
     parser.add_argument(
-        "--only", choices=("quality", "knn"), action="append", help="run only these parts"
+        "--only", choices=("quality", "everyone", "knn"), action="append", help="run only these parts"
     )
+    parser.add_argument("--everyone-datasets", default="default,full")
     parser.add_argument(
         "--seeds", type=int, default=5, help="seeds per model for the quality tables"
     )
@@ -608,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         args.stage_out.write_text(json.dumps(result))
         return 0
     script = Path(__file__).resolve()
-    parts = set(args.only or ("quality", "knn"))
+    parts = set(args.only or ("quality", "everyone", "knn"))
     from importlib.metadata import version
 
     import faiss
@@ -644,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
             res["quality"][ds] = run_child(
                 script, "quality", {"data": args.data, "dataset": ds, "seeds": args.seeds}
             )
+    if "everyone" in parts:
+        res["everyone"] = {ds: run_child(script, "everyone", {"data": args.data, "dataset": ds, "seed": 0})
+                           for ds in args.everyone_datasets.split(",")}  # fmt: skip
     if "knn" in parts:
         tmp = None
         work = args.workdir or Path(tmp := tempfile.mkdtemp(prefix="recsys-bench-ranking-"))
@@ -707,6 +799,14 @@ def main(argv: list[str] | None = None) -> int:
         q["table"] = rows
         print_table(("model", *METRICS, "coverage@100", "fit s", "seeds"), rows)
         floors += quality_goals(q)
+    for ds, e in res.get("everyone", {}).items():
+        print(f"\n{ds}: every customer's latest rating ({e['ours']['all']['test_rows']:,} rows; "
+              f"{e['customers_outside_model']:,} customers outside the model; held-out video outside the "
+              f"catalogue: {e['ours']['held_out_outside_catalogue']:,}); fit: ours {e['ours_fit_s']:.1f} s, "
+              f"ALS {e['als_fit_s']:.1f} s (1 thread each)\n")  # fmt: skip
+        e["table"] = everyone_rows(e)
+        print_table(("history length", "rows", "metric", "ours (fold-in)", "ALS (recalculate_user)", "popularity"), e["table"])
+        floors += everyone_goals(e)
     if "knn" in res:
         sg = res["sgemm"]
         print(

@@ -242,17 +242,15 @@ def evaluate_everyone(
     """
     from .data.prepare import split_leave_last_out
     from .data.schema import ITEM, USER
-    from .ranking import metrics_by_history, ranks_from_scores
+    from .ranking import metrics_by_history, popularity_ranks, ranks_from_scores
 
     n_items = prepared.n_items
     pop = np.asarray(item_popularity, dtype=np.float64)
-    pop = pop.astype(np.float32) if pop.max(initial=0) < 1 << 24 else pop  # counts: exact in float32
 
     def ranks(fn: Callable, targets: np.ndarray, seen_rows: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
         rows = np.arange(len(targets))
         model = ranks_from_scores(fn, rows, targets, n_items, seen_rows)
-        base = ranks_from_scores(lambda r: np.broadcast_to(pop, (len(r), n_items)), rows, targets, n_items, seen_rows)
-        return model.astype(np.float64), base.astype(np.float64)
+        return model.astype(np.float64), popularity_ranks(pop, rows, targets, seen_rows).astype(np.float64)
 
     test = prepared.test
     users = test[USER].to_numpy()

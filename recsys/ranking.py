@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from .errors import DataError
 
-__all__ = ["ranks_from_scores", "rank_metrics", "list_metrics", "evaluate_ranking", "metrics_by_history", "DEFAULT_CUTOFFS", "HISTORY_BUCKETS"]
+__all__ = ["ranks_from_scores", "popularity_ranks", "rank_metrics", "list_metrics", "evaluate_ranking", "metrics_by_history", "DEFAULT_CUTOFFS", "HISTORY_BUCKETS"]
 
 DEFAULT_CUTOFFS = (10, 100)
 
@@ -53,13 +53,14 @@ def ranks_from_scores(
     if batch_rows is None:
         batch_rows = max(1, (1 << 24) // max(n_items, 1))
     ranks = np.empty(len(users), dtype=np.int64)
-    item_idx = np.arange(n_items)
     for start in range(0, len(users), batch_rows):
         u = users[start : start + batch_rows]
         t = targets[start : start + batch_rows]
-        s = np.array(score_fn(u), copy=True)  # float32 scores stay float32: the same comparisons, half the memory
+        s = np.asarray(score_fn(u))  # float32 scores stay float32: the same comparisons, half the memory
         if not np.issubdtype(s.dtype, np.floating):
             s = s.astype(np.float64)
+        elif seen is not None and (s.base is not None or not s.flags.writeable):
+            s = s.copy()  # masked below: never write into the caller's array
         if s.shape != (len(u), n_items):
             raise DataError(f"score_fn returned shape {s.shape}, expected {(len(u), n_items)}")
         if np.isnan(s).any():
@@ -69,14 +70,34 @@ def ranks_from_scores(
         if seen is not None:
             # seen items drop out of both comparisons below (NaN compares False)
             sub = seen[u]
-            r_idx = np.repeat(rows, np.diff(sub.indptr))
-            s[r_idx, sub.indices] = np.nan
+            s[np.repeat(rows, np.diff(sub.indptr)), sub.indices] = np.nan
             s[rows, t] = st  # the held-out item itself is always a candidate
-        greater = (s > st[:, None]).sum(axis=1)
-        tied_before = ((s == st[:, None]) & (item_idx[None, :] < t[:, None])).sum(axis=1)
-        ranks[start : start + len(u)] = greater + tied_before + 1
+        greater = np.count_nonzero(s > st[:, None], axis=1)
+        ties = np.count_nonzero(s >= st[:, None], axis=1) - greater  # >= 1: the target itself
+        ranks[start : start + len(u)] = greater + 1
+        for r in np.flatnonzero(ties > 1):  # a tie with the target: lower item indices first
+            ranks[start + r] += np.count_nonzero(s[r, : t[r]] == st[r])
     return ranks
 
+
+def popularity_ranks(
+    item_popularity: np.ndarray, users: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix | None = None
+) -> np.ndarray:
+    """What :func:`ranks_from_scores` gives for the popularity scores, in O(rated videos):
+    a target's place in the catalogue ordered by popularity (ties: lower index first), less the
+    seen videos ahead of it."""
+    pop = np.asarray(item_popularity, dtype=np.float64)
+    order = np.lexsort((np.arange(len(pop)), -pop))
+    place = np.empty(len(pop), dtype=np.int64)
+    place[order] = np.arange(len(pop))
+    targets = np.asarray(targets, dtype=np.int64)
+    ranks = place[targets] + 1
+    if seen is not None:
+        sub = seen[np.asarray(users, dtype=np.int64)]
+        rows = np.repeat(np.arange(len(targets)), np.diff(sub.indptr))
+        ahead = place[sub.indices] < place[targets][rows]  # (the target is never ahead of itself)
+        ranks -= np.bincount(rows[ahead], minlength=len(targets))
+    return ranks
 
 def rank_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS) -> dict[str, float]:
     """HR@K, NDCG@K for each cutoff and MRR from 1-based ranks."""
@@ -157,7 +178,7 @@ def evaluate_ranking(
         raise DataError("no test rows to evaluate (after the liked-only filter)" if liked_threshold else "no test rows")
     ranks = ranks_from_scores(score_fn, users, items, n_items, seen)
     pop = np.asarray(item_popularity, dtype=np.float64)
-    pop_ranks = ranks_from_scores(lambda u: np.broadcast_to(pop, (len(u), n_items)), users, items, n_items, seen)
+    pop_ranks = popularity_ranks(pop, users, items, seen)
     out: dict[str, Any] = {"test_rows": int(users.size)}
     out.update(rank_metrics(ranks, cutoffs))
     out.update(list_metrics(lists, n_items, pop))

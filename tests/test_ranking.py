@@ -11,7 +11,13 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.errors import DataError
-from recsys.ranking import evaluate_ranking, list_metrics, rank_metrics, ranks_from_scores
+from recsys.ranking import (
+    evaluate_ranking,
+    list_metrics,
+    popularity_ranks,
+    rank_metrics,
+    ranks_from_scores,
+)
 
 # ---------------------------------------------------------------------------------------------
 # brute-force references
@@ -367,3 +373,18 @@ def test_nan_scores_are_an_error_not_a_perfect_rank():
     # a diverged model (NaN scores) must not get rank 1 for free
     with pytest.raises(DataError, match="NaN"):
         ranks_from_scores(lambda u: np.full((len(u), 3), np.nan), np.array([0]), np.array([1]), 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_popularity_ranks_equal_the_brute_force_sort(seed):
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 30, 25
+    pop = rng.integers(0, 6, size=n_items).astype(float)  # many ties
+    seen = sp.csr_matrix(rng.random((n_users, n_items)) < 0.3)
+    users = rng.integers(0, n_users, size=80)
+    targets = rng.integers(0, n_items, size=80)
+    got = popularity_ranks(pop, users, targets, seen)
+    seen_sets = [set(seen[u].indices.tolist()) for u in range(n_users)]
+    want = [brute_popularity_rank(pop, int(t), seen_sets[u]) for u, t in zip(users, targets, strict=True)]
+    assert got.tolist() == want
+    assert popularity_ranks(pop, users, targets).tolist() == [brute_popularity_rank(pop, int(t), set()) for t in targets]
