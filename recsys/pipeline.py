@@ -82,7 +82,8 @@ class RunResult:
         if d:
             lines.append(
                 f"data: {d['rows_read']:,} reviews read ({d['rows_skipped']:,} malformed lines skipped), "
-                f"{d['duplicates_removed']:,} duplicates removed -> {d['customers']:,} customers x "
+                f"{d['exact_duplicates_removed']:,} exact duplicate rows and {d['rereviews_removed']:,} re-reviews "
+                f"removed -> {d['customers']:,} customers x "
                 f"{d['products']:,} videos, {d['train_rows']:,} train / {d['test_rows']:,} test ratings"
             )
         r = m.get("regressor")
@@ -252,7 +253,6 @@ def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
         "rows_skipped": int(report.rows_skipped),
         "skip_reasons": dict(report.skip_reasons),
         "skipped_lines": [[int(n), r] for n, r in report.skipped_lines],
-        "duplicates_removed": int(p.duplicates_removed),
         "exact_duplicates_removed": int(p.exact_duplicates_removed),
         "rereviews_removed": int(p.rereviews_removed),
         "customers": int(p.customers),

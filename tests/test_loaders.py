@@ -137,7 +137,7 @@ def test_amazon_exact_frame(tmp_path):
         "product_title": 1,
         "review_date": 1,
     }
-    assert rep.duplicate_rows == 0 and rep.invalid_utf8_lines == 0 and rep.bad_dates == 0
+    assert rep.invalid_utf8_lines == 0 and rep.bad_dates == 0
     json.dumps(rep.to_dict())
     assert "read 4 rows" in rep.summary()
 
@@ -296,17 +296,15 @@ def test_amazon_null_counts_match_brute_force(tmp_path):
     assert sum(expected.values()) > 100
 
 
-def test_amazon_duplicate_rows_match_brute_force(tmp_path):
+def test_amazon_duplicate_lines_are_all_kept_in_file_order(tmp_path):
     rng = random.Random(2)
-    pool = [
-        amazon_line(str(i), f"B{i % 3}", "T", str(i % 5 + 1), review_id=f"R{i}") for i in range(20)
-    ]
+    pool = [amazon_line(str(i), f"B{i % 3}", "T", str(i % 5 + 1), review_id=f"R{i}") for i in range(20)]
     lines = [rng.choice(pool) for _ in range(200)] + [amazon_line(star="zero")] * 3
     path = write(tmp_path / "r.tsv", "\n".join([HEADER, *lines]) + "\n")
-    _, rep = load_amazon_reviews(path)
-    valid = [ln for ln in lines if "zero" not in ln]
-    assert rep.duplicate_rows == len(valid) - len(set(valid))
-    assert rep.duplicate_rows > 150
+    df, rep = load_amazon_reviews(path)
+    valid = [ln.split("\t") for ln in lines if "zero" not in ln]
+    assert rep.rows_read == len(df) == 200 and len({tuple(v) for v in valid}) <= 20
+    assert df["customer_id"].tolist() == [int(v[1]) for v in valid]
 
 
 def test_amazon_multi_block_equals_single_block(tmp_path):
@@ -410,7 +408,7 @@ def _reference_amazon(data: bytes) -> tuple[pd.DataFrame, dict]:
     if raw_lines[-1] == b"":
         raw_lines.pop()
     header = raw_lines[0].rstrip(b"\r").decode().split("\t")
-    rows, skipped, seen = [], [], []
+    rows, skipped = [], []
     nulls = dict.fromkeys(header, 0)
     bad_utf8 = bad_dates = 0
     for number, raw in enumerate(raw_lines[1:], start=2):
@@ -454,7 +452,6 @@ def _reference_amazon(data: bytes) -> tuple[pd.DataFrame, dict]:
         for k, v in r.items():
             nulls[k] += v == ""
         bad_utf8 += invalid
-        seen.append(line)
         rows.append((r["customer_id"], r["product_id"], r["product_title"] or None, star, date))
 
     def ids(values):
@@ -477,7 +474,6 @@ def _reference_amazon(data: bytes) -> tuple[pd.DataFrame, dict]:
         "skip_reasons": dict(counts),
         "skipped_lines": skipped[:10],
         "null_counts": nulls,
-        "duplicate_rows": len(seen) - len(set(seen)),
         "invalid_utf8_lines": bad_utf8,
         "bad_dates": bad_dates,
     }
@@ -694,7 +690,7 @@ def test_load_table_csv_with_mapping_and_sniffed_separator(tmp_path):
         "missing user/item id": 1,
         "non-numeric rating": 1,
     }
-    assert (rep.lines_read, rep.rows_read, rep.bad_dates, rep.duplicate_rows) == (7, 3, 1, 1)
+    assert (rep.lines_read, rep.rows_read, rep.bad_dates) == (7, 3, 1)
     assert rep.columns == ["who", "what", "stars", "when", "name"]
 
 

@@ -275,3 +275,25 @@ def test_prepare_on_the_builtin_data_against_brute_force(tiny_file) -> None:
     X = p.design_matrix("train")
     assert X.shape == (r.train_rows, r.customers + r.products) and X.nnz == 2 * r.train_rows
     assert r.rating_distribution_after == {f"{k:g}": int(v) for k, v in p.ratings["star_rating"].value_counts().sort_index().items()}
+
+
+def test_duplicate_vocabulary_agrees_with_brute_force_everywhere(tiny_file) -> None:
+    """Exact duplicate rows and re-reviews: the same two numbers in explore, prepare and the summary."""
+    from recsys.data.explore import explore
+    from recsys.pipeline import RunResult, _data_metrics
+
+    path, _ = tiny_file
+    df, load_report = load_amazon_reviews(path)
+    # brute force with pandas, independent of the code under test
+    cols = ["customer_id", "product_id", "product_title", "star_rating", "review_date"]
+    exact = int(df.duplicated(cols).sum())
+    rereviews = int(df.drop_duplicates(cols).duplicated(["customer_id", "product_id"]).sum())
+    assert exact > 0 and rereviews > 0
+    e = explore(df, load_report)
+    assert (e.exact_duplicate_rows, e.rereviews) == (exact, rereviews)
+    p = prepare(df, PrepareConfig())
+    assert (p.report.exact_duplicates_removed, p.report.rereviews_removed) == (exact, rereviews)
+    assert p.report.rows_after_dedupe == len(df) - exact - rereviews
+    metrics = {"data": _data_metrics(load_report, p)}
+    line = RunResult(config=None, out_dir=None, metrics=metrics).summary_lines()[0]
+    assert f"{exact:,} exact duplicate rows and {rereviews:,} re-reviews removed" in line

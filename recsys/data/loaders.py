@@ -126,9 +126,6 @@ class LoadReport:
         the 1-based row number, for Parquet).
     null_counts : dict of str to int
         Per source column (all of them), the number of empty/null values among valid rows.
-    duplicate_rows : int or None
-        Extra copies of exact whole-line (Parquet: whole-row) duplicates among valid rows,
-        found by 64-bit hashes (collision odds negligible); None when not computed.
     invalid_utf8_lines : int
         Valid lines whose bytes were not UTF-8; they were decoded with U+FFFD replacement.
     seconds : float
@@ -149,7 +146,6 @@ class LoadReport:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     skipped_lines: list[tuple[int, str]] = field(default_factory=list)
     null_counts: dict[str, int] = field(default_factory=dict)
-    duplicate_rows: int | None = None
     invalid_utf8_lines: int = 0
     seconds: float = 0.0
     bad_dates: int = 0
@@ -174,8 +170,6 @@ class LoadReport:
         ]
         out[0] += f"; skipped {self._skip_text()}" if self.rows_skipped else f"; all {noun} valid"
         extra = []
-        if self.duplicate_rows:
-            extra.append(f"{self.duplicate_rows:,} exact duplicate rows (kept)")
         if self.invalid_utf8_lines:
             extra.append(
                 f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
@@ -369,7 +363,7 @@ class _Collector:
     """Accumulates per-block results of a line-oriented loader into one report.
 
     Use as a context manager: it owns a worker thread that parses a block with Arrow (which
-    releases the GIL) while the calling thread hashes the block's lines.
+    releases the GIL).
     """
 
     def __init__(self, n_fields: int, reasons: list[str], max_examples: int) -> None:
@@ -379,7 +373,6 @@ class _Collector:
         self.examples: list[tuple[int, str]] = []
         self.n_fields = n_fields
         self.nulls = np.zeros(n_fields, dtype=np.int64)
-        self.hashes: list[np.ndarray] = []
         self.lines = 0
         self.invalid_utf8 = 0
         self.columns: dict[str, list[Any]] = {}
@@ -419,8 +412,6 @@ class _Collector:
         parsed = None
         if len(parse_idx):
             parsed = self._pool.submit(parse, scan.lines(parse_idx), len(parse_idx))
-        # Hash every line for the duplicate count while the worker parses.
-        hashes = np.fromiter(map(hash, buf.split(b"\n")), dtype=np.int64, count=n)
         good_codes = pre_codes.astype(np.int8) + np.int8(1)
         good_codes[passed] = 0
         post_cols: dict[str, Any] = {}
@@ -449,7 +440,6 @@ class _Collector:
         self.nulls += scan.empty()[valid_good].sum(axis=0)
         self.lines += n
         self.counts += np.bincount(codes, minlength=len(self.counts))
-        self.hashes.append(hashes[valid])
         if len(bad_utf8):
             self.invalid_utf8 += int(valid[bad_utf8[bad_utf8 < n]].sum())
         room = self.max_examples - len(self.examples)
@@ -469,17 +459,6 @@ class _Collector:
         report.skipped_lines = self.examples
         report.null_counts = {c: int(k) for c, k in zip(source_columns, self.nulls, strict=True)}
         report.invalid_utf8_lines = self.invalid_utf8
-        report.duplicate_rows = _count_duplicates(
-            np.concatenate(self.hashes) if self.hashes else np.empty(0, np.int64)
-        )
-
-
-def _count_duplicates(hashes: np.ndarray) -> int:
-    """Extra copies among 64-bit hashes (sorting is ~2x faster than a hash table here)."""
-    if len(hashes) < 2:
-        return 0
-    h = np.sort(hashes)
-    return int(len(h) - 1 - np.count_nonzero(h[1:] != h[:-1]))
 
 
 def _nothing_valid(report: LoadReport, path: Path) -> DataError:
@@ -826,8 +805,7 @@ def load_amazon_reviews(
     frame : pandas.DataFrame
         The ratings frame (see the module docstring for the dtypes), in file order.
     report : LoadReport
-        Counts of lines read, kept and skipped, null counts for every header column,
-        duplicates.
+        Counts of lines read, kept and skipped, null counts for every header column.
 
     Raises
     ------
@@ -1367,7 +1345,7 @@ def load_table(
     -------
     frame : pandas.DataFrame
     report : LoadReport
-        ``null_counts`` and ``duplicate_rows`` cover all source columns.
+        ``null_counts`` covers all source columns.
 
     Raises
     ------
@@ -1413,9 +1391,6 @@ def load_table(
     for name in report.columns:
         col = tbl.column(name) if name in tbl.column_names else source.column(name)
         report.null_counts[name] = _null_count(col.filter(keep))
-    if source.hashes is not None:
-        h = source.hashes[valid]
-        report.duplicate_rows = _count_duplicates(h)
     report.invalid_utf8_lines = int(np.isin(source.numbers[valid], source.bad_utf8).sum())
     _finish_report(report, p, t0)
 
@@ -1445,7 +1420,6 @@ class _TableSource:
     table: pa.Table  # the mapped columns (CSV: all columns), one row per data row
     numbers: np.ndarray  # line (CSV) or row (Parquet) number of each table row
     wrong_fields: list[int]  # numbers of lines dropped for a wrong field count
-    hashes: np.ndarray | None  # a 64-bit hash of each table row's whole line / row
     bad_utf8: np.ndarray  # numbers of lines that were not valid UTF-8
     column: Callable[[str], pa.ChunkedArray]  # reads any source column (Parquet)
 
@@ -1502,7 +1476,7 @@ def _read_csv_table(
         # Cannot map rows to lines (e.g. a quoted field spanning lines): count rows instead.
         report.location = "row"
         numbers = np.arange(1, tbl.num_rows + 1)
-        return _TableSource(tbl, numbers, [], None, np.empty(0, np.int64), tbl.column)
+        return _TableSource(tbl, numbers, [], np.empty(0, np.int64), tbl.column)
     wrong = sorted(int(n) for n in invalid)
     numbers = np.setdiff1d(np.arange(2, n_lines + 2), np.asarray(wrong, dtype=np.int64))
     # Arrow turns a blank line into an all-null row: it is a wrong field count.
@@ -1511,8 +1485,7 @@ def _read_csv_table(
         wrong = sorted(wrong + numbers[blank].tolist())
         tbl = tbl.filter(pa.array(~blank))
         numbers = numbers[~blank]
-    hashes = np.fromiter((hash(lines[n - 1]) for n in numbers), dtype=np.int64, count=len(numbers))
-    return _TableSource(tbl, numbers, wrong, hashes, bad_utf8 + 1, tbl.column)
+    return _TableSource(tbl, numbers, wrong, bad_utf8 + 1, tbl.column)
 
 
 def _read_parquet(path: Path, mapping: dict[str, str], report: LoadReport) -> _TableSource:
@@ -1530,15 +1503,8 @@ def _read_parquet(path: Path, mapping: dict[str, str], report: LoadReport) -> _T
         return pf.read(columns=[name]).column(0)
 
     tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
-    hashes: np.ndarray | None = np.zeros(tbl.num_rows, dtype=np.uint64)
-    try:
-        for name in report.columns:  # one column at a time keeps memory bounded
-            colh = pd.util.hash_pandas_object(pd.Series(column(name).to_pandas()), index=False)
-            hashes = hashes * np.uint64(1_000_003) ^ colh.to_numpy(dtype=np.uint64)
-    except (TypeError, ValueError, pa.ArrowException):  # e.g. nested columns
-        hashes = None
     numbers = np.arange(1, tbl.num_rows + 1)
-    return _TableSource(tbl, numbers, [], hashes, np.empty(0, np.int64), column)
+    return _TableSource(tbl, numbers, [], np.empty(0, np.int64), column)
 
 
 # --------------------------------------------------------------------------------------------
