@@ -266,6 +266,12 @@ def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
         "rating_distribution_before": p.rating_distribution_before,
         "rating_distribution_after": p.rating_distribution_after,
         "test_items_unseen_in_train": int(p.test_items_unseen_in_train),
+        # every drop and repair, as counts
+        "bad_dates": int(report.bad_dates),
+        "invalid_utf8_lines": int(report.invalid_utf8_lines),
+        "rows_removed_by_filter": int(p.rows_after_dedupe - p.rows_after_filter),
+        "test_rows_dropped": int(p.explicit_test_rows_dropped),
+        "train_rows_removed_overlapping_test": int(p.explicit_test_overlap_removed),
     }
 
 

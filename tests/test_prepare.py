@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -194,6 +196,29 @@ def test_explicit_split_drops_unknown_and_removes_overlap_from_training() -> Non
     assert stats == {"explicit_test_rows_dropped": 2, "explicit_test_overlap_removed": 1}
     assert list(zip(test["user"], test["item"], strict=True)) == [(0, 1)]
     assert (0, 1) not in set(zip(train["user"], train["item"], strict=True))
+
+
+def test_prepare_warns_once_and_reports_dropped_test_rows(caplog) -> None:
+    rng = np.random.default_rng(4)
+    rows = [(int(c), f"P{int(p)}", "", 4, f"2015-01-{int(d):02d}")
+            for c, p, d in zip(rng.integers(0, 30, 600), rng.integers(0, 12, 600), rng.integers(1, 28, 600), strict=True)]  # fmt: skip
+    train_df = frame(rows)
+    test_df = frame([(c, p, "", 3, "2015-02-01") for c, p in [(0, "P1"), (99, "P1"), (1, "Q9"), (2, "P2"), (98, "Q8")]])
+    with caplog.at_level("WARNING", logger="recsys"):
+        prepared = prepare(train_df, PrepareConfig(min_customer_ratings=1, min_product_ratings=1), test_frame=test_df)
+    r = prepared.report
+    assert (r.explicit_test_rows_dropped, r.test_rows) == (3, 2)  # customers 99/98 and video Q9 are unknown
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert warnings == ["dropped 3 of 5 test ratings: their customer or video is not in the prepared training data "
+                        "(unknown id, or removed by the long-tail filter)"]  # fmt: skip
+    assert "3 test ratings dropped" in r.summary_lines()[-1]
+    from recsys.pipeline import _data_metrics
+
+    d = _data_metrics(SimpleNamespace(rows_read=600, rows_skipped=0, skip_reasons={}, skipped_lines=[], bad_dates=2,
+                                      invalid_utf8_lines=1), prepared)  # fmt: skip
+    assert (d["test_rows_dropped"], d["bad_dates"], d["invalid_utf8_lines"]) == (3, 2, 1)
+    assert d["train_rows_removed_overlapping_test"] == r.explicit_test_overlap_removed
+    assert d["rows_removed_by_filter"] == 0
 
 
 def test_one_hot_equals_the_labs_per_row_encoding() -> None:

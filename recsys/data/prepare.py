@@ -129,8 +129,8 @@ class PrepareReport:
     test_customers_single_rating: int = 0
     test_date_ties: int = 0
     test_items_unseen_in_train: int = 0
-    explicit_test_rows_dropped: int = 0
-    explicit_test_overlap_removed: int = 0
+    explicit_test_rows_dropped: int = 0  # --test-data rows whose customer or video is not in training
+    explicit_test_overlap_removed: int = 0  # training rows of (customer, video) pairs in the test set
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,7 +144,14 @@ class PrepareReport:
             f"{self.customers_before_filter:,} -> {self.customers:,} customers, "
             f"{self.products_before_filter:,} -> {self.products:,} videos, "
             f"{self.rows_after_dedupe:,} -> {self.rows_after_filter:,} ratings",
-            f"split ({self.split}): {self.train_rows:,} train / {self.test_rows:,} test ratings",
+            f"split ({self.split}): {self.train_rows:,} train / {self.test_rows:,} test ratings"
+            + (
+                f"; {self.explicit_test_rows_dropped:,} test ratings dropped (customer or video not in "
+                f"the prepared training data), {self.explicit_test_overlap_removed:,} training ratings "
+                "removed (also in the test set)"
+                if self.split == "explicit"
+                else ""
+            ),
         ]
 
 
@@ -636,6 +643,12 @@ def prepare(
         report.split = "leave_last_out"
     for key, value in stats.items():
         setattr(report, key, value)
+    if report.explicit_test_rows_dropped:
+        log.warning(
+            "dropped %s of %s test ratings: their customer or video is not in the prepared training data "
+            "(unknown id, or removed by the long-tail filter)",
+            f"{report.explicit_test_rows_dropped:,}", f"{report.explicit_test_rows_dropped + len(test):,}",
+        )  # fmt: skip
     report.train_rows, report.test_rows = len(train), len(test)
     if report.test_rows == 0:
         raise DataError(

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ...errors import DataError
+from ...errors import ConfigError, DataError
 from ..schema import CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
 from .amazon import load_amazon_reviews
 from .movielens import load_movielens
@@ -20,6 +20,7 @@ from .text import check_file, describe_columns, head
 #: Formats understood by :func:`load_ratings`.
 FORMATS: tuple[str, ...] = ("amazon", "movielens", "csv", "parquet")
 _NUMBER = re.compile(r"[0-9.]+")
+_TABLE_OPTIONS = {"user", "item", "rating", "timestamp", "title", "sep", "titles_path"}
 _CANONICAL = {"user": CUSTOMER, "item": PRODUCT, "rating": RATING, "timestamp": DATE,
               "title": TITLE}  # fmt: skip
 
@@ -87,6 +88,16 @@ def load_ratings(
     present, ``review_date``/``product_title``), so a saved ratings frame loads back.
     """
     fmt = format if format is not None else detect_format(path)
+    mapping = sorted(set(options) & _TABLE_OPTIONS)
+    if fmt in ("amazon", "movielens") and mapping:
+        raise ConfigError(
+            f"{path} is {fmt} data: the option(s) {mapping} apply to csv/parquet only. Drop them, "
+            f"or pass --format csv to read the file as a table."
+        )
+    if fmt in ("amazon", "movielens", "csv"):
+        with open(check_file(path), "rb") as fh:
+            if fh.read(4) == PARQUET_MAGIC:
+                raise DataError(f"{path} is a Parquet file, not {fmt}: use --format parquet.")
     if fmt == "amazon":
         return load_amazon_reviews(path, **options)
     if fmt == "movielens":

@@ -151,7 +151,8 @@ def describe_columns(names: list[str]) -> str:
     """
     if len(names) <= 100 and all(_NAME.fullmatch(n) for n in names):
         return f"columns {names}"
-    return f"{len(names)} fields that do not look like column names (not shown)"
+    n = len(names)
+    return f"{n} field{'s' if n != 1 else ''} that do not look like column names (not shown)"
 
 
 # --------------------------------------------------------------------------------------------
