@@ -185,11 +185,14 @@ def stage_load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def timed_load(load_amazon_reviews, path: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     frame, report = load_amazon_reviews(path)
     seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": seconds,
+        # CPU seconds of all threads: less sensitive than wall time to other jobs on the machine
+        "cpu_s": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime,
         "peak": peak_bytes(),
         "rows": report.rows_read,
         "lines": report.lines_read,
@@ -516,7 +519,7 @@ def _repeat(name: str, args: argparse.Namespace, n: int, **extra: Any) -> dict[s
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(runs)
     out = dict(runs[-1])
-    for key in ("seconds", "load_s", "prepare_s", "encode_s"):
+    for key in ("seconds", "cpu_s", "load_s", "prepare_s", "encode_s"):
         if key in runs[0]:
             out[key] = _stats([r[key] for r in runs])
     out["peak"] = max(r["peak"] for r in runs)
@@ -700,6 +703,7 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
         out["load_time_pyarrow_over_scanner_median"] = _med(ld["seconds"]) / _med(sc["seconds"])
         out["load_time_pyarrow_over_scanner_best"] = _min(ld["seconds"]) / _min(sc["seconds"])
         out["load_peak_pyarrow_over_scanner"] = ld["peak"] / sc["peak"]
+        out["load_cpu_pyarrow_over_scanner_median"] = _med(ld["cpu_s"]) / _med(sc["cpu_s"])
     for key, suffix in (("pandas_read", ""), ("pandas_read_object", "_object")):
         if key in res:
             p = res[key]

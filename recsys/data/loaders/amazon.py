@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -19,13 +18,10 @@ from .text import (
     DEFAULT_BLOCK_SIZE,
     Format,
     Tally,
-    chain_first,
     check_file,
     describe_columns,
-    iter_blocks,
-    open_binary,
+    lines_of,
     parse_blocks,
-    split_header,
 )
 
 _REASONS = [
@@ -116,14 +112,12 @@ def load_amazon_reviews(
     stars = C.Lookup(_star, np.float32, (math.nan, 2))
     days = C.Lookup(_day, np.int64, (C.NAT, 0))
     cols: dict[str, list] = {CUSTOMER: [], PRODUCT: [], TITLE: [], RATING: [], DATE: []}
-    with open_binary(p) as fh, contextlib.closing(iter_blocks(fh, block_size, p)) as blocks:
-        first = next(blocks, b"")
-        if not first:
+    with lines_of(p, block_size, header=True) as (header, blocks):
+        if header is None:
             raise DataError(
                 f"{p} is empty; expected an Amazon reviews TSV starting with the header "
                 f"{chr(9).join(AMAZON_COLUMNS)!r}."
             )
-        header, rest = split_header(first)
         names = report.columns = header.split("\t")
         _check_header(names, p)
         types = {
@@ -136,7 +130,7 @@ def load_amazon_reviews(
         used = {k: v for k, v in types.items() if k in names}
         fmt = Format(names, "\t", types=used, keep=tuple(used))
         tally = Tally(names, _REASONS, max_examples)
-        for block in parse_blocks(chain_first(rest, blocks), fmt.parse):
+        for block in parse_blocks(blocks, fmt.parse):
             t = block.table
             star, codes = stars(t.column(RATING))
             missing = np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(

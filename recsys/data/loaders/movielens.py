@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -25,15 +24,12 @@ from .text import (
     Block,
     Format,
     Tally,
-    chain_first,
     check_file,
     describe_columns,
     head,
-    iter_blocks,
-    open_binary,
+    lines_of,
     parse_blocks,
     read_all,
-    split_header,
 )
 
 logger = logging.getLogger("recsys")
@@ -139,17 +135,15 @@ def load_movielens(
     report = LoadReport(source=str(path), format="movielens", columns=list(names))
     ratings = C.Lookup(_rating, np.float32, (math.nan, 3))
     cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], RATING: [], "date": []}
-    with open_binary(p) as fh, contextlib.closing(iter_blocks(fh, block_size, p)) as blocks:
-        if has_header:
-            header, rest = split_header(next(blocks, b""))
-            report.columns = header.split(",") if header else list(names)
+    with lines_of(p, block_size, header=has_header) as (header, blocks):
+        if header is not None:
+            report.columns = header.split(",")
             if [n.strip() for n in report.columns] != _CSV_HEADER:
                 raise DataError(
                     f"{p}: expected the MovieLens ratings.csv header {','.join(_CSV_HEADER)} on "
                     f"line 1; found {describe_columns(report.columns)}. For another layout use "
                     f"load_table(path, user=..., item=..., rating=..., timestamp=...)."
                 )
-            blocks = chain_first(rest, blocks)
         # "::" is two bytes: blocks of ratings.dat get it replaced by the ASCII unit separator.
         delimiter = "\x1f" if len(sep) > 1 else sep.decode()
         c = report.columns

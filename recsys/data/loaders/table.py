@@ -170,14 +170,6 @@ def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, 
     return us, int(np.count_nonzero(present & (us == C.NAT)))
 
 
-def _null_count(col: pa.ChunkedArray) -> np.ndarray:
-    """Per row: null, or an empty string."""
-    nulls = np.asarray(col.is_null())
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        nulls |= np.asarray(pc.fill_null(pc.equal(col, ""), False))
-    return nulls
-
-
 def load_table(
     path: str | Path,
     *,
@@ -263,8 +255,6 @@ def load_table(
     codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
     keep = tally.add(block, codes)
     tally.fill(report, first_line=2)
-    if format == "parquet":
-        _parquet_nulls(p, report, keep)
     check_rows(report, p)
 
     kept = {k: tbl.column(v).filter(pa.array(keep)) for k, v in mapping.items()}
@@ -311,14 +301,21 @@ def _read_csv(
 def _read_parquet(
     path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
 ) -> tuple[Block, Tally]:
-    """Read the mapped columns of a Parquet file; rows are numbered from 1."""
+    """Read the mapped columns of a Parquet file, and which rows are null (or empty text) in
+    every column, one column at a time (memory stays bounded); rows are numbered from 1."""
     import pyarrow.parquet as pq
 
+    nulls = {}
     try:
         pf = pq.ParquetFile(path)
         report.columns = list(pf.schema_arrow.names)
         _check_mapping(mapping, report.columns, path)
         tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
+        for name in report.columns:
+            col = pf.read(columns=[name]).column(0)
+            text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+            empty = pc.equal(col, "") if text else None
+            nulls[name] = col.is_null() if empty is None else pc.or_kleene(col.is_null(), empty)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(
             f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
@@ -331,21 +328,7 @@ def _read_parquet(
                 f"(a number, text or a date). Flatten it or map another column."
             )
     n = tbl.num_rows
-    block = Block(tbl, np.arange(n), np.empty(0, np.int64), np.empty(0, np.int64), n, {})
-    tally = Tally([], _REASONS, max_examples)
+    block = Block(tbl, np.arange(n), np.empty(0, np.int64), np.empty(0, np.int64), n, nulls)
+    tally = Tally(report.columns, _REASONS, max_examples)
     tally.location = "row"
     return block, tally
-
-
-def _parquet_nulls(path: Path, report: LoadReport, keep: np.ndarray) -> None:
-    """Null (or empty text) counts of every Parquet column among the kept rows, one column at a
-    time (memory stays bounded)."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-        for name in report.columns:
-            col = pf.read(columns=[name]).column(0)
-            report.null_counts[name] = int(np.count_nonzero(_null_count(col) & keep))
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"cannot read {path} as Parquet: a column is damaged.") from exc

@@ -11,6 +11,8 @@ Errors name the file and the line, never a file's content.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 import zlib
 from collections import deque
@@ -22,6 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ...errors import DataError
@@ -129,11 +132,19 @@ def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
             yield b"".join([*carry, b"\n"])
 
 
-def chain_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    """``first`` (unless empty), then ``rest``."""
-    if first:
-        yield first
-    yield from rest
+@contextlib.contextmanager
+def lines_of(
+    path: Path, block_size: int, header: bool
+) -> Iterator[tuple[str | None, Iterator[bytes]]]:
+    """Open ``path``; yield its header line (None: no header wanted, or an empty file) and the
+    blocks of the other lines (see :func:`iter_blocks`)."""
+    with open_binary(path) as fh, contextlib.closing(iter_blocks(fh, block_size, path)) as blocks:
+        first = next(blocks, b"") if header else b""
+        if not first:
+            yield None, blocks
+            return
+        line, rest = split_header(first)
+        yield line, itertools.chain([rest] if rest else [], blocks)
 
 
 def split_header(first: bytes) -> tuple[str, bytes]:
@@ -329,7 +340,7 @@ class Tally:
             )
         for j, name in enumerate(self.columns):
             if name in block.nulls:
-                nulls = np.asarray(block.nulls[name], dtype=bool)
+                nulls = np.asarray(pc.fill_null(block.nulls[name], True), dtype=bool)
                 self.nulls[j] += int(np.count_nonzero(nulls & valid))
         self.lines += len(line_codes) + (len(block.wrong_fields) if block.lines is None else 0)
         return valid

@@ -181,31 +181,35 @@ def _resolve_config(preset: str | GeneratorConfig) -> GeneratorConfig:
     return cfg
 
 
+# Range of every numeric knob: (low, high, low included); integers are checked apart.
+_RANGES = {
+    **dict.fromkeys(("genre_focus", "next_season_prob", "series_share", "edition_share",
+                     "taste_like_corr", "duplicate_rate", "rereview_rate", "null_rate",
+                     "vine_rate", "verified_rate"), (0.0, 1.0, True)),
+    **dict.fromkeys(("taste_concentration", "activity_sigma", "days_per_review"),
+                    (0.0, math.inf, False)),
+    **dict.fromkeys(("popularity_exponent", "customer_bias_sd", "quality_sd", "affinity_weight",
+                     "rating_noise_sd", "yearly_growth"), (0.0, math.inf, True)),
+}  # fmt: skip
+
+
 def _validate(cfg: GeneratorConfig) -> None:
-    def positive_int(name: str) -> int:
+    ints = {}
+    for name in ("n_customers", "n_products", "n_reviews", "max_reviews_per_customer", "n_genres",
+                 "min_nulls"):  # fmt: skip
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        return int(value)
-
-    def unit_interval(name: str) -> None:
+        least = 0 if name == "min_nulls" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+        ints[name] = int(value)
+    for name, (low, high, closed) in _RANGES.items():
         value = getattr(cfg, name)
-        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-            raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
-
-    def nonneg(name: str, *, strict: bool = False) -> None:
-        value = getattr(cfg, name)
-        ok = isinstance(value, (int, float)) and math.isfinite(value)
-        ok = ok and (value > 0 if strict else value >= 0)
-        if not ok:
-            kind = "a positive" if strict else "a non-negative"
-            raise ConfigError(f"{name} must be {kind} number, got {value!r}")
-
-    n_customers = positive_int("n_customers")
-    n_products = positive_int("n_products")
-    n_reviews = positive_int("n_reviews")
-    max_reviews = positive_int("max_reviews_per_customer")
-    n_genres = positive_int("n_genres")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and (low <= value if closed else low < value) and value <= high):
+            interval = f"{'[' if closed else '('}{low:g}, {high:g}{']' if high < math.inf else ')'}"
+            raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
+    n_customers, n_products, n_reviews = ints["n_customers"], ints["n_products"], ints["n_reviews"]
+    max_reviews, n_genres = ints["max_reviews_per_customer"], ints["n_genres"]
     if n_genres > len(GENRES):
         raise ConfigError(f"n_genres must be at most {len(GENRES)}, got {n_genres}")
     if n_products < 2:
@@ -215,22 +219,11 @@ def _validate(cfg: GeneratorConfig) -> None:
             f"max_reviews_per_customer ({max_reviews}) must be at most half of n_products "
             f"({n_products}); lower it or add products"
         )
-    for name in ("genre_focus", "next_season_prob", "series_share", "edition_share",
-                 "taste_like_corr", "duplicate_rate", "rereview_rate", "null_rate",
-                 "vine_rate", "verified_rate"):  # fmt: skip
-        unit_interval(name)
     if cfg.series_share + cfg.edition_share > 0.95:
         raise ConfigError(
             "series_share + edition_share must leave room for films (at most 0.95), got "
             f"{cfg.series_share + cfg.edition_share}"
         )
-    for name in ("taste_concentration", "activity_sigma", "days_per_review"):
-        nonneg(name, strict=True)
-    for name in ("popularity_exponent", "customer_bias_sd", "quality_sd", "affinity_weight",
-                 "rating_noise_sd", "yearly_growth"):  # fmt: skip
-        nonneg(name)
-    if isinstance(cfg.min_nulls, bool) or not isinstance(cfg.min_nulls, int) or cfg.min_nulls < 0:
-        raise ConfigError(f"min_nulls must be a non-negative integer, got {cfg.min_nulls!r}")
     shares = np.asarray(cfg.star_shares, dtype=np.float64)
     if shares.shape != (5,) or np.any(shares < 0) or not math.isclose(shares.sum(), 1.0, abs_tol=1e-6):
         raise ConfigError(
