@@ -17,7 +17,12 @@ Stages
 ------
 generate      ``generate_reviews(preset, seed)``, then ``write_reviews_tsv`` (and ``.tsv.gz``
               with ``--gz``).
-load          ``load_amazon_reviews(tsv)`` only.
+load          ``load_amazon_reviews(tsv)`` only: blocks of lines parsed by ``pyarrow.csv``.
+scanner_load  the same call on the loader it replaced, a hand-written numpy byte scanner
+              (Arrow parsed only the lines the scanner had validated), taken from git at
+              ``--scanner-commit`` (the last commit that had it) and imported from a temporary
+              file. Run alternately with ``load`` (``--repeat`` pairs), same file; both record a
+              digest of the frame, which must agree.
 pipeline      ``load_amazon_reviews`` -> ``prepare(frame, PrepareConfig())`` (dedupe, long-tail
               filter, index, leave-last-out split) -> train and test design matrices and
               labels. The floors apply to this process: <= 60 s and <= 6 GB peak RSS.
@@ -56,6 +61,8 @@ FLOOR_SECONDS = 60.0
 FLOOR_PEAK_GB = 6.0
 FLOOR_ENCODE_RATIO = 100.0
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_data.json"
+#: The last commit with the hand-written byte scanner (recsys/data/loaders.py, one module).
+SCANNER_COMMIT = "83fc4f025a30c615700c32154316fe8c1317b85a"
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,18 +181,60 @@ def stage_generate(args: argparse.Namespace) -> dict[str, Any]:
 def stage_load(args: argparse.Namespace) -> dict[str, Any]:
     from recsys.data.loaders import load_amazon_reviews
 
-    t0 = time.perf_counter()
-    frame, report = load_amazon_reviews(args.path)
+    return timed_load(load_amazon_reviews, args.path)
+
+
+def timed_load(load_amazon_reviews, path: Path) -> dict[str, Any]:
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    frame, report = load_amazon_reviews(path)
     seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": seconds,
+        # CPU seconds of all threads: less sensitive than wall time to other jobs on the machine
+        "cpu_s": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime,
         "peak": peak_bytes(),
         "rows": report.rows_read,
         "lines": report.lines_read,
         "skipped": report.rows_skipped,
         "skip_reasons": report.skip_reasons,
         "frame_bytes": int(frame.memory_usage(deep=True).sum()),
+        "frame_digest": frame_digest(frame),
     }
+
+
+def frame_digest(frame) -> str:
+    """A digest of a ratings frame's values (ids and titles as text)."""
+    import hashlib
+
+    import pandas as pd
+
+    h = hashlib.sha256()
+    for name in frame.columns:
+        col = frame[name]
+        if not pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_datetime64_dtype(col):
+            col = col.astype(object).where(col.notna(), None).astype(str)
+        h.update(pd.util.hash_pandas_object(col, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def stage_scanner_load(args: argparse.Namespace) -> dict[str, Any]:
+    import importlib.util
+
+    source = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parent), "show",
+         f"{args.scanner_commit}:recsys/data/loaders.py"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="recsys-scanner-") as tmp:
+        module_path = Path(tmp) / "scanner_loaders.py"
+        module_path.write_bytes(source)
+        # named inside recsys.data so that its relative imports (..errors, .schema) resolve
+        spec = importlib.util.spec_from_file_location("recsys.data._scanner_loaders", module_path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return {**timed_load(module.load_amazon_reviews, args.path), "commit": args.scanner_commit}
 
 
 def stage_pipeline(args: argparse.Namespace) -> dict[str, Any]:
@@ -336,6 +385,7 @@ def stage_lab_encode(args: argparse.Namespace) -> dict[str, Any]:
 STAGES = {
     "generate": stage_generate,
     "load": stage_load,
+    "scanner_load": stage_scanner_load,
     "pipeline": stage_pipeline,
     "pandas_read": stage_pandas_read,
     "lab_encode": stage_lab_encode,
@@ -440,6 +490,8 @@ def run_stage(name: str, args: argparse.Namespace, **extra: Any) -> dict[str, An
         str(args.lab_sample),
         "--lab-repeat",
         str(args.lab_repeat),
+        "--scanner-commit",
+        args.scanner_commit,
     ]
     for key, value in extra.items():
         flag = "--" + key.replace("_", "-")
@@ -461,9 +513,13 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def _repeat(name: str, args: argparse.Namespace, n: int, **extra: Any) -> dict[str, Any]:
-    runs = [run_stage(name, args, **extra) for _ in range(n)]
+    return _summarise([run_stage(name, args, **extra) for _ in range(n)])
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(runs)
     out = dict(runs[-1])
-    for key in ("seconds", "load_s", "prepare_s", "encode_s"):
+    for key in ("seconds", "cpu_s", "load_s", "prepare_s", "encode_s"):
         if key in runs[0]:
             out[key] = _stats([r[key] for r in runs])
     out["peak"] = max(r["peak"] for r in runs)
@@ -538,6 +594,11 @@ def build_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]
         load["lines"],
         f"{load['rows']:,} rows kept, {load['skipped']} skipped; frame {load['frame_bytes'] / GB:.2f} GB",
     )
+    if "scanner_load" in res:
+        sc = res["scanner_load"]
+        same = "identical" if sc["frame_digest"] == load["frame_digest"] else "DIFFERENT"
+        add("load_amazon_reviews, byte scanner (replaced)", sc["seconds"], sc["peak"], sc["lines"],
+            f"commit {sc['commit'][:10]}; frame {same}")  # fmt: skip
     if "load_gz" in res:
         g = res["load_gz"]
         add(
@@ -637,6 +698,12 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
     )
     out["encode_speedup_vs_lab_best"] = min(lab["lab_s"]) / min(lab["ours_s"])
     ld = res["load"]
+    if "scanner_load" in res:
+        sc = res["scanner_load"]
+        out["load_time_pyarrow_over_scanner_median"] = _med(ld["seconds"]) / _med(sc["seconds"])
+        out["load_time_pyarrow_over_scanner_best"] = _min(ld["seconds"]) / _min(sc["seconds"])
+        out["load_peak_pyarrow_over_scanner"] = ld["peak"] / sc["peak"]
+        out["load_cpu_pyarrow_over_scanner_median"] = _med(ld["cpu_s"]) / _med(sc["cpu_s"])
     for key, suffix in (("pandas_read", ""), ("pandas_read_object", "_object")):
         if key in res:
             p = res[key]
@@ -668,7 +735,15 @@ def print_report(res: dict[str, Any]) -> None:
         print("| " + " | ".join(row) + " |")
     print()
     for key, value in res["ratios"].items():
-        print(f"{key}: {value:,.1f}x")
+        print(f"{key}: {value:,.2f}x")
+    if "scanner_load" in res:
+        ratio = res["ratios"]["load_time_pyarrow_over_scanner_median"]
+        same = res["scanner_load"]["frame_digest"] == res["load"]["frame_digest"]
+        print(
+            f"pyarrow.csv loader vs the byte scanner: {ratio:.2f}x the time (median), "
+            f"{'within' if ratio <= 1.5 else 'NOT within'} 1.5x; frames "
+            f"{'identical' if same else 'DIFFERENT'}"
+        )
     for key in ("pandas_read", "pandas_read_object"):
         if key in res:
             p = res[key]
@@ -730,6 +805,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the pandas read_csv run with object strings (pandas < 3 behaviour)",
     )
+    parser.add_argument(
+        "--scanner-commit",
+        default=SCANNER_COMMIT,
+        help="git commit whose recsys/data/loaders.py is the byte-scanner loader to compare",
+    )
+    parser.add_argument("--no-scanner", action="store_true", help="skip the scanner comparison")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="JSON output path")
     # hidden: child-process stages
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
@@ -774,7 +855,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workdir {workdir}", file=sys.stderr)
         if not (args.reuse and tsv.exists() and (gz is None or gz.exists())):
             res["generate"] = run_stage("generate", args, path=tsv, gz_path=gz)
-        res["load"] = _repeat("load", args, args.repeat, path=tsv)
+        if args.no_scanner:
+            res["load"] = _repeat("load", args, args.repeat, path=tsv)
+        else:  # alternately, so that both see the same machine load
+            pairs = [
+                (run_stage("load", args, path=tsv), run_stage("scanner_load", args, path=tsv))
+                for _ in range(args.repeat)
+            ]
+            res["load"] = _summarise([a for a, _ in pairs])
+            res["scanner_load"] = _summarise([b for _, b in pairs])
         if gz is not None:
             res["load_gz"] = _repeat("load", args, args.repeat, path=gz)
         res["pipeline"] = _repeat("pipeline", args, args.repeat, path=tsv)

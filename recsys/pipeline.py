@@ -98,7 +98,8 @@ class RunResult:
         if d:
             lines.append(
                 f"data: {d['rows_read']:,} reviews read ({d['rows_skipped']:,} malformed lines skipped), "
-                f"{d['duplicates_removed']:,} duplicates removed -> {d['customers']:,} customers x "
+                f"{d['exact_duplicates_removed']:,} exact duplicate rows and {d['rereviews_removed']:,} re-reviews "
+                f"removed -> {d['customers']:,} customers x "
                 f"{d['products']:,} videos, {d['train_rows']:,} train / {d['test_rows']:,} test ratings"
             )
         r = m.get("regressor")
@@ -269,7 +270,6 @@ def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
         "rows_skipped": int(report.rows_skipped),
         "skip_reasons": dict(report.skip_reasons),
         "skipped_lines": [[int(n), r] for n, r in report.skipped_lines],
-        "duplicates_removed": int(p.duplicates_removed),
         "exact_duplicates_removed": int(p.exact_duplicates_removed),
         "rereviews_removed": int(p.rereviews_removed),
         "customers": int(p.customers),
@@ -283,6 +283,12 @@ def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
         "rating_distribution_before": p.rating_distribution_before,
         "rating_distribution_after": p.rating_distribution_after,
         "test_items_unseen_in_train": int(p.test_items_unseen_in_train),
+        # every drop and repair, as counts
+        "bad_dates": int(report.bad_dates),
+        "invalid_utf8_lines": int(report.invalid_utf8_lines),
+        "rows_removed_by_filter": int(p.rows_after_dedupe - p.rows_after_filter),
+        "test_rows_dropped": int(p.explicit_test_rows_dropped),
+        "train_rows_removed_overlapping_test": int(p.explicit_test_overlap_removed),
     }
 
 

@@ -105,7 +105,8 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         + _cards([
             ("reviews read", _fmt(d["rows_read"])),
             ("malformed lines skipped", _fmt(d["rows_skipped"])),
-            ("duplicates removed", _fmt(d["duplicates_removed"])),
+            ("exact duplicate rows removed", _fmt(d["exact_duplicates_removed"])),
+            ("re-reviews removed (latest kept)", _fmt(d["rereviews_removed"])),
             ("customers kept", _fmt(d["customers"])),
             ("videos kept", _fmt(d["products"])),
             ("train / test ratings", f"{d['train_rows']:,} / {d['test_rows']:,}"),

@@ -68,7 +68,7 @@ def test_run_writes_every_output(tiny_run: Path) -> None:
 def test_metrics_json_has_the_documented_keys(tiny_run: Path) -> None:
     m = _metrics(tiny_run)
     required = {
-        "data": ["rows_read", "rows_skipped", "duplicates_removed", "customers", "products", "train_rows", "test_rows"],
+        "data": ["rows_read", "rows_skipped", "exact_duplicates_removed", "rereviews_removed", "customers", "products", "train_rows", "test_rows"],
         "regressor": ["test_mse", "test_rmse", "test_mae", "naive_mse", "naive_rmse"],
         "classifier": ["accuracy", "baseline_accuracy", "auc", "log_loss", "confusion_matrix"],
         "ranking": ["hr@10", "ndcg@10", "hr@100", "ndcg@100", "coverage", "popularity_hr@10", "popularity_hr@100"],
@@ -143,6 +143,22 @@ def test_report_is_self_contained_html(tiny_run: Path) -> None:
         assert heading in html
     assert html.count("data:image/png;base64,") >= 8
     assert "src=\"http" not in html and "href=\"http" not in html  # nothing fetched from elsewhere
+
+
+def test_duplicate_counts_agree_in_metrics_exploration_and_report(tiny_run: Path, cache_dir: Path) -> None:
+    from recsys.data.loaders import load_amazon_reviews
+
+    frame, _ = load_amazon_reviews(next((cache_dir / "datasets").glob("amazon_reviews_tiny_*.tsv")))
+    cols = ["customer_id", "product_id", "product_title", "star_rating", "review_date"]
+    exact = int(frame.duplicated(cols).sum())
+    rereviews = int(frame.drop_duplicates(cols).duplicated(["customer_id", "product_id"]).sum())
+    d = _metrics(tiny_run)["data"]
+    assert (d["exact_duplicates_removed"], d["rereviews_removed"]) == (exact, rereviews)
+    ex = json.loads((tiny_run / "exploration.json").read_text())
+    assert (ex["exact_duplicate_rows"], ex["rereviews"]) == (exact, rereviews)
+    html = (tiny_run / "report.html").read_text()
+    assert f"<b>{exact:,}</b><span>exact duplicate rows removed</span>" in html
+    assert f"<b>{rereviews:,}</b><span>re-reviews removed (latest kept)</span>" in html
 
 
 def test_effective_config_round_trips(tiny_run: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.data.explore import QUANTILES, Exploration, _combine, explore, review_counts
+from recsys.data.explore import QUANTILES, Exploration, explore, review_counts
 from recsys.errors import DataError
 from recsys.plots import (
     EXPLORATION_PLOTS,
@@ -28,7 +28,7 @@ from recsys.plots import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-REDUCED = ["customer_id", "product_id", "product_title", "star_rating"]
+RATINGS = ["customer_id", "product_id", "product_title", "star_rating", "review_date"]
 
 
 def ratings_frame(rows: list[tuple]) -> pd.DataFrame:
@@ -52,8 +52,8 @@ def tiny() -> pd.DataFrame:
         [
             (1, "A", "a", 5.0, "2014-01-05"),  # 0
             (1, "A", "a", 5.0, "2014-01-05"),  # 1 whole duplicate of 0
-            (1, "A", "a", 5.0, "2014-03-01"),  # 2 same as 0 except the date: reduced duplicate
-            (1, "A", "a", 4.0, "2014-03-02"),  # 3 re-review, new rating: pair duplicate only
+            (1, "A", "a", 5.0, "2014-03-01"),  # 2 same as 0 except the date: re-review
+            (1, "A", "a", 4.0, "2014-03-02"),  # 3 re-review, new rating
             (2, "A", nan, 3.0, nat),  # 4
             (2, "A", nan, 3.0, nat),  # 5 whole duplicate of 4 (NaN == NaN, NaT == NaT)
             (2, "B", "b", 1.0, "2015-03-10"),  # 6
@@ -83,9 +83,9 @@ def test_shape_and_nulls(tiny):
 
 def test_duplicates(tiny):
     e = explore(tiny)
-    assert e.duplicate_rows == 2  # rows 1 and 5
-    assert e.duplicate_rows_reduced == 3  # rows 1, 2 and 5
-    assert e.duplicate_pairs == 4  # (1, A) three extra times, (2, A) once
+    assert e.exact_duplicate_rows == 2  # rows 1 and 5
+    assert e.rereviews == 2  # rows 2 and 3: (1, A) again once its exact duplicate is gone
+    assert "exact duplicate rows: 2; re-reviews (same customer and video again): 2" in e.summary_lines()
 
 
 def test_ratings(tiny):
@@ -184,22 +184,13 @@ def test_duplicates_match_pandas_on_random_frame():
     )
     frame.loc[rng.random(n) < 0.2, "review_date"] = pd.NaT
     e = explore(frame)
-    assert e.duplicate_rows == frame.duplicated().sum()
-    assert e.duplicate_rows_reduced == frame.duplicated(REDUCED).sum()
-    assert e.duplicate_pairs == frame.duplicated(["customer_id", "product_id"]).sum()
+    assert e.exact_duplicate_rows == frame.duplicated(RATINGS).sum()
+    distinct = frame.drop_duplicates(RATINGS)
+    assert e.rereviews == distinct.duplicated(["customer_id", "product_id"]).sum()
+    assert e.rereviews > 100 and e.exact_duplicate_rows > 100
     assert e.rating_counts == {
         float(k): int(v) for k, v in frame["star_rating"].value_counts().sort_index().items()
     }
-
-
-def test_combine_renumbers_before_overflow():
-    # three columns of 2**30 distinct values would need a 2**90 radix: the key is renumbered
-    big = 2**30
-    a = np.array([0, big - 1, 0, big - 1, 5], dtype=np.int64)
-    b = np.array([big - 1, 0, big - 1, 0, 5], dtype=np.int64)
-    c = np.array([1, 2, 1, 3, -1], dtype=np.int64)
-    key = _combine([(a, big), (b, big), (c, big)])
-    assert key[0] == key[2] and len(np.unique(key)) == 4
 
 
 def test_report_given(tiny):
@@ -207,25 +198,20 @@ def test_report_given(tiny):
         columns=[f"col{i}" for i in range(15)],
         rows_read=12,
         null_counts={"product_title": 2, "review_body": np.int64(7)},
-        duplicate_rows=1,
     )
     with_report = explore(tiny, report)
     without = explore(tiny)
     assert (with_report.n_rows, with_report.n_columns, with_report.n_ratings) == (12, 15, 10)
     assert with_report.nulls == {"product_title": 2, "review_body": 7}
-    assert with_report.duplicate_rows == 1
     # everything computed from the frame is unchanged
-    skip = {"n_rows", "n_columns", "nulls", "duplicate_rows"}
+    skip = {"n_rows", "n_columns", "nulls"}
     a, b = with_report.to_dict(), without.to_dict()
     assert {k: v for k, v in a.items() if k not in skip} == {
         k: v for k, v in b.items() if k not in skip
     }
-    # the loader did not count whole-line duplicates: stays unknown
-    report.duplicate_rows = None
-    assert explore(tiny, report).duplicate_rows is None
     # a partial report: shape and nulls fall back to the frame
-    partial = explore(tiny, SimpleNamespace(duplicate_rows=0))
-    assert (partial.n_rows, partial.n_columns, partial.duplicate_rows) == (10, 5, 0)
+    partial = explore(tiny, SimpleNamespace(rows_read=None))
+    assert (partial.n_rows, partial.n_columns) == (10, 5)
     assert partial.nulls == without.nulls
 
 
@@ -239,7 +225,7 @@ def test_no_dates():
     assert any("dates: none" in line for line in e.summary_lines())
     # no date column at all
     e2 = explore(frame.drop(columns=["review_date", "product_title"]))
-    assert e2.busiest_year is None and e2.duplicate_rows_reduced == 0
+    assert e2.busiest_year is None and (e2.exact_duplicate_rows, e2.rereviews) == (0, 0)
 
 
 def test_errors(tiny):

@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -137,7 +138,7 @@ def test_amazon_exact_frame(tmp_path):
         "product_title": 1,
         "review_date": 1,
     }
-    assert rep.duplicate_rows == 0 and rep.invalid_utf8_lines == 0 and rep.bad_dates == 0
+    assert rep.invalid_utf8_lines == 0 and rep.bad_dates == 0
     json.dumps(rep.to_dict())
     assert "read 4 rows" in rep.summary()
 
@@ -296,17 +297,15 @@ def test_amazon_null_counts_match_brute_force(tmp_path):
     assert sum(expected.values()) > 100
 
 
-def test_amazon_duplicate_rows_match_brute_force(tmp_path):
+def test_amazon_duplicate_lines_are_all_kept_in_file_order(tmp_path):
     rng = random.Random(2)
-    pool = [
-        amazon_line(str(i), f"B{i % 3}", "T", str(i % 5 + 1), review_id=f"R{i}") for i in range(20)
-    ]
+    pool = [amazon_line(str(i), f"B{i % 3}", "T", str(i % 5 + 1), review_id=f"R{i}") for i in range(20)]
     lines = [rng.choice(pool) for _ in range(200)] + [amazon_line(star="zero")] * 3
     path = write(tmp_path / "r.tsv", "\n".join([HEADER, *lines]) + "\n")
-    _, rep = load_amazon_reviews(path)
-    valid = [ln for ln in lines if "zero" not in ln]
-    assert rep.duplicate_rows == len(valid) - len(set(valid))
-    assert rep.duplicate_rows > 150
+    df, rep = load_amazon_reviews(path)
+    valid = [ln.split("\t") for ln in lines if "zero" not in ln]
+    assert rep.rows_read == len(df) == 200 and len({tuple(v) for v in valid}) <= 20
+    assert df["customer_id"].tolist() == [int(v[1]) for v in valid]
 
 
 def test_amazon_multi_block_equals_single_block(tmp_path):
@@ -410,7 +409,7 @@ def _reference_amazon(data: bytes) -> tuple[pd.DataFrame, dict]:
     if raw_lines[-1] == b"":
         raw_lines.pop()
     header = raw_lines[0].rstrip(b"\r").decode().split("\t")
-    rows, skipped, seen = [], [], []
+    rows, skipped = [], []
     nulls = dict.fromkeys(header, 0)
     bad_utf8 = bad_dates = 0
     for number, raw in enumerate(raw_lines[1:], start=2):
@@ -454,7 +453,6 @@ def _reference_amazon(data: bytes) -> tuple[pd.DataFrame, dict]:
         for k, v in r.items():
             nulls[k] += v == ""
         bad_utf8 += invalid
-        seen.append(line)
         rows.append((r["customer_id"], r["product_id"], r["product_title"] or None, star, date))
 
     def ids(values):
@@ -477,7 +475,6 @@ def _reference_amazon(data: bytes) -> tuple[pd.DataFrame, dict]:
         "skip_reasons": dict(counts),
         "skipped_lines": skipped[:10],
         "null_counts": nulls,
-        "duplicate_rows": len(seen) - len(set(seen)),
         "invalid_utf8_lines": bad_utf8,
         "bad_dates": bad_dates,
     }
@@ -694,7 +691,7 @@ def test_load_table_csv_with_mapping_and_sniffed_separator(tmp_path):
         "missing user/item id": 1,
         "non-numeric rating": 1,
     }
-    assert (rep.lines_read, rep.rows_read, rep.bad_dates, rep.duplicate_rows) == (7, 3, 1, 1)
+    assert (rep.lines_read, rep.rows_read, rep.bad_dates) == (7, 3, 1)
     assert rep.columns == ["who", "what", "stars", "when", "name"]
 
 
@@ -792,3 +789,124 @@ def test_load_ratings_dispatches(tmp_path):
     assert df["star_rating"].tolist() == [3.0]
     with pytest.raises(DataError, match="unknown format"):
         load_ratings(other, format="excel")
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile and damaged input: a DataError that names the file, never its content
+# --------------------------------------------------------------------------------------------
+
+SECRET = "root:$y$j9T$SECRETHASH$x:19000:0:99999:7:::"
+
+
+def _error(fn, *args, **kwargs) -> str:
+    with pytest.raises(DataError) as err:
+        fn(*args, **kwargs)
+    msg = str(err.value)
+    assert "SECRETHASH" not in msg and "\\x" not in msg
+    return msg
+
+
+def test_damaged_gzip_is_a_data_error(tmp_path):
+    data = gzip.compress(("\n".join([HEADER] + [amazon_line(str(i)) for i in range(200)]) + "\n").encode())
+    truncated = write(tmp_path / "t.tsv.gz", data[: len(data) // 2])
+    fake = write(tmp_path / "f.tsv.gz", b"\x1f\x8b" + bytes(range(256)) * 4)
+    for path in (truncated, fake):
+        assert "damaged" in _error(detect_format, path)
+        for fmt, kw in (("amazon", {}), ("movielens", {}), ("csv", dict(user="a", item="b", rating="c"))):
+            assert "damaged" in _error(load_ratings, path, fmt, **kw)
+
+
+def test_format_and_content_mismatch(tmp_path):
+    tsv = write(tmp_path / "a.tsv", HEADER + "\n" + amazon_line() + "\n")
+    assert "as Parquet" in _error(load_ratings, tsv, "parquet")
+    assert "as Parquet" in _error(load_table, tsv, user="customer_id", item="product_id",
+                                  rating="star_rating", format="parquet")  # fmt: skip
+    pq.write_table(pa.table({"u": [1], "i": [2], "r": [3.0]}), tmp_path / "p.parquet")
+    for fmt in ("amazon", "movielens", "csv"):
+        assert "use --format parquet" in _error(load_ratings, tmp_path / "p.parquet", fmt)
+    binary = write(tmp_path / "blob", bytes(range(256)) * 40)
+    assert "binary" in _error(detect_format, binary)
+    for fmt, kw in (("amazon", {}), ("movielens", {}), ("csv", dict(user="a", item="b", rating="c")),
+                    ("parquet", dict(user="a", item="b", rating="c"))):  # fmt: skip
+        _error(load_ratings, binary, fmt, **kw)
+
+
+def test_nested_or_binary_parquet_columns_are_refused_by_name(tmp_path):
+    for bad in ({"u": [[1, 2], [3]]}, {"r": [{"a": 1}, {"a": 2}]}, {"t": [[1], None]}):
+        cols = {"u": [1, 2], "i": ["x", "y"], "r": [4.0, 5.0], "t": [1, 2]} | bad
+        path = tmp_path / "n.parquet"
+        pq.write_table(pa.table(cols), path)
+        name = next(iter(bad))
+        msg = _error(load_table, path, user="u", item="i", rating="r", timestamp="t")
+        assert f"column {name!r}" in msg and "scalar" in msg
+    pq.write_table(pa.table({"u": pa.array([b"\xff\xfe", b"ok"]), "i": [1, 2], "r": [4, 5]}), path)
+    assert "column 'u'" in _error(load_table, path, user="u", item="i", rating="r")
+
+
+def test_errors_never_show_the_files_content(tmp_path):
+    shadow = write(tmp_path / "shadow", SECRET + "\nbin:*:19000:0:99999:7:::\n")
+    _error(detect_format, shadow)
+    _error(load_ratings, shadow, "amazon")
+    _error(load_ratings, shadow, "movielens")
+    assert "not shown" in _error(load_ratings, shadow, "csv", user="u", item="i", rating="r")
+    assert "not shown" in _error(load_ratings, shadow, "csv")
+    _error(load_ratings, shadow, "parquet", user="u", item="i", rating="r")
+    ml = write(tmp_path / "ratings.csv", "userId,movieId,rating," + SECRET + "\n1,2,3,4\n")
+    assert "not shown" in _error(load_movielens, ml)
+
+
+def test_not_a_regular_file_and_overlong_lines(tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _error(load_ratings, fifo)
+    import recsys.data.loaders.text as text
+
+    monkeypatch.setattr(text, "MAX_LINE_BYTES", 1000)
+    path = write(tmp_path / "long.tsv", HEADER + "\n" + amazon_line(body="x" * 5000) + "\n")
+    assert "longer than" in _error(load_amazon_reviews, path, block_size=100)
+
+
+def test_csv_timestamps_parse_what_parses_and_count_the_rest(tmp_path, caplog):
+    rng = random.Random(5)
+    unix = [None if rng.random() < 0.2 else 1_600_000_000 + 86_400 * i for i in range(50)]
+    iso = [None if rng.random() < 0.2 else f"2020-03-{i % 28 + 1:02d} 10:{i % 60:02d}:00" for i in range(50)]
+    for values, expected in (
+        (unix, [pd.NaT if v is None else pd.Timestamp(v, unit="s") for v in unix]),
+        (iso, [pd.NaT if v is None else pd.Timestamp(v) for v in iso]),
+    ):
+        text = "u,i,r,ts\n" + "".join(
+            f"{k},{k % 7},4,{'not a date' if v is None else v}\n" for k, v in enumerate(values)
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recsys"):
+            df, rep = load_table(write(tmp_path / "t.csv", text), user="u", item="i", rating="r",
+                                 timestamp="ts")  # fmt: skip
+        assert df["review_date"].tolist() == expected
+        assert rep.bad_dates == sum(v is None for v in values) > 5
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and f"{rep.bad_dates} unparseable dates" in warnings[0]
+
+
+def test_csv_ratings_must_be_finite_and_not_negative(tmp_path):
+    ratings = ["4", "-3", "nan", "inf", "", "x", "0", "2.5", "-0.0", "1e3"]
+    text = "u,i,r\n" + "".join(f"{k},1,{r}\n" for k, r in enumerate(ratings))
+    df, rep = load_table(write(tmp_path / "r.csv", text), user="u", item="i", rating="r")
+    assert df["star_rating"].tolist() == [4.0, 0.0, 2.5, 0.0, 1000.0]
+    assert rep.skip_reasons == {"non-numeric rating": 3, "negative or infinite rating": 2}
+    assert [n for n, _ in rep.skipped_lines] == [3, 4, 5, 6, 7]
+    pq.write_table(pa.table({"u": [1, 2, 3, 4], "i": [1, 1, 1, 1], "r": [4.0, -1.0, np.nan, np.inf]}),
+                   tmp_path / "r.parquet")  # fmt: skip
+    df, rep = load_table(tmp_path / "r.parquet", user="u", item="i", rating="r")
+    assert df["star_rating"].tolist() == [4.0]
+    assert rep.skipped_lines == [(2, "negative or infinite rating"), (3, "non-numeric rating"),
+                                 (4, "negative or infinite rating")]  # fmt: skip
+
+
+def test_dates_outside_the_supported_range_are_unparseable(tmp_path):
+    lines = [HEADER, amazon_line("1", date="9999-12-31"), amazon_line("2", date="1600-01-01"),
+             amazon_line("3", date="2262-04-11")]  # fmt: skip
+    df, rep = load_amazon_reviews(write(tmp_path / "r.tsv", "\n".join(lines)))
+    assert df["review_date"].isna().tolist() == [True, True, False] and rep.bad_dates == 2
+    text = "u,i,r,ts\n1,1,4,1e20\n2,1,4,-1e13\n3,1,4,1600000000\n4,1,4,3000-01-01\n"
+    df, rep = load_table(write(tmp_path / "t.csv", text), user="u", item="i", rating="r", timestamp="ts")
+    assert df["review_date"].isna().tolist() == [True, True, False, True] and rep.bad_dates == 3

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -196,6 +198,29 @@ def test_explicit_split_drops_unknown_and_removes_overlap_from_training() -> Non
     assert (0, 1) not in set(zip(train["user"], train["item"], strict=True))
 
 
+def test_prepare_warns_once_and_reports_dropped_test_rows(caplog) -> None:
+    rng = np.random.default_rng(4)
+    rows = [(int(c), f"P{int(p)}", "", 4, f"2015-01-{int(d):02d}")
+            for c, p, d in zip(rng.integers(0, 30, 600), rng.integers(0, 12, 600), rng.integers(1, 28, 600), strict=True)]  # fmt: skip
+    train_df = frame(rows)
+    test_df = frame([(c, p, "", 3, "2015-02-01") for c, p in [(0, "P1"), (99, "P1"), (1, "Q9"), (2, "P2"), (98, "Q8")]])
+    with caplog.at_level("WARNING", logger="recsys"):
+        prepared = prepare(train_df, PrepareConfig(min_customer_ratings=1, min_product_ratings=1), test_frame=test_df)
+    r = prepared.report
+    assert (r.explicit_test_rows_dropped, r.test_rows) == (3, 2)  # customers 99/98 and video Q9 are unknown
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert warnings == ["dropped 3 of 5 test ratings: their customer or video is not in the prepared training data "
+                        "(unknown id, or removed by the long-tail filter)"]  # fmt: skip
+    assert "3 test ratings dropped" in r.summary_lines()[-1]
+    from recsys.pipeline import _data_metrics
+
+    d = _data_metrics(SimpleNamespace(rows_read=600, rows_skipped=0, skip_reasons={}, skipped_lines=[], bad_dates=2,
+                                      invalid_utf8_lines=1), prepared)  # fmt: skip
+    assert (d["test_rows_dropped"], d["bad_dates"], d["invalid_utf8_lines"]) == (3, 2, 1)
+    assert d["train_rows_removed_overlapping_test"] == r.explicit_test_overlap_removed
+    assert d["rows_removed_by_filter"] == 0
+
+
 def test_one_hot_equals_the_labs_per_row_encoding() -> None:
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 13, 200), rng.integers(0, 7, 200)
@@ -275,3 +300,25 @@ def test_prepare_on_the_builtin_data_against_brute_force(tiny_file) -> None:
     X = p.design_matrix("train")
     assert X.shape == (r.train_rows, r.customers + r.products) and X.nnz == 2 * r.train_rows
     assert r.rating_distribution_after == {f"{k:g}": int(v) for k, v in p.ratings["star_rating"].value_counts().sort_index().items()}
+
+
+def test_duplicate_vocabulary_agrees_with_brute_force_everywhere(tiny_file) -> None:
+    """Exact duplicate rows and re-reviews: the same two numbers in explore, prepare and the summary."""
+    from recsys.data.explore import explore
+    from recsys.pipeline import RunResult, _data_metrics
+
+    path, _ = tiny_file
+    df, load_report = load_amazon_reviews(path)
+    # brute force with pandas, independent of the code under test
+    cols = ["customer_id", "product_id", "product_title", "star_rating", "review_date"]
+    exact = int(df.duplicated(cols).sum())
+    rereviews = int(df.drop_duplicates(cols).duplicated(["customer_id", "product_id"]).sum())
+    assert exact > 0 and rereviews > 0
+    e = explore(df, load_report)
+    assert (e.exact_duplicate_rows, e.rereviews) == (exact, rereviews)
+    p = prepare(df, PrepareConfig())
+    assert (p.report.exact_duplicates_removed, p.report.rereviews_removed) == (exact, rereviews)
+    assert p.report.rows_after_dedupe == len(df) - exact - rereviews
+    metrics = {"data": _data_metrics(load_report, p)}
+    line = RunResult(config=None, out_dir=None, metrics=metrics).summary_lines()[0]
+    assert f"{exact:,} exact duplicate rows and {rereviews:,} re-reviews removed" in line

@@ -302,7 +302,7 @@ def test_dry_run_prints_the_whole_plan_without_calling_aws(
         "model", "upload", "batch transform job",  # k-NN search for every customer
     ]  # fmt: skip
     cfg = load_config(config)
-    n_users, n_items = 196, 44  # the tiny preset after preparation
+    n_users, n_items = 448, 196  # the tiny preset after preparation
     train = [b for b in blocks if b["kind"] == "training job"]
     expected = [
         cfg.regressor.sagemaker_hyperparameters(n_users + n_items),

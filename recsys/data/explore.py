@@ -3,8 +3,8 @@
 :func:`explore` computes the lab's exploration statistics in one vectorised pass set (no Python
 loop over rows; ~4M rows take about a second):
 
-* shape, missing values per column and exact duplicates -- whole rows, rows equal on
-  (customer, product, title, rating), and repeated (customer, product) pairs;
+* shape, missing values per column, exact duplicate rows and re-reviews (the two notions of
+  :func:`recsys.data.prepare.drop_duplicates`, which removes them);
 * the star-rating distribution;
 * seasonality: reviews per month of the year, per calendar month and per year;
 * how many customers and products there are and how many reviews each has (quantiles over
@@ -15,9 +15,9 @@ per-product review counts behind the quantiles (millions of entries) are not kep
 from :func:`review_counts` when a plot needs them.
 
 The optional ``report`` is the loader's ``LoadReport`` (duck-typed: ``columns``, ``rows_read``,
-``null_counts``, ``duplicate_rows``). With it, the table-shape figures (rows, columns, nulls,
-whole-line duplicates) describe the *source file*, including columns the ratings frame does not
-keep; without it they are computed from the frame.
+``null_counts``). With it, the table-shape figures (rows, columns, nulls) describe the *source
+file*, including columns the ratings frame does not keep; without it they are computed from the
+frame.
 
 Tie rule: when several months or years share the highest (or lowest) count, the earliest one is
 reported.
@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .schema import CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
+from .prepare import count_duplicates
+from .schema import CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS
 
 __all__ = ["QUANTILES", "Exploration", "explore", "review_counts"]
 
@@ -45,9 +46,6 @@ logger = logging.getLogger(__name__)
 QUANTILES: tuple[float, ...] = (
     0, .01, .02, .03, .04, .05, .1, .25, .5, .75, .9, .95, .96, .97, .98, .99, .995, .999, 1,
 )  # fmt: skip
-
-#: Columns compared by :attr:`Exploration.duplicate_rows_reduced`.
-REDUCED_COLUMNS: tuple[str, ...] = (CUSTOMER, PRODUCT, TITLE, RATING)
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SUMMARY_QUANTILES = (0.5, 0.9, 0.99, 1.0)
@@ -65,14 +63,12 @@ class Exploration:
     nulls : dict[str, int]
         Missing values per column -- per source column when a report was given, else per frame
         column.
-    duplicate_rows : int or None
-        Exact whole-row duplicates (rows beyond the first of each identical group): from the
-        report when given (None when the loader did not count them), else over all frame columns.
-    duplicate_rows_reduced : int
-        Exact duplicates over (customer_id, product_id, product_title, star_rating), with missing
-        values compared equal.
-    duplicate_pairs : int
-        Extra rows of repeated (customer_id, product_id) pairs: re-reviews plus duplicates.
+    exact_duplicate_rows : int
+        Rows identical to an earlier row in all five ratings columns (customer, video, title,
+        rating, date; missing equals missing).
+    rereviews : int
+        Further rows of a (customer, video) pair once exact duplicates are gone (preparation
+        keeps the latest). ``exact_duplicate_rows + rereviews`` rows are removed by preparation.
     rating_counts : dict[float, int]
         Star value -> number of rows, sorted by value (missing ratings are not counted).
     rating_shares : dict[float, float]
@@ -109,9 +105,8 @@ class Exploration:
     n_rows: int
     n_columns: int
     nulls: dict[str, int]
-    duplicate_rows: int | None
-    duplicate_rows_reduced: int
-    duplicate_pairs: int
+    exact_duplicate_rows: int
+    rereviews: int
     rating_counts: dict[float, int]
     rating_shares: dict[float, float]
     reviews_by_month: dict[int, int]
@@ -142,11 +137,9 @@ class Exploration:
             "missing values: "
             + (", ".join(f"{k} {v:,}" for k, v in missing.items()) if missing else "none")
         )
-        whole = "not counted" if self.duplicate_rows is None else f"{self.duplicate_rows:,}"
         lines.append(
-            f"duplicates: whole rows {whole}; same customer/product/title/rating "
-            f"{self.duplicate_rows_reduced:,}; repeated customer/product pairs "
-            f"{self.duplicate_pairs:,}"
+            f"exact duplicate rows: {self.exact_duplicate_rows:,}; re-reviews (same customer "
+            f"and video again): {self.rereviews:,}"
         )
         if self.rating_counts:
             lines.append(
@@ -188,10 +181,8 @@ def explore(frame: pd.DataFrame, report: Any = None) -> Exploration:
         ``star_rating`` are required; ``product_title`` and ``review_date`` are used when present.
         Ids may be integers, strings or categoricals.
     report : LoadReport-like, optional
-        The loader's report. Read by attribute: ``columns``, ``rows_read``, ``null_counts`` and
-        ``duplicate_rows``. A missing ``columns``/``rows_read``/``null_counts`` is taken from the
-        frame; a missing or None ``duplicate_rows`` stays None (duplicates over the frame's
-        columns are not whole-line duplicates of the source).
+        The loader's report. Read by attribute: ``columns``, ``rows_read`` and
+        ``null_counts``; a missing one is taken from the frame.
 
     Returns
     -------
@@ -217,18 +208,9 @@ def explore(frame: pd.DataFrame, report: Any = None) -> Exploration:
         nulls = {str(col): int(frame[col].isna().sum()) for col in frame.columns}
     else:
         nulls = {str(col): int(v) for col, v in dict(null_counts).items()}
-    column_sets = {"reduced": [c for c in REDUCED_COLUMNS if c in frame.columns]}
-    if report is None:
-        column_sets["whole"] = list(frame.columns)
-    duplicates = _duplicate_counts(frame, customer_codes, product_codes, column_sets)
-    if report is None:
-        duplicate_rows: int | None = duplicates["whole"]
-    else:
-        dup = getattr(report, "duplicate_rows", None)
-        duplicate_rows = None if dup is None else int(dup)
-
     rating_counts, rating_shares = _rating_distribution(frame[RATING])
     dates = _date_stats(frame[DATE] if DATE in frame.columns else None, len(frame))
+    exact, rereviews = count_duplicates(frame)
 
     per_customer = _counts_per_value(*customer_codes)
     per_product = _counts_per_value(*product_codes)
@@ -237,9 +219,8 @@ def explore(frame: pd.DataFrame, report: Any = None) -> Exploration:
         n_rows=n_rows,
         n_columns=len(columns),
         nulls=nulls,
-        duplicate_rows=duplicate_rows,
-        duplicate_rows_reduced=duplicates["reduced"],
-        duplicate_pairs=duplicates["pairs"],
+        exact_duplicate_rows=exact,
+        rereviews=rereviews,
         rating_counts=rating_counts,
         rating_shares=rating_shares,
         n_customers=len(per_customer),
@@ -313,56 +294,6 @@ def _codes(series: pd.Series) -> tuple[np.ndarray, int]:
         return series.cat.codes.to_numpy(), len(series.cat.categories)
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     return codes, len(uniques)
-
-
-def _combine(columns: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
-    """One int64 key per row that is equal exactly when all the given codes are equal.
-
-    ``columns`` holds ``(codes, n)`` pairs as returned by :func:`_codes`; missing (``-1``) is a
-    value of its own. The key is mixed-radix, renumbered densely whenever it could overflow.
-    """
-    key = np.zeros(len(columns[0][0]), dtype=np.int64)
-    size = 1
-    for codes, n in columns:
-        n += 1  # room for "missing"
-        if size * n >= 2**62:
-            dense, uniques = pd.factorize(key)
-            key, size = dense.astype(np.int64), len(uniques)
-        key = key * n + (codes.astype(np.int64) + 1)
-        size *= n
-    return key
-
-
-def _duplicate_counts(
-    frame: pd.DataFrame,
-    customer: tuple[np.ndarray, int],
-    product: tuple[np.ndarray, int],
-    supersets: dict[str, list[str]],
-) -> dict[str, int]:
-    """Rows repeating an earlier row on (customer, product) and on each column set in
-    ``supersets`` (each must contain both id columns); missing equals missing, as in
-    ``frame.duplicated(columns).sum()``.
-
-    Only rows whose (customer, product) pair repeats can be duplicates on a larger column set,
-    so the full-length work is a single sort of the pair key; the wider comparisons run on that
-    (usually tiny) subset.
-    """
-    pair_key = _combine([customer, product])
-    sorted_key = np.sort(pair_key)
-    repeats = sorted_key[1:] == sorted_key[:-1]
-    result = {"pairs": int(np.count_nonzero(repeats))}
-    repeated_keys = np.unique(sorted_key[1:][repeats])
-    if len(repeated_keys) == 0:
-        return result | dict.fromkeys(supersets, 0)
-    slot = np.searchsorted(repeated_keys, pair_key).clip(max=len(repeated_keys) - 1)
-    rows = np.flatnonzero(repeated_keys[slot] == pair_key)
-    group = (slot[rows], len(repeated_keys))
-    subset = frame.iloc[rows]
-    for name, columns in supersets.items():
-        others = [c for c in columns if c not in (CUSTOMER, PRODUCT)]
-        key = _combine([group] + [_codes(subset[c]) for c in others])
-        result[name] = len(rows) - len(np.unique(key))
-    return result
 
 
 def _counts_per_value(codes: np.ndarray, n: int) -> np.ndarray:

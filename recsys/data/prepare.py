@@ -57,6 +57,7 @@ __all__ = [
     "Mappings",
     "reduce_columns",
     "drop_duplicates",
+    "count_duplicates",
     "filter_long_tail",
     "build_mappings",
     "index_ratings",
@@ -128,28 +129,29 @@ class PrepareReport:
     test_customers_single_rating: int = 0
     test_date_ties: int = 0
     test_items_unseen_in_train: int = 0
-    explicit_test_rows_dropped: int = 0
-    explicit_test_overlap_removed: int = 0
-
-    @property
-    def duplicates_removed(self) -> int:
-        return self.exact_duplicates_removed + self.rereviews_removed
+    explicit_test_rows_dropped: int = 0  # --test-data rows whose customer or video is not in training
+    explicit_test_overlap_removed: int = 0  # training rows of (customer, video) pairs in the test set
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["duplicates_removed"] = self.duplicates_removed
-        return out
+        return dataclasses.asdict(self)
 
     def summary_lines(self) -> list[str]:
         return [
-            f"{self.rows_in:,} ratings in; removed {self.exact_duplicates_removed:,} exact duplicates "
+            f"{self.rows_in:,} ratings in; removed {self.exact_duplicates_removed:,} exact duplicate rows "
             f"and {self.rereviews_removed:,} re-reviews (kept each customer's latest review of a video)",
             f"long-tail filter (customers >= {self.min_customer_ratings}, videos >= {self.min_product_ratings}"
             f"{', repeated until stable' if self.filter_passes > 1 else ''}): "
             f"{self.customers_before_filter:,} -> {self.customers:,} customers, "
             f"{self.products_before_filter:,} -> {self.products:,} videos, "
             f"{self.rows_after_dedupe:,} -> {self.rows_after_filter:,} ratings",
-            f"split ({self.split}): {self.train_rows:,} train / {self.test_rows:,} test ratings",
+            f"split ({self.split}): {self.train_rows:,} train / {self.test_rows:,} test ratings"
+            + (
+                f"; {self.explicit_test_rows_dropped:,} test ratings dropped (customer or video not in "
+                f"the prepared training data), {self.explicit_test_overlap_removed:,} training ratings "
+                "removed (also in the test set)"
+                if self.split == "explicit"
+                else ""
+            ),
         ]
 
 
@@ -202,23 +204,20 @@ def date_order_key(frame: pd.DataFrame) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # 2. duplicates
 # ---------------------------------------------------------------------------------------------
-def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Drop exact duplicate rows, then re-reviews (same customer and video): keep the latest.
-
-    "Latest" is by ``review_date``; on equal dates the row later in the file wins. Returns the
-    de-duplicated frame (file order preserved) and the counts ``exact_duplicates_removed`` and
-    ``rereviews_removed``.
+def _dedupe(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """The rows :func:`drop_duplicates` keeps (sorted) and how many exact duplicate rows it drops.
 
     One stable sort by (customer, video, date) does both: exact duplicates can only sit in a
     run of equal (customer, video, date), and the last row of each (customer, video) run is
-    the latest review.
+    the latest review. ``product_title`` and ``review_date`` may be absent (all missing).
     """
     n = len(frame)
     if n == 0:
-        return frame.reset_index(drop=True), {"exact_duplicates_removed": 0, "rereviews_removed": 0}
-    cust, prod = _codes(frame[CUSTOMER]), _codes(frame[PRODUCT])
+        return np.empty(0, dtype=np.int64), 0
+    cust, prod = _codes(frame[CUSTOMER]) + 1, _codes(frame[PRODUCT]) + 1  # categorical NaN: -1 -> 0
     pair = cust * (int(prod.max()) + 1) + prod
-    date = np.unique(date_order_key(frame), return_inverse=True)[1].reshape(-1)
+    date_key = date_order_key(frame) if DATE in frame.columns else np.zeros(n, dtype=np.int64)
+    date = np.unique(date_key, return_inverse=True)[1].reshape(-1)
     n_dates = int(date.max()) + 1
     if (int(pair.max()) + 1) * n_dates < 2**62:
         order = np.argsort(pair * n_dates + date, kind="stable")  # stable: file order on ties
@@ -233,9 +232,10 @@ def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     exact = np.zeros(n, dtype=bool)
     if in_run.any():
         rows = order[in_run]
+        title = _codes(frame[TITLE])[rows] if TITLE in frame.columns else 0
         key = pd.DataFrame({
             "k": pair[rows] * n_dates + date[rows],
-            "t": _codes(frame[TITLE])[rows],
+            "t": title,
             "r": frame[RATING].to_numpy(dtype=np.float64)[rows],
         })  # fmt: skip
         exact[rows] = key.duplicated(keep="first").to_numpy()
@@ -243,13 +243,32 @@ def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     p_k = pair[kept]
     last = np.ones(len(kept), dtype=bool)
     last[:-1] = p_k[1:] != p_k[:-1]
-    final = np.sort(kept[last])
+    return np.sort(kept[last]), int(exact.sum())
+
+
+def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop exact duplicate rows, then re-reviews (same customer and video): keep the latest.
+
+    The two notions used everywhere (loader, exploration, preparation, report):
+
+    * an **exact duplicate row** is identical to an earlier row in all five ratings columns
+      (customer, video, title, rating, date; missing equals missing);
+    * a **re-review** is any further row of a (customer, video) pair once exact duplicates are
+      gone; the latest review is kept -- by ``review_date``, the later line on equal dates.
+
+    Returns the de-duplicated frame (file order preserved) and the counts
+    ``exact_duplicates_removed`` and ``rereviews_removed``.
+    """
+    final, n_exact = _dedupe(frame)
     out = frame.iloc[final].reset_index(drop=True)
-    stats = {
-        "exact_duplicates_removed": int(exact.sum()),
-        "rereviews_removed": int(n - exact.sum() - len(final)),
-    }
-    return out, stats
+    return out, {"exact_duplicates_removed": n_exact, "rereviews_removed": len(frame) - n_exact - len(final)}
+
+
+def count_duplicates(frame: pd.DataFrame) -> tuple[int, int]:
+    """``(exact duplicate rows, re-reviews)`` in a ratings frame: what :func:`drop_duplicates`
+    removes, without building the de-duplicated frame."""
+    final, n_exact = _dedupe(frame)
+    return n_exact, len(frame) - n_exact - len(final)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,6 +652,12 @@ def prepare(
         report.split = "leave_last_out"
     for key, value in stats.items():
         setattr(report, key, value)
+    if report.explicit_test_rows_dropped:
+        log.warning(
+            "dropped %s of %s test ratings: their customer or video is not in the prepared training data "
+            "(unknown id, or removed by the long-tail filter)",
+            f"{report.explicit_test_rows_dropped:,}", f"{report.explicit_test_rows_dropped + len(test):,}",
+        )  # fmt: skip
     report.train_rows, report.test_rows = len(train), len(test)
     if report.test_rows == 0:
         raise DataError(

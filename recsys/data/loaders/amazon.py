@@ -1,0 +1,161 @@
+"""The Amazon Customer Reviews TSV (the lab's ``Digital_Video_Download`` file), streamed."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ...errors import DataError
+from ..schema import AMAZON_COLUMNS, CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
+from . import columns as C
+from .report import LoadReport, check_rows, finish
+from .text import (
+    DEFAULT_BLOCK_SIZE,
+    Format,
+    Tally,
+    check_file,
+    describe_columns,
+    lines_of,
+    parse_blocks,
+)
+
+_REASONS = [
+    "missing customer_id/product_id",
+    "non-numeric star_rating",
+    "non-integer star_rating",
+    "star_rating outside 1-5",
+]
+
+
+def _star(text: str) -> tuple[float, int]:
+    """Amazon star rating: an integer 1..5, surrounding spaces allowed, ``5.0`` counts as 5."""
+    x = C.number(text)
+    if x is None:
+        return math.nan, 2
+    if x != int(x):
+        return math.nan, 3
+    if not 1 <= x <= 5:
+        return math.nan, 4
+    return x, 0
+
+
+def _day(text: str) -> tuple[int, int]:
+    us = C.parse_day(text)
+    return us, int(us == C.NAT)  # code 1: present but not a date
+
+
+def _check_header(names: list[str], path: Path) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise DataError(
+            f"{path} lacks the required column(s) {missing} in its header (line 1), which has "
+            f"{describe_columns(names)}. Expected a tab-separated Amazon reviews header with at "
+            f"least {list(REQUIRED_COLUMNS)} (normally all of {list(AMAZON_COLUMNS)}). For "
+            f"another layout use load_table(path, user=..., item=..., rating=...) / --format csv."
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{path}: the header (line 1) repeats the column(s) {dupes}.")
+
+
+def load_amazon_reviews(
+    path: str | Path, *, max_examples: int = 10, block_size: int = DEFAULT_BLOCK_SIZE
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Load an Amazon Customer Reviews TSV (plain or gzip) as a ratings frame.
+
+    The file is a header line of tab-separated column names (normally the 15
+    :data:`~recsys.data.schema.AMAZON_COLUMNS`, in any order; ``product_title`` and
+    ``review_date`` may be absent) followed by one review per line. There is no quoting or
+    escaping: ``"`` and HTML in the text are literal. LF or CRLF line endings; a lone CR
+    inside a field becomes a space. The file is streamed in blocks parsed by ``pyarrow.csv``;
+    review text never becomes Python objects.
+
+    Malformed lines are skipped and reported: a field count different from the header's
+    (blank lines too), an empty ``customer_id``/``product_id`` ("missing
+    customer_id/product_id"), or a ``star_rating`` that is not an integer from 1 to 5:
+    empty or ``five`` is "non-numeric star_rating", ``4.5`` "non-integer star_rating", ``0``
+    or ``6`` "star_rating outside 1-5" (surrounding spaces are allowed and ``5.0`` counts as
+    5). A ``review_date`` that is not a valid ``YYYY-MM-DD`` (spaces allowed) becomes NaT,
+    counted in ``bad_dates``; the row is kept. Lines that are not valid UTF-8 are decoded
+    with U+FFFD replacement and kept (``invalid_utf8_lines``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.tsv`` or ``.tsv.gz`` file (gzip is detected by its magic bytes).
+    max_examples : int, default 10
+        How many skipped lines to record (line number and reason) in the report.
+    block_size : int, default 16 MiB
+        Bytes read per block (the next block is read and parsed while one is processed).
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        The ratings frame (see :mod:`recsys.data.loaders` for the dtypes), in file order.
+    report : LoadReport
+        Counts of lines read, kept and skipped, null counts for every header column.
+
+    Raises
+    ------
+    DataError
+        The file is missing, unreadable, lacks a required column in its header, or has no
+        valid line.
+    """
+    t0 = time.perf_counter()
+    p = check_file(path)
+    report = LoadReport(source=str(path), format="amazon")
+    stars = C.Lookup(_star, np.float32, (math.nan, 2))
+    days = C.Lookup(_day, np.int64, (C.NAT, 0))
+    cols: dict[str, list] = {CUSTOMER: [], PRODUCT: [], TITLE: [], RATING: [], DATE: []}
+    with lines_of(p, block_size, header=True) as (header, blocks):
+        if header is None:
+            raise DataError(
+                f"{p} is empty; expected an Amazon reviews TSV starting with the header "
+                f"{chr(9).join(AMAZON_COLUMNS)!r}."
+            )
+        names = report.columns = header.split("\t")
+        _check_header(names, p)
+        types = {
+            CUSTOMER: pa.string(),
+            PRODUCT: C.DICT,
+            TITLE: C.DICT,
+            RATING: C.DICT,
+            DATE: C.DICT,
+        }
+        used = {k: v for k, v in types.items() if k in names}
+        fmt = Format(names, "\t", types=used, keep=tuple(used))
+        tally = Tally(names, _REASONS, max_examples)
+        for block in parse_blocks(blocks, fmt.parse):
+            t = block.table
+            star, codes = stars(t.column(RATING))
+            missing = np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(
+                t.column(PRODUCT).is_null()
+            )
+            codes[missing] = 1
+            keep = tally.add(block, codes)
+            mask = pa.array(keep)
+            cols[RATING].append(star[keep])
+            for name in (CUSTOMER, PRODUCT, TITLE):
+                if name in names:
+                    cols[name].append(t.column(name).filter(mask))
+            if DATE in names:
+                day, bad = days(t.column(DATE))
+                cols[DATE].append(day[keep])
+                report.bad_dates += int(np.count_nonzero(bad[keep]))
+    tally.fill(report, first_line=2)
+    check_rows(report, p)
+    n = report.rows_read
+    frame = C.frame(
+        C.ids_from_strings(cols[CUSTOMER]),
+        C.ids_from_dict(cols[PRODUCT]),
+        C.categorical(*C.dict_parts(cols[TITLE])) if TITLE in names else C.empty_categorical(n),
+        np.concatenate(cols[RATING]),
+        np.concatenate(cols[DATE]) if DATE in names else np.full(n, C.NAT, dtype=np.int64),
+    )
+    finish(report, t0)
+    return frame, report

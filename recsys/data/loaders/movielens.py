@@ -1,0 +1,237 @@
+"""MovieLens ratings: ml-100k ``u.data``, ml-1m/10m ``ratings.dat``, ``ratings.csv`` (+ titles)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...errors import DataError
+from ..schema import RATING
+from . import columns as C
+from .report import LoadReport, check_rows, finish
+from .text import (
+    DEFAULT_BLOCK_SIZE,
+    Block,
+    Format,
+    Tally,
+    check_file,
+    describe_columns,
+    head,
+    lines_of,
+    parse_blocks,
+    read_all,
+)
+
+logger = logging.getLogger("recsys")
+
+_REASONS = [
+    "missing user/item id",
+    "non-integer user/item id",
+    "non-numeric rating",
+    "rating outside 0.5-5",
+]
+_VARIANTS = {
+    # variant: (source columns, separator as it is in the file, header?, sibling titles file)
+    "u.data": (["user_id", "item_id", "rating", "timestamp"], b"\t", False, "u.item"),
+    "ratings.dat": (["UserID", "MovieID", "Rating", "Timestamp"], b"::", False, "movies.dat"),
+    "ratings.csv": (["userId", "movieId", "rating", "timestamp"], b",", True, "movies.csv"),
+}
+_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
+_ID = re.compile(r"-?[0-9]{1,18}")
+
+
+def _rating(text: str) -> tuple[float, int]:
+    x = C.number(text)
+    if x is None:
+        return math.nan, 3
+    if not 0.5 <= x <= 5:
+        return math.nan, 4
+    return x, 0
+
+
+def _int_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 values, ok mask) of a string or int64 column; null -> not ok, value 0."""
+    if pa.types.is_integer(col.type):
+        ok = np.asarray(pc.is_valid(col))
+        return np.asarray(pc.fill_null(col, 0).to_numpy(), dtype=np.int64), ok
+    trimmed = pc.utf8_trim_whitespace(col)
+    ok = np.asarray(pc.fill_null(pc.match_substring_regex(trimmed, r"^-?[0-9]{1,18}$"), False))
+    values = pc.if_else(pa.array(ok), trimmed, "0")
+    return np.asarray(pc.cast(values, pa.int64()).to_numpy(), dtype=np.int64), ok
+
+
+def _variant(head_bytes: bytes, path: Path) -> str:
+    first = head_bytes.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
+    if first.lower().startswith(b"userid,movieid,rating"):
+        return "ratings.csv"
+    if b"::" in first:
+        return "ratings.dat"
+    if b"\t" in first:
+        return "u.data"
+    for name in _VARIANTS:
+        if path.name.startswith(name):
+            return name
+    raise DataError(
+        f"{path} does not look like a MovieLens ratings file: its first line has neither a "
+        f"ratings.csv header, '::' separators nor tabs. Expected u.data "
+        f"(user<TAB>item<TAB>rating<TAB>timestamp), ratings.dat (user::item::rating::timestamp) "
+        f"or ratings.csv (header userId,movieId,rating,timestamp)."
+    )
+
+
+def load_movielens(
+    path: str | Path,
+    *,
+    titles: str | Path | None | bool = True,
+    max_examples: int = 10,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Load MovieLens ratings (ml-100k ``u.data``, ml-1m/10m ``ratings.dat``, ``ratings.csv``).
+
+    The variant is recognised from the content (header ``userId,movieId,rating``, ``::``
+    separators, tabs). Ratings must be numbers from 0.5 to 5; user and movie ids integers
+    (so both id columns are ``int64``); timestamps are unix seconds (an unparseable one
+    becomes NaT and is counted in ``bad_dates``). Malformed lines are skipped and reported
+    as for :func:`load_amazon_reviews`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ratings file (plain or gzip).
+    titles : bool, str, Path or None, default True
+        True: read titles from the sibling file (``u.item`` -- ``|``-separated latin-1;
+        ``movies.dat`` -- ``id::title::genres``; ``movies.csv`` -- a real CSV with quoted
+        titles), if it exists. False/None: no titles. A path: read titles from that file
+        (same three formats, recognised by content).
+    max_examples, block_size
+        As for :func:`load_amazon_reviews`.
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        The ratings frame; ``product_id`` is the movie id (int64).
+    report : LoadReport
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, unrecognised content, missing titles file given by path,
+        or no valid line.
+    """
+    t0 = time.perf_counter()
+    p = check_file(path)
+    variant = _variant(head(p), p)
+    names, sep, has_header, sibling = _VARIANTS[variant]
+    report = LoadReport(source=str(path), format="movielens", columns=list(names))
+    ratings = C.Lookup(_rating, np.float32, (math.nan, 3))
+    cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], RATING: [], "date": []}
+    with lines_of(p, block_size, header=has_header) as (header, blocks):
+        if header is not None:
+            report.columns = header.split(",")
+            if [n.strip() for n in report.columns] != _CSV_HEADER:
+                raise DataError(
+                    f"{p}: expected the MovieLens ratings.csv header {','.join(_CSV_HEADER)} on "
+                    f"line 1; found {describe_columns(report.columns)}. For another layout use "
+                    f"load_table(path, user=..., item=..., rating=..., timestamp=...)."
+                )
+        # "::" is two bytes: blocks of ratings.dat get it replaced by the ASCII unit separator.
+        delimiter = "\x1f" if len(sep) > 1 else sep.decode()
+        c = report.columns
+        typed = Format(c, delimiter, types={c[0]: pa.int64(), c[1]: pa.int64(), c[2]: C.DICT,
+                                            c[3]: pa.int64()})  # fmt: skip
+        text = Format(c, delimiter, types={c[2]: C.DICT})
+
+        def parse(buf: bytes) -> Block:
+            buf = buf.replace(sep, b"\x1f") if len(sep) > 1 else buf
+            try:
+                return typed.parse(buf)
+            except pa.ArrowInvalid:  # a non-integer somewhere: parse as text and sort it out
+                return text.parse(buf)
+
+        tally = Tally(report.columns, _REASONS, max_examples)
+        for block in parse_blocks(blocks, parse):
+            t = block.table
+            user, user_ok = _int_column(t.column(0))
+            item, item_ok = _int_column(t.column(1))
+            rating, codes = ratings(t.column(2))
+            codes[~(user_ok & item_ok)] = 2
+            codes[np.asarray(t.column(0).is_null()) | np.asarray(t.column(1).is_null())] = 1
+            ts, ts_ok = _int_column(t.column(3))
+            keep = tally.add(block, codes)
+            present = np.asarray(t.column(3).is_valid())
+            report.bad_dates += int(np.count_nonzero(present & ~ts_ok & keep))
+            for name, values in (("user", user), ("item", item), (RATING, rating),
+                                 ("date", np.where(ts_ok, ts * 1_000_000, C.NAT))):  # fmt: skip
+                cols[name].append(values[keep])
+    tally.fill(report, first_line=2 if has_header else 1)
+    check_rows(report, p)
+    item = np.concatenate(cols["item"])
+    title = _titles_for(item, _movielens_titles(p, sibling, titles))
+    frame = C.frame(np.concatenate(cols["user"]), item, title, np.concatenate(cols[RATING]),
+                    np.concatenate(cols["date"]))  # fmt: skip
+    finish(report, t0)
+    return frame, report
+
+
+def _decode_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _read_titles_file(path: Path) -> dict[int, str]:
+    """Movie id -> title from ``u.item``, ``movies.dat`` or ``movies.csv`` (by content)."""
+    text = _decode_text(read_all(path)).lstrip("\ufeff")
+    first = text.split("\n", 1)[0]
+    out: dict[int, str] = {}
+    if first.lower().startswith("movieid,title"):
+        try:
+            rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
+        except csv.Error as exc:
+            raise DataError(f"{path} is not a readable movies.csv titles file.") from exc
+    else:
+        sep = "::" if "::" in first else "|"
+        rows = [line.split(sep) for line in text.splitlines()]
+        if sep == "::":  # id::title::genres, and a title may hold "::"
+            rows = [[r[0], sep.join(r[1:-1]) or r[1]] if len(r) >= 2 else r for r in rows]
+    for row in rows:
+        if len(row) >= 2 and _ID.fullmatch(row[0].strip()):
+            out[int(row[0])] = row[1]
+    return out
+
+
+def _movielens_titles(
+    ratings_path: Path, sibling: str, titles: str | Path | None | bool
+) -> dict[int, str]:
+    if titles is None or titles is False:
+        return {}
+    if titles is True:
+        candidate = ratings_path.with_name(sibling)
+        if not candidate.is_file():
+            logger.info("no %s next to %s: loading without titles", sibling, ratings_path)
+            return {}
+        return _read_titles_file(candidate)
+    return _read_titles_file(check_file(titles))
+
+
+def _titles_for(item: np.ndarray, title_map: dict[int, str]) -> pd.Categorical:
+    if not title_map:
+        return C.empty_categorical(len(item))
+    ids = np.fromiter(title_map.keys(), dtype=np.int64, count=len(title_map))
+    names = pa.array(list(title_map.values()), pa.string())
+    pos = pd.Index(ids).get_indexer(item)
+    enc = names.dictionary_encode()
+    codes_of_id = np.asarray(enc.indices, dtype=np.int64)
+    idx = np.where(pos >= 0, codes_of_id[pos], -1)
+    return C.categorical(enc.dictionary, idx)

@@ -1,0 +1,128 @@
+"""The load report: what a loader read, kept, skipped and repaired."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import DataError
+
+logger = logging.getLogger("recsys")
+
+
+@dataclass
+class LoadReport:
+    """What a loader read, kept and skipped.
+
+    Attributes
+    ----------
+    source : str
+        The path as given.
+    format : str
+        ``"amazon"``, ``"movielens"``, ``"csv"`` or ``"parquet"``.
+    columns : list of str
+        The source's columns (Amazon: all header names, loaded or not).
+    lines_read : int
+        Data lines (Parquet: rows) seen, excluding the header. A trailing final newline does
+        not create a line; an empty line before it does (and is malformed).
+    rows_read : int
+        Valid rows returned. Duplicates are kept: exact duplicate rows and re-reviews are
+        counted by exploration and removed by preparation.
+    rows_skipped : int
+        Malformed lines skipped; ``lines_read == rows_read + rows_skipped``.
+    skip_reasons : dict of str to int
+        Skipped lines per reason, e.g. ``{"wrong field count": 3}`` (invalid ratings are
+        reasons of their own).
+    skipped_lines : list of (int, str)
+        The first ``max_examples`` skipped lines as ``(number, reason)``; the number is the
+        1-based line number in the file where the header is line 1 (``location == "row"``:
+        the 1-based row number, for Parquet).
+    null_counts : dict of str to int
+        Per source column (all of them), the number of empty/null values among valid rows.
+    invalid_utf8_lines : int
+        Valid lines whose bytes were not UTF-8; they were decoded with U+FFFD replacement.
+    seconds : float
+        Wall-clock time of the load.
+    bad_dates : int
+        Valid rows whose date was present but could not be parsed (kept, with NaT).
+    location : str
+        ``"line"`` (text formats) or ``"row"`` (Parquet): what the numbers in
+        ``skipped_lines`` count.
+    """
+
+    source: str
+    format: str
+    columns: list[str] = field(default_factory=list)
+    lines_read: int = 0
+    rows_read: int = 0
+    rows_skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_lines: list[tuple[int, str]] = field(default_factory=list)
+    null_counts: dict[str, int] = field(default_factory=dict)
+    invalid_utf8_lines: int = 0
+    seconds: float = 0.0
+    bad_dates: int = 0
+    location: str = "line"
+
+    def _skip_text(self) -> str:
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in self.skip_reasons.items())
+        where = ", ".join(str(n) for n, _ in self.skipped_lines)
+        more = ", ..." if self.rows_skipped > len(self.skipped_lines) else ""
+        plural = "s" if self.rows_skipped != 1 else ""
+        noun = "row" if self.location == "row" else "line"
+        return (
+            f"{self.rows_skipped:,} malformed {noun}{plural} ({reasons}; "
+            f"first at {noun}s {where}{more})"
+        )
+
+    def summary(self) -> str:
+        """One or two human-readable lines describing the load."""
+        noun = "rows" if self.location == "row" else "lines"
+        out = [
+            f"read {self.rows_read:,} rows from {self.source} ({self.format}, {self.seconds:.1f} s)"
+        ]
+        out[0] += f"; skipped {self._skip_text()}" if self.rows_skipped else f"; all {noun} valid"
+        extra = []
+        if self.invalid_utf8_lines:
+            extra.append(
+                f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
+            )
+        if self.bad_dates:
+            extra.append(f"{self.bad_dates:,} unparseable dates (set to NaT)")
+        if extra:
+            out.append("; ".join(extra))
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        d = asdict(self)
+        d["skipped_lines"] = [[int(n), str(r)] for n, r in self.skipped_lines]
+        d["skip_reasons"] = {str(k): int(v) for k, v in self.skip_reasons.items()}
+        d["null_counts"] = {str(k): int(v) for k, v in self.null_counts.items()}
+        return d
+
+
+def check_rows(report: LoadReport, path: Path) -> None:
+    """Raise :class:`DataError` when no valid row remains, saying why."""
+    if report.rows_read:
+        return
+    if report.lines_read == 0:
+        raise DataError(
+            f"nothing valid remains in {path}: the file has no data lines "
+            f"(empty or header only). Expected at least one rating."
+        )
+    raise DataError(
+        f"nothing valid remains in {path}: 0 of {report.lines_read:,} "
+        f"{'rows' if report.location == 'row' else 'lines'} valid; {report._skip_text()}. "
+        f"Check the format (--format) and the column mapping."
+    )
+
+
+def finish(report: LoadReport, t0: float) -> None:
+    """Time the load and log its summary once: WARNING when anything was dropped or repaired."""
+    report.seconds = time.perf_counter() - t0
+    damaged = report.rows_skipped or report.bad_dates or report.invalid_utf8_lines
+    logger.log(logging.WARNING if damaged else logging.INFO, "%s", report.summary())

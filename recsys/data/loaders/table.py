@@ -1,0 +1,334 @@
+"""Any CSV or Parquet file, with its user, item and rating columns named by the caller."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...errors import DataError
+from ..schema import CUSTOMER, DATE, PRODUCT, RATING, TITLE
+from . import columns as C
+from .report import LoadReport, check_rows, finish
+from .text import Block, Format, Tally, check_file, describe_columns, read_all, split_header
+
+PARQUET_MAGIC = b"PAR1"
+SEPARATORS = (",", ";", "\t", "|")
+_REASONS = ["missing user/item id", "non-numeric rating", "negative or infinite rating"]
+_ARGS = {CUSTOMER: "user", PRODUCT: "item", RATING: "rating", DATE: "timestamp", TITLE: "title"}
+
+
+def sniff_sep(text: str) -> str:
+    """The delimiter among , ; TAB | that splits the first lines most consistently."""
+    lines = [ln for ln in text[:8192].splitlines()[:20] if ln.strip()]
+    if not lines:
+        return ","
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters="".join(SEPARATORS)).delimiter
+    except csv.Error:
+        pass
+    best, best_score = ",", (-1, 0)
+    for sep in SEPARATORS:
+        counts = [ln.count(sep) for ln in lines]
+        if counts[0] == 0:
+            continue
+        score = (sum(c == counts[0] for c in counts), counts[0])
+        if score > best_score:
+            best, best_score = sep, score
+    return best
+
+
+def csv_header(line: str, sep: str, path: Path) -> list[str]:
+    """Column names of a CSV header line (quoted names allowed)."""
+    try:
+        return next(csv.reader([line], delimiter=sep), [])
+    except csv.Error as exc:
+        raise DataError(f"{path}: line 1 is not a CSV header with sep={sep!r}.") from exc
+
+
+def _check_mapping(mapping: dict[str, str], available: list[str], path: Path) -> None:
+    repeated = sorted({v for v in mapping.values() if available.count(v) > 1})
+    if repeated:
+        raise DataError(f"{path}: the column(s) {repeated} appear more than once in the file.")
+    missing = {k: v for k, v in mapping.items() if v not in available}
+    if missing:
+        named = ", ".join(f"{_ARGS[k]}={v!r}" for k, v in missing.items())
+        raise DataError(
+            f"{path}: mapped column(s) not found: {named}. The file has "
+            f"{describe_columns(available)}. Fix: pass the source's own column names "
+            f"(--user-col/--item-col/--rating-col/--timestamp-col/--title-col)."
+        )
+
+
+def _is_blank(col: pa.ChunkedArray) -> np.ndarray:
+    """Missing id: null, empty string or NaN."""
+    blank = pc.is_null(col, nan_is_null=True)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        blank = pc.or_(blank, pc.fill_null(pc.equal(col, ""), True))
+    return np.asarray(blank)
+
+
+def _rating_value(text: str) -> tuple[float, int]:
+    try:
+        x = float(text.strip())
+    except ValueError:
+        return math.nan, 2
+    return x, 2 if math.isnan(x) else 0
+
+
+def _ratings(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 ratings, codes): 0 valid, 2 non-numeric or missing, 3 negative or infinite."""
+    t = col.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        vals = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+        vals = np.where(np.asarray(pc.is_valid(col)), vals, np.nan)
+    else:
+        try:
+            text = col if pa.types.is_string(t) else pc.cast(col, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. bytes that are not text
+            text = pa.chunked_array([pa.nulls(len(col), pa.string())])
+        try:
+            vals = np.asarray(pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False), float)
+        except pa.ArrowInvalid:
+            vals = C.Lookup(_rating_value, np.float64, (math.nan, 2))(text)[0]
+    codes = np.where(np.isnan(vals), 2, np.where(np.isinf(vals) | (vals < 0), 3, 0))
+    return vals.astype(np.float32), codes.astype(np.int8)
+
+
+def _unix_to_us(vals: np.ndarray) -> np.ndarray:
+    """Unix seconds (or milliseconds, when some value exceeds 1e11) to int64 microseconds; NaT
+    for NaN and for dates outside the supported range."""
+    finite = np.isfinite(vals)
+    scale = 1_000 if finite.any() and np.abs(vals[finite]).max() > 1e11 else 1_000_000
+    us = np.where(finite, vals, 0.0) * scale
+    ok = finite & (us >= C.MIN_US) & (us <= C.MAX_US)
+    out = np.full(len(vals), C.NAT, dtype=np.int64)
+    out[ok] = np.round(us[ok]).astype(np.int64)
+    return out
+
+
+def _parse_texts(texts: pd.Series) -> np.ndarray:
+    """int64 microseconds (NaT when unparseable) of distinct date texts: unix numbers, else
+    ISO 8601, else any format pandas recognises."""
+    out = np.full(len(texts), C.NAT, dtype=np.int64)
+    nums = pd.to_numeric(texts, errors="coerce").to_numpy(dtype=np.float64)
+    numeric = ~np.isnan(nums)
+    out[numeric] = _unix_to_us(nums[numeric])
+    rest = texts[~numeric]
+    if len(rest):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Could not infer format ...": we count failures
+            try:
+                parsed = pd.to_datetime(rest, errors="coerce", utc=True, format="ISO8601")
+                retry = parsed.isna()
+                if retry.any():
+                    parsed[retry] = pd.to_datetime(
+                        rest[retry], errors="coerce", utc=True, format="mixed"
+                    )
+            except (ValueError, OverflowError, TypeError):  # pandas refuses the whole column
+                parsed = pd.Series(pd.NaT, index=rest.index, dtype="datetime64[us, UTC]")
+        us = parsed.dt.tz_localize(None).to_numpy().astype(C.DATE_DTYPE).view(np.int64)
+        out[~numeric] = C.in_range(us)
+    return out
+
+
+def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, int]:
+    """(int64 us with NaT, number of present-but-unparseable values) of a timestamp column."""
+    if col is None:
+        return np.full(n, C.NAT, dtype=np.int64), 0
+    arr = col.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = pc.cast(arr, arr.type.value_type)
+    t = arr.type
+    present = np.asarray(pc.is_valid(arr))
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        if pa.types.is_timestamp(t) and t.tz is not None:
+            arr = pc.cast(arr, pa.timestamp(t.unit, tz="UTC"))
+        s = pd.Series(arr.to_pandas())
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        us = C.in_range(pd.to_datetime(s).to_numpy().astype(C.DATE_DTYPE).view(np.int64))
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        vals = np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+        us = _unix_to_us(np.where(present, vals, np.nan))
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        enc = arr.dictionary_encode()
+        idx = np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64)
+        parsed = _parse_texts(pd.Series(enc.dictionary.to_pylist(), dtype=object))
+        us = np.where(idx >= 0, parsed[np.maximum(idx, 0)] if len(parsed) else C.NAT, C.NAT)
+    else:
+        raise DataError(
+            f"{what} has type {t}; expected dates, timestamps, unix seconds or date text."
+        )
+    return us, int(np.count_nonzero(present & (us == C.NAT)))
+
+
+def load_table(
+    path: str | Path,
+    *,
+    user: str,
+    item: str,
+    rating: str,
+    timestamp: str | None = None,
+    title: str | None = None,
+    format: str | None = None,
+    sep: str | None = None,
+    titles_path: str | Path | None = None,
+    max_examples: int = 10,
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Load any CSV or Parquet file, naming its user, item and rating columns.
+
+    CSV: the separator is detected among ``, ; TAB |`` unless ``sep`` is given; the first
+    line is the header; fields may be quoted (``"a, b"``); LF or CRLF. The whole file is read
+    into memory (use :func:`load_amazon_reviews` for multi-GB review dumps). Parquet is
+    recognised by its ``PAR1`` magic (or ``format="parquet"``).
+
+    A row is skipped when its field count is wrong (CSV), its user or item is empty, or its
+    rating is not valid -- reported with the CSV line number, or the 1-based row number
+    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines). **A
+    valid rating is a finite number >= 0** (any scale: stars, 0-10, counts); empty, text and
+    NaN are "non-numeric rating", -3 or inf "negative or infinite rating" (shift a scale with
+    negative values, e.g. -10..10, before loading). Ids follow the rule of
+    :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a column
+    of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds when
+    some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format pandas
+    recognises); time zones are converted to UTC and dropped. A timestamp that does not
+    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row
+    is kept).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV (plain or gzip) or Parquet file.
+    user, item, rating : str
+        Source column names for ``customer_id``, ``product_id`` and ``star_rating``.
+    timestamp, title : str, optional
+        Source column names for ``review_date`` and ``product_title``.
+    format : {"csv", "parquet"}, optional
+        Forces the format; by default, by content.
+    sep : str, optional
+        CSV separator (one character); detected when None.
+    titles_path : None
+        Reserved; titles from a separate file are not supported yet (give ``title=``).
+    max_examples : int, default 10
+        How many skipped lines/rows to record.
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+    report : LoadReport
+        ``null_counts`` covers all source columns.
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, content that is not the format, a mapped column that does
+        not exist (the message lists the available ones when they look like names), or no
+        valid row.
+    """
+    t0 = time.perf_counter()
+    p = check_file(path)
+    if titles_path is not None:
+        raise DataError(
+            "load_table(titles_path=...) is not supported; name the title column with "
+            "title=... instead (or join titles onto the frame afterwards)."
+        )
+    if format not in (None, "csv", "parquet"):
+        raise DataError(f"load_table reads 'csv' or 'parquet'; got format={format!r}.")
+    if format is None:
+        with open(p, "rb") as fh:
+            format = "parquet" if fh.read(4) == PARQUET_MAGIC else "csv"
+    mapping = {CUSTOMER: user, PRODUCT: item, RATING: rating, DATE: timestamp, TITLE: title}
+    mapping = {k: v for k, v in mapping.items() if v is not None}
+    report = LoadReport(source=str(path), format=format)
+    read = _read_parquet if format == "parquet" else _read_csv
+    block, tally = read(p, mapping, sep, report, max_examples)
+    tbl = block.table
+    codes = _ratings(tbl.column(mapping[RATING]))[1]
+    codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
+    keep = tally.add(block, codes)
+    tally.fill(report, first_line=2)
+    check_rows(report, p)
+
+    kept = {k: tbl.column(v).filter(pa.array(keep)) for k, v in mapping.items()}
+    where = {k: f"{p}: column {v!r}" for k, v in mapping.items()}
+    dates, report.bad_dates = _dates(kept.get(DATE), report.rows_read, where.get(DATE, ""))
+    frame = C.frame(
+        C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER]),
+        C.ids_from_arrow(kept[PRODUCT], where[PRODUCT]),
+        C.titles_from_arrow(kept[TITLE], where[TITLE])
+        if TITLE in kept
+        else C.empty_categorical(report.rows_read),
+        _ratings(kept[RATING])[0],
+        dates,
+    )
+    finish(report, t0)
+    return frame, report
+
+
+def _read_csv(
+    path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
+) -> tuple[Block, Tally]:
+    """Parse the whole CSV (every column as text) as one block."""
+    data = read_all(path)
+    if not data.strip():
+        raise DataError(f"{path} is empty; expected a CSV with a header line.")
+    header, rest = split_header(data + b"\n" if not data.endswith(b"\n") else data)
+    if sep is None:
+        sep = sniff_sep(data[: 1 << 16].decode("utf-8", errors="replace"))
+    if len(sep) != 1 or sep in '"\r\n':
+        raise DataError(
+            f"sep must be a single character other than a quote or newline; got {sep!r}."
+        )
+    names = report.columns = csv_header(header, sep, path)
+    _check_mapping(mapping, names, path)
+    if len(set(names)) < len(names):
+        raise DataError(f"{path}: the header (line 1) has a column name more than once.")
+    try:
+        block = Format(names, sep, quote=True).parse(rest)
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"cannot parse {path} as CSV with sep={sep!r}.") from exc
+    return block, Tally(names, _REASONS, max_examples)
+
+
+def _read_parquet(
+    path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
+) -> tuple[Block, Tally]:
+    """Read the mapped columns of a Parquet file, and which rows are null (or empty text) in
+    every column, one column at a time (memory stays bounded); rows are numbered from 1."""
+    import pyarrow.parquet as pq
+
+    nulls = {}
+    try:
+        pf = pq.ParquetFile(path)
+        report.columns = list(pf.schema_arrow.names)
+        _check_mapping(mapping, report.columns, path)
+        tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
+        for name in report.columns:
+            col = pf.read(columns=[name]).column(0)
+            text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+            empty = pc.equal(col, "") if text else None
+            nulls[name] = col.is_null() if empty is None else pc.or_kleene(col.is_null(), empty)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
+        ) from exc
+    for name in mapping.values():
+        t = tbl.schema.field(name).type
+        if pa.types.is_nested(t) or pa.types.is_union(t):
+            raise DataError(
+                f"{path}: column {name!r} holds values of type {t}; expected one scalar per row "
+                f"(a number, text or a date). Flatten it or map another column."
+            )
+    n = tbl.num_rows
+    block = Block(tbl, np.arange(n), np.empty(0, np.int64), np.empty(0, np.int64), n, nulls)
+    tally = Tally(report.columns, _REASONS, max_examples)
+    tally.location = "row"
+    return block, tally

@@ -1,0 +1,579 @@
+"""The rating model of the synthetic dataset: customers, what they pick, when, and how they rate it.
+
+See :mod:`recsys.data.synthetic` for what it imitates. Every draw comes from generators seeded
+by the caller's seed, in a fixed order: changing the order or the number of draws changes the
+ratings of every preset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...errors import ConfigError
+from .catalogue import ALNUM, GENRE_WEIGHTS, GENRES, Catalogue, make_catalogue, unique_ints
+
+logger = logging.getLogger("recsys")
+
+_STAR_SHARES = (0.12, 0.05, 0.08, 0.15, 0.60)
+_MONTH_SEASONALITY = (1.30, 1.05, 1.00, 0.95, 0.92, 0.90, 0.95, 0.95, 0.90, 0.95, 1.05, 1.25)
+
+# Review text: not read by any stage, only there so that the written file has what a loader must
+# cope with -- quotes (a field may start with one, or hold an odd number), HTML and entities,
+# non-ASCII UTF-8 (2-, 3- and 4-byte), backslashes, other separators, runs of spaces and a long
+# paragraph. A body is one paragraph, or (30 %) two joined by a separator.
+_PARAGRAPHS = (
+    "Loved it!",
+    "Great show & a great cast.",
+    "Not bad, not great.",
+    "Terrible. What a waste of time.",
+    "It's ok.",
+    'As my wife says, "best show ever".',
+    '"Comedy"? Not really.',
+    'Bought the 12" edition by mistake.',
+    "Kept buffering<br />and the picture was grainy.",
+    "&quot;Meh&quot; &amp; predictable.",
+    "Café scene, naïve plot, Señor Ramos ★★★★★",
+    "日本語の字幕が良かった 😀",
+    r"Backslashes \ and C:\Users\me, no escapes.",
+    "Commas, semicolons; pipes | and :: colons.",
+    "Two  spaces,   three, and a trailing one ",
+    "A long one: " + "the plot twists, the cast shines, the score soars and the ending lands. " * 6,
+)
+_SEPARATORS = ("", " ", "<br /><br />", "<br />", " ")  # index 0: a single paragraph
+# Headlines per star; the first ("Five Stars" & co.) is the most common, as in the real file.
+_HEADLINES = (
+    ("One Star", "Terrible", '"Comedy"? Really?'),
+    ("Two Stars", "Disappointing"),
+    ("Three Stars", "It's ok"),
+    ("Four Stars", "Very good"),
+    ("Five Stars", "Great show!", "Loved it & more"),
+)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Knobs of the synthetic review generator.
+
+    Parameters
+    ----------
+    n_customers, n_products, n_reviews : int
+        Size of the output: distinct customers, distinct videos (``product_id``) and rows
+        (including duplicate rows and re-reviews). Every customer writes at least one review
+        and every video exists in the catalogue, though unpopular videos may get no review.
+    n_genres : int
+        Number of genres, at most ``len(GENRES)``.
+    popularity_exponent : float
+        Zipf exponent of title popularity (1.0 ~ the real file).
+    taste_concentration : float
+        Dirichlet concentration of a customer's genre taste; smaller means more focused tastes
+        (the prior is proportional to the genre sizes).
+    genre_focus : float
+        Probability that a pick follows the customer's taste (else: popularity alone).
+    next_season_prob : float
+        Probability that a pick is the next season of the customer's previous pick, when
+        there is one.
+    series_share : float
+        Share of the videos that are seasons of a TV series.
+    edition_share : float
+        Share of the videos that are one of two editions of a title (same title and
+        ``product_parent``, different ``product_id``).
+    activity_sigma : float
+        Sigma of the lognormal customer activity; larger means heavier tails.
+    max_reviews_per_customer : int
+        Cap on a customer's picks (at most half of ``n_products``).
+    customer_bias_sd, quality_sd, affinity_weight, rating_noise_sd : float
+        Scales of the latent rating score ``bias + quality + affinity_weight * affinity +
+        noise``; the affinity has unit scale.
+    taste_like_corr : float
+        Correlation between how much a customer watches a genre and how much they like it.
+    star_shares : tuple of 5 floats
+        Target shares of 1..5 stars.
+    duplicate_rate : float
+        Share of rows that are exact copies of another row (all 15 columns).
+    rereview_rate : float
+        Share of rows that are a customer reviewing a video again (new review id and date).
+    null_rate : float
+        Share of rows with a missing headline, body and date (each drawn separately; at least
+        ``min_nulls`` each).
+    min_nulls : int
+        Minimum number of missing values in each of headline, body and date.
+    start_date, end_date : str
+        First and last possible review date (ISO format).
+    yearly_growth : float
+        Exponential growth rate of the review volume per year.
+    days_per_review : float
+        Scale of a customer's active period: its half-width is about
+        ``days_per_review * n_reviews ** 0.85`` days.
+    vine_rate : float
+        Share of Vine reviews.
+    verified_rate : float
+        Average share of verified purchases.
+    """
+
+    n_customers: int
+    n_products: int
+    n_reviews: int
+    n_genres: int = 20
+    popularity_exponent: float = 1.0
+    taste_concentration: float = 0.6
+    genre_focus: float = 0.9
+    next_season_prob: float = 0.2
+    series_share: float = 0.35
+    edition_share: float = 0.02
+    activity_sigma: float = 2.0
+    max_reviews_per_customer: int = 1000
+    customer_bias_sd: float = 0.6
+    quality_sd: float = 0.5
+    affinity_weight: float = 1.3
+    taste_like_corr: float = 0.5
+    rating_noise_sd: float = 0.6
+    star_shares: tuple[float, float, float, float, float] = _STAR_SHARES
+    duplicate_rate: float = 0.002
+    rereview_rate: float = 0.005
+    null_rate: float = 5e-5
+    min_nulls: int = 2
+    start_date: str = "1995-01-01"
+    end_date: str = "2015-08-31"
+    yearly_growth: float = 0.5
+    days_per_review: float = 15.0
+    vine_rate: float = 0.002
+    verified_rate: float = 0.85
+
+
+#: Built-in sizes. ``tiny`` is for tests and examples: seconds to run, yet after the default
+#: long-tail filter (18/95) its catalogue (~200 videos) is twice the default K = 100, so a top-100
+#: list is not the whole catalogue. ``default`` is for the workflow on a laptop, ``full`` has the
+#: size of the real ``Digital_Video_Download`` file.
+PRESETS: dict[str, GeneratorConfig] = {
+    "tiny": GeneratorConfig(
+        1_500, 360, 36_000, n_genres=10, popularity_exponent=0.3, max_reviews_per_customer=150
+    ),
+    "default": GeneratorConfig(
+        100_000, 10_000, 650_000, popularity_exponent=0.9, max_reviews_per_customer=400
+    ),
+    "full": GeneratorConfig(2_000_000, 170_000, 3_998_345, max_reviews_per_customer=1_000),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _resolve_config(preset: str | GeneratorConfig) -> GeneratorConfig:
+    if isinstance(preset, GeneratorConfig):
+        cfg = preset
+    elif isinstance(preset, str) and preset in PRESETS:
+        cfg = PRESETS[preset]
+    else:
+        raise ConfigError(
+            f"preset must be one of {', '.join(map(repr, PRESETS))} or a GeneratorConfig; "
+            f"got {preset!r}"
+        )
+    _validate(cfg)
+    return cfg
+
+
+# Range of every numeric knob: (low, high, low included); integers are checked apart.
+_RANGES = {
+    **dict.fromkeys(("genre_focus", "next_season_prob", "series_share", "edition_share",
+                     "taste_like_corr", "duplicate_rate", "rereview_rate", "null_rate",
+                     "vine_rate", "verified_rate"), (0.0, 1.0, True)),
+    **dict.fromkeys(("taste_concentration", "activity_sigma", "days_per_review"),
+                    (0.0, math.inf, False)),
+    **dict.fromkeys(("popularity_exponent", "customer_bias_sd", "quality_sd", "affinity_weight",
+                     "rating_noise_sd", "yearly_growth"), (0.0, math.inf, True)),
+}  # fmt: skip
+
+
+def _validate(cfg: GeneratorConfig) -> None:
+    ints = {}
+    for name in ("n_customers", "n_products", "n_reviews", "max_reviews_per_customer", "n_genres",
+                 "min_nulls"):  # fmt: skip
+        value = getattr(cfg, name)
+        least = 0 if name == "min_nulls" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+        ints[name] = int(value)
+    for name, (low, high, closed) in _RANGES.items():
+        value = getattr(cfg, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and (low <= value if closed else low < value) and value <= high):
+            interval = f"{'[' if closed else '('}{low:g}, {high:g}{']' if high < math.inf else ')'}"
+            raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
+    n_customers, n_products, n_reviews = ints["n_customers"], ints["n_products"], ints["n_reviews"]
+    max_reviews, n_genres = ints["max_reviews_per_customer"], ints["n_genres"]
+    if n_genres > len(GENRES):
+        raise ConfigError(f"n_genres must be at most {len(GENRES)}, got {n_genres}")
+    if n_products < 2:
+        raise ConfigError(f"n_products must be at least 2, got {n_products}")
+    if max_reviews > n_products // 2:
+        raise ConfigError(
+            f"max_reviews_per_customer ({max_reviews}) must be at most half of n_products "
+            f"({n_products}); lower it or add products"
+        )
+    if cfg.series_share + cfg.edition_share > 0.95:
+        raise ConfigError(
+            "series_share + edition_share must leave room for films (at most 0.95), got "
+            f"{cfg.series_share + cfg.edition_share}"
+        )
+    shares = np.asarray(cfg.star_shares, dtype=np.float64)
+    if shares.shape != (5,) or np.any(shares < 0) or not math.isclose(shares.sum(), 1.0, abs_tol=1e-6):
+        raise ConfigError(
+            f"star_shares must be 5 non-negative shares of 1..5 stars summing to 1, "
+            f"got {cfg.star_shares!r}"
+        )
+    try:
+        start = np.datetime64(cfg.start_date, "D")
+        end = np.datetime64(cfg.end_date, "D")
+    except ValueError as exc:
+        raise ConfigError(f"start_date/end_date must be ISO dates (YYYY-MM-DD): {exc}") from exc
+    if end <= start:
+        raise ConfigError(f"end_date ({cfg.end_date}) must be after start_date ({cfg.start_date})")
+    n_extra = _extra_counts(cfg)
+    if n_reviews - sum(n_extra) < n_customers:
+        raise ConfigError(
+            f"n_reviews ({n_reviews}) must leave at least one review per customer "
+            f"({n_customers}) after duplicates and re-reviews; raise n_reviews"
+        )
+    if n_reviews - sum(n_extra) > n_customers * max_reviews:
+        raise ConfigError(
+            f"n_reviews ({n_reviews}) exceeds n_customers * max_reviews_per_customer "
+            f"({n_customers * max_reviews}); raise either"
+        )
+
+
+def _extra_counts(cfg: GeneratorConfig) -> tuple[int, int]:
+    """Number of exact duplicate rows and of re-review rows."""
+    return round(cfg.duplicate_rate * cfg.n_reviews), round(cfg.rereview_rate * cfg.n_reviews)
+
+# --------------------------------------------------------------------------------------------
+# Customers and picks
+
+
+class _PickSampler:
+    """Draws videos for customers: a genre from the taste, then a video of it by popularity."""
+
+    def __init__(self, cat: Catalogue, theta: np.ndarray, focus: float) -> None:
+        n_products = len(cat.pop)
+        n_genres = theta.shape[1]
+        entry_genre = cat.genres.ravel()
+        entry_w = (cat.genre_w * cat.pop[:, None]).ravel()
+        entry_prod = np.repeat(np.arange(n_products), 3)
+        keep = entry_w > 0
+        entry_genre, entry_w, entry_prod = entry_genre[keep], entry_w[keep], entry_prod[keep]
+        order = np.argsort(entry_genre, kind="stable")
+        self.entry_prod = entry_prod[order]
+        self.cum = np.cumsum(entry_w[order])
+        sizes = np.bincount(entry_genre, minlength=n_genres)
+        self.seg_end = np.cumsum(sizes)
+        self.seg_start = self.seg_end - sizes
+        cum0 = np.concatenate([[0.0], self.cum])
+        self.seg_base = cum0[self.seg_start]
+        self.seg_mass = cum0[self.seg_end] - self.seg_base
+        self.global_cum = np.cumsum(cat.pop)
+        self.theta_cum = np.cumsum(theta, axis=1, dtype=np.float32)
+        self.has_genre = sizes > 0
+        self.focus = focus
+        self.n_genres = n_genres
+
+    def draw(self, rng: np.random.Generator, cust: np.ndarray) -> np.ndarray:
+        n = len(cust)
+        use_taste = rng.random(n) < self.focus
+        u = rng.random(n, dtype=np.float32)
+        v = rng.random(n)
+        w = rng.random(n)
+        genre = np.empty(n, dtype=np.int64)
+        step = 500_000
+        for lo in range(0, n, step):
+            sl = slice(lo, lo + step)
+            genre[sl] = (self.theta_cum[cust[sl]] < u[sl, None]).sum(axis=1)
+        np.minimum(genre, self.n_genres - 1, out=genre)
+        use_taste &= self.has_genre[genre]
+        idx = np.searchsorted(self.cum, self.seg_base[genre] + v * self.seg_mass[genre], side="right")
+        idx = np.clip(idx, self.seg_start[genre], self.seg_end[genre] - 1)
+        by_genre = self.entry_prod[np.minimum(idx, len(self.entry_prod) - 1)]
+        by_pop = np.searchsorted(self.global_cum, w * self.global_cum[-1], side="right")
+        by_pop = np.minimum(by_pop, len(self.global_cum) - 1)
+        return np.where(use_taste, by_genre, by_pop)
+
+
+def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> np.ndarray:
+    """Reviews per customer: 1 + multinomial over lognormal weights, capped, summing to n_picks."""
+    n = cfg.n_customers
+    cap = cfg.max_reviews_per_customer
+    weights = rng.lognormal(0.0, cfg.activity_sigma, size=n)
+    counts = np.ones(n, dtype=np.int64)
+    remaining = n_picks - n
+    while remaining > 0:
+        open_ = counts < cap
+        p = np.where(open_, weights, 0.0)
+        counts += rng.multinomial(remaining, p / p.sum())
+        over = np.maximum(counts - cap, 0)
+        counts -= over
+        remaining = int(over.sum())
+    return counts
+
+
+def _resolve_repeats(
+    rng: np.random.Generator,
+    cust: np.ndarray,
+    prod: np.ndarray,
+    n_customers: int,
+    n_products: int,
+    sampler: _PickSampler,
+    taste_rounds: int = 25,
+) -> None:
+    """Redraw (in place) every pick of a video the customer already picked earlier."""
+    key = cust * n_products + prod
+    active = np.arange(len(cust))
+    for round_ in range(10_000):
+        keys = key[active]
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        repeat = np.zeros(len(keys), dtype=bool)
+        repeat[1:] = sorted_keys[1:] == sorted_keys[:-1]
+        if not repeat.any():
+            return
+        redo = active[order[repeat]]
+        if round_ < taste_rounds:
+            new = sampler.draw(rng, cust[redo])
+        else:
+            new = rng.integers(n_products, size=len(redo))
+        prod[redo] = new
+        key[redo] = cust[redo] * n_products + new
+        dirty = np.zeros(n_customers, dtype=bool)
+        dirty[cust[redo]] = True
+        active = np.flatnonzero(dirty[cust])
+    raise RuntimeError("could not make every customer's picks distinct")  # pragma: no cover
+
+
+def _day_weights(cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All days of the period, and the cumulative share of reviews through/before each day."""
+    days = np.arange(np.datetime64(cfg.start_date, "D"), np.datetime64(cfg.end_date, "D") + 1)
+    years_to_end = (np.arange(len(days)) - (len(days) - 1)) / 365.25
+    months = days.astype("datetime64[M]").astype(np.int64) % 12
+    w = np.exp(cfg.yearly_growth * years_to_end) * np.asarray(_MONTH_SEASONALITY)[months]
+    w /= w.sum()
+    through = np.cumsum(w)
+    through[-1] = 1.0
+    return days, through, through - w
+
+
+# --------------------------------------------------------------------------------------------
+# The frame
+
+
+def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -> pd.DataFrame:
+    """Generate a synthetic Amazon video reviews frame.
+
+    Parameters
+    ----------
+    preset : str or GeneratorConfig
+        A name in :data:`PRESETS` (``"tiny"``, ``"default"``, ``"full"``) or a config.
+    seed : int
+        Seed of ``numpy.random.default_rng``; the same preset and seed give the same frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The 15 columns of :data:`recsys.data.schema.AMAZON_COLUMNS` in order, ``n_reviews``
+        rows in random order. ``customer_id``, ``product_parent``, ``star_rating``,
+        ``helpful_votes`` and ``total_votes`` are int64; the others are pandas strings
+        (``review_date`` as ``"YYYY-MM-DD"``). ``review_headline``, ``review_body`` and
+        ``review_date`` have a few missing values (NaN).
+
+    Raises
+    ------
+    ConfigError
+        If the preset name is unknown or the config is inconsistent.
+    """
+    cfg = _resolve_config(preset)
+    t0 = time.perf_counter()
+    rng_cat, rng_cust, rng_pick, rng_rows = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    n_dup, n_rereview = _extra_counts(cfg)
+    n_picks = cfg.n_reviews - n_dup - n_rereview
+    cat = make_catalogue(cfg, rng_cat)
+
+    # Customers: activity, taste over genres, liking of genres, rating bias.
+    n_c, n_genres = cfg.n_customers, cfg.n_genres
+    counts = _activity(cfg, rng_cust, n_picks)
+    base_w = (GENRE_WEIGHTS[:n_genres] / GENRE_WEIGHTS[:n_genres].sum()).astype(np.float32)
+    theta = rng_cust.standard_gamma(
+        cfg.taste_concentration * base_w, size=(n_c, n_genres), dtype=np.float32
+    )
+    total = theta.sum(axis=1, keepdims=True)
+    theta = np.where(total > 0, theta / np.where(total > 0, total, 1), base_w)
+    log_theta = np.log(theta + np.float32(0.01))
+    log_theta -= log_theta.mean()
+    log_theta /= max(float(log_theta.std()), 1e-6)  # all equal with a single genre
+    rho = np.float32(cfg.taste_like_corr)
+    like = rho * log_theta + np.sqrt(1 - rho * rho) * rng_cust.standard_normal(
+        (n_c, n_genres), dtype=np.float32
+    )
+    del log_theta
+    bias = rng_cust.normal(0.0, cfg.customer_bias_sd, size=n_c)
+    verified_p = rng_cust.beta(4.0 * cfg.verified_rate + 0.1, 4.0 * (1 - cfg.verified_rate) + 0.1, n_c)
+    customer_ids = unique_ints(rng_cust, n_c, 10_000, 53_100_000)
+
+    # Picks, in order for every customer.
+    cust = np.repeat(np.arange(n_c), counts)
+    block_start = np.cumsum(counts) - counts
+    first = np.zeros(n_picks, dtype=bool)
+    first[block_start] = True
+    sampler = _PickSampler(cat, theta, cfg.genre_focus)
+    del theta
+    prod = sampler.draw(rng_pick, cust)
+    chain = (rng_pick.random(n_picks) < cfg.next_season_prob) & ~first
+    for _ in range(3):  # a few passes so that chains of seasons follow each other
+        prev = np.concatenate([[-1], prod[:-1]])
+        nxt = np.where(chain, cat.next_season[np.maximum(prev, 0)], -1)
+        prod = np.where(nxt >= 0, nxt, prod)
+    _resolve_repeats(rng_pick, cust, prod, n_c, cfg.n_products, sampler)
+    del sampler
+
+    # Dates: an active window per customer; picks get the window's sorted dates in order.
+    days, through, before = _day_weights(cfg)
+    n_days = len(days)
+    center = np.minimum(np.searchsorted(through, rng_rows.random(n_c), side="right"), n_days - 1)
+    half = cfg.days_per_review * counts**0.85 * rng_rows.lognormal(0.0, 0.3, size=n_c)
+    lo = np.clip(center - half, 0, n_days - 1).astype(np.int64)
+    hi = np.clip(center + half, 0, n_days - 1).astype(np.int64)
+    f_lo, f_hi = before[lo][cust], through[hi][cust]
+    day = np.searchsorted(through, f_lo + rng_rows.random(n_picks) * (f_hi - f_lo), side="right")
+    day = np.clip(day, lo[cust], hi[cust])
+    day = day[np.lexsort((day, cust))]
+    del f_lo, f_hi
+
+    # Ratings: latent score cut at its quantiles.
+    affinity = (like[cust[:, None], cat.genres[prod]] * cat.genre_w[prod]).sum(axis=1)
+    score = (
+        bias[cust]
+        + cat.quality[prod]
+        + cfg.affinity_weight * affinity
+        + rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_picks)
+    )
+    cuts = np.quantile(score, np.cumsum(cfg.star_shares)[:-1])
+    star = 1 + np.searchsorted(cuts, score, side="right")
+
+    # Re-reviews: same customer and video, a date between the original and their last review.
+    src = np.sort(rng_rows.permutation(n_picks)[:n_rereview])
+    last_day = day[block_start + counts - 1]
+    rr_cust = cust[src]
+    rr_day = day[src] + np.floor(
+        rng_rows.random(n_rereview) * (last_day[rr_cust] - day[src] + 1)
+    ).astype(np.int64)
+    rr_score = score[src] + rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_rereview)
+    rr_star = np.where(
+        rng_rows.random(n_rereview) < 0.5, star[src], 1 + np.searchsorted(cuts, rr_score, side="right")
+    )
+    cust = np.concatenate([cust, rr_cust])
+    prod = np.concatenate([prod, prod[src]])
+    day = np.concatenate([day, np.minimum(rr_day, n_days - 1)])
+    star = np.concatenate([star, rr_star]).astype(np.int64)
+    n_src = len(cust)
+
+    # Per-review attributes (duplicated rows copy them all).
+    age = (n_days - 1 - day) / 365.25
+    mu = 0.3 + 0.1 * age + 0.5 * (star <= 2)
+    total_votes = np.floor(np.exp(rng_rows.normal(mu, 1.3)) - 0.6).clip(0, 20_000).astype(np.int64)
+    help_p = np.array([0.0, 0.35, 0.45, 0.6, 0.75, 0.85])[star]
+    helpful_votes = rng_rows.binomial(total_votes, help_p).astype(np.int64)
+    vine = rng_rows.random(n_src) < cfg.vine_rate
+    verified = (rng_rows.random(n_src) < verified_p[cust]) & ~vine
+    review_id_raw = review_ids(rng_rows, n_src)
+    n_para = len(_PARAGRAPHS)
+    para1 = (rng_rows.random(n_src) * n_para).astype(np.int64)
+    para2 = (rng_rows.random(n_src) * n_para).astype(np.int64)
+    two = rng_rows.random(n_src) < 0.3
+    para2 = np.where(two, para2, n_para)  # n_para: the empty string
+    sep = np.where(two, rng_rows.integers(1, len(_SEPARATORS), size=n_src), 0)
+    head_off = np.cumsum([0] + [len(h) for h in _HEADLINES])
+    head_pick = (rng_rows.random(n_src) * np.diff(head_off)[star - 1]).astype(np.int64)
+    head_pick = np.where(rng_rows.random(n_src) < 0.35, 0, head_pick)  # "Five Stars" & co.
+    headline = head_off[star - 1] + head_pick
+    n_null = max(cfg.min_nulls, round(cfg.null_rate * n_src))
+    null_masks = [np.zeros(n_src, dtype=bool) for _ in range(3)]
+    for mask in null_masks:
+        mask[rng_rows.permutation(n_src)[: min(n_null, n_src)]] = True
+
+    # Final rows: every source row once plus exact duplicates, shuffled.
+    dup_src = rng_rows.permutation(n_src)[:n_dup]
+    rows = rng_rows.permutation(np.concatenate([np.arange(n_src), dup_src]))
+    c, p = cust[rows], prod[rows]
+    head_null, body_null, date_null = (m[rows] for m in null_masks)
+    paragraphs = pa.array([*_PARAGRAPHS, ""], pa.large_string())
+    body = pc.binary_join_element_wise(
+        paragraphs.take(pa.array(para1[rows], mask=body_null)),
+        paragraphs.take(pa.array(para2[rows])),
+        pa.array(_SEPARATORS, pa.large_string()).take(pa.array(sep[rows])),
+    )
+    head_pool = pa.array([h for star_heads in _HEADLINES for h in star_heads], pa.large_string())
+    date_pool = pa.array(np.datetime_as_string(days, unit="D").astype(object), pa.large_string())
+    yn = pa.array(["N", "Y"], pa.large_string())
+    n_rows = len(rows)
+    zeros = pa.array(np.zeros(n_rows, dtype=np.int64))
+    columns = {
+        "marketplace": pa.array(["US"], pa.large_string()).take(zeros),
+        "customer_id": customer_ids[c],
+        "review_id": review_id_raw.take(pa.array(rows)),
+        "product_id": cat.product_ids.take(pa.array(p)),
+        "product_parent": cat.parents[p],
+        "product_title": cat.titles.take(pa.array(p)),
+        "product_category": pa.array(["Digital_Video_Download"], pa.large_string()).take(zeros),
+        "star_rating": star[rows],
+        "helpful_votes": helpful_votes[rows],
+        "total_votes": total_votes[rows],
+        "vine": yn.take(pa.array(vine[rows].astype(np.int64))),
+        "verified_purchase": yn.take(pa.array(verified[rows].astype(np.int64))),
+        "review_headline": head_pool.take(pa.array(headline[rows], mask=head_null)),
+        "review_body": body,
+        "review_date": date_pool.take(pa.array(day[rows], mask=date_null)),
+    }
+    frame = pd.DataFrame(
+        {
+            name: pd.Series(values, dtype="str")
+            if isinstance(values, (pa.Array, pa.ChunkedArray))
+            else pd.Series(np.asarray(values, dtype=np.int64))
+            for name, values in columns.items()
+        }
+    )
+    logger.debug(
+        "generated %d synthetic reviews (%d customers, %d videos) in %.2fs",
+        len(frame),
+        n_c,
+        cfg.n_products,
+        time.perf_counter() - t0,
+    )
+    return frame
+
+
+def review_ids(rng: np.random.Generator, n: int) -> pa.Array:
+    """``n`` distinct review ids: "R" + 13 (sometimes 12) uppercase alphanumerics."""
+    digits = rng.integers(0, 36, size=(n, 13), dtype=np.uint8)
+    long_ = rng.random(n) < 0.85
+    digits[long_, 0] = rng.integers(1, 4, size=int(long_.sum()), dtype=np.uint8)
+    powers = 36 ** np.arange(11, -1, -1, dtype=np.int64)
+    while True:
+        key = digits[:, :12].astype(np.int64) @ powers
+        order = np.argsort(key, kind="stable")
+        clash = np.zeros(n, dtype=bool)
+        clash[order[1:]] = key[order[1:]] == key[order[:-1]]
+        if not clash.any():
+            break
+        digits[clash] = rng.integers(0, 36, size=(int(clash.sum()), 13), dtype=np.uint8)
+    raw = np.empty((n, 14), dtype=np.uint8)
+    raw[:, 0] = ord("R")
+    raw[:, 1:] = ALNUM[digits]
+    raw[~long_, 13] = 0  # numpy strips trailing NULs: 12 characters after the "R"
+    return pa.array(raw.view("S14").ravel()).cast(pa.large_string())
+

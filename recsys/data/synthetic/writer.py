@@ -1,0 +1,270 @@
+"""Write a reviews frame as an Amazon-style TSV, with the flaws a loader must cope with.
+
+Malformed lines (wrong field count, bad ``star_rating``) and review bodies with non-UTF-8 bytes
+are injected at seeded positions; :class:`WriteInfo` says where, so tests can check a loader
+against it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..._io import atomic_path
+from ...errors import ConfigError, DataError
+from ..schema import AMAZON_COLUMNS
+from .model import GeneratorConfig, generate_reviews, review_ids
+
+logger = logging.getLogger("recsys")
+
+#: Reasons reported in :attr:`WriteInfo.malformed_line_numbers`.
+MALFORMED_REASONS: tuple[str, ...] = (
+    "too many fields",
+    "too few fields",
+    "non-numeric star_rating",
+    "star_rating outside 1-5",
+)
+
+
+@dataclass(frozen=True)
+class WriteInfo:
+    """What :func:`write_reviews_tsv` wrote.
+
+    Attributes
+    ----------
+    path : Path
+        The file written.
+    n_lines : int
+        Data lines, excluding the header (valid rows plus malformed lines).
+    malformed_line_numbers : dict[int, str]
+        1-based file line number (the header is line 1) -> reason, one of
+        :data:`MALFORMED_REASONS`.
+    non_utf8_line_numbers : list[int]
+        1-based file line numbers of valid rows whose ``review_body`` has non-UTF-8 bytes
+        appended.
+    valid_rows : int
+        Lines that are rows of the frame written (``n_lines - len(malformed_line_numbers)``).
+    """
+
+    path: Path
+    n_lines: int
+    malformed_line_numbers: dict[int, str]
+    non_utf8_line_numbers: list[int]
+    valid_rows: int
+
+
+# Appended to a few review bodies: bytes that are not UTF-8 (latin-1 and cp1252 text, 0xFF 0xFE).
+_NON_UTF8_SNIPPETS = (b" \xff\xfe", b" The caf\xe9 scene was lovely.", b" Na\xefve but fun.",
+                      b" \x96 great pacing.", b" Se\xf1or Ramos was the best part.")  # fmt: skip
+
+
+def _column_text(values: pd.Series, name: str) -> pa.Array:
+    """Column as Arrow strings, missing values as empty strings; rejects tabs and newlines."""
+    arr = pa.array(values, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):  # pragma: no cover - depends on pandas internals
+        arr = arr.combine_chunks()
+    if pa.types.is_floating(arr.type):
+        as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = as_float[~np.isnan(as_float)]
+        if np.all(finite == np.round(finite)):
+            arr = pa.array(np.where(np.isnan(as_float), 0, as_float).astype(np.int64),
+                           mask=np.isnan(as_float))  # fmt: skip
+    if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
+        arr = pc.strftime(arr, format="%Y-%m-%d")
+    if not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    bad = pc.any(pc.match_substring_regex(arr, "[\t\n\r]")).as_py()
+    if bad:
+        raise DataError(
+            f"column {name!r} contains a tab or newline; the TSV is written without quoting, "
+            "so replace them first (e.g. df[col].str.replace(r'[\\t\\n\\r]', ' ', regex=True))"
+        )
+    return pc.fill_null(arr, "")
+
+
+def _malformed_line(fields: list[str], kind: int, rng: np.random.Generator) -> tuple[str, str]:
+    """Turn a row's fields into a malformed line; returns (line, reason)."""
+    fields = list(fields)
+    if kind == 0:
+        pos = int(rng.integers(1, len(fields)))
+        fields.insert(pos, ["Special Edition", "", "extra", "HD"][int(rng.integers(4))])
+        return "\t".join(fields), MALFORMED_REASONS[0]
+    if kind == 1:
+        return "\t".join(fields[: int(rng.integers(3, 12))]), MALFORMED_REASONS[1]
+    star_col = AMAZON_COLUMNS.index("star_rating")
+    if kind in (2, 4):
+        fields[star_col] = "five" if kind == 2 else ""
+        return "\t".join(fields), MALFORMED_REASONS[2]
+    fields[star_col] = {3: "0", 5: "6", 6: "7"}[kind]
+    return "\t".join(fields), MALFORMED_REASONS[3]
+
+
+def write_reviews_tsv(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    malformed: int | None = None,
+    non_utf8: int | None = None,
+    seed: int = 0,
+    compresslevel: int = 6,
+    chunk_rows: int = 250_000,
+) -> WriteInfo:
+    """Write a reviews frame as an Amazon-style TSV, with a few malformed lines injected.
+
+    The file has a header line (the 15 column names), then one line per row: fields joined by
+    tabs, no quoting or escaping (like the real file), ``"\\n"`` line ends, missing values as
+    empty fields. A ``.gz`` suffix writes gzip with a fixed header (no name, mtime 0), so the
+    same frame and seed give the same bytes. The write is atomic (temporary file, then rename).
+
+    Malformed lines are *extra* lines (every row of ``df`` is written once, in order), at
+    seeded positions, cycling through: too many fields, too few fields, star_rating "five",
+    star_rating 0, empty star_rating, star_rating 6, star_rating 7. Separately, the
+    ``review_body`` of a few rows gets non-UTF-8 bytes appended (e.g. latin-1 ``caf\\xe9``);
+    those lines are valid rows.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Exactly the columns of :data:`recsys.data.schema.AMAZON_COLUMNS`, in order.
+    path : str or os.PathLike
+        Target file; ``.gz`` for gzip.
+    malformed : int, optional
+        Number of malformed lines; default ``max(5, len(df) // 200_000)`` (0 if ``df`` is
+        empty).
+    non_utf8 : int, optional
+        Number of rows whose body gets non-UTF-8 bytes; default
+        ``max(3, len(df) // 500_000)``, at most ``len(df)``.
+    seed : int
+        Seed for the positions and the content of the injected lines.
+    compresslevel : int
+        gzip level for ``.gz`` targets.
+    chunk_rows : int
+        Rows formatted at a time (bounds memory).
+
+    Returns
+    -------
+    WriteInfo
+
+    Raises
+    ------
+    DataError
+        If the columns are not the 15 Amazon columns in order, or a field contains a tab or
+        a newline (they cannot be written without quoting).
+    ConfigError
+        If ``malformed`` or ``non_utf8`` is negative.
+    """
+    t0 = time.perf_counter()
+    if tuple(df.columns) != AMAZON_COLUMNS:
+        raise DataError(
+            f"expected the 15 Amazon review columns in order {list(AMAZON_COLUMNS)}; "
+            f"got {list(df.columns)}. Select them with df[list(AMAZON_COLUMNS)]"
+        )
+    n = len(df)
+    for name, value in (("malformed", malformed), ("non_utf8", non_utf8)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{name} must be a non-negative integer or None, got {value!r}")
+    n_bad = (max(5, n // 200_000) if malformed is None else malformed) if n else 0
+    n_non_utf8 = min(n, max(3, n // 500_000) if non_utf8 is None else non_utf8)
+    rng = np.random.default_rng(seed)
+    n_lines = n + n_bad
+    bad_pos = np.sort(rng.permutation(n_lines)[:n_bad])  # 0-based data-line index
+    is_bad = np.zeros(n_lines, dtype=bool)
+    is_bad[bad_pos] = True
+    row_line = np.flatnonzero(~is_bad)  # data-line index of every row
+    body_null = df["review_body"].isna().to_numpy()
+    candidates = np.flatnonzero(~body_null) if (~body_null).sum() >= n_non_utf8 else np.arange(n)
+    non_utf8_rows = np.sort(rng.permutation(candidates)[:n_non_utf8])
+    snippets = {int(r): _NON_UTF8_SNIPPETS[i % len(_NON_UTF8_SNIPPETS)]
+                for i, r in enumerate(non_utf8_rows)}  # fmt: skip
+    template_rows = rng.integers(0, max(n, 1), size=n_bad)
+    kinds = np.arange(n_bad) % 7
+    fresh_ids = review_ids(rng, n_bad).to_pylist() if n_bad else []
+    body_col = AMAZON_COLUMNS.index("review_body")
+
+    malformed_lines: dict[int, tuple[str, str]] = {}  # data-line index -> (line, reason)
+    if n_bad:
+        templates = df.iloc[template_rows]
+        texts = [_column_text(templates[col], col).to_pylist() for col in AMAZON_COLUMNS]
+        for i, pos in enumerate(bad_pos):
+            fields = [texts[j][i] for j in range(len(AMAZON_COLUMNS))]
+            fields[AMAZON_COLUMNS.index("review_id")] = fresh_ids[i]
+            malformed_lines[int(pos)] = _malformed_line(fields, int(kinds[i]), rng)
+    # Malformed lines written just before row k (k == n: after the last row).
+    before_row: dict[int, list[bytes]] = {}
+    for pos in bad_pos:
+        k = int(np.searchsorted(row_line, pos))
+        before_row.setdefault(k, []).append(malformed_lines[int(pos)][0].encode() + b"\n")
+
+    path = Path(path)
+    gz = path.suffix == ".gz"
+    newline, tab, empty = (pa.scalar(c, pa.large_string()) for c in ("\n", "\t", ""))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as raw:
+            out = (
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
+                if gz
+                else raw
+            )
+            try:
+                out.write(("\t".join(AMAZON_COLUMNS) + "\n").encode())
+                for lo in range(0, n, chunk_rows):
+                    hi = min(n, lo + chunk_rows)
+                    part = df.iloc[lo:hi]
+                    cols = [_column_text(part[col], col) for col in AMAZON_COLUMNS]
+                    cols[-1] = pc.binary_join_element_wise(cols[-1], newline, empty)
+                    lines = pc.binary_join_element_wise(*cols, tab)
+                    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
+                        lines.offset : lines.offset + len(lines) + 1
+                    ]
+                    data = memoryview(lines.buffers()[2])
+                    cursor = lo  # first row of the chunk not written yet
+                    special = sorted(r for r in (*before_row, *snippets) if lo <= r < hi)
+                    for r in dict.fromkeys(special):
+                        out.write(data[offsets[cursor - lo] : offsets[r - lo]])
+                        cursor = r
+                        for line in before_row.get(r, ()):
+                            out.write(line)
+                        if r in snippets:
+                            row = bytes(data[offsets[r - lo] : offsets[r - lo + 1] - 1])
+                            fields = row.split(b"\t")
+                            fields[body_col] += snippets[r]
+                            out.write(b"\t".join(fields) + b"\n")
+                            cursor = r + 1
+                    out.write(data[offsets[cursor - lo] : offsets[hi - lo]])
+                for line in before_row.get(n, ()):
+                    out.write(line)
+            finally:
+                if gz:
+                    out.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+
+    info = WriteInfo(
+        path=path,
+        n_lines=n_lines,
+        malformed_line_numbers={pos + 2: reason for pos, (_, reason) in malformed_lines.items()},
+        non_utf8_line_numbers=[int(row_line[r]) + 2 for r in non_utf8_rows],
+        valid_rows=n,
+    )
+    logger.debug("wrote %d lines to %s in %.2fs", n_lines, path, time.perf_counter() - t0)
+    return info
+
+
+def write_preset(
+    preset: str | GeneratorConfig, path: str | os.PathLike, seed: int = 0, **kw
+) -> WriteInfo:
+    """Generate ``preset`` with ``seed`` and write it with :func:`write_reviews_tsv`.
+
+    Keyword arguments go to :func:`write_reviews_tsv` (``seed`` is used for both).
+    """
+    return write_reviews_tsv(generate_reviews(preset, seed=seed), path, seed=seed, **kw)
+
