@@ -19,7 +19,7 @@ waiters as it would on AWS):
   ``"descending"`` distances);
 * endpoints: it loads the FM the endpoint's model points to; every ``InvokeEndpoint`` is
   decoded strictly (:func:`recsys.serving.protocol.decode_request`) and answered with that FM's
-  scores, queued just in time through moto's ``/moto-api/static/sagemaker/endpoint-results``.
+  scores (by the fake itself: moto's canned answers are keyed by the body alone).
 
 Every request the backend sends that creates, uses, stops or deletes something is recorded in
 :attr:`FakeSageMaker.sent` (``(api, params)``; S3 puts as ``Bucket`` / ``Key``). The fake reads
@@ -42,8 +42,11 @@ import copy
 import io
 import json
 import logging
+import os
+import signal
 import tarfile
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,8 +184,9 @@ class FakeSageMaker:
         self.training_failures: list[str] = []
         self.transform_failures: list[str] = []
         self.endpoint_failures: list[str] = []
-        #: 1-based InvokeEndpoint call number -> exception raised instead of calling
-        self.invoke_failures: dict[int, BaseException] = {}
+        #: 1-based InvokeEndpoint call number -> exception raised instead of calling, or
+        #: "SIGTERM": this process is sent SIGTERM (as a scheduler stopping the run would)
+        self.invoke_failures: dict[int, BaseException | str] = {}
         self.interrupt_training = self.interrupt_transform = self.interrupt_endpoint = False
         self.stopped: list[str] = []
         #: return at most this many neighbours per query (to exercise padding)
@@ -194,7 +198,9 @@ class FakeSageMaker:
         self.knn_label_offset = 0
         #: added to every score an endpoint returns (to see the endpoint check)
         self.endpoint_offset = 0.0
-        self._seen_bodies: set[tuple[str, str, bytes]] = set()
+        #: answers for the next invocations, before the fake's own (see queue_results)
+        self.canned: list[str] = []
+        self._answer: str | None = None
 
     # ---- wiring ---------------------------------------------------------------------------
     def install(self, backend: Any) -> None:
@@ -210,6 +216,7 @@ class FakeSageMaker:
         sm.register("before-call.sagemaker.StopTransformJob", self._on_stop)
         runtime = backend.aws.client("sagemaker-runtime").meta.events
         runtime.register("provide-client-params.sagemaker-runtime.InvokeEndpoint", self._on_invoke)
+        runtime.register("before-call.sagemaker-runtime.InvokeEndpoint", self._answer_invoke)
         for service in ("sagemaker", "sagemaker-runtime", "s3"):
             backend.aws.client(service).meta.events.register("provide-client-params", self._log_request)
 
@@ -272,7 +279,8 @@ class FakeSageMaker:
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ResourceAlreadyExistsException":
                     raise
-        events = [{"timestamp": 1_700_000_000_000 + i, "message": m} for i, m in enumerate(messages)]
+        now = int(time.time() * 1000)  # CloudWatch refuses events older than 14 days
+        events = [{"timestamp": now + i, "message": m} for i, m in enumerate(messages)]
         self.logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
 
     def state(self) -> dict[str, list[str]]:
@@ -410,22 +418,25 @@ class FakeSageMaker:
             self.endpoint_models[name] = read_fm_artifact(path)
 
     def _on_invoke(self, params: dict[str, Any], **_: Any) -> None:
+        """Record the request and work out its answer (sent by :meth:`_answer_invoke`)."""
         from recsys.serving.protocol import decode_request
 
         body = params["Body"]
         body = body.encode() if isinstance(body, str) else bytes(body)
         self.requests.append({**params, "Body": body})
+        self._answer = None
         failure = self.invoke_failures.get(len(self.requests))
-        if failure is not None:
+        if failure == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif failure is not None:
             raise failure
+        if self.canned:
+            self._answer = self.canned.pop(0)
+            return
         if not self.serve_endpoints:
             return
         name = params["EndpointName"]
         assert name in self.endpoint_models, f"InvokeEndpoint on {name}, which was never started"
-        key = (name, params.get("Accept", ""), body)
-        if key in self._seen_bodies:
-            return  # moto answers a repeated request with its first answer
-        self._seen_bodies.add(key)
         fm = self.endpoint_models[name]
         X = decode_request(body, params.get("ContentType"), fm.feature_dim, max_instances=10**9)
         scores = fm.predict_score(X) + self.endpoint_offset
@@ -433,14 +444,23 @@ class FakeSageMaker:
             preds = [{"score": float(s), "predicted_label": int(s >= 0.5)} for s in scores]
         else:
             preds = [{"score": float(s)} for s in scores]
-        self.queue_results([{"predictions": preds}])
+        self._answer = json.dumps({"predictions": preds})
+
+    def _answer_invoke(self, **_: Any) -> tuple[Any, dict] | None:
+        """Answer the InvokeEndpoint in place of moto (whose canned answers are keyed by body only)."""
+        from botocore.awsrequest import AWSResponse
+        from botocore.response import StreamingBody
+
+        if self._answer is None:
+            return None
+        data, self._answer = self._answer.encode(), None
+        parsed = {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentType": "application/json",
+                  "InvokedProductionVariant": "AllTraffic", "ResponseMetadata": {"HTTPStatusCode": 200}}  # fmt: skip
+        return AWSResponse(self.url, 200, {}, None), parsed
 
     def queue_results(self, payloads: list[Any]) -> None:
-        """Queue endpoint answers (JSON-encoded unless already str) in moto, in order."""
-        results = [{"Body": p if isinstance(p, str) else json.dumps(p), "ContentType": "application/json",
-                    "InvokedProductionVariant": "AllTraffic", "CustomAttributes": ""} for p in payloads]  # fmt: skip
-        moto_api(self.url, "/moto-api/static/sagemaker/endpoint-results",
-                 {"account_id": ACCOUNT, "region": REGION, "results": results})  # fmt: skip
+        """Answer the next invocations with these (JSON-encoded unless already str), in order."""
+        self.canned += [p if isinstance(p, str) else json.dumps(p) for p in payloads]
 
     def _on_stop(self, params: dict[str, Any], model: Any, **_: Any) -> tuple[Any, dict]:
         from botocore.awsrequest import AWSResponse

@@ -10,6 +10,8 @@ requests, waiting, downloading and parsing.
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
 
 import numpy as np
@@ -602,3 +604,75 @@ def test_dry_run_fm_cannot_be_deployed_for_real(sagemaker_backend):
     placeholder = FittedFM(w0=0.0, w=np.zeros(3), V=np.zeros((3, 1)), metadata={"dry_run": True})
     with pytest.raises(ConfigError, match="dry-run placeholder"):
         sagemaker_backend.deploy(placeholder)
+
+
+# ---- logs, costs, the endpoint check ------------------------------------------------------------
+def test_job_logs_are_streamed_unless_turned_off(make_sagemaker_backend, caplog):
+    X, y = one_hot_problem()
+    with caplog.at_level(logging.INFO, logger="recsys"):
+        fm = make_sagemaker_backend().fit_fm(X, y, FMParams(num_factors=2))
+    job = fm.metadata["training_job_name"]
+    assert f"[{job}/algo-1-1700000000] fake factorization-machines:1: 1 object(s) read" in caplog.text
+    assert f"[{job}/algo-1-1700000000] fake: training done" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recsys"):
+        make_sagemaker_backend(stream_logs=False).fit_fm(X, y, FMParams(num_factors=2))
+    assert "algo-1-" not in caplog.text
+
+
+def test_report_records_every_job_and_endpoint(make_sagemaker_backend, sagemaker_session):
+    backend = make_sagemaker_backend(train_instance_type="ml.c5.xlarge", transform_instance_count=2)
+    X, y = one_hot_problem()
+    fm = backend.fit_fm(X, y, FMParams(num_factors=2))
+    index = backend.build_knn(np.random.default_rng(0).normal(size=(8, 3)), KNNParams(k=4))
+    index.search(np.ones((3, 3)), 2)
+    with backend.deploy(fm, instance_type="ml.m5.large") as endpoint:
+        endpoint.predict(X[:3])
+    report = backend.report()
+    json.dumps(report)
+    training = [j for j in report["jobs"] if j["kind"] == "training"]
+    assert [j["name"] for j in training] == [fm.metadata["training_job_name"], index.job_name]
+    assert [j["algorithm"] for j in training] == ["factorization-machines", "knn"]
+    assert all((j["instance_type"], j["instance_count"], j["status"]) == ("ml.c5.xlarge", 1, "Completed") for j in training)
+    assert all(j["billable_seconds"] == 100 and not j["spot"] for j in training) and report["billable_seconds"] == 200
+    (transform,) = [j for j in report["jobs"] if j["kind"] == "transform"]
+    assert (transform["instance_type"], transform["instance_count"], transform["seconds"]) == ("ml.m4.xlarge", 2, 0.0)
+    (ep,) = report["endpoints"]
+    assert (ep["name"], ep["instance_type"], ep["instance_count"]) == (endpoint.name, "ml.m5.large", 1)
+    assert ep["lifetime_seconds"] >= 0 and not ep["kept"]
+    (knn,) = report["knn"]
+    assert (knn["k_sent"], knn["queries"], knn["transform_jobs"]) == (4, 3, index.transform_jobs)
+    assert fm.metadata["billable_seconds"] == 100
+
+
+def test_evaluate_on_endpoint_compares_the_hosted_model_with_the_local_one(
+    make_sagemaker_backend, sagemaker_fake, sagemaker_session
+):
+    backend = make_sagemaker_backend(evaluate_on_endpoint=True, max_payload_bytes=1500)
+    X, y = one_hot_problem(n=60)
+    Xe, ye = one_hot_problem(n=30, seed=1)
+    fm = backend.fit_fm(X, y, FMParams(num_factors=3), eval_set=(Xe, ye))
+    assert state(sagemaker_session) == NOTHING_LEFT
+    (check,) = backend.report()["endpoint_checks"]
+    assert (check["model"], check["rows"], check["predictor_type"]) == (fm.metadata["training_job_name"], 30, "regressor")
+    assert check["requests"] > 1 and check["max_abs_difference"] < 1e-5
+    sagemaker_fake.endpoint_offset = 0.25  # a hosted model that answers differently is seen
+    backend.fit_fm(X, y, FMParams(num_factors=3), eval_set=(Xe, ye))
+    assert abs(backend.report()["endpoint_checks"][1]["max_abs_difference"] - 0.25) < 1e-5
+    backend.fit_fm(X, y, FMParams(num_factors=3))  # no evaluation rows: no endpoint
+    assert len(backend.report()["endpoints"]) == 2
+    assert all(e["lifetime_seconds"] is not None for e in backend.report()["endpoints"])
+
+
+@pytest.mark.parametrize("fault", ["error", "ctrl-c", "SIGTERM"])
+def test_the_evaluation_endpoint_is_deleted_on_every_path(make_sagemaker_backend, sagemaker_fake, sagemaker_session, fault):
+    backend = make_sagemaker_backend(evaluate_on_endpoint=True, max_payload_bytes=1024)
+    X, y = one_hot_problem(n=60)
+    sagemaker_fake.invoke_failures[2] = {
+        "error": client_error("ModelError", "boom"), "ctrl-c": KeyboardInterrupt(), "SIGTERM": "SIGTERM",
+    }[fault]  # fmt: skip
+    with pytest.raises(BackendError if fault == "error" else KeyboardInterrupt):
+        backend.fit_fm(X, y, FMParams(num_factors=2), eval_set=(X, y))
+    assert len(sagemaker_fake.requests) == 2
+    assert state(sagemaker_session) == NOTHING_LEFT
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

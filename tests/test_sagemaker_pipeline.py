@@ -24,6 +24,7 @@ pytest.importorskip("sagemaker")
 pytest.importorskip("moto")
 pytest.register_assert_rewrite("tests.sagemaker_fakes")
 
+from backends.sagemaker.artifacts import fm_model_tar_bytes  # noqa: E402
 from backends.sagemaker.fm import fm_hyperparameters  # noqa: E402
 from recsys.cli import main  # noqa: E402
 from recsys.config import load_config  # noqa: E402
@@ -373,3 +374,24 @@ def test_ctrl_c_during_the_knn_transform_exits_130_and_cleans_up(
     desc = on_sagemaker.sm.describe_transform_job(TransformJobName=transform[0].name)
     assert desc["TransformJobStatus"] == "Stopped"
     assert not out.exists() and no_leftovers(tmp_path) == []
+
+
+def test_a_surprise_in_the_first_model_stops_the_run_before_the_next_paid_job(
+    on_sagemaker: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = on_sagemaker.fake
+    train_fm = fake._train_fm
+
+    def one_factor_too_many(name: str, channels: dict, hyperparameters: dict) -> bytes:
+        train_fm(name, channels, hyperparameters)
+        d, k = int(hyperparameters["feature_dim"]), int(hyperparameters["num_factors"])
+        return fm_model_tar_bytes(FittedFM(w0=0.0, w=np.zeros(d), V=np.zeros((d, k + 1))))
+
+    monkeypatch.setattr(fake, "_train_fm", one_factor_too_many)
+    out = tmp_path / "out"
+    assert recsys_run_on_sagemaker(sagemaker_config(tmp_path / "sagemaker.toml"), out) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: training job recsys-fm-reg-\S+ produced a model of shape \(240, 65\) but "
+                     r"\(240, 64\) was asked for", err), err  # fmt: skip
+    assert len(training_jobs(on_sagemaker.sm)) == 1  # nothing else was paid for
+    assert not out.exists()

@@ -93,7 +93,8 @@ class FMEndpoint:
             return [dict(zero) for _ in range(X.shape[0])]
         out: list[dict[str, Any]] = []
         runtime = aws.client("sagemaker-runtime")
-        with tqdm(total=X.shape[0], disable=not show_progress, desc=f"endpoint {self.name}", unit="row", leave=False) as bar:
+        bar = tqdm(total=X.shape[0], disable=not show_progress, desc=f"endpoint {self.name}", unit="row", leave=False)
+        with sigterm_as_interrupt(), bar:
             for start, stop, body in batch_payloads(X, max_bytes=limit, format=format):
                 where = f"endpoint {self.name} (rows {start}-{stop - 1}, request {len(entry.bodies) + 1})"
                 entry.bodies.append((start, stop, len(body)))

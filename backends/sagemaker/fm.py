@@ -25,7 +25,7 @@ from recsys.model import FittedFM, check_design
 from recsys.params import FMParams
 
 from .artifacts import read_fm_artifact
-from .aws import AWS
+from .aws import AWS, sigterm_as_interrupt
 from .plan import RECORDIO_CONTENT_TYPE, Channel, training_job_entry, upload_entry
 
 __all__ = ["fit_fm", "fm_hyperparameters", "sdk_hyperparameters", "write_shards", "shard_uploads"]
@@ -181,7 +181,7 @@ def _evaluate_on_endpoint(aws: AWS, fm: FittedFM, X_eval: sp.csr_matrix, deploy:
     """Deploy ``fm``, score ``X_eval`` on the endpoint in batches as the lab did, record the
     largest difference from the local scores of the same weights; the endpoint is deleted on
     every path (error, Ctrl-C, SIGTERM)."""
-    with deploy(fm, keep=False) as endpoint:
+    with sigterm_as_interrupt(), deploy(fm, keep=False) as endpoint:
         predictions = endpoint.predict(X_eval)
     if aws.dry_run:
         return
