@@ -158,12 +158,11 @@ class FakeSageMaker:
     """Plays SageMaker's built-in FM and k-NN behind a moto server (see the module docstring)."""
 
     def __init__(self, url: str, *, seed: int = 0) -> None:
-        import boto3
         from botocore.config import Config
 
         self.url = url
-        boto = boto3.Session(region_name=REGION)
         config = Config(**_CLIENT_CONFIG)
+        boto = _fake_boto_session()
         self.s3, self.sm, self.logs = (boto.client(s, config=config) for s in ("s3", "sagemaker", "logs"))
         self.rng = np.random.default_rng(seed)
         #: job name -> channel -> (X, y) as decoded from S3 (all objects, in key order)
@@ -474,6 +473,19 @@ class FakeSageMaker:
             self._moto().transform_jobs[name].transform_job_status = "Stopped"
         self.stopped.append(name)
         return AWSResponse(self.url, 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+
+_FAKE_SESSION: list[Any] = []
+
+
+def _fake_boto_session() -> Any:
+    """The fake's own boto3 session (apart from the backend's, so only the backend's calls are
+    recorded), made once: a new session would parse the service models again (~1 s)."""
+    if not _FAKE_SESSION:
+        import boto3
+
+        _FAKE_SESSION.append(boto3.Session(region_name=REGION))
+    return _FAKE_SESSION[0]
 
 
 def _concat(parts: list[tuple[Any, Any]]) -> tuple[Any, Any]:

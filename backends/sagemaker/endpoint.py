@@ -142,7 +142,9 @@ class FMEndpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.keep and not self.dry_run and not self.deleted:
+        if self.keep and not self.deleted:  # kept: nothing to delete (nor to plan deleting)
+            if self.dry_run:
+                return
             logger.warning(
                 "keeping SageMaker endpoint %s (keep_endpoint): it is billed until deleted; delete it with "
                 "endpoint.delete() or `aws sagemaker delete-endpoint --endpoint-name %s` (and "
@@ -169,7 +171,7 @@ def deploy(aws: AWS, fm: FittedFM, *, instance_type: str | None, instance_count:
     if isinstance(icount, bool) or not isinstance(icount, int) or icount < 1:
         raise ConfigError(f"instance_count must be a positive integer, got {icount!r}")
     name = aws.new_name("fm-ep")
-    model_uri = fm.metadata.get("model_s3_uri") if fm.metadata.get("backend") == "sagemaker" else None
+    model_uri = fm.metadata.get("model_s3_uri")  # trained by this backend: served from where the job left it
     upload = None
     if model_uri is None:
         model_uri = aws.uri("models", name, "model.tar.gz")

@@ -150,8 +150,16 @@ class SageMakerKNNIndex(KNNIndex):
                 return np.full((len(queries), k), -1, np.int64), np.full((len(queries), k), self.worst_score, np.float32)
             labels, distances = result
             self.queries += len(queries)
-            self._check_distances(queries, labels, distances)
-            ids, scores = self._rescore(queries, labels)
+            bad = labels >= self.ntotal
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise BackendError(
+                    f"k-NN returned label {labels[r, c]} for query {r}, but only {self.ntotal} vectors were indexed "
+                    "(labels must be the 0-based row numbers written by build_knn); was this model trained by another tool?"
+                )
+            local = self._pair_scores(queries, np.maximum(labels, 0))
+            self._check_distances(labels, distances, local)
+            ids, scores = self._rescore(labels, local)
             short = (ids >= 0).sum(axis=1) < self.k  # fewer than asked: a sample, or repeated labels
             if short.any():
                 ids[short], scores[short] = self._complete(queries[short], self.k, None)
@@ -170,24 +178,16 @@ class SageMakerKNNIndex(KNNIndex):
             return None
         return ids[where], scores[where]
 
-    def _rescore(self, queries: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SageMaker's labels scored with the local vectors, best first (ties by lower id);
+    def _rescore(self, labels: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SageMaker's labels with their ``local`` scores, best first (ties by lower id);
         repeated labels count once, missing ones pad with id -1."""
-        bad = labels >= self.ntotal
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise BackendError(
-                f"k-NN returned label {labels[r, c]} for query {r}, but only {self.ntotal} vectors were indexed "
-                "(labels must be the 0-based row numbers written by build_knn); was this model trained by another tool?"
-            )
         ids = labels.copy()
         ordered = np.sort(ids, axis=1)
         for r in np.flatnonzero(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)):
             first = np.zeros(ids.shape[1], bool)
             first[np.unique(ids[r], return_index=True)[1]] = True
             ids[r, ~first] = -1
-        scores = np.where(ids >= 0, self._pair_scores(queries, np.maximum(ids, 0)), self.worst_score).astype(np.float32)
-        return order_rows(ids, scores, self.higher_is_better)
+        return order_rows(ids, np.where(ids >= 0, local, self.worst_score).astype(np.float32), self.higher_is_better)
 
     def _complete(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` of ``queries`` skipping ``exclude``, from the local vectors."""
@@ -219,11 +219,12 @@ class SageMakerKNNIndex(KNNIndex):
         return out
 
     # ---- what SageMaker's distances look like ---------------------------------------------
-    def _check_distances(self, queries: np.ndarray, labels: np.ndarray, distances: np.ndarray) -> None:
+    def _check_distances(self, labels: np.ndarray, distances: np.ndarray, local_scores: np.ndarray) -> None:
         """Record which way the returned distances ran along each line and whether they equal
         the local scores (or their negation, or for L2 their square root) to float32 tolerance."""
-        valid = (labels >= 0) & (labels < self.ntotal) & np.isfinite(distances)
-        steps = np.diff(distances, axis=1)
+        valid = (labels >= 0) & np.isfinite(distances)
+        with np.errstate(invalid="ignore"):  # inf - inf in an overflowing line
+            steps = np.diff(distances, axis=1)
         both = valid[:, 1:] & valid[:, :-1]
         up, down = (both & (steps > 0)).any(axis=1), (both & (steps < 0)).any(axis=1)
         informative = both.any(axis=1)
@@ -233,7 +234,7 @@ class SageMakerKNNIndex(KNNIndex):
         self._order["flat"] += int((informative & ~up & ~down).sum())
         if not valid.any():
             return
-        local = self._pair_scores(queries, np.where(valid, labels, 0)).astype(np.float64)[valid]
+        local = local_scores.astype(np.float64)[valid]
         remote = distances.astype(np.float64)[valid]
         tolerance = 1e-4 * np.maximum(1.0, np.abs(local))
         candidates = {"equal": local, "negated": -local}
