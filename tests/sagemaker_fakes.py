@@ -615,14 +615,16 @@ def sagemaker_fake(aws_env: str) -> FakeSageMaker:
 @pytest.fixture
 def make_sagemaker_backend(sagemaker_session: Any, sagemaker_fake: FakeSageMaker) -> Iterator[Callable[..., Any]]:
     """A factory: ``make_sagemaker_backend(**options)`` -> a SageMakerBackend on moto with the
-    fakes hooked in (session, role, prefix ``recsys-test`` and ``poll_seconds=0`` preset).
+    fakes hooked in (session, role, prefix ``recsys-test``, ``poll_seconds=0`` and, fewer calls,
+    ``stream_logs=False`` preset).
     Every backend made is closed at teardown."""
     from backends.sagemaker import SageMakerBackend
 
     made = []
 
     def make(**options: Any) -> Any:
-        options = {"session": sagemaker_session, "role": ROLE, "prefix": "recsys-test", "poll_seconds": 0.0, **options}
+        options = {"session": sagemaker_session, "role": ROLE, "prefix": "recsys-test", "poll_seconds": 0.0,
+                   "stream_logs": False, **options}  # fmt: skip
         backend = SageMakerBackend(**options)
         sagemaker_fake.install(backend)
         made.append(backend)

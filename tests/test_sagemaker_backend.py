@@ -610,7 +610,7 @@ def test_dry_run_fm_cannot_be_deployed_for_real(sagemaker_backend):
 def test_job_logs_are_streamed_unless_turned_off(make_sagemaker_backend, caplog):
     X, y = one_hot_problem()
     with caplog.at_level(logging.INFO, logger="recsys"):
-        fm = make_sagemaker_backend().fit_fm(X, y, FMParams(num_factors=2))
+        fm = make_sagemaker_backend(stream_logs=True).fit_fm(X, y, FMParams(num_factors=2))
     job = fm.metadata["training_job_name"]
     assert f"[{job}/algo-1-1700000000] fake factorization-machines:1: 1 object(s) read" in caplog.text
     assert f"[{job}/algo-1-1700000000] fake: training done" in caplog.text
