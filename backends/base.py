@@ -379,6 +379,16 @@ class Backend(abc.ABC):
         """What ``metrics.json[backend.name]`` records about this backend's work (jobs, cost)."""
         return {}
 
+    def format_plan(self) -> str:
+        """A dry run's plan as text for the CLI (backends with :attr:`supports_dry_run`)."""
+        return ""
+
+    def plan_requests(self) -> list[dict[str, Any]]:
+        """Every request a run sends (or, in a dry run, would send), in order: ``{"api",
+        "request", ...}`` dicts, written by a dry run to ``<out>/plan.json``; ``[]`` for
+        backends that call no remote service."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for local backends
         """Release remote resources (endpoints, sessions). Safe to call twice."""
 

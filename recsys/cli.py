@@ -147,6 +147,8 @@ def _cmd_run(args: argparse.Namespace, *, train_only: bool = False) -> int:
                  **_overrides(args, _RUN_FLAGS))  # fmt: skip
     if result.plan is not None:
         print(result.plan)
+        if "plan" in result.files:
+            print(f"requests in {result.files['plan']}")
         return 0
     for line in result.summary_lines():
         print(line)

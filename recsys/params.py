@@ -132,20 +132,6 @@ class FMParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def sagemaker_hyperparameters(self, feature_dim: int | None = None) -> dict[str, str]:
-        """The hyperparameters to send to SageMaker (strings, ``None`` values left out)."""
-        out: dict[str, str] = {}
-        for name in self.SAGEMAKER_NAMES:
-            value = getattr(self, name)
-            if name == "feature_dim" and feature_dim is not None:
-                value = feature_dim
-            if value is None:
-                continue
-            out[name] = str(value)
-        if "feature_dim" not in out:
-            raise ConfigError("feature_dim is required for SageMaker; pass the design matrix width")
-        return out
-
 
 @dataclass
 class KNNParams:

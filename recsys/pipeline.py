@@ -344,7 +344,7 @@ def run(
     """
     cfg = _resolve(config, overrides)
     out_dir = Path(cfg.out)
-    if write and not dry_run:
+    if write:
         _check_out_dir(out_dir)
     timer = _Timer()
     t_total = time.perf_counter()
@@ -357,7 +357,12 @@ def run(
         with backend:
             result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train", spool=spool)
             if dry_run:
+                backend.close()  # the cleanup a real run ends with belongs to the plan
                 result.plan = backend.format_plan()
+                if write:  # the exact requests, in order, for whoever approves them
+                    from ._io import atomic_write_json
+
+                    result.files["plan"] = atomic_write_json(out_dir / "plan.json", backend.plan_requests())
                 return result
             report = backend.report()
             if report:

@@ -50,7 +50,7 @@ def backend(request: pytest.FixtureRequest):
 @pytest.fixture
 def aws_footprint(backend, request: pytest.FixtureRequest) -> Callable[[], dict[str, list[str]]]:
     """What the backend has put on AWS so far: S3 objects, training jobs, models (empty for torch)."""
-    if backend.name != "sagemaker":
+    if not backend.remote:
         return lambda: {"objects": [], "training_jobs": [], "models": []}
     from tests.sagemaker_fakes import BUCKET
 
@@ -349,7 +349,7 @@ def test_bad_training_data_is_a_data_error_before_anything_is_uploaded(
     with pytest.raises(DataError, match=message):
         backend.fit_fm(X, y, params, **kwargs)
     assert aws_footprint() == {"objects": [], "training_jobs": [], "models": []}
-    assert getattr(backend, "plan", []) == []  # SageMaker: not even planned
+    assert backend.plan_requests() == []  # a remote backend: not even planned
 
 
 @pytest.mark.parametrize("bad", ["nan", "no rows", "zero width"])

@@ -10,7 +10,8 @@ requests, waiting, downloading and parsing.
 from __future__ import annotations
 
 import json
-import socket
+import logging
+import signal
 import sys
 
 import numpy as np
@@ -23,15 +24,11 @@ pytest.register_assert_rewrite("tests.sagemaker_fakes")
 
 from backends.base import TrainOptions  # noqa: E402
 from backends.sagemaker import (  # noqa: E402
-    SAGEMAKER_OPTIONS,
     FMEndpoint,
     SageMakerBackend,
-    format_plan,
     predictions_to_arrays,
 )
 from backends.sagemaker.artifacts import parse_knn_jsonlines  # noqa: E402
-from backends.sagemaker.endpoint import batch_payloads, encode_rows, parse_predictions  # noqa: E402
-from backends.sagemaker.knn import rank_neighbours  # noqa: E402
 from recsys.errors import (  # noqa: E402
     BackendError,
     ConfigError,
@@ -40,6 +37,8 @@ from recsys.errors import (  # noqa: E402
 )
 from recsys.model import FittedFM  # noqa: E402
 from recsys.params import FMParams, KNNParams  # noqa: E402
+from recsys.serving.protocol import batch_payloads, encode_rows, parse_predictions  # noqa: E402
+from tests.reference import knn_brute_force  # noqa: E402
 from tests.sagemaker_fakes import BUCKET, REGION, ROLE  # noqa: E402
 
 # The moto server and fake-algorithm fixtures (sagemaker_backend, sagemaker_fake, ...).
@@ -125,7 +124,8 @@ def test_fit_fm_round_trip_is_lossless(
     assert fm.metadata["backend"] == "sagemaker"
     assert (fm.metadata["n_users"], fm.metadata["n_items"]) == (12, 9)
     assert fm.one_hot_layout() == (12, 9)
-    assert desc["HyperParameters"] == params.sagemaker_hyperparameters(21)
+    sent = {"feature_dim": "21", "num_factors": "4", "epochs": "3", "mini_batch_size": "16", "predictor_type": ptype}
+    assert sent.items() <= desc["HyperParameters"].items()
     assert desc["AlgorithmSpecification"]["TrainingImage"] == FM_IMAGE
     assert desc["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     assert desc["ResourceConfig"]["InstanceType"] == "ml.m4.xlarge"
@@ -261,7 +261,7 @@ def test_knn_search_equals_brute_force(
     assert container == {"Image": KNN_IMAGE, "ModelDataUrl": index.model_s3_uri}
     # The output lines were shuffled, so the order above is the backend's own sort.
     out = sagemaker_session.s3_client.get_object(
-        Bucket=BUCKET, Key=f"recsys-test/transform/{tjob}/queries.protobuf.out"
+        Bucket=BUCKET, Key=f"recsys-test/transform/{tjob}/part-00000.protobuf.out"
     )["Body"].read()
     raw_labels, _ = parse_knn_jsonlines(out)
     assert raw_labels.shape == (9, 10)
@@ -269,22 +269,24 @@ def test_knn_search_equals_brute_force(
     assert all(set(ids[r]) <= set(raw_labels[r]) for r in range(9))
 
 
-def test_knn_k_is_fixed_at_training(sagemaker_backend):
+def test_searches_deeper_than_k_are_completed_from_the_local_vectors(sagemaker_backend, sagemaker_fake):
     rng = np.random.default_rng(0)
-    index = sagemaker_backend.build_knn(rng.normal(size=(20, 4)), KNNParams(k=5))
-    with pytest.raises(BackendError, match=r"need more than the 5 neighbours .* rebuild it with a larger k"):
-        index.search(rng.normal(size=(2, 4)), 6)
-    index.transform_jobs.clear()
+    V, Q = rng.normal(size=(20, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
+    index = sagemaker_backend.build_knn(V, KNNParams(k=5))
+    assert index.max_k == 5
+    ids, scores = index.search(Q, 9)  # SageMaker returns 5; the rest is exact, from the vectors kept
+    want_ids, want_scores = knn_brute_force(V, Q, 9)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert len(index.transform_jobs) == 1 and index.report()["completed_rows"] == 3
     with pytest.raises(DataError, match="dimension 3 but the index holds 4-d"):
         index.search(rng.normal(size=(2, 3)), 2)
     with pytest.raises(DataError, match="positive integer"):
-        index.search(rng.normal(size=(2, 4)), 0)
-    assert index.transform_jobs == []
+        index.search(Q, 0)
+    assert len(index.transform_jobs) == 1
 
 
-def test_knn_more_neighbours_than_vectors_and_padding(
-    sagemaker_backend, sagemaker_fake, sagemaker_session
-):
+def test_knn_more_neighbours_than_vectors_and_short_lines(sagemaker_backend, sagemaker_fake, sagemaker_session):
     rng = np.random.default_rng(1)
     V = rng.normal(size=(5, 3)).astype(np.float32)
     Q = rng.normal(size=(4, 3)).astype(np.float32)
@@ -293,26 +295,29 @@ def test_knn_more_neighbours_than_vectors_and_padding(
     assert desc["HyperParameters"]["k"] == "5"  # capped at the number of vectors
     ids, scores = index.search(Q, 8)
     assert ids.shape == (4, 5)  # min(k, ntotal)
-    np.testing.assert_array_equal(ids, expected_top_k(V, Q, 5, "INNER_PRODUCT")[1])
-    # A 1-D query is one row; no query at all runs no job.
+    np.testing.assert_array_equal(ids, knn_brute_force(V, Q, 5)[0])
+    # A 1-D query is one row (answered from the last job); no query at all runs no job.
     assert index.search(Q[0], 2)[1].shape == (1, 2)
     empty_ids, empty_scores = index.search(np.empty((0, 3)), 2)
     assert empty_scores.shape == empty_ids.shape == (0, 2)
-    assert len(index.transform_jobs) == 2
-    # Fewer neighbours than asked (possible with approximate indexes): padded.
-    sagemaker_fake.knn_max_neighbours = 2
-    ids, scores = index.search(Q, 4)
-    np.testing.assert_array_equal(ids[:, 2:], -1)
-    assert np.isneginf(scores[:, 2:]).all() and np.isfinite(scores[:, :2]).all()
-    np.testing.assert_array_equal(ids[:, :2], expected_top_k(V, Q, 2, "INNER_PRODUCT")[1])
+    assert len(index.transform_jobs) == 1
+    # Lines shorter than k (a sampled or approximate index): completed from the local vectors.
+    for metric in ("INNER_PRODUCT", "L2"):
+        index = sagemaker_backend.build_knn(V, KNNParams(k=4, index_metric=metric))
+        sagemaker_fake.knn_max_neighbours = 1
+        ids, scores = index.search(Q, 3)
+        want_ids, want_scores = knn_brute_force(V, Q, 3, metric)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+        assert index.report()["completed_rows"] == 4
 
 
-def test_knn_l2_padding_is_positive_infinity(sagemaker_backend, sagemaker_fake):
-    rng = np.random.default_rng(2)
-    index = sagemaker_backend.build_knn(rng.normal(size=(6, 2)), KNNParams(k=4, index_metric="L2"))
-    sagemaker_fake.knn_max_neighbours = 1
-    ids, scores = index.search(rng.normal(size=(3, 2)), 3)
-    assert np.isposinf(scores[:, 1:]).all() and (ids[:, 1:] == -1).all() and (ids[:, 0] >= 0).all()
+def test_labels_outside_the_index_are_refused(sagemaker_backend, sagemaker_fake):
+    rng = np.random.default_rng(3)
+    index = sagemaker_backend.build_knn(rng.normal(size=(6, 2)), KNNParams(k=6))
+    sagemaker_fake.knn_label_offset = 1  # 1-based labels, as another tool might write
+    with pytest.raises(BackendError, match=r"label 6 .* only 6 vectors .* another tool"):
+        index.search(rng.normal(size=(2, 2)), 3)
 
 
 def test_knn_model_is_created_once_and_deleted_on_close(sagemaker_backend, sagemaker_session):
@@ -320,13 +325,16 @@ def test_knn_model_is_created_once_and_deleted_on_close(sagemaker_backend, sagem
     index = sagemaker_backend.build_knn(rng.normal(size=(10, 3)), KNNParams(k=3))
     Q = rng.normal(size=(2, 3))
     index.search(Q, 3)
-    index.search(Q, 2)
+    index.search(Q[1], 2)  # answered by the first job: no second paid job for the same queries
+    assert len(index.transform_jobs) == 1
+    index.search(Q + 1, 2)
     assert len(index.transform_jobs) == 2
     assert [e.kind for e in sagemaker_backend.plan].count("model") == 1
     assert state(sagemaker_session)["models"] == [index.job_name]
     sagemaker_backend.close()
     assert state(sagemaker_session) == NOTHING_LEFT
     index.search(Q, 1)  # the model is created again on demand
+    assert len(index.transform_jobs) == 3
     index.close()
     assert state(sagemaker_session) == NOTHING_LEFT
 
@@ -343,19 +351,6 @@ def test_failed_and_interrupted_transform_jobs(sagemaker_backend, sagemaker_fake
     with pytest.raises(KeyboardInterrupt):
         index.search(rng.normal(size=(2, 3)), 3)
     assert sagemaker_fake.stopped == [index.transform_jobs[-1]]
-
-
-def test_rank_neighbours_sorts_by_score_and_checks_labels():
-    labels = np.array([[3, 0, 2, -1], [1, 2, 0, 3]])
-    dist = np.array([[0.5, 2.0, 1.0, np.nan], [0.1, 0.3, 0.2, 0.3]], np.float32)
-    ids, scores = rank_neighbours(labels, dist, 3, "INNER_PRODUCT", ntotal=4)
-    np.testing.assert_array_equal(ids, [[0, 2, 3], [2, 3, 0]])  # ties: smaller id first
-    np.testing.assert_array_equal(scores, np.array([[2.0, 1.0, 0.5], [0.3, 0.3, 0.2]], np.float32))
-    ids, scores = rank_neighbours(labels, dist, 5, "L2", ntotal=4)
-    np.testing.assert_array_equal(ids, [[3, 2, 0, -1, -1], [1, 0, 2, 3, -1]])
-    assert np.isposinf(scores[0, 3:]).all()
-    with pytest.raises(BackendError, match="label 4 .* only 4 vectors .* 1-based"):
-        rank_neighbours(np.array([[4, 1]]), np.ones((1, 2)), 2, "L2", ntotal=4)
 
 
 # ---- endpoints ----------------------------------------------------------------------------------
@@ -573,165 +568,7 @@ def test_batch_payloads_respect_the_limit_exactly():
         list(batch_payloads(np.array([[np.nan, 1.0]]), max_bytes=1024))
 
 
-# ---- dry run ------------------------------------------------------------------------------------
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    """AWS pointed at a closed port, and any socket connect or boto client creation fails."""
-    import botocore.session
-    import sagemaker.amazon.common  # noqa: F401 - the SDK's own import-time setup happens first
-    import sagemaker.image_uris  # noqa: F401
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    attempts: list[str] = []
-
-    def refuse(what):
-        def fail(*args, **kwargs):
-            attempts.append(what)
-            raise AssertionError(f"{what} during a dry run")
-
-        return fail
-
-    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
-    monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
-    monkeypatch.setattr(botocore.session.Session, "create_client", refuse("boto client"))
-    return attempts
-
-
-def run_pipeline(backend, X, y, yc, V, Q):
-    fm = backend.fit_fm(X, y, FMParams(num_factors=4), eval_set=(X[:10], y[:10]),
-                        options=TrainOptions(metadata={"n_users": 12, "n_items": 9}))  # fmt: skip
-    fmc = backend.fit_fm(X, yc, FMParams(num_factors=4, predictor_type="binary_classifier"))
-    index = backend.build_knn(V, KNNParams(k=10))
-    found = index.search(Q, 5)
-    with backend.deploy(fmc) as endpoint:
-        predictions = endpoint.predict(X[:20])
-    return fm, fmc, index, found, predictions
-
-
-def test_dry_run_plans_everything_without_any_network_call(no_network, caplog):
-    X, y = one_hot_problem()
-    _, yc = one_hot_problem(classifier=True)
-    rng = np.random.default_rng(0)
-    V, Q = rng.normal(size=(9, 5)), rng.normal(size=(12, 5))
-    backend = SageMakerBackend(dry_run=True, bucket="my-bucket", prefix="exp/1", region=REGION)
-    fm, fmc, index, (ids, scores), predictions = run_pipeline(backend, X, y, yc, V, Q)
-    backend.close()
-    assert no_network == []
-
-    kinds = [e.kind for e in backend.plan]
-    assert kinds == [
-        "upload", "upload", "training_job",                 # FM regressor (train + test)
-        "upload", "training_job",                           # FM classifier
-        "upload", "training_job",                           # k-NN index
-        "model", "upload", "transform_job",                 # k-NN search
-        "model", "endpoint_config", "endpoint", "invoke_endpoint",  # deploy + predict
-    ]  # fmt: skip
-    assert not any(e.executed for e in backend.plan)
-    train = [e for e in backend.plan if e.kind == "training_job"]
-    assert [e.image_uri for e in train] == [FM_IMAGE, FM_IMAGE, KNN_IMAGE]
-    assert all((e.instance_type, e.instance_count) == ("ml.m4.xlarge", 1) for e in train)
-    assert train[0].hyperparameters == FMParams(num_factors=4).sagemaker_hyperparameters(21)
-    assert train[1].request["HyperParameters"]["predictor_type"] == "binary_classifier"
-    assert train[2].hyperparameters["k"] == "9" and train[2].hyperparameters["sample_size"] == "9"
-    assert all(isinstance(v, str) for e in train for v in e.request["HyperParameters"].values())
-    assert list(train[0].inputs) == ["train", "test"]
-    uris = [
-        u
-        for e in backend.plan
-        for u in (*e.inputs.values(), e.output_path, e.name)
-        if u and u.startswith("s3://")
-    ]
-    assert uris and all(u.startswith("s3://my-bucket/exp/1/") for u in uris)
-    transform = backend.plan[9]
-    assert transform.accept == "application/jsonlines; verbose=true"
-    assert transform.content_type == "application/x-recordio-protobuf"
-    assert (transform.instance_type, transform.details["split_type"]) == (
-        "ml.m4.xlarge",
-        "RecordIO",
-    )
-    endpoint = backend.plan[12]
-    assert (endpoint.instance_type, endpoint.instance_count) == ("ml.c5.xlarge", 1)
-    assert (
-        backend.plan[10].request["PrimaryContainer"]["ModelDataUrl"] == fmc.metadata["model_s3_uri"]
-    )
-    assert backend.plan[13].details["rows"] == 20 and backend.plan[13].details["requests"] == 1
-    assert train[0].request["RoleArn"].startswith("<role")  # no role needed to plan
-
-    # Placeholders of the right shapes let a whole pipeline run through.
-    assert fm.metadata["dry_run"] and fm.metadata["n_users"] == 12
-    assert fm.V.shape == (21, 4) and not fm.V.any() and fmc.is_classifier
-    assert scores.shape == ids.shape == (12, 5) and (ids == -1).all() and np.isneginf(scores).all()
-    assert predictions == [{"score": 0.0, "predicted_label": 0.0}] * 20
-
-    text = format_plan(backend.plan, dry_run=True)
-    assert text.startswith("SageMaker plan: 14 steps (dry run: nothing was created)")
-    for needle in (FM_IMAGE, KNN_IMAGE, "1 x ml.m4.xlarge", "1 x ml.c5.xlarge", "feature_dim=21",
-                   "index_metric=INNER_PRODUCT", "application/jsonlines; verbose=true",
-                   "s3://my-bucket/exp/1/models", "deleted with its endpoint config and model"):  # fmt: skip
-        assert needle in text
-    assert backend.format_plan() == text
-
-
-def test_dry_run_plan_is_what_a_real_run_sends(make_sagemaker_backend, monkeypatch):
-    X, y = one_hot_problem()
-    _, yc = one_hot_problem(classifier=True)
-    rng = np.random.default_rng(0)
-    V, Q = rng.normal(size=(9, 5)), rng.normal(size=(3, 5))
-    real = make_sagemaker_backend(bucket=BUCKET)
-    dry = SageMakerBackend(
-        dry_run=True, bucket=BUCKET, prefix="recsys-test", role=ROLE, region=REGION
-    )
-    for backend in (real, dry):
-        counter = iter(range(100))
-        monkeypatch.setattr(
-            backend, "_new_name", lambda kind, c=counter: f"recsys-{kind}-{next(c)}"
-        )
-        run_pipeline(backend, X, y, yc, V, Q)
-    fields = ("kind", "name", "api", "request", "image_uri", "instance_type", "instance_count",
-              "hyperparameters", "inputs", "output_path", "content_type", "accept")  # fmt: skip
-    assert [[getattr(e, f) for f in fields] for e in dry.plan] == [
-        [getattr(e, f) for f in fields] for e in real.plan
-    ]
-    assert all(e.executed for e in real.plan) and not any(e.executed for e in dry.plan)
-
-
 # ---- configuration ------------------------------------------------------------------------------
-def test_options_are_validated_with_the_key_named():
-    base = {"dry_run": True, "region": REGION}
-    with pytest.raises(
-        ConfigError, match=r"unknown \[sagemaker\] option 'buckt'; valid options: bucket, prefix"
-    ):
-        SageMakerBackend(buckt="x", **base)
-    bad = {
-        "train_instance_count": ("2", "train_instance_count must be a positive integer"),
-        "bucket": ("s3://my-bucket/data", "bucket must be a bucket name only"),
-        "role": ("SageMakerRole", "role must be an IAM role ARN"),
-        "max_payload_bytes": (7_000_000, "max_payload_bytes must be at most 6291456"),
-        "tags": ({"team": 1}, "tags must map non-empty strings"),
-        "keep_endpoint": ("yes", "keep_endpoint must be true or false"),
-        "endpoint_instance_type": (
-            "c5.xlarge",
-            "endpoint_instance_type must be a SageMaker instance type",
-        ),
-        "job_name_prefix": ("my_jobs", "job_name_prefix must be"),
-        "region": ("US East", "region must be an AWS region name"),
-        "poll_seconds": (-1, "poll_seconds must be a non-negative number"),
-    }
-    for key, (value, message) in bad.items():
-        with pytest.raises(ConfigError, match=rf"\[sagemaker\] {message}"):
-            SageMakerBackend(**{**base, key: value})
-    assert {"bucket", "prefix", "role", "region", "session", "train_instance_type", "train_instance_count",
-            "endpoint_instance_type", "transform_instance_type", "transform_instance_count",
-            "keep_endpoint", "dry_run", "max_payload_bytes", "poll_seconds", "job_name_prefix",
-            "tags"} <= set(SAGEMAKER_OPTIONS)  # fmt: skip
-
-
 def test_defaults_and_registry():
     from backends import get_backend
 
@@ -767,3 +604,75 @@ def test_dry_run_fm_cannot_be_deployed_for_real(sagemaker_backend):
     placeholder = FittedFM(w0=0.0, w=np.zeros(3), V=np.zeros((3, 1)), metadata={"dry_run": True})
     with pytest.raises(ConfigError, match="dry-run placeholder"):
         sagemaker_backend.deploy(placeholder)
+
+
+# ---- logs, costs, the endpoint check ------------------------------------------------------------
+def test_job_logs_are_streamed_unless_turned_off(make_sagemaker_backend, caplog):
+    X, y = one_hot_problem()
+    with caplog.at_level(logging.INFO, logger="recsys"):
+        fm = make_sagemaker_backend(stream_logs=True).fit_fm(X, y, FMParams(num_factors=2))
+    job = fm.metadata["training_job_name"]
+    assert f"[{job}/algo-1-1700000000] fake factorization-machines:1: 1 object(s) read" in caplog.text
+    assert f"[{job}/algo-1-1700000000] fake: training done" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recsys"):
+        make_sagemaker_backend(stream_logs=False).fit_fm(X, y, FMParams(num_factors=2))
+    assert "algo-1-" not in caplog.text
+
+
+def test_report_records_every_job_and_endpoint(make_sagemaker_backend, sagemaker_session):
+    backend = make_sagemaker_backend(train_instance_type="ml.c5.xlarge", transform_instance_count=2)
+    X, y = one_hot_problem()
+    fm = backend.fit_fm(X, y, FMParams(num_factors=2))
+    index = backend.build_knn(np.random.default_rng(0).normal(size=(8, 3)), KNNParams(k=4))
+    index.search(np.ones((3, 3)), 2)
+    with backend.deploy(fm, instance_type="ml.m5.large") as endpoint:
+        endpoint.predict(X[:3])
+    report = backend.report()
+    json.dumps(report)
+    training = [j for j in report["jobs"] if j["kind"] == "training"]
+    assert [j["name"] for j in training] == [fm.metadata["training_job_name"], index.job_name]
+    assert [j["algorithm"] for j in training] == ["factorization-machines", "knn"]
+    assert all((j["instance_type"], j["instance_count"], j["status"]) == ("ml.c5.xlarge", 1, "Completed") for j in training)
+    assert all(j["billable_seconds"] == 100 and not j["spot"] for j in training) and report["billable_seconds"] == 200
+    (transform,) = [j for j in report["jobs"] if j["kind"] == "transform"]
+    assert (transform["instance_type"], transform["instance_count"], transform["seconds"]) == ("ml.m4.xlarge", 2, 0.0)
+    (ep,) = report["endpoints"]
+    assert (ep["name"], ep["instance_type"], ep["instance_count"]) == (endpoint.name, "ml.m5.large", 1)
+    assert ep["lifetime_seconds"] >= 0 and not ep["kept"]
+    (knn,) = report["knn"]
+    assert (knn["k_sent"], knn["queries"], knn["transform_jobs"]) == (4, 3, index.transform_jobs)
+    assert fm.metadata["billable_seconds"] == 100
+
+
+def test_evaluate_on_endpoint_compares_the_hosted_model_with_the_local_one(
+    make_sagemaker_backend, sagemaker_fake, sagemaker_session
+):
+    backend = make_sagemaker_backend(evaluate_on_endpoint=True, max_payload_bytes=1500)
+    X, y = one_hot_problem(n=60)
+    Xe, ye = one_hot_problem(n=30, seed=1)
+    fm = backend.fit_fm(X, y, FMParams(num_factors=3), eval_set=(Xe, ye))
+    assert state(sagemaker_session) == NOTHING_LEFT
+    (check,) = backend.report()["endpoint_checks"]
+    assert (check["model"], check["rows"], check["predictor_type"]) == (fm.metadata["training_job_name"], 30, "regressor")
+    assert check["requests"] > 1 and check["max_abs_difference"] < 1e-5
+    sagemaker_fake.endpoint_offset = 0.25  # a hosted model that answers differently is seen
+    backend.fit_fm(X, y, FMParams(num_factors=3), eval_set=(Xe, ye))
+    assert abs(backend.report()["endpoint_checks"][1]["max_abs_difference"] - 0.25) < 1e-5
+    backend.fit_fm(X, y, FMParams(num_factors=3))  # no evaluation rows: no endpoint
+    assert len(backend.report()["endpoints"]) == 2
+    assert all(e["lifetime_seconds"] is not None for e in backend.report()["endpoints"])
+
+
+@pytest.mark.parametrize("fault", ["error", "ctrl-c", "SIGTERM"])
+def test_the_evaluation_endpoint_is_deleted_on_every_path(make_sagemaker_backend, sagemaker_fake, sagemaker_session, fault):
+    backend = make_sagemaker_backend(evaluate_on_endpoint=True, max_payload_bytes=1024)
+    X, y = one_hot_problem(n=60)
+    sagemaker_fake.invoke_failures[2] = {
+        "error": client_error("ModelError", "boom"), "ctrl-c": KeyboardInterrupt(), "SIGTERM": "SIGTERM",
+    }[fault]  # fmt: skip
+    with pytest.raises(BackendError if fault == "error" else KeyboardInterrupt):
+        backend.fit_fm(X, y, FMParams(num_factors=2), eval_set=(X, y))
+    assert len(sagemaker_fake.requests) == 2
+    assert state(sagemaker_session) == NOTHING_LEFT
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

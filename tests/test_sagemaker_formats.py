@@ -34,13 +34,6 @@ from backends.sagemaker.mxnet_ndarray import (
     read_ndarray_list,
     write_ndarray_list,
 )
-from backends.sagemaker.recordio import (
-    RECORDIO_MAGIC,
-    iter_recordio,
-    parse_record,
-    read_recordio_protobuf,
-    read_records,
-)
 from recsys.errors import ModelFormatError
 from recsys.model import FittedFM
 
@@ -312,21 +305,43 @@ def test_read_fm_artifact_accepts_every_layout(tmp_path, expected, caplog):
     assert read_fm_artifact(bare_dir / "params", predictor_type="binary_classifier").is_classifier
 
 
-def test_predictor_type_recovered_from_symbol_json_and_conflicts_rejected(tmp_path):
+def test_predictor_type_from_symbol_json_and_disagreements_are_warnings(tmp_path, caplog):
+    """meta.json and symbol.json are advisory: the caller's predictor type wins, with a warning."""
     members = algo_members(FM_TARS["binary_classifier"])
     no_meta = tmp_path / "no_meta_algo"
-    no_meta.write_bytes(
-        make_zip({"symbol.json": members["symbol.json"], "params": members["params"]})
-    )
+    no_meta.write_bytes(make_zip({"symbol.json": members["symbol.json"], "params": members["params"]}))
     assert read_fm_artifact(no_meta).predictor_type == "binary_classifier"
-    with pytest.raises(
-        ModelFormatError, match="predictor_type='regressor' was requested.*symbol.json"
-    ):
-        read_fm_artifact(no_meta, predictor_type="regressor")
-    with pytest.raises(ModelFormatError, match="meta.json says 'binary_classifier'"):
-        read_fm_artifact(FM_TARS["binary_classifier"], predictor_type="regressor")
+    with caplog.at_level(logging.WARNING, logger="recsys"):
+        assert read_fm_artifact(no_meta, predictor_type="regressor").predictor_type == "regressor"
+    assert "symbol.json says predictor_type 'binary_classifier' but 'regressor' is used (as requested)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recsys"):
+        fm = read_fm_artifact(FM_TARS["binary_classifier"], predictor_type="regressor")
+    assert fm.predictor_type == "regressor" and "meta.json says predictor_type 'binary_classifier'" in caplog.text
     with pytest.raises(ModelFormatError, match="must be 'regressor' or 'binary_classifier'"):
-        read_fm_artifact(tmp_path / "no_meta_algo", predictor_type="multiclass")
+        read_fm_artifact(no_meta, predictor_type="multiclass")
+
+
+def test_unexpected_meta_and_symbol_json_are_warnings_not_errors(tmp_path, caplog, expected):
+    members = algo_members(FM_TARS["regressor"])
+    meta = json.loads(members["meta.json"])
+    meta["training_parameters"].update(feature_dim="8", predictor_type="multiclass_classifier")
+    cases = {"disagrees": json.dumps(meta).encode(), "not json": b"{", "deep": b"[" * 100_000}
+    for name, raw in cases.items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(make_zip({**members, "meta.json": raw, "symbol.json": b"\xff not json"}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recsys"):
+            fm = read_fm_artifact(path, predictor_type="regressor")
+        assert fm.feature_dim == 7 and fm.predictor_type == "regressor", name
+        assert "symbol.json is not valid JSON" in caplog.text, name
+    assert "meta.json says feature_dim='8' but the weights have 7; using the weights" not in caplog.text
+    path = tmp_path / "disagrees"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recsys"):
+        assert read_fm_artifact(path, predictor_type="regressor").config["feature_dim"] == 7
+    assert "meta.json says feature_dim=8 but the weights have 7; using the weights" in caplog.text
+    assert "'multiclass_classifier', which recsys does not know" in caplog.text
 
 
 def test_one_hot_layout_goes_into_metadata():
@@ -401,17 +416,6 @@ def test_linear_plus_bias_naming_is_transposed(tmp_path):
     assert fm.w0 == 0.5
     np.testing.assert_array_equal(fm.w, w)
     np.testing.assert_array_equal(fm.V, V)
-
-
-def test_meta_json_must_agree_with_params(tmp_path):
-    members = algo_members(FM_TARS["regressor"])
-    meta = json.loads(members["meta.json"])
-    meta["training_parameters"]["feature_dim"] = "8"
-    members["meta.json"] = json.dumps(meta).encode()
-    path = tmp_path / "algo"
-    path.write_bytes(make_zip(members))
-    with pytest.raises(ModelFormatError, match="feature_dim=8 but the params have 7"):
-        read_fm_artifact(path)
 
 
 def test_unreadable_artifacts_raise_model_format_error(tmp_path):
@@ -525,9 +529,14 @@ def test_parse_knn_verbose_json_from_the_docs():
     [
         ('{"predicted_label": 2.0}\n', "verbose=true"),
         ('{"labels": [1.0, 2.0], "distances": [0.1]}\n', "equal length"),
-        ('{"labels": [1.5], "distances": [0.1]}\n', "non-integer labels"),
+        ('{"labels": [1.5], "distances": [0.1]}\n', "labels that are not integers"),
+        ('{"labels": [1e300], "distances": [0.1]}\n', "labels that are not integers"),
+        ('{"labels": ["1"], "distances": [0.1]}\n', "non-numeric labels"),
+        ('{"labels": [true], "distances": [0.1]}\n', "non-numeric labels"),
+        ('{"labels": [1], "distances": [1' + "0" * 400 + ']}\n', "too large"),
         ("{not json\n", "line 1 is not valid JSON"),
-        ('{"foo": 1}\n', r"keys are \['foo'\]"),
+        ("[" * 100_000 + "\n", "line 1 is not valid JSON"),
+        ('{"foo": 1}\n', "lacks 'labels' and 'distances'"),
     ],
 )
 def test_parse_knn_errors(text, match):
@@ -557,170 +566,6 @@ def test_knn_jsonlines_round_trip():
     assert tie["predicted_label"] == 5.0  # a tie goes to the nearest label
 
 
-# ---- RecordIO-protobuf --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smac():
-    return pytest.importorskip("sagemaker.amazon.common")
-
-
-def _sdk_bytes(writer, *args) -> bytes:
-    buf = io.BytesIO()
-    writer(buf, *args)
-    return buf.getvalue()
-
-
-def test_sparse_with_labels_round_trips_through_the_sdk_writer(smac):
-    X = sp.random(30, 40, density=0.1, format="csr", dtype=np.float32, random_state=0)
-    X = sp.vstack([X[:5], sp.csr_matrix((1, 40), dtype=np.float32), X[5:]]).tocsr()  # an empty row
-    y = np.arange(31, dtype=np.float32) / 2
-    Xr, yr = read_recordio_protobuf(_sdk_bytes(smac.write_spmatrix_to_sparse_tensor, X, y))
-    assert isinstance(Xr, sp.csr_matrix) and Xr.shape == (31, 40) and Xr.dtype == np.float32
-    np.testing.assert_array_equal(Xr.toarray(), X.toarray())
-    np.testing.assert_array_equal(Xr.indices, X.indices)
-    assert yr.dtype == np.float32
-    np.testing.assert_array_equal(yr, y)
-    dense, _ = read_recordio_protobuf(
-        _sdk_bytes(smac.write_spmatrix_to_sparse_tensor, X, y), dense=True
-    )
-    np.testing.assert_array_equal(dense, X.toarray())
-
-
-def test_dense_with_labels_round_trips_through_the_sdk_writer(smac):
-    rng = np.random.default_rng(1)
-    X64 = rng.normal(size=(7, 5))
-    X, y = read_recordio_protobuf(_sdk_bytes(smac.write_numpy_to_dense_tensor, X64, np.arange(7)))
-    assert isinstance(X, np.ndarray) and X.dtype == np.float64
-    np.testing.assert_array_equal(X, X64)
-    assert y.dtype == np.int32
-    np.testing.assert_array_equal(y, np.arange(7))
-    X32 = X64.astype(np.float32)
-    X, y = read_recordio_protobuf(_sdk_bytes(smac.write_numpy_to_dense_tensor, X32))
-    assert X.dtype == np.float32 and y is None
-    np.testing.assert_array_equal(X, X32)
-    Xs, _ = read_recordio_protobuf(_sdk_bytes(smac.write_numpy_to_dense_tensor, X32), dense=False)
-    assert isinstance(Xs, sp.csr_matrix)
-    np.testing.assert_array_equal(Xs.toarray(), X32)
-
-
-def test_int32_tensors_keep_their_sign(smac):
-    ints = np.array([[-5, 3], [2**31 - 1, -(2**31)]])
-    X, y = read_recordio_protobuf(
-        _sdk_bytes(smac.write_numpy_to_dense_tensor, ints, np.array([-1, 7]))
-    )
-    assert X.dtype == np.int32
-    np.testing.assert_array_equal(X, ints)
-    np.testing.assert_array_equal(y, [-1, 7])
-
-
-def test_multiple_writes_concatenate(smac):
-    A = sp.random(4, 9, density=0.4, format="csr", dtype=np.float32, random_state=1)
-    B = sp.random(3, 9, density=0.4, format="csr", dtype=np.float32, random_state=2)
-    raw = _sdk_bytes(smac.write_spmatrix_to_sparse_tensor, A, np.zeros(4, np.float32))
-    raw += _sdk_bytes(smac.write_spmatrix_to_sparse_tensor, B, np.ones(3, np.float32))
-    assert len(list(iter_recordio(raw))) == 7
-    X, y = read_recordio_protobuf(raw)
-    np.testing.assert_array_equal(X.toarray(), sp.vstack([A, B]).toarray())
-    np.testing.assert_array_equal(y, [0, 0, 0, 0, 1, 1, 1])
-
-
-def test_parse_record_agrees_with_the_sdk_protobuf_parser(smac):
-    from sagemaker.amazon.record_pb2 import Record
-
-    X = sp.random(6, 300, density=0.05, format="csr", dtype=np.float32, random_state=3)
-    raw = _sdk_bytes(smac.write_spmatrix_to_sparse_tensor, X, np.arange(6, dtype=np.float32))
-    ours = read_records(raw)
-    for payload, rec in zip(iter_recordio(raw), ours, strict=True):
-        ref = Record()
-        ref.ParseFromString(payload)
-        tensor = ref.features["values"].float32_tensor
-        np.testing.assert_array_equal(
-            rec.features["values"].values, np.array(tensor.values, np.float32)
-        )
-        np.testing.assert_array_equal(rec.features["values"].keys, np.array(tensor.keys, np.uint64))
-        assert rec.features["values"].shape == tuple(tensor.shape) == (300,)
-        assert rec.label["values"].values[0] == ref.label["values"].float32_tensor.values[0]
-
-
-def test_unpacked_repeated_fields_and_metadata_decode():
-    """proto2 readers must accept unpacked repeated scalars too; build such a record by hand."""
-
-    def key(field, wire):
-        tag, out = field << 3 | wire, b""
-        while tag >= 0x80:
-            out, tag = out + bytes([tag & 0x7F | 0x80]), tag >> 7
-        return out + bytes([tag])
-
-    def length(b):
-        return bytes([len(b)]) + b
-
-    tensor = key(1, 5) + struct.pack("<f", 1.5) + key(1, 5) + struct.pack("<f", -2.0)
-    tensor += key(2, 0) + b"\x03" + key(2, 0) + b"\x81\x01"  # keys 3 and 129 as lone varints
-    tensor += key(3, 0) + b"\xc8\x01"  # shape [200]
-    value = key(2, 2) + length(tensor)
-    entry = key(1, 2) + length(b"values") + key(2, 2) + length(value)
-    record = (
-        key(1, 2) + length(entry) + key(3, 2) + length(b"row-1") + key(99, 0) + b"\x01"
-    )  # unknown field
-    parsed = parse_record(record)
-    t = parsed.features["values"]
-    np.testing.assert_array_equal(t.values, [1.5, -2.0])
-    np.testing.assert_array_equal(t.keys, [3, 129])
-    assert t.shape == (200,) and parsed.uid == "row-1"
-
-
-def _frame(payload: bytes, cflag: int = 0) -> bytes:
-    pad = (-len(payload)) % 4
-    return struct.pack("<II", RECORDIO_MAGIC, cflag << 29 | len(payload)) + payload + b"\0" * pad
-
-
-def test_recordio_continuation_parts_are_joined():
-    magic = struct.pack("<I", RECORDIO_MAGIC)
-    payload = b"abcd" + magic + b"efgh" + magic + b"ij"
-    raw = _frame(b"abcd", 1) + _frame(b"efgh", 2) + _frame(b"ij", 3) + _frame(b"xyz")
-    assert list(iter_recordio(raw)) == [payload, b"xyz"]
-    for broken in (
-        _frame(b"a", 2),
-        _frame(b"a", 1) + _frame(b"b"),
-        _frame(b"a", 1),
-        _frame(b"a", 5),
-    ):
-        with pytest.raises(ModelFormatError, match="continuation|multi-part"):
-            list(iter_recordio(broken))
-
-
-def test_corrupt_recordio_framing_is_a_model_format_error(smac):
-    raw = _sdk_bytes(
-        smac.write_numpy_to_dense_tensor, np.ones((3, 4), np.float32), np.zeros(3, np.float32)
-    )
-    with pytest.raises(ModelFormatError, match="bad RecordIO magic 0x00000000 at offset 0"):
-        read_recordio_protobuf(b"\0" * 8 + raw)
-    with pytest.raises(ModelFormatError, match="declares"):
-        read_recordio_protobuf(raw[:-8])
-    with pytest.raises(ModelFormatError, match="stray bytes"):
-        read_recordio_protobuf(raw + b"\x0a\x23")
-    with pytest.raises(ModelFormatError, match="record 0"):
-        read_recordio_protobuf(_frame(b"\x0a\xff\x01\x00"))  # a field longer than the payload
-    for cut in range(1, len(raw)):
-        try:
-            read_recordio_protobuf(raw[:cut])
-        except ModelFormatError:
-            pass
-
-
-def test_random_corruption_of_recordio_never_leaks_other_exceptions(smac):
-    X = sp.random(5, 300, density=0.05, format="csr", dtype=np.float32, random_state=0)
-    raw = _sdk_bytes(smac.write_spmatrix_to_sparse_tensor, X, np.arange(5, dtype=np.float32))
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        buf = bytearray(raw)
-        for pos in rng.integers(0, len(buf), size=rng.integers(1, 4)):
-            buf[pos] = int(rng.integers(0, 256))
-        try:
-            read_recordio_protobuf(bytes(buf))
-        except ModelFormatError:
-            pass
-
-
 def test_corrupt_archives_never_leak_other_exceptions(tmp_path):
     raw = FM_TARS["regressor"].read_bytes()
     with tarfile.open(FM_TARS["regressor"]) as tf:
@@ -736,21 +581,3 @@ def test_corrupt_archives_never_leak_other_exceptions(tmp_path):
             read_fm_artifact(tmp_path / "m", predictor_type=None)
         except ModelFormatError:
             pass
-
-
-def test_records_missing_features_or_labels(smac):
-    raw = _sdk_bytes(
-        smac.write_numpy_to_dense_tensor, np.ones((2, 3), np.float32), np.zeros(2, np.float32)
-    )
-    raw += _sdk_bytes(smac.write_numpy_to_dense_tensor, np.ones((1, 3), np.float32))
-    with pytest.raises(ModelFormatError, match="only 2 of 3 records have label"):
-        read_recordio_protobuf(raw)
-    with pytest.raises(
-        ModelFormatError, match=r"no features\['pixels'\]; its feature keys are \['values'\]"
-    ):
-        read_recordio_protobuf(raw, feature_name="pixels")
-    narrow = _sdk_bytes(smac.write_numpy_to_dense_tensor, np.ones((1, 3), np.float32))
-    wide = _sdk_bytes(smac.write_numpy_to_dense_tensor, np.ones((1, 4), np.float32))
-    with pytest.raises(ModelFormatError, match="record 0 has 3, record 1 has 4"):
-        read_recordio_protobuf(narrow + wide)
-    assert read_recordio_protobuf(b"")[0].shape == (0, 0)

@@ -2,7 +2,9 @@
 
 :class:`SageMakerBackend` implements :class:`backends.base.Backend` on the SageMaker Python SDK
 2.x (``pip install 'recsys[sagemaker]'``), which is imported only when a backend is built. The
-format modules (:mod:`.artifacts`, :mod:`.mxnet_ndarray`, :mod:`.recordio`) need numpy only.
+modules: :mod:`.aws` (session, clients, waiters, transfers), :mod:`.plan` (the requests, checked
+against botocore's model), :mod:`.fm`, :mod:`.knn`, :mod:`.endpoint`; the format readers
+:mod:`.artifacts` and :mod:`.mxnet_ndarray` need numpy only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from .backend import SageMakerBackend
 from .config import SAGEMAKER_OPTIONS, SageMakerConfig
 from .endpoint import FMEndpoint, predictions_to_arrays
 from .knn import SageMakerKNNIndex
-from .plan import PlanEntry, format_plan
+from .plan import PlanEntry, format_plan, plan_requests
 
 __all__ = [
     "read_fm_artifact",
@@ -27,4 +29,5 @@ __all__ = [
     "predictions_to_arrays",
     "PlanEntry",
     "format_plan",
+    "plan_requests",
 ]

@@ -19,12 +19,13 @@ to ``model-0000.params``, ``mx.module.Module.load(..., label_names=['out_label']
 ``meta.json`` and the operators inside SageMaker's ``symbol.json`` are not public: what
 :func:`write_fm_model_tar` writes there is a reconstruction (an FM graph built with MXNet 1.9.1,
 see ``tests/fixtures/make_mxnet_fixtures.py``; a ``meta.json`` holding only
-``training_parameters``). Readers rely on ``params`` alone; ``meta.json`` and ``symbol.json``
-only supply the predictor type and the hyperparameters when present.
+``training_parameters``). So readers require only what must be there, the three weight arrays
+in ``params``; ``meta.json`` and ``symbol.json`` are advisory (they supply the predictor type and
+the hyperparameters when present; anything unexpected in them is a warning, never an error).
 
 **k-NN.** Batch transform with ``accept="application/jsonlines; verbose=true"`` writes one JSON
 object per query, ``{"predicted_label": ..., "labels": [...], "distances": [...]}``
-(neighbours sorted by distance; labels are floats); see :func:`parse_knn_jsonlines`.
+(labels are floats; the order of the neighbours is not relied on); see :func:`parse_knn_jsonlines`.
 """
 
 from __future__ import annotations
@@ -250,12 +251,14 @@ def _locate(path: Path, limit: int) -> _Files:
 
 # ---- interpreting the files ------------------------------------------------------------------
 def _json(raw: bytes | None, what: str) -> Any:
+    """Advisory JSON: None (with a warning) when it is not valid JSON."""
     if raw is None:
         return None
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{what} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        logger.warning("%s is not valid JSON (%s); ignoring it (the weights are read from params)", what, type(exc).__name__)
+        return None
 
 
 def _coerce(value: Any) -> Any:
@@ -297,42 +300,26 @@ def _predictor_from_symbol(symbol: Any) -> str | None:
 
 
 def _resolve_predictor_type(meta: Any, symbol: Any, requested: str | None, origin: str) -> str:
-    recorded, where = None, None
+    """The predictor type: ``requested`` when given, else what meta.json / symbol.json record
+    (advisory: a disagreement is a warning), else ``"regressor"`` with a warning."""
+    if requested is not None and requested not in _PREDICTOR_TYPES:
+        raise ModelFormatError(f"predictor_type must be 'regressor' or 'binary_classifier', got {requested!r}")
     raw = _find_key(meta, "predictor_type")
-    if raw is not None:
-        recorded, where = str(raw).strip().lower(), "meta.json"
-        if recorded not in _PREDICTOR_TYPES:
-            raise ModelFormatError(
-                f"{origin}: meta.json has predictor_type {raw!r}; recsys reads FM models with "
-                "'regressor' or 'binary_classifier'"
-            )
-    from_symbol = _predictor_from_symbol(symbol)
-    if recorded is None and from_symbol is not None:
-        recorded, where = from_symbol, "symbol.json"
-    elif recorded is not None and from_symbol is not None and from_symbol != recorded:
-        logger.warning(
-            "%s: meta.json says predictor_type %r but symbol.json's output layer suggests %r; using meta.json",
-            origin, recorded, from_symbol,
-        )  # fmt: skip
-    if requested is not None:
-        if requested not in _PREDICTOR_TYPES:
-            raise ModelFormatError(
-                f"predictor_type must be 'regressor' or 'binary_classifier', got {requested!r}"
-            )
-        if recorded is not None and recorded != requested:
-            raise ModelFormatError(
-                f"{origin}: predictor_type={requested!r} was requested but the artifact's {where} "
-                f"says {recorded!r}; drop the argument or pass {recorded!r}"
-            )
-        return requested
-    if recorded is not None:
-        return recorded
-    logger.warning(
-        "%s: the artifact does not record its predictor_type (no meta.json or symbol.json); "
-        "assuming 'regressor'. Pass predictor_type= to be explicit.",
-        origin,
-    )
-    return "regressor"
+    recorded = {"meta.json": str(raw).strip().lower() if raw is not None else None,
+                "symbol.json": _predictor_from_symbol(symbol)}  # fmt: skip
+    known = {where: value for where, value in recorded.items() if value in _PREDICTOR_TYPES}
+    for where, value in recorded.items():
+        if value is not None and value not in _PREDICTOR_TYPES:
+            logger.warning("%s: %s records predictor_type %r, which recsys does not know; ignoring it", origin, where, raw)
+    chosen = requested or next(iter(known.values()), None)
+    for where, value in known.items():
+        if value != chosen:
+            logger.warning("%s: %s says predictor_type %r but %r is used%s", origin, where, value, chosen,
+                           " (as requested)" if requested else "")  # fmt: skip
+    if chosen is None:
+        logger.warning("%s: the artifact does not record its predictor_type (no meta.json or symbol.json); "
+                       "assuming 'regressor'. Pass predictor_type= to be explicit.", origin)  # fmt: skip
+    return chosen or "regressor"
 
 
 def _param(params: dict[str, np.ndarray], name: str) -> np.ndarray | None:
@@ -433,8 +420,8 @@ def read_fm_artifact(
         directory holding ``params`` (an extracted ``model_algo-1``) or ``model_algo-1`` /
         ``model.tar.gz``, or the raw ``params`` NDArray file.
     predictor_type : {"regressor", "binary_classifier"}, optional
-        Needed only when the artifact does not record it (a bare ``params`` file). When
-        ``meta.json`` or ``symbol.json`` records it, the argument must agree.
+        What the model was trained as; when omitted, what ``meta.json`` / ``symbol.json``
+        record (else ``"regressor"``, with a warning). A disagreement is a warning.
     n_users, n_items : int, optional
         The users-then-items one-hot layout the model was trained on; stored in ``metadata``.
     max_bytes : int
@@ -450,8 +437,8 @@ def read_fm_artifact(
     Raises
     ------
     ModelFormatError
-        Unrecognised or corrupt file, missing parameters (the message lists the keys found),
-        inconsistent shapes, non-finite values, or a predictor type that contradicts the artifact.
+        Unrecognised or corrupt file, missing weight arrays (the message lists the keys found),
+        inconsistent shapes or non-finite values.
     """
     path = Path(path)
     files = _locate(path, max_bytes)
@@ -467,9 +454,9 @@ def read_fm_artifact(
         config = {str(k): _coerce(v) for k, v in training.items()}
         for key, actual in (("feature_dim", w.shape[0]), ("num_factors", V.shape[1])):
             if key in config and config[key] != actual:
-                raise ModelFormatError(
-                    f"{files.origin}: meta.json says {key}={config[key]!r} but the params have {actual}"
-                )
+                logger.warning("%s: meta.json says %s=%r but the weights have %d; using the weights",
+                               files.origin, key, config[key], actual)  # fmt: skip
+                config[key] = actual
     metadata: dict[str, Any] = {"backend": "sagemaker", "source": str(path)}
     for key, value in (("n_users", n_users), ("n_items", n_items)):
         if value is not None:
@@ -625,7 +612,7 @@ def _knn_rows(text: str) -> list[dict[str, Any]]:
     if stripped.startswith("{") and "\n" not in stripped:
         try:
             whole = json.loads(stripped)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             whole = None
         if isinstance(whole, dict) and isinstance(whole.get("predictions"), list):
             return whole["predictions"]  # the verbose JSON (not JSON lines) response
@@ -635,9 +622,13 @@ def _knn_rows(text: str) -> list[dict[str, Any]]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ModelFormatError(f"k-NN output line {lineno} is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ModelFormatError(f"k-NN output line {lineno} is not valid JSON ({type(exc).__name__})") from exc
     return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_knn_jsonlines(
@@ -669,7 +660,7 @@ def parse_knn_jsonlines(
         ``accept="application/jsonlines; verbose=true"``), labels and distances of different
         lengths, non-integer labels, or a row longer than ``k``.
     """
-    if isinstance(text_or_bytes, (bytes, bytearray)):
+    if isinstance(text_or_bytes, (bytes, bytearray, memoryview)):
         try:
             text = bytes(text_or_bytes).decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -689,23 +680,22 @@ def parse_knn_jsonlines(
                     f"k-NN output row {i} has only 'predicted_label', not the neighbour 'labels' and "
                     "'distances': run the batch transform with accept='application/jsonlines; verbose=true'"
                 )
-            raise ModelFormatError(
-                f"k-NN output row {i} lacks 'labels'/'distances'; its keys are {sorted(row)}"
-            )
+            raise ModelFormatError(f"k-NN output row {i} lacks 'labels' and 'distances'")
         labels, dists = row["labels"], row["distances"]
         if not isinstance(labels, list) or not isinstance(dists, list) or len(labels) != len(dists):
             raise ModelFormatError(
                 f"k-NN output row {i}: 'labels' and 'distances' must be lists of equal length"
             )
+        if not all(_is_number(v) for v in labels) or not all(_is_number(v) for v in dists):
+            raise ModelFormatError(f"k-NN output row {i} has non-numeric labels or distances")
         try:
             lab = np.asarray(labels, dtype=np.float64)
-            dist = np.asarray(dists, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(
-                f"k-NN output row {i} has non-numeric labels or distances: {exc}"
-            ) from exc
-        if lab.size and (not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab))):
-            raise ModelFormatError(f"k-NN output row {i} has non-integer labels {labels[:5]}...")
+            with np.errstate(over="ignore"):
+                dist = np.asarray(dists, dtype=np.float64).astype(np.float32)
+        except OverflowError as exc:
+            raise ModelFormatError(f"k-NN output row {i} has a number too large for a float") from exc
+        if lab.size and (not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)) or np.abs(lab).max() > 2**53):
+            raise ModelFormatError(f"k-NN output row {i} has labels that are not integers")
         label_rows.append(lab.astype(np.int64))
         dist_rows.append(dist)
     width = max((r.size for r in label_rows), default=0) if k is None else int(k)

@@ -2,7 +2,9 @@
 
 Every option is a keyword argument of :class:`backends.sagemaker.SageMakerBackend`;
 :data:`SAGEMAKER_OPTIONS` lists the valid keys so a configuration loader can reject typos
-before anything is built.
+before anything is built. :meth:`SageMakerConfig.validate` checks types and our own limits;
+what SageMaker itself accepts (instance types, ARNs, KMS keys, subnets, names) is checked
+against botocore's service model by :func:`backends.sagemaker.plan.check_config_requests`.
 """
 
 from __future__ import annotations
@@ -19,26 +21,16 @@ __all__ = [
     "SAGEMAKER_OPTIONS",
     "SageMakerConfig",
     "INVOKE_PAYLOAD_LIMIT",
-    "DEFAULT_TRAIN_INSTANCE",
-    "DEFAULT_ENDPOINT_INSTANCE",
-    "DEFAULT_TRANSFORM_INSTANCE",
+    "SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS",
 ]
 
 #: SageMaker's hard limit on an ``InvokeEndpoint`` request body (6 MB).
 INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
-
-#: The lab trains FM and k-NN on ml.m4.xlarge.
-DEFAULT_TRAIN_INSTANCE = "ml.m4.xlarge"
-#: Real-time FM endpoints: a compute-optimised CPU instance.
-DEFAULT_ENDPOINT_INSTANCE = "ml.c5.xlarge"
-#: The lab runs the k-NN batch transform on ml.m4.xlarge (the instance type it trained on).
-DEFAULT_TRANSFORM_INSTANCE = "ml.m4.xlarge"
+#: Built-in algorithms that do not checkpoint (FM and k-NN do not) may wait at most an hour
+#: for a managed spot training job (AWS: "Managed Spot Training", MaxWaitTimeInSeconds).
+SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS = 3600
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_INSTANCE_RE = re.compile(r"^ml\.[a-z0-9\-]+\.[a-z0-9]+$")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()\-/]*$")
 #: Longest job_name_prefix: generated names add "-<kind>-<yyyymmdd-hhmmss>-<4 hex>" (<= 31
 #: characters) and SageMaker names are limited to 63.
@@ -54,14 +46,16 @@ class SageMakerConfig:
     role: str | None = None
     region: str | None = None
     session: Any = None
-    train_instance_type: str = DEFAULT_TRAIN_INSTANCE
+    train_instance_type: str = "ml.m4.xlarge"  # the lab's FM and k-NN training instance
     train_instance_count: int = 1
-    endpoint_instance_type: str = DEFAULT_ENDPOINT_INSTANCE
+    endpoint_instance_type: str = "ml.c5.xlarge"  # the lab's endpoint
     endpoint_instance_count: int = 1
-    transform_instance_type: str = DEFAULT_TRANSFORM_INSTANCE
+    transform_instance_type: str = "ml.m4.xlarge"  # the lab's k-NN batch transform
     transform_instance_count: int = 1
     keep_endpoint: bool = False
+    evaluate_on_endpoint: bool = False
     dry_run: bool = False
+    stream_logs: bool = True
     max_payload_bytes: int = 5 * 1024 * 1024
     poll_seconds: float = 10.0
     job_name_prefix: str = "recsys"
@@ -69,9 +63,15 @@ class SageMakerConfig:
     max_runtime_seconds: int = 24 * 3600
     volume_size_gb: int = 30
     endpoint_wait_seconds: float = 1800.0
+    use_spot_instances: bool = False
+    max_wait: int | None = None
+    subnets: list[str] = field(default_factory=list)
+    security_group_ids: list[str] = field(default_factory=list)
+    volume_kms_key: str | None = None
+    output_kms_key: str | None = None
 
     def validate(self) -> SageMakerConfig:
-        """Check every option; raise :class:`ConfigError` naming the key and the fix."""
+        """Check types and recsys's own limits; raise :class:`ConfigError` naming the key."""
         if self.bucket is not None:
             _check_str("bucket", self.bucket)
             if self.bucket.startswith("s3://") or "/" in self.bucket:
@@ -91,87 +91,84 @@ class SageMakerConfig:
                 f"(no s3://, no spaces), got {self.prefix!r}"
             )
         self.prefix = self.prefix.strip("/")
-        if self.role is not None:
-            _check_str("role", self.role)
-            if not _ROLE_RE.match(self.role):
-                raise ConfigError(
-                    f"[sagemaker] role must be an IAM role ARN such as "
-                    f'"arn:aws:iam::123456789012:role/SageMakerExecutionRole", got {self.role!r}'
-                )
-        if self.region is not None:
-            _check_str("region", self.region)
-            if not _REGION_RE.match(self.region):
-                raise ConfigError(
-                    f'[sagemaker] region must be an AWS region name such as "us-east-1", got {self.region!r}'
-                )
-        for key in ("train_instance_type", "endpoint_instance_type", "transform_instance_type"):
-            value = getattr(self, key)
-            _check_str(key, value)
-            if not _INSTANCE_RE.match(value):
-                raise ConfigError(
-                    f'[sagemaker] {key} must be a SageMaker instance type such as "ml.m5.xlarge", got {value!r}'
-                )
-        for key in (
-            "train_instance_count", "endpoint_instance_count", "transform_instance_count",
-            "max_runtime_seconds", "volume_size_gb", "max_payload_bytes",
-        ):  # fmt: skip
+        for key in ("role", "region", "volume_kms_key", "output_kms_key"):
+            if getattr(self, key) is not None:
+                _check_str(key, getattr(self, key))
+        for key in ("train_instance_type", "endpoint_instance_type", "transform_instance_type", "job_name_prefix"):
+            _check_str(key, getattr(self, key))
+        for key in ("train_instance_count", "endpoint_instance_count", "transform_instance_count",
+                    "max_runtime_seconds", "volume_size_gb", "max_payload_bytes"):  # fmt: skip
             _check_int(key, getattr(self, key))
-        if self.max_payload_bytes > INVOKE_PAYLOAD_LIMIT:
+        if self.max_wait is not None:
+            _check_int("max_wait", self.max_wait)
+        if not 1024 <= self.max_payload_bytes <= INVOKE_PAYLOAD_LIMIT:
             raise ConfigError(
-                f"[sagemaker] max_payload_bytes must be at most {INVOKE_PAYLOAD_LIMIT} (SageMaker's "
-                f"6 MB InvokeEndpoint limit), got {self.max_payload_bytes}"
+                f"[sagemaker] max_payload_bytes must be at least 1024 and at most {INVOKE_PAYLOAD_LIMIT} "
+                f"(SageMaker's 6 MB InvokeEndpoint limit), got {self.max_payload_bytes}"
             )
-        if self.max_payload_bytes < 1024:
-            raise ConfigError(
-                f"[sagemaker] max_payload_bytes must be at least 1024, got {self.max_payload_bytes}"
-            )
-        for key in ("keep_endpoint", "dry_run"):
+        for key in ("keep_endpoint", "dry_run", "evaluate_on_endpoint", "stream_logs", "use_spot_instances"):
             if not isinstance(getattr(self, key), bool):
-                raise ConfigError(
-                    f"[sagemaker] {key} must be true or false, got {getattr(self, key)!r}"
-                )
+                raise ConfigError(f"[sagemaker] {key} must be true or false, got {getattr(self, key)!r}")
         for key in ("poll_seconds", "endpoint_wait_seconds"):
             value = getattr(self, key)
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
-            if not ok or value < 0:
-                raise ConfigError(
-                    f"[sagemaker] {key} must be a non-negative number of seconds, got {value!r}"
-                )
-        _check_str("job_name_prefix", self.job_name_prefix)
-        if not _NAME_RE.match(self.job_name_prefix) or len(self.job_name_prefix) > MAX_NAME_PREFIX:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"[sagemaker] {key} must be a non-negative number of seconds, got {value!r}")
+        if len(self.job_name_prefix) > MAX_NAME_PREFIX:
             raise ConfigError(
-                f"[sagemaker] job_name_prefix must be 1-{MAX_NAME_PREFIX} letters, digits and inner "
-                f"hyphens (SageMaker's name rule), got {self.job_name_prefix!r}"
+                f"[sagemaker] job_name_prefix must be at most {MAX_NAME_PREFIX} characters (generated "
+                f"names add up to 33 more, SageMaker allows 63), got {self.job_name_prefix!r}"
             )
+        self._validate_spot()
+        self._validate_vpc()
         if not isinstance(self.tags, dict):
             raise ConfigError(
                 f'[sagemaker] tags must be a table of key = "value" strings, got {type(self.tags).__name__}'
             )
         for key, value in self.tags.items():
-            if (
-                not isinstance(key, str)
-                or not isinstance(value, str)
-                or not key
-                or len(key) > 128
-                or len(value) > 256
-            ):
+            if not isinstance(key, str) or not isinstance(value, str) or not key or len(key) > 128 or len(value) > 256:
                 raise ConfigError(
                     f"[sagemaker] tags must map non-empty strings (<= 128 characters) to strings "
                     f"(<= 256 characters); got {key!r} = {value!r}"
                 )
             if key.lower().startswith("aws:"):
-                raise ConfigError(
-                    f"[sagemaker] tag keys starting with 'aws:' are reserved by AWS, got {key!r}"
-                )
+                raise ConfigError(f"[sagemaker] tag keys starting with 'aws:' are reserved by AWS, got {key!r}")
         if self.session is not None and not hasattr(self.session, "sagemaker_client"):
-            raise ConfigError(
-                f"[sagemaker] session must be a sagemaker.Session, got {type(self.session).__name__}"
-            )
+            raise ConfigError(f"[sagemaker] session must be a sagemaker.Session, got {type(self.session).__name__}")
         return self
+
+    def _validate_spot(self) -> None:
+        if self.max_wait is not None and not self.use_spot_instances:
+            raise ConfigError("[sagemaker] max_wait only applies to spot training; set use_spot_instances = true or drop it")
+        if not self.use_spot_instances:
+            return
+        if self.max_wait is None:
+            self.max_wait = SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS
+        if self.max_wait > SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS:
+            raise ConfigError(
+                f"[sagemaker] max_wait is {self.max_wait} s but SageMaker limits spot jobs of built-in "
+                f"algorithms that do not checkpoint (factorization-machines and knn) to "
+                f"{SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS} s; lower it or train on demand"
+            )
+
+    @property
+    def runtime_seconds(self) -> int:
+        """``MaxRuntimeInSeconds``: ``max_runtime_seconds``, capped at ``max_wait`` for spot jobs
+        (SageMaker requires MaxWaitTimeInSeconds >= MaxRuntimeInSeconds)."""
+        if self.use_spot_instances and self.max_wait is not None:
+            return min(self.max_runtime_seconds, self.max_wait)
+        return self.max_runtime_seconds
+
+    def _validate_vpc(self) -> None:
+        for key in ("subnets", "security_group_ids"):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f'[sagemaker] {key} must be a list of ids such as ["subnet-0abc..."], got {value!r}')
+            setattr(self, key, list(value))
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ConfigError(
+                "[sagemaker] subnets and security_group_ids go together (SageMaker's VpcConfig needs "
+                f"both); got subnets={self.subnets} and security_group_ids={self.security_group_ids}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain values (the session is shown by type only)."""

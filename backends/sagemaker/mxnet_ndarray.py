@@ -86,7 +86,7 @@ _NUM_AUX = {0: 0, 1: 1, 2: 2}
 _MAX_NDIM = 32
 _MAX_DIM = 1 << 48  # larger dimensions are corruption, not data
 #: Largest dense array a sparse one is expanded into (``sparse="dense"``).
-MAX_DENSE_BYTES = 1 << 36
+MAX_DENSE_BYTES = 1 << 32
 _MAX_LEGACY_NDIM = 32  # a legacy file's first u32 is its ndim; larger values are a bad magic
 _DEV_TYPES = range(1, 7)  # Context::kMaxDevType == 6 (1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared)
 
