@@ -17,9 +17,11 @@ import datetime as _dt
 import logging
 import os
 import platform
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import pandas as pd
 from backends.base import TrainOptions
 
 from . import __version__
-from ._io import atomic_dir, to_json
+from ._io import atomic_dir, check_replaceable, to_json
 from .config import RunConfig, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
@@ -86,29 +88,86 @@ class RunResult:
                 f"{d['duplicates_removed']:,} duplicates removed -> {d['customers']:,} customers x "
                 f"{d['products']:,} videos, {d['train_rows']:,} train / {d['test_rows']:,} test ratings"
             )
-        r = m.get("regressor")
-        if r:
-            lines.append(
-                f"FM regressor: test RMSE {r['test_rmse']:.4f} vs naive {r['naive_rmse']:.4f} "
-                f"({r['rmse_improvement_over_naive']:+.1%} better), per-video mean {r.get('item_mean_rmse', float('nan')):.4f}"
-            )
-        c = m.get("classifier")
-        if c:
-            lines.append(
-                f"FM 5-star classifier: accuracy {c['accuracy']:.4f} vs baseline {c['baseline_accuracy']:.4f}, "
-                f"AUC {c['auc']:.4f}, log loss {c['log_loss']:.4f} vs {c['baseline_log_loss']:.4f}"
-            )
-        k = m.get("ranking")
-        if k:
-            lines.append(
-                f"recommendations ({k['objective']}): HR@10 {k['hr@10']:.4f} (popularity {k['popularity_hr@10']:.4f}), "
-                f"NDCG@10 {k['ndcg@10']:.4f} ({k['popularity_ndcg@10']:.4f}), HR@100 {k['hr@100']:.4f} "
-                f"({k['popularity_hr@100']:.4f}), coverage {k['coverage']:.1%}"
-            )
+        lines += metric_lines(m)
         t = m.get("timing", {})
         if t:
             lines.append(f"total time {t.get('total', 0):.1f} s")
+        lines += [f"warning: {w}" for w in m.get("warnings", [])]
         return lines
+
+
+def _n(value: Any, spec: str = ".4f") -> str:
+    """A metric for a text line; an undefined one (NaN) is ``n/a`` (the warnings say why)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return format(value, spec)
+
+
+def _change(improvement: float) -> str:
+    return "n/a" if improvement != improvement else f"{abs(improvement):.1%} {'better' if improvement >= 0 else 'worse'}"
+
+
+def metric_lines(m: dict[str, Any]) -> list[str]:
+    """The main metrics, each next to its baseline, one line per model (the run summary and
+    ``recsys evaluate``)."""
+    lines = []
+    r = m.get("regressor")
+    if r:
+        lines.append(
+            f"FM regressor: test RMSE {_n(r['test_rmse'])} vs naive {_n(r['naive_rmse'])} "
+            f"({_change(r['rmse_improvement_over_naive'])}), per-video mean {_n(r.get('item_mean_rmse'))}"
+        )
+    c = m.get("classifier")
+    if c:
+        lines.append(
+            f"FM 5-star classifier: accuracy {_n(c['accuracy'])} vs baseline {_n(c['baseline_accuracy'])}, "
+            f"AUC {_n(c['auc'])}, log loss {_n(c['log_loss'])} vs {_n(c['baseline_log_loss'])}"
+        )
+    k = m.get("ranking")
+    if k:
+        lines.append(
+            f"recommendations ({k['objective']}): HR@10 {_n(k['hr@10'])} (popularity {_n(k['popularity_hr@10'])}), "
+            f"NDCG@10 {_n(k['ndcg@10'])} ({_n(k['popularity_ndcg@10'])}), HR@100 {_n(k['hr@100'])} "
+            f"({_n(k['popularity_hr@100'])}), coverage {_n(k['coverage'], '.1%')}"
+        )
+    return lines
+
+
+#: Fewer held-out ratings than this and a test metric says little (one row gives HR 0 or 1).
+MIN_TEST_ROWS = 30
+
+_UNDEFINED = {
+    ("classifier", "auc"): "AUC is undefined (n/a): the held-out ratings are all in one class (all 5 stars or none)",
+    ("ranking", "mean_overlap"): "the mean overlap between lists is undefined (n/a): it needs at least two customers",
+}
+
+
+def metric_warnings(m: dict[str, Any], *, n_items: int | None = None) -> list[str]:
+    """What a reader must know before trusting the metrics: too few held-out ratings, lists
+    that hold the whole catalogue, and why a metric is undefined."""
+    out = []
+    n = (m.get("data") or {}).get("test_rows", (m.get("ranking") or {}).get("test_rows"))
+    if n is not None and n < MIN_TEST_ROWS:
+        out.append(
+            f"only {n} held-out rating{'s' if n != 1 else ''}: the test metrics measure next to nothing (at least "
+            f"{MIN_TEST_ROWS} are needed for a figure to mean much); use more data, or relax "
+            "--min-customer-ratings / --min-product-ratings"
+        )
+    k = m.get("ranking")
+    if isinstance(k, dict) and n_items is not None and k.get("k", 0) >= n_items:
+        out.append(
+            f"K = {k['k']} is not smaller than the catalogue ({n_items} videos): every list holds every unrated "
+            f"video, so HR@{k['k']} is 1 and coverage is complete for any model; compare HR@10 instead"
+        )
+    for section, values in m.items():
+        if not isinstance(values, dict) or section in ("data", "timing"):
+            continue
+        for key, value in values.items():
+            if isinstance(value, float) and value != value:
+                base = "ranking" if section.startswith("ranking") else section
+                why = _UNDEFINED.get((base, key.removeprefix("popularity_")))
+                out.append(f"{section}: {why}" if why else f"{section}: {key} is undefined (n/a) on this test set")
+    return list(dict.fromkeys(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,17 +214,61 @@ def load_input(data_cfg: Any, seed: int = 0) -> tuple[pd.DataFrame, LoadReport, 
 # helpers
 # ---------------------------------------------------------------------------------------------
 class _Timer:
-    def __init__(self) -> None:
+    """Times the stages and logs ``stage: NAME ... 3.4 s`` as each ends. With ``heartbeat`` (set
+    when the output is not a terminal, where no progress bar moves) a stage that runs longer also
+    logs ``stage: NAME ... 20 s so far``, at most every ``heartbeat`` seconds and only while
+    nothing else was logged for that long."""
+
+    def __init__(self, heartbeat: float | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.heartbeat = heartbeat
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        log.info("stage: %s", stage)
         t0 = time.perf_counter()
-        try:
+        beating = self.heartbeat and log.isEnabledFor(logging.INFO)
+        with _heartbeat(stage, t0, self.heartbeat) if beating else contextlib.nullcontext():
             yield
-        finally:
-            self.seconds[stage] = round(time.perf_counter() - t0, 3)
+        seconds = time.perf_counter() - t0
+        self.seconds[stage] = round(seconds, 3)
+        log.info("stage: %s ... %.1f s", stage, seconds)
+
+
+class _LastRecord(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.at = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.at = time.monotonic()
+
+
+@contextlib.contextmanager
+def _heartbeat(stage: str, t0: float, every: float) -> Iterator[None]:
+    last = _LastRecord()
+    log.addHandler(last)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(1.0, every)):
+            if time.monotonic() - last.at >= every:
+                log.info("stage: %s ... %.0f s so far", stage, time.perf_counter() - t0)
+
+    thread = threading.Thread(target=beat, name=f"recsys-heartbeat-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        log.removeHandler(last)
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bool) -> np.ndarray:
@@ -318,18 +421,21 @@ def run(
     -------
     RunResult
     """
+    if until not in (None, "train"):
+        raise ConfigError(f"until must be None or 'train', got {until!r}")
     cfg = _resolve(config, overrides)
+    if until == "train" and "out" not in overrides and cfg.out == RunConfig.out:
+        cfg.out = TRAIN_OUT  # a models-only output never lands where a full run's output lives
+    kind = "recsys.train" if until == "train" else "recsys.run"
     out_dir = Path(cfg.out)
     if write and not dry_run:
-        _check_out_dir(out_dir)
-    timer = _Timer()
+        _check_out_dir(out_dir, kind)
+    timer = _Timer(heartbeat=HEARTBEAT_SECONDS if show_progress and not _is_terminal() else None)
     t_total = time.perf_counter()
     from backends import backend_class
 
     backend = backend_class(cfg.backend).from_config(cfg, dry_run=dry_run)
     with backend:
-        if until not in (None, "train"):
-            raise ConfigError(f"until must be None or 'train', got {until!r}")
         result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train")
         if dry_run:
             result.plan = backend.format_plan()
@@ -337,30 +443,35 @@ def run(
         report = backend.report()
         if report:
             result.metrics[backend.name] = report
-    result.metrics["timing"] = {**timer.seconds}
-    if write:
-        with timer("write outputs"):
-            result.files = _write_outputs(result, out_dir)
+    result.metrics["warnings"] = metric_warnings(result.metrics, n_items=result.prepared.n_items)
     result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
     if write:
-        # the final timing goes into metrics.json too (a small in-place rewrite of one file)
-        from ._io import atomic_write_json
+        t_write = time.perf_counter()
 
-        atomic_write_json(out_dir / "metrics.json", result.metrics)
-    result.out_dir = out_dir if write else None
+        def timing() -> dict[str, float]:
+            now = time.perf_counter()
+            return {**timer.seconds, "write outputs": round(now - t_write, 3), "total": round(now - t_total, 3)}
+
+        result.files = _write_outputs(result, out_dir, kind=kind, timing=timing)
+        log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
+        result.out_dir = out_dir
     return result
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace a directory that is not a previous recsys run (it would be lost)."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ConfigError(f"--out {out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not (out_dir / "run.json").is_file():
-            raise ConfigError(
-                f"--out {out_dir} exists, is not empty and is not a recsys run directory; "
-                "choose another --out (recsys replaces its output directory as a whole)"
-            )
+#: Where ``recsys train`` writes when no ``out`` is given (never where a full run's output is).
+TRAIN_OUT = "recsys-train"
+#: Seconds between "still running" lines of a long stage when the output is not a terminal.
+HEARTBEAT_SECONDS = 10.0
+#: Which earlier outputs a writer may replace: a full run replaces a run or a train output; a
+#: train output replaces only a train output (it would lose a run's report and recommendations).
+_REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",), "recsys.eda": ("recsys.eda",)}
+
+
+def _check_out_dir(out_dir: Path, kind: str = "recsys.run") -> None:
+    """Refuse, before any work, an ``out`` that the outputs may not replace (see
+    :func:`recsys._io.check_replaceable`): a file, a folder with anything recsys did not write,
+    the current folder, or a full run's output for ``recsys train``."""
+    check_replaceable(out_dir, kind, _REPLACES[kind])
 
 
 def _run_stages(
@@ -372,7 +483,6 @@ def _run_stages(
         test_frame = None
         if cfg.data.test_path:
             test_frame, _ = load_ratings(cfg.data.test_path, cfg.data.format, **cfg.data.mapping())
-        log.info("loaded %s", report.summary())
     with timer("explore"):
         exploration = explore_mod.explore(frame, report)
     with timer("prepare"):
@@ -519,14 +629,18 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
-    """Write every output into a temporary directory that then replaces ``out_dir``."""
+def _write_outputs(
+    result: RunResult, out_dir: Path, *, kind: str = "recsys.run", timing: Callable[[], dict[str, float]] | None = None
+) -> dict[str, Any]:
+    """Write every output into a temporary folder that then replaces ``out_dir`` (only if it
+    holds an earlier output ``kind`` may replace; see :mod:`recsys._io`). ``metrics.json`` is
+    written last, with ``timing()`` (the stage times up to that moment)."""
     from .report import write_report
 
     cfg = result.config
     prepared = result.prepared
     files: dict[str, Any] = {}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=kind, replaces=_REPLACES[kind]) as tmp:
         (tmp / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
         files["config"] = "config.toml"
         if result.recommendations is not None:
@@ -551,8 +665,7 @@ def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
             (tmp / "samples.json").write_text(to_json(result.samples) + "\n", encoding="utf-8")
             write_report(result, tmp / "report.html", plot_dir=plot_dir)
             files["report"] = "report.html"
-        (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
-        files["metrics"] = "metrics.json"
+        files["metrics"] = "metrics.json"  # written last, below
         run_info = {
             "format": RUN_FORMAT,
             "format_version": RUN_FORMAT_VERSION,
@@ -570,6 +683,9 @@ def _write_outputs(result: RunResult, out_dir: Path) -> dict[str, Any]:
             "files": files,
         }
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
+        if timing is not None:
+            result.metrics["timing"] = timing()
+        (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
     return files
 
 
@@ -592,11 +708,10 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
     overrides.setdefault("out", "recsys-eda")
     cfg = _resolve(config, overrides)
     out_dir = Path(cfg.out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "exploration.json").is_file():
-        raise ConfigError(f"--out {out_dir} exists, is not empty and is not a recsys output directory; choose another --out")
+    _check_out_dir(out_dir, "recsys.eda")
     frame, report, label = load_input(cfg.data, cfg.seed)
     exploration = explore_mod.explore(frame, report)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="recsys.eda", replaces=_REPLACES["recsys.eda"]) as tmp:
         paths = plots.plot_exploration(exploration, frame, tmp / "plots", item_label="video")
         doc = {"source": label, "load": report.to_dict(), "exploration": exploration.to_dict()}
         (tmp / "exploration.json").write_text(to_json(doc) + "\n", encoding="utf-8")
@@ -606,7 +721,9 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
 
 def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Re-evaluate a saved run's models on its saved test split: rating metrics for the
-    regressor and classifier, ranking metrics for the recommending model."""
+    regressor and classifier, ranking metrics for the recommending model, and ``warnings``
+    (:func:`metric_warnings`). A damaged run raises :class:`~recsys.errors.ModelFormatError`
+    naming the file."""
     from .saved_run import SavedRun
 
     saved = SavedRun(run_dir)
@@ -617,7 +734,7 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
 
     Xte = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
     out: dict[str, Any] = {}
-    models = {p.name for p in (saved.path / "models").iterdir()}
+    models = saved.model_names
     if "regressor" in models:
         reg = saved.model("regressor")
         out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(Xte), train[RATING].to_numpy(),
@@ -631,4 +748,5 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
     prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
     out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])
+    out["warnings"] = metric_warnings({"data": {"test_rows": len(test)}, **out}, n_items=n_items)
     return out
