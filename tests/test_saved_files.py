@@ -46,11 +46,12 @@ def _set_config(path: Path, **values: object) -> None:
 
 
 def test_a_header_claiming_373_gib_is_refused_before_allocation(saved: Path, cache_dir: Path) -> None:
-    """Both files claim a 1e6 x 1e5 float32 V (373 GiB) but the member holds 16 bytes. In a
-    process limited to 3 GiB of address space an allocation would raise MemoryError; the check
-    refuses first."""
+    """Both files claim a 1e6 x 1e5 float32 V (373 GiB; w is complete) but the member holds 16
+    bytes. numpy would allocate 373 GiB (MemoryError in a process limited to 3 GiB of address
+    space); the check refuses first."""
     _set_config(saved, feature_dim=1_000_000, num_factors=100_000)
-    _write_npz(saved / "params.npz", {"w": _npy((1_000_000,), payload=b"\0" * 16), "V": _npy((1_000_000, 100_000), payload=b"\0" * 16)})
+    _write_npz(saved / "params.npz", {"w": _npy((1_000_000,), payload=b"\0" * 4_000_000),
+                                      "V": _npy((1_000_000, 100_000), payload=b"\0" * 16)})  # fmt: skip
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
@@ -62,7 +63,7 @@ def test_a_header_claiming_373_gib_is_refused_before_allocation(saved: Path, cac
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 7, proc.stderr
-    assert "params.npz" in proc.stdout and "wrong number of bytes" in proc.stdout
+    assert "params.npz: array 'V' holds the wrong number of bytes" in proc.stdout
 
 
 @pytest.mark.parametrize(
