@@ -188,17 +188,20 @@ def test_train_writes_to_its_own_folder_and_never_replaces_a_run(
 
 
 @pytest.mark.parametrize("case", ["file", "file/sub", "dot in a run", "user folder"])
-def test_eda_out_that_cannot_be_replaced(case: str, run_copy: Path, tmp_path: Path, cache_dir: Path) -> None:
+def test_eda_out_that_cannot_be_replaced(
+    case: str, run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "file").write_text("keep me")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.csv").write_text("1,2\n")
     out, cwd = {"file": ("file", tmp_path), "file/sub": ("file/sub", tmp_path), "dot in a run": (".", run_copy),
                 "user folder": ("mine", tmp_path)}[case]  # fmt: skip
     before = _snapshot(tmp_path)
-    proc = run_cli("eda", *TINY, "--out", out, cache=cache_dir, cwd=cwd)
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    monkeypatch.chdir(cwd)
+    assert main(["eda", *TINY, "--out", out]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err
     assert {"file": "is a file, not a folder", "file/sub": "file is a file, not a folder",
             "dot in a run": "is the current folder", "user folder": "holds files recsys did not write (a.csv)"}[case] \
         in errors[0]  # fmt: skip

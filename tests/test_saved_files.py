@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsys.cli import main
 from recsys.errors import ModelFormatError
 from recsys.model import FittedFM
 from recsys.saved_run import SavedRun
@@ -153,15 +154,31 @@ def test_a_damaged_run_raises_model_format_error_naming_the_file(damaged: tuple[
     assert where.split("/")[-1] in str(info.value)
 
 
-@pytest.mark.parametrize("command", ["recommend", "evaluate", "serve"])
-def test_the_cli_reports_a_damaged_run_in_one_line(command: str, tiny_run: Path, tmp_path: Path, cache_dir: Path) -> None:
-    for name in ("random-knn-index", "truncated-train", "run-json-list", "missing-config"):
+SHOWN = ("random-knn-index", "truncated-train", "run-json-list", "missing-config")
+
+
+@pytest.mark.parametrize("command", ["recommend", "evaluate"])
+def test_the_cli_reports_a_damaged_run_in_one_line(
+    command: str, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in SHOWN:
         run = tmp_path / name
         shutil.copytree(tiny_run, run)
         DAMAGE[name][0](run)
-        extra = {"recommend": ["--customer-id", "1"], "evaluate": [], "serve": ["--port", "0"]}[command]
-        proc = run_cli(command, "--run", str(run), *extra, cache=cache_dir, timeout=120)
-        assert proc.returncode == 2, (name, proc.stderr)
+        extra = ["--customer-id", "1"] if command == "recommend" else []
+        assert main([command, "--run", str(run), *extra]) == 2, name
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and DAMAGE[name][1].split("/")[-1] in errors[0], (name, err)
+
+
+def test_serve_refuses_a_damaged_run_before_listening(tiny_run: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """In a subprocess: if the damage were not caught, ``serve`` would start and the timeout fail the test."""
+    for name in SHOWN:
+        run = tmp_path / name
+        shutil.copytree(tiny_run, run)
+        DAMAGE[name][0](run)
+        proc = run_cli("serve", "--run", str(run), "--port", "0", cache=cache_dir, timeout=120)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and DAMAGE[name][1].split("/")[-1] in errors[0], (name, proc.stderr)
-        assert "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert DAMAGE[name][1].split("/")[-1] in errors[0]
