@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
@@ -225,6 +225,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_saved
+    from .summary import evaluation_table
 
     metrics = evaluate_saved(args.run_dir)
     if args.json:
@@ -233,57 +234,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for line in evaluation_table(metrics):
         print(line)
     return 0
-
-
-#: (label, key, baseline keys) per section of ``recsys evaluate``'s table.
-_TABLE: dict[str, tuple[str, list[str], list[tuple[str, str, list[str]]]]] = {
-    "regressor": ("FM regressor (star rating)", ["FM", "train mean", "per-video mean"], [
-        ("RMSE", "test_rmse", ["naive_rmse", "item_mean_rmse"]),
-        ("MAE", "test_mae", ["naive_mae", "item_mean_mae"]),
-        ("MSE", "test_mse", ["naive_mse", "item_mean_mse"]),
-    ]),
-    "classifier": ("FM classifier (5 stars?)", ["FM", "majority class"], [
-        ("accuracy", "accuracy", ["baseline_accuracy"]),
-        ("AUC", "auc", ["baseline_auc"]),
-        ("log loss", "log_loss", ["baseline_log_loss"]),
-        ("precision", "precision", ["baseline_precision"]),
-        ("recall", "recall", ["baseline_recall"]),
-        ("F1", "f1", ["baseline_f1"]),
-    ]),
-    "ranking": ("recommendations", ["model", "popularity"], [
-        (name, key, [f"popularity_{key}"]) for name, key in (
-            ("HR@10", "hr@10"), ("NDCG@10", "ndcg@10"), ("HR@100", "hr@100"), ("NDCG@100", "ndcg@100"), ("MRR", "mrr"),
-            ("coverage", "coverage"), ("mean popularity", "mean_popularity"), ("mean overlap", "mean_overlap"))
-    ]),
-}  # fmt: skip
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "n/a" if value != value else f"{value:,.4f}" if abs(value) < 1e5 else f"{value:,.0f}"
-    return str(value)
-
-
-def evaluation_table(metrics: dict[str, Any]) -> Iterator[str]:
-    """``recsys evaluate``'s text: one table per model, the main metrics next to their baselines,
-    then the warnings (``--json`` prints everything)."""
-    for section, (title, columns, rows) in _TABLE.items():
-        values = metrics.get(section)
-        if not values:
-            continue
-        extra = f" ({values['objective']} objective, top {values['k']}, {values['test_rows']:,} held-out ratings)" \
-            if section == "ranking" else ""  # fmt: skip
-        table = [["", *columns]] + [[name, _cell(values.get(key)), *(_cell(values.get(b)) for b in base)]
-                                    for name, key, base in rows if key in values]  # fmt: skip
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        yield f"{title}{extra}"
-        for r in table:
-            yield "  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        yield ""
-    for w in metrics.get("warnings", []):
-        yield f"warning: {w}"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
 from .model import FittedFM
 from .recommend import Recommender, write_recommendations
+from .summary import metric_lines, metric_warnings
 
 __all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
            "RUN_FORMAT_VERSION"]
@@ -94,80 +95,6 @@ class RunResult:
             lines.append(f"total time {t.get('total', 0):.1f} s")
         lines += [f"warning: {w}" for w in m.get("warnings", [])]
         return lines
-
-
-def _n(value: Any, spec: str = ".4f") -> str:
-    """A metric for a text line; an undefined one (NaN) is ``n/a`` (the warnings say why)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "n/a"
-    return format(value, spec)
-
-
-def _change(improvement: float) -> str:
-    return "n/a" if improvement != improvement else f"{abs(improvement):.1%} {'better' if improvement >= 0 else 'worse'}"
-
-
-def metric_lines(m: dict[str, Any]) -> list[str]:
-    """The main metrics, each next to its baseline, one line per model (the run summary and
-    ``recsys evaluate``)."""
-    lines = []
-    r = m.get("regressor")
-    if r:
-        lines.append(
-            f"FM regressor: test RMSE {_n(r['test_rmse'])} vs naive {_n(r['naive_rmse'])} "
-            f"({_change(r['rmse_improvement_over_naive'])}), per-video mean {_n(r.get('item_mean_rmse'))}"
-        )
-    c = m.get("classifier")
-    if c:
-        lines.append(
-            f"FM 5-star classifier: accuracy {_n(c['accuracy'])} vs baseline {_n(c['baseline_accuracy'])}, "
-            f"AUC {_n(c['auc'])}, log loss {_n(c['log_loss'])} vs {_n(c['baseline_log_loss'])}"
-        )
-    k = m.get("ranking")
-    if k:
-        lines.append(
-            f"recommendations ({k['objective']}): HR@10 {_n(k['hr@10'])} (popularity {_n(k['popularity_hr@10'])}), "
-            f"NDCG@10 {_n(k['ndcg@10'])} ({_n(k['popularity_ndcg@10'])}), HR@100 {_n(k['hr@100'])} "
-            f"({_n(k['popularity_hr@100'])}), coverage {_n(k['coverage'], '.1%')}"
-        )
-    return lines
-
-
-#: Fewer held-out ratings than this and a test metric says little (one row gives HR 0 or 1).
-MIN_TEST_ROWS = 30
-
-_UNDEFINED = {
-    ("classifier", "auc"): "AUC is undefined (n/a): the held-out ratings are all in one class (all 5 stars or none)",
-    ("ranking", "mean_overlap"): "the mean overlap between lists is undefined (n/a): it needs at least two customers",
-}
-
-
-def metric_warnings(m: dict[str, Any], *, n_items: int | None = None) -> list[str]:
-    """What a reader must know before trusting the metrics: too few held-out ratings, lists
-    that hold the whole catalogue, and why a metric is undefined."""
-    out = []
-    n = (m.get("data") or {}).get("test_rows", (m.get("ranking") or {}).get("test_rows"))
-    if n is not None and n < MIN_TEST_ROWS:
-        out.append(
-            f"only {n} held-out rating{'s' if n != 1 else ''}: the test metrics measure next to nothing (at least "
-            f"{MIN_TEST_ROWS} are needed for a figure to mean much); use more data, or relax "
-            "--min-customer-ratings / --min-product-ratings"
-        )
-    k = m.get("ranking")
-    if isinstance(k, dict) and n_items is not None and k.get("k", 0) >= n_items:
-        out.append(
-            f"K = {k['k']} is not smaller than the catalogue ({n_items} videos): every list holds every unrated "
-            f"video, so HR@{k['k']} is 1 and coverage is complete for any model; compare HR@10 instead"
-        )
-    for section, values in m.items():
-        if not isinstance(values, dict) or section in ("data", "timing"):
-            continue
-        for key, value in values.items():
-            if isinstance(value, float) and value != value:
-                base = "ranking" if section.startswith("ranking") else section
-                why = _UNDEFINED.get((base, key.removeprefix("popularity_")))
-                out.append(f"{section}: {why}" if why else f"{section}: {key} is undefined (n/a) on this test set")
-    return list(dict.fromkeys(out))
 
 
 # ---------------------------------------------------------------------------------------------
