@@ -16,6 +16,7 @@ from .errors import (
     ModelFitError,
     ModelFormatError,
     NotFittedError,
+    OutputError,
     RecsysError,
 )
 from .model import FittedFM
@@ -66,6 +67,7 @@ __all__ = [
     "ModelFitError",
     "ModelFormatError",
     "NotFittedError",
+    "OutputError",
     "RecsysError",
     "__version__",
 ]

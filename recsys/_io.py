@@ -1,49 +1,313 @@
-"""Atomic file and directory writes: write to a temporary path next to the target, then rename.
+"""Safe writes: atomic files and folders, and the rule that recsys replaces only what it wrote.
 
-A crash or Ctrl-C never leaves a half-written file behind: either the old content or the new
-content is at the target path.
+* A file or folder is written under a temporary name next to the target, then renamed onto it:
+  a crash, an error, Ctrl-C or SIGTERM never leaves a half-written output; either the old or
+  the new content is at the target path.
+* Every folder recsys writes (run and ``recsys train`` outputs, ``recsys eda`` outputs, saved
+  FMs, saved k-NN indexes) carries a marker file, ``.recsys``, naming its kind and listing the
+  files recsys put there. A writer replaces a folder only when it is absent, empty, or a recsys
+  folder of a kind the writer may replace that holds nothing but the listed files. Anything
+  else -- a file, a link, a folder with the user's own files, a full run under a writer of
+  models only -- is refused with :class:`~recsys.errors.OutputError`, and nothing is touched.
+* Temporary names carry ``recsys``, a host tag and the writer's process id
+  (``.NAME.recsys-<host>-<pid>-<random>.tmp``). One left by a process that was killed
+  (SIGKILL, power loss) is removed when the next write to the same target starts.
+* A write that fails (disk full, file-size limit, no permission) raises ``OutputError`` naming
+  the target and the fix; the previous content is intact and no temporary is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
+import hashlib
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import signal
+import socket
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir"]
+from .errors import OutputError
+
+__all__ = [
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
+    "check_replaceable", "MARKER", "to_json",
+]  # fmt: skip
+
+log = logging.getLogger("recsys")
+
+#: The marker file in every folder recsys writes.
+MARKER = ".recsys"
+
+#: What each kind of recsys folder is, for messages.
+KINDS = {
+    "recsys.run": "the output of `recsys run` (report, recommendations, k-NN index, models)",
+    "recsys.train": "the output of `recsys train` (models only)",
+    "recsys.eda": "the output of `recsys eda`",
+    "recsys.fm": "a saved factorization machine",
+    "recsys.knn.faiss": "a saved k-NN index",
+}
+
+_HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+_TEMP = re.compile(r"^\.(?P<name>.+)\.recsys-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[^.]+)?\.(?P<end>tmp|old)$")
+_WRITE_ERRNOS = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+#: The target of the outermost write in progress (nested writes go into its temporary folder).
+_OUTER: contextvars.ContextVar[tuple[Path, Path] | None] = contextvars.ContextVar("recsys_outer_write", default=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# temporary names and stale temporaries
+# ---------------------------------------------------------------------------------------------
+def temp_path(target: Path, end: str, suffix: str = "") -> Path:
+    return target.parent / f".{target.name}.recsys-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}.{end}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or not ours to judge): leave its files alone
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove the temporaries of earlier writes to ``target`` whose process is gone (this host
+    only). A ``.old`` folder -- the previous output moved aside in the instant before the new
+    one took its place -- is put back when the target is missing."""
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m is None or m["name"] != target.name or m["host"] != _HOST or _pid_alive(int(m["pid"])):
+            continue
+        path = Path(entry.path)
+        if m["end"] == "old" and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.replace(path, target)
+                log.warning("restored %s from %s (a write to it was interrupted)", target, path.name)
+            continue
+        _remove(path)
+        log.info("removed %s, left by an interrupted recsys write (process %s)", path, m["pid"])
+
+
+# ---------------------------------------------------------------------------------------------
+# what may be replaced
+# ---------------------------------------------------------------------------------------------
+def _read_small_json(path: Path, limit: int = 1 << 20) -> Any:
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _owner(folder: Path) -> tuple[str, set[str] | None] | None:
+    """``(kind, files recsys wrote)`` of a folder recsys wrote, else None. Folders written
+    before the marker existed are recognised by their format stamp (files then unknown)."""
+    marker = _read_small_json(folder / MARKER)
+    if isinstance(marker, dict) and isinstance(marker.get("kind"), str) and isinstance(marker.get("files"), list):
+        return marker["kind"], {str(f) for f in marker["files"]}
+    run = _read_small_json(folder / "run.json")
+    if isinstance(run, dict) and run.get("format") == "recsys.run":
+        files = run.get("files") if isinstance(run.get("files"), dict) else {}
+        return ("recsys.run" if "report" in files or "recommendations" in files else "recsys.train"), None
+    stamp = _read_small_json(folder / "config.json")
+    if isinstance(stamp, dict) and str(stamp.get("format", "")) in KINDS:
+        return str(stamp["format"]), None
+    eda = _read_small_json(folder / "exploration.json")
+    if isinstance(eda, dict) and {"source", "load", "exploration"} <= set(eda):
+        return "recsys.eda", None
+    return None
+
+
+def _files(folder: Path) -> list[str]:
+    out = []
+    for root, dirs, names in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        out += [(rel / n).as_posix() for n in names]
+        out += [(rel / d).as_posix() for d in dirs if (Path(root) / d).is_symlink()]
+    return sorted(out)
+
+
+def _some(names: Collection[str], n: int = 4) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, replaces: Collection[str] | None = None) -> None:
+    """Raise :class:`OutputError` unless a writer of ``kind`` may replace ``path`` as a whole:
+    absent, an empty folder, or a recsys folder of a kind in ``replaces`` (default: ``kind``)
+    holding only files recsys wrote."""
+    path = Path(os.path.abspath(path))
+    replaces = {kind} if replaces is None else set(replaces)
+    what = KINDS.get(kind, kind)
+    if path.parent == path:
+        raise OutputError(f"cannot write {what} to {path}: choose a folder below it")
+    blocker = next((p for p in path.parents if os.path.lexists(p)), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(f"cannot write {path}: {blocker} is a file, not a folder. Choose another path")
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link; recsys does not replace links. Pass the folder it points to, or another path")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder; recsys writes {what} as a folder there and never replaces "
+                          "a file. Choose another path (or move the file away)")  # fmt: skip
+    try:
+        cwd, real = Path.cwd().resolve(), path.resolve()
+    except OSError:  # the current folder was deleted: it cannot be inside ``path``
+        cwd = real = None
+    if real is not None and (real == cwd or real in cwd.parents):
+        raise OutputError(f"{path} is the current folder (or holds it); recsys replaces its output folder as a whole "
+                              "and cannot do that from inside it. Run from another folder or choose another path")  # fmt: skip
+    try:
+        top = os.listdir(path)
+    except OSError as exc:
+        raise OutputError(f"cannot read {path} ({exc.strerror}); choose another path") from None
+    if not top:
+        return
+    owner = _owner(path)
+    if owner is None:
+        raise OutputError(
+            f"{path} holds files recsys did not write ({_some(top)}); recsys replaces its output folder as a whole, "
+            "so it only ever replaces a folder it wrote. Choose a new or empty folder, or move those files out"
+        )
+    found, listed = owner
+    if found not in replaces:
+        raise OutputError(
+            f"{path} holds {KINDS.get(found, found)}; writing {what} there would replace it. "
+            "Choose another path (or remove that folder yourself if it is no longer needed)"
+        )
+    if listed is not None:
+        extra = [f for f in _files(path) if f != MARKER and f not in listed]
+        if extra:
+            raise OutputError(
+                f"{path} was written by recsys but now also holds files it did not write ({_some(extra)}); recsys "
+                "replaces the folder as a whole. Move those files out, or choose another path"
+            )
+
+
+def _write_marker(folder: Path, kind: str) -> None:
+    from . import __version__
+
+    doc = {"kind": kind, "recsys_version": __version__, "files": [f for f in _files(folder) if f != MARKER]}
+    (folder / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# failures
+# ---------------------------------------------------------------------------------------------
+def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
+    where = ""
+    if exc.filename:
+        name = str(exc.filename)
+        where = f" (writing {os.path.relpath(name, tmp) if name.startswith(str(tmp)) else name})"
+    fix = {
+        errno.EFBIG: "a file-size limit (ulimit -f) stopped the write: raise it, or write elsewhere",
+        errno.ENOSPC: "the disk is full: free some space, or write elsewhere",
+        errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere",
+    }.get(exc.errno or 0, "choose a folder you can write to")
+    return OutputError(f"could not write {target}: {exc.strerror or exc}{where}; {fix}. "
+                       f"Nothing at {target} was changed")  # fmt: skip
+
+
+def _create_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), target.parent)
+        raise OutputError(f"cannot write {target}: {blocker} is a file, not a folder. Choose another path") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {target.parent} ({exc.strerror}); choose another path") from None
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path in the target's directory; rename it onto ``path`` on success.
-
-    On an exception (including ``KeyboardInterrupt``) the temporary file is removed and
-    ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+def _writing(target: Path, tmp: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, file-size limit, permissions) into an ``OutputError``
+    naming ``target``, once, at the outermost write."""
+    outer = _OUTER.get()
+    token = _OUTER.set((target, tmp)) if outer is None else None
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+        yield
+    except OSError as exc:
+        if outer is not None or exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(target, tmp, exc) from None
+    finally:
+        if token is not None:
+            _OUTER.reset(token)
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for the two renames of a swap (delivered right after)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = mask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
+
+    ``suffix`` is kept at the end of the temporary name (before ``.tmp``) for writers that look at
+    it. On any exception (including ``KeyboardInterrupt``) the temporary is removed and ``path``
+    is left untouched. A folder at ``path`` is refused.
+    """
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; cannot write a file there. Choose another path")
+    _create_parent(path)
+    remove_stale_temps(path)
+    tmp = temp_path(path, "tmp", suffix)
+    try:
+        with _writing(path, tmp):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+            os.close(fd)
+            yield tmp
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -88,33 +352,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, to_json(obj) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# folders
+# ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary directory; on success it replaces ``path`` as a whole.
+def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces ``path`` as a whole.
 
-    An existing directory at ``path`` is moved aside and deleted only after the new one is in
-    place, so readers see either the complete old or the complete new directory.
+    ``kind`` names what is written (a key of :data:`KINDS`); the marker file records it with the
+    list of files written. ``path`` must be absent, empty, or a folder recsys wrote of a kind in
+    ``replaces`` (default: ``kind``) holding nothing else (:func:`check_replaceable`) -- checked
+    before and again after the body runs. The previous folder is moved aside and deleted only
+    after the new one is in place, so readers see either the complete old or the complete new
+    folder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    path = Path(os.path.abspath(path))
+    check_replaceable(path, kind, replaces)
+    _create_parent(path)
+    remove_stale_temps(path)
+    tmp = temp_path(path, "tmp")
     try:
-        yield tmp
+        with _writing(path, tmp):
+            os.mkdir(tmp, 0o777)
+            yield tmp
+            _write_marker(tmp, kind)
+            check_replaceable(path, kind, replaces)  # it may have changed while the body ran
+            old = _swap(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.rmdir(old)
-        os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None:
-            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap(tmp: Path, path: Path) -> Path | None:
+    """Put ``tmp`` at ``path``; returns where the previous folder went (to be deleted)."""
+    with _signals_deferred():
+        old = None
+        if os.path.lexists(path):
+            old = temp_path(path, "old")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+    return old

@@ -8,9 +8,11 @@
     recsys evaluate --run results/
     recsys serve --model-dir results/
 
-User mistakes (missing file, bad format, unknown config key, ...) print one line starting with
-``error:`` and exit with status 2; ``--debug`` shows the traceback. Ctrl-C exits with 130 and
-leaves no half-written outputs.
+Every failure a user can cause (missing file, bad format, unknown config key, an output folder
+recsys did not write, a damaged saved run, a full disk, ...) prints one line ``error: <what,
+where, the fix>`` and exits with status 2; ``--debug`` shows the traceback. Ctrl-C exits with
+130, SIGTERM with 143; neither leaves half-written outputs. An unexpected internal error exits
+with 1 and names no file content.
 """
 
 from __future__ import annotations
@@ -19,28 +21,34 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .errors import RecsysError
+from .errors import ConfigError, RecsysError
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("recsys")
 
+_RUN_DIR_HELP = ("a folder written by `recsys run` (or `recsys train`: its models, with an exact k-NN index built "
+                 "on the fly) (default: recsys-output)")  # fmt: skip
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+
+def _add_data_options(p: argparse.ArgumentParser, *, test_data: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", dest="data_path", metavar="PATH",
                    help="ratings file: Amazon reviews TSV/TSV.GZ, MovieLens (u.data, ratings.dat, ratings.csv), "
                         "or CSV/Parquet with --user-col/--item-col/--rating-col (default: the built-in dataset)")  # fmt: skip
     g.add_argument("--format", dest="data_format", choices=("amazon", "movielens", "csv", "parquet"),
                    help="format of --data (default: detected from the file)")  # fmt: skip
-    g.add_argument("--preset", choices=("tiny", "default", "full"), help="built-in dataset size when no --data (default: default)")
-    g.add_argument("--test-data", dest="test_path", metavar="PATH", help="explicit test ratings instead of leave-last-out")
+    g.add_argument("--preset", choices=("tiny", "default", "full"),
+                   help="size of the built-in dataset; only without --data (default: default)")  # fmt: skip
+    if test_data:
+        g.add_argument("--test-data", dest="test_path", metavar="PATH", help="explicit test ratings instead of leave-last-out")
     g.add_argument("--user-col", dest="user_column", metavar="NAME", help="CSV/Parquet: customer id column")
     g.add_argument("--item-col", dest="item_column", metavar="NAME", help="CSV/Parquet: video id column")
     g.add_argument("--rating-col", dest="rating_column", metavar="NAME", help="CSV/Parquet: rating column")
@@ -49,21 +57,30 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sep", help="CSV separator (default: sniffed)")
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, out_default_hint: str) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML or YAML file with any run parameters (flags override it)")
+def _add_run_options(p: argparse.ArgumentParser, *, train_only: bool) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON file with any run parameters (flags override it)")
     _add_data_options(p)
     g = p.add_argument_group("run")
     g.add_argument("--backend", choices=("torch", "sagemaker"), help="where to train (default: torch, on this machine)")
-    g.add_argument("--out", metavar="DIR", help=f"output directory (default: {out_default_hint})")
+    if train_only:
+        g.add_argument("--out", metavar="DIR",
+                       help="output folder (default: recsys-train). It may replace an earlier `recsys train` output, "
+                            "never a `recsys run` output or a folder recsys did not write")  # fmt: skip
+    else:
+        g.add_argument("--out", metavar="DIR",
+                       help="output folder (default: recsys-output). It may replace an earlier recsys output, never "
+                            "a folder holding anything recsys did not write")  # fmt: skip
     g.add_argument("--min-customer-ratings", type=int, metavar="N", help="drop customers with fewer ratings (default 18)")
     g.add_argument("--min-product-ratings", type=int, metavar="N", help="drop videos with fewer ratings (default 95)")
-    g.add_argument("-k", "--k", type=int, metavar="N", help="recommendations per customer (default 100)")
+    if not train_only:
+        g.add_argument("-k", "--k", type=int, metavar="N", help="recommendations per customer (default 100)")
     g.add_argument("--objective", choices=("ranking", "classifier"),
-                   help="what the recommendations come from: the ranking FM (default, measures better) or the lab's "
-                        "5-star classifier + k-NN")  # fmt: skip
-    g.add_argument("--seed", type=int, help="seed for every stage (default 0)")
-    g.add_argument("--csv", action="store_true", default=None, help="also write recommendations.csv")
-    g.add_argument("--dry-run", action="store_true", help="SageMaker: print every job it would create, call nothing")
+                   help="the ranking FM (default, measures better) or the lab's 5-star classifier + k-NN"
+                        + ("; `ranking` also trains the ranking FM" if train_only else ""))  # fmt: skip
+    g.add_argument("--seed", type=int, help="seed for every stage, 0 to 4294967295 (default 0)")
+    if not train_only:
+        g.add_argument("--csv", action="store_true", default=None, help="also write recommendations.csv")
+    g.add_argument("--dry-run", action="store_true", help="SageMaker only: print every job it would create, call nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,39 +90,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"recsys {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final summary")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser("run", parents=[common], help="the whole workflow: data -> report and recommendations",
                        description="Load, explore, prepare, train the FM regressor and classifier (and the ranking FM), "
-                                   "recommend the top-K videos for every customer with k-NN, evaluate, and write a report.")  # fmt: skip
-    _add_run_options(p, out_default_hint="recsys-output")
+                                   "recommend the top-K videos for every customer with k-NN, evaluate, and write a report "
+                                   "into --out.")  # fmt: skip
+    _add_run_options(p, train_only=False)
 
-    p = sub.add_parser("train", parents=[common], help="load, prepare, train and save the FMs (no recommendations)")
-    _add_run_options(p, out_default_hint="recsys-output")
+    p = sub.add_parser("train", parents=[common], help="load, prepare, train and save the FMs (no recommendations)",
+                       description="Load, prepare and train the FM regressor and classifier (and the ranking FM with "
+                                   "--objective ranking), evaluate them on the test split and save them into --out "
+                                   "(default recsys-train): models, metrics, the split, config. No k-NN, "
+                                   "recommendations or report; `recsys run` does everything.")  # fmt: skip
+    _add_run_options(p, train_only=True)
 
-    p = sub.add_parser("eda", parents=[common], help="explore a dataset: statistics and plots")
-    p.add_argument("--config", metavar="FILE", help="TOML or YAML config (its [data] section)")
-    _add_data_options(p)
-    p.add_argument("--out", metavar="DIR", help="output directory (default: recsys-eda)")
+    p = sub.add_parser("eda", parents=[common], help="explore a dataset: statistics and plots",
+                       description="Load a dataset and write its statistics (exploration.json) and plots into --out.")  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config (its [data] section)")
+    _add_data_options(p, test_data=False)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: recsys-eda)")
     p.add_argument("--seed", type=int, help="seed of the built-in dataset (default 0)")
 
-    p = sub.add_parser("recommend", parents=[common], help="recommendations for customers, from a saved run")
-    p.add_argument("--run", "--model-dir", dest="run_dir", default="recsys-output", metavar="DIR",
-                   help="output directory of `recsys run` (default: recsys-output)")  # fmt: skip
+    p = sub.add_parser("recommend", parents=[common], help="recommendations for customers, from a saved run",
+                       description="Top-K videos for the given customers from a saved run (its k-NN index); unknown "
+                                   "customers get the most popular videos, flagged as fallback.")  # fmt: skip
+    p.add_argument("--run", "--model-dir", dest="run_dir", default="recsys-output", metavar="DIR", help=_RUN_DIR_HELP)
     p.add_argument("--customer-id", action="append", required=True, metavar="ID", help="customer id (repeatable)")
     p.add_argument("-k", "--k", type=int, default=10, metavar="N", help="how many (default 10)")
     p.add_argument("--include-seen", action="store_true", help="do not exclude videos the customer already rated")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
-    p = sub.add_parser("evaluate", parents=[common], help="evaluate a saved run's models on its test split (or --test-data)")
-    p.add_argument("--run", "--model-dir", dest="run_dir", default="recsys-output", metavar="DIR")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p = sub.add_parser("evaluate", parents=[common], help="evaluate a saved run's models on its test split",
+                       description="Re-evaluate the models of a saved run on the test split saved with it: rating "
+                                   "metrics of the regressor and classifier, ranking metrics of the recommending model, "
+                                   "each next to its baseline.")  # fmt: skip
+    p.add_argument("--run", "--model-dir", dest="run_dir", default="recsys-output", metavar="DIR", help=_RUN_DIR_HELP)
+    p.add_argument("--json", action="store_true", help="print every metric as JSON instead of the table")
 
     p = sub.add_parser("serve", parents=[common], help="serve a saved run over HTTP (SageMaker-compatible /invocations)")
-    p.add_argument("--model-dir", "--run", dest="run_dir", default="recsys-output", metavar="DIR")
+    p.add_argument("--model-dir", "--run", dest="run_dir", default="recsys-output", metavar="DIR", help=_RUN_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--model", choices=("regressor", "classifier", "ranking"), default=None,
@@ -193,20 +220,21 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         print(f"customer {cid}{flag}:")
         for row in part.itertuples(index=False):
             title = row.product_title if isinstance(row.product_title, str) else ""
-            print(f"  {row.rank:>3}. {row.product_id}  {title}  ({row.score:.4f})")
+            score = "" if row.fallback or row.score != row.score else f"  ({row.score:.4f})"
+            print(f"  {row.rank:>3}. {row.product_id}  {title}{score}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_saved
+    from .summary import evaluation_table
 
     metrics = evaluate_saved(args.run_dir)
     if args.json:
         print(json.dumps(metrics, indent=2, default=float))
         return 0
-    for section, values in metrics.items():
-        shown = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        print(f"{section}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    for line in evaluation_table(metrics):
+        print(line)
     return 0
 
 
@@ -218,40 +246,68 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup that runs for Ctrl-C runs for it too."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recsys`` console script. Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet, args.debug)
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    commands = {"run": _cmd_run, "train": lambda a: _cmd_run(a, train_only=True), "eda": _cmd_eda,
+                "recommend": _cmd_recommend, "evaluate": _cmd_evaluate, "serve": _cmd_serve}  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "train":
-            return _cmd_run(args, train_only=True)
-        if args.command == "eda":
-            return _cmd_eda(args)
-        if args.command == "recommend":
-            return _cmd_recommend(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        if args.command == "serve":
-            return _cmd_serve(args)
-        parser.error(f"unknown command {args.command!r}")
-    except KeyboardInterrupt:
-        print("interrupted; no outputs were left half-written", file=sys.stderr)
-        return 130
+        if getattr(args, "preset", None) is not None and getattr(args, "data_path", None) is not None:
+            raise ConfigError("--preset chooses a built-in dataset and cannot be combined with --data; drop one of them")
+        return commands[args.command](args)
+    except KeyboardInterrupt as exc:
+        if args.debug:
+            raise
+        terminated = isinstance(exc, Terminated)
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; no outputs were left half-written", file=sys.stderr)
+        return 143 if terminated else 130
     except RecsysError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except OSError as exc:  # a file the user named could not be read or written
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 2
-    return 0
+    except MemoryError:
+        if args.debug:
+            raise
+        print("error: not enough memory for this run; use a smaller dataset, fewer factors or a bigger machine", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: say where, never the message (it may quote input)
+        if args.debug:
+            raise
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" in {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb is not None else ""
+        print(f"internal error: {type(exc).__name__}{where} (a bug in recsys {__version__}); run again with --debug "
+              "for the traceback and report it", file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,11 +50,20 @@ __all__ = [
     "BACKENDS",
 ]
 
+#: Seeds go to numpy, torch and FAISS; all take this range.
+MAX_SEED = 2**32 - 1
+
 OBJECTIVES = ("ranking", "classifier")
 BACKENDS = ("torch", "sagemaker")
 DATA_FORMATS = ("amazon", "movielens", "csv", "parquet")
 PRESETS = ("tiny", "default", "full")
 RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (messages never carry long input)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -75,8 +84,18 @@ class DataConfig:
     def validate(self) -> DataConfig:
         if self.format is not None and self.format not in DATA_FORMATS:
             raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}; got {self.format!r}")
-        if self.path is None and self.preset not in PRESETS:
-            raise ConfigError(f"data.preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"data.preset must be one of {', '.join(PRESETS)}; got {str(self.preset)[:40]!r}")
+        if self.path is not None and self.preset != DataConfig.preset:
+            raise ConfigError(
+                f"data.preset = {self.preset!r} chooses a built-in dataset, but data.path is set too (--data); "
+                "drop one of them (--preset applies only without --data)"
+            )
+        for name in ("path", "test_path", "user_column", "item_column", "rating_column", "timestamp_column",
+                     "title_column", "sep"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
+                raise ConfigError(f"data.{name} must be a non-empty text, got {_short(value)}")
         return self
 
     def mapping(self) -> dict[str, str]:
@@ -204,14 +223,17 @@ class RunConfig:
     SECTIONS = ("data", "prepare", "regressor", "classifier", "ranking", "knn", "recommend", "evaluation", "sagemaker")
 
     def validate(self) -> RunConfig:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        seeds = {"seed": self.seed, "prepare.seed": self.prepare.seed, "regressor.seed": self.regressor.seed,
+                 "classifier.seed": self.classifier.seed, "ranking.seed": self.ranking.fm.seed}  # fmt: skip
+        for name, seed in seeds.items():
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
-        if not isinstance(self.out, str) or not self.out:
-            raise ConfigError(f"out must be a directory path, got {self.out!r}")
+        if not isinstance(self.out, str) or not self.out or "\x00" in self.out:
+            raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
         self.data.validate()
         self.prepare.validate()
         if self.regressor.predictor_type != "regressor":
@@ -329,32 +351,67 @@ def apply_seed(cfg: RunConfig, seed: int) -> RunConfig:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) config file."""
+    """Read a TOML (``.toml``), YAML (``.yaml`` / ``.yml``) or JSON (``.json``) config file.
+
+    Every problem -- missing, unreadable, not UTF-8, a syntax error, an unknown key, a bad value
+    -- raises :class:`ConfigError` naming the file and, for syntax errors, the line; the file's
+    content is never quoted.
+    """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file must end in .toml, .yaml, .yml or .json, got {path.name}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path} ({exc.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {len(data):,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (line {line} has a byte that is not UTF-8); save it as UTF-8") from None
+    return config_from_dict(parse_config_text(text, suffix, source=str(path)), source=str(path))
+
+
+#: A larger file is refused before parsing (configs are a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def parse_config_text(text: str, suffix: str, *, source: str = "config") -> Any:
+    """Parse config text in the format ``suffix`` names; a syntax error raises
+    :class:`ConfigError` with the line (and column) but not the text."""
     try:
         if suffix == ".toml":
             if sys.version_info >= (3, 11):
                 import tomllib
             else:  # pragma: no cover
                 import tomli as tomllib
-            raw = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
+            return tomllib.loads(text)
+        if suffix in (".yaml", ".yml"):
             import yaml
 
-            raw = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            raw = json.loads(text)
-        else:
-            raise ConfigError(f"config file must end in .toml, .yaml, .yml or .json, got {path.name}")
-    except ConfigError:
-        raise
-    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError, JSONDecodeError
-        raise ConfigError(f"cannot parse {path}: {exc}") from exc
-    return config_from_dict(raw, source=str(path))
+            return yaml.safe_load(text) or {}
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"cannot parse {source}: nested too deeply") from None
+    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError, JSONDecodeError (all ValueError-like)
+        raise ConfigError(f"cannot parse {source}: {_syntax_error(exc)}") from None
+
+
+def _syntax_error(exc: Exception) -> str:
+    """Where a parser failed, without the text around it (YAML's messages quote it)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # yaml.MarkedYAMLError
+        return f"{getattr(exc, 'problem', None) or 'invalid YAML'} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    if type(exc).__name__ == "TOMLDecodeError":
+        return str(exc)  # "Invalid value (at line 3, column 9)": no content
+    return f"{type(exc).__name__} (invalid {'YAML' if 'yaml' in type(exc).__module__ else 'syntax'})"
 
 
 def _toml_value(value: Any) -> str:

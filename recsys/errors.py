@@ -17,6 +17,7 @@ __all__ = [
     "ModelFitError",
     "BackendError",
     "ModelFormatError",
+    "OutputError",
     "MissingDependencyError",
 ]
 
@@ -47,6 +48,12 @@ class BackendError(RecsysError, RuntimeError):
 
 class ModelFormatError(RecsysError, ValueError):
     """A saved model or artifact has the wrong format or version."""
+
+
+class OutputError(RecsysError):
+    """An output cannot be written where asked: the place holds something recsys did not write
+    (which it never replaces), or the write itself failed (disk full, file-size limit, no
+    permission). Nothing at the target was changed."""
 
 
 class MissingDependencyError(RecsysError, ImportError):

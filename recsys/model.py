@@ -217,7 +217,11 @@ class FittedFM:
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path/`` (a directory): ``config.json`` and ``params.npz``, atomically."""
+        """Write ``path/`` (a folder): ``config.json`` and ``params.npz``, atomically.
+
+        ``path`` must be absent, empty or a model saved here before: a folder holding anything
+        else, or a file, is refused with :class:`~recsys.errors.OutputError` (see
+        :mod:`recsys._io`)."""
         path = Path(path)
         meta = {
             "format": FM_FORMAT,
@@ -229,7 +233,7 @@ class FittedFM:
             "config": self.config,
             "metadata": self.metadata,
         }
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, kind=FM_FORMAT) as tmp:
             (tmp / "config.json").write_text(to_json(meta) + "\n", encoding="utf-8")
             with open(tmp / "params.npz", "wb") as fh:
                 np.savez(fh, w=self.w, V=self.V)
@@ -237,7 +241,9 @@ class FittedFM:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FittedFM:
-        """Read a model written by :meth:`save`; the format stamp and version are checked."""
+        """Read a model written by :meth:`save`. The format stamp and version are checked, and the
+        array headers in ``params.npz`` are checked against ``config.json`` (shapes, dtypes,
+        sizes) before any array is allocated. Raises :class:`ModelFormatError` naming the file."""
         path = Path(path)
         cfg_path, npz_path = path / "config.json", path / "params.npz"
         if not cfg_path.is_file() or not npz_path.is_file():
@@ -246,34 +252,40 @@ class FittedFM:
             )
         try:
             meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelFormatError(f"{cfg_path} is not valid JSON ({type(exc).__name__}); re-save the model") from None
         if not isinstance(meta, dict) or meta.get("format") != FM_FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {found!r})")
+            raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {str(found)[:40]!r})")
         version = meta.get("format_version")
         if version != FM_FORMAT_VERSION:
             raise ModelFormatError(
-                f"{path} has FM format version {version!r}; this recsys reads version {FM_FORMAT_VERSION}. "
+                f"{path} has FM format version {str(version)[:20]!r}; this recsys reads version {FM_FORMAT_VERSION}. "
                 "Re-save the model with a matching recsys version."
             )
+        missing = [k for k in ("w0", "predictor_type", "feature_dim", "num_factors") if k not in meta]
+        if missing:
+            raise ModelFormatError(f"{cfg_path} lacks {', '.join(missing)}")
+        dims = meta["feature_dim"], meta["num_factors"]
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+            raise ModelFormatError(f"{cfg_path}: feature_dim and num_factors must be positive integers")
+        _check_npz(npz_path, {"w": (dims[0],), "V": dims})
         try:
             with np.load(npz_path, allow_pickle=False) as arrays:
                 w, V = arrays["w"], arrays["V"]
-        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
-            raise ModelFormatError(f"{npz_path} is unreadable or lacks the arrays w and V: {exc}") from exc
-        missing = [k for k in ("w0", "predictor_type") if k not in meta]
-        if missing:
-            raise ModelFormatError(f"{cfg_path} lacks {', '.join(missing)}")
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ModelFormatError(f"{npz_path} is unreadable ({type(exc).__name__}); re-save the model") from None
         try:
             fm = cls(
                 w0=float(meta["w0"]), w=w, V=V, predictor_type=meta["predictor_type"],
                 config=meta.get("config") or {}, metadata=meta.get("metadata") or {},
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
-            raise ModelFormatError(f"{path}: invalid model data: {exc}") from exc
-        if fm.feature_dim != meta.get("feature_dim") or fm.num_factors != meta.get("num_factors"):
-            raise ModelFormatError(f"{path}: array shapes do not match config.json")
+            raise ModelFormatError(f"{path}: invalid model data ({type(exc).__name__}); re-save the model") from None
+        if not (np.isfinite(fm.w0) and np.isfinite(fm.w).all() and np.isfinite(fm.V).all()):
+            raise ModelFormatError(
+                f"{path} holds NaN or infinite parameters (its training diverged); retrain it, e.g. with a lower learning rate"
+            )
         return fm
 
     def __repr__(self) -> str:
@@ -281,3 +293,39 @@ class FittedFM:
             f"FittedFM(predictor_type={self.predictor_type!r}, feature_dim={self.feature_dim}, "
             f"num_factors={self.num_factors}, backend={self.metadata.get('backend')!r})"
         )
+
+
+def _check_npz(npz_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Check the arrays in an ``.npz`` before loading it: each is an uncompressed member with a
+    floating-point ``.npy`` header of the expected shape, and the member holds exactly that many
+    bytes (so no header can make :func:`numpy.load` allocate more than the file holds)."""
+    size_on_disk = npz_path.stat().st_size
+    try:
+        with zipfile.ZipFile(npz_path) as zf:
+            for name, shape in shapes.items():
+                try:
+                    info = zf.getinfo(f"{name}.npy")
+                except KeyError:
+                    raise ModelFormatError(f"{npz_path} lacks the array {name!r}; re-save the model") from None
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size_on_disk:
+                    raise ModelFormatError(f"{npz_path}: array {name!r} is not stored as recsys writes it; re-save the model")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        found, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        found, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ModelFormatError(f"{npz_path}: array {name!r} has .npy format {version}; re-save the model")
+                    header = fh.tell()
+                if tuple(found) != tuple(shape) or dtype.kind != "f" or dtype.itemsize not in (4, 8):
+                    raise ModelFormatError(
+                        f"{npz_path}: array {name!r} is {dtype} of shape {tuple(found)}, but config.json says float32 "
+                        f"of shape {tuple(shape)}; the files do not belong together. Re-save the model"
+                    )
+                if header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != info.file_size:
+                    raise ModelFormatError(f"{npz_path}: array {name!r} holds the wrong number of bytes (truncated?)")
+    except ModelFormatError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ModelFormatError(f"{npz_path} is not a readable .npz archive ({type(exc).__name__}); re-save the model") from None

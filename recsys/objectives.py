@@ -99,8 +99,13 @@ def train_ranking_model(
     if params.early_stopping_patience and loss != "classifier":
         # validation: each customer's latest training rating (as the test split is built)
         fit_rows, val_rows, _ = split_leave_last_out(train.assign(_row=np.arange(len(train))))
-        eval_set = data.subset(val_rows["_row"].to_numpy())
-        data = data.subset(fit_rows["_row"].to_numpy())
+        if len(val_rows) and len(fit_rows):
+            eval_set = data.subset(val_rows["_row"].to_numpy())
+            data = data.subset(fit_rows["_row"].to_numpy())
+        else:  # small data: no customer has two training ratings to hold one out
+            log.warning("ranking FM: no customer has two training ratings, so no validation rows to stop early on; "
+                        "training all %d epochs", params.epochs)  # fmt: skip
+            params = dataclasses.replace(params, early_stopping_patience=None)
     meta = {"objective": "ranking", "ranking_loss": loss, "negatives": negatives, "layout": layout.to_dict(),
             "n_users": layout.n_users, "n_items": layout.n_items}  # fmt: skip
     if loss == "classifier":

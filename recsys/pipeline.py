@@ -17,10 +17,11 @@ import datetime as _dt
 import logging
 import os
 import platform
-import tempfile
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import scipy.sparse as sp
 from backends.base import TrainOptions
 
 from . import __version__
-from ._io import atomic_dir, to_json
+from ._io import atomic_dir, check_replaceable, temp_path, to_json
 from .config import RunConfig, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
@@ -43,6 +44,7 @@ from .evaluation import classification_report, prediction_summary, regression_re
 from .fold_in import Histories
 from .model import FittedFM
 from .recommend import Recommender, write_recommendations
+from .summary import metric_lines, metric_warnings
 
 __all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
            "RUN_FORMAT_VERSION"]
@@ -102,28 +104,11 @@ class RunResult:
                 f"removed -> {d['customers']:,} customers x "
                 f"{d['products']:,} videos, {d['train_rows']:,} train / {d['test_rows']:,} test ratings"
             )
-        r = m.get("regressor")
-        if r:
-            lines.append(
-                f"FM regressor: test RMSE {r['test_rmse']:.4f} vs naive {r['naive_rmse']:.4f} "
-                f"({r['rmse_improvement_over_naive']:+.1%} better), per-video mean {r.get('item_mean_rmse', float('nan')):.4f}"
-            )
-        c = m.get("classifier")
-        if c:
-            lines.append(
-                f"FM 5-star classifier: accuracy {c['accuracy']:.4f} vs baseline {c['baseline_accuracy']:.4f}, "
-                f"AUC {c['auc']:.4f}, log loss {c['log_loss']:.4f} vs {c['baseline_log_loss']:.4f}"
-            )
-        k = m.get("ranking")
-        if k:
-            lines.append(
-                f"recommendations ({k['objective']}): HR@10 {k['hr@10']:.4f} (popularity {k['popularity_hr@10']:.4f}), "
-                f"NDCG@10 {k['ndcg@10']:.4f} ({k['popularity_ndcg@10']:.4f}), HR@100 {k['hr@100']:.4f} "
-                f"({k['popularity_hr@100']:.4f}), coverage {k['coverage']:.1%}"
-            )
+        lines += metric_lines(m)
         t = m.get("timing", {})
         if t:
             lines.append(f"total time {t.get('total', 0):.1f} s")
+        lines += [f"warning: {w}" for w in m.get("warnings", [])]
         return lines
 
 
@@ -171,17 +156,61 @@ def load_input(data_cfg: Any, seed: int = 0) -> tuple[pd.DataFrame, LoadReport, 
 # helpers
 # ---------------------------------------------------------------------------------------------
 class _Timer:
-    def __init__(self) -> None:
+    """Times the stages and logs ``stage: NAME ... 3.4 s`` as each ends. With ``heartbeat`` (set
+    when the output is not a terminal, where no progress bar moves) a stage that runs longer also
+    logs ``stage: NAME ... 20 s so far``, at most every ``heartbeat`` seconds and only while
+    nothing else was logged for that long."""
+
+    def __init__(self, heartbeat: float | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.heartbeat = heartbeat
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        log.info("stage: %s", stage)
         t0 = time.perf_counter()
-        try:
+        beating = self.heartbeat and log.isEnabledFor(logging.INFO)
+        with _heartbeat(stage, t0, self.heartbeat) if beating else contextlib.nullcontext():
             yield
-        finally:
-            self.seconds[stage] = round(time.perf_counter() - t0, 3)
+        seconds = time.perf_counter() - t0
+        self.seconds[stage] = round(seconds, 3)
+        log.info("stage: %s ... %.1f s", stage, seconds)
+
+
+class _LastRecord(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.at = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.at = time.monotonic()
+
+
+@contextlib.contextmanager
+def _heartbeat(stage: str, t0: float, every: float) -> Iterator[None]:
+    last = _LastRecord()
+    log.addHandler(last)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(1.0, every)):
+            if time.monotonic() - last.at >= every:
+                log.info("stage: %s ... %.0f s so far", stage, time.perf_counter() - t0)
+
+    thread = threading.Thread(target=beat, name=f"recsys-heartbeat-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        log.removeHandler(last)
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bool) -> np.ndarray:
@@ -342,17 +371,20 @@ def run(
     -------
     RunResult
     """
+    if until not in (None, "train"):
+        raise ConfigError(f"until must be None or 'train', got {until!r}")
     cfg = _resolve(config, overrides)
+    if until == "train" and "out" not in overrides and cfg.out == RunConfig.out:
+        cfg.out = TRAIN_OUT  # a models-only output never lands where a full run's output lives
+    kind = "recsys.train" if until == "train" else "recsys.run"
     out_dir = Path(cfg.out)
     if write:
-        _check_out_dir(out_dir)
-    timer = _Timer()
+        _check_out_dir(out_dir, kind)
+    timer = _Timer(heartbeat=HEARTBEAT_SECONDS if show_progress and not _is_terminal() else None)
     t_total = time.perf_counter()
     from backends import backend_class
 
     backend = backend_class(cfg.backend).from_config(cfg, dry_run=dry_run)
-    if until not in (None, "train"):
-        raise ConfigError(f"until must be None or 'train', got {until!r}")
     with _Spool(out_dir if write and not dry_run else None) as spool:
         with backend:
             result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train", spool=spool)
@@ -367,17 +399,18 @@ def run(
             report = backend.report()
             if report:
                 result.metrics[backend.name] = report
-        result.metrics["timing"] = {**timer.seconds}
+        result.metrics["warnings"] = metric_warnings(result.metrics, n_items=result.prepared.n_items)
+        result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
         if write:
-            with timer("write outputs"):
-                result.files = _write_outputs(result, out_dir, spool)
-    result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
-    if write:
-        # the final timing goes into metrics.json too (a small in-place rewrite of one file)
-        from ._io import atomic_write_json
+            t_write = time.perf_counter()
 
-        atomic_write_json(out_dir / "metrics.json", result.metrics)
-    result.out_dir = out_dir if write else None
+            def timing() -> dict[str, float]:
+                now = time.perf_counter()
+                return {**timer.seconds, "write outputs": round(now - t_write, 3), "total": round(now - t_total, 3)}
+
+            result.files = _write_outputs(result, out_dir, spool, kind=kind, timing=timing)
+            log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
+            result.out_dir = out_dir
     return result
 
 
@@ -393,9 +426,8 @@ class _Spool:
         if self.out_dir is None:
             return None
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out_dir.name}.", suffix=f".{name}.tmp", dir=self.out_dir.parent)
-        os.close(fd)
-        self.files[name] = Path(tmp)
+        # named as recsys names its temporary files, so a killed run's leftovers are cleaned up
+        self.files[name] = temp_path(self.out_dir, "tmp", "." + name.replace(".", "-"))
         return self.files[name]
 
     def move_into(self, directory: Path) -> list[str]:
@@ -415,16 +447,20 @@ class _Spool:
                 path.unlink()
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace a directory that is not a previous recsys run (it would be lost)."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ConfigError(f"--out {out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not (out_dir / "run.json").is_file():
-            raise ConfigError(
-                f"--out {out_dir} exists, is not empty and is not a recsys run directory; "
-                "choose another --out (recsys replaces its output directory as a whole)"
-            )
+#: Where ``recsys train`` writes when no ``out`` is given (never where a full run's output is).
+TRAIN_OUT = "recsys-train"
+#: Seconds between "still running" lines of a long stage when the output is not a terminal.
+HEARTBEAT_SECONDS = 10.0
+#: Which earlier outputs a writer may replace: a full run replaces a run or a train output; a
+#: train output replaces only a train output (it would lose a run's report and recommendations).
+_REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",), "recsys.eda": ("recsys.eda",)}
+
+
+def _check_out_dir(out_dir: Path, kind: str = "recsys.run") -> None:
+    """Refuse, before any work, an ``out`` that the outputs may not replace (see
+    :func:`recsys._io.check_replaceable`): a file, a folder with anything recsys did not write,
+    the current folder, or a full run's output for ``recsys train``."""
+    check_replaceable(out_dir, kind, _REPLACES[kind])
 
 
 def _run_stages(
@@ -437,7 +473,6 @@ def _run_stages(
         test_frame = None
         if cfg.data.test_path:
             test_frame, _ = load_ratings(cfg.data.test_path, cfg.data.format, **cfg.data.mapping())
-        log.info("loaded %s", report.summary())
     with timer("explore"):
         exploration = explore_mod.explore(frame, report)
     with timer("prepare"):
@@ -615,14 +650,20 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _write_outputs(result: RunResult, out_dir: Path, spool: _Spool) -> dict[str, Any]:
-    """Write every output into a temporary directory that then replaces ``out_dir``."""
+def _write_outputs(
+    result: RunResult, out_dir: Path, spool: _Spool, *, kind: str = "recsys.run",
+    timing: Callable[[], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Write every output into a temporary folder that then replaces ``out_dir`` (only if it
+    holds an earlier output ``kind`` may replace; see :mod:`recsys._io`); the recommendation
+    lists spooled during the run are moved in. ``metrics.json`` is written last, with
+    ``timing()`` (the stage times up to that moment)."""
     from .report import write_report
 
     cfg = result.config
     prepared = result.prepared
     files: dict[str, Any] = {}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=kind, replaces=_REPLACES[kind]) as tmp:
         (tmp / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
         files["config"] = "config.toml"
         rec = result.recommender
@@ -648,8 +689,7 @@ def _write_outputs(result: RunResult, out_dir: Path, spool: _Spool) -> dict[str,
             (tmp / "samples.json").write_text(to_json(result.samples) + "\n", encoding="utf-8")
             write_report(result, tmp / "report.html", plot_dir=plot_dir)
             files["report"] = "report.html"
-        (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
-        files["metrics"] = "metrics.json"
+        files["metrics"] = "metrics.json"  # written last, below
         run_info = {
             "format": RUN_FORMAT,
             "format_version": RUN_FORMAT_VERSION,
@@ -667,6 +707,9 @@ def _write_outputs(result: RunResult, out_dir: Path, spool: _Spool) -> dict[str,
             "files": files,
         }
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
+        if timing is not None:
+            result.metrics["timing"] = timing()
+        (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
     return files
 
 
@@ -689,11 +732,10 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
     overrides.setdefault("out", "recsys-eda")
     cfg = _resolve(config, overrides)
     out_dir = Path(cfg.out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "exploration.json").is_file():
-        raise ConfigError(f"--out {out_dir} exists, is not empty and is not a recsys output directory; choose another --out")
+    _check_out_dir(out_dir, "recsys.eda")
     frame, report, label = load_input(cfg.data, cfg.seed)
     exploration = explore_mod.explore(frame, report)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="recsys.eda", replaces=_REPLACES["recsys.eda"]) as tmp:
         paths = plots.plot_exploration(exploration, frame, tmp / "plots", item_label="video")
         doc = {"source": label, "load": report.to_dict(), "exploration": exploration.to_dict()}
         (tmp / "exploration.json").write_text(to_json(doc) + "\n", encoding="utf-8")
@@ -703,7 +745,9 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
 
 def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Re-evaluate a saved run's models on its saved test split: rating metrics for the
-    regressor and classifier, ranking metrics for the recommending model."""
+    regressor and classifier, ranking metrics for the recommending model, and ``warnings``
+    (:func:`metric_warnings`). A damaged run raises :class:`~recsys.errors.ModelFormatError`
+    naming the file."""
     from .saved_run import SavedRun
 
     saved = SavedRun(run_dir)
@@ -714,7 +758,7 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
 
     Xte = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
     out: dict[str, Any] = {}
-    models = {p.name for p in (saved.path / "models").iterdir()}
+    models = saved.model_names
     if "regressor" in models:
         reg = saved.model("regressor")
         out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(Xte), train[RATING].to_numpy(),
@@ -728,4 +772,5 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
     prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
     out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])
+    out["warnings"] = metric_warnings({"data": {"test_rows": len(test)}, **out}, n_items=n_items)
     return out

@@ -17,7 +17,7 @@ body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Ar
      color:#222;background:#f6f7f9;line-height:1.45}
 header{background:#1f2d3d;color:#fff;padding:22px 36px}
 header h1{margin:0 0 4px;font-size:24px} header p{margin:0;color:#c9d3dd;font-size:14px}
-main{max-width:1180px;margin:0 auto;padding:20px 28px 60px}
+main{max-width:1640px;margin:0 auto;padding:20px 28px 60px}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:18px 24px;margin:18px 0}
 h2{font-size:19px;margin:0 0 12px;border-bottom:1px solid #eee;padding-bottom:6px}
 h3{font-size:15px;margin:16px 0 8px}
@@ -25,8 +25,11 @@ table{border-collapse:collapse;font-size:13.5px;margin:6px 0 12px}
 th,td{padding:5px 10px;border-bottom:1px solid #eceff3;text-align:left;vertical-align:top}
 th{background:#f1f4f8;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .better{color:#1a7f37;font-weight:600} .worse{color:#b42318;font-weight:600}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:14px}
-.grid img,.plot{width:100%;max-width:640px;height:auto;border:1px solid #eee;border-radius:4px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,480px),1fr));gap:14px}
+.plots{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.plot{display:block;max-width:100%;height:auto;border:1px solid #eee;border-radius:4px}
+.warnings{background:#fff7e6;border-left:4px solid #d97706}
+.warnings li{margin:4px 0}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:6px}
 .card{background:#f1f4f8;border-radius:6px;padding:10px 14px;min-width:150px}
 .card b{display:block;font-size:20px} .card span{font-size:12px;color:#555}
@@ -49,8 +52,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if value != value:  # NaN
-            return "–"
+        if value != value:  # NaN: undefined on this test set (the warnings say why)
+            return "n/a"
         return f"{value:,.{digits}f}" if abs(value) < 1e6 else f"{value:,.0f}"
     return _e(value)
 
@@ -75,6 +78,8 @@ def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1) -> 
 
 
 def _vs(model: float, baseline: float, higher_is_better: bool) -> str:
+    if model != model or baseline != baseline:  # NaN: neither better nor worse
+        return _Raw(_fmt(model))
     better = model > baseline if higher_is_better else model < baseline
     cls = "better" if better else "worse"
     return _Raw(f'<span class="{cls}">{_fmt(model)}</span>')
@@ -100,6 +105,9 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
     d = m["data"]
     ex = result.exploration
     parts: list[str] = []
+    if m.get("warnings"):
+        parts.append('<section class="warnings"><h2>Warnings: read these before the figures</h2><ul>'
+                     + "".join(f"<li>{_e(w)}</li>" for w in m["warnings"]) + "</ul></section>")  # fmt: skip
     parts.append(
         "<section><h2>Dataset</h2>"
         + _cards([
@@ -135,8 +143,9 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         parts[-1] += "<h3>Ratings before and after preparation</h3>" + _table(
             ["stars", "before", "after"], [[s, before.get(s, 0), after.get(s, 0)] for s in stars]
         )
+    parts[-1] += "</section>"
     parts.append(
-        '<section><h2>Exploration</h2><div class="grid">'
+        '<section><h2>Exploration</h2><div class="plots">'
         + plot("rating_distribution.png", "rating distribution")
         + plot("reviews_by_month.png", "reviews by month")
         + plot("reviews_by_year.png", "reviews by year")
@@ -161,7 +170,7 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         + _table(["metric", "FM", "baseline"], reg_rows)
         + f'<p class="muted">Sanity check: predictions range from {p["min"]:.3f} to {p["max"]:.3f} '
         f"(mean {p['mean']:.3f}); {p.get('outside_valid_range', 0):,} outside the rating scale.</p>"
-        + '<div class="grid">' + plot("regressor_predictions.png", "regressor predictions") + "</div></section>"
+        + '<div class="plots">' + plot("regressor_predictions.png", "regressor predictions") + "</div></section>"
     )
     c = m["classifier"]
     parts.append(
@@ -175,7 +184,7 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         + _table(["always predict 5★", "accuracy", "precision", "recall", "F1"],
                  [["baseline", c["always1_accuracy"], c["always1_precision"], c["always1_recall"], c["always1_f1"]],
                   ["FM", c["accuracy"], c["precision"], c["recall"], c["f1"]]])  # fmt: skip
-        + '<div class="grid">' + plot("confusion_matrix.png", "confusion matrix")
+        + '<div class="plots">' + plot("confusion_matrix.png", "confusion matrix")
         + plot("classifier_probabilities.png", "classifier probabilities") + "</div></section>"
     )
     k = m["ranking"]
@@ -215,7 +224,7 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         "ranked, and HR@K counts how often the hidden one is in the top K. Already-rated videos are "
         f"{'excluded' if cfg.recommend.exclude_seen else 'not excluded'}.</p>"
         + _table(["metric", "FM + k-NN", "popularity"], rank_rows) + extra
-        + '<div class="grid">' + plot("ranking_metrics.png", "ranking metrics")
+        + '<div class="plots">' + plot("ranking_metrics.png", "ranking metrics")
         + "".join(plot(f"score_scatter_{n}.png", f"score scatter {n}") for n in views if n != "top_k_overlap")
         + "</div>" + view_text + "</section>"
     )

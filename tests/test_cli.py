@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,31 +12,15 @@ import pytest
 from recsys.cli import main
 from recsys.config import config_from_dict, load_config
 from recsys.data.schema import ITEM, USER
+from tests.cli_helpers import run_cli
 
 K = 100
 TINY = ["--preset", "tiny", "-q"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 @pytest.fixture(autouse=True)
 def _cache(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
     monkeypatch.setenv("RECSYS_CACHE_DIR", str(cache_dir))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RECSYS_CACHE_DIR", str(cache_dir))
-    try:
-        assert main(["run", *TINY, "--out", str(out)]) == 0
-    finally:
-        mp.undo()
-    return out
 
 
 def _metrics(out: Path) -> dict:
@@ -268,13 +250,6 @@ def test_config_files_toml_and_yaml(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # user mistakes: one line, non-zero exit, no traceback (unless --debug), nothing half-written
 # ---------------------------------------------------------------------------------------------
-def _cli(*args: str, env_cache: Path) -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = dict(os.environ, RECSYS_CACHE_DIR=str(env_cache))
-    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], capture_output=True, text=True, env=env, timeout=300)
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -284,14 +259,19 @@ def _cli(*args: str, env_cache: Path) -> subprocess.CompletedProcess[str]:
         (["run", "--config", "{tmp}/missing.toml"], "config file not found"),
         (["run", *TINY, "--min-customer-ratings", "100000"], "min-customer-ratings"),
         (["recommend", "--run", "{tmp}", "--customer-id", "1"], "not a recsys run directory"),
+        (["run", "--config", "{tmp}/latin1.toml"], "is not UTF-8 text (line 2"),
+        (["run", *TINY, "--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+        (["run", "--preset", "full", "--data", "{tmp}/bad.tsv"], "--preset chooses a built-in dataset"),
+        (["eda", "--out", "{tmp}/bad.tsv", *TINY], "is a file, not a folder"),
     ],
 )
 def test_user_mistakes_give_one_line_errors(tmp_path: Path, cache_dir: Path, args: list[str], needle: str) -> None:
     (tmp_path / "bad.tsv").write_text("a\tb\tc\n1\t2\t3\n")
     (tmp_path / "bad.toml").write_text("[regressor]\nepochz = 3\n")
+    (tmp_path / "latin1.toml").write_bytes("seed = 1\n# réglages\n".encode("latin-1"))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "out")] if args[0] == "run" else \
         [a.replace("{tmp}", str(tmp_path)) for a in args]  # fmt: skip
-    proc = _cli(*args, env_cache=cache_dir)
+    proc = run_cli(*args, cache=cache_dir)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -301,12 +281,12 @@ def test_user_mistakes_give_one_line_errors(tmp_path: Path, cache_dir: Path, arg
 
 def test_bad_config_key_names_the_valid_ones(tmp_path: Path, cache_dir: Path) -> None:
     (tmp_path / "bad.toml").write_text("[regressor]\nepochz = 3\n")
-    proc = _cli("run", "--config", str(tmp_path / "bad.toml"), env_cache=cache_dir)
+    proc = run_cli("run", "--config", str(tmp_path / "bad.toml"), cache=cache_dir)
     assert "valid keys" in proc.stderr and "epochs" in proc.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, cache_dir: Path) -> None:
-    proc = _cli("run", "--data", "/no/such/file.tsv", "--debug", env_cache=cache_dir)
+    proc = run_cli("run", "--data", "/no/such/file.tsv", "--debug", cache=cache_dir)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -333,3 +313,170 @@ def test_interrupt_leaves_previous_outputs_untouched(tiny_run: Path, tmp_path: P
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "temporary files left behind"
+
+
+def test_an_unexpected_failure_is_one_line_without_its_message(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A bug (not a user mistake) exits with 1 and names where, not the message (it may quote data)."""
+    import recsys.pipeline
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise KeyError("first line of somebody's file")
+
+    monkeypatch.setattr(recsys.pipeline, "run", broken)
+    assert main(["run", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: KeyError in test_cli.py:") and "somebody" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# help and output texts
+# ---------------------------------------------------------------------------------------------
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def test_help_lists_only_the_options_a_command_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    train = _help("train", capsys)
+    assert "(default recsys-train)" in train and "No k-NN" in train
+    for unused in ("-k N", "--csv"):
+        assert unused not in train
+    assert "--test-data" not in _help("eda", capsys)
+    for command in ("evaluate", "recommend"):
+        assert "a folder written by `recsys run`" in _help(command, capsys)
+
+
+def test_evaluate_prints_a_table_of_the_main_metrics_next_to_their_baselines(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", "--run", str(tiny_run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    m = _metrics(tiny_run)
+    rows = {line.split()[0]: line.split()[1:] for line in out if line.startswith("  ") and line.split()}
+    assert rows["RMSE"] == [f"{m['regressor'][k]:,.4f}" for k in ("test_rmse", "naive_rmse", "item_mean_rmse")]
+    assert rows["accuracy"] == [f"{m['classifier'][k]:,.4f}" for k in ("accuracy", "baseline_accuracy")]
+    assert rows["HR@10"] == [f"{m['ranking'][k]:,.4f}" for k in ("hr@10", "popularity_hr@10")]
+    assert "FM regressor (star rating)" in out and any(line.startswith("recommendations (ranking objective") for line in out)
+    # the tiny catalogue (196 videos) is larger than K = 100: no whole-catalogue warning
+    assert not any(line.startswith("warning: K = 100 is not smaller than the catalogue") for line in out)
+    assert max(len(line) for line in out if not line.startswith("warning")) < 100
+
+
+def test_summary_lines_say_worse_and_n_a_instead_of_negative_better_and_nan() -> None:
+    from recsys.summary import metric_lines, metric_warnings
+
+    reg = {"test_rmse": 2.0, "naive_rmse": 0.6227, "rmse_improvement_over_naive": 1 - 2.0 / 0.6227, "item_mean_rmse": 1.0}
+    clf = {"accuracy": 1.0, "baseline_accuracy": 1.0, "auc": float("nan"), "log_loss": 0.2, "baseline_log_loss": 0.3}
+    lines = metric_lines({"regressor": reg, "classifier": clf})
+    assert "(221.2% worse)" in lines[0] and "AUC n/a," in lines[1]
+    exact = metric_lines({"regressor": {**reg, "naive_rmse": 0.0, "rmse_improvement_over_naive": 0.0}})
+    assert "vs naive 0.0000 (n/a)" in exact[0]
+    warnings = metric_warnings({"data": {"test_rows": 1}, "classifier": clf}, n_items=5)
+    assert warnings[0].startswith("only 1 held-out rating:") and "AUC is undefined (n/a)" in warnings[1]
+    assert metric_warnings({"data": {"test_rows": 30}, "classifier": {**clf, "auc": 0.7}}) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# logs: one line per event, stage times, -q
+# ---------------------------------------------------------------------------------------------
+def test_logs_have_one_line_per_event_and_stage_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if lines.count(line) > 1] == []
+    assert sum(line.startswith("read 36,000 rows") for line in lines) == 1
+    stages = [line for line in lines if line.startswith("stage: ") and not line.endswith("so far")]
+    names = [re.fullmatch(r"stage: (.+) \.\.\. \d+\.\d s", line).group(1) for line in stages]  # type: ignore[union-attr]
+    assert names[:5] == ["load", "explore", "prepare", "fm regressor", "fm classifier"] and names[-1] == "write outputs"
+    assert main(["run", "--preset", "tiny", "-q", "--out", str(tmp_path / "b")]) == 0
+    quiet = capsys.readouterr()
+    kept = quiet.err.splitlines()
+    # -q keeps the warnings (the built-in file has malformed lines on purpose) and drops the rest
+    assert kept and len(kept) < len(lines) and all("malformed" in line or "invalid UTF-8" in line for line in kept)
+    assert quiet.out.startswith("data: ")
+
+
+def test_a_long_stage_reports_progress_when_nothing_else_does() -> None:
+    """The heartbeat of a stage (used when stderr is not a terminal): waits for its line."""
+    import logging
+    import threading
+
+    from recsys.pipeline import _Timer
+
+    seen = threading.Event()
+    lines: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if "so far" in record.getMessage():
+                seen.set()
+
+    logger = logging.getLogger("recsys")
+    handler, level = Catch(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        timer = _Timer(heartbeat=0.05)
+        with timer("slow stage"):
+            assert seen.wait(60)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert lines[0].startswith("stage: slow stage ... ") and lines[0].endswith(" s so far")
+    assert lines[-1].startswith("stage: slow stage ... ") and timer.seconds["slow stage"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# small data
+# ---------------------------------------------------------------------------------------------
+def _small_sample(path: Path, customers: int, per_customer: int, singles: int = 0) -> Path:
+    """A real-looking Amazon TSV: ``customers`` customers with ``per_customer`` reviews each and
+    ``singles`` customers with one."""
+    from recsys.data.synthetic import generate_reviews, write_reviews_tsv
+
+    frame = generate_reviews("tiny", 0)
+    counts = frame.groupby("customer_id").size()
+    many = counts[counts >= per_customer].index[:customers]
+    one = counts.index.difference(many)[:singles]
+    rows = [frame[frame["customer_id"] == c].head(per_customer) for c in many] + [frame[frame["customer_id"] == c].head(1) for c in one]
+    write_reviews_tsv(pd.concat(rows), path, malformed=0, non_utf8=0)
+    return path
+
+
+SMALL = ["--min-customer-ratings", "1", "--min-product-ratings", "1", "-q"]
+
+
+def test_the_ranking_objective_trains_on_small_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """49 reviews, 24 customers with 2 and one with 1: each customer's latest rating is held out,
+    so no one has two training ratings to stop early on."""
+    data = _small_sample(tmp_path / "small.tsv", 24, 2, singles=1)
+    assert main(["run", "--data", str(data), "--out", str(tmp_path / "out"), *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "no validation rows to stop early on; training all 30 epochs" in captured.err
+    m = _metrics(tmp_path / "out")
+    n = m["data"]["test_rows"]
+    assert 20 <= n <= 24 and m["ranking"]["objective"] == "ranking" and m["ranking"]["test_rows"] == n
+    assert (tmp_path / "out" / "models" / "ranking" / "params.npz").is_file()
+    assert any(w.startswith(f"only {n} held-out ratings") for w in m["warnings"])
+
+
+def test_metrics_on_one_held_out_row_come_with_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _small_sample(tmp_path / "small.tsv", 1, 2, singles=3)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(data), "--out", str(out), "--objective", "classifier", *SMALL]) == 0
+    stdout = capsys.readouterr().out
+    m = _metrics(out)
+    assert m["data"]["test_rows"] == 1 and np.isnan(m["classifier"]["auc"])
+    expected = ["only 1 held-out rating: the test metrics measure next to nothing",
+                "AUC is undefined (n/a): the held-out ratings are all in one class"]  # fmt: skip
+    html = (out / "report.html").read_text()
+    for needle in expected:
+        assert any(needle in w for w in m["warnings"])
+        assert any(line.startswith("warning: ") and needle in line for line in stdout.splitlines())
+        assert needle in html
+    assert "nan" not in stdout.lower() and "AUC n/a" in stdout
+    assert "% better" not in stdout or "-" not in stdout.split("% better")[0].split("(")[-1]

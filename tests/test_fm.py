@@ -1120,7 +1120,7 @@ def saved_fm(tmp_path: Path) -> tuple[FittedFM, Path]:
 
 def test_save_load_round_trip_is_exact(saved_fm):
     fm, path = saved_fm
-    assert sorted(os.listdir(path)) == ["config.json", "params.npz"]
+    assert sorted(os.listdir(path)) == [".recsys", "config.json", "params.npz"]  # .recsys: recsys._io's marker
     loaded = FittedFM.load(path)
     assert _same(fm, loaded)
     assert loaded.predictor_type == fm.predictor_type

@@ -220,7 +220,7 @@ def test_save_load_round_trip(data, tmp_path, params):
     index = FaissIndex.build(x, params)
     before = index.search(q, 10)
     path = index.save(tmp_path / "knn")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "index.faiss"]
+    assert sorted(p.name for p in path.iterdir()) == [".recsys", "config.json", "index.faiss"]
     loaded = FaissIndex.load(path)
     assert loaded.params == index.params
     assert (loaded.metric, loaded.ntotal, loaded.dim) == (index.metric, index.ntotal, index.dim)

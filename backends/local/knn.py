@@ -88,8 +88,9 @@ class FaissIndex(KNNIndex):
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/`` with ``index.faiss`` (``faiss.write_index``) and ``config.json``."""
         path = Path(path)
-        with atomic_dir(path) as tmp:
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
+        with atomic_dir(path, kind=KNN_FORMAT) as tmp:
+            with open(tmp / "index.faiss", "wb") as fh:  # Python's writes report a full disk as OSError
+                fh.write(memoryview(faiss.serialize_index(self.index)))
             meta = {"format": KNN_FORMAT, "format_version": KNN_FORMAT_VERSION, "params": self.params.to_dict()}
             (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return path
