@@ -461,6 +461,17 @@ def test_half_sent_bodies_are_cut_off(small_server, path):
     assert httpx.get(small_server.url + "/ping").status_code == 200
 
 
+def test_half_sent_request_heads_are_cut_off(run_dir):
+    """A client that sends half a request head (and one that sends nothing) is disconnected
+    after keep_alive_timeout; a keep-alive connection still serves several requests."""
+    app = create_app(run_dir, ServingConfig(keep_alive_timeout=0.5))
+    with BackgroundServer(app) as srv:
+        assert raw_exchange(srv.port, b"POST /invocations HTTP/1.1\r\nHost: x\r\n") == (b"", b"")
+        assert raw_exchange(srv.port, b"") == (b"", b"")
+        with httpx.Client(base_url=srv.url) as http:
+            assert [http.get("/ping").status_code for _ in range(3)] == [200] * 3
+
+
 def test_random_garbage_never_yields_a_5xx(http):
     rng = np.random.default_rng(0)
     valid = body_of(sparse_instances(sp.random(3, 240, density=0.02, format="csr", random_state=0)))

@@ -49,7 +49,8 @@ class ServingConfig:
         Open connections plus requests in progress beyond which new requests get 503
         (uvicorn's ``limit_concurrency``).
     keep_alive_timeout : float
-        Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``).
+        Seconds a connection may stay idle, or spend sending a request head, before it is
+        closed (uvicorn's ``timeout_keep_alive``; default 5).
     reload_root : path, optional
         The folder under which ``POST /reload`` may load a run named by the client
         (``{"model_dir": "name/below/root"}``). Without it the client cannot name a path: a

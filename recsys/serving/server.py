@@ -3,9 +3,10 @@ server for tests and notebooks.
 
 :func:`serve` checks every option (port range, a resolvable host, a free port, the limits of
 :class:`ServingConfig`) before loading anything and raises :class:`~recsys.errors.ConfigError`
-for a bad one, which ``recsys serve`` prints as a one-line error. uvicorn closes idle
-keep-alive connections after ``keep_alive_timeout`` and answers 503 beyond
-``max_connections``; the app cuts off bodies that do not arrive within ``body_timeout``.
+for a bad one, which ``recsys serve`` prints as a one-line error. A connection must send each
+request head within ``keep_alive_timeout`` (:class:`HeaderDeadlineH11`; idle keep-alive
+connections close then too) and its body within ``body_timeout`` (the app's middleware), and
+requests beyond ``max_connections`` get 503.
 :func:`limit_threads` keeps BLAS/OpenMP/FAISS/torch to one thread per request so that
 concurrent requests do not oversubscribe the cores.
 """
@@ -26,6 +27,9 @@ from typing import Any
 from recsys.errors import BackendError, ConfigError, require
 
 from .config import ServingConfig
+
+require("uvicorn", "serve")
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 __all__ = ["serve", "app_from_env", "limit_threads", "BackgroundServer"]
 
@@ -57,6 +61,35 @@ def limit_threads(n: int = 1) -> None:
         pass
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+
+
+class HeaderDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers: a connection that has not
+    sent a whole request head within ``timeout_keep_alive`` seconds of opening (or of its last
+    response) is closed. uvicorn's own keep-alive timer stops at the first byte, so a client
+    trickling half a head would otherwise hold its connection for ever."""
+
+    def _arm(self) -> None:
+        self._idle_cycle = self.cycle
+        self._head_deadline = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+    def _head_late(self) -> None:
+        no_new_request = self.cycle is self._idle_cycle and (self.cycle is None or self.cycle.response_complete)
+        if no_new_request and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        self._head_deadline.cancel()
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline.cancel()
+        super().connection_lost(exc)
 
 
 def _check_address(host: Any, port: Any) -> None:
@@ -163,7 +196,8 @@ def _uvicorn_config(app: Any, config: ServingConfig, host: str, port: int, log_l
     level = log_level.lower()
     return uvicorn.Config(
         app, host=host, port=port, log_level=level, access_log=level in ("debug", "trace", "info"),
-        timeout_keep_alive=config.keep_alive_timeout, limit_concurrency=config.max_connections, **extra,
+        http=HeaderDeadlineH11, timeout_keep_alive=config.keep_alive_timeout,
+        limit_concurrency=config.max_connections, **extra,
     )  # fmt: skip
 
 
