@@ -165,22 +165,12 @@ class ServedRun:
     def identity(self) -> dict[str, Any]:
         info = self.saved.info
         return {
-            "run_id": info.get("run_id"),
-            "run_name": self.name,
-            "created": info.get("created"),
-            "backend": info.get("backend"),
-            "objective": info.get("objective"),
-            "model": self.model_name,
-            "predictor_type": self.fm.predictor_type,
-            "feature_dim": self.fm.feature_dim,
-            "num_factors": self.fm.num_factors,
-            "recommender_model": info.get("recommender_model"),
-            "n_customers": len(self.customers.values),
-            "n_products": len(self.products.values),
-            "recsys_version": info.get("recsys_version"),
-            "loaded_at": self.loaded_at,
-            "load_seconds": self.load_seconds,
-        }
+            **{key: info.get(key) for key in ("run_id", "created", "backend", "objective", "recommender_model", "recsys_version")},
+            "run_name": self.name, "model": self.model_name, "predictor_type": self.fm.predictor_type,
+            "feature_dim": self.fm.feature_dim, "num_factors": self.fm.num_factors,
+            "n_customers": len(self.customers.values), "n_products": len(self.products.values),
+            "loaded_at": self.loaded_at, "load_seconds": self.load_seconds,
+        }  # fmt: skip
 
     # ---- answers -------------------------------------------------------------------------
     def _items(self, ids: np.ndarray, values: np.ndarray, field: str = "score") -> list[dict[str, Any]]:
