@@ -173,12 +173,11 @@ class ServedRun:
         }  # fmt: skip
 
     # ---- answers -------------------------------------------------------------------------
-    def _items(self, ids: np.ndarray, values: np.ndarray, field: str = "score") -> list[dict[str, Any]]:
+    def _items(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         pids, titles = self.products.values, self.product_titles
-        extra = {} if field == "score" else {"score": None}
         return [
-            {"rank": r, "product_id": pids[i], "product_title": titles[i], **extra, field: v}
-            for r, (i, v) in enumerate(zip(ids.tolist(), values.tolist(), strict=True), 1)
+            {"rank": r, "product_id": pids[i], "product_title": titles[i], "score": s}
+            for r, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1)
         ]
 
     def recommendations(self, customer_id: str, k: int, exclude_seen: bool) -> dict[str, Any]:
@@ -191,7 +190,9 @@ class ServedRun:
             except BackendError as exc:  # an index built for fewer neighbours than k needs
                 raise RequestError(422, "k_too_large", str(exc)) from None
         else:
-            items = self._items(*self.recommender.popular(k), field="popularity")
+            items = self._items(*self.recommender.popular(k))
+            for item in items:  # a count is not a model score
+                item["score"], item["popularity"] = None, item["score"]
         return {"customer_id": cid, "fallback": u < 0, "k": k, "exclude_seen": exclude_seen, "recommendations": items}
 
     def similar(self, product_id: str, k: int) -> dict[str, Any]:
