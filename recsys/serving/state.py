@@ -101,7 +101,8 @@ class _Ids:
             422 when the run's ids are integers and ``text`` is not one.
         """
         if not self.integer:
-            return text, self._position.get(text, -1)
+            position = self._position.get(text, -1)
+            return (self.values[position] if position >= 0 else text), position
         value = int(text) if _INTEGER.fullmatch(text) else None
         if value is None or not _INT64[0] <= value < _INT64[1]:
             raise RequestError(
