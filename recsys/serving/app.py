@@ -22,7 +22,7 @@ Endpoints
 ``POST /reload``
     Re-read the served run directory fully, then swap it in; requests in flight finish on the
     model they started with. SIGHUP does the same. ``{"model_dir": NAME}`` loads another run,
-    only when the server was started with a reload root (``--reload-root DIR``) and NAME lies
+    only when the server was started with a reload root (``reload_root``) and NAME lies
     below it (403 otherwise); ``{"model": ...}`` switches the ``/invocations`` FM. A failed
     reload keeps the old model and answers 422 without absolute paths.
 
@@ -33,7 +33,8 @@ product), 405, 406 (``Accept``), 408 (the body did not arrive within ``body_time
 streams in -- or more than ``max_instances`` rows), 415 (``Content-Type``), 422 (bad query
 parameters or ids, a score that overflows, a failed reload). Answers never hold NaN or
 Infinity. An unexpected failure is a 500 whose body names no exception or path (the server
-log has them).
+log has them). Beyond ``max_connections`` uvicorn answers 503, and a connection that does not
+send a request head within ``keep_alive_timeout`` is closed (:mod:`recsys.serving.server`).
 
 Heavy work (decoding, FM scoring, k-NN search) runs in the threadpool, never on the event loop.
 """
