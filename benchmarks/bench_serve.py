@@ -130,12 +130,8 @@ def recommendation_requests(
     rng: np.random.Generator, n: int, customers: list[str], unknown: float, k: int
 ) -> list[Request]:
     out = []
-    for i in range(n):
-        cid = (
-            f"unknown-{i}"
-            if rng.random() < unknown
-            else customers[int(rng.integers(0, len(customers)))]
-        )
+    for i in range(n):  # unknown ids: integers no run holds (a run's integer ids are int64)
+        cid = str(2**62 + i) if rng.random() < unknown else customers[int(rng.integers(0, len(customers)))]
         out.append(("GET", f"/recommendations/{cid}?k={k}", None, {}))
     return out
 
@@ -399,7 +395,10 @@ def in_process_peer(
     """CPU per call, in this process, of what ``/recommendations`` does (index-level
     ``Recommender.recommend`` + id/title arrays + JSON) against the DataFrame path it avoids
     (``Recommender.recommendations`` for one customer + ``to_dict`` + JSON)."""
-    from recsys.serving.app import ServedRun, _dumps, limit_threads
+    from starlette.responses import JSONResponse
+
+    from recsys.serving.server import limit_threads
+    from recsys.serving.state import ServedRun
 
     limit_threads()
     served = ServedRun(run_dir)
@@ -408,7 +407,7 @@ def in_process_peer(
     ids = [customers[int(i)] for i in rng.integers(0, len(customers), n)]
 
     def fast(cid: str) -> bytes:
-        return _dumps(served.recommendations(cid, k, True))
+        return JSONResponse(served.recommendations(cid, k, True)).body
 
     def frame(cid: str) -> bytes:
         return json.dumps(
@@ -471,67 +470,25 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--run-dir",
-        type=Path,
-        default=Path("/tmp/bench-run"),
-        help="output of `recsys run` (default /tmp/bench-run)",
-    )
-    p.add_argument(
-        "--model",
-        default="classifier",
-        choices=("regressor", "classifier", "ranking"),
-        help="FM for /invocations",
-    )
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
-    p.add_argument(
-        "--rate", type=float, default=FLOOR_RATE, help="offered requests/s (default 200)"
-    )
-    p.add_argument(
-        "--requests", type=int, default=3000, help="requests per scenario (default 3000)"
-    )
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="runs of the /recommendations floor scenario (default 3)",
-    )
-    p.add_argument("--k", type=int, default=10, help="k of /recommendations (default 10)")
-    p.add_argument(
-        "--unknown-fraction",
-        type=float,
-        default=0.1,
-        help="share of unknown customers (default 0.1)",
-    )
-    p.add_argument(
-        "--batch-rows",
-        type=int,
-        default=100,
-        help="rows per batch /invocations request (default 100)",
-    )
-    p.add_argument(
-        "--batch-rate", type=float, default=50.0, help="offered batch requests/s (default 50)"
-    )
-    p.add_argument("--max-rates", default="200,300,400,500,600,800,1000",
-                   help="rates tried for the max sustainable /recommendations rate (comma-separated)")  # fmt: skip
-    p.add_argument(
-        "--max-rate-seconds",
-        type=float,
-        default=5.0,
-        help="seconds of load per max-rate step (default 5)",
-    )
-    p.add_argument(
-        "--connections", type=int, default=256, help="client connection pool size (default 256)"
-    )
-    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=DEFAULT_JSON,
-        help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})",
-    )
-    p.add_argument("--skip-max-rate", action="store_true", help="skip the max-rate search")
+    add = p.add_argument
+    add("--run-dir", type=Path, default=Path("/tmp/bench-run"), help="output of `recsys run` (default /tmp/bench-run)")
+    add("--model", default="classifier", choices=("regressor", "classifier", "ranking"), help="FM for /invocations")
+    add("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    add("--rate", type=float, default=FLOOR_RATE, help="offered requests/s (default 200)")
+    add("--requests", type=int, default=3000, help="requests per scenario (default 3000)")
+    add("--repeat", type=int, default=3, help="runs of the /recommendations floor scenario (default 3)")
+    add("--k", type=int, default=10, help="k of /recommendations (default 10)")
+    add("--unknown-fraction", type=float, default=0.1, help="share of unknown customers (default 0.1)")
+    add("--batch-rows", type=int, default=100, help="rows per batch /invocations request (default 100)")
+    add("--batch-rate", type=float, default=50.0, help="offered batch requests/s (default 50)")
+    add("--max-rates", default="200,300,400,500,600,800,1000",
+        help="rates tried for the max sustainable /recommendations rate (comma-separated)")  # fmt: skip
+    add("--max-rate-seconds", type=float, default=5.0, help="seconds of load per max-rate step (default 5)")
+    add("--connections", type=int, default=256, help="client connection pool size (default 256)")
+    add("--timeout", type=float, default=30.0, help="per-request timeout, s")
+    add("--seed", type=int, default=0)
+    add("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})")
+    add("--skip-max-rate", action="store_true", help="skip the max-rate search")
     return p.parse_args(argv)
 
 

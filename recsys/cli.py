@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--max-body-bytes", type=int, default=6 * 1024 * 1024, metavar="N",
                    help="largest request body; bigger ones get 413 (default 6 MB, SageMaker's limit)")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a request body must arrive whole within this long, else 408 (default 10)")  # fmt: skip
+    p.add_argument("--reload-root", metavar="DIR", default=None,
+                   help="let POST /reload load another run folder, only below DIR (default: only the served one)")  # fmt: skip
     return parser
 
 
@@ -242,7 +246,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
     serve(args.run_dir, host=args.host, port=args.port, model=args.model, workers=args.workers,
-          log_level="warning" if args.quiet else "info", max_body_bytes=args.max_body_bytes)  # fmt: skip
+          log_level="warning" if args.quiet else "info", max_body_bytes=args.max_body_bytes,
+          body_timeout=args.body_timeout, reload_root=args.reload_root)  # fmt: skip
     return 0
 
 

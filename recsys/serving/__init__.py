@@ -2,9 +2,13 @@
 
 * :mod:`recsys.serving.protocol` -- the FM inference JSON (SageMaker's built-in FM protocol),
   encoded and decoded once for the service, its clients and the SageMaker endpoint client;
-* :mod:`recsys.serving.app` -- the FastAPI service (``recsys serve``): ``/ping``,
-  ``/healthz``, ``/invocations``, ``/recommendations/{customer_id}``,
-  ``/similar/{product_id}``, ``/reload``;
+* :mod:`recsys.serving.config` -- :class:`ServingConfig`, the service's options and limits;
+* :mod:`recsys.serving.state` -- the loaded run (the only caller of the ``Recommender``) and
+  its reload;
+* :mod:`recsys.serving.app` -- the FastAPI app: ``/ping``, ``/healthz``, ``/invocations``,
+  ``/recommendations/{customer_id}``, ``/similar/{product_id}``, ``/reload``;
+* :mod:`recsys.serving.server` -- :func:`serve` (``recsys serve``) and
+  :class:`BackgroundServer`;
 * :mod:`recsys.serving.client` -- :class:`RecsysPredictor` (this service) and
   :class:`SageMakerPredictor` (a real SageMaker endpoint), with the SageMaker SDK's
   ``predict`` shape.
@@ -15,7 +19,6 @@ FastAPI and uvicorn (the ``serve`` extra) are imported only when the service is 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 __all__ = [
@@ -29,29 +32,14 @@ __all__ = [
 ]
 
 _LAZY = {
+    "serve": "server",
     "create_app": "app",
-    "ServingConfig": "app",
-    "BackgroundServer": "app",
+    "ServingConfig": "config",
+    "BackgroundServer": "server",
     "RecsysPredictor": "client",
     "SageMakerPredictor": "client",
     "PredictorError": "client",
 }
-
-
-def serve(
-    run_dir: str | os.PathLike,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    model: str | None = None,
-    workers: int = 1,
-    log_level: str = "info",
-    **options: Any,
-) -> None:
-    """Serve a run directory until interrupted (``recsys serve``); see :func:`recsys.serving.app.serve`."""
-    from .app import serve as _serve
-
-    _serve(run_dir, host=host, port=port, model=model, workers=workers, log_level=log_level, **options)
 
 
 def __getattr__(name: str) -> Any:

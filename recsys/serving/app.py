@@ -1,398 +1,162 @@
-"""The recommendation service: a FastAPI app over the outputs of ``recsys run``.
+"""The recommendation service's HTTP face: a FastAPI app over a :class:`ServiceState`.
 
 Endpoints
 ---------
 ``GET /ping``
     SageMaker's health check: 200 ``{"status": "ok"}`` while a model is loaded.
 ``GET /healthz``
-    The served model's identity: run id, created time, backend, model, sizes, load time.
+    The served model's identity: run id, run name (never an absolute path), created time,
+    backend, model, sizes, load time, limits.
 ``POST /invocations``
     SageMaker's built-in FM inference protocol (:mod:`recsys.serving.protocol`), answered
     by the served FM (``--model``; default the run's ``classifier``).
 ``GET /recommendations/{customer_id}?k=10&exclude_seen=true``
-    The top-k videos of a customer (the run's recommending model and k-NN index); unknown
-    customers get the most popular videos with ``"fallback": true``.
+    The top-k videos of a customer (the run's recommending model and k-NN index):
+    ``{"customer_id", "source", "k", "exclude_seen", "recommendations": [{"rank",
+    "product_id", "product_title", "score"}]}``. ``customer_id`` is the id as the run holds it
+    (an integer when the run's ids are integers). ``source`` is ``model`` for the model's
+    customers, ``fold_in`` for customers the long-tail filter kept out of training (their
+    vector is folded in from what they watched, :mod:`recsys.fold_in`), ``popularity`` for
+    customers the run knows nothing of: the most popular videos, rows with ``"score": null``
+    and ``"popularity"`` (the number of training ratings), because a count is not a model score.
+``POST /recommendations`` with ``{"recent": [product ids, oldest first], "k": 10}``
+    The same answer (without ``customer_id``) for an anonymous session, folded in from the
+    videos it watched; ids not in the catalogue are listed in ``ignored``.
 ``GET /similar/{product_id}?k=10``
     The k videos most similar to one (cosine of the item vectors).
 ``POST /reload``
-    Load a run directory (the current one, or ``{"model_dir": ..., "model": ...}``) fully,
-    then swap it in; requests in flight finish on the model they started with. SIGHUP does
-    the same for the current directory. A failed reload keeps the old model and answers 422.
+    Re-read the served run directory fully, then swap it in; requests in flight finish on the
+    model they started with. SIGHUP does the same. ``{"model_dir": NAME}`` loads another run,
+    only when the server was started with a reload root (``reload_root``) and NAME lies
+    below it (403 otherwise); ``{"model": ...}`` switches the ``/invocations`` FM. A failed
+    reload keeps the old model and answers 422 without absolute paths.
 
 Every refused request gets a 4xx and a JSON body ``{"error": CODE, "detail": ...}``: 400
-(malformed JSON, bad instances), 404 (unknown route or product), 405, 406 (``Accept``), 413
-(body over ``max_body_bytes`` -- checked against ``Content-Length`` before the body is read and
-while a chunked body streams in -- or more than ``max_instances`` rows), 415
-(``Content-Type``), 422 (bad query parameters, failed reload).
+(malformed JSON or body, bad instances), 403 (a reload path not allowed), 404 (unknown route or
+product), 405, 406 (``Accept``), 408 (the body did not arrive within ``body_timeout``), 413
+(body over ``max_body_bytes`` -- from ``Content-Length`` before the body is read, else as it
+streams in -- or more than ``max_instances`` rows), 415 (``Content-Type``), 422 (bad query
+parameters or ids, a score that overflows, a failed reload). Answers never hold NaN or
+Infinity. An unexpected failure is a 500 whose body names no exception or path (the server
+log has them). Beyond ``max_connections`` uvicorn answers 503, and a connection that does not
+send a request head within ``keep_alive_timeout`` is closed (:mod:`recsys.serving.server`).
 
-Heavy work (decoding, FM scoring, k-NN search) runs in the threadpool, never on the event
-loop. :func:`limit_threads` keeps BLAS/OpenMP/FAISS/torch to one thread per request so that
-concurrent requests do not oversubscribe the cores.
+Heavy work (decoding, FM scoring, k-NN search) runs in the threadpool, never on the event loop.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
-import signal
-import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Literal
 
-import numpy as np
-import scipy.sparse as sp
+from recsys.errors import require
 
-from recsys.errors import BackendError, DataError, require
-from recsys.model import FittedFM
-
-from .protocol import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_INSTANCES,
-    JSON,
-    RequestError,
-    decode_request,
-    encode_predictions,
-    request_media_type,
-    response_media_type,
-)
+from .config import SERVED_MODELS, ServingConfig
+from .protocol import JSON, RequestError, request_media_type, response_media_type
+from .state import ServiceState
 
 # FastAPI resolves the endpoints' annotations in this module's namespace: import it here (this
 # module is only imported to serve), with an error naming the extra when it is missing.
 require("fastapi", "serve")
-from fastapi import FastAPI, Query, Request  # noqa: E402
+from fastapi import Depends, FastAPI, Query, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import Response  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
-from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
-from starlette.requests import ClientDisconnect  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
 
-__all__ = [
-    "ServingConfig",
-    "ServedRun",
-    "ServiceState",
-    "create_app",
-    "app_from_env",
-    "limit_threads",
-    "predict_rows",
-    "serve",
-    "BackgroundServer",
-    "SERVED_MODELS",
-    "DEFAULT_MODEL",
-]
+__all__ = ["create_app"]
 
 log = logging.getLogger("recsys")
 
-SERVED_MODELS = ("regressor", "classifier", "ranking")
-DEFAULT_MODEL = "classifier"
-_RELOAD_BODY_LIMIT = 64 * 1024
-_ENV_PREFIX = "RECSYS_SERVE_"
+
+def _error(status: int, code: str, detail: Any, *, close: bool = False) -> JSONResponse:
+    """The one error body, ``{"error": code, "detail": ...}`` (Starlette's ``JSONResponse``
+    refuses NaN/Infinity)."""
+    return JSONResponse({"error": code, "detail": detail}, status, {"Connection": "close"} if close else None)
 
 
-@dataclass(frozen=True)
-class ServingConfig:
-    """Limits and choices of the service.
+class _BodyLimits:
+    """ASGI middleware: a request body must be at most ``max_bytes`` and arrive whole within
+    ``timeout`` seconds of the headers, or the client gets 413 / 408 and the connection is
+    closed -- so half-sent bodies cannot hold connections open. The body is read here and handed
+    to the app from memory. GET and HEAD pass straight through (no route reads their body)."""
 
-    Parameters
-    ----------
-    model : {"regressor", "classifier", "ranking"}
-        The FM ``/invocations`` serves.
-    max_body_bytes : int
-        Largest request body (default 6 MB, SageMaker's limit).
-    max_instances : int
-        Most rows in one ``/invocations`` request.
-    max_k : int
-        Largest ``k`` of ``/recommendations`` and ``/similar``.
-    """
+    def __init__(self, app: Any, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
-    model: str = DEFAULT_MODEL
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_instances: int = DEFAULT_MAX_INSTANCES
-    max_k: int = 1000
-
-    def validate(self) -> ServingConfig:
-        if self.model not in SERVED_MODELS:
-            raise DataError(f"model must be one of {', '.join(SERVED_MODELS)}, got {self.model!r}")
-        for name in ("max_body_bytes", "max_instances", "max_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DataError(f"{name} must be a positive integer, got {value!r}")
-        return self
-
-
-# ================================================================================================
-# the loaded model: one immutable snapshot, swapped whole on reload
-# ================================================================================================
-def predict_rows(fm: FittedFM, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(scores, predicted_labels)`` of ``fm`` for the rows of ``X`` (labels only for a
-    classifier): :meth:`FittedFM.predict_score` / :meth:`FittedFM.predict`.
-
-    The FM is first restricted to the columns ``X`` uses -- exactly the same arithmetic, but a
-    request touching a handful of features no longer converts the whole factor matrix to
-    float64 (megabytes per request for a large catalogue).
-    """
-    cols = np.unique(X.indices)
-    sub = FittedFM(w0=fm.w0, w=fm.w[cols], V=fm.V[cols], predictor_type=fm.predictor_type)
-    Xs = sp.csr_matrix(
-        (X.data, np.searchsorted(cols, X.indices), X.indptr), shape=(X.shape[0], len(cols))
-    )
-    scores = sub.predict_score(Xs)
-    labels = (scores >= 0.5).astype(np.float64) if fm.is_classifier else None
-    return scores, labels
-
-
-def _native(values: Any) -> list[Any]:
-    """Python scalars (JSON-ready) from an index/array of ids."""
-    return [v.item() if isinstance(v, np.generic) else v for v in np.asarray(values, dtype=object)]
-
-
-class ServedRun:
-    """Everything one run directory needs to answer requests, loaded and warmed up.
-
-    Read-only after construction, so request threads share it without locks.
-
-    Parameters
-    ----------
-    run_dir : path
-        Output directory of ``recsys run``.
-    model : {"regressor", "classifier", "ranking"}
-        The FM for ``/invocations``.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike, model: str = DEFAULT_MODEL):
-        from recsys.saved_run import SavedRun
-
-        t0 = time.perf_counter()
-        if model not in SERVED_MODELS:
-            raise DataError(f"model must be one of {', '.join(SERVED_MODELS)}, got {model!r}")
-        self.run_dir = Path(os.path.abspath(run_dir))  # not resolve(): SIGHUP re-reads a symlink
-        self.saved = SavedRun(self.run_dir)
-        self.model_name = model
-        self.fm = self.saved.model(model)
-        self.recommender = self.saved.recommender()
-        mappings = self.recommender.mappings
-        self.customer_ids = _native(mappings.customer_ids)
-        self.product_ids = _native(mappings.product_ids)
-        self.product_titles = [t if isinstance(t, str) else None for t in mappings.product_titles]
-        self._customer_lookup = {str(c): i for i, c in enumerate(self.customer_ids)}
-        self._product_lookup = {str(p): i for i, p in enumerate(self.product_ids)}
-        # warm up (the k-NN index, the similarity index): no request pays for a lazy first use
-        if mappings.n_users:
-            self.recommender.recommend(0, 1)
-        if mappings.n_items:
-            self.recommender.similar_items(0, 1)
-        predict_rows(self.fm, sp.csr_matrix((1, self.fm.feature_dim)))
-        self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.load_seconds = round(time.perf_counter() - t0, 3)
-
-    # ---- identity ------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        info = self.saved.info
-        return {
-            "run_id": info.get("run_id"),
-            "created": info.get("created"),
-            "backend": info.get("backend"),
-            "objective": info.get("objective"),
-            "run_dir": str(self.run_dir),
-            "model": self.model_name,
-            "predictor_type": self.fm.predictor_type,
-            "feature_dim": self.fm.feature_dim,
-            "num_factors": self.fm.num_factors,
-            "recommender_model": info.get("recommender_model"),
-            "n_customers": len(self.customer_ids),
-            "n_products": len(self.product_ids),
-            "recsys_version": info.get("recsys_version"),
-            "loaded_at": self.loaded_at,
-            "load_seconds": self.load_seconds,
-        }
-
-    # ---- lookups -------------------------------------------------------------------------
-    def user_index(self, customer_id: str) -> int:
-        """The user index of a customer id as text (-1 if unknown); the same matching as
-        :meth:`Mappings.user_index` (``"0123"`` finds customer 123), fast for exact ids."""
-        u = self._customer_lookup.get(customer_id)
-        if u is None:
-            u = int(self.recommender.mappings.user_index([customer_id])[0])
-        return u
-
-    def item_index(self, product_id: str) -> int:
-        i = self._product_lookup.get(product_id)
-        if i is None:
-            i = int(self.recommender.mappings.item_index([product_id])[0])
-        return i
-
-    def _items(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        pids, titles = self.product_ids, self.product_titles
-        return [
-            {"rank": r, "product_id": pids[i], "product_title": titles[i], "score": None if s != s else s}
-            for r, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1)
-        ]
-
-    # ---- answers -------------------------------------------------------------------------
-    def recommendations(self, customer_id: str, k: int, exclude_seen: bool) -> dict[str, Any]:
-        """``/recommendations``: what :meth:`Recommender.recommendations` gives for one id,
-        without the DataFrame."""
-        u = self.user_index(customer_id)
-        rec = self.recommender
-        if u >= 0:
-            try:
-                ids, scores = rec.recommend(u, k, exclude_seen=exclude_seen)
-            except BackendError as exc:  # an index built for fewer neighbours than k needs
-                raise RequestError(422, "k_too_large", str(exc)) from None
-            cid: Any = self.customer_ids[u]
-        else:  # the most popular videos; a rating count is not a score
-            ids, _ = rec.popular(k)
-            scores = np.full(len(ids), np.nan)
-            cid = customer_id
-        return {
-            "customer_id": cid,
-            "fallback": u < 0,
-            "k": k,
-            "exclude_seen": exclude_seen,
-            "recommendations": self._items(ids, scores),
-        }
-
-    def similar(self, product_id: str, k: int) -> dict[str, Any]:
-        """``/similar``: :meth:`Recommender.similar` for one id."""
-        i = self.item_index(product_id)
-        if i < 0:
-            raise RequestError(404, "unknown_product", f"unknown product_id {product_id!r}")
-        ids, scores = self.recommender.similar_items(i, k)
-        return {
-            "product_id": self.product_ids[i],
-            "product_title": self.product_titles[i],
-            "k": k,
-            "similar": self._items(ids, scores),
-        }
-
-    def invocations(self, body: bytes, content_type: str | None, accept: str, max_instances: int) -> bytes:
-        """``/invocations``: decode, score with the served FM, encode."""
-        X = decode_request(body, content_type, self.fm.feature_dim, max_instances=max_instances)
-        scores, labels = predict_rows(self.fm, X)
-        return encode_predictions(scores, labels, accept)
-
-
-def _freeze_gc() -> None:
-    """Move every object alive now (the loaded model, the libraries: ~170k objects for the
-    default run) out of the cyclic garbage collector's reach, where a full collection costs
-    ~80 ms with the GIL held -- a latency spike for every request in flight. Earlier frozen
-    objects are unfrozen and collected first, so a replaced model does not linger."""
-    import gc
-
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-class ServiceState:
-    """The served snapshot and how to replace it.
-
-    Requests read :attr:`current` once and use that snapshot to the end, so a reload never
-    mixes two models in one answer; :meth:`reload` loads the new one completely before the
-    swap (one attribute assignment), and reloads run one at a time. With ``freeze_gc`` (what
-    ``recsys serve`` does) the garbage collector's heap is frozen after each load (see
-    :func:`_freeze_gc`).
-    """
-
-    def __init__(self, current: ServedRun, *, freeze_gc: bool = False):
-        self.current = current
-        self.reloads = 0
-        self.last_reload_error: str | None = None
-        self.freeze_gc = freeze_gc
-        self._lock = threading.Lock()
-        if freeze_gc:
-            _freeze_gc()
-
-    @classmethod
-    def load(cls, run_dir: str | os.PathLike, model: str = DEFAULT_MODEL, *, freeze_gc: bool = False) -> ServiceState:
-        return cls(ServedRun(run_dir, model), freeze_gc=freeze_gc)
-
-    def reload(
-        self, model_dir: str | os.PathLike | None = None, model: str | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load ``model_dir`` (default: the current directory, re-read) and swap it in.
-
-        Returns
-        -------
-        (previous, current)
-            The identities (:meth:`ServedRun.identity`) of the replaced and the new model.
-
-        Raises
-        ------
-        RequestError
-            422 when the directory cannot be loaded; the old model stays.
-        """
-        with self._lock:
-            old = self.current
-            target = model_dir if model_dir is not None else old.run_dir
-            try:
-                new = ServedRun(target, model or old.model_name)
-            except Exception as exc:  # noqa: BLE001 - any failure keeps the old model
-                self.last_reload_error = f"{type(exc).__name__}: {exc}"
-                log.error("reload of %s failed; still serving %s (%s)", target, old.run_dir, exc)
-                raise RequestError(
-                    422, "reload_failed",
-                    f"could not load {str(target)!r} ({type(exc).__name__}: {exc}); still serving "
-                    f"run {old.identity()['run_id']} from {old.run_dir}",
-                ) from None  # fmt: skip
-            self.current = new
-            self.reloads += 1
-            self.last_reload_error = None
-            previous, current = old.identity(), new.identity()
-            del old  # requests still on it keep it alive; nothing else does
-            if self.freeze_gc:
-                _freeze_gc()
-        log.info("reloaded: run %s (%s) from %s in %.2f s", current["run_id"], current["model"], current["run_dir"], current["load_seconds"])
-        return previous, current
-
-    def reload_in_background(self) -> threading.Thread:
-        """Reload the current directory in a thread (what SIGHUP does); errors are logged."""
-
-        def work() -> None:
-            try:
-                self.reload()
-            except RequestError:
-                pass  # already logged; the old model keeps serving
-
-        thread = threading.Thread(target=work, name="recsys-reload", daemon=True)
-        thread.start()
-        return thread
-
-
-# ================================================================================================
-# the app
-# ================================================================================================
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, allow_nan=False).encode("utf-8")
-
-
-async def _read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes:
-    from ``Content-Length`` before reading anything, else while a chunked body streams in."""
-    length = request.headers.get("content-length")
-    if length is not None:
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > self.max_bytes:  # h11 has checked it is an integer
+            return await self._refuse(413, f"the body has {int(length)} bytes", scope, receive, send)
         try:
-            declared = int(length)
-        except ValueError:
-            raise RequestError(400, "invalid_content_length", f"Content-Length {length!r} is not an integer") from None
-        if declared > limit:
-            raise RequestError(
-                413, "body_too_large", f"the body has {declared} bytes; at most {limit} bytes per request"
+            body = await asyncio.wait_for(self._read(receive), self.timeout)
+        except asyncio.TimeoutError:
+            return await self._refuse(
+                408, f"the body did not arrive within {self.timeout:g} s", scope, receive, send
             )
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, "body_too_large", f"the body exceeds {limit} bytes; at most {limit} bytes per request")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise RequestError(400, "client_disconnected", "the client went away before sending the whole body") from None
-    return b"".join(chunks)
+        if body is None:  # the client went away
+            return None
+        if len(body) > self.max_bytes:
+            return await self._refuse(413, f"the body exceeds {self.max_bytes} bytes", scope, receive, send)
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> dict:
+            return pending.pop() if pending else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _read(self, receive: Any) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _refuse(self, status: int, what: str, scope: dict, receive: Any, send: Any) -> None:
+        code, limit = (
+            ("body_too_large", f"at most {self.max_bytes} bytes per request")
+            if status == 413 else ("body_timeout", "send the whole body at once")
+        )  # fmt: skip
+        await _error(status, code, f"{what}; {limit}", close=True)(scope, receive, send)
+
+
+class ReloadRequest(BaseModel):
+    """The body of ``POST /reload`` (every field optional)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model_dir: str | None = None
+    model: Literal[SERVED_MODELS] | None = None  # type: ignore[valid-type]
+
+
+class RecentRequest(BaseModel):
+    """The body of ``POST /recommendations``: the videos an anonymous session watched, oldest
+    first (ids as the run holds them), how many to recommend, and whether to skip those."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    recent: list[StrictInt | StrictStr] = Field(max_length=1000)
+    k: int = Field(10, ge=1)
+    exclude_seen: bool = True
+
+
+def _json_body(request: Request) -> None:
+    """A body, when there is one, must be JSON (415)."""
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if has_body and media != JSON:
+        raise RequestError(415, "unsupported_media_type", f"{request.url.path} takes {JSON}, got {media or 'none'!r}")
 
 
 def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | None = None) -> FastAPI:
@@ -402,7 +166,8 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
     ----------
     state : ServiceState or path
     config : ServingConfig, optional
-        Limits and the served model (``config.model`` applies when a path is given).
+        Limits and the served model (``config.model`` and ``config.reload_root`` apply when a
+        path is given).
 
     Returns
     -------
@@ -413,72 +178,65 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
 
     config = (config or ServingConfig()).validate()
     if not isinstance(state, ServiceState):
-        state = ServiceState.load(state, config.model)
+        state = ServiceState.load(state, config.model, reload_root=config.reload_root)
     app = FastAPI(
-        title="recsys", version=__version__,
+        title="recsys", version=__version__, default_response_class=JSONResponse,
         description="Recommendations and SageMaker-compatible FM inference for a recsys run.",
     )  # fmt: skip
     app.state.recsys = state
     app.state.config = config
-
-    def json_response(obj: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-        return Response(_dumps(obj), status_code=status_code, media_type=JSON, headers=headers)
+    app.add_middleware(_BodyLimits, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
 
     # ---- errors: always {"error": ..., "detail": ...} ------------------------------------
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> Response:
-        # after an early 413 the rest of the body is never read: close the connection
-        headers = {"Connection": "close"} if exc.status_code == 413 else None
-        return json_response(exc.to_json(), exc.status_code, headers)
+        return _error(exc.status_code, exc.error, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in exc.errors()
-        ]
-        return json_response({"error": "invalid_parameter", "detail": detail}, 422)
+        errors = exc.errors()
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+        if any(e["type"] == "json_invalid" for e in detail):
+            return _error(400, "invalid_json", detail)
+        if any(e["loc"][:1] == ["body"] for e in detail):
+            return _error(400, "invalid_payload", detail)
+        return _error(422, "invalid_parameter", detail)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        from http import HTTPStatus
-
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
         try:
             code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         except ValueError:
             code = "http_error"
-        return json_response({"error": code, "detail": exc.detail}, exc.status_code, getattr(exc, "headers", None))
+        response = _error(exc.status_code, code, exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error answering %s %s", request.method, request.url.path)
-        return json_response({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, 500)
+        return _error(500, "internal_error", "the server failed to answer; its log has the details")
 
     # ---- health --------------------------------------------------------------------------
     @app.get("/ping")
     def ping() -> Response:
-        return json_response({"status": "ok"})
+        return JSONResponse({"status": "ok"})
 
     @app.get("/healthz")
     def healthz() -> Response:
-        return json_response(
-            {
-                "status": "ok",
-                **state.current.identity(),
-                "reloads": state.reloads,
-                "last_reload_error": state.last_reload_error,
-                "limits": asdict(config),
-            }
-        )
+        return JSONResponse({
+            "status": "ok", **state.current.identity(), "reloads": state.reloads,
+            "last_reload_error": state.last_reload_error, "limits": config.limits(),
+        })  # fmt: skip
 
     # ---- FM inference --------------------------------------------------------------------
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
         served = state.current
         content_type = request.headers.get("content-type")
-        request_media_type(content_type)  # 415 before reading anything
+        request_media_type(content_type)  # 415
         accept = response_media_type(request.headers.get("accept"))  # 406
-        body = await _read_body(request, config.max_body_bytes)  # 413
+        body = await request.body()
         out = await run_in_threadpool(served.invocations, body, content_type, accept, config.max_instances)
         return Response(out, media_type=accept)
 
@@ -487,217 +245,26 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
 
     @app.get("/recommendations/{customer_id}")
     def recommendations(customer_id: str, k: int = k_query, exclude_seen: bool = True) -> Response:
-        return json_response(state.current.recommendations(customer_id, k, exclude_seen))
+        return JSONResponse(state.current.recommendations(customer_id, k, exclude_seen))
+
+    @app.post("/recommendations", dependencies=[Depends(_json_body)])
+    def recommendations_for_recent(payload: RecentRequest) -> Response:
+        if payload.k > config.max_k:
+            raise RequestError(422, "invalid_parameter", f"k must be in 1..{config.max_k}, got {payload.k}")
+        return JSONResponse(state.current.recommendations_for_recent(payload.recent, payload.k, payload.exclude_seen))
 
     @app.get("/similar/{product_id}")
     def similar(product_id: str, k: int = k_query) -> Response:
-        return json_response(state.current.similar(product_id, k))
+        return JSONResponse(state.current.similar(product_id, k))
 
     # ---- reload --------------------------------------------------------------------------
-    @app.post("/reload")
-    async def reload(request: Request) -> Response:
-        body = await _read_body(request, _RELOAD_BODY_LIMIT)
-        model_dir, model = None, None
-        if body.strip():
-            if request_media_type(request.headers.get("content-type")) != JSON:
-                raise RequestError(415, "unsupported_media_type", f"/reload takes {JSON}")
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise RequestError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-            if not isinstance(payload, dict) or set(payload) - {"model_dir", "model"}:
-                raise RequestError(400, "invalid_payload", 'expected {"model_dir": "...", "model": "..."} (both optional)')
-            model_dir, model = payload.get("model_dir"), payload.get("model")
-            if model_dir is not None and (not isinstance(model_dir, str) or not model_dir):
-                raise RequestError(400, "invalid_payload", "model_dir must be a non-empty string")
-            if model is not None and model not in SERVED_MODELS:
-                raise RequestError(400, "invalid_payload", f"model must be one of {', '.join(SERVED_MODELS)}")
+    @app.post("/reload", dependencies=[Depends(_json_body)])
+    async def reload(payload: ReloadRequest | None = None) -> Response:
+        payload = payload or ReloadRequest()
         t0 = time.perf_counter()
-        previous, current = await run_in_threadpool(state.reload, model_dir, model)
-        return json_response(
+        previous, current = await run_in_threadpool(state.reload, payload.model_dir, payload.model)
+        return JSONResponse(
             {"status": "reloaded", "seconds": round(time.perf_counter() - t0, 3), "previous": previous, "current": current}
         )
 
     return app
-
-
-# ================================================================================================
-# running it
-# ================================================================================================
-def limit_threads(n: int = 1) -> None:
-    """Run BLAS, OpenMP, FAISS and torch with ``n`` threads in this process.
-
-    The service gets its parallelism from concurrent requests; a library that also fans out
-    every small search over all cores only adds contention (2 cores here).
-    """
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(n))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n)
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        pass
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:  # pragma: no cover
-        pass
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-
-
-def _config_from_env() -> tuple[str, ServingConfig]:
-    env = os.environ
-    run_dir = env.get(_ENV_PREFIX + "MODEL_DIR")
-    if not run_dir:
-        raise DataError(f"{_ENV_PREFIX}MODEL_DIR is not set")
-    config = ServingConfig(
-        model=env.get(_ENV_PREFIX + "MODEL", DEFAULT_MODEL),
-        max_body_bytes=int(env.get(_ENV_PREFIX + "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-        max_instances=int(env.get(_ENV_PREFIX + "MAX_INSTANCES", DEFAULT_MAX_INSTANCES)),
-        max_k=int(env.get(_ENV_PREFIX + "MAX_K", 1000)),
-    )
-    return run_dir, config
-
-
-def app_from_env() -> Any:
-    """App factory for uvicorn worker processes (``--workers N``): the run directory and limits
-    come from ``RECSYS_SERVE_*`` environment variables set by :func:`serve`."""
-    limit_threads()
-    run_dir, config = _config_from_env()
-    return create_app(ServiceState.load(run_dir, config.model, freeze_gc=True), config)
-
-
-def serve(
-    run_dir: str | os.PathLike,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    model: str | None = None,
-    workers: int = 1,
-    log_level: str = "info",
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_instances: int = DEFAULT_MAX_INSTANCES,
-    max_k: int = 1000,
-) -> None:
-    """Serve ``run_dir`` with uvicorn until interrupted (``recsys serve``).
-
-    The model is loaded before the port is bound, so a bad directory fails at once. With one
-    worker, SIGHUP reloads the directory in place (load, then swap). With ``workers > 1``
-    uvicorn's supervisor handles SIGHUP by restarting the workers one by one, and
-    ``POST /reload`` reloads only the worker that answers it.
-
-    Parameters
-    ----------
-    run_dir : path
-        Output directory of ``recsys run``.
-    host : str
-        Interface to bind; the default 127.0.0.1 accepts connections from this machine only.
-    port : int
-    model : {"regressor", "classifier", "ranking"}, optional
-        The FM ``/invocations`` serves (default ``classifier``).
-    workers : int
-        uvicorn worker processes.
-    log_level : str
-        uvicorn's log level (``"info"`` logs every request).
-    max_body_bytes, max_instances, max_k : int
-        See :class:`ServingConfig`.
-    """
-    uvicorn = require("uvicorn", "serve")
-    require("fastapi", "serve")
-    config = ServingConfig(model=model or DEFAULT_MODEL, max_body_bytes=max_body_bytes,
-                           max_instances=max_instances, max_k=max_k).validate()  # fmt: skip
-    if workers < 1:
-        raise DataError(f"workers must be at least 1, got {workers}")
-    limit_threads()
-    access_log = log_level.lower() in ("debug", "trace", "info")
-    if workers > 1:
-        from recsys.saved_run import SavedRun
-
-        SavedRun(run_dir).model(config.model)  # fail now, not in every worker
-        os.environ.update({
-            _ENV_PREFIX + "MODEL_DIR": os.path.abspath(run_dir),
-            _ENV_PREFIX + "MODEL": config.model,
-            _ENV_PREFIX + "MAX_BODY_BYTES": str(config.max_body_bytes),
-            _ENV_PREFIX + "MAX_INSTANCES": str(config.max_instances),
-            _ENV_PREFIX + "MAX_K": str(config.max_k),
-        })  # fmt: skip
-        _run_workers(uvicorn.Config("recsys.serving.app:app_from_env", factory=True, host=host, port=port,
-                                    workers=workers, log_level=log_level, access_log=access_log))  # fmt: skip
-        return
-    state = ServiceState.load(run_dir, config.model, freeze_gc=True)
-    app = create_app(state, config)
-    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_in_background())
-    log.info(
-        "serving run %s (%s FM for /invocations) on http://%s:%d",
-        state.current.saved.info.get("run_id"), config.model, host, port,
-    )  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
-
-
-def _run_workers(config: Any) -> None:
-    """``uvicorn.run`` for ``workers > 1``, with TCP_NODELAY on every connection.
-
-    uvicorn binds the shared listening socket with ``proto`` 0; accepted sockets inherit it,
-    and asyncio only sets TCP_NODELAY on sockets whose ``proto`` is IPPROTO_TCP -- so every
-    keep-alive response waits ~40 ms for the client's delayed ACK (uvicorn issue #3149). The
-    socket is rewrapped with IPPROTO_TCP before the workers get it.
-    """
-    import socket
-
-    from uvicorn.supervisors import Multiprocess
-
-    sock = config.bind_socket()
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-        sock.set_inheritable(True)
-    Multiprocess(config, sockets=[sock]).run()
-
-
-@dataclass
-class BackgroundServer:
-    """A uvicorn server for ``app`` in a daemon thread of this process (tests, notebooks).
-
-    ``port=0`` picks a free port; :attr:`url` is known once :meth:`start` returns. Use it as a
-    context manager.
-    """
-
-    app: Any
-    host: str = "127.0.0.1"
-    port: int = 0
-    log_level: str = "warning"
-    _server: Any = field(default=None, init=False, repr=False)
-    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> BackgroundServer:
-        uvicorn = require("uvicorn", "serve")
-        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level=self.log_level, access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="recsys-serve", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise BackendError(f"the server did not start on {self.host}:{self.port}")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -30,16 +30,8 @@ import scipy.sparse as sp
 
 from recsys.errors import BackendError, DataError, require
 
-from .protocol import (
-    DEFAULT_MAX_BODY_BYTES,
-    JSON,
-    JSONLINES,
-    PAYLOAD_FORMATS,
-    batch_payloads,
-    parse_predictions,
-    predictions_to_arrays,
-    response_media_type,
-)
+from . import protocol
+from .protocol import JSON, JSONLINES
 
 __all__ = ["PredictorError", "RecsysPredictor", "SageMakerPredictor"]
 
@@ -73,10 +65,10 @@ class _FMPredictor:
     """The shared ``predict``: encode, send each body with :meth:`_invoke`, decode."""
 
     def __init__(self, *, content_type: str, accept: str, format: str, max_payload_bytes: int, where: str):
-        if format not in PAYLOAD_FORMATS:
-            raise DataError(f"format must be one of {', '.join(PAYLOAD_FORMATS)}, got {format!r}")
-        self.content_type = response_media_type(content_type, strict=True)
-        self.accept = response_media_type(accept, strict=True)
+        if format not in protocol.PAYLOAD_FORMATS:
+            raise DataError(f"format must be one of {', '.join(protocol.PAYLOAD_FORMATS)}, got {format!r}")
+        self.content_type = protocol.response_media_type(content_type, strict=True)
+        self.accept = protocol.response_media_type(accept, strict=True)
         self.format = format
         self.max_payload_bytes = int(max_payload_bytes)
         self._where = where
@@ -108,7 +100,7 @@ class _FMPredictor:
             return
         if not sp.issparse(data):
             data = np.asarray(data)
-        for start, stop, body in batch_payloads(
+        for start, stop, body in protocol.batch_payloads(
             data, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
         ):
             yield stop - start, body
@@ -138,19 +130,19 @@ class _FMPredictor:
             The service refused a request (its ``status_code``, ``error`` and ``detail``).
         """
         args = initial_args or {}
-        content_type = response_media_type(args.get("ContentType", self.content_type), strict=True)
-        accept = response_media_type(args.get("Accept", self.accept), strict=True)
+        content_type = protocol.response_media_type(args.get("ContentType", self.content_type), strict=True)
+        accept = protocol.response_media_type(args.get("Accept", self.accept), strict=True)
         predictions: list[dict[str, Any]] = []
         for n, body in self._bodies(data, content_type):
             raw, response_type = self._invoke(body, content_type, accept)
             predictions.extend(
-                parse_predictions(raw, n, where=self._where, content_type=response_type or accept)
+                protocol.parse_predictions(raw, n, where=self._where, content_type=response_type or accept)
             )
         return {"predictions": predictions}
 
     def predict_arrays(self, data: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`predict` as ``(scores, predicted_labels)`` float64 arrays."""
-        return predictions_to_arrays(self.predict(data, **kwargs)["predictions"])
+        return protocol.predictions_to_arrays(self.predict(data, **kwargs)["predictions"])
 
 
 class RecsysPredictor(_FMPredictor):
@@ -187,7 +179,7 @@ class RecsysPredictor(_FMPredictor):
         content_type: str = JSON,
         accept: str = JSON,
         format: str = "auto",
-        max_payload_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_payload_bytes: int = protocol.DEFAULT_MAX_BODY_BYTES,
         client: Any = None,
     ):
         super().__init__(content_type=content_type, accept=accept, format=format,
@@ -227,11 +219,19 @@ class RecsysPredictor(_FMPredictor):
 
     # ---- the service's other endpoints ---------------------------------------------------
     def recommendations(self, customer_id: Any, k: int = 10, *, exclude_seen: bool = True) -> dict[str, Any]:
-        """``GET /recommendations/{customer_id}``: ``{"customer_id", "fallback", "k",
-        "exclude_seen", "recommendations": [{"rank", "product_id", "product_title", "score"}]}``."""
+        """``GET /recommendations/{customer_id}``: ``{"customer_id", "source", "k",
+        "exclude_seen", "recommendations": [{"rank", "product_id", "product_title", "score"}]}``
+        (``source``: model, fold_in or popularity; popularity rows: ``"score": None`` and
+        ``"popularity"``)."""
         path = f"/recommendations/{quote(str(customer_id), safe='')}"
         params = {"k": k, "exclude_seen": "true" if exclude_seen else "false"}
         return self._request("GET", path, params=params).json()
+
+    def recommendations_for_recent(self, recent: list[Any], k: int = 10, *, exclude_seen: bool = True) -> dict[str, Any]:
+        """``POST /recommendations``: an anonymous session's top ``k`` from the videos it
+        watched (product ids, oldest first); ids not in the catalogue come back in ``ignored``."""
+        body = {"recent": list(recent), "k": k, "exclude_seen": exclude_seen}
+        return self._request("POST", "/recommendations", json=body).json()
 
     def similar(self, product_id: Any, k: int = 10) -> dict[str, Any]:
         """``GET /similar/{product_id}``: ``{"product_id", "product_title", "k", "similar": [...]}``."""
@@ -250,7 +250,8 @@ class RecsysPredictor(_FMPredictor):
         return True
 
     def reload(self, model_dir: str | None = None, model: str | None = None) -> dict[str, Any]:
-        """``POST /reload``: load ``model_dir`` (default: the served directory again) and swap."""
+        """``POST /reload``: load ``model_dir`` (a run below the server's reload root; default: the
+        served directory again) and swap."""
         payload = {k: v for k, v in (("model_dir", model_dir), ("model", model)) if v is not None}
         return self._request("POST", "/reload", json=payload).json()
 

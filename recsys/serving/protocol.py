@@ -66,32 +66,25 @@ _NUMBER_TYPES = frozenset((int, float))
 # client side: matrices -> request bodies, response bodies -> predictions
 # ================================================================================================
 def as_matrix(X: Any, feature_dim: int | None = None) -> np.ndarray | sp.csr_matrix:
-    """``X`` as a float32 CSR matrix or C-contiguous 2-D array, checked to be finite (JSON
-    cannot carry NaN or infinity) and, when given, ``feature_dim`` wide.
+    """``X`` as a float32 CSR matrix or C-contiguous 2-D array (a 1-D array is one row),
+    checked by scikit-learn's ``check_array`` to be numeric and finite (JSON cannot carry NaN or
+    infinity) and, when given, ``feature_dim`` wide.
 
     Raises
     ------
     DataError
-        ``X`` is not a 2-D numeric matrix, holds NaN/inf, or has the wrong width.
+        ``X`` is not a finite 2-D numeric matrix, or has the wrong width.
     """
+    from sklearn.utils import check_array
+
+    if not sp.issparse(X) and np.ndim(X) == 1:
+        X = np.reshape(X, (1, -1))
+    try:
+        X = check_array(X, accept_sparse="csr", dtype=np.float32, order="C", ensure_min_samples=0, ensure_min_features=0)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"X must be a 2-D numeric matrix (CSR or dense) without NaN or infinity, which JSON cannot carry: {exc}") from None
     if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float32)
         X.sum_duplicates()
-        values = X.data
-    else:
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        if X.ndim != 2 or not np.issubdtype(X.dtype, np.number):
-            raise DataError(
-                f"X must be a 2-D numeric matrix (CSR or dense), got shape {X.shape} dtype {X.dtype}"
-            )
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        values = X
-    if not np.all(np.isfinite(values)):
-        raise DataError(
-            "X contains NaN or infinite values, which JSON cannot carry; clean the data first"
-        )
     if feature_dim is not None and X.shape[1] != feature_dim:
         raise DataError(f"X has {X.shape[1]} columns but the model's feature_dim is {feature_dim}")
     return X
@@ -332,10 +325,20 @@ def _reject_constant(name: str) -> float:
 def _loads(text: str, where: str) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, "invalid_json", f"{where} is not valid JSON: {exc}") from None
+    except RequestError:  # NaN / Infinity, from parse_constant
+        raise
     except RecursionError:
         raise RequestError(400, "invalid_json", f"{where} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
+        raise RequestError(400, "invalid_json", f"{where} is not valid JSON: {exc}") from None
+
+
+def _snippet(value: Any, n: int) -> str:
+    """The start of ``value`` as JSON, for a message."""
+    try:
+        return json.dumps(value)[:n]
+    except (RecursionError, ValueError):
+        return _json_type(value)
 
 
 def _numbers(values: Any, where: str) -> np.ndarray:
@@ -347,7 +350,7 @@ def _numbers(values: Any, where: str) -> np.ndarray:
         j, bad = next((j, v) for j, v in enumerate(values) if type(v) not in _NUMBER_TYPES)
         raise RequestError(
             400, "invalid_value",
-            f"{where}[{j}] is {json.dumps(bad)[:50]} ({_json_type(bad)}); feature values must be numbers",
+            f"{where}[{j}] is {_snippet(bad, 50)} ({_json_type(bad)}); feature values must be numbers",
         )  # fmt: skip
     try:
         arr = np.array(values, dtype=np.float64)
@@ -364,29 +367,31 @@ def _json_type(value: Any) -> str:
     )
 
 
+def _dense(values: np.ndarray, where: str, feature_dim: int) -> np.ndarray:
+    if len(values) != feature_dim:
+        raise RequestError(
+            400, "shape_mismatch", f"{where} has {len(values)} values but the model's feature_dim is {feature_dim}"
+        )
+    return values
+
+
 def _instance(inst: Any, i: int, feature_dim: int) -> tuple[np.ndarray | None, np.ndarray]:
     """``(keys or None for a dense row, values)`` of instance ``i``."""
     where = f"instances[{i}]"
     if isinstance(inst, dict) and "features" in inst:
-        values = _numbers(inst["features"], f"{where}.features")
-        if len(values) != feature_dim:
-            raise RequestError(
-                400, "shape_mismatch",
-                f"{where}.features has {len(values)} values but the model's feature_dim is {feature_dim}",
-            )  # fmt: skip
-        return None, values
+        return None, _dense(_numbers(inst["features"], f"{where}.features"), f"{where}.features", feature_dim)
     data = inst.get("data") if isinstance(inst, dict) else None
     feats = data.get("features") if isinstance(data, dict) else None
     if not isinstance(feats, dict):
         raise RequestError(
             400, "invalid_instance",
             f'{where} must be {{"features": [...]}} or {{"data": {{"features": {{"keys": [...], '
-            f'"shape": [{feature_dim}], "values": [...]}}}}}}, got {json.dumps(inst)[:100]}',
+            f'"shape": [{feature_dim}], "values": [...]}}}}}}, got {_snippet(inst, 100)}',
         )  # fmt: skip
     where += ".data.features"
     shape = feats.get("shape")
     if not (isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int):
-        raise RequestError(400, "invalid_instance", f"{where}.shape must be [{feature_dim}], got {json.dumps(shape)[:50]}")
+        raise RequestError(400, "invalid_instance", f"{where}.shape must be [{feature_dim}], got {_snippet(shape, 50)}")
     if shape[0] != feature_dim:
         raise RequestError(
             400, "shape_mismatch", f"{where}.shape is {shape} but the model's feature_dim is {feature_dim}"
@@ -395,12 +400,7 @@ def _instance(inst: Any, i: int, feature_dim: int) -> tuple[np.ndarray | None, n
         raise RequestError(400, "invalid_instance", f"{where} has no 'values'")
     values = _numbers(feats["values"], f"{where}.values")
     if "keys" not in feats:
-        if len(values) != feature_dim:
-            raise RequestError(
-                400, "shape_mismatch",
-                f"{where}.values has {len(values)} values and no keys, but the model's feature_dim is {feature_dim}",
-            )  # fmt: skip
-        return None, values
+        return None, _dense(values, f"{where}.values (no keys)", feature_dim)
     keys = feats["keys"]
     if not isinstance(keys, list) or not set(map(type, keys)) <= {int}:
         raise RequestError(400, "invalid_instance", f"{where}.keys must be a list of integers")
@@ -448,7 +448,7 @@ def decode_request(
         if not isinstance(instances, list):
             found = sorted(payload) if isinstance(payload, dict) else _json_type(payload)
             raise RequestError(
-                400, "invalid_payload", f'expected {{"instances": [...]}}, got {json.dumps(found)[:100]}'
+                400, "invalid_payload", f'expected {{"instances": [...]}}, got {_snippet(found, 100)}'
             )
     else:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -491,12 +491,13 @@ def _rows_to_csr(rows: Sequence[tuple[np.ndarray | None, np.ndarray]], feature_d
 
 
 def encode_predictions(scores: np.ndarray, labels: np.ndarray | None, media_type: str = JSON) -> bytes:
-    """The response body for ``scores`` (and a classifier's ``labels``) in ``media_type``."""
+    """The response body for ``scores`` (and a classifier's ``labels``) in ``media_type``;
+    a ``ValueError`` for a non-finite score (JSON has no NaN or Infinity)."""
     s = np.asarray(scores, dtype=np.float64).tolist()
     if labels is None:
         preds = [{"score": v} for v in s]
     else:
         preds = [{"score": v, "predicted_label": lab} for v, lab in zip(s, np.asarray(labels, dtype=np.float64).tolist(), strict=True)]
     if media_type == JSONLINES:
-        return "".join(json.dumps(p) + "\n" for p in preds).encode("utf-8")
-    return json.dumps({"predictions": preds}).encode("utf-8")
+        return "".join(json.dumps(p, allow_nan=False) + "\n" for p in preds).encode("utf-8")
+    return json.dumps({"predictions": preds}, allow_nan=False).encode("utf-8")

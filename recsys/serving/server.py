@@ -1,0 +1,264 @@
+"""Running the service: ``recsys serve`` (uvicorn, one or more workers) and a background
+server for tests and notebooks.
+
+:func:`serve` checks every option (port range, a resolvable host, a free port, the limits of
+:class:`ServingConfig`) before loading anything and raises :class:`~recsys.errors.ConfigError`
+for a bad one, which ``recsys serve`` prints as a one-line error. A connection must send each
+request head within ``keep_alive_timeout`` (:class:`HeaderDeadlineH11`; idle keep-alive
+connections close then too) and its body within ``body_timeout`` (the app's middleware), and
+requests beyond ``max_connections`` get 503.
+:func:`limit_threads` keeps BLAS/OpenMP/FAISS/torch to one thread per request so that
+concurrent requests do not oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from recsys.errors import BackendError, ConfigError, require
+
+from .config import ServingConfig
+
+require("uvicorn", "serve")
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+
+__all__ = ["serve", "app_from_env", "limit_threads", "BackgroundServer"]
+
+log = logging.getLogger("recsys")
+
+_ENV = "RECSYS_SERVE"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def limit_threads(n: int = 1) -> None:
+    """Run BLAS, OpenMP, FAISS and torch with ``n`` threads in this process.
+
+    The service gets its parallelism from concurrent requests; a library that also fans out
+    every small search over all cores only adds contention (2 cores here).
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:  # pragma: no cover
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+class HeaderDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers: a connection that has not
+    sent a whole request head within ``timeout_keep_alive`` seconds of opening (or of its last
+    response) is closed. uvicorn's own keep-alive timer stops at the first byte, so a client
+    trickling half a head would otherwise hold its connection for ever."""
+
+    def _arm(self) -> None:
+        self._idle_cycle = self.cycle
+        self._head_deadline = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+    def _head_late(self) -> None:
+        no_new_request = self.cycle is self._idle_cycle and (self.cycle is None or self.cycle.response_complete)
+        if no_new_request and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        self._head_deadline.cancel()
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+
+def _check_address(host: Any, port: Any) -> None:
+    """A port in range, a host that resolves, and nothing else listening there."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be an integer in 0..65535, got {port!r}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, TypeError) as exc:
+        raise ConfigError(f"host {host!r} is not an address of this machine ({exc}); e.g. 127.0.0.1") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host"
+            ) from None
+
+
+def app_from_env() -> Any:
+    """App factory for uvicorn worker processes (``--workers N``): the run directory and
+    options come from the ``RECSYS_SERVE`` environment variable set by :func:`serve`."""
+    from .app import create_app
+    from .state import ServiceState
+
+    limit_threads()
+    options = json.loads(os.environ[_ENV])
+    run_dir = options.pop("run_dir")
+    config = ServingConfig.of(**options)
+    return create_app(ServiceState.load(run_dir, config.model, reload_root=config.reload_root, freeze_gc=True), config)
+
+
+def serve(
+    run_dir: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    workers: int = 1,
+    log_level: str = "info",
+    **options: Any,
+) -> None:
+    """Serve ``run_dir`` with uvicorn until interrupted (``recsys serve``).
+
+    Options are checked and the model is loaded before the port is bound, so a bad option or
+    directory fails at once. With one worker, SIGHUP reloads the directory in place (load, then
+    swap). With ``workers > 1`` uvicorn's supervisor handles SIGHUP by restarting the workers
+    one by one, and ``POST /reload`` reloads only the worker that answers it.
+
+    Parameters
+    ----------
+    run_dir : path
+        Output directory of ``recsys run``.
+    host : str
+        Interface to bind; the default 127.0.0.1 accepts connections from this machine only.
+    port : int
+        0..65535 (0: any free port).
+    workers : int
+        uvicorn worker processes.
+    log_level : str
+        uvicorn's log level (``"info"`` logs every request).
+    **options
+        Fields of :class:`ServingConfig` (``model``, ``max_body_bytes``, ``max_instances``,
+        ``max_k``, ``body_timeout``, ``max_connections``, ``keep_alive_timeout``,
+        ``reload_root``); None means the default.
+
+    Raises
+    ------
+    ConfigError
+        A bad option (the message names it and the allowed values).
+    """
+    uvicorn = require("uvicorn", "serve")
+    from .app import create_app
+    from .state import ServiceState
+
+    config = ServingConfig.of(**options)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if str(log_level).lower() not in _LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+    _check_address(host, port)
+    limit_threads()
+    if workers > 1:
+        ServiceState.load(run_dir, config.model, reload_root=config.reload_root)  # fail now, not in every worker
+        os.environ[_ENV] = json.dumps({"run_dir": os.path.abspath(run_dir), **asdict(config)})
+        _run_workers(_uvicorn_config("recsys.serving.server:app_from_env", config, host, port, log_level,
+                                     factory=True, workers=workers))  # fmt: skip
+        return
+    state = ServiceState.load(run_dir, config.model, reload_root=config.reload_root, freeze_gc=True)
+    app = create_app(state, config)
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_in_background())
+    log.info(
+        "serving run %s (%s FM for /invocations) on http://%s:%d",
+        state.current.saved.info.get("run_id"), config.model, host, port,
+    )  # fmt: skip
+    uvicorn.Server(_uvicorn_config(app, config, host, port, log_level)).run()
+
+
+def _uvicorn_config(app: Any, config: ServingConfig, host: str, port: int, log_level: str, **extra: Any) -> Any:
+    """uvicorn's settings: the address, logging (an access log at info and below) and the
+    connection limits of ``config``."""
+    uvicorn = require("uvicorn", "serve")
+    level = log_level.lower()
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=level, access_log=level in ("debug", "trace", "info"),
+        http=HeaderDeadlineH11, timeout_keep_alive=config.keep_alive_timeout,
+        limit_concurrency=config.max_connections, **extra,
+    )  # fmt: skip
+
+
+def _run_workers(config: Any) -> None:
+    """``uvicorn.run`` for ``workers > 1``, with TCP_NODELAY on every connection.
+
+    uvicorn binds the shared listening socket with ``proto`` 0; accepted sockets inherit it,
+    and asyncio only sets TCP_NODELAY on sockets whose ``proto`` is IPPROTO_TCP -- so every
+    keep-alive response waits ~40 ms for the client's delayed ACK (uvicorn issue #3149). The
+    socket is rewrapped with IPPROTO_TCP before the workers get it.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        sock.set_inheritable(True)
+    Multiprocess(config, sockets=[sock]).run()
+
+
+@dataclass
+class BackgroundServer:
+    """A uvicorn server for ``app`` in a daemon thread of this process (tests, notebooks).
+
+    ``port=0`` picks a free port; :attr:`url` is known once :meth:`start` returns. Use it as a
+    context manager.
+    """
+
+    app: Any
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_level: str = "warning"
+    _server: Any = field(default=None, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
+        uvicorn = require("uvicorn", "serve")
+        config = getattr(getattr(self.app, "state", None), "config", None) or ServingConfig()
+        self._server = uvicorn.Server(_uvicorn_config(self.app, config, self.host, self.port, self.log_level))
+        self._thread = threading.Thread(target=self._server.run, name="recsys-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise BackendError(f"the server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
