@@ -77,6 +77,12 @@ def check_design(
     return X, y
 
 
+def _used_columns(X: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The columns ``X`` uses and ``X`` restricted to them (same rows, same values)."""
+    cols = np.unique(X.indices)
+    return cols, sp.csr_matrix((X.data, np.searchsorted(cols, X.indices), X.indptr), shape=(X.shape[0], len(cols)))
+
+
 @dataclass(eq=False)
 class FittedFM:
     """A trained factorization machine.
@@ -168,9 +174,13 @@ class FittedFM:
     def decision_function(self, X: Any) -> np.ndarray:
         """The raw FM output y(x) (the logit for a classifier), in float64, O(nnz * num_factors)."""
         X = self._as_csr(X)
-        V = self.V.astype(np.float64)
+        if X.nnz < self.feature_dim // 4:  # only the columns X uses: the same sums, no full float64 copy
+            cols, X = _used_columns(X)
+        else:
+            cols = slice(None)
+        V = self.V[cols].astype(np.float64)
         v_sq = V * V
-        w = self.w.astype(np.float64, copy=False)
+        w = self.w[cols].astype(np.float64)
         out = np.empty(X.shape[0], dtype=np.float64)
         for start in range(0, X.shape[0], _ROW_CHUNK):
             part = X[start : start + _ROW_CHUNK].astype(np.float64)
