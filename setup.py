@@ -13,9 +13,8 @@ from setuptools import Extension, setup
 
 # no FMA contraction and no fast-math, so the kernels round as the PyTorch steps do and the
 # baseline and AVX2 copies agree bit for bit (-fno-trapping-math only lets branches vectorise)
-FLAGS = [] if sys.platform == "win32" else [
-    "-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi"
-]
+WINDOWS = sys.platform == "win32"
+FLAGS = [] if WINDOWS else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi"]
 
 setup(
     ext_modules=[
@@ -23,6 +22,7 @@ setup(
             "backends.local._fmkernel",
             ["backends/local/_fmkernel.c"],
             extra_compile_args=FLAGS,
+            libraries=[] if WINDOWS else ["m"],
             py_limited_api=True,
             optional=True,
         )

@@ -27,7 +27,6 @@ from backends.base import EpochInfo, TrainOptions
 from backends.local import _kernel, training
 from backends.local.fm import (
     FMTrainer,
-    SparseBatch,
     _CSRTensors,
     csr_batches,
     fm_forward_torch,
@@ -482,14 +481,10 @@ def _check_one_step(opt, clip, rescale, kind, *, fused: bool, rtol: float, atol:
         opt, w00, np.array([g.sum()]), S0_w0, lrs["bias_lr"], wds["bias_wd"], eps_used, 5, clip
     )
 
-    batch = _CSRTensors(X).batch(torch.arange(n))
-    step = tr.train_step if fused else tr.torch_step  # train_step: the native kernel when built
-    with torch.no_grad():
-        total = step(
-            batch,
-            torch.from_numpy(target).to(tr.P.dtype),
-            squared_loss if kind == "squared" else logistic_loss,
-        )
+    data, t = _CSRTensors(X), torch.from_numpy(target).to(tr.P.dtype)
+    loss = squared_loss if kind == "squared" else logistic_loss
+    with torch.no_grad():  # one batch: the native epoch when built, else the PyTorch step
+        total = tr.train_epoch(data, torch.arange(n), t, n, loss) if fused else tr.torch_step(data.batch(torch.arange(n)), t, loss)
     expected_total = (
         np.sum((y - target) ** 2) if kind == "squared" else np.sum(np.log1p(np.exp(y)) - target * y)
     )
@@ -512,7 +507,7 @@ def _check_one_step(opt, clip, rescale, kind, *, fused: bool, rtol: float, atol:
 @needs_kernel
 @pytest.mark.parametrize("opt,clip,rescale,kind", OPT_CASES)
 @pytest.mark.parametrize("lengths", [LENGTHS_GENERAL, [2] * 9], ids=["general", "one-hot"])
-def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, kind, lengths):
+def test_native_epochs_track_the_pytorch_steps(opt, clip, rescale, kind, lengths):
     """Two trainers from the same seed, one on each path, 3 epochs of 10-row batches with
     repeated features: parameters and optimizer state stay equal to float32 rounding."""
     rng = np.random.default_rng(5)
@@ -523,8 +518,8 @@ def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, k
     target = rng.normal(3, 1, n) if kind == "squared" else rng.integers(0, 2, n).astype(float)
     params = FMParams(num_factors=6, optimizer=opt, clip_gradient=clip, rescale_grad=rescale,
                       linear_wd=0.01, factors_wd=0.02, bias_wd=0.03, threads=THREADS)  # fmt: skip
-    fused, ref, whole = FMTrainer(dim, params), FMTrainer(dim, params), FMTrainer(dim, params)
-    for tr in (fused, ref, whole):  # O(1) parameters, so every term of the update matters
+    fused, ref = FMTrainer(dim, params), FMTrainer(dim, params)
+    for tr in (fused, ref):  # O(1) parameters, so every term of the update matters
         tr.P.copy_(torch.from_numpy(np.random.default_rng(1).normal(0, 0.5, (dim, 7))).float())
     loss = squared_loss if kind == "squared" else logistic_loss
     data = _CSRTensors(X)
@@ -532,17 +527,9 @@ def test_fused_steps_track_the_pytorch_steps_over_an_epoch(opt, clip, rescale, k
     with torch.no_grad(), torch_threads(THREADS):
         for epoch in range(3):
             order = torch.from_numpy(np.random.default_rng(epoch).permutation(n))
-            a = b = 0.0
-            for sl, batch in data.epoch(order, 10):
-                a += fused.train_step(batch, t[order][sl], loss)
-                b += ref.torch_step(batch, t[order][sl], loss)
-            assert a == pytest.approx(b, rel=1e-4)
-            # the whole epoch in one kernel call: the same steps, bit for bit
-            assert whole.train_epoch(data, order, t[order], 10, loss) == a
-            assert torch.equal(whole.P, fused.P) and torch.equal(whole.w0, fused.w0)
-    assert fused.step_count == ref.step_count == whole.step_count == 3 * math.ceil(n / 10)
-    for x, y in zip((*whole.state_P, *whole.state_w0), (*fused.state_P, *fused.state_w0), strict=True):
-        assert torch.equal(x, y)
+            b = sum(ref.torch_step(batch, t[order][sl], loss) for sl, batch in data.epoch(order, 10))
+            assert fused.train_epoch(data, order, t[order], 10, loss) == pytest.approx(b, rel=1e-4)
+    assert fused.step_count == ref.step_count == 3 * math.ceil(n / 10)
     assert not torch.equal(fused.P, FMTrainer(dim, params).P)  # it trained
     torch.testing.assert_close(fused.P, ref.P, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused.w0, ref.w0, rtol=1e-4, atol=1e-5)
@@ -578,26 +565,13 @@ def test_avx2_and_baseline_code_train_bit_for_bit_the_same():
 
 
 @needs_kernel
-def test_native_step_rejects_out_of_range_indices_and_changes_nothing():
+def test_native_epoch_rejects_out_of_range_indices_and_changes_nothing():
     tr = FMTrainer(5, FMParams(num_factors=2))
     before = tr.P.clone(), tr.w0.clone()
-    bad = SparseBatch(torch.tensor([1, 5]), torch.ones(2), torch.tensor([0, 0]), 1)
+    X = sp.csr_matrix(np.array([[0, 1, 0, 0, 0, 1]], dtype=np.float32))  # column 5 of 0..4
     with pytest.raises(DataError, match=r"outside \[0, 5\)"), torch.no_grad():
-        tr.train_step(bad, torch.ones(1), squared_loss)
+        tr.train_epoch(_CSRTensors(X), torch.arange(1), torch.ones(1), 1, squared_loss)
     assert torch.equal(tr.P, before[0]) and torch.equal(tr.w0, before[1]) and tr.step_count == 0
-
-
-def test_a_batch_whose_rows_interleave_trains_as_the_pytorch_step():
-    """A hand-made batch whose entries interleave rows (never what the trainers build) gives
-    the same update through train_step as through the PyTorch step."""
-    params = FMParams(num_factors=3)
-    a, b = FMTrainer(6, params), FMTrainer(6, params)
-    batch = SparseBatch(torch.tensor([0, 3, 1, 4]), torch.ones(4), torch.tensor([0, 1, 0, 1]), 2)
-    t = torch.tensor([2.0, 4.0])
-    with torch.no_grad():
-        assert a.train_step(batch, t, squared_loss) == b.torch_step(batch, t, squared_loss)
-    assert torch.equal(a.P, b.P) and torch.equal(a.w0, b.w0)
-    assert not torch.equal(a.P, FMTrainer(6, params).P)
 
 
 def test_kernel_switch(monkeypatch):
@@ -632,24 +606,11 @@ def test_default_eps_and_default_rescale_is_the_batch_mean():
     X2 = sp.csr_matrix(np.array([[1.0, 0, 0], [1.0, 0, 0]], dtype=np.float32))
     out = []
     for X in (X1, X2):
-        t = FMTrainer(
-            3,
-            FMParams(
-                num_factors=2,
-                optimizer="sgd",
-                linear_lr=0.5,
-                bias_lr=0.5,
-                linear_wd=0,
-                bias_wd=0,
-                factors_wd=0,
-            ),
-        )
+        n = X.shape[0]
+        t = FMTrainer(3, FMParams(num_factors=2, optimizer="sgd", linear_lr=0.5, bias_lr=0.5, linear_wd=0,
+                                  bias_wd=0, factors_wd=0))  # fmt: skip
         with torch.no_grad(), torch_threads(THREADS):
-            t.train_step(
-                _CSRTensors(X).batch(torch.arange(X.shape[0])),
-                torch.full((X.shape[0],), 3.0),
-                squared_loss,
-            )
+            t.train_epoch(_CSRTensors(X), torch.arange(n), torch.full((n,), 3.0), n, squared_loss)
         out.append((t.w0.clone(), t.P.clone()))
     np.testing.assert_allclose(out[0][0].numpy(), out[1][0].numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(out[0][1].numpy(), out[1][1].numpy(), rtol=1e-6, atol=1e-7)

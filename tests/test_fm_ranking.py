@@ -299,19 +299,22 @@ def test_native_softmax_steps_track_the_pytorch_steps(opt, clip, rescale):
     rows = _CSRTensors(data.user_part)
     users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
     seen = _Seen(data.users, data.items, layout.n_users, n_items)
-    native = _NativeSoftmax(KERNEL, nat, rows, users, items, seen, n_items, off, 32, 12)
+    native = _NativeSoftmax(KERNEL, nat, data.user_part, users, items, seen, n_items, off, 32, 12)
     rng = np.random.default_rng(2)
     masked = 0
     with torch.no_grad():
-        for _ in range(40):
-            r = torch.from_numpy(rng.choice(n, 32, replace=False))
-            neg = torch.unique(torch.from_numpy(rng.integers(0, n_items, 12)))
-            scale = rescale if rescale is not None else 1.0 / len(r)
-            hit = seen.shared_mask(users[r], neg)
-            masked += int(hit.sum())
-            a = _softmax_step(ref, rows.batch(r), items[r], neg, hit, off, n_items, scale)
-            b = native.step(r, neg, scale)
-            assert b == pytest.approx(a, rel=1e-5)
+        for _ in range(4):  # 4 epochs of 10 batches of 32 rows (the last one of 12)
+            order = torch.from_numpy(rng.permutation(n))
+            native.epoch(order)
+            for start in range(0, n, 32):
+                r = order[start : start + 32]
+                neg = torch.unique(torch.from_numpy(rng.integers(0, n_items, 12)))
+                scale = rescale if rescale is not None else 1.0 / len(r)
+                hit = seen.shared_mask(users[r], neg)
+                masked += int(hit.sum())
+                a = _softmax_step(ref, rows.batch(r), items[r], neg, hit, off, n_items, scale)
+                b = native.step(start, start + len(r), neg, scale)
+                assert b == pytest.approx(a, rel=1e-5)
     assert masked > 100  # the masking of rated videos is exercised
     assert ref.step_count == nat.step_count == 40
     assert not torch.equal(nat.P, init)  # it trained

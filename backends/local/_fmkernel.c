@@ -49,7 +49,7 @@
 
 /* Bumped whenever an exported function's arguments change: backends/local/_kernel.py refuses a
  * library built from older sources (an editable install is not rebuilt by a git pull). */
-int fm_kernel_abi(void) { return 8; }
+int fm_kernel_abi(void) { return 11; }
 
 /* -1: not decided yet; 0: baseline; 1: AVX2. */
 static int g_isa = -1;
@@ -125,25 +125,31 @@ INLINE float exp_nonpos(float x) {
     return x < -87.0f ? 0.0f : p * scale;
 }
 
-/* max(init, x[0], ..., x[n - 1]) (NaN entries are skipped): eight lanes compared at once where
- * the compiler has vector extensions. */
+/* max(init, x[0], ..., x[n - 1]) (NaN entries are skipped): 4 x 8 lanes compared at once
+ * where the compiler has vector extensions (independent lanes: no chain of dependent blends). */
 #if defined(__GNUC__) || defined(__clang__)
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+
+INLINE v8f max8(v8f m, const float *x) {
+    v8f v;
+    memcpy(&v, x, sizeof(v));
+    v8i gt = v > m;
+    return (v8f)((gt & (v8i)v) | (~gt & (v8i)m));
+}
 #endif
 
 INLINE float row_max(const float *RESTRICT x, int64_t n, float init) {
     float out = init;
     int64_t c = 0;
 #if defined(__GNUC__) || defined(__clang__)
-    v8f m = {init, init, init, init, init, init, init, init};
-    for (; c + 8 <= n; c += 8) {
-        v8f v;
-        memcpy(&v, x + c, sizeof(v));
-        v8i gt = v > m;
-        m = (v8f)((gt & (v8i)v) | (~gt & (v8i)m));
-    }
-    for (int l = 0; l < 8; l++) out = m[l] > out ? m[l] : out;
+    v8f m[4];
+    for (int a = 0; a < 4; a++) m[a] = (v8f){init, init, init, init, init, init, init, init};
+    for (; c + 32 <= n; c += 32)
+        for (int a = 0; a < 4; a++) m[a] = max8(m[a], x + c + 8 * a);
+    for (; c + 8 <= n; c += 8) m[0] = max8(m[0], x + c);
+    for (int a = 0; a < 4; a++)
+        for (int l = 0; l < 8; l++) out = m[a][l] > out ? m[a][l] : out;
 #endif
     for (; c < n; c++) out = x[c] > out ? x[c] : out;
     return out;
@@ -192,6 +198,19 @@ INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT
     }
 }
 
+/* Rows of the tables are read in an order no hardware prefetcher can guess: ask for them a few
+ * iterations ahead. */
+#define PREFETCH_AHEAD 4
+#if defined(__GNUC__) || defined(__clang__)
+#define prefetch(p) __builtin_prefetch((p), 1, 3)
+#else
+#define prefetch(p) ((void)(p))
+#endif
+
+INLINE void prefetch_row(const float *p, int64_t n) {
+    for (int64_t f = 0; f < n; f += 16) prefetch(p + f);
+}
+
 /* The rows of a (feature_dim, k1) table touched by a step, each with its gradient: slot[i] is
  * row i's place in grows (feature_dim int32, all -1 between calls), uniq the rows in order of
  * first touch. */
@@ -222,6 +241,12 @@ INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const flo
     if (!(clip >= 0.0f)) clip = INFINITY;
     for (int64_t u = 0; u < t->n; u++) {
         int64_t i = t->uniq[u];
+        if (u + PREFETCH_AHEAD < t->n) { /* rows are scattered over the table: fetch ahead */
+            int64_t ahead = t->uniq[u + PREFETCH_AHEAD] * k1;
+            prefetch_row(P + ahead, k1);
+            if (s0) prefetch_row(s0 + ahead, k1);
+            if (s1) prefetch_row(s1 + ahead, k1);
+        }
         t->slot[i] = -1;
         update(P + i * k1, t->grows + u * k1, s0 ? s0 + i * k1 : NULL, s1 ? s1 + i * k1 : NULL,
                k1, lr, wd, optimizer, clip, eps, correction);
@@ -342,151 +367,160 @@ INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
 
 /* ------------------------------------------------------------------------------------------
  * The sampled-softmax ranking FM (backends/local/ranking.py, _softmax_step). A batch is B
- * training rows (rows: indices into the user-part CSR up_*, and into items) and S distinct
- * negative videos neg (sorted); table row of video i: item_offset + i.
+ * consecutive training rows of an epoch's permuted data: row r's user part is entries
+ * up_indptr[r] .. up_indptr[r + 1] of up_idx / up_val, its video items[r], its customer
+ * users[r]; S distinct negative videos neg (sorted); table row of video i: item_offset + i.
  */
 
 /*
- * U (B x k): each row's user vector sum_f x_f V_f over its user part; Pi (B x k1): the table
- * row of its video; Pn (S x k1): the negatives' rows; bias (S): their linear weight minus
- * log_q (the log-Q correction). Returns 0, or -1 (nothing read) if an index is out of range.
+ * U (B x k1): each row's user vector sum_f x_f V_f over its user part, then a 1; Pi (B x k1):
+ * the table row of its video; Pn (S x k1): the negatives' factors, then their linear weight
+ * minus log_q (the log-Q correction), so that U @ Pn^T is the negatives' scores. Returns 0, or
+ * -1 (nothing read) if an index is out of range.
  */
 #define RANK_GATHER_PARAMS                                                                        \
     (const float *P, int64_t feature_dim, int64_t k1, const int64_t *up_indptr,                   \
      const int64_t *up_idx, const float *up_val, const int64_t *items, int64_t item_offset,       \
-     const int64_t *rows, int64_t B, const int64_t *neg, int64_t S, float log_q, float *U,        \
-     float *Pi, float *Pn, float *bias)
+     int64_t B, const int64_t *neg, int64_t S, float log_q, float *U, float *Pi, float *Pn)
 #define RANK_GATHER_ARGS                                                                          \
-    (P, feature_dim, k1, up_indptr, up_idx, up_val, items, item_offset, rows, B, neg, S, log_q, U, \
-     Pi, Pn, bias)
+    (P, feature_dim, k1, up_indptr, up_idx, up_val, items, item_offset, B, neg, S, log_q, U, Pi,  \
+     Pn)
 
 INLINE int rank_gather_impl RANK_GATHER_PARAMS {
-    const int64_t k = k1 - 1;
-    for (int64_t r = 0; r < B; r++) {
-        int64_t q = rows[r], i = item_offset + items[q];
-        if (i < 0 || i >= feature_dim) return -1;
-        for (int64_t j = up_indptr[q]; j < up_indptr[q + 1]; j++)
-            if (up_idx[j] < 0 || up_idx[j] >= feature_dim) return -1;
-    }
+    const int64_t k = k1 - 1, e0 = up_indptr[0], e1 = up_indptr[B];
+    for (int64_t r = 0; r < B; r++)
+        if (item_offset + items[r] < 0 || item_offset + items[r] >= feature_dim) return -1;
+    for (int64_t j = e0; j < e1; j++)
+        if (up_idx[j] < 0 || up_idx[j] >= feature_dim) return -1;
     for (int64_t c = 0; c < S; c++)
         if (item_offset + neg[c] < 0 || item_offset + neg[c] >= feature_dim) return -1;
     for (int64_t r = 0; r < B; r++) {
-        int64_t q = rows[r];
-        float *u = U + r * k;
+        float *u = U + r * k1;
         memset(u, 0, sizeof(float) * (size_t)k);
-        for (int64_t j = up_indptr[q]; j < up_indptr[q + 1]; j++)
+        u[k] = 1.0f;
+        for (int64_t j = up_indptr[r]; j < up_indptr[r + 1]; j++) {
+            if (j + PREFETCH_AHEAD < e1) prefetch_row(P + up_idx[j + PREFETCH_AHEAD] * k1, k1);
             axpy(u, P + up_idx[j] * k1, up_val[j], k);
-        memcpy(Pi + r * k1, P + (item_offset + items[q]) * k1, sizeof(float) * (size_t)k1);
+        }
+        memcpy(Pi + r * k1, P + (item_offset + items[r]) * k1, sizeof(float) * (size_t)k1);
     }
     for (int64_t c = 0; c < S; c++) {
-        const float *p = P + (item_offset + neg[c]) * k1;
-        memcpy(Pn + c * k1, p, sizeof(float) * (size_t)k1);
-        bias[c] = p[k1 - 1] - log_q;
+        memcpy(Pn + c * k1, P + (item_offset + neg[c]) * k1, sizeof(float) * (size_t)k1);
+        Pn[c * k1 + k] -= log_q;
     }
     return 0;
 }
 
 /*
  * The sampled softmax of each row over [its own video, the S negatives]. Sc (B x S) holds
- * bias[c] + <U_r, V_neg[c]> (a matrix product done by the caller); negatives the row's
- * customer rated (seen_*: CSR of the rated videos by customer, users[rows[r]] the row's
- * customer) are left out. Sc is overwritten with the gradient of the loss wrt those scores
- * (times scale), g_pos (B) gets the gradient wrt the row's own score, colsum (S) the column
- * sums of Sc. col_of: n_items int32, all -1 (left so). Returns the summed loss.
+ * U @ Pn^T (a matrix product done by the caller: the negatives' scores with the log-Q term); negatives the row's
+ * customer rated (seen_*: CSR of the videos rated, by customer) are left out. The gradient of
+ * the loss wrt the negatives' scores is inv_r * Sc[r, c] afterwards: Sc gets exp(s - max) (0
+ * where left out), inv (B) the factor scale / sum, so that the caller's products Sc @ V_neg and
+ * Sc^T @ Uext need no scaling pass: Uext (B x k1) = [inv_r U_r | inv_r] (its last column gives
+ * the negatives' column sums). g_pos (B) gets the gradient wrt the row's own score.
+ * col_of: n_items int32, all -1 (left so). Returns the summed loss.
  */
 #define RANK_SOFTMAX_PARAMS                                                                       \
-    (float *Sc, const float *U, const float *Pi, int64_t k1, const int64_t *users,                \
-     const int64_t *rows, int64_t B, const int64_t *neg, int64_t S, const int64_t *seen_indptr,   \
-     const int64_t *seen_idx, int32_t *col_of, float scale, float *g_pos, float *colsum)
+    (float *Sc, const float *U, const float *Pi, int64_t k1, const int64_t *users, int64_t B,     \
+     const int64_t *neg, int64_t S, const int64_t *seen_indptr, const int64_t *seen_idx,          \
+     int32_t *col_of, float scale, float *g_pos, float *inv, float *Uext)
 #define RANK_SOFTMAX_ARGS                                                                         \
-    (Sc, U, Pi, k1, users, rows, B, neg, S, seen_indptr, seen_idx, col_of, scale, g_pos, colsum)
+    (Sc, U, Pi, k1, users, B, neg, S, seen_indptr, seen_idx, col_of, scale, g_pos, inv, Uext)
+
+/* x[c] = exp(x[c] - m) for c < n; returns their sum (eight running sums, a fixed order). */
+INLINE float exp_shift_sum(float *RESTRICT x, int64_t n, float m) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++) {
+            float e = exp_nonpos(x[c + l] - m);
+            x[c + l] = e;
+            acc[l] += e;
+        }
+    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; c < n; c++) {
+        x[c] = exp_nonpos(x[c] - m);
+        sum += x[c];
+    }
+    return sum;
+}
 
 INLINE double rank_softmax_impl RANK_SOFTMAX_PARAMS {
     const int64_t k = k1 - 1;
     double total = 0.0;
-    for (int64_t c = 0; c < S; c++) {
-        col_of[neg[c]] = (int32_t)c;
-        colsum[c] = 0.0f;
-    }
+    /* first the rated videos of every row's customer: a pass of scattered reads alone, so that
+     * the memory system serves several rows at once */
+    for (int64_t c = 0; c < S; c++) col_of[neg[c]] = (int32_t)c;
     for (int64_t r = 0; r < B; r++) {
-        float *row = Sc + r * S;
-        int64_t u = users[rows[r]];
-        for (int64_t j = seen_indptr[u]; j < seen_indptr[u + 1]; j++) {
-            int32_t c = col_of[seen_idx[j]];
-            if (c >= 0) row[c] = -INFINITY;
+        if (r + 2 * PREFETCH_AHEAD < B) prefetch(seen_indptr + users[r + 2 * PREFETCH_AHEAD]);
+        if (r + PREFETCH_AHEAD < B) {
+            const int64_t *ip = seen_indptr + users[r + PREFETCH_AHEAD];
+            for (int64_t j = ip[0]; j < ip[1]; j += 8) prefetch(seen_idx + j);
         }
-        const float s_pos = dot(U + r * k, Pi + r * k1, k) + Pi[r * k1 + k];
-        const float m = row_max(row, S, s_pos);
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t c = 0;
-        for (; c + 8 <= S; c += 8)
-            for (int l = 0; l < 8; l++) {
-                float e = exp_nonpos(row[c + l] - m);
-                row[c + l] = e;
-                acc[l] += e;
-            }
-        float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for (; c < S; c++) {
-            row[c] = exp_nonpos(row[c] - m);
-            sum += row[c];
+        float *row = Sc + r * S, spare;
+        for (int64_t j = seen_indptr[users[r]]; j < seen_indptr[users[r] + 1]; j++) {
+            /* no branch (hits are unpredictable): a miss writes to spare */
+            int64_t c = col_of[seen_idx[j]];
+            uintptr_t hit = (uintptr_t)0 - (uintptr_t)(c >= 0);
+            *(float *)((((uintptr_t)row + (uintptr_t)c * sizeof(float)) & hit) | ((uintptr_t)&spare & ~hit)) = -INFINITY;
         }
-        const float e_pos = exp_nonpos(s_pos - m);
-        sum += e_pos;
-        total += (double)logf(sum) - (double)(s_pos - m);
-        const float inv = scale / sum;
-        for (c = 0; c < S; c++) {
-            row[c] = row[c] * inv;
-            colsum[c] += row[c];
-        }
-        g_pos[r] = e_pos * inv - scale;
     }
     for (int64_t c = 0; c < S; c++) col_of[neg[c]] = -1;
+    for (int64_t r = 0; r < B; r++) {
+        float *row = Sc + r * S;
+        const float *u = U + r * k1;
+        const float s_pos = dot(u, Pi + r * k1, k) + Pi[r * k1 + k];
+        const float m = row_max(row, S, s_pos);
+        const float e_pos = exp_nonpos(s_pos - m);
+        const float sum = exp_shift_sum(row, S, m) + e_pos;
+        total += (double)logf(sum) - (double)(s_pos - m);
+        const float f = scale / sum;
+        float *ue = Uext + r * k1;
+        for (int64_t c = 0; c < k; c++) ue[c] = u[c] * f;
+        ue[k] = f;
+        inv[r] = f;
+        g_pos[r] = e_pos * f - scale;
+    }
     return total;
 }
 
 /*
- * The lazy optimizer step of a softmax batch. gU (B x k): g_neg @ V_neg and gN (S x k):
- * g_neg^T @ U (matrix products done by the caller); g_pos, colsum, U, Pi from the calls above.
- * Gradients: user-part feature f of row r: x_f (gU_r + g_pos_r V_i) (its linear weight: 0);
- * the row's video: [g_pos_r U_r | g_pos_r]; negative c: [gN_c | colsum_c]; summed per table row
- * in that order, then every touched row is updated (w0 is not: it cancels in the loss).
- * *step is advanced by one; returns 0. slot: feature_dim int32 all -1 (left so); grows: (B * max user-part
+ * The lazy optimizer step of a softmax batch, with gU (B x k) = Sc @ V_neg and gN (S x k1) =
+ * Sc^T @ Uext (matrix products done by the caller) and g_pos, inv, U, Pi from the calls above.
+ * Gradients: user-part feature f of row r: x_f (inv_r gU_r + g_pos_r V_i) (its linear weight:
+ * 0); the row's video: [g_pos_r U_r | g_pos_r]; negative c: gN_c; summed per table row in that
+ * order, then every touched row is updated (w0 is not: it cancels in the loss). *step is
+ * advanced by one; returns 0. slot: feature_dim int32 all -1 (left so); grows: (user-part
  * entries + B + S) x k1 floats; uniq as many int64; gu: k floats.
  */
 #define RANK_UPDATE_PARAMS                                                                        \
     (float *P, float *s0, float *s1, int64_t k1, const int64_t *up_indptr,                        \
      const int64_t *up_idx, const float *up_val, const int64_t *items, int64_t item_offset,       \
-     const int64_t *rows, int64_t B, const int64_t *neg, int64_t S, const float *U,               \
-     const float *Pi, const float *gU, const float *g_pos, const float *gN, const float *colsum,  \
-     const float *lr, const float *wd, float clip, int optimizer, int64_t *step, float eps,       \
-     int32_t *slot, float *grows, int64_t *uniq, float *gu)
+     int64_t B, const int64_t *neg, int64_t S, const float *U, const float *Pi, const float *gU,  \
+     const float *g_pos, const float *inv, const float *gN, const float *lr, const float *wd,     \
+     float clip, int optimizer, int64_t *step, float eps, int32_t *slot, float *grows,            \
+     int64_t *uniq, float *gu)
 #define RANK_UPDATE_ARGS                                                                          \
-    (P, s0, s1, k1, up_indptr, up_idx, up_val, items, item_offset, rows, B, neg, S, U, Pi, gU,    \
-     g_pos, gN, colsum, lr, wd, clip, optimizer, step, eps, slot, grows, uniq, gu)
+    (P, s0, s1, k1, up_indptr, up_idx, up_val, items, item_offset, B, neg, S, U, Pi, gU, g_pos,   \
+     inv, gN, lr, wd, clip, optimizer, step, eps, slot, grows, uniq, gu)
 
 INLINE int rank_update_impl RANK_UPDATE_PARAMS {
     const int64_t k = k1 - 1;
     touched t = {slot, grows, uniq, 0, k1};
     for (int64_t r = 0; r < B; r++) {
-        int64_t q = rows[r];
         const float *vi = Pi + r * k1;
-        const float gp = g_pos[r];
-        for (int64_t f = 0; f < k; f++) gu[f] = gU[r * k + f] + vi[f] * gp;
-        for (int64_t j = up_indptr[q]; j < up_indptr[q + 1]; j++) {
-            float *gr = grad_row(&t, up_idx[j]);
-            axpy(gr, gu, up_val[j], k);
-        }
+        const float gp = g_pos[r], f_r = inv[r];
+        for (int64_t f = 0; f < k; f++) gu[f] = gU[r * k + f] * f_r + vi[f] * gp;
+        for (int64_t j = up_indptr[r]; j < up_indptr[r + 1]; j++)
+            axpy(grad_row(&t, up_idx[j]), gu, up_val[j], k);
     }
     for (int64_t r = 0; r < B; r++) {
-        float *gr = grad_row(&t, item_offset + items[rows[r]]);
-        axpy(gr, U + r * k, g_pos[r], k);
+        float *gr = grad_row(&t, item_offset + items[r]);
+        axpy(gr, U + r * k1, g_pos[r], k);
         gr[k] += g_pos[r];
     }
-    for (int64_t c = 0; c < S; c++) {
-        float *gr = grad_row(&t, item_offset + neg[c]);
-        for (int64_t f = 0; f < k; f++) gr[f] += gN[c * k + f];
-        gr[k] += colsum[c];
-    }
+    for (int64_t c = 0; c < S; c++) axpy(grad_row(&t, item_offset + neg[c]), gN + c * k1, 1.0f, k1);
     int64_t st = ++*step;
     update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps,
                    optimizer == OPT_ADAM ? adam_correction(st) : 1.0f);

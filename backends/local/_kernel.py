@@ -25,7 +25,7 @@ __all__ = ["load", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_NATIVE"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
-KERNEL_ABI = 8
+KERNEL_ABI = 11
 
 _P = ctypes.c_void_p  # pointers are passed as integers (tensor.data_ptr())
 _I64, _F32, _INT, _F64 = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_double
@@ -45,17 +45,17 @@ _SIGNATURES = {
     ]),
     "rank_gather": (_INT, [
         _P, _I64, _I64, _P, _P, _P,  # P, feature_dim, k1, user part indptr / idx / val
-        _P, _I64, _P, _I64, _P, _I64, _F32,  # items, item_offset, rows, B, neg, S, log_q
-        _P, _P, _P, _P,  # U, Pi, Pn, bias
+        _P, _I64, _I64, _P, _I64, _F32,  # items, item_offset, B, neg, S, log_q
+        _P, _P, _P,  # U, Pi, Pn
     ]),
     "rank_softmax": (_F64, [
-        _P, _P, _P, _I64, _P, _P, _I64, _P, _I64,  # Sc, U, Pi, k1, users, rows, B, neg, S
-        _P, _P, _P, _F32, _P, _P,  # seen indptr / idx, col_of, scale, g_pos, colsum
+        _P, _P, _P, _I64, _P, _I64, _P, _I64,  # Sc, U, Pi, k1, users, B, neg, S
+        _P, _P, _P, _F32, _P, _P, _P,  # seen indptr / idx, col_of, scale, g_pos, inv, Uext
     ]),
     "rank_update": (_INT, [
         _P, _P, _P, _I64, _P, _P, _P,  # P, s0, s1, k1, user part indptr / idx / val
-        _P, _I64, _P, _I64, _P, _I64,  # items, item_offset, rows, B, neg, S
-        _P, _P, _P, _P, _P, _P,  # U, Pi, gU, g_pos, gN, colsum
+        _P, _I64, _I64, _P, _I64,  # items, item_offset, B, neg, S
+        _P, _P, _P, _P, _P, _P,  # U, Pi, gU, g_pos, inv, gN
         _P, _P, _F32, _INT, _STEP, _F32,  # lr, wd, clip, optimizer, step (in/out), eps
         _P, _P, _P, _P,  # slot, grows, uniq, gu
     ]),

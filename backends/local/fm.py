@@ -172,7 +172,7 @@ def logistic_loss(y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.nn.functional.binary_cross_entropy_with_logits(y, t, reduction="none"), torch.sigmoid(y) - t
 
 
-#: Losses the fused C step implements (its ``loss`` argument) and its optimizer codes.
+#: Losses the native epoch implements (its ``loss`` argument) and its optimizer codes.
 _KERNEL_LOSSES: dict[Any, int] = {squared_loss: 0, logistic_loss: 1}
 _OPTIMIZERS = {"sgd": 0, "adagrad": 1, "adam": 2}
 
@@ -210,7 +210,7 @@ class FMTrainer:
         self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
         self.step_count = 0
         self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
-        # the fused C step (backends/local/_fmkernel.c), when built; None: the PyTorch step
+        # the native kernel (backends/local/_fmkernel.c), when built; None: the PyTorch step
         self._kernel = _kernel.load()
         self._slot: torch.Tensor | None = None
         self._fwork = torch.empty(0)
@@ -283,14 +283,9 @@ class FMTrainer:
         correction = math.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
         return weight.sub_(m.div(v.sqrt().add_(self.eps)).mul_(lr * correction)), [m, v]
 
-    def train_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """Forward, loss, closed-form backward and a lazy optimizer step. Returns the summed loss."""
-        if self._kernel is not None and loss_fn in _KERNEL_LOSSES and self._fusable():
-            return self._fused_step(batch, target, loss_fn)
-        return self.torch_step(batch, target, loss_fn)
-
     def torch_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """:meth:`train_step` in PyTorch operations (the reference for the fused C step)."""
+        """Forward, loss, closed-form backward and a lazy optimizer step in PyTorch operations
+        (the reference for the native epoch). Returns the summed loss."""
         y, s, xv = self.forward(batch)
         loss, dy = loss_fn(y, target)
         scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
@@ -298,9 +293,10 @@ class FMTrainer:
         return float(loss.sum())
 
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
-        """:meth:`train_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
+        """:meth:`torch_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
         (``target`` already in that order). Returns the summed loss, or NaN as soon as it is
-        not finite (training diverged); the native kernel runs the whole epoch in one call."""
+        not finite (training diverged); the native kernel runs the whole epoch in one call,
+        with the same arithmetic."""
         if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
@@ -317,12 +313,6 @@ class FMTrainer:
             idx, val = whole.idx, whole.val
             lengths = data.indptr[order + 1] - data.indptr[order]
             indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
-        return self._fused_rows(indptr, idx, val, target, batch_size, _KERNEL_LOSSES[loss_fn])
-
-    def _fused_rows(self, indptr: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, target: torch.Tensor, batch_size: int, loss: int) -> float:
-        """The C kernel over CSR rows (``indptr`` int64, n + 1 offsets into ``idx`` / ``val``) in
-        batches of ``batch_size``: one :meth:`torch_step` per batch, same arithmetic."""
-        n = int(indptr.numel()) - 1
         starts = torch.arange(0, n, batch_size)
         ends = torch.clamp(starts + batch_size, max=n)
         max_nnz = int((indptr[ends] - indptr[starts]).max()) if n else 0
@@ -336,7 +326,7 @@ class FMTrainer:
             ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
             ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
             ptr(indptr.contiguous()), ptr(idx.contiguous()), ptr(val.contiguous()), n,
-            ptr(target.to(torch.float32).contiguous()), batch_size, loss,
+            ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
             -1.0 if p.clip_gradient is None else p.clip_gradient,
@@ -345,10 +335,7 @@ class FMTrainer:
         )  # fmt: skip
         self.step_count = step.value
         if total == -1.0:
-            raise DataError(
-                f"a feature index is outside [0, {self.feature_dim}); build batches with "
-                f"csr_batches() from a matrix with {self.feature_dim} columns"
-            )
+            raise DataError(f"a feature index is outside [0, {self.feature_dim}): the data must have {self.feature_dim} columns")
         return total
 
     def _scratch(self, n_rows: int, nnz: int, n_int: int) -> None:
@@ -366,16 +353,6 @@ class FMTrainer:
         """The kernel writes the parameters and state in place through raw pointers."""
         tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
         return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-
-    def _fused_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """:meth:`train_step` as one C call: the batch as CSR rows, one batch of its own size.
-        Rows not grouped in order (never from :class:`_CSRTensors`) take the PyTorch step."""
-        row, n = batch.row, batch.n_rows
-        if n == 0 or (row.numel() and not (bool((row[1:] >= row[:-1]).all()) and 0 <= int(row[0]) and int(row[-1]) < n)):
-            return self.torch_step(batch, target, loss_fn)
-        indptr = torch.zeros(n + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(row, minlength=n), 0, out=indptr[1:])
-        return self._fused_rows(indptr, batch.idx, batch.val, target, n, _KERNEL_LOSSES[loss_fn])
 
     def apply_gradient(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> None:
         """Apply per-row loss gradients ``g`` (already rescaled) with a lazy optimizer step."""

@@ -168,48 +168,57 @@ def _softmax_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, neg: torch.Ten
 class _NativeSoftmax:
     """:func:`_softmax_step` with the native kernel: the three matrix products (scores of the
     shared negatives, and the two gradient products) in PyTorch, everything else in three
-    kernel calls. Buffers are allocated once for the largest batch."""
+    kernel calls. :meth:`epoch` lays the rows out in the epoch's order, so that a batch is a
+    contiguous slice; buffers are allocated once for the largest batch."""
 
-    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, data: _CSRTensors, users: torch.Tensor, items: torch.Tensor,
+    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: sp.csr_matrix, users: torch.Tensor, items: torch.Tensor,
                  seen: _Seen, n_items: int, item_offset: int, batch_size: int, negatives: int):  # fmt: skip
-        self.kernel, self.tr, self.data, self.seen = kernel, tr, data, seen
-        self.users, self.items, self.n_items, self.item_offset = users, items, n_items, item_offset
+        self.kernel, self.tr, self.part, self.seen = kernel, tr, part, seen
+        self.all_users, self.all_items, self.n_items, self.item_offset = users, items, n_items, item_offset
         k, k1 = tr.k, tr.k + 1
         B, S = min(batch_size, len(users)), negatives
-        widest = int((data.indptr[1:] - data.indptr[:-1]).max()) if len(users) else 0
-        self.U, self.Pi, self.Pn = torch.empty(B, k), torch.empty(B, k1), torch.empty(S, k1)
-        self.bias, self.g_pos, self.colsum = torch.empty(S), torch.empty(B), torch.empty(S)
-        self.Sc, self.gU, self.gN = torch.empty(B * S), torch.empty(B * k), torch.empty(S * k)
+        widest = int(np.diff(part.indptr).max()) if len(users) else 0
+        self.U, self.Pi, self.Pn, self.Uext = (torch.empty(n, k1) for n in (B, B, S, B))  # U: [U | 1]
+        self.g_pos, self.inv = torch.empty(B), torch.empty(B)
+        self.Sc, self.gU, self.gN = torch.empty(B * S), torch.empty(B * k), torch.empty(S * k1)
         self.col_of = torch.full((n_items,), -1, dtype=torch.int32)
         self.slot = torch.full((tr.feature_dim,), -1, dtype=torch.int32)
         touched = B * widest + B + S
         self.grows, self.uniq, self.gu = torch.empty(touched * k1), torch.empty(touched, dtype=torch.int64), torch.empty(k)
 
-    def step(self, rows: torch.Tensor, neg: torch.Tensor, scale: float) -> float:
-        """One batch: ``rows`` of the training data, ``neg`` the distinct sorted negatives."""
-        kern, tr, ptr = self.kernel, self.tr, _kernel.ptr
-        k, k1, B, S = tr.k, tr.k + 1, len(rows), len(neg)
-        up = (ptr(self.data.indptr), ptr(self.data.indices), ptr(self.data.data))
-        U, Pn = self.U[:B], self.Pn[:S]
-        if kern.rank_gather(ptr(tr.P), tr.feature_dim, k1, *up, ptr(self.items), self.item_offset, ptr(rows), B,
-                            ptr(neg), S, math.log(S / self.n_items), ptr(U), ptr(self.Pi), ptr(Pn), ptr(self.bias)):  # fmt: skip
+    def epoch(self, order: torch.Tensor) -> None:
+        """The training rows in the order ``order``: customers, videos and the user-part CSR."""
+        self.users, self.items = self.all_users[order], self.all_items[order]
+        part = self.part[order.numpy()]
+        self.indptr, self.idx = (torch.from_numpy(a.astype(np.int64)) for a in (part.indptr, part.indices))
+        self.val = torch.from_numpy(part.data)
+
+    def step(self, start: int, stop: int, neg: torch.Tensor, scale: float) -> float:
+        """One batch: rows ``start:stop`` of the epoch, ``neg`` the distinct sorted negatives."""
+        kern, tr, p = self.kernel, self.tr, self.tr.params
+        k, k1, B, S = tr.k, tr.k + 1, stop - start, len(neg)
+        # addresses: the batch's rows are a slice of the epoch's arrays (8-byte entries)
+        up = (self.indptr.data_ptr() + 8 * start, self.idx.data_ptr(), self.val.data_ptr())
+        items, users = self.items.data_ptr() + 8 * start, self.users.data_ptr() + 8 * start
+        P, neg_p, ptr = tr.P.data_ptr(), neg.data_ptr(), _kernel.ptr
+        U, Pn, Uext = self.U[:B], self.Pn[:S], self.Uext[:B]
+        if kern.rank_gather(P, tr.feature_dim, k1, *up, items, self.item_offset, B, neg_p, S, math.log(S / self.n_items),
+                            ptr(U), ptr(self.Pi), ptr(Pn)):  # fmt: skip
             raise DataError(f"a feature index is outside [0, {tr.feature_dim}) (the data does not match the layout)")
         Sc = self.Sc[: B * S].view(B, S)
-        torch.addmm(self.bias[:S], U, Pn[:, :k].T, out=Sc)
-        loss = kern.rank_softmax(ptr(Sc), ptr(U), ptr(self.Pi), k1, ptr(self.users), ptr(rows), B, ptr(neg), S,
-                                 ptr(self.seen.indptr), ptr(self.seen.indices), ptr(self.col_of), scale,
-                                 ptr(self.g_pos), ptr(self.colsum))  # fmt: skip
-        gU, gN = self.gU[: B * k].view(B, k), self.gN[: S * k].view(S, k)
+        torch.mm(U, Pn.T, out=Sc)  # [U | 1] @ [V_neg | w_neg - log_q]^T
+        loss = kern.rank_softmax(ptr(Sc), ptr(U), ptr(self.Pi), k1, users, B, neg_p, S, ptr(self.seen.indptr),
+                                 ptr(self.seen.indices), ptr(self.col_of), scale, ptr(self.g_pos), ptr(self.inv),
+                                 ptr(Uext))  # fmt: skip
+        gU, gN = self.gU[: B * k].view(B, k), self.gN[: S * k1].view(S, k1)
         torch.mm(Sc, Pn[:, :k], out=gU)
-        torch.mm(Sc.T, U, out=gN)
-        p = tr.params
+        torch.mm(Sc.T, Uext, out=gN)
         step = ctypes.c_int64(tr.step_count)
-        st = [*tr.state_P, None, None][:2]
-        kern.rank_update(ptr(tr.P), ptr(st[0]), ptr(st[1]), k1, *up, ptr(self.items), self.item_offset, ptr(rows), B,
-                         ptr(neg), S, ptr(U), ptr(self.Pi), ptr(gU), ptr(self.g_pos), ptr(gN), ptr(self.colsum),
-                         ptr(tr.lr), ptr(tr.wd), -1.0 if p.clip_gradient is None else p.clip_gradient,
-                         _OPTIMIZERS[tr.optimizer], ctypes.byref(step), tr.eps,
-                         ptr(self.slot), ptr(self.grows), ptr(self.uniq), ptr(self.gu))  # fmt: skip
+        s0, s1 = (*(ptr(t) for t in tr.state_P), None, None)[:2]
+        kern.rank_update(P, s0, s1, k1, *up, items, self.item_offset, B, neg_p, S, ptr(U), ptr(self.Pi), ptr(gU),
+                         ptr(self.g_pos), ptr(self.inv), ptr(gN), ptr(tr.lr), ptr(tr.wd),
+                         -1.0 if p.clip_gradient is None else p.clip_gradient, _OPTIMIZERS[tr.optimizer],
+                         ctypes.byref(step), tr.eps, ptr(self.slot), ptr(self.grows), ptr(self.uniq), ptr(self.gu))  # fmt: skip
         tr.step_count = step.value
         return loss
 
@@ -223,9 +232,9 @@ def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen, kernel: ctypes.C
     rows = _CSRTensors(eval_set.user_part)
     table = tr.P[layout.item_offset : layout.item_offset + n_items]
 
-    def scores(r: np.ndarray) -> torch.Tensor:
+    def scores(r: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         U = _user_vectors(tr, rows.batch(torch.from_numpy(np.asarray(r, dtype=np.int64))))
-        return torch.addmm(table[:, k][None, :], U, table[:, :k].T)
+        return torch.addmm(table[:, k][None, :], U, table[:, :k].T, out=out)
 
     if kernel is None or not tr._fusable():
         ranks = ranks_from_scores(lambda r: scores(r).numpy(), np.arange(n), eval_set.items, n_items,
@@ -233,10 +242,11 @@ def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen, kernel: ctypes.C
     else:
         ranks = np.empty(n, dtype=np.int64)
         targets, users = torch.from_numpy(eval_set.items), torch.from_numpy(eval_set.users)
-        chunk = max(1, (1 << 24) // max(n_items, 1))
+        chunk = max(1, (1 << 21) // max(n_items, 1))  # 8 MB of scores at a time: cache-sized
+        buffer = torch.empty(min(chunk, n) * n_items)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            s = scores(np.arange(start, stop))
+            s = scores(np.arange(start, stop), buffer[: (stop - start) * n_items].view(stop - start, n_items))
             if kernel.rank_targets(_kernel.ptr(s), stop - start, n_items, _kernel.ptr(targets[start:stop]),
                                    _kernel.ptr(users[start:stop]), _kernel.ptr(seen.indptr),
                                    _kernel.ptr(seen.indices), ranks[start:stop].ctypes.data):  # fmt: skip
@@ -302,17 +312,23 @@ def train_fm_ranking(
     rng = np.random.default_rng(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     tr = FMTrainer(layout.feature_dim, params)
-    rows_data = _CSRTensors(sp.csr_matrix(data.user_part, dtype=np.float32))
+    part = sp.csr_matrix(data.user_part, dtype=np.float32)
+    if not part.has_canonical_format:
+        part = part.copy()  # never modify the caller's matrix
+        part.sum_duplicates()
+    rows_data = _CSRTensors(part)
     seen = _Seen(data.users, data.items, n_users, n_items)
     users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
     n, bs = len(data), params.mini_batch_size
     kernel = _kernel.load()
     native = None
     if kernel is not None and loss == "softmax" and tr._fusable():
-        native = _NativeSoftmax(kernel, tr, rows_data, users, items, seen, n_items, off, bs, negatives)
+        native = _NativeSoftmax(kernel, tr, part, users, items, seen, n_items, off, bs, negatives)
 
     def epoch_fn() -> float:
         order = torch.from_numpy(rng.permutation(n))
+        if native is not None:
+            native.epoch(order)
         total = 0.0
         for start in range(0, n, bs):
             r = order[start : start + bs]
@@ -323,7 +339,7 @@ def train_fm_ranking(
             else:
                 neg = torch.unique(torch.randint(0, n_items, (negatives,), generator=gen))
                 if native is not None:
-                    total += native.step(r, neg, scale)
+                    total += native.step(start, start + len(r), neg, scale)
                 else:
                     hit = seen.shared_mask(users[r], neg)
                     total += _softmax_step(tr, rows_data.batch(r), items[r], neg, hit, off, n_items, scale)
