@@ -788,25 +788,27 @@ def ranking_summary(runs: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], 
     rows, floors = [], []
     for ds in dict.fromkeys(r["dataset"] for r in runs):
         mine = [r for r in runs if r["dataset"] == ds]
-        med = {}
-        hr = {}
+        med, hr, cpu = {}, {}, {}
         for variant in RANKING_VARIANTS:
             v = [r for r in mine if r["variant"] == variant]
             if not v:
                 continue
             med[variant] = statistics.median(r["rows_per_s"] for r in v)
             hr[variant] = statistics.fmean(r["hr@10"] for r in v)
-            ratio = f"{med[variant] / med['before']:.2f}x rows/s, HR@10 {100 * (hr[variant] / hr['before'] - 1):+.1f} %" if "before" in med and variant != "before" else ""
+            cpu[variant] = statistics.median(r["call_cpu_s"] for r in v)
+            ratio = (f"{med[variant] / med['before']:.2f}x rows/s ({cpu['before'] / cpu[variant]:.2f}x CPU), "
+                     f"HR@10 {100 * (hr[variant] / hr['before'] - 1):+.1f} %") if "before" in med and variant != "before" else ""  # fmt: skip
             rows.append((ds, f"{v[0]['train_rows']:,}", variant, str(len(v)),
                          "/".join(str(r["epochs_run"]) for r in v), f"{statistics.median(r['train_s'] for r in v):.1f}",
-                         f"{med[variant]:,.0f}", fmt_ms([r["hr@10"] for r in v]), ratio))  # fmt: skip
+                         f"{cpu[variant]:.1f}", f"{med[variant]:,.0f}", fmt_ms([r["hr@10"] for r in v]),
+                         f"{max(r['peak'] for r in v) / GB:.2f}", ratio))  # fmt: skip
         after = [r for r in mine if r["variant"] == "after"]
         for peer in ("als", "bpr"):
             p = [r[peer] for r in after if peer in r]
             if p:
                 rows.append((ds, f"{after[0]['train_rows']:,}", f"implicit {peer.upper()} ({p[0]['factors']} factors, {p[0]['iterations']} it.)",
-                             str(len(p)), "", f"{statistics.median(x['fit_s'] for x in p):.1f}", "",
-                             fmt_ms([x["hr@10"] for x in p]), ""))  # fmt: skip
+                             str(len(p)), "", f"{statistics.median(x['fit_s'] for x in p):.1f}", "", "",
+                             fmt_ms([x["hr@10"] for x in p]), "", ""))  # fmt: skip
         if "before" in med and "after" in med:
             speedup = med["after"] / med["before"]
             floors.append({"floor": f"ranking FM rows/s >= {FLOOR_RANKING_SPEEDUP:g}x before ({ds})",
@@ -1003,8 +1005,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['test_rmse']:.4f} vs naive {r['naive_rmse']:.4f}\n")  # fmt: skip
     if "ranking" in res:
         res["ranking_table"], ranking_floors = ranking_summary(res["ranking"])
-        print_table(("data", "train rows", "variant", "runs", "epochs", "train s (median)", "rows/s (median)",
-                     "HR@10 (mean ± std)", "vs before"), res["ranking_table"])  # fmt: skip
+        print_table(("data", "train rows", "variant", "runs", "epochs", "train s (median)", "CPU s (median)",
+                     "rows/s (median)", "HR@10 (mean ± std)", "peak GB", "vs before"), res["ranking_table"])  # fmt: skip
         floors += ranking_floors
     res["floors"] = floors
     for fl in floors:
