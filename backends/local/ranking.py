@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -347,9 +346,11 @@ def train_fm_ranking(
                 return math.nan
         return total / n
 
-    eval_fn: Callable[[], tuple[str, float, bool]] | None = None
+    eval_fn = None
     if eval_set is not None:
-        eval_fn = lambda: (f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen, kernel), True)  # noqa: E731
+
+        def eval_fn() -> tuple[str, float, bool]:
+            return f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen, kernel), True
 
     meta = run_epochs(tr, params, epoch_fn, loss_name=loss, eval_fn=eval_fn, options=options, desc=f"FM ranking ({loss})")
     tr.params = FMParams(**{**params.to_dict(), "predictor_type": "binary_classifier"})
