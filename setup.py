@@ -1,31 +1,31 @@
-"""Build the optional native kernels; everything else is in pyproject.toml.
+"""Build the optional native training kernels; everything else is in pyproject.toml.
 
-The extensions are optional: without a C compiler the install still succeeds and the local
-backend uses its PyTorch / FAISS paths, which compute the same results. On x86-64 the same
-source is built twice, for any x86-64 CPU and for AVX2; ``backends/local/_kernel.py`` loads the
-AVX2 build only on a CPU that has it.
+The extension is optional: without a C compiler the install still succeeds and the local backend
+uses its PyTorch paths, which compute the same results. It is loaded with ctypes and uses no
+CPython API, so it is built against the stable ABI (one ``abi3`` build per platform, not one per
+Python version). On x86-64 the one library holds a baseline and an AVX2 copy of its hot loops and
+picks one at run time (``backends/local/_fmkernel.c``).
 """
 
-import platform
+import sys
 
 from setuptools import Extension, setup
 
-SOURCE = ["backends/local/_fmkernel.c"]
-# no FMA contraction and no fast-math, so the kernels round as the PyTorch step does
-FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
+# no FMA contraction and no fast-math, so the kernels round as the PyTorch steps do and the
+# baseline and AVX2 copies agree bit for bit (-fno-trapping-math only lets branches vectorise)
+WINDOWS = sys.platform == "win32"
+FLAGS = [] if WINDOWS else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi"]
 
-extensions = [
-    Extension("backends.local._fmkernel", SOURCE, extra_compile_args=FLAGS, optional=True)
-]
-if platform.machine().lower() in ("x86_64", "amd64"):
-    extensions.append(
+setup(
+    ext_modules=[
         Extension(
-            "backends.local._fmkernel_avx2",
-            SOURCE,
-            extra_compile_args=[*FLAGS, "-mavx2"],
-            define_macros=[("FMKERNEL_AVX2", "1")],
+            "backends.local._fmkernel",
+            ["backends/local/_fmkernel.c"],
+            extra_compile_args=FLAGS,
+            libraries=[] if WINDOWS else ["m"],
+            py_limited_api=True,
             optional=True,
         )
-    )
-
-setup(ext_modules=extensions)
+    ],
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_fm.py --only accuracy --seeds 5        # RMSE table only
     python benchmarks/bench_fm.py --only throughput --datasets ml,default
     python benchmarks/bench_fm.py --tuned-config '{"linear_lr": 0.003, ...}'   # skip tuning
+    python benchmarks/bench_fm.py --only ranking --ranking-datasets ml,default,full
 
 Every measured stage runs in a fresh Python process (this script re-invoked with a hidden
 ``--stage`` argument); peak memory is the child's ``VmHWM`` (see ``bench_data.py``, whose
@@ -36,17 +37,41 @@ throughput  Training ratings/s of our FM (:func:`backends.local.fm.train_fm`) ag
             one process.
 full        25 epochs, k = 64 (the lab's regressor) on the ``full`` preset after the default
             18/95 long-tail filter, in its own process: training time and peak RSS.
+ranking     The ranking FM as ``recsys run`` trains it (:func:`recsys.objectives.
+            train_ranking_model` with ``RunConfig().ranking``: [user | video | last 5 videos],
+            sampled softmax over 512 shared negatives, k = 64, batch 1024, up to 30 epochs with
+            early stopping on each customer's latest training rating), one torch thread, one
+            fresh process per run, variants interleaved per seed:
+
+            * ``before``: the code at ``--before-rev`` (the PyTorch loop this change replaced),
+              exported with ``git archive`` and imported through ``PYTHONPATH``;
+            * ``after``: this tree, native kernel;
+            * ``after_pytorch``: this tree with ``RECSYS_NATIVE=off``.
+
+            Rows/s = training rows x epochs run / training seconds (the epoch loop, evaluation
+            included). Held-out HR@10 as ``recsys run`` computes it (each customer's latest
+            rating ranked among the videos they did not rate, ties by index:
+            :func:`recsys.ranking.ranks_from_scores` on the model's k-NN vectors). Peers on the
+            same training rows (binary customer x video matrix), one thread each: implicit's
+            ``AlternatingLeastSquares()`` and ``BayesianPersonalizedRanking()``, defaults
+            otherwise. ``full-unfiltered`` (no long-tail filter: 2 M customers) runs ``after``
+            only, with its peak RSS; its HR@10 is on a fixed random sample of
+            ``--ranking-sample`` test rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +82,8 @@ from bench_data import GB, Peaks, machine_info, peak_bytes, run_watched, write_j
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_fm.json"
 DEFAULT_DATA = "/work/shared/datasets/ml-latest-small/ratings.csv"
 FLOOR_SPEEDUP = 10.0
+FLOOR_RANKING_SPEEDUP = 3.0
+RANKING_HR_TOLERANCE = 0.02  # relative
 RATING_SCALE = (0.5, 5.0)
 
 #: Candidates for the tuned regressor: changes to the lab's settings (RunConfig().regressor).
@@ -88,6 +115,9 @@ THROUGHPUT_DATASETS = {
     "default-unfiltered": ("default", {"min_customer_ratings": 1, "min_product_ratings": 1}),
     "full-unfiltered": ("full", {"min_customer_ratings": 1, "min_product_ratings": 1}),
 }
+RANKING_DATASETS = {"ml": THROUGHPUT_DATASETS["ml"], "default": ("default", {}), "full": ("full", {}),
+                    "full-unfiltered": THROUGHPUT_DATASETS["full-unfiltered"]}  # fmt: skip
+RANKING_VARIANTS = ("before", "after", "after_pytorch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +405,7 @@ def stage_throughput(p: dict[str, Any]) -> dict[str, Any]:
     def ours(n_threads, step="auto"):
         def run(seed):
             params = lab_regressor(epochs=epochs, threads=n_threads, seed=seed)
-            os.environ[_kernel.KERNEL_ENV] = step  # "off": the pure-PyTorch training step
+            os.environ[_kernel.KERNEL_ENV] = step  # "off": the PyTorch training step
             t0 = time.perf_counter()
             fm = train_fm(X, y, params)
             sec = time.perf_counter() - t0
@@ -503,11 +533,74 @@ def stage_full(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _hr_at_10(user_vectors, item_vectors, data, rows=None) -> dict[str, float]:
+    """HR@10 / NDCG@10 of the held-out rows (or the subset ``rows``) as ``recsys run`` ranks
+    them: every video the customer did not rate in training, ties by lower index."""
+    from recsys.ranking import rank_metrics, ranks_from_scores
+
+    test = data.test if rows is None else data.test.iloc[rows]
+    ranks = ranks_from_scores(lambda u: user_vectors[u] @ item_vectors.T, test["user"].to_numpy(),
+                              test["item"].to_numpy(), data.n_items, data.seen_items())  # fmt: skip
+    m = rank_metrics(ranks, cutoffs=(10,))
+    return {"hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"], "test_rows": len(test)}
+
+
+def stage_ranking(p: dict[str, Any]) -> dict[str, Any]:
+    """One training of the ranking FM (``RunConfig().ranking``, seed ``p["seed"]``); with
+    ``p["peers"]`` also implicit's ALS and BPR on the same rows, one thread each."""
+    import numpy as np
+
+    from backends import get_backend
+    from recsys.config import RunConfig, apply_seed
+    from recsys.data.prepare import PrepareConfig
+    from recsys.objectives import train_ranking_model
+    from recsys.vectors import fm_vectors
+
+    source, prep = RANKING_DATASETS[p["dataset"]]
+    data = load_prepared(source, prep, p["data"])
+    rows = None
+    if p.get("sample") and len(data.test) > p["sample"]:
+        rows = np.sort(np.random.default_rng(0).choice(len(data.test), p["sample"], replace=False))
+    cfg = apply_seed(RunConfig(prepare=PrepareConfig(**prep)), p["seed"]).ranking
+    peak_before = peak_bytes()
+    t0, c0 = time.perf_counter(), time.process_time()
+    fm, user_features = train_ranking_model(get_backend("torch"), data, cfg)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    meta = fm.metadata
+    epochs = len(meta["history"])
+    out: dict[str, Any] = {
+        "dataset": p["dataset"], "variant": p["variant"], "seed": p["seed"], "code": __import__("recsys").__file__,
+        "native": os.environ.get("RECSYS_NATIVE", "auto"), "n_users": data.n_users, "n_items": data.n_items,
+        "train_rows": int(meta["train_rows"]), "epochs_run": epochs, "best_epoch": meta.get("best_epoch"),
+        "train_s": meta["train_seconds"], "call_wall_s": wall, "call_cpu_s": cpu,
+        "rows_per_s": meta["train_rows"] * epochs / meta["train_seconds"],
+        "peak_before_train": peak_before,
+    }  # fmt: skip
+    out.update(_hr_at_10(*fm_vectors(fm, user_features=user_features), data, rows))
+    if p.get("peers"):
+        from implicit.als import AlternatingLeastSquares
+        from implicit.bpr import BayesianPersonalizedRanking
+        from threadpoolctl import threadpool_limits
+
+        user_items = data.seen_items().astype(np.float32).tocsr()
+        for name, cls in (("als", AlternatingLeastSquares), ("bpr", BayesianPersonalizedRanking)):
+            with threadpool_limits(1):
+                model = cls(num_threads=1, random_state=p["seed"])
+                t0 = time.perf_counter()
+                model.fit(user_items, show_progress=False)
+                fit_s = time.perf_counter() - t0
+            out[name] = {"fit_s": fit_s, "iterations": model.iterations, "factors": model.factors,
+                         **_hr_at_10(np.asarray(model.user_factors), np.asarray(model.item_factors), data, rows)}  # fmt: skip
+    out["peak"] = peak_bytes()
+    return out
+
+
 STAGES = {
     "tune": stage_tune,
     "accuracy": stage_accuracy,
     "throughput": stage_throughput,
     "full": stage_full,
+    "ranking": stage_ranking,
 }
 
 
@@ -636,12 +729,103 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     print()
 
 
+@contextlib.contextmanager
+def _env(**values: str | None):
+    """Environment variables for child processes started inside the block."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def export_rev(rev: str) -> Path:
+    """``recsys/`` and ``backends/`` at git revision ``rev``, in a temporary directory."""
+    repo = Path(__file__).resolve().parent.parent
+    blob = subprocess.run(["git", "-C", str(repo), "archive", rev, "recsys", "backends"],
+                          check=True, capture_output=True).stdout  # fmt: skip
+    out = Path(tempfile.mkdtemp(prefix=f"recsys-{rev}-"))
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+def run_ranking(script: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The ranking stage: per dataset and seed, the variants interleaved, each in its own process."""
+    before_tree = export_rev(args.before_rev)
+    env = {
+        "before": {"PYTHONPATH": str(before_tree), "RECSYS_NATIVE": None},
+        "after": {"PYTHONPATH": None, "RECSYS_NATIVE": "on"},
+        "after_pytorch": {"PYTHONPATH": None, "RECSYS_NATIVE": "off"},
+    }
+    runs = []
+    for ds in args.ranking_datasets.split(","):
+        unfiltered = ds == "full-unfiltered"
+        variants = ("after",) if unfiltered else RANKING_VARIANTS
+        for seed in range(1 if unfiltered else args.ranking_seeds):
+            for variant in variants:
+                params = {"data": args.data, "dataset": ds, "variant": variant, "seed": seed,
+                          "peers": variant == "after" and not unfiltered,
+                          "sample": args.ranking_sample if unfiltered else None}  # fmt: skip
+                with _env(**env[variant]):
+                    r = run_child(script, "ranking", params)
+                print(f"    {ds} seed {seed} {variant}: {r['epochs_run']} epochs, {r['train_s']:.1f} s, "
+                      f"{r['rows_per_s']:,.0f} rows/s, HR@10 {r['hr@10']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
+                runs.append(r)
+    return runs
+
+
+def ranking_summary(runs: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], list[dict[str, Any]]]:
+    rows, floors = [], []
+    for ds in dict.fromkeys(r["dataset"] for r in runs):
+        mine = [r for r in runs if r["dataset"] == ds]
+        med, hr, cpu = {}, {}, {}
+        for variant in RANKING_VARIANTS:
+            v = [r for r in mine if r["variant"] == variant]
+            if not v:
+                continue
+            med[variant] = statistics.median(r["rows_per_s"] for r in v)
+            hr[variant] = statistics.fmean(r["hr@10"] for r in v)
+            cpu[variant] = statistics.median(r["call_cpu_s"] for r in v)
+            ratio = (f"{med[variant] / med['before']:.2f}x rows/s ({cpu['before'] / cpu[variant]:.2f}x CPU), "
+                     f"HR@10 {100 * (hr[variant] / hr['before'] - 1):+.1f} %") if "before" in med and variant != "before" else ""  # fmt: skip
+            rows.append((ds, f"{v[0]['train_rows']:,}", variant, str(len(v)),
+                         "/".join(str(r["epochs_run"]) for r in v), f"{statistics.median(r['train_s'] for r in v):.1f}",
+                         f"{cpu[variant]:.1f}", f"{med[variant]:,.0f}", fmt_ms([r["hr@10"] for r in v]),
+                         f"{max(r['peak'] for r in v) / GB:.2f}", ratio))  # fmt: skip
+        after = [r for r in mine if r["variant"] == "after"]
+        for peer in ("als", "bpr"):
+            p = [r[peer] for r in after if peer in r]
+            if p:
+                rows.append((ds, f"{after[0]['train_rows']:,}", f"implicit {peer.upper()} ({p[0]['factors']} factors, {p[0]['iterations']} it.)",
+                             str(len(p)), "", f"{statistics.median(x['fit_s'] for x in p):.1f}", "", "",
+                             fmt_ms([x["hr@10"] for x in p]), "", ""))  # fmt: skip
+        if "before" in med and "after" in med:
+            speedup = med["after"] / med["before"]
+            floors.append({"floor": f"ranking FM rows/s >= {FLOOR_RANKING_SPEEDUP:g}x before ({ds})",
+                           "measured": f"{speedup:.2f}x", "pass": speedup >= FLOOR_RANKING_SPEEDUP})  # fmt: skip
+            change = hr["after"] / hr["before"] - 1
+            floors.append({"floor": f"ranking FM HR@10 within ±{100 * RANKING_HR_TOLERANCE:g} % of before ({ds})",
+                           "measured": f"{hr['after']:.4f} vs {hr['before']:.4f} ({100 * change:+.1f} %)",
+                           "pass": abs(change) <= RANKING_HR_TOLERANCE})  # fmt: skip
+    return rows, floors
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data", default=DEFAULT_DATA, help="MovieLens ratings.csv (ml-latest-small)"
     )
-    parser.add_argument("--only", choices=("accuracy", "throughput", "full"), action="append",
+    parser.add_argument("--only", choices=("accuracy", "throughput", "full", "ranking"), action="append",
                         help="run only these parts (repeatable); default all")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model for the test RMSE")
     parser.add_argument("--tune-folds", type=int, default=3,
@@ -667,6 +851,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--full-repeat", type=int, default=1, help="runs of the full-preset training"
     )
+    parser.add_argument("--ranking-datasets", default="ml,default,full,full-unfiltered",
+                        help=f"ranking datasets, from {', '.join(RANKING_DATASETS)}")  # fmt: skip
+    parser.add_argument("--ranking-seeds", type=int, default=3, help="training seeds per ranking variant")
+    parser.add_argument("--before-rev", default="ff11328",
+                        help="git revision whose ranking FM is the 'before' variant")  # fmt: skip
+    parser.add_argument("--ranking-sample", type=int, default=20000,
+                        help="full-unfiltered: HR@10 on this many random test rows")  # fmt: skip
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--stage-params", type=json.loads, help=argparse.SUPPRESS)
@@ -678,8 +869,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         parser.error("counts must be >= 1 and --tune-epochs >= 25")
     bad = set(args.datasets.split(",")) - set(THROUGHPUT_DATASETS)
+    bad |= set(args.ranking_datasets.split(",")) - set(RANKING_DATASETS)
     if bad:
         parser.error(f"unknown datasets {sorted(bad)}")
+    if args.ranking_seeds < 1:
+        parser.error("--ranking-seeds must be >= 1")
     return args
 
 
@@ -690,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         args.stage_out.write_text(json.dumps(result))
         return 0
     script = Path(__file__).resolve()
-    parts = set(args.only or ("accuracy", "throughput", "full"))
+    parts = set(args.only or ("accuracy", "throughput", "full", "ranking"))
     from importlib.metadata import version
 
     import surprise
@@ -758,6 +952,8 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": [r["train_s"] for r in runs],
             "peak": max(r["peak"] for r in runs),
         }
+    if "ranking" in parts:
+        res["ranking"] = run_ranking(script, args)
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["loadavg_end"] = list(os.getloadavg())
 
@@ -807,6 +1003,11 @@ def main(argv: list[str] | None = None) -> int:
               f"train {', '.join(f'{s:.1f}' for s in f['train_s'])} s, peak RSS {f['peak'] / GB:.2f} GB "
               f"(training phase {max(x['peak_phases']['train'] for x in f['runs']) / GB:.2f} GB), test RMSE "
               f"{r['test_rmse']:.4f} vs naive {r['naive_rmse']:.4f}\n")  # fmt: skip
+    if "ranking" in res:
+        res["ranking_table"], ranking_floors = ranking_summary(res["ranking"])
+        print_table(("data", "train rows", "variant", "runs", "epochs", "train s (median)", "CPU s (median)",
+                     "rows/s (median)", "HR@10 (mean ± std)", "peak GB", "vs before"), res["ranking_table"])  # fmt: skip
+        floors += ranking_floors
     res["floors"] = floors
     for fl in floors:
         print(f"{'PASS' if fl['pass'] else 'FAIL'}  {fl['floor']}: {fl['measured']}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["FMParams", "KNNParams", "RankingParams", "params_from_dict"]
+__all__ = ["FMParams", "KNNParams", "RankingParams", "params_from_dict", "FM_LIMITS"]
 
 PREDICTOR_TYPES = ("regressor", "binary_classifier")
 INIT_METHODS = ("normal", "uniform", "constant")
@@ -23,15 +23,36 @@ INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat")
 INDEX_METRICS = ("INNER_PRODUCT", "L2", "COSINE")
 
 
-def _check_positive(name: str, value: Any, *, allow_none: bool = False, integer: bool = False) -> None:
+#: Upper bounds of the size-like FM hyperparameters: far above anything that trains in useful
+#: time (SageMaker suggests num_factors in [2, 1000] and feature_dim up to 10,000,000), low enough
+#: that a typo fails here instead of overflowing or allocating terabytes later.
+FM_LIMITS = {
+    "num_factors": 4096,
+    "feature_dim": 2**31 - 1,
+    "epochs": 100_000,
+    "mini_batch_size": 1_000_000,
+    "threads": 1024,
+    "early_stopping_patience": 100_000,
+}
+
+
+def _check_positive(
+    name: str, value: Any, *, allow_none: bool = False, integer: bool = False, maximum: int | None = None
+) -> None:
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if integer:
-        ok = ok and float(value).is_integer()
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ok = ok or (isinstance(value, float) and math.isfinite(value) and value > 0 and value.is_integer())
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok:
         kind = "a positive integer" if integer else "a positive number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if maximum is not None and value > maximum:
+        digits = len(str(int(value)))
+        shown = f"{value:,}" if digits <= 30 else f"an integer of {digits} digits"
+        raise ConfigError(f"{name} must be at most {maximum:,}, got {shown}")
 
 
 def _check_nonneg(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -99,11 +120,12 @@ class FMParams:
     )  # fmt: skip
 
     def validate(self) -> FMParams:
-        _check_positive("num_factors", self.num_factors, integer=True)
+        limit = FM_LIMITS
+        _check_positive("num_factors", self.num_factors, integer=True, maximum=limit["num_factors"])
         _check_choice("predictor_type", self.predictor_type, PREDICTOR_TYPES)
-        _check_positive("feature_dim", self.feature_dim, allow_none=True, integer=True)
-        _check_positive("epochs", self.epochs, integer=True)
-        _check_positive("mini_batch_size", self.mini_batch_size, integer=True)
+        _check_positive("feature_dim", self.feature_dim, allow_none=True, integer=True, maximum=limit["feature_dim"])
+        _check_positive("epochs", self.epochs, integer=True, maximum=limit["epochs"])
+        _check_positive("mini_batch_size", self.mini_batch_size, integer=True, maximum=limit["mini_batch_size"])
         _check_positive("clip_gradient", self.clip_gradient, allow_none=True)
         _check_positive("eps", self.eps, allow_none=True)
         _check_positive("rescale_grad", self.rescale_grad, allow_none=True)
@@ -125,8 +147,9 @@ class FMParams:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        _check_positive("threads", self.threads, allow_none=True, integer=True)
-        _check_positive("early_stopping_patience", self.early_stopping_patience, allow_none=True, integer=True)
+        _check_positive("threads", self.threads, allow_none=True, integer=True, maximum=limit["threads"])
+        _check_positive("early_stopping_patience", self.early_stopping_patience, allow_none=True, integer=True,
+                        maximum=limit["early_stopping_patience"])  # fmt: skip
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from backends.sagemaker.mxnet_ndarray import (
 )
 from recsys.errors import ModelFormatError
 from recsys.model import FittedFM
+from tests.reference import fm_brute_force
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
 FM_TARS = {
@@ -65,19 +66,6 @@ def make_zip(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
-
-
-def brute_force_fm(fm: FittedFM, X: np.ndarray) -> np.ndarray:
-    """The O(n^2 k) definition: w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j."""
-    V, w = fm.V.astype(np.float64), fm.w.astype(np.float64)
-    out = np.empty(X.shape[0])
-    for r, x in enumerate(X.astype(np.float64)):
-        total = fm.w0 + float(w @ x)
-        for i in range(len(x)):
-            for j in range(i + 1, len(x)):
-                total += float(V[i] @ V[j]) * x[i] * x[j]
-        out[r] = total
-    return out
 
 
 # ---- MXNet NDArray files -----------------------------------------------------------------------
@@ -263,12 +251,9 @@ def test_fm_predictions_equal_brute_force_formula():
     fm = read_fm_artifact(FM_TARS["regressor"])
     rng = np.random.default_rng(3)
     X = rng.normal(size=(20, fm.feature_dim)) * (rng.random((20, fm.feature_dim)) < 0.5)
-    np.testing.assert_allclose(
-        fm.decision_function(X), brute_force_fm(fm, X), rtol=1e-10, atol=1e-10
-    )
-    np.testing.assert_allclose(
-        fm.decision_function(sp.csr_matrix(X)), brute_force_fm(fm, X), rtol=1e-10
-    )
+    expected = fm_brute_force(fm.w0, fm.w, fm.V, X)
+    np.testing.assert_allclose(fm.decision_function(X), expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fm.decision_function(sp.csr_matrix(X)), expected, rtol=1e-10)
 
 
 def _extract(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:

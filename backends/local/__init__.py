@@ -1,4 +1,5 @@
-"""The local backend: a pure-PyTorch factorization machine and FAISS k-NN."""
+"""The local backend: the factorization machine in PyTorch (with an optional native training
+kernel, ``_fmkernel.c``) and FAISS k-NN."""
 
 from __future__ import annotations
 

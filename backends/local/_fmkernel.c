@@ -1,19 +1,30 @@
 /*
- * The local backend's native kernels: the factorization machine's fused training step and
- * epoch (backends/local/fm.py), and top-k with exclusion for exact inner-product k-NN
- * (backends/local/knn.py, at the end of this file).
+ * The local backend's native training kernels, called through ctypes (backends/local/_kernel.py).
+ * Everything here has a PyTorch twin that computes the same result to float32 rounding (the
+ * tests compare the two); RECSYS_NATIVE=off uses the twins.
  *
- * Training:
- * FMTrainer.train_step does the same work in ~40 small ATen calls; on small catalogues (a few
- * thousand features) their per-call overhead is most of a step, so this file does forward, loss,
- * closed-form gradients and the lazy optimizer update in one pass over the batch. The arithmetic
- * follows FMTrainer operation for operation in float32 (sums of squares are accumulated in
- * another order, so the two agree to rounding); the tests compare the paths over many steps.
+ * - fm_train_epoch: a whole epoch of the factorization machine (backends/local/fm.py,
+ *   FMTrainer.torch_step): forward, loss, closed-form gradients and the lazy optimizer update,
+ *   batch after batch. The PyTorch step is ~40 small ATen calls whose per-call overhead is most
+ *   of a step on small catalogues.
+ * - rank_gather / rank_softmax / rank_update / rank_targets: the sampled-softmax ranking FM
+ *   (backends/local/ranking.py). The three matrix products of a step stay in PyTorch (its BLAS);
+ *   these do the rest of the step in three calls (user vectors and gathers; masking the videos
+ *   a customer rated, the softmax, its loss and gradient; scattering the gradients onto the
+ *   touched rows and the lazy update), and rank held-out videos for the per-epoch evaluation.
  *
- * Called through ctypes (backends/local/_kernel.py); the module init below only makes the
- * shared library a valid (empty) Python extension module, so that setuptools builds it.
+ * One library for every x86-64 CPU: the hot functions are compiled twice, for baseline x86-64
+ * and with AVX2 (function attributes), and the AVX2 copy is chosen at run time when the CPU has
+ * it (fm_kernel_isa). The build uses -ffp-contract=off and no fast-math, and every reduction
+ * keeps a fixed order (explicit partial sums), so the two copies give the same bits. Other
+ * architectures get the baseline copy only.
+ *
+ * No CPython API is used: the module init at the end only makes the shared library a valid
+ * (limited-API, abi3) extension module, so that setuptools builds it.
  */
-#define PY_SSIZE_T_CLEAN
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
 #include <Python.h>
 
 #include <math.h>
@@ -21,39 +32,140 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_MSC_VER) && !defined(__clang__)
+#define RESTRICT __restrict
+#define INLINE static __forceinline
+#else
+#define RESTRICT __restrict__
+#define INLINE static inline __attribute__((always_inline))
+#endif
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2_COPY 1
+#define AVX2_TARGET __attribute__((target("avx2")))
+#else
+#define HAVE_AVX2_COPY 0
+#endif
+
+/* Bumped whenever an exported function's arguments change: backends/local/_kernel.py refuses a
+ * library built from older sources (an editable install is not rebuilt by a git pull). */
+int fm_kernel_abi(void) { return 11; }
+
+/* -1: not decided yet; 0: baseline; 1: AVX2. */
+static int g_isa = -1;
+
+static int cpu_has_avx2(void) {
+#if HAVE_AVX2_COPY
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+/* The instruction set the kernels use: request -1 keeps the current choice (the first call
+ * decides from the CPU), 0 forces the baseline copy, 1 the AVX2 copy when the CPU has AVX2.
+ * Returns the choice now in effect. */
+int fm_kernel_isa(int request) {
+    if (request >= 0) g_isa = request && cpu_has_avx2();
+    else if (g_isa < 0) g_isa = cpu_has_avx2();
+    return g_isa;
+}
+
 /* As torch computes them in FMTrainer._step: float32(0.9), float32(1 - 0.9) rounded from double. */
 #define BETA1 0.9f
 #define BETA2 0.999f
 #define ONE_MINUS_BETA1 ((float)(1.0 - 0.9))
 #define ONE_MINUS_BETA2 ((float)(1.0 - 0.999))
 
-
 enum { OPT_SGD = 0, OPT_ADAGRAD = 1, OPT_ADAM = 2 };
 enum { LOSS_SQUARED = 0, LOSS_LOGISTIC = 1 };
 
-/* Bumped whenever an exported function's arguments change: backends/local/_kernel.py refuses a
- * library built from older sources (an editable install is not rebuilt by a git pull). */
-int fm_kernel_abi(void) { return 7; }
+/* ------------------------------------------------------------------------------------------
+ * Shared pieces
+ */
 
-/* sum_f a[f]^2 with 8 running sums: a single running sum is one long chain of dependent
- * additions (about 4 cycles each); the vectorised torch reduction does not keep that order
- * either, so the two paths agree to float rounding, not bit for bit. */
-static inline float sumsq(const float *restrict a, int64_t n) {
+/* sum_f a[f] * b[f] with 8 running sums: a single running sum is one long chain of dependent
+ * additions; the fixed lane order keeps the result the same in every build. */
+INLINE float dot(const float *RESTRICT a, const float *RESTRICT b, int64_t n) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t f = 0;
     for (; f + 8 <= n; f += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[f + l] * a[f + l];
+        for (int l = 0; l < 8; l++) acc[l] += a[f + l] * b[f + l];
     float tot = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; f < n; f++) tot += a[f] * a[f];
+    for (; f < n; f++) tot += a[f] * b[f];
     return tot;
+}
+
+INLINE float sumsq(const float *RESTRICT a, int64_t n) { return dot(a, a, n); }
+
+/* y[f] += x[f] * a */
+INLINE void axpy(float *RESTRICT y, const float *RESTRICT x, float a, int64_t n) {
+    for (int64_t f = 0; f < n; f++) y[f] += x[f] * a;
+}
+
+/* exp(x) for x <= 0 (0 below -87, so exp(-inf) = 0), in plain arithmetic so that it
+ * vectorises without fast-math: Cephes' expf (range reduction by ln 2, degree-6 polynomial,
+ * scaling by 2^n through the exponent bits), about 1 ulp from libm's. */
+INLINE float exp_nonpos(float x) {
+    float xc = x < -87.0f ? -87.0f : x;
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return x < -87.0f ? 0.0f : p * scale;
+}
+
+/* max(init, x[0], ..., x[n - 1]) (NaN entries are skipped): 4 x 8 lanes compared at once
+ * where the compiler has vector extensions (independent lanes: no chain of dependent blends). */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+INLINE v8f max8(v8f m, const float *x) {
+    v8f v;
+    memcpy(&v, x, sizeof(v));
+    v8i gt = v > m;
+    return (v8f)((gt & (v8i)v) | (~gt & (v8i)m));
+}
+#endif
+
+INLINE float row_max(const float *RESTRICT x, int64_t n, float init) {
+    float out = init;
+    int64_t c = 0;
+#if defined(__GNUC__) || defined(__clang__)
+    v8f m[4];
+    for (int a = 0; a < 4; a++) m[a] = (v8f){init, init, init, init, init, init, init, init};
+    for (; c + 32 <= n; c += 32)
+        for (int a = 0; a < 4; a++) m[a] = max8(m[a], x + c + 8 * a);
+    for (; c + 8 <= n; c += 8) m[0] = max8(m[0], x + c);
+    for (int a = 0; a < 4; a++)
+        for (int l = 0; l < 8; l++) out = m[a][l] > out ? m[a][l] : out;
+#endif
+    for (; c < n; c++) out = x[c] > out ? x[c] : out;
+    return out;
+}
+
+/* Adam's bias correction for step t, as FMTrainer._step computes it (in double, then float). */
+static float adam_correction(int64_t t) {
+    return (float)(sqrt(1.0 - pow(0.999, (double)t)) / (1.0 - pow(0.9, (double)t)));
 }
 
 /* One optimizer update of n weights with gradient g: clipped to [-clip, clip] (clip = inf:
  * none; NaN passes through, as torch.clamp), weight decay added, then the optimizer's rule.
- * One loop per optimizer over restrict pointers, so that gcc vectorises it. */
-static void update(float *restrict wgt, const float *restrict g, float *restrict s0,
-                   float *restrict s1, int64_t n, const float *restrict lr,
-                   const float *restrict wd, int optimizer, float clip, float eps,
+ * One loop per optimizer over restrict pointers, so that it vectorises. */
+INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT s0,
+                   float *RESTRICT s1, int64_t n, const float *RESTRICT lr,
+                   const float *RESTRICT wd, int optimizer, float clip, float eps,
                    float correction) {
     const float lo = -clip;
     if (optimizer == OPT_SGD) {
@@ -86,51 +198,93 @@ static void update(float *restrict wgt, const float *restrict g, float *restrict
     }
 }
 
-/* y[f] += a * x[f] */
-static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t n) {
-    for (int64_t f = 0; f < n; f++) y[f] += x[f] * a;
+/* Rows of the tables are read in an order no hardware prefetcher can guess: ask for them a few
+ * iterations ahead. */
+#define PREFETCH_AHEAD 4
+#if defined(__GNUC__) || defined(__clang__)
+#define prefetch(p) __builtin_prefetch((p), 1, 3)
+#else
+#define prefetch(p) ((void)(p))
+#endif
+
+INLINE void prefetch_row(const float *p, int64_t n) {
+    for (int64_t f = 0; f < n; f += 16) prefetch(p + f);
 }
 
-/* gr[f] += (sr[f] - p[f] * x) * gx: a feature's factor gradient from one entry */
-static inline void factor_grad(float *restrict gr, const float *restrict sr,
-                               const float *restrict p, float x, float gx, int64_t n) {
-    for (int64_t f = 0; f < n; f++) gr[f] += (sr[f] - p[f] * x) * gx;
+/* The rows of a (feature_dim, k1) table touched by a step, each with its gradient: slot[i] is
+ * row i's place in grows (feature_dim int32, all -1 between calls), uniq the rows in order of
+ * first touch. */
+typedef struct {
+    int32_t *slot;
+    float *grows;
+    int64_t *uniq;
+    int64_t n;
+    int64_t k1;
+} touched;
+
+/* The gradient row of table row i, zeroed on first touch. */
+INLINE float *grad_row(touched *t, int64_t i) {
+    int32_t u = t->slot[i];
+    if (u < 0) {
+        u = t->slot[i] = (int32_t)t->n;
+        t->uniq[t->n++] = i;
+        memset(t->grows + (int64_t)u * t->k1, 0, sizeof(float) * (size_t)t->k1);
+    }
+    return t->grows + (int64_t)u * t->k1;
 }
+
+/* The lazy optimizer step on every touched row (slot left all -1 again). */
+INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const float *lr,
+                           const float *wd, int optimizer, float clip, float eps,
+                           float correction) {
+    const int64_t k1 = t->k1;
+    if (!(clip >= 0.0f)) clip = INFINITY;
+    for (int64_t u = 0; u < t->n; u++) {
+        int64_t i = t->uniq[u];
+        if (u + PREFETCH_AHEAD < t->n) { /* rows are scattered over the table: fetch ahead */
+            int64_t ahead = t->uniq[u + PREFETCH_AHEAD] * k1;
+            prefetch_row(P + ahead, k1);
+            if (s0) prefetch_row(s0 + ahead, k1);
+            if (s1) prefetch_row(s1 + ahead, k1);
+        }
+        t->slot[i] = -1;
+        update(P + i * k1, t->grows + u * k1, s0 ? s0 + i * k1 : NULL, s1 ? s1 + i * k1 : NULL,
+               k1, lr, wd, optimizer, clip, eps, correction);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The factorization machine (backends/local/fm.py)
+ */
 
 /*
- * P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of the same shape (unused ones
- * may be NULL). w0, w0_s0, w0_s1: the global bias and its state. The batch: n_rows rows, entry
- * j is x[row[j], idx[j]] = val[j], rows non-decreasing. target: n_rows. lr, wd: k1 per-column
- * values; bias_lr/bias_wd for w0. clip < 0: no clipping. correction: Adam's bias correction for
- * this step. slot: feature_dim int32 all -1 on entry (left so on return). Scratch: fwork of
- * n_rows * k1 + nnz * k1 + n_rows floats, iwork of nnz int64.
- * Returns the summed loss of the batch, or -1 (nothing changed) if an index is out of range.
+ * One batch. P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of the same shape
+ * (unused ones may be NULL). w0, w0_s0, w0_s1: the global bias and its state. The batch: n_rows
+ * rows, entry j is x[row[j], idx[j]] = val[j], rows non-decreasing. target: n_rows. lr, wd: k1
+ * per-column values; bias_lr/bias_wd for w0. clip < 0: no clipping. correction: Adam's bias
+ * correction for this step. Scratch: fwork of n_rows * k1 + nnz * k1 + n_rows floats, iwork of
+ * nnz int64. Returns the summed loss of the batch.
  */
-static double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1,
-                     float *w0, float *w0_s0, float *w0_s1,
-                     const int64_t *row, const int64_t *idx, const float *val, int64_t nnz,
-                     int64_t n_rows, const float *target, int loss, float scale,
-                     const float *lr, const float *wd, float bias_lr, float bias_wd,
-                     float clip, int optimizer, float correction, float eps,
-                     int32_t *slot, float *fwork, int64_t *iwork) {
+INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w0, float *w0_s0,
+                            float *w0_s1, const int64_t *row, const int64_t *idx,
+                            const float *val, int64_t nnz, int64_t n_rows, const float *target,
+                            int loss, float scale, const float *lr, const float *wd,
+                            float bias_lr, float bias_wd, float clip, int optimizer,
+                            float correction, float eps, int32_t *slot, float *fwork,
+                            int64_t *iwork) {
     const int64_t k = k1 - 1;
-    float *s = fwork;                       /* n_rows x k1: per-row sums of x_j P[idx_j] */
-    float *grows = fwork + n_rows * k1;     /* n_unique x k1: per-feature gradients */
-    float *sq = grows + nnz * k1;           /* n_rows: sum of (x v)^2, then dLoss/dy * scale */
-    int64_t *uniq = iwork;
+    float *s = fwork;                   /* n_rows x k1: per-row sums of x_j P[idx_j] */
+    float *grows = fwork + n_rows * k1; /* n_unique x k1: per-feature gradients */
+    float *sq = grows + nnz * k1;       /* n_rows: sum of (x v)^2, then dLoss/dy * scale */
     double total = 0.0;
-
-    for (int64_t j = 0; j < nnz; j++)
-        if (idx[j] < 0 || idx[j] >= feature_dim || row[j] < 0 || row[j] >= n_rows) return -1.0;
 
     /* forward */
     memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
     memset(sq, 0, sizeof(float) * (size_t)n_rows);
     for (int64_t j = 0; j < nnz; j++) {
         const float *p = P + idx[j] * k1;
-        float *sr = s + row[j] * k1;
         const float x = val[j];
-        axpy(sr, p, x, k1);
+        axpy(s + row[j] * k1, p, x, k1);
         sq[row[j]] += sumsq(p, k) * (x * x);
     }
     float g_w0 = 0.0f;
@@ -152,34 +306,22 @@ static double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim,
         g_w0 += sq[r];
     }
 
-    /* backward: gradient of each distinct feature, summed in entry order */
-    int64_t n_uniq = 0;
+    /* backward: gradient of each distinct feature, summed in entry order; dy/dv = x (s - v x) */
+    touched t = {slot, grows, iwork, 0, k1};
     for (int64_t j = 0; j < nnz; j++) {
-        int64_t i = idx[j];
-        int32_t u = slot[i];
-        if (u < 0) {
-            u = slot[i] = (int32_t)n_uniq;
-            uniq[n_uniq++] = i;
-            memset(grows + (int64_t)u * k1, 0, sizeof(float) * (size_t)k1);
-        }
-        float *gr = grows + (int64_t)u * k1;
-        const float *p = P + i * k1;
+        float *gr = grad_row(&t, idx[j]);
+        const float *p = P + idx[j] * k1;
         const float *sr = s + row[j] * k1;
         const float x = val[j];
         const float gx = sq[row[j]] * x;
-        factor_grad(gr, sr, p, x, gx, k);
+        for (int64_t f = 0; f < k; f++) gr[f] += (sr[f] - p[f] * x) * gx;
         gr[k] += gx;
     }
 
     /* lazy optimizer step: w0, then the touched rows */
-    if (!(clip >= 0.0f)) clip = INFINITY;
-    update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, clip, eps, correction);
-    for (int64_t u = 0; u < n_uniq; u++) {
-        int64_t i = uniq[u];
-        slot[i] = -1;
-        update(P + i * k1, grows + u * k1, s0 ? s0 + i * k1 : NULL, s1 ? s1 + i * k1 : NULL, k1,
-               lr, wd, optimizer, clip, eps, correction);
-    }
+    float c = clip >= 0.0f ? clip : INFINITY;
+    update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, c, eps, correction);
+    update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, correction);
     return total;
 }
 
@@ -187,18 +329,22 @@ static double fm_train_step(float *P, float *s0, float *s1, int64_t feature_dim,
  * A whole epoch: the rows of a (permuted) CSR matrix -- row r holds entries indptr[r] ..
  * indptr[r + 1] of idx/val -- in batches of batch_size, each one fm_train_step. rescale <= 0
  * means 1 / rows in the batch. *step is the optimizer's step count before the epoch and is
- * advanced by one per batch; Adam's bias correction is computed per step as FMTrainer does.
- * Returns the summed loss, NaN as soon as it stops being finite (the training has diverged;
- * the batches so far are applied, as in the PyTorch loop), or -1 (nothing changed) if an index
- * is out of range. iwork: 2 x the largest batch's entries.
+ * advanced by one per batch. slot: feature_dim int32 all -1 (left so). Returns the summed loss,
+ * NaN as soon as it stops being finite (the training has diverged; the batches so far are
+ * applied, as in the PyTorch loop), or -1 (nothing changed) if an index is out of range.
+ * iwork: 2 x the largest batch's entries.
  */
-double fm_train_epoch(float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1,
-                      float *w0, float *w0_s0, float *w0_s1,
-                      const int64_t *indptr, const int64_t *idx, const float *val, int64_t n,
-                      const float *target, int64_t batch_size, int loss, double rescale,
-                      const float *lr, const float *wd, float bias_lr, float bias_wd,
-                      float clip, int optimizer, int64_t *step, float eps,
-                      int32_t *slot, float *fwork, int64_t *iwork) {
+#define FM_EPOCH_PARAMS                                                                           \
+    (float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1, float *w0, float *w0_s0,    \
+     float *w0_s1, const int64_t *indptr, const int64_t *idx, const float *val, int64_t n,        \
+     const float *target, int64_t batch_size, int loss, double rescale, const float *lr,          \
+     const float *wd, float bias_lr, float bias_wd, float clip, int optimizer, int64_t *step,     \
+     float eps, int32_t *slot, float *fwork, int64_t *iwork)
+#define FM_EPOCH_ARGS                                                                             \
+    (P, s0, s1, feature_dim, k1, w0, w0_s0, w0_s1, indptr, idx, val, n, target, batch_size, loss, \
+     rescale, lr, wd, bias_lr, bias_wd, clip, optimizer, step, eps, slot, fwork, iwork)
+
+INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
     for (int64_t j = indptr[0]; j < indptr[n]; j++)
         if (idx[j] < 0 || idx[j] >= feature_dim) return -1.0;
     double total = 0.0;
@@ -209,225 +355,231 @@ double fm_train_epoch(float *P, float *s0, float *s1, int64_t feature_dim, int64
         for (int64_t r = r0; r < r1; r++)
             for (int64_t j = indptr[r]; j < indptr[r + 1]; j++) rows[j - e0] = r - r0;
         int64_t t = ++*step;
-        float correction = (float)(sqrt(1.0 - pow(0.999, (double)t)) / (1.0 - pow(0.9, (double)t)));
         float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)(r1 - r0));
-        total += fm_train_step(P, s0, s1, feature_dim, k1, w0, w0_s0, w0_s1, rows, idx + e0,
-                               val + e0, nnz, r1 - r0, target + r0, loss, scale, lr, wd, bias_lr,
-                               bias_wd, clip, optimizer, optimizer == OPT_ADAM ? correction : 1.0f,
-                               eps, slot, fwork, iwork);
+        total += fm_train_step(P, s0, s1, k1, w0, w0_s0, w0_s1, rows, idx + e0, val + e0, nnz,
+                               r1 - r0, target + r0, loss, scale, lr, wd, bias_lr, bias_wd, clip,
+                               optimizer, optimizer == OPT_ADAM ? adam_correction(t) : 1.0f, eps,
+                               slot, fwork, iwork);
         if (!isfinite(total)) return NAN;
     }
     return total;
 }
 
 /* ------------------------------------------------------------------------------------------
- * Exact inner-product top-k with exclusion (backends/local/knn.py). Excluding during the
- * selection means the search never goes deeper than k, however many videos a customer has
- * already rated.
+ * The sampled-softmax ranking FM (backends/local/ranking.py, _softmax_step). A batch is B
+ * consecutive training rows of an epoch's permuted data: row r's user part is entries
+ * up_indptr[r] .. up_indptr[r + 1] of up_idx / up_val, its video items[r], its customer
+ * users[r]; S distinct negative videos neg (sorted); table row of video i: item_offset + i.
  */
-/* A candidate as one integer whose ascending order is score descending, then column ascending:
- * the float's bits mapped to an order-preserving unsigned int, complemented, above the column.
- * -0 is turned into +0 first, so that the two zeros tie as they do as floats. */
-static inline uint64_t key_of(float s, int64_t j) {
-    uint32_t u;
-    if (s == 0.0f) s = 0.0f;
-    memcpy(&u, &s, sizeof(u));
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    return ((uint64_t)(~u) << 32) | (uint64_t)j;
-}
-
-static inline float score_of(uint64_t key) {
-    uint32_t u = ~(uint32_t)(key >> 32);
-    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-    float s;
-    memcpy(&s, &u, sizeof(s));
-    return s;
-}
-
-static inline void swap64(uint64_t *a, uint64_t *b) {
-    uint64_t t = *a;
-    *a = *b;
-    *b = t;
-}
-
-/* Reorder a[0 .. len) so that a[0 .. k) hold its k smallest keys (in no order): quickselect. */
-static void keep_smallest(uint64_t *a, int64_t len, int64_t k) {
-    int64_t lo = 0, hi = len - 1;
-    while (lo < hi) {
-        uint64_t pivot = a[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] < pivot) i++;
-            while (pivot < a[j]) j--;
-            if (i <= j) swap64(&a[i++], &a[j--]);
-        }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
-    }
-}
-
-static void sort_keys(uint64_t *a, int64_t len) {
-    while (len > 16) {
-        uint64_t pivot = a[len / 2];
-        int64_t i = 0, j = len - 1;
-        while (i <= j) {
-            while (a[i] < pivot) i++;
-            while (pivot < a[j]) j--;
-            if (i <= j) swap64(&a[i++], &a[j--]);
-        }
-        /* recurse into the smaller part, loop on the larger */
-        if (j + 1 < len - i) {
-            sort_keys(a, j + 1);
-            a += i;
-            len -= i;
-        } else {
-            sort_keys(a + i, len - i);
-            len = j + 1;
-        }
-    }
-    for (int64_t i = 1; i < len; i++)
-        for (int64_t j = i; j > 0 && a[j] < a[j - 1]; j--) swap64(&a[j], &a[j - 1]);
-}
-
-/* The k best columns of one row of scores into ids / sc (see topk_ip_excluding). Candidates go
- * into buf (cap keys, cap > k) while they beat the k-th best found so far; when buf is full it
- * is cut back to its k best. */
-static void select_row(const float *row, int64_t n, const int64_t *excl, int64_t n_excl,
-                       int64_t k, int64_t *ids, float *sc, uint8_t *mark, uint64_t *buf,
-                       int64_t cap) {
-    for (int64_t e = 0; e < n_excl; e++) mark[excl[e]] = 1;
-    int64_t m = 0;
-    float t = -INFINITY; /* columns come in increasing order: an equal score is never better */
-    int full = 0;        /* once buf has been cut back, only scores > t can enter */
-    for (int64_t j = 0; j < n; j++) {
-        float s = row[j];
-        if (full ? !(s > t) : !(s == s)) continue;
-        if (mark[j]) continue;
-        buf[m] = key_of(s, j);
-        if (++m == cap) {
-            keep_smallest(buf, m, k);
-            m = k;
-            uint64_t w = buf[0];
-            for (int64_t i = 1; i < k; i++)
-                if (buf[i] > w) w = buf[i];
-            t = score_of(w);
-            full = 1;
-        }
-    }
-    for (int64_t e = 0; e < n_excl; e++) mark[excl[e]] = 0;
-    if (m > k) {
-        keep_smallest(buf, m, k);
-        m = k;
-    }
-    sort_keys(buf, m);
-    for (int64_t p = 0; p < m; p++) {
-        ids[p] = (int64_t)(buf[p] & 0xffffffffu);
-        sc[p] = score_of(buf[p]);
-    }
-    for (int64_t p = m; p < k; p++) {
-        ids[p] = -1;
-        sc[p] = -INFINITY;
-    }
-}
-
-#define QB 4  /* queries scored together */
-#define JB 16 /* items scored together */
 
 /*
- * Scores of QB queries (qs, rows of d floats; fewer when nqb < QB) against every item, into
- * rows (QB x n_pad). itT is the items transposed and zero-padded: d x n_pad, n_pad a multiple of
- * JB. Every score is summed in the same order (f = 0, 1, ..., d - 1, starting from 0), so it does
- * not depend on which queries are scored together, on the threads, or on the build (SSE2 or
- * AVX2): a customer gets the same bits alone or in a batch.
+ * U (B x k1): each row's user vector sum_f x_f V_f over its user part, then a 1; Pi (B x k1):
+ * the table row of its video; Pn (S x k1): the negatives' factors, then their linear weight
+ * minus log_q (the log-Q correction), so that U @ Pn^T is the negatives' scores. Returns 0, or
+ * -1 (nothing read) if an index is out of range.
  */
-typedef float v8 __attribute__((vector_size(32))); /* GCC/Clang vectors: 1 AVX or 2 SSE registers */
+#define RANK_GATHER_PARAMS                                                                        \
+    (const float *P, int64_t feature_dim, int64_t k1, const int64_t *up_indptr,                   \
+     const int64_t *up_idx, const float *up_val, const int64_t *items, int64_t item_offset,       \
+     int64_t B, const int64_t *neg, int64_t S, float log_q, float *U, float *Pi, float *Pn)
+#define RANK_GATHER_ARGS                                                                          \
+    (P, feature_dim, k1, up_indptr, up_idx, up_val, items, item_offset, B, neg, S, log_q, U, Pi,  \
+     Pn)
 
-static inline v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline v8 bcast(float x) { return (v8){x, x, x, x, x, x, x, x}; }
-
-static void score_block(const float *qs, const float *itT, int64_t n_pad, int64_t d, int64_t nqb,
-                        float *rows) {
-    const float *q0 = qs, *q1 = qs + d, *q2 = qs + 2 * d, *q3 = qs + 3 * d;
-    for (int64_t j0 = 0; j0 < n_pad; j0 += JB) {
-        v8 a0 = bcast(0), b0 = bcast(0), a1 = bcast(0), b1 = bcast(0);
-        v8 a2 = bcast(0), b2 = bcast(0), a3 = bcast(0), b3 = bcast(0);
-        for (int64_t f = 0; f < d; f++) {
-            const float *it = itT + f * n_pad + j0;
-            v8 lo = load8(it), hi = load8(it + 8);
-            v8 x0 = bcast(q0[f]), x1 = bcast(q1[f]), x2 = bcast(q2[f]), x3 = bcast(q3[f]);
-            a0 += x0 * lo;
-            b0 += x0 * hi;
-            a1 += x1 * lo;
-            b1 += x1 * hi;
-            a2 += x2 * lo;
-            b2 += x2 * hi;
-            a3 += x3 * lo;
-            b3 += x3 * hi;
+INLINE int rank_gather_impl RANK_GATHER_PARAMS {
+    const int64_t k = k1 - 1, e0 = up_indptr[0], e1 = up_indptr[B];
+    for (int64_t r = 0; r < B; r++)
+        if (item_offset + items[r] < 0 || item_offset + items[r] >= feature_dim) return -1;
+    for (int64_t j = e0; j < e1; j++)
+        if (up_idx[j] < 0 || up_idx[j] >= feature_dim) return -1;
+    for (int64_t c = 0; c < S; c++)
+        if (item_offset + neg[c] < 0 || item_offset + neg[c] >= feature_dim) return -1;
+    for (int64_t r = 0; r < B; r++) {
+        float *u = U + r * k1;
+        memset(u, 0, sizeof(float) * (size_t)k);
+        u[k] = 1.0f;
+        for (int64_t j = up_indptr[r]; j < up_indptr[r + 1]; j++) {
+            if (j + PREFETCH_AHEAD < e1) prefetch_row(P + up_idx[j + PREFETCH_AHEAD] * k1, k1);
+            axpy(u, P + up_idx[j] * k1, up_val[j], k);
         }
-        v8 out[QB][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
-        for (int64_t qq = 0; qq < nqb; qq++) memcpy(rows + qq * n_pad + j0, out[qq], sizeof(out[qq]));
+        memcpy(Pi + r * k1, P + (item_offset + items[r]) * k1, sizeof(float) * (size_t)k1);
     }
-}
-
-/*
- * queries: nq x d (row-major float32); itT: the n items transposed and zero-padded to n_pad
- * columns (see score_block). For each query: the k items with the largest inner product that
- * are not excluded, best first (score descending, then item ascending), padded with id -1 and
- * score -inf; NaN scores are never selected. excl_indptr[q] .. excl_indptr[q + 1] index the
- * excluded items of query q in excl_indices (absolute offsets), or excl_indptr is NULL. mark: n
- * zero bytes of scratch (left zero); rows: QB x n_pad floats of scratch. Returns 0, or -1 if an
- * excluded id is out of range or memory ran out.
- */
-int topk_ip_excluding(const float *queries, int64_t nq, const float *itT, int64_t n, int64_t n_pad,
-                      int64_t d, const int64_t *excl_indptr, const int64_t *excl_indices, int64_t k,
-                      int64_t *out_ids, float *out_scores, uint8_t *mark, float *rows) {
-    if (k <= 0) return 0;
-    if (excl_indptr)
-        for (int64_t e = excl_indptr[0]; e < excl_indptr[nq]; e++)
-            if (excl_indices[e] < 0 || excl_indices[e] >= n) return -1;
-    if (n > 0xffffffffLL) return -1; /* columns are kept in 32 bits */
-    int64_t cap = 2 * k + 64;
-    uint64_t *h = malloc(sizeof(uint64_t) * (size_t)cap);
-    float *pad = calloc((size_t)(QB * d), sizeof(float)); /* the last, partial block of queries */
-    if (!h || !pad) {
-        free(h);
-        free(pad);
-        return -1;
+    for (int64_t c = 0; c < S; c++) {
+        memcpy(Pn + c * k1, P + (item_offset + neg[c]) * k1, sizeof(float) * (size_t)k1);
+        Pn[c * k1 + k] -= log_q;
     }
-    for (int64_t q0 = 0; q0 < nq; q0 += QB) {
-        int64_t nqb = nq - q0 < QB ? nq - q0 : QB;
-        const float *qs = queries + q0 * d;
-        if (nqb < QB) {
-            memcpy(pad, qs, sizeof(float) * (size_t)(nqb * d));
-            qs = pad;
-        }
-        score_block(qs, itT, n_pad, d, nqb, rows);
-        for (int64_t qq = 0; qq < nqb; qq++) {
-            int64_t q = q0 + qq;
-            const int64_t *excl = excl_indptr ? excl_indices + excl_indptr[q] : NULL;
-            int64_t n_excl = excl_indptr ? excl_indptr[q + 1] - excl_indptr[q] : 0;
-            select_row(rows + qq * n_pad, n, excl, n_excl, k, out_ids + q * k, out_scores + q * k,
-                       mark, h, cap);
-        }
-    }
-    free(h);
-    free(pad);
     return 0;
 }
 
-/* The same source is built as _fmkernel (any CPU) and, on x86-64, _fmkernel_avx2 (-mavx2). */
-#ifdef FMKERNEL_AVX2
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fmkernel_avx2",
-                                    "recsys native kernels, AVX2 build (used through ctypes).", -1, NULL};
-PyMODINIT_FUNC PyInit__fmkernel_avx2(void) { return PyModule_Create(&module); }
+/*
+ * The sampled softmax of each row over [its own video, the S negatives]. Sc (B x S) holds
+ * U @ Pn^T (a matrix product done by the caller: the negatives' scores with the log-Q term); negatives the row's
+ * customer rated (seen_*: CSR of the videos rated, by customer) are left out. The gradient of
+ * the loss wrt the negatives' scores is inv_r * Sc[r, c] afterwards: Sc gets exp(s - max) (0
+ * where left out), inv (B) the factor scale / sum, so that the caller's products Sc @ V_neg and
+ * Sc^T @ Uext need no scaling pass: Uext (B x k1) = [inv_r U_r | inv_r] (its last column gives
+ * the negatives' column sums). g_pos (B) gets the gradient wrt the row's own score.
+ * col_of: n_items int32, all -1 (left so). Returns the summed loss.
+ */
+#define RANK_SOFTMAX_PARAMS                                                                       \
+    (float *Sc, const float *U, const float *Pi, int64_t k1, const int64_t *users, int64_t B,     \
+     const int64_t *neg, int64_t S, const int64_t *seen_indptr, const int64_t *seen_idx,          \
+     int32_t *col_of, float scale, float *g_pos, float *inv, float *Uext)
+#define RANK_SOFTMAX_ARGS                                                                         \
+    (Sc, U, Pi, k1, users, B, neg, S, seen_indptr, seen_idx, col_of, scale, g_pos, inv, Uext)
+
+/* x[c] = exp(x[c] - m) for c < n; returns their sum (eight running sums, a fixed order). */
+INLINE float exp_shift_sum(float *RESTRICT x, int64_t n, float m) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++) {
+            float e = exp_nonpos(x[c + l] - m);
+            x[c + l] = e;
+            acc[l] += e;
+        }
+    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; c < n; c++) {
+        x[c] = exp_nonpos(x[c] - m);
+        sum += x[c];
+    }
+    return sum;
+}
+
+INLINE double rank_softmax_impl RANK_SOFTMAX_PARAMS {
+    const int64_t k = k1 - 1;
+    double total = 0.0;
+    /* first the rated videos of every row's customer: a pass of scattered reads alone, so that
+     * the memory system serves several rows at once */
+    for (int64_t c = 0; c < S; c++) col_of[neg[c]] = (int32_t)c;
+    for (int64_t r = 0; r < B; r++) {
+        if (r + 2 * PREFETCH_AHEAD < B) prefetch(seen_indptr + users[r + 2 * PREFETCH_AHEAD]);
+        if (r + PREFETCH_AHEAD < B) {
+            const int64_t *ip = seen_indptr + users[r + PREFETCH_AHEAD];
+            for (int64_t j = ip[0]; j < ip[1]; j += 8) prefetch(seen_idx + j);
+        }
+        float *row = Sc + r * S, spare;
+        for (int64_t j = seen_indptr[users[r]]; j < seen_indptr[users[r] + 1]; j++) {
+            /* no branch (hits are unpredictable): a miss writes to spare */
+            int64_t c = col_of[seen_idx[j]];
+            uintptr_t hit = (uintptr_t)0 - (uintptr_t)(c >= 0);
+            *(float *)((((uintptr_t)row + (uintptr_t)c * sizeof(float)) & hit) | ((uintptr_t)&spare & ~hit)) = -INFINITY;
+        }
+    }
+    for (int64_t c = 0; c < S; c++) col_of[neg[c]] = -1;
+    for (int64_t r = 0; r < B; r++) {
+        float *row = Sc + r * S;
+        const float *u = U + r * k1;
+        const float s_pos = dot(u, Pi + r * k1, k) + Pi[r * k1 + k];
+        const float m = row_max(row, S, s_pos);
+        const float e_pos = exp_nonpos(s_pos - m);
+        const float sum = exp_shift_sum(row, S, m) + e_pos;
+        total += (double)logf(sum) - (double)(s_pos - m);
+        const float f = scale / sum;
+        float *ue = Uext + r * k1;
+        for (int64_t c = 0; c < k; c++) ue[c] = u[c] * f;
+        ue[k] = f;
+        inv[r] = f;
+        g_pos[r] = e_pos * f - scale;
+    }
+    return total;
+}
+
+/*
+ * The lazy optimizer step of a softmax batch, with gU (B x k) = Sc @ V_neg and gN (S x k1) =
+ * Sc^T @ Uext (matrix products done by the caller) and g_pos, inv, U, Pi from the calls above.
+ * Gradients: user-part feature f of row r: x_f (inv_r gU_r + g_pos_r V_i) (its linear weight:
+ * 0); the row's video: [g_pos_r U_r | g_pos_r]; negative c: gN_c; summed per table row in that
+ * order, then every touched row is updated (w0 is not: it cancels in the loss). *step is
+ * advanced by one; returns 0. slot: feature_dim int32 all -1 (left so); grows: (user-part
+ * entries + B + S) x k1 floats; uniq as many int64; gu: k floats.
+ */
+#define RANK_UPDATE_PARAMS                                                                        \
+    (float *P, float *s0, float *s1, int64_t k1, const int64_t *up_indptr,                        \
+     const int64_t *up_idx, const float *up_val, const int64_t *items, int64_t item_offset,       \
+     int64_t B, const int64_t *neg, int64_t S, const float *U, const float *Pi, const float *gU,  \
+     const float *g_pos, const float *inv, const float *gN, const float *lr, const float *wd,     \
+     float clip, int optimizer, int64_t *step, float eps, int32_t *slot, float *grows,            \
+     int64_t *uniq, float *gu)
+#define RANK_UPDATE_ARGS                                                                          \
+    (P, s0, s1, k1, up_indptr, up_idx, up_val, items, item_offset, B, neg, S, U, Pi, gU, g_pos,   \
+     inv, gN, lr, wd, clip, optimizer, step, eps, slot, grows, uniq, gu)
+
+INLINE int rank_update_impl RANK_UPDATE_PARAMS {
+    const int64_t k = k1 - 1;
+    touched t = {slot, grows, uniq, 0, k1};
+    for (int64_t r = 0; r < B; r++) {
+        const float *vi = Pi + r * k1;
+        const float gp = g_pos[r], f_r = inv[r];
+        for (int64_t f = 0; f < k; f++) gu[f] = gU[r * k + f] * f_r + vi[f] * gp;
+        for (int64_t j = up_indptr[r]; j < up_indptr[r + 1]; j++)
+            axpy(grad_row(&t, up_idx[j]), gu, up_val[j], k);
+    }
+    for (int64_t r = 0; r < B; r++) {
+        float *gr = grad_row(&t, item_offset + items[r]);
+        axpy(gr, U + r * k1, g_pos[r], k);
+        gr[k] += g_pos[r];
+    }
+    for (int64_t c = 0; c < S; c++) axpy(grad_row(&t, item_offset + neg[c]), gN + c * k1, 1.0f, k1);
+    int64_t st = ++*step;
+    update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps,
+                   optimizer == OPT_ADAM ? adam_correction(st) : 1.0f);
+    return 0;
+}
+
+/*
+ * Ranks for the evaluation (recsys.ranking.ranks_from_scores' rule): Sc (B x n_items) scores
+ * of B held-out rows, target t = targets[r] of row r; rank = 1 + the videos j != t that the
+ * row's customer (users[r]) did not rate (seen_*) with s_j > s_t, or s_j == s_t and j < t.
+ * Returns 0, or -1 if a target's score is NaN or an index is out of range.
+ */
+#define RANK_TARGETS_PARAMS                                                                       \
+    (const float *Sc, int64_t B, int64_t n_items, const int64_t *targets, const int64_t *users,   \
+     const int64_t *seen_indptr, const int64_t *seen_idx, int64_t *ranks)
+#define RANK_TARGETS_ARGS (Sc, B, n_items, targets, users, seen_indptr, seen_idx, ranks)
+
+INLINE int rank_targets_impl RANK_TARGETS_PARAMS {
+    for (int64_t r = 0; r < B; r++) {
+        const float *row = Sc + r * n_items;
+        const int64_t t = targets[r];
+        if (t < 0 || t >= n_items) return -1;
+        const float st = row[t];
+        if (st != st) return -1;
+        int64_t before = 0, after = 0;
+        for (int64_t j = 0; j < t; j++) before += row[j] >= st;
+        for (int64_t j = t + 1; j < n_items; j++) after += row[j] > st;
+        int64_t count = before + after;
+        for (int64_t e = seen_indptr[users[r]]; e < seen_indptr[users[r] + 1]; e++) {
+            int64_t j = seen_idx[e];
+            if (j < 0 || j >= n_items) return -1;
+            count -= j < t ? row[j] >= st : j > t ? row[j] > st : 0;
+        }
+        ranks[r] = count + 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The exported functions: each body compiled for baseline x86-64 and for AVX2, one chosen at
+ * run time (fm_kernel_isa).
+ */
+#if HAVE_AVX2_COPY
+#define EXPORT(ret, name, params, args)                                                           \
+    AVX2_TARGET static ret name##_avx2 params { return name##_impl args; }                       \
+    static ret name##_base params { return name##_impl args; }                                    \
+    ret name params { return fm_kernel_isa(-1) ? name##_avx2 args : name##_base args; }
 #else
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fmkernel",
-                                    "recsys native kernels (used through ctypes).", -1, NULL};
-PyMODINIT_FUNC PyInit__fmkernel(void) { return PyModule_Create(&module); }
+#define EXPORT(ret, name, params, args)                                                           \
+    ret name params { return name##_impl args; }
 #endif
+
+EXPORT(double, fm_train_epoch, FM_EPOCH_PARAMS, FM_EPOCH_ARGS)
+EXPORT(int, rank_gather, RANK_GATHER_PARAMS, RANK_GATHER_ARGS)
+EXPORT(double, rank_softmax, RANK_SOFTMAX_PARAMS, RANK_SOFTMAX_ARGS)
+EXPORT(int, rank_update, RANK_UPDATE_PARAMS, RANK_UPDATE_ARGS)
+EXPORT(int, rank_targets, RANK_TARGETS_PARAMS, RANK_TARGETS_ARGS)
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fmkernel",
+                                    "recsys native training kernels (used through ctypes).", -1,
+                                    NULL, NULL, NULL, NULL, NULL};
+PyMODINIT_FUNC PyInit__fmkernel(void) { return PyModule_Create(&module); }

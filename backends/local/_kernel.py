@@ -1,105 +1,115 @@
-"""ctypes binding of the local backend's native kernels (``_fmkernel.c``): the fused FM
-training step and epoch, and top-k with exclusion for exact inner-product k-NN.
+"""ctypes binding of the local backend's native training kernels (``_fmkernel.c``): the FM's
+fused training epoch and the pieces of the sampled-softmax ranking step.
 
 :func:`load` returns the library, or ``None`` when it was not built (no C compiler at install
-time) or is switched off with ``RECSYS_NATIVE=off``; the callers then use their PyTorch / FAISS
-paths, which compute the same results (to float32 rounding for training).
+time) or is switched off with ``RECSYS_NATIVE=off``; the trainers then use their PyTorch paths,
+which compute the same results to float32 rounding.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
+import importlib.machinery
 import logging
 import os
+from pathlib import Path
 
 import torch
 
+from recsys.errors import ConfigError
+
 log = logging.getLogger("recsys")
 
-__all__ = ["load", "KERNEL_ENV", "KERNEL_ABI"]
+__all__ = ["load", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_NATIVE"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
-KERNEL_ABI = 7
+KERNEL_ABI = 11
 
-_F = ctypes.c_void_p  # pointers are passed as integers (tensor.data_ptr())
+_P = ctypes.c_void_p  # pointers are passed as integers (tensor.data_ptr())
+_I64, _F32, _INT, _F64 = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_double
+_STEP = ctypes.POINTER(ctypes.c_int64)
 
-
-#: The builds, best first: the AVX2 one is used only on a CPU that has AVX2.
-BUILDS = ("_fmkernel_avx2", "_fmkernel")
-
-
-def _cpu_has_avx2() -> bool:
-    try:
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    except Exception:  # pragma: no cover - older torch
-        return False
+#: restype and argument types of every exported function (see _fmkernel.c for their meaning)
+_SIGNATURES = {
+    "fm_kernel_isa": (_INT, [_INT]),
+    "fm_train_epoch": (_F64, [
+        _P, _P, _P, _I64, _I64,  # P, s0, s1, feature_dim, k1
+        _P, _P, _P,  # w0, w0_s0, w0_s1
+        _P, _P, _P, _I64,  # indptr, idx, val, n
+        _P, _I64, _INT, _F64,  # target, batch_size, loss, rescale
+        _P, _P, _F32, _F32,  # lr, wd, bias_lr, bias_wd
+        _F32, _INT, _STEP, _F32,  # clip, optimizer, step (in/out), eps
+        _P, _P, _P,  # slot, fwork, iwork
+    ]),
+    "rank_gather": (_INT, [
+        _P, _I64, _I64, _P, _P, _P,  # P, feature_dim, k1, user part indptr / idx / val
+        _P, _I64, _I64, _P, _I64, _F32,  # items, item_offset, B, neg, S, log_q
+        _P, _P, _P,  # U, Pi, Pn
+    ]),
+    "rank_softmax": (_F64, [
+        _P, _P, _P, _I64, _P, _I64, _P, _I64,  # Sc, U, Pi, k1, users, B, neg, S
+        _P, _P, _P, _F32, _P, _P, _P,  # seen indptr / idx, col_of, scale, g_pos, inv, Uext
+    ]),
+    "rank_update": (_INT, [
+        _P, _P, _P, _I64, _P, _P, _P,  # P, s0, s1, k1, user part indptr / idx / val
+        _P, _I64, _I64, _P, _I64,  # items, item_offset, B, neg, S
+        _P, _P, _P, _P, _P, _P,  # U, Pi, gU, g_pos, inv, gN
+        _P, _P, _F32, _INT, _STEP, _F32,  # lr, wd, clip, optimizer, step (in/out), eps
+        _P, _P, _P, _P,  # slot, grows, uniq, gu
+    ]),
+    "rank_targets": (_INT, [_P, _I64, _I64, _P, _P, _P, _P, _P]),
+}  # fmt: skip
 
 
 @functools.cache
-def _library(build: str | None = None) -> ctypes.CDLL | None:
-    """The first usable build (or exactly ``build``), with its argument types declared."""
-    names = (
-        (build,) if build else tuple(b for b in BUILDS if b != "_fmkernel_avx2" or _cpu_has_avx2())
-    )
-    for name in names:
-        spec = importlib.util.find_spec(f"backends.local.{name}")
-        if spec is None or not spec.origin:
+def _library() -> ctypes.CDLL | None:
+    """The built library whose ABI matches these declarations, or None.
+
+    Every build next to this file is tried (``_fmkernel.abi3.so``, or a per-version name left by
+    an older install), so a stale one never hides the current one.
+    """
+    here = Path(__file__).resolve().parent
+    stale = []
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_fmkernel{suffix}"
+        if not path.is_file():
             continue
         try:
-            lib = ctypes.CDLL(spec.origin)
+            lib = ctypes.CDLL(str(path))
         except OSError as exc:  # pragma: no cover - a broken build
-            log.warning("could not load the native kernels %s (%s)", spec.origin, exc)
+            log.warning("could not load the native kernels %s (%s)", path, exc)
             continue
         abi = getattr(lib, "fm_kernel_abi", None)
         if abi is None or abi() != KERNEL_ABI:
-            log.warning(
-                "the native kernels at %s were built from other sources; not using them "
-                "(rebuild: pip install -e .)",
-                spec.origin,
-            )
+            stale.append(path.name)
             continue
-        lib.build_name = name
-        return _declare(lib)
-    log.debug("native kernels not built; using the PyTorch / FAISS paths")
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        log.debug("native kernels: %s (%s)", path.name, "AVX2" if lib.fm_kernel_isa(-1) else "baseline")
+        return lib
+    if stale:
+        log.warning(
+            "the native kernels %s were built from other sources; not using them (rebuild: pip install -e .)",
+            ", ".join(stale),
+        )
+    else:
+        log.debug("native kernels not built; using the PyTorch paths")
     return None
-
-
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    i64, f32, i32 = ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    fn = lib.fm_train_epoch
-    fn.restype = ctypes.c_double
-    fn.argtypes = [
-        _F, _F, _F, i64, i64,  # P, s0, s1, feature_dim, k1
-        _F, _F, _F,  # w0, w0_s0, w0_s1
-        _F, _F, _F, i64,  # indptr, idx, val, n
-        _F, i64, i32, ctypes.c_double,  # target, batch_size, loss, rescale
-        _F, _F, f32, f32,  # lr, wd, bias_lr, bias_wd
-        f32, i32, ctypes.POINTER(i64), f32,  # clip, optimizer, step (in/out), eps
-        _F, _F, _F,  # slot, fwork, iwork
-    ]  # fmt: skip
-    fn = lib.topk_ip_excluding
-    fn.restype = ctypes.c_int
-    fn.argtypes = [
-        _F, i64, _F, i64, i64, i64,  # queries, nq, items transposed, n, n_pad, d
-        _F, _F, i64,  # excl_indptr, excl_indices, k
-        _F, _F, _F, _F,  # out_ids, out_scores, mark, rows
-    ]  # fmt: skip
-    return lib
 
 
 def load() -> ctypes.CDLL | None:
     """The kernel library, or None (not built, or ``RECSYS_NATIVE=off``)."""
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower()
     if choice not in ("auto", "on", "off"):
-        raise ValueError(f"{KERNEL_ENV} must be 'auto', 'on' or 'off', got {choice!r}")
+        raise ConfigError(f"{KERNEL_ENV} must be 'auto', 'on' or 'off', got {choice!r}")
     if choice == "off":
         return None
     lib = _library()
     if lib is None and choice == "on":
-        raise RuntimeError(
+        raise ConfigError(
             f"{KERNEL_ENV}=on but the native kernels are not built; reinstall recsys with a C "
             "compiler available (pip install -e .) or unset it"
         )

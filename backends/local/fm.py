@@ -1,4 +1,4 @@
-"""A pure-PyTorch factorization machine with SageMaker's hyperparameter semantics.
+"""The local factorization machine, with SageMaker's hyperparameter semantics.
 
 The model, for any sparse feature row x::
 
@@ -18,22 +18,21 @@ SageMaker does not document which optimizer its FM uses; ``eps`` ("avoid divisio
 implies an adaptive one. The local default is Adam (``optimizer="adam"``), which trains well with
 SageMaker's default learning rates; ``"sgd"`` and ``"adagrad"`` are available.
 
-A training step is ~40 small tensor operations, whose per-call overhead dominates on small
-catalogues. When the optional C extension ``backends/local/_fmkernel.c`` was built at install
-time (it is whenever a C compiler is present), :meth:`FMTrainer.train_step` runs forward, loss,
-gradients and the lazy update in one call, and :meth:`FMTrainer.train_epoch` a whole epoch in
-one call (5-6x faster on MovieLens-sized data); the result equals the PyTorch step to float32
-rounding (tested). ``RECSYS_NATIVE=off`` forces the PyTorch step; float64 parameters always
-use it.
+Two implementations of the same step: :meth:`FMTrainer.torch_step` in PyTorch operations (~40
+small ATen calls per batch, whose per-call overhead dominates on small catalogues), and, when the
+optional C extension ``backends/local/_fmkernel.c`` was built at install time (it is whenever a C
+compiler is present), a native epoch that runs forward, loss, gradients and the lazy update of
+every batch in one call (5-6x faster on MovieLens-sized data; the lab regressor on ``full``:
+19.1 s -> 4.4 s). The two agree to float32 rounding (tested). ``RECSYS_NATIVE=off`` forces the
+PyTorch step; float64 parameters always use it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import math
-import time
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,15 +40,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
-from backends.base import EpochInfo, TrainOptions
+from backends.base import TrainOptions
 from backends.local import _kernel
-from recsys.errors import DataError, ModelFitError
+from recsys.errors import ConfigError, DataError
 from recsys.model import FittedFM, check_design
 from recsys.params import FMParams
 
-__all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batches"]
+from .training import run_epochs
+
+__all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batches", "model_bytes"]
 
 log = logging.getLogger("recsys")
 
@@ -172,7 +172,7 @@ def logistic_loss(y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.nn.functional.binary_cross_entropy_with_logits(y, t, reduction="none"), torch.sigmoid(y) - t
 
 
-#: Losses the fused C step implements (its ``loss`` argument) and its optimizer codes.
+#: Losses the native epoch implements (its ``loss`` argument) and its optimizer codes.
 _KERNEL_LOSSES: dict[Any, int] = {squared_loss: 0, logistic_loss: 1}
 _OPTIMIZERS = {"sgd": 0, "adagrad": 1, "adam": 2}
 
@@ -191,19 +191,26 @@ class FMTrainer:
         k = self.k = params.num_factors
         gen = torch.Generator().manual_seed(params.seed)
         p = params
-        self.w0 = _init((1,), p.bias_init_method, p.bias_init_sigma, p.bias_init_scale, p.bias_init_value, gen)
-        w = _init((feature_dim,), p.linear_init_method, p.linear_init_sigma, p.linear_init_scale, p.linear_init_value, gen)
-        V = _init((feature_dim, k), p.factors_init_method, p.factors_init_sigma, p.factors_init_scale, p.factors_init_value, gen)
-        self.P = torch.cat([V, w[:, None]], dim=1).contiguous()
+        available = _available_memory()
+        if available is not None and model_bytes(feature_dim, p) > available:
+            raise _too_big(feature_dim, p, available)
+        self.optimizer = p.optimizer
+        n_state = {"adam": 2, "adagrad": 1, "sgd": 0}[self.optimizer]
+        try:
+            self.w0 = _init((1,), p.bias_init_method, p.bias_init_sigma, p.bias_init_scale, p.bias_init_value, gen)
+            w = _init((feature_dim,), p.linear_init_method, p.linear_init_sigma, p.linear_init_scale, p.linear_init_value, gen)
+            V = _init((feature_dim, k), p.factors_init_method, p.factors_init_sigma, p.factors_init_scale, p.factors_init_value, gen)
+            self.P = torch.cat([V, w[:, None]], dim=1).contiguous()
+            del w, V
+            self.state_P = [torch.zeros_like(self.P) for _ in range(n_state)]
+        except (RuntimeError, MemoryError) as exc:  # e.g. under a ulimit below MemAvailable
+            raise _too_big(feature_dim, p, None) from exc
+        self.state_w0 = [torch.zeros_like(self.w0) for _ in range(n_state)]
         self.lr = torch.tensor([p.factors_lr] * k + [p.linear_lr])
         self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
         self.step_count = 0
-        self.optimizer = p.optimizer
-        n_state = {"adam": 2, "adagrad": 1, "sgd": 0}[self.optimizer]
-        self.state_P = [torch.zeros_like(self.P) for _ in range(n_state)]
-        self.state_w0 = [torch.zeros_like(self.w0) for _ in range(n_state)]
         self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
-        # the fused C step (backends/local/_fmkernel.c), when built; None: the PyTorch step
+        # the native kernel (backends/local/_fmkernel.c), when built; None: the PyTorch step
         self._kernel = _kernel.load()
         self._slot: torch.Tensor | None = None
         self._fwork = torch.empty(0)
@@ -276,14 +283,9 @@ class FMTrainer:
         correction = math.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
         return weight.sub_(m.div(v.sqrt().add_(self.eps)).mul_(lr * correction)), [m, v]
 
-    def train_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """Forward, loss, closed-form backward and a lazy optimizer step. Returns the summed loss."""
-        if self._kernel is not None and loss_fn in _KERNEL_LOSSES and self._fusable():
-            return self._fused_step(batch, target, loss_fn)
-        return self.torch_step(batch, target, loss_fn)
-
     def torch_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """:meth:`train_step` in PyTorch operations (the reference for the fused C step)."""
+        """Forward, loss, closed-form backward and a lazy optimizer step in PyTorch operations
+        (the reference for the native epoch). Returns the summed loss."""
         y, s, xv = self.forward(batch)
         loss, dy = loss_fn(y, target)
         scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
@@ -291,9 +293,10 @@ class FMTrainer:
         return float(loss.sum())
 
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
-        """:meth:`train_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
+        """:meth:`torch_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
         (``target`` already in that order). Returns the summed loss, or NaN as soon as it is
-        not finite (training diverged); the native kernel runs the whole epoch in one call."""
+        not finite (training diverged); the native kernel runs the whole epoch in one call,
+        with the same arithmetic."""
         if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
@@ -310,12 +313,6 @@ class FMTrainer:
             idx, val = whole.idx, whole.val
             lengths = data.indptr[order + 1] - data.indptr[order]
             indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
-        return self._fused_rows(indptr, idx, val, target, batch_size, _KERNEL_LOSSES[loss_fn])
-
-    def _fused_rows(self, indptr: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, target: torch.Tensor, batch_size: int, loss: int) -> float:
-        """The C kernel over CSR rows (``indptr`` int64, n + 1 offsets into ``idx`` / ``val``) in
-        batches of ``batch_size``: one :meth:`torch_step` per batch, same arithmetic."""
-        n = int(indptr.numel()) - 1
         starts = torch.arange(0, n, batch_size)
         ends = torch.clamp(starts + batch_size, max=n)
         max_nnz = int((indptr[ends] - indptr[starts]).max()) if n else 0
@@ -329,7 +326,7 @@ class FMTrainer:
             ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
             ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
             ptr(indptr.contiguous()), ptr(idx.contiguous()), ptr(val.contiguous()), n,
-            ptr(target.to(torch.float32).contiguous()), batch_size, loss,
+            ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
             -1.0 if p.clip_gradient is None else p.clip_gradient,
@@ -338,10 +335,7 @@ class FMTrainer:
         )  # fmt: skip
         self.step_count = step.value
         if total == -1.0:
-            raise DataError(
-                f"a feature index is outside [0, {self.feature_dim}); build batches with "
-                f"csr_batches() from a matrix with {self.feature_dim} columns"
-            )
+            raise DataError(f"a feature index is outside [0, {self.feature_dim}): the data must have {self.feature_dim} columns")
         return total
 
     def _scratch(self, n_rows: int, nnz: int, n_int: int) -> None:
@@ -359,16 +353,6 @@ class FMTrainer:
         """The kernel writes the parameters and state in place through raw pointers."""
         tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
         return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-
-    def _fused_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """:meth:`train_step` as one C call: the batch as CSR rows, one batch of its own size.
-        Rows not grouped in order (never from :class:`_CSRTensors`) take the PyTorch step."""
-        row, n = batch.row, batch.n_rows
-        if n == 0 or (row.numel() and not (bool((row[1:] >= row[:-1]).all()) and 0 <= int(row[0]) and int(row[-1]) < n)):
-            return self.torch_step(batch, target, loss_fn)
-        indptr = torch.zeros(n + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(row, minlength=n), 0, out=indptr[1:])
-        return self._fused_rows(indptr, batch.idx, batch.val, target, n, _KERNEL_LOSSES[loss_fn])
 
     def apply_gradient(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> None:
         """Apply per-row loss gradients ``g`` (already rescaled) with a lazy optimizer step."""
@@ -426,29 +410,38 @@ class FMTrainer:
         )
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None``: one thread).
-
-    A training step is many small ops on a batch; extra threads rarely pay for their
-    synchronisation, and on a busy machine they can slow training by an order of magnitude
-    (measured: 25-epoch regressor 8.9 s with 1 thread vs 135 s with 2 while another process
-    used a core).
-    """
-    n = 1 if n is None else n
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
+def _available_memory() -> int | None:
+    """Bytes of memory this process can still get (Linux ``MemAvailable``), or None if unknown."""
     try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
-def _diverged(where: str, params: FMParams) -> ModelFitError:
-    return ModelFitError(
-        f"training diverged ({where} is not finite). Lower the learning rates "
-        f"(factors_lr={params.factors_lr}, linear_lr={params.linear_lr}, bias_lr={params.bias_lr}) "
-        "or set clip_gradient (e.g. 5.0)."
+def model_bytes(feature_dim: int, params: FMParams) -> int:
+    """Memory the trainer allocates for the model: the (feature_dim, num_factors + 1) float32
+    table, its optimizer state (Adam 2 copies, AdaGrad 1), the copy made while initialising
+    (and for the fitted artifact) and, with early stopping, the best epoch's snapshot."""
+    n_state = {"adam": 2, "adagrad": 1}.get(params.optimizer, 0)
+    copies = 2 + n_state + (1 if params.early_stopping_patience else 0)
+    return copies * feature_dim * (params.num_factors + 1) * 4
+
+
+def _too_big(feature_dim: int, params: FMParams, available: int | None) -> ConfigError:
+    need = model_bytes(feature_dim, params)
+    have = f"only {available / 2**30:,.1f} GiB are available" if available is not None else "it could not be allocated"
+    return ConfigError(
+        f"the FM needs about {need / 2**30:,.1f} GiB for {feature_dim:,} features x "
+        f"{params.num_factors + 1} values in float32 with its {params.optimizer} state, but {have}; "
+        "lower num_factors, or use fewer features (e.g. raise --min-customer-ratings / "
+        "--min-product-ratings), or use optimizer='sgd'"
     )
 
 
@@ -462,64 +455,34 @@ def train_fm(
 ) -> FittedFM:
     """Train a factorization machine on ``X, y`` and return the fitted artifact."""
     options = options or TrainOptions()
-    callbacks, show_progress, metadata = options.callbacks, options.show_progress, options.metadata
-    X_eval, y_eval = eval_set if eval_set is not None else (None, None)
     params.validate()
     classifier = params.predictor_type == "binary_classifier"
     X, y = check_design(X, y, "training data", feature_dim=params.feature_dim, classifier=classifier)
-    has_eval = X_eval is not None
-    if has_eval:
-        X_eval, y_eval = check_design(X_eval, y_eval, "evaluation data", feature_dim=X.shape[1], classifier=classifier)
+    eval_fn = None
+    if eval_set is not None:
+        X_eval, y_eval = check_design(*eval_set, "evaluation data", feature_dim=X.shape[1], classifier=classifier)
     elif params.early_stopping_patience:
         raise DataError("early_stopping_patience needs an evaluation set (X_eval, y_eval)")
     loss_fn = logistic_loss if classifier else squared_loss
-    metric_name = "logloss" if classifier else "mse"
+    metric = "logloss" if classifier else "mse"
     rng = np.random.default_rng(params.seed)
     trainer = FMTrainer(X.shape[1], params)
     data = _CSRTensors(X)
     targets = torch.from_numpy(y)
     n = X.shape[0]
-    bs = params.mini_batch_size
-    best: tuple[float, int, Any] | None = None
-    history: list[dict[str, float]] = []
-    t_start = time.perf_counter()
-    with torch_threads(params.threads), torch.no_grad():
-        bar = tqdm(range(params.epochs), desc=f"FM {params.predictor_type}", unit="epoch", disable=None if show_progress else True, leave=False)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            order = torch.from_numpy(rng.permutation(n))
-            shuffled = targets[order]
-            total = trainer.train_epoch(data, order, shuffled, bs, loss_fn)
-            if not math.isfinite(total):
-                raise _diverged(f"the training loss in epoch {epoch + 1}", params)
-            if not trainer.finite():
-                raise _diverged(f"a model parameter after epoch {epoch + 1}", params)
-            train_loss = total / n
-            info = EpochInfo(epoch=epoch + 1, train_loss=train_loss, seconds=time.perf_counter() - t0)
-            postfix = {metric_name: f"{train_loss:.4f}"}
-            if has_eval:
-                raw = torch.from_numpy(trainer.predict_raw(X_eval))
-                eval_loss = float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean())
-                info.eval_loss = eval_loss
-                info.eval_metric = {metric_name: eval_loss}
-                postfix[f"eval_{metric_name}"] = f"{eval_loss:.4f}"
-                if params.early_stopping_patience:
-                    if best is None or eval_loss < best[0]:
-                        best = (eval_loss, epoch + 1, trainer.snapshot())
-            bar.set_postfix(postfix)
-            history.append({"epoch": epoch + 1, f"train_{metric_name}": train_loss, **({f"eval_{metric_name}": info.eval_loss} if has_eval else {})})
-            log.debug("FM epoch %d: %s", epoch + 1, postfix)
-            stop = any(bool(cb(info)) for cb in callbacks)
-            if params.early_stopping_patience and best is not None and epoch + 1 - best[1] >= params.early_stopping_patience:
-                log.info("early stopping after epoch %d (best eval %s %.4f at epoch %d)", epoch + 1, metric_name, best[0], best[1])
-                stop = True
-            if stop:
-                break
-        bar.close()
-    if best is not None:
-        trainer.restore(best[2])
-    meta = {"history": history, "train_seconds": time.perf_counter() - t_start, "train_rows": n}
-    if best is not None:
-        meta["best_epoch"] = best[1]
-    meta.update(metadata or {})
+
+    def epoch_fn() -> float:
+        order = torch.from_numpy(rng.permutation(n))
+        return trainer.train_epoch(data, order, targets[order], params.mini_batch_size, loss_fn) / n
+
+    if eval_set is not None:
+
+        def eval_fn() -> tuple[str, float, bool]:
+            raw = torch.from_numpy(trainer.predict_raw(X_eval))
+            return metric, float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean()), False
+
+    meta = run_epochs(trainer, params, epoch_fn, loss_name=metric, eval_fn=eval_fn, options=options,
+                      desc=f"FM {params.predictor_type}")  # fmt: skip
+    meta["train_rows"] = n
+    meta.update(options.metadata or {})
     return trainer.to_artifact(meta)

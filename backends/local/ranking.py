@@ -13,38 +13,50 @@ one-hot, optionally plus the customer's recent videos. For such rows the FM scor
 
 Sampled videos the customer did rate are masked out. Gradients are closed-form (checked
 against autograd in the tests) and applied with the FM's lazy optimizer (per-part learning
-rates and weight decays). With an evaluation set and ``early_stopping_patience``, NDCG@10 on
-it is measured after every epoch and the best epoch's parameters are kept. The result is an
-ordinary :class:`recsys.model.FittedFM` that goes through the same vectors -> k-NN path.
+rates and weight decays). With an evaluation set, NDCG@10 on it is measured after every epoch
+(on at most :data:`EVAL_ROWS` of its rows) and, with ``early_stopping_patience``, the best
+epoch's parameters are kept. The result is an ordinary :class:`recsys.model.FittedFM` that goes
+through the same vectors -> k-NN path.
+
+The softmax step is written twice: :func:`_softmax_step` in PyTorch operations, and
+:class:`_NativeSoftmax`, which keeps the step's three matrix products in PyTorch and does the
+rest (user vectors and gathers; masking, softmax, loss and gradient; the scatter and lazy update)
+in the native kernel (``_fmkernel.c``), several times faster; the two agree to float32 rounding
+(tested). ``RECSYS_NATIVE=off`` forces the PyTorch step.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
-import time
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
-from backends.base import EpochInfo, TrainOptions
+from backends.base import TrainOptions
+from backends.local import _kernel
 from recsys.data.prepare import seen_matrix
 from recsys.errors import DataError
 from recsys.features import RankingData
 from recsys.model import FittedFM
 from recsys.params import FMParams
+from recsys.ranking import rank_metrics, ranks_from_scores
 
-from .fm import FMTrainer, SparseBatch, _CSRTensors, _diverged, torch_threads
+from .fm import _OPTIMIZERS, FMTrainer, SparseBatch, _CSRTensors
+from .training import run_epochs
 
-__all__ = ["train_fm_ranking", "RANKING_LOSSES"]
+__all__ = ["train_fm_ranking", "RANKING_LOSSES", "EVAL_ROWS"]
 
 log = logging.getLogger("recsys")
 
 RANKING_LOSSES = ("softmax", "bpr")
 _EVAL_CUTOFF = 10
+#: At most this many held-out rows are scored after every epoch (a fixed random sample of
+#: larger evaluation sets: ranking every video for 500,000 customers each epoch would cost more
+#: than the training).
+EVAL_ROWS = 20_000
 
 
 class _Seen:
@@ -68,15 +80,17 @@ class _Seen:
         return rows, self.indices[pos]
 
     def shared_mask(self, u: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        """(len(u), len(neg)) True where customer u[r] rated video neg[c]; neg must be distinct."""
+        """(len(u), len(neg)) True where customer u[r] rated video neg[c]; neg must be distinct.
+        Each distinct customer's videos are looked up once (a batch repeats heavy raters)."""
         where = torch.full((self.n_items,), -1, dtype=torch.int64)
         where[neg] = torch.arange(len(neg))
-        rows, cols = self.entries(u)
+        distinct, inverse = torch.unique(u, return_inverse=True)
+        rows, cols = self.entries(distinct)
         col = where[cols]
         hit = col >= 0
-        mask = torch.zeros(len(u), len(neg), dtype=torch.bool)
+        mask = torch.zeros(len(distinct), len(neg), dtype=torch.bool)
         mask[rows[hit], col[hit]] = True
-        return mask
+        return mask[inverse]
 
     def pair_mask(self, u: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """True where customer u[r] rated video j[r, c]."""
@@ -150,23 +164,93 @@ def _softmax_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, neg: torch.Ten
     return loss
 
 
-def _ndcg_at(tr: FMTrainer, data: _CSRTensors, users: torch.Tensor, items: torch.Tensor, seen: _Seen, item_offset: int, n_items: int, cutoff: int = _EVAL_CUTOFF) -> float:
-    """NDCG@cutoff of held-out (customer, video) rows, ranking every video the customer has not
-    rated in training (ties: lower index first)."""
-    k = tr.k
-    item_table = tr.P[item_offset : item_offset + n_items]
-    total = 0.0
-    for start in range(0, len(users), 1024):
-        r = torch.arange(start, min(start + 1024, len(users)))
-        U = _user_vectors(tr, data.batch(r))
-        s = torch.addmm(item_table[:, k][None, :], U, item_table[:, :k].T)
-        rows, cols = seen.entries(users[r])
-        s[rows, cols] = -math.inf
-        t = items[r]
-        st = s[torch.arange(len(r)), t]
-        rank = (s > st[:, None]).sum(1) + ((s == st[:, None]) & (torch.arange(n_items)[None, :] < t[:, None])).sum(1) + 1
-        total += float(torch.where(rank <= cutoff, 1.0 / torch.log2(rank.double() + 1.0), torch.zeros(())).sum())
-    return total / max(len(users), 1)
+class _NativeSoftmax:
+    """:func:`_softmax_step` with the native kernel: the three matrix products (scores of the
+    shared negatives, and the two gradient products) in PyTorch, everything else in three
+    kernel calls. :meth:`epoch` lays the rows out in the epoch's order, so that a batch is a
+    contiguous slice; buffers are allocated once for the largest batch."""
+
+    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: sp.csr_matrix, users: torch.Tensor, items: torch.Tensor,
+                 seen: _Seen, n_items: int, item_offset: int, batch_size: int, negatives: int):  # fmt: skip
+        self.kernel, self.tr, self.part, self.seen = kernel, tr, part, seen
+        self.all_users, self.all_items, self.n_items, self.item_offset = users, items, n_items, item_offset
+        k, k1 = tr.k, tr.k + 1
+        B, S = min(batch_size, len(users)), negatives
+        widest = int(np.diff(part.indptr).max()) if len(users) else 0
+        self.U, self.Pi, self.Pn, self.Uext = (torch.empty(n, k1) for n in (B, B, S, B))  # U: [U | 1]
+        self.g_pos, self.inv = torch.empty(B), torch.empty(B)
+        self.Sc, self.gU, self.gN = torch.empty(B * S), torch.empty(B * k), torch.empty(S * k1)
+        self.col_of = torch.full((n_items,), -1, dtype=torch.int32)
+        self.slot = torch.full((tr.feature_dim,), -1, dtype=torch.int32)
+        touched = B * widest + B + S
+        self.grows, self.uniq, self.gu = torch.empty(touched * k1), torch.empty(touched, dtype=torch.int64), torch.empty(k)
+
+    def epoch(self, order: torch.Tensor) -> None:
+        """The training rows in the order ``order``: customers, videos and the user-part CSR."""
+        self.users, self.items = self.all_users[order], self.all_items[order]
+        part = self.part[order.numpy()]
+        self.indptr, self.idx = (torch.from_numpy(a.astype(np.int64)) for a in (part.indptr, part.indices))
+        self.val = torch.from_numpy(part.data)
+
+    def step(self, start: int, stop: int, neg: torch.Tensor, scale: float) -> float:
+        """One batch: rows ``start:stop`` of the epoch, ``neg`` the distinct sorted negatives."""
+        kern, tr, p = self.kernel, self.tr, self.tr.params
+        k, k1, B, S = tr.k, tr.k + 1, stop - start, len(neg)
+        # addresses: the batch's rows are a slice of the epoch's arrays (8-byte entries)
+        up = (self.indptr.data_ptr() + 8 * start, self.idx.data_ptr(), self.val.data_ptr())
+        items, users = self.items.data_ptr() + 8 * start, self.users.data_ptr() + 8 * start
+        P, neg_p, ptr = tr.P.data_ptr(), neg.data_ptr(), _kernel.ptr
+        U, Pn, Uext = self.U[:B], self.Pn[:S], self.Uext[:B]
+        if kern.rank_gather(P, tr.feature_dim, k1, *up, items, self.item_offset, B, neg_p, S, math.log(S / self.n_items),
+                            ptr(U), ptr(self.Pi), ptr(Pn)):  # fmt: skip
+            raise DataError(f"a feature index is outside [0, {tr.feature_dim}) (the data does not match the layout)")
+        Sc = self.Sc[: B * S].view(B, S)
+        torch.mm(U, Pn.T, out=Sc)  # [U | 1] @ [V_neg | w_neg - log_q]^T
+        loss = kern.rank_softmax(ptr(Sc), ptr(U), ptr(self.Pi), k1, users, B, neg_p, S, ptr(self.seen.indptr),
+                                 ptr(self.seen.indices), ptr(self.col_of), scale, ptr(self.g_pos), ptr(self.inv),
+                                 ptr(Uext))  # fmt: skip
+        gU, gN = self.gU[: B * k].view(B, k), self.gN[: S * k1].view(S, k1)
+        torch.mm(Sc, Pn[:, :k], out=gU)
+        torch.mm(Sc.T, Uext, out=gN)
+        step = ctypes.c_int64(tr.step_count)
+        s0, s1 = (*(ptr(t) for t in tr.state_P), None, None)[:2]
+        kern.rank_update(P, s0, s1, k1, *up, items, self.item_offset, B, neg_p, S, ptr(U), ptr(self.Pi), ptr(gU),
+                         ptr(self.g_pos), ptr(self.inv), ptr(gN), ptr(tr.lr), ptr(tr.wd),
+                         -1.0 if p.clip_gradient is None else p.clip_gradient, _OPTIMIZERS[tr.optimizer],
+                         ctypes.byref(step), tr.eps, ptr(self.slot), ptr(self.grows), ptr(self.uniq), ptr(self.gu))  # fmt: skip
+        tr.step_count = step.value
+        return loss
+
+
+def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen, kernel: ctypes.CDLL | None) -> float:
+    """NDCG@10 of held-out (customer, video) rows, each video ranked among every video the
+    customer has not rated in training as :func:`recsys.ranking.ranks_from_scores` does (the
+    rule ``recsys run`` evaluates with); the native kernel computes the same ranks."""
+    layout, k = eval_set.layout, tr.k
+    n_items, n = layout.n_items, len(eval_set)
+    rows = _CSRTensors(eval_set.user_part)
+    table = tr.P[layout.item_offset : layout.item_offset + n_items]
+
+    def scores(r: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        U = _user_vectors(tr, rows.batch(torch.from_numpy(np.asarray(r, dtype=np.int64))))
+        return torch.addmm(table[:, k][None, :], U, table[:, :k].T, out=out)
+
+    if kernel is None or not tr._fusable():
+        ranks = ranks_from_scores(lambda r: scores(r).numpy(), np.arange(n), eval_set.items, n_items,
+                                  seen.matrix[eval_set.users])  # fmt: skip
+    else:
+        ranks = np.empty(n, dtype=np.int64)
+        targets, users = torch.from_numpy(eval_set.items), torch.from_numpy(eval_set.users)
+        chunk = max(1, (1 << 21) // max(n_items, 1))  # 8 MB of scores at a time: cache-sized
+        buffer = torch.empty(min(chunk, n) * n_items)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            s = scores(np.arange(start, stop), buffer[: (stop - start) * n_items].view(stop - start, n_items))
+            if kernel.rank_targets(_kernel.ptr(s), stop - start, n_items, _kernel.ptr(targets[start:stop]),
+                                   _kernel.ptr(users[start:stop]), _kernel.ptr(seen.indptr),
+                                   _kernel.ptr(seen.indices), ranks[start:stop].ctypes.data):  # fmt: skip
+                raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
+    return rank_metrics(ranks, cutoffs=(_EVAL_CUTOFF,))[f"ndcg@{_EVAL_CUTOFF}"]
 
 
 def train_fm_ranking(
@@ -191,7 +275,7 @@ def train_fm_ranking(
     negatives : int
         Shared negatives per batch (softmax) or per observed pair (bpr).
     eval_set : RankingData, optional
-        Held-out pairs scored by NDCG@10 after every epoch.
+        Held-out pairs scored by NDCG@10 after every epoch (at most :data:`EVAL_ROWS` of them).
     options : TrainOptions, optional
 
     Returns
@@ -201,92 +285,78 @@ def train_fm_ranking(
         ``metadata["objective"] = "ranking"`` and the layout in ``metadata["layout"]``.
     """
     options = options or TrainOptions()
-    callbacks, show_progress, metadata = options.callbacks, options.show_progress, options.metadata
     params.validate()
     if loss not in RANKING_LOSSES:
         raise DataError(f"ranking loss must be one of {', '.join(RANKING_LOSSES)}, got {loss!r}")
     if not isinstance(negatives, int) or isinstance(negatives, bool) or negatives < 1:
         raise DataError(f"negatives must be a positive integer, got {negatives!r}")
     layout = data.layout
-    n_users, n_items = layout.n_users, layout.n_items
+    n_users, n_items, off = layout.n_users, layout.n_items, layout.item_offset
     if n_items < 2:
         raise DataError("ranking needs at least two items")
     if len(data) == 0:
         raise DataError("no training pairs for the ranking model")
-    users, items, user_part = data.users, data.items, data.user_part
-    eval_data = None
     if eval_set is not None and len(eval_set):
         if eval_set.layout != layout:
             raise DataError("eval_set must have the training data's layout")
-        eval_data = (_CSRTensors(eval_set.user_part), torch.from_numpy(eval_set.users), torch.from_numpy(eval_set.items))
+        if len(eval_set) > EVAL_ROWS:
+            log.info("ranking FM: NDCG@10 after each epoch on %s of the %s held-out rows", f"{EVAL_ROWS:,}", f"{len(eval_set):,}")
+            keep = np.sort(np.random.default_rng(params.seed).choice(len(eval_set), EVAL_ROWS, replace=False))
+            eval_set = eval_set.subset(keep)
     elif params.early_stopping_patience:
         raise DataError("early_stopping_patience needs a non-empty eval_set")
+    else:
+        eval_set = None
     negatives = min(negatives, n_items - 1)
     rng = np.random.default_rng(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     tr = FMTrainer(layout.feature_dim, params)
-    data = _CSRTensors(sp.csr_matrix(user_part, dtype=np.float32))
-    seen = _Seen(users, items, n_users, n_items)
-    users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
-    n, bs = users.size, params.mini_batch_size
-    history: list[dict[str, float]] = []
-    best: tuple[float, int, Any] | None = None
-    t_start = time.perf_counter()
-    with torch_threads(params.threads), torch.no_grad():
-        bar = tqdm(range(params.epochs), desc=f"FM ranking ({loss})", unit="epoch", disable=None if show_progress else True, leave=False)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            order = torch.from_numpy(rng.permutation(n))
-            total = 0.0
-            for start in range(0, n, bs):
-                r = order[start : start + bs]
-                b = data.batch(r)
-                u, i = users_t[r], items_t[r]
-                scale = params.rescale_grad if params.rescale_grad is not None else 1.0 / len(r)
-                if loss == "bpr":
-                    j = torch.randint(0, n_items, (len(r), negatives), generator=gen)
-                    total += _bpr_step(tr, b, i, j, ~seen.pair_mask(u, j), layout.item_offset, scale)
+    part = sp.csr_matrix(data.user_part, dtype=np.float32)
+    if not part.has_canonical_format:
+        part = part.copy()  # never modify the caller's matrix
+        part.sum_duplicates()
+    rows_data = _CSRTensors(part)
+    seen = _Seen(data.users, data.items, n_users, n_items)
+    users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
+    n, bs = len(data), params.mini_batch_size
+    kernel = _kernel.load()
+    native = None
+    if kernel is not None and loss == "softmax" and tr._fusable():
+        native = _NativeSoftmax(kernel, tr, part, users, items, seen, n_items, off, bs, negatives)
+
+    def epoch_fn() -> float:
+        order = torch.from_numpy(rng.permutation(n))
+        if native is not None:
+            native.epoch(order)
+        total = 0.0
+        for start in range(0, n, bs):
+            r = order[start : start + bs]
+            scale = params.rescale_grad if params.rescale_grad is not None else 1.0 / len(r)
+            if loss == "bpr":
+                j = torch.randint(0, n_items, (len(r), negatives), generator=gen)
+                total += _bpr_step(tr, rows_data.batch(r), items[r], j, ~seen.pair_mask(users[r], j), off, scale)
+            else:
+                neg = torch.unique(torch.randint(0, n_items, (negatives,), generator=gen))
+                if native is not None:
+                    total += native.step(start, start + len(r), neg, scale)
                 else:
-                    neg = torch.unique(torch.randint(0, n_items, (negatives,), generator=gen))
-                    total += _softmax_step(tr, b, i, neg, seen.shared_mask(u, neg), layout.item_offset, n_items, scale)
-                if not math.isfinite(total):
-                    raise _diverged(f"the ranking loss in epoch {epoch + 1}", params)
-            if not tr.finite():
-                raise _diverged(f"a model parameter after epoch {epoch + 1}", params)
-            info = EpochInfo(epoch=epoch + 1, train_loss=total / n, seconds=time.perf_counter() - t0)
-            row = {"epoch": epoch + 1, f"train_{loss}": info.train_loss}
-            postfix = {loss: f"{info.train_loss:.4f}"}
-            if eval_data is not None:
-                ndcg = _ndcg_at(tr, *eval_data, seen, layout.item_offset, n_items)
-                info.eval_metric = {"ndcg@10": ndcg}
-                row["eval_ndcg@10"] = postfix["eval_ndcg@10"] = ndcg
-                if best is None or ndcg > best[0]:
-                    best = (ndcg, epoch + 1, tr.snapshot())
-            bar.set_postfix(postfix)
-            history.append(row)
-            log.debug("ranking epoch %d: %s", epoch + 1, row)
-            stop = any(bool(cb(info)) for cb in callbacks)
-            if params.early_stopping_patience and best is not None and epoch + 1 - best[1] >= params.early_stopping_patience:
-                log.info("ranking FM: early stop after epoch %d (best NDCG@10 %.4f at epoch %d)", epoch + 1, best[0], best[1])
-                stop = True
-            if stop:
-                break
-        bar.close()
-    if best is not None:
-        tr.restore(best[2])
+                    hit = seen.shared_mask(users[r], neg)
+                    total += _softmax_step(tr, rows_data.batch(r), items[r], neg, hit, off, n_items, scale)
+            if not math.isfinite(total):
+                return math.nan
+        return total / n
+
+    eval_fn = None
+    if eval_set is not None:
+
+        def eval_fn() -> tuple[str, float, bool]:
+            return f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen, kernel), True
+
+    meta = run_epochs(tr, params, epoch_fn, loss_name=loss, eval_fn=eval_fn, options=options, desc=f"FM ranking ({loss})")
     tr.params = FMParams(**{**params.to_dict(), "predictor_type": "binary_classifier"})
-    meta: dict[str, Any] = {
-        "objective": "ranking",
-        "ranking_loss": loss,
-        "negatives": negatives,
-        "n_users": n_users,
-        "n_items": n_items,
-        "layout": layout.to_dict(),
-        "history": history,
-        "train_seconds": time.perf_counter() - t_start,
-        "train_rows": n,
-    }
-    if best is not None:
-        meta["best_epoch"], meta["best_eval_ndcg@10"] = best[1], best[0]
-    meta.update(metadata or {})
+    meta.update({
+        "objective": "ranking", "ranking_loss": loss, "negatives": negatives, "n_users": n_users,
+        "n_items": n_items, "layout": layout.to_dict(), "train_rows": n,
+    })  # fmt: skip
+    meta.update(options.metadata or {})
     return tr.to_artifact(meta)
