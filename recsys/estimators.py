@@ -104,6 +104,11 @@ class _FMEstimator(BaseEstimator):
         seed: int = 0,
         threads: int | None = None,
         early_stopping_patience: int | None = None,
+        solver: str = "sgd",
+        mcmc_burn_in: int = 20,
+        mcmc_samples: int = 80,
+        mcmc_saved_samples: int = 8,
+        mcmc_init_sigma: float = 0.1,
         backend: Any = "torch",
         show_progress: bool = False,
         callbacks: Sequence[Any] | None = None,
@@ -136,6 +141,11 @@ class _FMEstimator(BaseEstimator):
         self.seed = seed
         self.threads = threads
         self.early_stopping_patience = early_stopping_patience
+        self.solver = solver
+        self.mcmc_burn_in = mcmc_burn_in
+        self.mcmc_samples = mcmc_samples
+        self.mcmc_saved_samples = mcmc_saved_samples
+        self.mcmc_init_sigma = mcmc_init_sigma
         self.backend = backend
         self.show_progress = show_progress
         self.callbacks = callbacks
@@ -221,7 +231,7 @@ class _FMEstimator(BaseEstimator):
         model = self._check_fitted()
         meta = dict(model.metadata)
         meta["estimator"] = {"class": type(self).__name__, "layout": list(self.layout_) if self.layout_ else None}
-        FittedFM(model.w0, model.w, model.V, model.predictor_type, model.config, meta).save(path)
+        dataclasses.replace(model, metadata=meta).save(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike):
@@ -247,7 +257,8 @@ class FMRegressor(RegressorMixin, _FMEstimator):
     _predictor_type = "regressor"
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.decision_function(X)
+        """The prediction (averaged over the posterior samples of an MCMC model)."""
+        return self._check_fitted().predict(self._transform(X))
 
 
 class FMClassifier(ClassifierMixin, _FMEstimator):

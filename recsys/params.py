@@ -19,6 +19,7 @@ __all__ = ["FMParams", "KNNParams", "RankingParams", "params_from_dict"]
 PREDICTOR_TYPES = ("regressor", "binary_classifier")
 INIT_METHODS = ("normal", "uniform", "constant")
 OPTIMIZERS = ("adam", "sgd", "adagrad")
+SOLVERS = ("sgd", "mcmc")
 INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat")
 INDEX_METRICS = ("INNER_PRODUCT", "L2", "COSINE")
 
@@ -87,6 +88,19 @@ class FMParams:
     threads: int | None = None
     #: stop when the evaluation metric has not improved for this many epochs (keeps the best)
     early_stopping_patience: int | None = None
+    #: "sgd": the optimizer above, SageMaker's semantics; "mcmc": a Bayesian FM sampled by Gibbs
+    #: sampling (backends.local.mcmc) -- no learning rates or weight decays, which it ignores,
+    #: as it ignores epochs, mini_batch_size and the *_init_* settings
+    solver: str = "sgd"
+    #: MCMC: sweeps discarded before the samples that are averaged
+    mcmc_burn_in: int = 20
+    #: MCMC: sweeps kept (predictions and the posterior mean average over them)
+    mcmc_samples: int = 80
+    #: MCMC: how many of the kept samples (evenly thinned) the fitted model stores for later
+    #: predictions; 0 stores only the posterior mean
+    mcmc_saved_samples: int = 8
+    #: MCMC: standard deviation of the factors' random start
+    mcmc_init_sigma: float = 0.1
 
     #: Names SageMaker's FM understands (everything above the "local only" line).
     SAGEMAKER_NAMES = (
@@ -127,6 +141,13 @@ class FMParams:
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         _check_positive("threads", self.threads, allow_none=True, integer=True)
         _check_positive("early_stopping_patience", self.early_stopping_patience, allow_none=True, integer=True)
+        _check_choice("solver", self.solver, SOLVERS)
+        for name in ("mcmc_burn_in", "mcmc_saved_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        _check_positive("mcmc_samples", self.mcmc_samples, integer=True)
+        _check_positive("mcmc_init_sigma", self.mcmc_init_sigma)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +155,11 @@ class FMParams:
 
     def sagemaker_hyperparameters(self, feature_dim: int | None = None) -> dict[str, str]:
         """The hyperparameters to send to SageMaker (strings, ``None`` values left out)."""
+        if self.solver != "sgd":
+            raise ConfigError(
+                f"solver={self.solver!r} runs only on the local backend (SageMaker's FM trains by SGD); "
+                "use --backend torch or set solver = 'sgd'"
+            )
         out: dict[str, str] = {}
         for name in self.SAGEMAKER_NAMES:
             value = getattr(self, name)

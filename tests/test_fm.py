@@ -38,6 +38,7 @@ from recsys.errors import DataError, ModelFitError, ModelFormatError
 from recsys.features import FeatureLayout
 from recsys.model import FM_FORMAT_VERSION, FittedFM
 from recsys.params import FMParams
+from tests.reference import fm_brute_force as brute_force_fm
 
 # Every small training run uses one torch thread: on a busy 2-core machine torch's default
 # intra-op threads make the tiny per-batch ops ~10-30x slower (results are unaffected).
@@ -51,30 +52,6 @@ needs_kernel = pytest.mark.skipif(KERNEL is None, reason="the native kernels are
 # ---------------------------------------------------------------------------------------------
 # references and builders
 # ---------------------------------------------------------------------------------------------
-def brute_force_fm(w0: float, w: np.ndarray, V: np.ndarray, X) -> np.ndarray:
-    """y(x) = w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j, literally, in float64."""
-    Xd = X.toarray() if sp.issparse(X) else np.asarray(X)
-    Xd = Xd.astype(np.float64)
-    V = np.asarray(V, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    n, d = Xd.shape
-    out = np.empty(n)
-    for r in range(n):
-        x = Xd[r]
-        total = float(w0)
-        for i in range(d):
-            total += w[i] * x[i]
-        for i in range(d):
-            if x[i] == 0.0:
-                continue
-            for j in range(i + 1, d):
-                if x[j] == 0.0:
-                    continue
-                total += float(np.dot(V[i], V[j])) * x[i] * x[j]
-        out[r] = total
-    return out
-
-
 def random_csr(
     rng: np.random.Generator, lengths, dim: int, *, unsorted: bool = True
 ) -> sp.csr_matrix:

@@ -33,8 +33,9 @@ class TorchBackend(Backend):
         metadata: dict[str, Any] | None = None,
     ) -> FittedFM:
         from .fm import train_fm
+        from .mcmc import train_fm_mcmc
 
-        return train_fm(
+        return (train_fm_mcmc if params.solver == "mcmc" else train_fm)(
             X, y, params, X_eval=X_eval, y_eval=y_eval, callbacks=callbacks,
             show_progress=show_progress, metadata=metadata,
         )  # fmt: skip
