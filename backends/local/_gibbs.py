@@ -318,6 +318,16 @@ class _RowsLayout:
         return (*(_ptr(a) for a in self.keep[:3]), self.n_rel, self.index_ptrs, self.Q_ptrs)
 
 
+def _others(X: sp.csr_matrix, group: ColumnGroup) -> sp.csr_matrix:
+    """Row p: the entries of design row ``group.rows[p]`` other than the group's entry p."""
+    rows = X[group.rows]
+    counts = np.diff(rows.indptr)
+    keep = rows.indices != np.repeat(group.feats[group.t], counts)
+    kept = np.bincount(np.repeat(np.arange(rows.shape[0]), counts), weights=keep, minlength=rows.shape[0])
+    ptr = np.r_[0, np.cumsum(kept.astype(np.int64))]
+    return sp.csr_matrix((rows.data[keep], rows.indices[keep], ptr), shape=rows.shape)
+
+
 class NativeUpdates:
     """Calls into ``_mcmc.c`` with scratch buffers sized once for a design. Each column group
     gets a copy of its rows laid out in entry order (the kernel then reads them sequentially)."""
@@ -325,9 +335,7 @@ class NativeUpdates:
     def __init__(self, lib: ctypes.CDLL, data: Rows, k: int, groups: list[ColumnGroup], relations: list[Relation], Q: list[np.ndarray]):
         self.lib, self.k = lib, k
         self.all_rows = _RowsLayout(data.X, data.indexes, Q)
-        self.group_rows = {
-            id(g): _RowsLayout(data.X[g.rows], [i[g.rows] for i in data.indexes], Q) for g in groups
-        }  # fmt: skip
+        self.group_rows = {id(g): _RowsLayout(_others(data.X, g), [i[g.rows] for i in data.indexes], Q) for g in groups}
         longest = max([int(np.diff(g.ptr).max(initial=0)) for g in groups], default=0)
         self.el = np.empty(max(longest, 1))
         self.H = np.empty(max(longest * k, 1))

@@ -46,8 +46,10 @@ typedef struct {
     double *const *rel_Q;
 } rows_t;
 
-/* q(x_i)[0..k) into out: the row's per-row entries, then every relation block but `skip` */
-static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i, int64_t skip, double *out) {
+/* out[0..k) = sum over the entries of row i of x V (the row's factor sum q(x_i), or, when the
+ * rows list "the other entries" of a feature's rows, q(x_i) - x_j V_j) plus every relation
+ * block's per-entity sum */
+static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i, double *restrict out) {
     for (int64_t f = 0; f < k; f++) out[f] = 0.0;
     for (int64_t p = R->row_ptr[i]; p < R->row_ptr[i + 1]; p++) {
         const double x = R->row_val[p];
@@ -55,7 +57,6 @@ static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i,
         for (int64_t f = 0; f < k; f++) out[f] += x * v[f];
     }
     for (int64_t b = 0; b < R->n_rel; b++) {
-        if (b == skip) continue;
         const double *Q = R->rel_Q[b] + R->rel_index[b][i] * k;
         for (int64_t f = 0; f < k; f++) out[f] += Q[f];
     }
@@ -102,8 +103,9 @@ static inline double axpy_dot(double *restrict el, double d, const double *restr
  * V_j,k-1, then write the residuals of its rows back. Within a one-hot group the features touch
  * disjoint rows, so this equals updating them all at once.
  * The group's entries, feature after feature: feature t has entries ent_ptr[t] .. ent_ptr[t+1],
- * entry p is design row ent_row[p] with value ent_val[p]; the rows' design R is laid out in the
- * same entry order (R's row p is design row ent_row[p]), so the loops read it sequentially.
+ * entry p is design row ent_row[p] with value ent_val[p]. R lists, in the same entry order, the
+ * *other* entries of that row (and its relation indexes), so h = x (sum of R's row p), read
+ * sequentially.
  * Scratch: el (longest column), H (longest column * k), s2v, qr (k each). */
 MULTIVERSION void mcmc_update_columns(
     int64_t k, double *restrict e, double *restrict w, double *restrict V,
@@ -134,10 +136,10 @@ MULTIVERSION void mcmc_update_columns(
         for (int64_t f = 0; f < k; f++) s2v[f] = 0.0;
         for (int64_t r = 0; r < m; r++) {
             el[r] -= d * x[r];
-            row_q(&R, k, V, p0 + r, -1, qr);
+            row_q(&R, k, V, p0 + r, qr);
             const double xr = x[r];
             for (int64_t f = 0; f < k; f++) {
-                const double h = xr * (qr[f] - xr * vj[f]);
+                const double h = xr * qr[f];
                 H[f * m + r] = h;
                 s2v[f] += h * h;
             }

@@ -10,17 +10,20 @@ regularization is integrated out instead of tuned:
   for a negative, is drawn every sweep and regressed on (Albert & Chib 1993);
 * priors per feature *group* (user one-hot, item one-hot, each extra group of
   :mod:`recsys.feature_groups`): ``w_j ~ N(mu_w[g], 1/lambda_w[g])`` and ``V_jf ~ N(mu_v[g, f],
-  1/lambda_v[g, f])``, with Normal-Gamma hyperpriors ``lambda ~ Gamma((1 + 1)/2, 1/2)``,
+  1/lambda_v[g, f])``, with libFM's Normal-Gamma hyperpriors ``lambda ~ Gamma(1/2, rate 1/2)``,
   ``mu | lambda ~ N(0, 1/lambda)`` -- the group's weights share sampled hyperparameters;
 * a sweep draws ``alpha``, the hyperparameters, ``w0``, then every ``w_j`` and ``V_jf``
   (:mod:`backends.local._gibbs`: whole one-hot groups at once; a native kernel when built).
 
 The knobs are ``mcmc_burn_in`` (sweeps discarded) and ``mcmc_samples`` (sweeps kept), plus
 ``num_factors``, ``seed`` and ``mcmc_init_sigma`` (the factors' starting spread). Predictions
-are averaged over the kept samples: for the evaluation set during training (the ``eval_*``
-history), and afterwards through the returned :class:`~recsys.model.FittedFM`, which holds the
-posterior mean ``w0, w, V`` (what the k-NN vectors use) and ``mcmc_saved_samples`` kept samples,
-evenly thinned, that :meth:`~recsys.model.FittedFM.predict` averages over.
+are averaged over the kept samples for the evaluation set given at fit time (the ``eval_*``
+history). The returned :class:`~recsys.model.FittedFM` holds the posterior mean ``w0, w, V``
+(what later predictions and the k-NN vectors use: on the validation folds of
+``benchmarks/bench_quality.py`` it predicts as well as the average over every kept sample) and,
+with ``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, which
+:meth:`~recsys.model.FittedFM.predict_score` then averages over (bounded storage: S x the
+model's size).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from recsys.feature_groups import GroupedDesign
 from recsys.model import FittedFM, PosteriorSamples, check_design
 from recsys.params import FMParams
 
-__all__ = ["train_fm_mcmc", "GibbsSampler", "fm_output"]
+__all__ = ["train_fm_mcmc", "GibbsSampler", "FMOutput"]
 
 log = logging.getLogger("recsys")
 
@@ -56,25 +59,31 @@ ALPHA_L = BETA_L = 1.0
 GAMMA_0, MU_0 = 1.0, 0.0
 
 
-def fm_output(design: GroupedDesign, w0: float, w: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(y(x), q)`` for every row, float64: the FM output and the factor sums ``q = x V``,
-    relation blocks included."""
-    X = design.X
-    dx = X.shape[1]
-    X2 = X.multiply(X).tocsr()
-    lin = X @ w[:dx]
-    q = np.asarray(X @ V[:dx])
-    diag = np.asarray(X2 @ (V[:dx] ** 2)).sum(axis=1)
-    off = dx
-    for block in design.relations:
-        T = sp.csr_matrix(block.table, dtype=np.float64)
-        width = T.shape[1]
-        wb, Vb = w[off : off + width], V[off : off + width]
-        lin = lin + (T @ wb)[block.index]
-        q = q + np.asarray(T @ Vb)[block.index]
-        diag = diag + np.asarray(T.multiply(T) @ (Vb**2)).sum(axis=1)[block.index]
-        off += width
-    return w0 + lin + 0.5 * ((q * q).sum(axis=1) - diag), q
+class FMOutput:
+    """``y(x)`` of every row of a design for given parameters, relation blocks included; the
+    design's float64 copies and squares are made once (it is called for every kept sample)."""
+
+    def __init__(self, design: GroupedDesign):
+        self.X = sp.csr_matrix(design.X, dtype=np.float64)
+        self.X2 = self.X.multiply(self.X).tocsr()
+        self.blocks = []
+        for block in design.relations:
+            T = sp.csr_matrix(block.table, dtype=np.float64)
+            self.blocks.append((block.index, T, T.multiply(T).tocsr()))
+
+    def __call__(self, w0: float, w: np.ndarray, V: np.ndarray) -> np.ndarray:
+        dx = self.X.shape[1]
+        lin = self.X @ w[:dx]
+        q = np.asarray(self.X @ V[:dx])
+        diag = np.asarray(self.X2 @ (V[:dx] ** 2)).sum(axis=1)
+        off = dx
+        for index, T, T2 in self.blocks:
+            wb, Vb = w[off : off + T.shape[1]], V[off : off + T.shape[1]]
+            lin = lin + (T @ wb)[index]
+            q = q + np.asarray(T @ Vb)[index]
+            diag = diag + np.asarray(T2 @ (Vb**2)).sum(axis=1)[index]
+            off += T.shape[1]
+        return w0 + lin + 0.5 * ((q * q).sum(axis=1) - diag)
 
 
 def _as_design(X: Any, what: str) -> GroupedDesign:
@@ -113,7 +122,7 @@ class GibbsSampler:
         num_factors: int,
         classifier: bool = False,
         groups: np.ndarray | None = None,
-        init_sigma: float = 0.1,
+        init_sigma: float = 0.3,
         seed: int = 0,
         native: bool | None = None,
         fixed_alpha: float | None = None,
@@ -160,7 +169,7 @@ class GibbsSampler:
         # caches: residuals e = z - y(x) and each relation block's per-entity factor sums Q
         self.z = (2.0 * self.y - 1.0) if classifier else self.y
         self.Q = [rel.sums(self.w, self.V)[1] for rel in self.relations]
-        self.e = np.ascontiguousarray(self.z - fm_output(design, self.w0, self.w, self.V)[0])
+        self.e = np.ascontiguousarray(self.z - FMOutput(design)(self.w0, self.w, self.V))
         lib = _gibbs.kernel() if native is None or native else None
         if native and lib is None:
             raise RuntimeError("native=True but the native Gibbs kernel is not built")
@@ -268,7 +277,7 @@ class _Posterior:
         self.w0, self.w, self.V = 0.0, np.zeros(sampler.d), np.zeros((sampler.d, sampler.k))
         self.keep_at = set(np.linspace(0, kept - 1, min(saved, kept)).round().astype(int).tolist())
         self.saved: list[tuple[float, np.ndarray, np.ndarray]] = []
-        self.eval_design = eval_design
+        self.eval_output = None if eval_design is None else FMOutput(eval_design)
         self.eval_sum = None if eval_design is None else np.zeros(eval_design.n_rows)
 
     def add(self) -> np.ndarray | None:
@@ -280,9 +289,9 @@ class _Posterior:
         self.w0 += sm.w0
         self.w += sm.w
         self.V += sm.V
-        if self.eval_design is None:
+        if self.eval_output is None:
             return None
-        raw, _ = fm_output(self.eval_design, sm.w0, sm.w, sm.V)
+        raw = self.eval_output(sm.w0, sm.w, sm.V)
         self.eval_sum += ndtr(raw) if sm.classifier else raw
         return self.eval_sum / self.count
 
