@@ -2,10 +2,11 @@
 
 Usage::
 
-    python benchmarks/bench_quality.py                        # everything, ~1 h
-    python benchmarks/bench_quality.py --only movielens --seeds 5
-    python benchmarks/bench_quality.py --only validation      # the grid the defaults come from
-    RECSYS_CACHE_DIR=/work/cache python benchmarks/bench_quality.py --only full
+    python benchmarks/bench_quality.py                        # everything, ~45 min
+    python benchmarks/bench_quality.py --only validation      # the grid the defaults come from, ~19 min
+    python benchmarks/bench_quality.py --only movielens --seeds 5                   # ~7 min
+    RECSYS_CACHE_DIR=/work/cache python benchmarks/bench_quality.py --only full --full-groups   # ~21 min
+    python benchmarks/bench_quality.py --only movielens --rows mcmc,classifier_mcmc # re-run some rows
 
 Each part runs in a fresh Python process (this script re-invoked with a hidden ``--stage``
 argument, helpers from ``bench_fm.py``); the parent samples its RSS. Results are merged into
@@ -61,8 +62,14 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "bench_quality.json
 DEFAULT_DATA = "/work/shared/datasets/ml-latest-small/ratings.csv"
 #: the recommended MCMC settings (chosen on the validation part)
 MCMC_REGRESSOR = {"num_factors": 8, "mcmc_burn_in": 10, "mcmc_samples": 60, "mcmc_saved_samples": 0, "mcmc_init_sigma": 0.3}
-MCMC_CLASSIFIER = {"num_factors": 16, "mcmc_burn_in": 20, "mcmc_samples": 200, "mcmc_saved_samples": 16, "mcmc_init_sigma": 0.3}
+MCMC_CLASSIFIER = {"num_factors": 8, "mcmc_burn_in": 20, "mcmc_samples": 100, "mcmc_saved_samples": 16, "mcmc_init_sigma": 0.3}
+#: "MCMC + groups": the groups and settings best on both validation sets (with groups the
+#: posterior mean alone predicts worse: predictions average every kept sample)
 GROUPS = {"recent": 10}
+MCMC_GROUPS = {"num_factors": 16, "mcmc_burn_in": 10, "mcmc_samples": 60, "mcmc_saved_samples": 60, "mcmc_init_sigma": 0.3}
+#: the best plain settings on both validation sets, beyond the time budget of the defaults
+MCMC_REGRESSOR_ALT = {"num_factors": 16, "mcmc_burn_in": 20, "mcmc_samples": 100, "mcmc_saved_samples": 0, "mcmc_init_sigma": 0.3}
+MCMC_CLASSIFIER_ALT = {"num_factors": 16, "mcmc_burn_in": 20, "mcmc_samples": 200, "mcmc_saved_samples": 200, "mcmc_init_sigma": 0.3}
 FLOOR_RMSE_BELOW_SVD = 0.02
 FLOOR_TIME_RATIO = 2.0
 
@@ -217,7 +224,7 @@ def _record(out: dict, name: str, seed: int, result, metrics: dict[str, float]) 
 def evaluate(s: Split, p: dict[str, Any], seeds: list[int], *, svdpp: bool) -> dict[str, Any]:
     """Every regressor and classifier on split ``s``, for each seed."""
     mc_r, mc_c, k = p["mcmc_regressor"], p["mcmc_classifier"], p["mcmc_regressor"]["num_factors"]
-    mc_g = {**mc_r, "mcmc_saved_samples": mc_r["mcmc_samples"]}  # with groups: average every kept sample
+    mc_g = p["mcmc_groups"]
     have_myfm = p["myfm"] is None
     reg: dict[str, list] = {}
     clf: dict[str, list] = {}
@@ -227,26 +234,28 @@ def evaluate(s: Split, p: dict[str, Any], seeds: list[int], *, svdpp: bool) -> d
             ("sgd_lab", True, fit_sgd, (s, seed, False), {}),
             (f"sgd_lab_k{k}", True, fit_sgd, (s, seed, False), {"num_factors": k}),
             ("mcmc", True, fit_mcmc, (s, seed, False, mc_r), {}),
+            ("mcmc_alt", True, fit_mcmc, (s, seed, False, p["mcmc_regressor_alt"]), {}),
             ("mcmc_groups", s.groups is not None, fit_mcmc, (s, seed, False, mc_g), {"groups": True}),
             ("svd", True, fit_surprise, (s, seed, "svd"), {}),
             ("svdpp", svdpp, fit_surprise, (s, seed, "svdpp"), {}),
             ("baseline", seed == first, fit_surprise, (s, seed, "baseline"), {}),
             ("myfm", have_myfm, fit_myfm, (s, seed, False, mc_r), {}),
-            ("myfm_groups", have_myfm and s.groups is not None, fit_myfm, (s, seed, False, mc_r), {"groups": True}),
+            ("myfm_groups", have_myfm and s.groups is not None and p["myfm_groups"], fit_myfm, (s, seed, False, mc_g), {"groups": True}),
         ]
         for name, run, fn, args, kwargs in runs:
-            if run:
+            if run and (p["rows"] is None or name in p["rows"]):
                 res = fn(*args, **kwargs)
                 _record(reg, name, seed, res, {"rmse": rmse(res[0], s.yt)})
                 print(f"  seed {seed} {name}: rmse {reg[name][-1]['rmse']:.4f} ({res[2]:.2f} s CPU)", flush=True)
         cruns = [
             ("sgd_lab", True, fit_sgd, (s, seed, True)),
             ("mcmc", True, fit_mcmc, (s, seed, True, mc_c)),
+            ("mcmc_alt", True, fit_mcmc, (s, seed, True, p["mcmc_classifier_alt"])),
             ("logreg", seed == first, fit_logreg, (s, seed)),
             ("myfm", have_myfm, fit_myfm, (s, seed, True, mc_c)),
         ]
         for name, run, fn, args in cruns:
-            if run:
+            if run and (p["rows"] is None or f"classifier_{name}" in p["rows"]):
                 res = fn(*args)
                 _record(clf, name, seed, res, classifier_metrics(s.ct, res[0], s.c))
                 print(f"  seed {seed} classifier {name}: auc {clf[name][-1]['auc']:.4f}", flush=True)
@@ -325,7 +334,7 @@ def validation_candidates() -> list[dict[str, Any]]:
                 cands.append({"settings": settings, "kinds": ["regressor"]})
     for groups in ({"implicit": True}, {"recent": 5}, {"recent": 10}, {"time_buckets": 8}, {"implicit": True, "recent": 10}):
         for k in (8, 16):
-            settings = {**MCMC_REGRESSOR, "num_factors": k, "mcmc_saved_samples": MCMC_REGRESSOR["mcmc_samples"]}
+            settings = {"num_factors": k, "mcmc_burn_in": 10, "mcmc_samples": 60, "mcmc_saved_samples": 60, "mcmc_init_sigma": 0.3}
             cands.append({"settings": settings, "groups": groups, "kinds": ["regressor"]})
     for sigma in (0.1, 0.3):
         for k in (8, 16):
@@ -333,8 +342,9 @@ def validation_candidates() -> list[dict[str, Any]]:
                 settings = {"num_factors": k, "mcmc_burn_in": 20, "mcmc_samples": kept, "mcmc_saved_samples": 16,
                             "mcmc_init_sigma": sigma}  # fmt: skip
                 cands.append({"settings": settings, "kinds": ["classifier"]})
-    for saved in (0, 200):
-        cands.append({"settings": {**MCMC_CLASSIFIER, "mcmc_saved_samples": saved}, "kinds": ["classifier"]})
+    for saved in (0, 200):  # how many saved samples the predictions average over
+        settings = {"num_factors": 16, "mcmc_burn_in": 20, "mcmc_samples": 200, "mcmc_saved_samples": saved, "mcmc_init_sigma": 0.3}
+        cands.append({"settings": settings, "kinds": ["classifier"]})
     return cands
 
 
@@ -343,13 +353,14 @@ def validation_candidates() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 LABELS = {
     "sgd_lab": "ours, SGD, lab settings (k=64, 25 epochs)",
-    "mcmc": "ours, MCMC",
-    "mcmc_groups": "ours, MCMC + feature groups",
+    "mcmc": "ours, MCMC (defaults)",
+    "mcmc_alt": "ours, MCMC, k=16, more sweeps (best plain on validation)",
+    "mcmc_groups": "ours, MCMC + feature groups (k=16)",
     "svd": "Surprise SVD()",
     "svdpp": "Surprise SVDpp()",
     "baseline": "Surprise BaselineOnly()",
     "myfm": "myFM (same factors, sweeps, groups)",
-    "myfm_groups": "myFM + the same feature groups",
+    "myfm_groups": "myFM + the same feature groups (k=16)",
     "logreg": "scikit-learn LogisticRegression, one-hot",
 }
 
@@ -422,7 +433,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mcmc", type=json.loads, default=MCMC_REGRESSOR, help="regressor MCMC settings (JSON)")
     parser.add_argument("--mcmc-classifier", type=json.loads, default=MCMC_CLASSIFIER, help="classifier MCMC settings (JSON)")
     parser.add_argument("--groups", type=json.loads, default=GROUPS, help="FeatureGroupsConfig for 'MCMC + groups' (JSON)")
+    parser.add_argument("--mcmc-groups", type=json.loads, default=MCMC_GROUPS, help="MCMC settings with groups (JSON)")
     parser.add_argument("--folds", type=int, default=3, help="validation folds")
+    parser.add_argument("--rows", help="comma-separated model names to (re)run, merged into the saved part "
+                        "(classifiers as classifier_<name>); default: all")  # fmt: skip
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--stage-params", type=json.loads, help=argparse.SUPPRESS)
@@ -444,10 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     myfm_missing = myfm_available()
     params = {"data": args.data, "seeds": args.seeds, "full_seeds": args.full_seeds, "full_svdpp": args.full_svdpp,
               "full_groups": args.full_groups, "mcmc_regressor": args.mcmc, "mcmc_classifier": args.mcmc_classifier,
-              "groups": args.groups, "myfm": myfm_missing}  # fmt: skip
+              "groups": args.groups, "mcmc_groups": args.mcmc_groups, "myfm": myfm_missing,
+              "mcmc_regressor_alt": MCMC_REGRESSOR_ALT, "mcmc_classifier_alt": MCMC_CLASSIFIER_ALT, "myfm_groups": True,
+              "rows": args.rows.split(",") if args.rows else None}  # fmt: skip
     res.update({
         "machine": {**machine_info(), "scikit-surprise": surprise.__version__},
-        "settings": {"mcmc_regressor": args.mcmc, "mcmc_classifier": args.mcmc_classifier, "groups": args.groups},
+        "settings": {"mcmc_regressor": args.mcmc, "mcmc_classifier": args.mcmc_classifier, "groups": args.groups,
+                     "mcmc_groups": args.mcmc_groups, "mcmc_regressor_alt": MCMC_REGRESSOR_ALT,
+                     "mcmc_classifier_alt": MCMC_CLASSIFIER_ALT},
         "myfm": myfm_missing or "available",
     })  # fmt: skip
     if myfm_missing:
@@ -459,8 +477,16 @@ def main(argv: list[str] | None = None) -> int:
         load = list(os.getloadavg())
         stage_p = {**params, "folds": args.folds, "candidates": validation_candidates(), "baselines": True}
         out = run_child(script, part, stage_p)
-        out.update({"started": started, "loadavg_start": load,
-                    "command": "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)})  # fmt: skip
+        command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        if args.rows and part in res and part != "validation":  # merge the re-run rows into the saved part
+            prev = res[part]
+            for kind in ("regressor", "classifier"):
+                prev[kind].update(out[kind])
+            prev.setdefault("reruns", []).append({"rows": args.rows, "command": command, "started": started,
+                                                  "loadavg_start": load, "process_wall_s": out.get("process_wall_s")})  # fmt: skip
+            out = prev
+        else:
+            out.update({"started": started, "loadavg_start": load, "command": command})
         if part != "validation":
             out["goals"] = goals(out, k)
             print_part(part, out, k)
