@@ -1,4 +1,5 @@
-"""Build the optional native training kernels; everything else is in pyproject.toml.
+"""Build the optional native training kernels (the FM's SGD / ranking steps, the Bayesian FM's
+Gibbs updates); everything else is in pyproject.toml.
 
 The extension is optional: without a C compiler the install still succeeds and the local backend
 uses its PyTorch paths, which compute the same results. It is loaded with ctypes and uses no
@@ -19,13 +20,14 @@ FLAGS = [] if WINDOWS else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ff
 setup(
     ext_modules=[
         Extension(
-            "backends.local._fmkernel",
-            ["backends/local/_fmkernel.c"],
+            f"backends.local.{name}",
+            [f"backends/local/{name}.c"],
             extra_compile_args=FLAGS,
             libraries=[] if WINDOWS else ["m"],
             py_limited_api=True,
             optional=True,
         )
+        for name in ("_fmkernel", "_mcmc")  # the SGD / ranking steps; the Gibbs sampler's updates
     ],
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

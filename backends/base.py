@@ -307,6 +307,8 @@ class Backend(abc.ABC):
 
     Capabilities (class attributes; callers read these instead of comparing names):
 
+    ``solvers``
+        The FM solvers :meth:`fit_fm` runs (``"sgd"``; the local backend also ``"mcmc"``).
     ``ranking_losses``
         The ranking losses :meth:`fit_fm_ranking` trains, best first (``"auto"`` resolves to
         the first). ``"classifier"`` (observed vs sampled unobserved pairs through
@@ -319,6 +321,8 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: FM solvers :meth:`fit_fm` runs (``FMParams.solver``).
+    solvers: ClassVar[tuple[str, ...]] = ("sgd",)
     ranking_losses: ClassVar[tuple[str, ...]] = ("classifier",)
     remote: ClassVar[bool] = False
     supports_dry_run: ClassVar[bool] = False

@@ -148,6 +148,9 @@ class RankingConfig:
         if self.history_weighting not in ("uniform", "decay"):
             raise ConfigError(f"ranking.history_weighting must be 'uniform' or 'decay', got {self.history_weighting!r}")
         self.fm.validate()
+        if self.fm.solver != "sgd" and self.loss in ("softmax", "bpr"):
+            raise ConfigError(f"[ranking] solver = {self.fm.solver!r} cannot train the {self.loss!r} loss; "
+                              "set solver = 'sgd' (or loss = 'classifier')")  # fmt: skip
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +254,12 @@ class RunConfig:
         cls = backend_class(self.backend)
         if cls.options_section:
             cls.check_options(getattr(self, cls.options_section))
+        for name, fm in (("regressor", self.regressor), ("classifier", self.classifier), ("ranking", self.ranking.fm)):
+            if fm.solver not in cls.solvers:
+                raise ConfigError(
+                    f"[{name}] solver = {fm.solver!r} does not run on the {cls.name} backend, which trains "
+                    f"{', '.join(map(repr, cls.solvers))}; set solver = 'sgd' (or use --backend torch)"
+                )
         if self.objective == "ranking" and self.ranking.loss not in ("auto", *cls.ranking_losses):
             raise ConfigError(
                 f"the {cls.name} backend cannot train the ranking loss {self.ranking.loss!r}; "

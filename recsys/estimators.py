@@ -116,6 +116,11 @@ class _FMEstimator(BaseEstimator):
         seed: int = 0,
         threads: int | None = None,
         early_stopping_patience: int | None = None,
+        solver: str = "sgd",
+        mcmc_burn_in: int = 10,
+        mcmc_samples: int = 60,
+        mcmc_saved_samples: int = 0,
+        mcmc_init_sigma: float = 0.3,
         n_users: int | None = None,
         n_items: int | None = None,
         backend: Any = "torch",
@@ -150,6 +155,11 @@ class _FMEstimator(BaseEstimator):
         self.seed = seed
         self.threads = threads
         self.early_stopping_patience = early_stopping_patience
+        self.solver = solver
+        self.mcmc_burn_in = mcmc_burn_in
+        self.mcmc_samples = mcmc_samples
+        self.mcmc_saved_samples = mcmc_saved_samples
+        self.mcmc_init_sigma = mcmc_init_sigma
         self.n_users = n_users
         self.n_items = n_items
         self.backend = backend
@@ -252,7 +262,7 @@ class _FMEstimator(BaseEstimator):
         model = self._check_fitted()
         meta = dict(model.metadata)
         meta["estimator"] = {"class": type(self).__name__, "layout": list(self.layout_) if self.layout_ else None}
-        FittedFM(model.w0, model.w, model.V, model.predictor_type, model.config, meta).save(path)
+        dataclasses.replace(model, metadata=meta).save(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike):
@@ -279,7 +289,8 @@ class FMRegressor(RegressorMixin, _FMEstimator):
     _predictor_type = "regressor"
 
     def predict(self, X: Any = None, *, pairs: Any = None) -> np.ndarray:
-        return self.decision_function(X, pairs=pairs)
+        """The prediction (averaged over the posterior samples of an MCMC model)."""
+        return self._check_fitted().predict(self._transform(X, pairs))
 
 
 class FMClassifier(ClassifierMixin, _FMEstimator):

@@ -5,6 +5,10 @@ is three arrays -- the global bias ``w0``, the linear weights ``w`` (feature_dim
 factors ``V`` (feature_dim, num_factors) -- plus the predictor type and the configuration.
 That is exactly what SageMaker's FM model holds. k-NN, evaluation and serving consume it.
 
+A model sampled by MCMC (``backends.local.mcmc``) holds the posterior mean in ``w0, w, V`` and,
+optionally, a few posterior samples (:class:`PosteriorSamples`) that the predictions average
+over; its classifier is a probit model (``link = "probit"``: P(y=1) = Phi(y(x))).
+
     y(x) = w0 + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
 """
 
@@ -19,15 +23,19 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import ndtr
 
 from ._io import atomic_dir, to_json
 from .errors import DataError, ModelFormatError
 
-__all__ = ["FittedFM", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid", "check_design"]
+__all__ = ["FittedFM", "PosteriorSamples", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid", "check_design"]
 
 FM_FORMAT = "recsys.fm"
-FM_FORMAT_VERSION = 1
+#: 2 added posterior samples and the probit link; a model without them is still written as 1
+FM_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _PREDICTOR_TYPES = ("regressor", "binary_classifier")
+LINKS = ("logit", "probit")
 _ROW_CHUNK = 65536
 
 
@@ -84,6 +92,30 @@ def _used_columns(X: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
 
 
 @dataclass(eq=False)
+class PosteriorSamples:
+    """Parameter samples of a Bayesian FM: ``w0`` (S,), ``w`` (S, feature_dim), ``V`` (S,
+    feature_dim, num_factors)."""
+
+    w0: np.ndarray
+    w: np.ndarray
+    V: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.w0 = np.asarray(self.w0, dtype=np.float64).reshape(-1)
+        self.w = np.ascontiguousarray(self.w, dtype=np.float32)
+        self.V = np.ascontiguousarray(self.V, dtype=np.float32)
+        s = len(self.w0)
+        if s == 0 or self.w.ndim != 2 or self.V.ndim != 3 or self.w.shape[0] != s or self.V.shape[0] != s:
+            raise ModelFormatError(
+                f"posterior samples must be w0 (S,), w (S, d), V (S, d, k) with S >= 1; got shapes "
+                f"{self.w0.shape}, {self.w.shape}, {self.V.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.w0)
+
+
+@dataclass(eq=False)
 class FittedFM:
     """A trained factorization machine.
 
@@ -101,6 +133,11 @@ class FittedFM:
     metadata : dict
         Provenance: ``backend``, and for the users-then-items one-hot layout ``n_users`` and
         ``n_items`` (needed to turn the model into k-NN vectors).
+    samples : PosteriorSamples or None
+        Posterior samples (MCMC): :meth:`predict_score` averages over them. ``w0, w, V`` are
+        then the posterior mean, which :meth:`decision_function` and the k-NN vectors use.
+    link : {"logit", "probit"}
+        How a classifier turns y(x) into P(y = 1): the sigmoid, or the normal CDF.
     """
 
     w0: float
@@ -109,6 +146,8 @@ class FittedFM:
     predictor_type: str = "regressor"
     config: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    samples: PosteriorSamples | None = None
+    link: str = "logit"
 
     def __post_init__(self) -> None:
         self.w0 = float(np.asarray(self.w0, dtype=np.float64).reshape(-1)[0]) if np.ndim(self.w0) else float(self.w0)
@@ -123,6 +162,12 @@ class FittedFM:
         if self.predictor_type not in _PREDICTOR_TYPES:
             raise ModelFormatError(
                 f"predictor_type must be 'regressor' or 'binary_classifier', got {self.predictor_type!r}"
+            )
+        if self.link not in LINKS:
+            raise ModelFormatError(f"link must be 'logit' or 'probit', got {self.link!r}")
+        if self.samples is not None and self.samples.V.shape[1:] != self.V.shape:
+            raise ModelFormatError(
+                f"posterior samples have parameters of shape {self.samples.V.shape[1:]}, the model {self.V.shape}"
             )
 
     # ---- shape ---------------------------------------------------------------------------
@@ -171,30 +216,36 @@ class FittedFM:
             )
         return X
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """The raw FM output y(x) (the logit for a classifier), in float64, O(nnz * num_factors)."""
-        X = self._as_csr(X)
-        if X.nnz < self.feature_dim // 4:  # only the columns X uses: the same sums, no full float64 copy
+    @staticmethod
+    def _output(X: sp.csr_matrix, w0: float, w: np.ndarray, V: np.ndarray) -> np.ndarray:
+        if X.nnz < w.shape[0] // 4:  # only the columns X uses: the same sums, no full float64 copy
             cols, X = _used_columns(X)
-        else:
-            cols = slice(None)
-        V = self.V[cols].astype(np.float64)
+            w, V = w[cols], V[cols]
+        V = V.astype(np.float64)
         v_sq = V * V
-        w = self.w[cols].astype(np.float64)
+        w = w.astype(np.float64, copy=False)
         out = np.empty(X.shape[0], dtype=np.float64)
         for start in range(0, X.shape[0], _ROW_CHUNK):
             part = X[start : start + _ROW_CHUNK].astype(np.float64)
             s = np.asarray(part @ V)
             s2 = np.asarray(part.multiply(part) @ v_sq)
-            out[start : start + part.shape[0]] = (
-                self.w0 + np.asarray(part @ w).ravel() + 0.5 * (s * s - s2).sum(axis=1)
-            )
+            out[start : start + part.shape[0]] = w0 + np.asarray(part @ w).ravel() + 0.5 * (s * s - s2).sum(axis=1)
         return out
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The raw FM output y(x) at ``w0, w, V`` (the logit, or probit score, of a classifier),
+        in float64, O(nnz * num_factors)."""
+        return self._output(self._as_csr(X), self.w0, self.w, self.V)
+
     def predict_score(self, X: Any) -> np.ndarray:
-        """SageMaker's ``score``: the prediction for a regressor, P(y = 1) for a classifier."""
-        raw = self.decision_function(X)
-        return sigmoid(raw) if self.is_classifier else raw
+        """SageMaker's ``score``: the prediction for a regressor, P(y = 1) for a classifier --
+        averaged over the posterior samples when the model has them."""
+        X = self._as_csr(X)
+        link = (ndtr if self.link == "probit" else sigmoid) if self.is_classifier else (lambda z: z)
+        if self.samples is None:
+            return link(self._output(X, self.w0, self.w, self.V))
+        s = self.samples
+        return np.mean([link(self._output(X, s.w0[i], s.w[i], s.V[i])) for i in range(len(s))], axis=0)
 
     def predict(self, X: Any) -> np.ndarray:
         """The prediction for a regressor; for a classifier the label 1.0 if P(y=1) >= 0.5 else 0.0
@@ -206,7 +257,7 @@ class FittedFM:
         """Class probabilities, shape (n_samples, 2), columns P(y=0), P(y=1). Classifier only."""
         if not self.is_classifier:
             raise ModelFormatError("predict_proba needs a binary_classifier; this model is a regressor")
-        p = sigmoid(self.decision_function(X))
+        p = self.predict_score(X)
         return np.column_stack([1.0 - p, p])
 
     def decision_pairs(self, users: Any, items: Any) -> np.ndarray:
@@ -233,9 +284,10 @@ class FittedFM:
         else, or a file, is refused with :class:`~recsys.errors.OutputError` (see
         :mod:`recsys._io`)."""
         path = Path(path)
+        extended = self.samples is not None or self.link != "logit"
         meta = {
             "format": FM_FORMAT,
-            "format_version": FM_FORMAT_VERSION,
+            "format_version": FM_FORMAT_VERSION if extended else 1,
             "predictor_type": self.predictor_type,
             "feature_dim": self.feature_dim,
             "num_factors": self.num_factors,
@@ -243,10 +295,16 @@ class FittedFM:
             "config": self.config,
             "metadata": self.metadata,
         }
+        arrays = {"w": self.w, "V": self.V}
+        if extended:
+            meta["link"] = self.link
+            meta["n_samples"] = 0 if self.samples is None else len(self.samples)
+        if self.samples is not None:
+            arrays.update(sample_w0=self.samples.w0, sample_w=self.samples.w, sample_V=self.samples.V)
         with atomic_dir(path, kind=FM_FORMAT) as tmp:
             (tmp / "config.json").write_text(to_json(meta) + "\n", encoding="utf-8")
             with open(tmp / "params.npz", "wb") as fh:
-                np.savez(fh, w=self.w, V=self.V)
+                np.savez(fh, **arrays)
         return path
 
     @classmethod
@@ -268,27 +326,35 @@ class FittedFM:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {str(found)[:40]!r})")
         version = meta.get("format_version")
-        if version != FM_FORMAT_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ModelFormatError(
-                f"{path} has FM format version {str(version)[:20]!r}; this recsys reads version {FM_FORMAT_VERSION}. "
-                "Re-save the model with a matching recsys version."
+                f"{path} has FM format version {str(version)[:20]!r}; this recsys reads format version "
+                f"{' or '.join(map(str, _READABLE_VERSIONS))}. Re-save the model with a matching recsys version."
             )
         missing = [k for k in ("w0", "predictor_type", "feature_dim", "num_factors") if k not in meta]
         if missing:
             raise ModelFormatError(f"{cfg_path} lacks {', '.join(missing)}")
         dims = meta["feature_dim"], meta["num_factors"]
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-            raise ModelFormatError(f"{cfg_path}: feature_dim and num_factors must be positive integers")
-        _check_npz(npz_path, {"w": (dims[0],), "V": dims})
+        n_samples = (meta.get("n_samples") or 0) if version >= 2 else 0
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) or not (
+            isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 0
+        ):
+            raise ModelFormatError(f"{cfg_path}: feature_dim, num_factors and n_samples must be non-negative integers")
+        shapes = {"w": (dims[0],), "V": dims}
+        if n_samples:
+            shapes.update(sample_w0=(n_samples,), sample_w=(n_samples, dims[0]), sample_V=(n_samples, *dims))
+        _check_npz(npz_path, shapes)
         try:
             with np.load(npz_path, allow_pickle=False) as arrays:
                 w, V = arrays["w"], arrays["V"]
+                drawn = [arrays[f"sample_{k}"] for k in ("w0", "w", "V")] if n_samples else None
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise ModelFormatError(f"{npz_path} is unreadable ({type(exc).__name__}); re-save the model") from None
         try:
             fm = cls(
                 w0=float(meta["w0"]), w=w, V=V, predictor_type=meta["predictor_type"],
                 config=meta.get("config") or {}, metadata=meta.get("metadata") or {},
+                samples=PosteriorSamples(*drawn) if drawn else None, link=meta.get("link", "logit"),
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path}: invalid model data ({type(exc).__name__}); re-save the model") from None

@@ -19,6 +19,7 @@ __all__ = ["FMParams", "KNNParams", "RankingParams", "params_from_dict", "FM_LIM
 PREDICTOR_TYPES = ("regressor", "binary_classifier")
 INIT_METHODS = ("normal", "uniform", "constant")
 OPTIMIZERS = ("adam", "sgd", "adagrad")
+SOLVERS = ("sgd", "mcmc")
 INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat")
 INDEX_METRICS = ("INNER_PRODUCT", "L2", "COSINE")
 
@@ -108,6 +109,21 @@ class FMParams:
     threads: int | None = None
     #: stop when the evaluation metric has not improved for this many epochs (keeps the best)
     early_stopping_patience: int | None = None
+    #: "sgd": the optimizer above, SageMaker's semantics; "mcmc": a Bayesian FM sampled by Gibbs
+    #: sampling (backends.local.mcmc) -- no learning rates or weight decays, which it ignores,
+    #: as it ignores epochs, mini_batch_size and the *_init_* settings
+    solver: str = "sgd"
+    #: MCMC: sweeps discarded before the samples that are averaged
+    mcmc_burn_in: int = 10
+    #: MCMC: sweeps kept (predictions and the posterior mean average over them)
+    mcmc_samples: int = 60
+    #: MCMC: how many of the kept samples (evenly thinned) the fitted model stores for later
+    #: predictions to average over; 0 stores only the posterior mean, which predicts as well as
+    #: the average over every kept sample on ml-latest-small (benchmarks/README.md)
+    mcmc_saved_samples: int = 0
+    #: MCMC: standard deviation of the factors' random start (0.1, libFM's, leaves the factors
+    #: near zero for 100+ sweeps on the full preset: benchmarks/README.md)
+    mcmc_init_sigma: float = 0.3
 
     #: Names SageMaker's FM understands (everything above the "local only" line).
     SAGEMAKER_NAMES = (
@@ -150,6 +166,13 @@ class FMParams:
         _check_positive("threads", self.threads, allow_none=True, integer=True, maximum=limit["threads"])
         _check_positive("early_stopping_patience", self.early_stopping_patience, allow_none=True, integer=True,
                         maximum=limit["early_stopping_patience"])  # fmt: skip
+        _check_choice("solver", self.solver, SOLVERS)
+        for name in ("mcmc_burn_in", "mcmc_saved_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit["epochs"]:
+                raise ConfigError(f"{name} must be an integer in 0..{limit['epochs']:,}, got {value!r}")
+        _check_positive("mcmc_samples", self.mcmc_samples, integer=True, maximum=limit["epochs"])
+        _check_positive("mcmc_init_sigma", self.mcmc_init_sigma)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class TorchBackend(Backend):
     """Trains on this machine: :func:`backends.local.fm.train_fm` and FAISS indexes."""
 
     name = "torch"
+    solvers = ("sgd", "mcmc")
     ranking_losses = ("softmax", "bpr", "classifier")
 
     def fit_fm(
@@ -28,8 +29,9 @@ class TorchBackend(Backend):
         options: TrainOptions | None = None,
     ) -> FittedFM:
         from .fm import train_fm
+        from .mcmc import train_fm_mcmc
 
-        return train_fm(X, y, params, eval_set=eval_set, options=options)
+        return (train_fm_mcmc if params.solver == "mcmc" else train_fm)(X, y, params, eval_set=eval_set, options=options)
 
     def fit_fm_ranking(
         self,

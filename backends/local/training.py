@@ -30,8 +30,9 @@ log = logging.getLogger("recsys")
 #: Seconds between two progress lines in the log when no progress bar can be shown.
 PROGRESS_EVERY = 10.0
 
-#: ``eval_fn()`` returns (metric name, value, higher is better).
-EvalFn = Callable[[], "tuple[str, float, bool]"]
+#: ``eval_fn()`` returns (metric name, value, higher is better), or None when there is nothing
+#: to measure yet (an MCMC sampler during burn-in).
+EvalFn = Callable[[], "tuple[str, float, bool] | None"]
 
 
 class Trainable(Protocol):
@@ -104,8 +105,9 @@ def run_epochs(
                 raise diverged(f"a model parameter after epoch {epoch}", params)
             info = EpochInfo(epoch=epoch, train_loss=train_loss, seconds=time.perf_counter() - t0)
             row = {"epoch": epoch, f"train_{loss_name}": train_loss}
-            if eval_fn is not None:
-                name, value, higher_is_better = eval_fn()
+            measured = eval_fn() if eval_fn is not None else None  # None: nothing to measure this epoch
+            if measured is not None:
+                name, value, higher_is_better = measured
                 info.eval_metric = {name: value}
                 if not higher_is_better:
                     info.eval_loss = value

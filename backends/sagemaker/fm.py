@@ -60,6 +60,11 @@ def fm_hyperparameters(params: FMParams, feature_dim: int) -> dict[str, str]:
     """The ``factorization-machines`` hyperparameters of ``params`` for ``feature_dim`` columns."""
     from sagemaker import FactorizationMachines
 
+    if params.solver != "sgd":
+        raise ConfigError(
+            f"solver={params.solver!r} runs only on the local backend (SageMaker's FM trains by SGD); "
+            "use --backend torch or set solver = 'sgd'"
+        )
     values = {name: getattr(params, name) for name in FMParams.SAGEMAKER_NAMES}
     return sdk_hyperparameters(FactorizationMachines, {**values, "feature_dim": feature_dim})
 

@@ -1,0 +1,378 @@
+"""A Bayesian factorization machine trained by Gibbs sampling (``solver = "mcmc"``).
+
+libFM's MCMC solver (Rendle 2012, "Factorization Machines with libFM"; myFM is a maintained
+implementation). Every parameter is sampled from its conditional distribution, and the
+regularization is integrated out instead of tuned:
+
+* likelihood: ``y ~ N(y(x), 1/alpha)`` for a regressor, with the noise precision ``alpha ~
+  Gamma`` sampled too; for a binary classifier the probit model ``P(y=1) = Phi(y(x))``, by data
+  augmentation: a latent ``z ~ N(y(x), 1)`` truncated to ``z > 0`` for a positive, ``z < 0``
+  for a negative, is drawn every sweep and regressed on (Albert & Chib 1993);
+* priors per feature *group* (user one-hot, item one-hot, each extra group of
+  :mod:`recsys.feature_groups`): ``w_j ~ N(mu_w[g], 1/lambda_w[g])`` and ``V_jf ~ N(mu_v[g, f],
+  1/lambda_v[g, f])``, with libFM's Normal-Gamma hyperpriors ``lambda ~ Gamma(1/2, rate 1/2)``,
+  ``mu | lambda ~ N(0, 1/lambda)`` -- the group's weights share sampled hyperparameters;
+* a sweep draws ``alpha``, the hyperparameters, ``w0``, then every ``w_j`` and ``V_jf``
+  (:mod:`backends.local._gibbs`: whole one-hot groups at once; a native kernel when built).
+
+The knobs are ``mcmc_burn_in`` (sweeps discarded) and ``mcmc_samples`` (sweeps kept), plus
+``num_factors``, ``seed`` and ``mcmc_init_sigma`` (the factors' starting spread). Predictions
+are averaged over the kept samples for the evaluation set given at fit time (the ``eval_*``
+history). The returned :class:`~recsys.model.FittedFM` holds the posterior mean ``w0, w, V``
+(what later predictions and the k-NN vectors use: on the validation folds of
+``benchmarks/bench_quality.py`` it predicts as well as the average over every kept sample) and,
+with ``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, which
+:meth:`~recsys.model.FittedFM.predict_score` then averages over (bounded storage: S x the
+model's size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import log_ndtr, ndtr, ndtri
+from threadpoolctl import threadpool_limits
+
+from backends.base import TrainOptions
+from backends.local import _gibbs
+from backends.local.training import run_epochs
+from recsys.errors import DataError, ModelFitError
+from recsys.feature_groups import GroupedDesign
+from recsys.model import FittedFM, PosteriorSamples, check_design
+from recsys.params import FMParams
+
+__all__ = ["train_fm_mcmc", "GibbsSampler", "FMOutput"]
+
+log = logging.getLogger("recsys")
+
+#: Gamma(ALPHA_0 / 2, rate BETA_0 / 2) prior of the noise precision (libFM's defaults)
+ALPHA_0 = BETA_0 = 1.0
+#: Normal-Gamma hyperprior of every group's (mu, lambda): lambda ~ Gamma(ALPHA_L/2, rate BETA_L/2),
+#: mu | lambda ~ N(MU_0, 1 / (GAMMA_0 lambda))
+ALPHA_L = BETA_L = 1.0
+GAMMA_0, MU_0 = 1.0, 0.0
+
+
+class FMOutput:
+    """``y(x)`` of every row of a design for given parameters, relation blocks included; the
+    design's float64 copies and squares are made once (it is called for every kept sample)."""
+
+    def __init__(self, design: GroupedDesign):
+        self.X = sp.csr_matrix(design.X, dtype=np.float64)
+        self.X2 = self.X.multiply(self.X).tocsr()
+        self.blocks = []
+        for block in design.relations:
+            T = sp.csr_matrix(block.table, dtype=np.float64)
+            self.blocks.append((block.index, T, T.multiply(T).tocsr()))
+
+    def __call__(self, w0: float, w: np.ndarray, V: np.ndarray) -> np.ndarray:
+        dx = self.X.shape[1]
+        lin = self.X @ w[:dx]
+        q = np.asarray(self.X @ V[:dx])
+        diag = np.asarray(self.X2 @ (V[:dx] ** 2)).sum(axis=1)
+        off = dx
+        for index, T, T2 in self.blocks:
+            wb, Vb = w[off : off + T.shape[1]], V[off : off + T.shape[1]]
+            lin = lin + (T @ wb)[index]
+            q = q + np.asarray(T @ Vb)[index]
+            diag = diag + np.asarray(T2 @ (Vb**2)).sum(axis=1)[index]
+            off += T.shape[1]
+        return w0 + lin + 0.5 * ((q * q).sum(axis=1) - diag)
+
+
+def _as_design(X: Any, what: str) -> GroupedDesign:
+    if isinstance(X, GroupedDesign):
+        return X
+    if not sp.issparse(X) and not isinstance(X, np.ndarray):
+        raise DataError(f"{what}: X must be a sparse/dense matrix or a GroupedDesign, got {type(X).__name__}")
+    return GroupedDesign(sp.csr_matrix(X))
+
+
+def _default_groups(feature_dim: int, metadata: dict[str, Any] | None) -> np.ndarray:
+    """Users, items and the rest as three groups when the metadata gives the one-hot layout
+    (``n_users``, ``n_items``, as the pipeline passes it); else one group."""
+    meta = metadata or {}
+    n_users, n_items = meta.get("n_users"), meta.get("n_items")
+    if n_users is None or n_items is None or int(n_users) + int(n_items) > feature_dim:
+        return np.zeros(feature_dim, dtype=np.int64)
+    n_users, n_items = int(n_users), int(n_items)
+    return np.repeat([0, 1, 2], [n_users, n_items, feature_dim - n_users - n_items]).astype(np.int64)
+
+
+class GibbsSampler:
+    """The state of the chain: parameters, hyperparameters, the residuals ``e`` of the training
+    rows and each relation block's per-entity factor sums ``Q``; :meth:`sweep` draws the next
+    sample.
+
+    ``fixed_alpha`` (regressor) keeps the noise precision fixed and ``sample_hyper=False`` keeps
+    the priors at :attr:`hyper` -- for checks against closed forms.
+    """
+
+    def __init__(
+        self,
+        design: GroupedDesign,
+        y: np.ndarray,
+        *,
+        num_factors: int,
+        classifier: bool = False,
+        groups: np.ndarray | None = None,
+        init_sigma: float = 0.3,
+        seed: int = 0,
+        native: bool | None = None,
+        fixed_alpha: float | None = None,
+        sample_hyper: bool = True,
+    ):
+        self.design = design
+        self.n, self.d, self.k = design.n_rows, design.feature_dim, int(num_factors)
+        self.classifier = classifier
+        groups = design.groups if groups is None else groups
+        groups = np.zeros(self.d, dtype=np.int64) if groups is None else np.asarray(groups)
+        if groups.shape != (self.d,):
+            raise DataError(f"groups must have one entry per feature ({self.d}), got shape {groups.shape}")
+        _, self.col_group = np.unique(groups, return_inverse=True)
+        self.col_group = self.col_group.astype(np.int64)
+        self.n_groups = int(self.col_group.max()) + 1
+        self.group_size = np.bincount(self.col_group, minlength=self.n_groups).astype(np.float64)
+        self._group_sum = sp.csr_matrix(
+            (np.ones(self.d), (self.col_group, np.arange(self.d))), shape=(self.n_groups, self.d)
+        )
+        self.rng = np.random.default_rng(seed)
+        self.y = np.asarray(y, dtype=np.float64)
+        self.w0 = 0.0
+        self.w = np.zeros(self.d)
+        self.V = np.ascontiguousarray(self.rng.standard_normal((self.d, self.k)) * init_sigma)
+        G, k = self.n_groups, self.k
+        self.hyper = _gibbs.Hyper(np.zeros(G), np.ones(G), np.zeros((G, k)), np.ones((G, k)))
+        self.alpha = 1.0 if fixed_alpha is None else float(fixed_alpha)
+        self.fixed_alpha = fixed_alpha
+        self.sample_hyper = sample_hyper
+        # per-row columns by group, then relation blocks
+        self.rows = _gibbs.Rows(design.X, [b.index for b in design.relations])
+        dx = design.X.shape[1]
+        self.column_groups = [
+            _gibbs.ColumnGroup(self.rows.Xc, np.flatnonzero(self.col_group[:dx] == g), g)
+            for g in range(G)
+            if np.any(self.col_group[:dx] == g)
+        ]
+        self.relations: list[_gibbs.Relation] = []
+        off = dx
+        for pos, block in enumerate(design.relations):
+            width = block.table.shape[1]
+            self.relations.append(_gibbs.Relation(pos, block.index, block.table, off, self.col_group[off : off + width]))
+            off += width
+        # caches: residuals e = z - y(x) and each relation block's per-entity factor sums Q
+        self.z = (2.0 * self.y - 1.0) if classifier else self.y
+        self.Q = [rel.sums(self.w, self.V)[1] for rel in self.relations]
+        self.e = np.ascontiguousarray(self.z - FMOutput(design)(self.w0, self.w, self.V))
+        lib = _gibbs.kernel() if native is None or native else None
+        if native and lib is None:
+            raise RuntimeError("native=True but the native Gibbs kernel is not built")
+        self._native = (
+            _gibbs.NativeUpdates(lib, self.rows, self.k, self.column_groups, self.relations, self.Q) if lib else None
+        )
+
+    @property
+    def native(self) -> bool:
+        return self._native is not None
+
+    def state(self) -> dict[str, Any]:
+        return {"e": self.e, "w": self.w, "V": self.V, "Q": self.Q}
+
+    # -- conditionals ----------------------------------------------------------------------
+    def sample_hyperparameters(self) -> None:
+        """(lambda, then mu) of every group, for w and for each factor column."""
+        rng, g, n_g = self.rng, self.col_group, self.group_size
+        h = self.hyper
+        for theta, mu, lam in ((self.w[:, None], h.mu_w[:, None], h.lam_w[:, None]), (self.V, h.mu_v, h.lam_v)):
+            if theta.shape[1] == 0:
+                continue
+            dev2 = self._group_sum @ (theta - mu[g]) ** 2
+            shape = (ALPHA_L + n_g + 1.0)[:, None] / 2.0
+            rate = (BETA_L + dev2 + GAMMA_0 * (mu - MU_0) ** 2) / 2.0
+            lam[:] = rng.gamma(shape, 1.0 / rate)
+            prec = (n_g[:, None] + GAMMA_0) * lam
+            mean = (self._group_sum @ theta + GAMMA_0 * MU_0) / (n_g[:, None] + GAMMA_0)
+            mu[:] = mean + rng.standard_normal(mean.shape) / np.sqrt(prec)
+
+    def _sample_latent(self) -> None:
+        """Probit: z ~ N(y(x), 1) truncated to the label's side of 0; e = z - y(x)."""
+        yhat = np.clip(self.z - self.e, -30.0, 30.0)
+        s = np.where(self.y > 0.5, 1.0, -1.0)
+        lo = -s * yhat  # s * (z - yhat) > lo
+        u = self.rng.random(self.n)
+        t = np.empty(self.n)
+        neg = lo <= 0
+        t[neg] = ndtri(ndtr(lo[neg]) + u[neg] * ndtr(-lo[neg]))
+        p = u[~neg] * ndtr(-lo[~neg])
+        t[~neg] = np.where(p > 0, -ndtri(np.maximum(p, 1e-300)), lo[~neg])
+        self.e = np.ascontiguousarray(s * t)
+        self.z = yhat + self.e
+
+    def sweep(self) -> None:
+        """One Gibbs sweep over every parameter."""
+        rng, n = self.rng, self.n
+        if not self.classifier and self.fixed_alpha is None:
+            self.alpha = float(rng.gamma((ALPHA_0 + n) / 2.0, 2.0 / (BETA_0 + float(self.e @ self.e))))
+        if self.sample_hyper:
+            self.sample_hyperparameters()
+        prec = self.alpha * n  # flat prior on w0
+        w0 = (self.alpha * (float(self.e.sum()) + self.w0 * n)) / prec + rng.standard_normal() / math.sqrt(prec)
+        self.e -= w0 - self.w0
+        self.w0 = w0
+        state = self.state()
+        columns = self._native.columns if self._native else _gibbs.update_columns
+        for group in self.column_groups:
+            noise = rng.standard_normal((len(group.feats), self.k + 1))
+            columns(group, self.rows, state, self.alpha, self.hyper, noise)
+        relation = self._native.relation if self._native else _gibbs.update_relation
+        for rel in self.relations:
+            noise = rng.standard_normal((rel.width, self.k + 1))
+            relation(rel, self.rows, state, self.alpha, self.hyper, noise)
+        if self.classifier:
+            self._sample_latent()
+
+    # -- monitoring ------------------------------------------------------------------------
+    def train_loss(self) -> float:
+        """Mean squared residual (regressor) or the probit log loss of this sample (classifier)."""
+        if not self.classifier:
+            return float(self.e @ self.e) / self.n
+        yhat = self.z - self.e
+        return float(-np.mean(log_ndtr(np.where(self.y > 0.5, yhat, -yhat))))
+
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.w0) and np.isfinite(self.w).all() and np.isfinite(self.V).all()
+                    and np.isfinite(self.e).all())  # fmt: skip
+
+
+def _eval_loss(classifier: bool, pred: np.ndarray, y: np.ndarray) -> float:
+    if not classifier:
+        return float(np.mean((pred - y) ** 2))
+    p = np.clip(pred, 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _check_labels(design: GroupedDesign, y: Any, what: str, classifier: bool, feature_dim: int | None) -> np.ndarray:
+    """Validate labels and the per-row part through :func:`check_design`; relation tables are
+    checked for finiteness here."""
+    _, y = check_design(design.X, y, what, classifier=classifier)
+    if feature_dim is not None and design.feature_dim != feature_dim:
+        raise DataError(f"{what}: the design has {design.feature_dim} columns but feature_dim is {feature_dim}")
+    for block in design.relations:
+        if not np.isfinite(sp.csr_matrix(block.table).data).all():
+            raise DataError(f"{what}: a relation table contains NaN or infinite values")
+    return y
+
+
+class _Posterior:
+    """Running sums over the kept samples: parameters, thinned samples, evaluation predictions."""
+
+    def __init__(self, sampler: GibbsSampler, kept: int, saved: int, eval_design: GroupedDesign | None):
+        self.sampler, self.count = sampler, 0
+        self.w0, self.w, self.V = 0.0, np.zeros(sampler.d), np.zeros((sampler.d, sampler.k))
+        self.keep_at = set(np.linspace(0, kept - 1, min(saved, kept)).round().astype(int).tolist())
+        self.saved: list[tuple[float, np.ndarray, np.ndarray]] = []
+        self.eval_output = None if eval_design is None else FMOutput(eval_design)
+        self.eval_sum = None if eval_design is None else np.zeros(eval_design.n_rows)
+
+    def add(self) -> np.ndarray | None:
+        """Add the sampler's current sample; return the running mean prediction on the eval set."""
+        sm = self.sampler
+        if self.count in self.keep_at:
+            self.saved.append((sm.w0, sm.w.astype(np.float32), sm.V.astype(np.float32)))
+        self.count += 1
+        self.w0 += sm.w0
+        self.w += sm.w
+        self.V += sm.V
+        if self.eval_output is None:
+            return None
+        raw = self.eval_output(sm.w0, sm.w, sm.V)
+        self.eval_sum += ndtr(raw) if sm.classifier else raw
+        return self.eval_sum / self.count
+
+    def artifact(self, params: FMParams, meta: dict[str, Any]) -> FittedFM:
+        sm, n = self.sampler, self.count
+        if n == 0:  # stopped during burn-in: the last sample stands for the posterior
+            w0, w, V, n = sm.w0, sm.w, sm.V, 1
+        else:
+            w0, w, V = self.w0, self.w, self.V
+        samples = None
+        if self.saved:
+            w0s, ws, Vs = zip(*self.saved, strict=True)
+            samples = PosteriorSamples(w0=np.array(w0s), w=np.stack(ws), V=np.stack(Vs))
+        meta["mcmc_kept_samples"] = self.count
+        return FittedFM(
+            w0=w0 / n, w=w / n, V=V / n, predictor_type=params.predictor_type, config=params.to_dict(),
+            metadata=meta, samples=samples, link="probit" if sm.classifier else "logit",
+        )  # fmt: skip
+
+
+def train_fm_mcmc(
+    X: sp.csr_matrix | GroupedDesign,
+    y: np.ndarray,
+    params: FMParams,
+    *,
+    eval_set: tuple[sp.csr_matrix | GroupedDesign, np.ndarray] | None = None,
+    groups: np.ndarray | None = None,
+    options: TrainOptions | None = None,
+) -> FittedFM:
+    """Sample a Bayesian FM on ``X, y`` (see the module docstring); return the fitted artifact.
+
+    ``X`` is a CSR design or a :class:`~recsys.feature_groups.GroupedDesign` (which carries its
+    column groups). ``groups`` (one id per column) overrides them; by default a CSR design gets
+    users / items / the rest as groups when ``options.metadata`` gives ``n_users`` and ``n_items``.
+    Sweeps go through the local trainers' epoch loop (:func:`backends.local.training.run_epochs`:
+    progress, history, callbacks with ``epoch`` = sweep); the evaluation loss is that of the
+    running average over the kept samples (none during burn-in).
+    """
+    options = options or TrainOptions()
+    metadata = options.metadata
+    X_eval, y_eval = eval_set if eval_set is not None else (None, None)
+    params.validate()
+    classifier = params.predictor_type == "binary_classifier"
+    design = _as_design(X, "training data")
+    y = _check_labels(design, y, "training data", classifier, params.feature_dim)
+    if groups is None and design.groups is None:
+        groups = _default_groups(design.feature_dim, metadata)
+    eval_design = None
+    if X_eval is not None:
+        eval_design = _as_design(X_eval, "evaluation data")
+        y_eval = _check_labels(eval_design, y_eval, "evaluation data", classifier, design.feature_dim).astype(np.float64)
+    burn_in, kept = int(params.mcmc_burn_in), int(params.mcmc_samples)
+    metric = "logloss" if classifier else "mse"
+    with threadpool_limits(limits=params.threads or 1):  # vector ops: BLAS threads only add waiting
+        sampler = GibbsSampler(
+            design, y, num_factors=params.num_factors, classifier=classifier, groups=groups,
+            init_sigma=params.mcmc_init_sigma, seed=params.seed,
+        )  # fmt: skip
+        posterior = _Posterior(sampler, kept, int(params.mcmc_saved_samples), eval_design)
+        state = {"sweep": 0, "pred": None}
+
+        def sweep() -> float:
+            sampler.sweep()
+            state["sweep"] += 1
+            if not sampler.finite():
+                raise ModelFitError(
+                    f"the Gibbs sampler produced non-finite values in sweep {state['sweep']}; the data may "
+                    "have extreme values (rescale the targets or the feature values)"
+                )
+            if state["sweep"] > burn_in:
+                state["pred"] = posterior.add()
+            return sampler.train_loss()
+
+        def evaluate() -> tuple[str, float, bool] | None:
+            pred = state["pred"]
+            return None if pred is None else (metric, _eval_loss(classifier, pred, y_eval), False)
+
+        loop = dataclasses.replace(params, epochs=burn_in + kept, early_stopping_patience=None)
+        meta = run_epochs(sampler, loop, sweep, loss_name=metric, eval_fn=evaluate if eval_design is not None else None,
+                          options=options, desc=f"FM {params.predictor_type} (MCMC)")  # fmt: skip
+    meta.update({"backend": "torch", "solver": "mcmc", "train_rows": sampler.n, "native_kernel": sampler.native})
+    if not classifier:
+        meta["noise_precision"] = sampler.alpha
+    meta.update(metadata or {})
+    return posterior.artifact(params, meta)

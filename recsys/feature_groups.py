@@ -1,0 +1,252 @@
+"""Feature groups: design-matrix blocks besides the user and item one-hots.
+
+An FM's strength is that any feature can join the user and the video in a row. Three groups,
+all built from the *training* ratings only (what is known when a prediction is made), each with
+its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
+
+``time``
+    a one-hot time bucket of the rating's date (``time_buckets`` buckets at the quantiles of
+    the training dates; a rating outside them falls in the first or last bucket, a missing
+    date in the first);
+``recent``
+    the customer's last ``recent`` videos rated *before* this rating (weights ``1/N`` over the
+    N found), as the ranking objective's history block (:mod:`recsys.features`). A row being
+    predicted (not a training row) sees the customer's last ``recent`` training videos. Several
+    of these columns are set in a row, so the sampler updates them one by one; as a relation
+    block with a table row per design row it does so in O(num_factors * (rows + entries));
+``implicit``
+    the customer's whole set of rated training videos ``N(u)`` with weights
+    ``1 / sqrt(|N(u)|)`` (SVD++'s implicit feedback). It is the same for all of a customer's
+    rows, so it is a *relation block* (a table with one row per customer, indexed by the row's
+    customer): the sampler never materialises the ``sum_u |N(u)|^2`` entries it would take as
+    plain columns (42 M on ``ml-latest-small``); :meth:`GroupedDesign.to_csr` does, for solvers
+    that need a plain matrix.
+
+Columns, in order (the relation block last)::
+
+    [ user | item | time | recent | implicit ]
+      n_users, n_items, time_buckets, n_items (if recent), n_items (if implicit)
+
+k-NN vectors stay exact. Every group but the item is on the customer's side of a row, so
+:meth:`FeatureGroups.user_part` -- one row per customer: user one-hot, the serving-time recent
+videos (their last ``recent`` training ratings), the implicit set and the *latest* time bucket
+(the rule for the time group: recommendations are made "now") -- folds into the user vector
+exactly as the ranking history does: ``recsys.vectors.fm_vectors(fm, user_features=part)``
+gives ``[sum_f x_f V_f, 1]`` per customer and ``[V_i, w_i]`` per video, and
+``recsys.vectors.user_offsets`` the per-customer constant (the FM output of the user part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .data.prepare import date_order_key
+from .data.schema import ITEM, USER
+from .errors import ConfigError, DataError
+from .features import FeatureLayout, pair_user_features, user_features
+
+__all__ = ["RelationBlock", "GroupedDesign", "FeatureGroupsConfig", "FeatureGroups", "GROUP_NAMES"]
+
+GROUP_NAMES = ("user", "item", "time", "recent", "implicit")
+
+
+@dataclass(frozen=True, eq=False)
+class RelationBlock:
+    """Columns shared by many rows: design row ``n`` holds row ``index[n]`` of ``table``."""
+
+    index: np.ndarray
+    table: sp.csr_matrix
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", np.ascontiguousarray(self.index, dtype=np.int64).reshape(-1))
+        object.__setattr__(self, "table", sp.csr_matrix(self.table, dtype=np.float32))
+        if self.index.size and (self.index.min() < 0 or self.index.max() >= self.table.shape[0]):
+            raise DataError(
+                f"relation index must be in [0, {self.table.shape[0]}), got [{self.index.min()}, {self.index.max()}]"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class GroupedDesign:
+    """An FM design matrix with column groups: per-row columns ``X``, then the columns of each
+    relation block; ``groups`` gives each column's group id (None: one group), ``group_names``
+    names the ids."""
+
+    X: sp.csr_matrix
+    relations: tuple[RelationBlock, ...] = ()
+    groups: np.ndarray | None = None
+    group_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "X", sp.csr_matrix(self.X, dtype=np.float32))
+        object.__setattr__(self, "relations", tuple(self.relations))
+        for block in self.relations:
+            if block.index.shape[0] != self.X.shape[0]:
+                raise DataError(f"a relation block indexes {block.index.shape[0]} rows, X has {self.X.shape[0]}")
+        if self.groups is not None:
+            groups = np.asarray(self.groups, dtype=np.int64)
+            if groups.shape != (self.feature_dim,):
+                raise DataError(f"groups must have one id per column ({self.feature_dim}), got shape {groups.shape}")
+            object.__setattr__(self, "groups", groups)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.X.shape[1]) + sum(int(b.table.shape[1]) for b in self.relations)
+
+    def to_csr(self) -> sp.csr_matrix:
+        """The plain (n_rows, feature_dim) matrix, relation blocks expanded (can be large)."""
+        parts = [self.X] + [b.table[b.index] for b in self.relations]
+        out = sp.hstack(parts, format="csr", dtype=np.float32)
+        out.sort_indices()
+        return out
+
+    def take(self, rows: Any) -> GroupedDesign:
+        """The design restricted to ``rows`` (indices or a boolean mask)."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        blocks = tuple(RelationBlock(b.index[rows], b.table) for b in self.relations)
+        return GroupedDesign(self.X[rows], blocks, self.groups, self.group_names)
+
+
+@dataclass(frozen=True)
+class FeatureGroupsConfig:
+    """Which groups to add (``[features]`` of a run config, once wired)."""
+
+    implicit: bool = False
+    recent: int = 0
+    time_buckets: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.implicit, bool):
+            raise ConfigError(f"implicit must be true or false, got {self.implicit!r}")
+        for name in ("recent", "time_buckets"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.time_buckets == 1:
+            raise ConfigError("time_buckets = 1 adds a constant column; use 0 (off) or at least 2")
+
+
+def _one_hot(cols: np.ndarray, width: int) -> sp.csr_matrix:
+    n = len(cols)
+    return sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), cols)), shape=(n, width))
+
+
+class FeatureGroups:
+    """The groups of :class:`FeatureGroupsConfig`, fitted on the training ratings (their
+    customers' histories and date range); :meth:`design` encodes rows, :meth:`user_part` gives
+    the per-customer side for k-NN vectors."""
+
+    def __init__(self, config: FeatureGroupsConfig, train: pd.DataFrame, n_users: int, n_items: int):
+        self.config = config
+        self.n_users, self.n_items = int(n_users), int(n_items)
+        if len(train) == 0:
+            raise DataError("feature groups need training ratings; the training frame is empty")
+        self._train = train
+        self._history = FeatureLayout(self.n_users, self.n_items, history_length=config.recent)
+        self._last: sp.csr_matrix | None = None
+        # time: bucket edges at the quantiles of the training dates (dates known at training)
+        self._edges = np.zeros(0, dtype=np.int64)
+        if config.time_buckets:
+            dates = date_order_key(train)
+            known = dates[dates != np.iinfo(np.int64).min]
+            if len(known):
+                qs = np.quantile(known, np.linspace(0, 1, config.time_buckets + 1)[1:-1], method="lower")
+                self._edges = np.asarray(qs, dtype=np.int64)
+        # implicit: N(u) with weights 1/sqrt(|N(u)|)
+        self._implicit = None
+        if config.implicit:
+            seen = sp.csr_matrix(
+                (np.ones(len(train)), (train[USER].to_numpy(np.int64), train[ITEM].to_numpy(np.int64))),
+                shape=(self.n_users, self.n_items),
+            )
+            seen.data[:] = 1.0  # a re-rated video counts once
+            norm = 1.0 / np.sqrt(np.maximum(seen.getnnz(axis=1), 1))
+            self._implicit = sp.csr_matrix(sp.diags(norm) @ seen, dtype=np.float32)
+        self.groups, self.group_names = self._column_groups()
+
+    # -- layout ----------------------------------------------------------------------------
+    def _widths(self) -> list[tuple[str, int]]:
+        c = self.config
+        blocks = [("user", self.n_users), ("item", self.n_items), ("time", c.time_buckets)]
+        blocks += [("recent", self.n_items if c.recent else 0), ("implicit", self.n_items if c.implicit else 0)]
+        return [(name, width) for name, width in blocks if width]
+
+    def _column_groups(self) -> tuple[np.ndarray, tuple[str, ...]]:
+        widths = self._widths()
+        names = tuple(name for name, _ in widths)
+        return np.repeat(np.arange(len(widths)), [w for _, w in widths]).astype(np.int64), names
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(w for _, w in self._widths())
+
+    @property
+    def layout(self) -> FeatureLayout:
+        """The users-then-items layout at the front of the design (what k-NN vectors need)."""
+        return FeatureLayout(self.n_users, self.n_items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names),
+                "implicit": self.config.implicit, "recent": self.config.recent,
+                "time_buckets": self.config.time_buckets}  # fmt: skip
+
+    # -- encoding --------------------------------------------------------------------------
+    def _time(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.searchsorted(self._edges, date_order_key(frame), side="right")
+
+    def _last_videos(self) -> sp.csr_matrix:
+        """(n_users, n_items): every customer's last ``recent`` training videos (weights)."""
+        if self._last is None:
+            lo = self._history.history_offset
+            self._last = sp.csr_matrix(user_features(self._history, self._train)[:, lo:])
+        return self._last
+
+    def _recent(self, frame: pd.DataFrame, training: bool) -> sp.csr_matrix:
+        if training:
+            part = pair_user_features(self._history, frame)
+            return sp.csr_matrix(part[:, self._history.history_offset :])
+        return self._last_videos()[frame[USER].to_numpy(np.int64)]
+
+    def _assemble(self, users: np.ndarray, parts: list[sp.csr_matrix], recent: sp.csr_matrix | None) -> GroupedDesign:
+        X = sp.hstack(parts, format="csr", dtype=np.float32)
+        X.sort_indices()
+        blocks = []
+        if recent is not None:
+            blocks.append(RelationBlock(np.arange(recent.shape[0]), recent))
+        if self._implicit is not None:
+            blocks.append(RelationBlock(users, self._implicit))
+        return GroupedDesign(X, tuple(blocks), self.groups, self.group_names)
+
+    def design(self, frame: pd.DataFrame, *, training: bool) -> GroupedDesign:
+        """The grouped design of ``frame``'s rows (columns ``user``, ``item``, date).
+
+        ``training=True``: these are training rows, and ``recent`` holds the ratings before each
+        row in this frame; ``False``: rows to predict, and ``recent`` holds the customer's last
+        training ratings (never the row's own rating)."""
+        users, items = frame[USER].to_numpy(np.int64), frame[ITEM].to_numpy(np.int64)
+        for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise DataError(f"{name} indices must be in [0, {n}), got [{idx.min()}, {idx.max()}]")
+        parts = [_one_hot(users, self.n_users), _one_hot(items, self.n_items)]
+        if self.config.time_buckets:
+            parts.append(_one_hot(self._time(frame), self.config.time_buckets))
+        return self._assemble(users, parts, self._recent(frame, training) if self.config.recent else None)
+
+    def user_part(self) -> sp.csr_matrix:
+        """(n_users, feature_dim): each customer's side of a row at serving time -- user one-hot,
+        latest time bucket, last ``recent`` training videos, implicit set; the item columns are
+        empty. Pass it as ``user_features`` to ``recsys.vectors.fm_vectors`` / ``user_offsets``."""
+        users = np.arange(self.n_users)
+        parts = [_one_hot(users, self.n_users), sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)]
+        if self.config.time_buckets:
+            parts.append(_one_hot(np.full(self.n_users, self.config.time_buckets - 1), self.config.time_buckets))
+        return self._assemble(users, parts, self._last_videos() if self.config.recent else None).to_csr()
