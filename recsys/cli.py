@@ -77,6 +77,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, train_only: bool) -> None:
     g.add_argument("--objective", choices=("ranking", "classifier"),
                    help="the ranking FM (default, measures better) or the lab's 5-star classifier + k-NN"
                         + ("; `ranking` also trains the ranking FM" if train_only else ""))  # fmt: skip
+    g.add_argument("--lab", action="store_true", default=None,
+                   help="the lab's exact SageMaker settings for the rating models (SGD FM: 64 / 128 factors, "
+                        "25 epochs) instead of the best measured locally (Bayesian FM)")  # fmt: skip
     g.add_argument("--seed", type=int, help="seed for every stage, 0 to 4294967295 (default 0)")
     if not train_only:
         g.add_argument("--csv", action="store_true", default=None, help="also write recommendations.csv")
@@ -116,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the built-in dataset (default 0)")
 
     p = sub.add_parser("recommend", parents=[common], help="recommendations for customers, from a saved run",
-                       description="Top-K videos for the given customers from a saved run (its k-NN index); unknown "
-                                   "customers get the most popular videos, flagged as fallback.")  # fmt: skip
+                       description="Top-K videos for the given customers from a saved run (its k-NN index). "
+                                   "Customers the long-tail filter kept out of training are folded in from what they "
+                                   "watched; unknown ones get the most popular videos (source popularity, no score).")  # fmt: skip
     p.add_argument("--run", "--model-dir", dest="run_dir", default="recsys-output", metavar="DIR", help=_RUN_DIR_HELP)
     p.add_argument("--customer-id", action="append", required=True, metavar="ID", help="customer id (repeatable)")
     p.add_argument("-k", "--k", type=int, default=10, metavar="N", help="how many (default 10)")
@@ -167,7 +171,7 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
 _RUN_FLAGS = (
     "out", "backend", "objective", "data_path", "data_format", "preset", "test_path", "user_column", "item_column",
     "rating_column", "timestamp_column", "title_column", "sep", "min_customer_ratings", "min_product_ratings", "k",
-    "csv", "seed",
+    "csv", "seed", "lab",
 )  # fmt: skip
 
 
@@ -220,11 +224,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         return 0
     for cid in args.customer_id:
         part = frame[frame["customer_id"].astype(str) == str(cid)]
-        flag = " (unknown customer: most popular videos)" if len(part) and bool(part["fallback"].iloc[0]) else ""
+        source = part["source"].iloc[0] if len(part) else "popularity"
+        flag = {"model": "", "fold_in": " (folded in from what they watched)",
+                "popularity": " (unknown customer: most popular videos)"}[source]  # fmt: skip
         print(f"customer {cid}{flag}:")
         for row in part.itertuples(index=False):
             title = row.product_title if isinstance(row.product_title, str) else ""
-            score = "" if row.fallback or row.score != row.score else f"  ({row.score:.4f})"
+            score = "" if row.score != row.score else f"  ({row.score:.4f})"
             print(f"  {row.rank:>3}. {row.product_id}  {title}{score}")
     return 0
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from .data.prepare import PrepareConfig
 from .errors import ConfigError
+from .feature_groups import FeatureGroupsConfig
 from .params import FMParams, KNNParams, params_from_dict
 
 __all__ = [
@@ -204,14 +205,28 @@ def _lab_classifier() -> FMParams:
     return FMParams(predictor_type="binary_classifier", num_factors=128, epochs=25, mini_batch_size=512)
 
 
+#: The rating models' settings where the backend runs the Bayesian FM (``solver = "mcmc"``),
+#: chosen on validation folds carved from the training rows (benchmarks/bench_quality.py,
+#: ml-latest-small and the ``full`` preset). Keys a config sets itself keep its value; with
+#: ``lab = true`` (``--lab``) or on a backend without MCMC the lab's SageMaker settings apply.
+LOCAL_BEST = {
+    "regressor": {"solver": "mcmc", "num_factors": 8, "mcmc_burn_in": 10, "mcmc_samples": 60,
+                  "mcmc_saved_samples": 0, "mcmc_init_sigma": 0.3},
+    "classifier": {"solver": "mcmc", "num_factors": 8, "mcmc_burn_in": 20, "mcmc_samples": 100,
+                   "mcmc_saved_samples": 16, "mcmc_init_sigma": 0.3},
+}  # fmt: skip
+
+
 @dataclass
 class RunConfig:
-    """Every parameter of a run; defaults reproduce the lab's settings."""
+    """Every parameter of a run. The rating models use the best settings measured on the
+    backend (:data:`LOCAL_BEST` locally); ``lab = True`` reproduces the lab's SageMaker settings."""
 
     seed: int = 0
     backend: str = "torch"
     objective: str = "ranking"
     out: str = "recsys-output"
+    lab: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     regressor: FMParams = field(default_factory=_lab_regressor)
@@ -220,10 +235,22 @@ class RunConfig:
     knn: KNNParams = field(default_factory=KNNParams)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    features: FeatureGroupsConfig = field(default_factory=FeatureGroupsConfig)
     sagemaker: dict[str, Any] = field(default_factory=dict)
 
-    TOP_KEYS = ("seed", "backend", "objective", "out")
-    SECTIONS = ("data", "prepare", "regressor", "classifier", "ranking", "knn", "recommend", "evaluation", "sagemaker")
+    TOP_KEYS = ("seed", "backend", "objective", "out", "lab")
+    SECTIONS = ("data", "prepare", "regressor", "classifier", "ranking", "knn", "features", "recommend",
+                "evaluation", "sagemaker")  # fmt: skip
+
+    def _rating_model_defaults(self, solvers: tuple[str, ...]) -> None:
+        """The settings of :data:`LOCAL_BEST` (or the lab's) for every key a config did not set."""
+        best = not self.lab and "mcmc" in solvers
+        explicit = getattr(self, "_explicit_fm", {})
+        for name, lab in (("regressor", _lab_regressor()), ("classifier", _lab_classifier())):
+            fm = getattr(self, name)
+            for key, value in LOCAL_BEST[name].items():
+                if key not in explicit.get(name, ()):
+                    setattr(fm, key, value if best else getattr(lab, key))
 
     def validate(self) -> RunConfig:
         seeds = {"seed": self.seed, "prepare.seed": self.prepare.seed, "regressor.seed": self.regressor.seed,
@@ -239,6 +266,12 @@ class RunConfig:
             raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
         self.data.validate()
         self.prepare.validate()
+        if not isinstance(self.lab, bool):
+            raise ConfigError(f"lab must be true or false, got {_short(self.lab)}")
+        from backends import backend_class
+
+        cls = backend_class(self.backend)
+        self._rating_model_defaults(cls.solvers)
         if self.regressor.predictor_type != "regressor":
             raise ConfigError("[regressor] predictor_type must be 'regressor'")
         if self.classifier.predictor_type != "binary_classifier":
@@ -249,9 +282,6 @@ class RunConfig:
         self.knn.validate()
         self.recommend.validate()
         self.evaluation.validate()
-        from backends import backend_class
-
-        cls = backend_class(self.backend)
         if cls.options_section:
             cls.check_options(getattr(self, cls.options_section))
         for name, fm in (("regressor", self.regressor), ("classifier", self.classifier), ("ranking", self.ranking.fm)):
@@ -273,12 +303,14 @@ class RunConfig:
             "backend": self.backend,
             "objective": self.objective,
             "out": self.out,
+            "lab": self.lab,
             "data": dataclasses.asdict(self.data),
             "prepare": dataclasses.asdict(self.prepare),
             "regressor": self.regressor.to_dict(),
             "classifier": self.classifier.to_dict(),
             "ranking": self.ranking.to_dict(),
             "knn": self.knn.to_dict(),
+            "features": dataclasses.asdict(self.features),
             "recommend": dataclasses.asdict(self.recommend),
             "evaluation": dataclasses.asdict(self.evaluation),
             "sagemaker": dict(self.sagemaker),
@@ -324,6 +356,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
 
     cfg.data = params_from_dict(DataConfig, section("data"), where="data")
     cfg.prepare = params_from_dict(PrepareConfig, section("prepare"), where="prepare")
+    cfg._explicit_fm = {name: set(section(name)) for name in ("regressor", "classifier")}  # type: ignore[attr-defined]
     cfg.regressor = _fm_section(section("regressor"), "regressor", _lab_regressor(), "regressor")
     cfg.classifier = _fm_section(section("classifier"), "classifier", _lab_classifier(), "binary_classifier")
     ranking_raw = section("ranking")
@@ -339,6 +372,10 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     cfg.ranking = RankingConfig(**own)
     cfg.ranking.fm = _fm_section(fm_raw, "ranking", RankingConfig().fm, "binary_classifier")
     cfg.knn = params_from_dict(KNNParams, section("knn"), where="knn")
+    try:
+        cfg.features = params_from_dict(FeatureGroupsConfig, section("features"), where="features")
+    except ConfigError as exc:
+        raise ConfigError(f"[features] {exc}") from None
     cfg.recommend = params_from_dict(RecommendConfig, section("recommend"), where="recommend")
     cfg.evaluation = params_from_dict(EvaluationConfig, section("evaluation"), where="evaluation")
     cfg.sagemaker = dict(section("sagemaker"))
@@ -464,6 +501,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "out": ("out",),
     "backend": ("backend",),
     "objective": ("objective",),
+    "lab": ("lab",),
     "data_path": ("data", "path"),
     "data_format": ("data", "format"),
     "preset": ("data", "preset"),

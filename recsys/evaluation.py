@@ -73,8 +73,13 @@ def regression_report(
 
 
 def _binary_metrics(y: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    pos, neg = y == 1, y == 0
+    balanced = (label[pos].mean() + (1 - label[neg]).mean()) / 2 if pos.any() and neg.any() else float("nan")
     return {
         "accuracy": float(skm.accuracy_score(y, label)),
+        # the mean of the recall of each class: 0.5 for any constant answer, so an accuracy that
+        # only echoes the majority class shows here
+        "balanced_accuracy": float(balanced),
         "precision": float(skm.precision_score(y, label, zero_division=0)),
         "recall": float(skm.recall_score(y, label, zero_division=0)),
         "f1": float(skm.f1_score(y, label, zero_division=0)),

@@ -414,6 +414,48 @@ def run(
     return result
 
 
+class RatingDesigns:
+    """The rating models' design matrices: the user and item one-hots, plus the ``[features]``
+    groups when configured (:mod:`recsys.feature_groups`). The Bayesian FM takes the grouped
+    design (a prior per group, relation blocks kept compact); the SGD FM and SageMaker the same
+    columns as one CSR matrix."""
+
+    def __init__(self, prepared: PreparedData, features: Any) -> None:
+        from .feature_groups import FeatureGroups
+
+        self.prepared = prepared
+        on = bool(features.implicit or features.recent or features.time_buckets)
+        self.groups = FeatureGroups(features, prepared.train, prepared.n_users, prepared.n_items) if on else None
+        if self.groups is None:
+            self._train_grouped = None
+            self._train = prepared.design_matrix("train")
+            self.test = prepared.design_matrix("test")
+        else:
+            self._train_grouped = self.groups.design(prepared.train, training=True)
+            self._train = None
+            self.test = self.groups.design(prepared.test, training=False).to_csr()
+
+    def train_for(self, params: Any) -> Any:
+        if self._train_grouped is not None and params.solver == "mcmc":
+            return self._train_grouped
+        if self._train is None:
+            self._train = self._train_grouped.to_csr()  # type: ignore[union-attr]
+        return self._train
+
+    def user_part(self) -> sp.csr_matrix | None:
+        return self.groups.user_part() if self.groups is not None else None
+
+    def describe(self, params: Any) -> dict[str, Any]:
+        """Which solver and feature groups ran (for metrics.json and the report)."""
+        groups = list(self.groups.group_names) if self.groups is not None else ["user", "item"]
+        out: dict[str, Any] = {"solver": params.solver, "num_factors": params.num_factors, "feature_groups": groups}
+        if params.solver == "mcmc":
+            out.update(burn_in=params.mcmc_burn_in, samples=params.mcmc_samples)
+        else:
+            out.update(epochs=params.epochs, optimizer=params.optimizer)
+        return out
+
+
 class _Spool:
     """Files written during the run (the recommendation lists, streamed while a remote
     backend is still open) next to ``out``, moved into the outputs at the end or removed."""
@@ -481,30 +523,38 @@ def _run_stages(
     metrics["data"]["source"] = label
     result = RunResult(config=cfg, out_dir=None, metrics=metrics, load_report=report, exploration=exploration,
                        prepared=prepared, frame=frame)  # fmt: skip
-    meta = {"n_users": prepared.n_users, "n_items": prepared.n_items}
-    Xtr, Xte = prepared.design_matrix("train"), prepared.design_matrix("test")
+    meta: dict[str, Any] = {"n_users": prepared.n_users, "n_items": prepared.n_items}
     rating_range = (float(np.nanmin(frame[RATING])), float(np.nanmax(frame[RATING])))
+    designs = RatingDesigns(prepared, cfg.features)
+    if designs.groups is not None:
+        meta["feature_groups"] = designs.groups.to_dict()
+
+    def fit(params: Any, stage: str, y: np.ndarray, y_eval: np.ndarray) -> FittedFM:
+        X, X_eval = designs.train_for(params), designs.test
+        return backend.fit_fm(X, y, params, eval_set=(X_eval, y_eval),
+                              options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": stage}))  # fmt: skip
 
     with timer("fm regressor"):
         ytr, yte = prepared.labels("train"), prepared.labels("test")
-        reg = backend.fit_fm(Xtr, ytr, cfg.regressor, eval_set=(Xte, yte),
-                             options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": "regressor"}))  # fmt: skip
-        pred = reg.predict(Xte)
+        reg = fit(cfg.regressor, "regressor", ytr, yte)
+        pred = reg.predict(designs.test)
         r = regression_report(yte, pred, ytr, items_test=prepared.test[ITEM], items_train=prepared.train[ITEM])
         r["predictions"] = prediction_summary(pred, valid_range=rating_range)
+        r["model"] = designs.describe(cfg.regressor)
         metrics["regressor"] = r
     with timer("fm classifier"):
         ctr, cte = prepared.labels("train", "classification"), prepared.labels("test", "classification")
-        clf = backend.fit_fm(Xtr, ctr, cfg.classifier, eval_set=(Xte, cte),
-                             options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": "classifier"}))  # fmt: skip
-        proba = clf.predict_score(Xte)
+        clf = fit(cfg.classifier, "classifier", ctr, cte)
+        proba = clf.predict_score(designs.test)
         c = classification_report(cte, proba, ctr)
         c["positive_threshold"] = cfg.prepare.positive_threshold
         c["predictions"] = prediction_summary(proba, valid_range=(0.0, 1.0))
+        c["model"] = designs.describe(cfg.classifier)
         metrics["classifier"] = c
     result.models = {"regressor": reg, "classifier": clf}
     result.predictions = {"regressor": (pred, yte), "classifier": (proba, cte)}
-    user_features = None
+    rating_user_features = designs.user_part()  # the customers' side of a rating model's row
+    user_features = rating_user_features
     if cfg.objective == "ranking":
         with timer("fm ranking"):
             from .objectives import train_ranking_model
@@ -546,8 +596,8 @@ def _run_stages(
         if cfg.objective == "ranking":
             # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
             # (searched locally on a remote backend: a comparison is not worth paid jobs)
-            lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity,
-                              backend="torch" if backend.remote else backend, knn_params=cfg.knn)  # fmt: skip
+            lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity, knn_params=cfg.knn,
+                              backend="torch" if backend.remote else backend, user_features=rating_user_features)  # fmt: skip
             lab_lists, _ = lab.recommend(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
             metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier")
         # the lab's two-customer views, on the regressor (its scores look alike for everyone)
@@ -555,7 +605,7 @@ def _run_stages(
         views = {}
         pair = _two_customers(prepared)
         if pair is not None:
-            for name, model, uf in (("regressor", reg, None), (cfg.objective, chosen, user_features)):
+            for name, model, uf in (("regressor", reg, rating_user_features), (cfg.objective, chosen, user_features)):
                 r2 = rec if model is chosen else Recommender(model, prepared.mappings, seen, user_features=uf)
                 corr, a, b = r2.score_correlation(*pair)
                 views[name] = {"customers": [pair[0], pair[1]], "pearson_r": corr}
@@ -756,17 +806,22 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     n_users, n_items = saved.mappings.n_users, saved.mappings.n_items
     from .data.prepare import labels, one_hot
 
-    Xte = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
+    plain = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
+
+    def design(model: FittedFM) -> Any:  # the test rows as the model was trained to read them
+        groups = saved.feature_groups_for(model)
+        return plain if groups is None else groups.design(test, training=False).to_csr()
+
     out: dict[str, Any] = {}
     models = saved.model_names
     if "regressor" in models:
         reg = saved.model("regressor")
-        out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(Xte), train[RATING].to_numpy(),
+        out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(design(reg)), train[RATING].to_numpy(),
                                              items_test=test[ITEM], items_train=train[ITEM])  # fmt: skip
     if "classifier" in models:
         clf = saved.model("classifier")
         thr = cfg.prepare.positive_threshold
-        out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(Xte),
+        out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(design(clf)),
                                                   labels(train[RATING], "classification", thr))  # fmt: skip
     rec = saved.recommender()
     lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)

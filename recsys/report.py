@@ -42,6 +42,16 @@ class _Raw(str):
     """Already-escaped HTML."""
 
 
+def _model_line(section: dict[str, Any]) -> str:
+    """Which solver and feature groups trained a rating model."""
+    d = section.get("model") or {}
+    if not d:
+        return "settings in config.toml"
+    how = (f"Bayesian FM (Gibbs sampling: {d['burn_in']} burn-in + {d['samples']} kept samples)"
+           if d["solver"] == "mcmc" else f"SGD FM ({d['epochs']} epochs, {d['optimizer']})")  # fmt: skip
+    return _e(f"{how}, {d['num_factors']} factors, feature groups: {', '.join(d['feature_groups'])}")
+
+
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -164,8 +174,7 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
     p = r["predictions"]
     parts.append(
         "<section><h2>FM regressor (star rating)</h2>"
-        f'<p class="muted">num_factors {cfg.regressor.num_factors}, epochs {cfg.regressor.epochs}, '
-        f"mini_batch_size {cfg.regressor.mini_batch_size}. RMSE is {r['rmse_improvement_over_naive']:.1%} lower "
+        f'<p class="muted">{_model_line(r)}. RMSE is {r["rmse_improvement_over_naive"]:.1%} lower '
         "than predicting the training mean.</p>"
         + _table(["metric", "FM", "baseline"], reg_rows)
         + f'<p class="muted">Sanity check: predictions range from {p["min"]:.3f} to {p["max"]:.3f} '
@@ -175,8 +184,11 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
     c = m["classifier"]
     parts.append(
         "<section><h2>FM classifier (is it 5 stars?)</h2>"
+        + f'<p class="muted">{_model_line(c)}. Balanced accuracy (the mean of the two classes\' recall) is '
+        "0.5 for any constant answer: an accuracy that only echoes the majority class shows there.</p>"
         + _table(["metric", "FM", "baseline (majority class)"], _metric_rows([
             ("accuracy", c["accuracy"], c["baseline_accuracy"], True),
+            ("balanced accuracy", c["balanced_accuracy"], c["baseline_balanced_accuracy"], True),
             ("ROC AUC", c["auc"], c["baseline_auc"], True),
             ("log loss (baseline: training positive rate)", c["log_loss"], c["baseline_log_loss"], False),
             ("F1", c["f1"], c["baseline_f1"], True),
@@ -206,6 +218,22 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         extra += f"<h3>Only held-out videos the customer liked (rated ≥ {lk['threshold']:g})</h3>" + _table(
             ["metric", "FM", "popularity"],
             [[n.upper(), lk[n], lk[f"popularity_{n}"]] for n in ("hr@10", "ndcg@10", "hr@100", "ndcg@100")],
+        )
+    if "ranking_everyone" in m:
+        e, lists = m["ranking_everyone"], m.get("recommendations", {})
+        rows = [[bucket, f"{part['test_rows']:,}", *(_vs(part[key], part[f"popularity_{key}"], True) for key in ("hr@10", "ndcg@10", "hr@100")),
+                 *(part[f"popularity_{key}"] for key in ("hr@10", "ndcg@10", "hr@100"))]
+                for bucket, part in (("all", e["all"]), *e["by_history_length"].items()) if part["test_rows"]]  # fmt: skip
+        extra += (
+            "<h3>Every customer, by history length</h3>"
+            f'<p class="muted">Lists were written for {lists.get("customers", 0):,} customers: {lists.get("model", 0):,} '
+            f"from the model, {lists.get('fold_in', 0):,} folded in from what they watched (the long-tail filter kept "
+            f"them out of training), {lists.get('popularity', 0):,} the most popular videos (nothing they watched is "
+            "in the catalogue). Below, every customer with at least two ratings has their latest one held out (the "
+            "others' earlier ratings folded in); history length = ratings before it; "
+            f"{e.get('held_out_outside_catalogue', 0):,} held-out videos are outside the catalogue (misses).</p>"
+            + _table(["history length", "held-out rows", "HR@10", "NDCG@10", "HR@100",
+                      "popularity HR@10", "popularity NDCG@10", "popularity HR@100"], rows)
         )
     views = m.get("customer_views", {})
     view_text = ""

@@ -142,8 +142,23 @@ class SavedRun:
     def popularity(self) -> np.ndarray:
         return np.bincount(self.train[ITEM].to_numpy(), minlength=self.mappings.n_items).astype(np.float64)
 
+    def feature_groups_for(self, fm: FittedFM) -> Any:
+        """The :class:`~recsys.feature_groups.FeatureGroups` a rating model was trained with
+        (rebuilt from the saved training split), or None for the plain one-hot design."""
+        spec = fm.metadata.get("feature_groups")
+        if not spec:
+            return None
+        from .feature_groups import FeatureGroups, FeatureGroupsConfig
+
+        config = FeatureGroupsConfig(**{k: spec[k] for k in ("implicit", "recent", "time_buckets")})
+        return FeatureGroups(config, self.train, self.mappings.n_users, self.mappings.n_items)
+
     def user_features_for(self, fm: FittedFM) -> sp.csr_matrix | None:
-        """The customers' user part for models with recent-history features (else None)."""
+        """The customers' side of a row for models with more than the user one-hot (recent-history
+        features, feature groups), else None."""
+        groups = self.feature_groups_for(fm)
+        if groups is not None:
+            return groups.user_part()
         if "layout" not in fm.metadata:
             return None
         layout = FeatureLayout.from_metadata(fm.metadata)

@@ -38,8 +38,9 @@ def metric_lines(m: dict[str, Any]) -> list[str]:
     c = m.get("classifier")
     if c:
         lines.append(
-            f"FM 5-star classifier: accuracy {_n(c['accuracy'])} vs baseline {_n(c['baseline_accuracy'])}, "
-            f"AUC {_n(c['auc'])}, log loss {_n(c['log_loss'])} vs {_n(c['baseline_log_loss'])}"
+            f"FM 5-star classifier: accuracy {_n(c['accuracy'])} vs baseline {_n(c['baseline_accuracy'])} "
+            f"(balanced {_n(c.get('balanced_accuracy'))} vs 0.5), AUC {_n(c['auc'])}, log loss {_n(c['log_loss'])} "
+            f"vs {_n(c['baseline_log_loss'])}"
         )
     k = m.get("ranking")
     if k:
@@ -97,6 +98,7 @@ _TABLE: dict[str, tuple[str, list[str], list[tuple[str, str, list[str]]]]] = {
     ]),
     "classifier": ("FM classifier (5 stars?)", ["FM", "majority class"], [
         ("accuracy", "accuracy", ["baseline_accuracy"]),
+        ("balanced accuracy", "balanced_accuracy", ["baseline_balanced_accuracy"]),
         ("AUC", "auc", ["baseline_auc"]),
         ("log loss", "log_loss", ["baseline_log_loss"]),
         ("precision", "precision", ["baseline_precision"]),

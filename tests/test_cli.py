@@ -146,9 +146,14 @@ def test_duplicate_counts_agree_in_metrics_exploration_and_report(tiny_run: Path
 def test_effective_config_round_trips(tiny_run: Path) -> None:
     cfg = load_config(tiny_run / "config.toml")
     assert cfg.data.preset == "tiny"
-    assert cfg.regressor.num_factors == 64 and cfg.regressor.epochs == 25 and cfg.regressor.clip_gradient == 5.0
-    assert cfg.classifier.num_factors == 128 and cfg.classifier.mini_batch_size == 512
+    # locally the rating models are the Bayesian FM measured best (recsys.config.LOCAL_BEST) ...
+    assert (cfg.regressor.solver, cfg.regressor.num_factors, cfg.regressor.mcmc_samples) == ("mcmc", 8, 60)
+    assert (cfg.classifier.solver, cfg.classifier.num_factors, cfg.classifier.mcmc_samples) == ("mcmc", 8, 100)
     assert cfg.to_dict() == config_from_dict(cfg.to_dict()).to_dict()
+    # ... and --lab (lab = true) gives the lab's SageMaker settings
+    lab = config_from_dict({**cfg.to_dict(), "lab": True, "regressor": {}, "classifier": {}})
+    assert lab.regressor.solver == "sgd" and lab.regressor.num_factors == 64 and lab.regressor.epochs == 25
+    assert lab.regressor.clip_gradient == 5.0 and lab.classifier.num_factors == 128 and lab.classifier.mini_batch_size == 512
 
 
 def test_same_seed_reproduces_the_metrics(tiny_run: Path, tmp_path: Path) -> None:
@@ -243,7 +248,7 @@ def test_config_files_toml_and_yaml(tmp_path: Path) -> None:
     yaml.write_text("seed: 3\nobjective: classifier\nknn:\n  k: 5\nregressor:\n  epochs: 2\n")
     a, b = load_config(toml), load_config(yaml)
     assert a.to_dict() == b.to_dict()
-    assert a.regressor.epochs == 2 and a.regressor.num_factors == 64  # unspecified keys keep the lab's values
+    assert a.regressor.epochs == 2 and a.regressor.num_factors == 8  # unspecified keys keep the defaults
     assert a.regressor.seed == 3 and a.classifier.seed == 3  # the top-level seed feeds every stage
 
 

@@ -58,7 +58,7 @@ def sagemaker_config(path: Path) -> Path:
     """What a user writes to run on SageMaker: bucket, role, region (+ a prefix, no polling
     delay since the fake jobs finish at once)."""
     path.write_text(
-        f'[sagemaker]\nbucket = "{BUCKET}"\nrole = "{ROLE}"\nregion = "{REGION}"\n'
+        f'backend = "sagemaker"\n[sagemaker]\nbucket = "{BUCKET}"\nrole = "{ROLE}"\nregion = "{REGION}"\n'
         f'prefix = "{PREFIX}"\npoll_seconds = 0.0\n'
     )
     return path
@@ -66,10 +66,11 @@ def sagemaker_config(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """The reference: the torch backend with the ranking loss SageMaker resolves "auto" to."""
+    """The reference: the torch backend with the settings SageMaker runs (the lab's SGD FM) and
+    the ranking loss SageMaker resolves "auto" to."""
     root = tmp_path_factory.mktemp("torch")
     config = root / "torch.toml"
-    config.write_text('[ranking]\nloss = "classifier"\n')
+    config.write_text('lab = true\n[ranking]\nloss = "classifier"\n')
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECSYS_CACHE_DIR", str(cache_dir))

@@ -60,10 +60,11 @@ def predict_rows(fm: FittedFM, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray
             f"instances {bad[:10].tolist()} score to {raw[bad[0]]} (the FM's arithmetic overflows; the "
             f"largest |feature value| is {largest:.3g}); send smaller feature values",
         )  # fmt: skip
-    if not fm.is_classifier:
-        return raw, None
-    scores = sigmoid(raw)
-    return scores, (scores >= 0.5).astype(np.float64)
+    if fm.samples is not None or fm.link != "logit":  # a Bayesian FM: its own link and sample average
+        scores = fm.predict_score(X)
+    else:
+        scores = sigmoid(raw) if fm.is_classifier else raw
+    return scores, (scores >= 0.5).astype(np.float64) if fm.is_classifier else None
 
 
 class _Ids:

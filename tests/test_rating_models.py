@@ -1,0 +1,87 @@
+"""The rating models in a run: the settings each backend gets by default, ``--lab``, the
+``[features]`` groups from training to recommendations and back from a saved run, and the
+classifier's balanced accuracy -- checked against hand-computed values and the brute-force FM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.cli import main
+from recsys.config import LOCAL_BEST, config_from_dict
+from recsys.data.schema import ITEM, USER
+from recsys.evaluation import classification_report
+from recsys.saved_run import SavedRun
+from tests.reference import fm_brute_force
+
+
+def test_defaults_per_backend_and_lab():
+    local = config_from_dict({})
+    for name in ("regressor", "classifier"):
+        fm = getattr(local, name)
+        assert {k: getattr(fm, k) for k in LOCAL_BEST[name]} == LOCAL_BEST[name]
+    lab = config_from_dict({"lab": True})
+    assert (lab.regressor.solver, lab.regressor.num_factors, lab.classifier.num_factors) == ("sgd", 64, 128)
+    own = config_from_dict({"regressor": {"num_factors": 16, "solver": "sgd"}})
+    assert (own.regressor.solver, own.regressor.num_factors) == ("sgd", 16)  # a config's own keys win
+    assert own.classifier.solver == "mcmc"
+
+
+def test_balanced_accuracy_by_hand():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=float)
+    p = np.array([0.9, 0.2, 0.7, 0.1, 0.6, 0.3, 0.2, 0.4])
+    out = classification_report(y, p, y)
+    # recall of the positives 2/3, of the negatives 4/5
+    assert out["balanced_accuracy"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert out["baseline_balanced_accuracy"] == 0.5  # the majority class, every time
+
+
+@pytest.fixture(scope="module")
+def grouped_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("grouped")
+    (root / "c.toml").write_text('objective = "classifier"\n[features]\nrecent = 3\nimplicit = true\ntime_buckets = 2\n')
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECSYS_CACHE_DIR", str(cache_dir))
+    try:
+        assert main(["run", "--preset", "tiny", "-q", "--config", str(root / "c.toml"), "--out", str(root / "out")]) == 0
+    finally:
+        mp.undo()
+    return root / "out"
+
+
+def test_feature_groups_reach_the_recommendations_exactly(grouped_run: Path):
+    """The classifier trained on [user | item | time | recent | implicit] recommends with user
+    vectors folded from those groups: each list's scores are the FM of the full row."""
+    m = json.loads((grouped_run / "metrics.json").read_text())
+    assert m["classifier"]["model"]["feature_groups"] == ["user", "item", "time", "recent", "implicit"]
+    assert m["classifier"]["model"]["solver"] == "mcmc"
+    saved = SavedRun(grouped_run)
+    fm = saved.model("classifier")
+    groups = saved.feature_groups_for(fm)
+    part = groups.user_part()
+    assert part.shape == (saved.mappings.n_users, fm.feature_dim)
+    rec = saved.recommender()
+    recs = pd.read_parquet(grouped_run / "recommendations.parquet")
+    for cid in saved.mappings.customer_ids[:3]:
+        u = int(saved.mappings.user_index([cid])[0])
+        mine = recs[recs["customer_id"] == cid].head(5)
+        items = saved.mappings.item_index(mine["product_id"].to_numpy())
+        rows = part[[u] * len(items)].tolil()
+        rows[np.arange(len(items)), saved.mappings.n_users + items] = 1.0
+        np.testing.assert_allclose(mine["score"], fm_brute_force(fm.w0, fm.w, fm.V, rows.tocsr()), rtol=1e-4, atol=1e-4)
+        ids, _ = rec.recommend(u, 5)
+        assert ids.tolist() == items.tolist()
+
+
+def test_a_saved_grouped_run_evaluates_to_its_own_metrics(grouped_run: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["evaluate", "--run", str(grouped_run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    m = json.loads((grouped_run / "metrics.json").read_text())
+    assert again["classifier"]["auc"] == pytest.approx(m["classifier"]["auc"], rel=1e-9)
+    assert again["regressor"]["test_rmse"] == pytest.approx(m["regressor"]["test_rmse"], rel=1e-9)
+    train = pd.read_parquet(grouped_run / "data" / "train.parquet")
+    assert {USER, ITEM} <= set(train.columns)
