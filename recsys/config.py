@@ -362,13 +362,9 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     ranking_raw = section("ranking")
     own = {k: v for k, v in ranking_raw.items() if k in RankingConfig.OWN_KEYS}
     fm_raw = {k: v for k, v in ranking_raw.items() if k not in RankingConfig.OWN_KEYS}
-    fm_names = [f.name for f in dataclasses.fields(FMParams)]
-    bad = sorted(set(fm_raw) - set(fm_names))
-    if bad:
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(map(repr, bad))} in [ranking]; valid keys: "
-            f"{', '.join(RankingConfig.OWN_KEYS + tuple(n for n in fm_names if n != 'predictor_type'))}"
-        )
+    fm_names = [f.name for f in dataclasses.fields(FMParams) if f.name != "predictor_type"]
+    if set(fm_raw) - set(fm_names):  # the message lists the section's own keys and the FM's
+        params_from_dict(dict.fromkeys(RankingConfig.OWN_KEYS + tuple(fm_names)), fm_raw, where="ranking")
     cfg.ranking = RankingConfig(**own)
     cfg.ranking.fm = _fm_section(fm_raw, "ranking", RankingConfig().fm, "binary_classifier")
     cfg.knn = params_from_dict(KNNParams, section("knn"), where="knn")

@@ -227,12 +227,13 @@ class RankingParams:
 
 
 def params_from_dict(cls: type, values: dict[str, Any], *, where: str) -> Any:
-    """Build ``cls`` from ``values``; an unknown key raises :class:`ConfigError` naming the valid ones."""
+    """Build ``cls`` from ``values``; an unknown key raises :class:`ConfigError` naming the valid
+    ones (``cls`` may also be a dict whose keys are the valid names: only the check is done)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"[{where}] must be a table of key = value pairs, got {type(values).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = list(cls) if isinstance(cls, dict) else [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(

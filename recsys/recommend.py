@@ -160,13 +160,8 @@ class Recommender:
             raise DataError(f"the k-NN index holds {index.ntotal} vectors but there are {self.n_items} items")
         self._index = index
 
-    @property
-    def n_users(self) -> int:
-        return self.mappings.n_users
-
-    @property
-    def n_items(self) -> int:
-        return self.mappings.n_items
+    n_users = property(lambda self: self.mappings.n_users, doc="Customers the model was trained on.")
+    n_items = property(lambda self: self.mappings.n_items, doc="Videos in the catalogue.")
 
     def _to_score(self, offsets: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Index output -> FM score (higher is better)."""

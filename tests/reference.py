@@ -3,6 +3,8 @@
 * :func:`fm_brute_force` -- the FM by its O(n^2 k) definition, pair by pair, in float64.
 * :func:`knn_scores` / :func:`knn_brute_force` -- every query against every vector in float64,
   then a full sort (ties: lower id first), optionally skipping excluded ids.
+* :class:`BruteIndex` -- a numpy inner-product :class:`~backends.base.KNNIndex` (the contract's
+  base class does the rest), to test what is built on the contract.
 * :func:`assert_top_k` -- a result is *a* correct top-k of a float64 reference, allowing the
   float32 rounding of real indexes to reorder ids whose scores are closer than a tolerance.
 """
@@ -14,7 +16,9 @@ import itertools
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["fm_brute_force", "knn_scores", "knn_brute_force", "assert_top_k"]
+from backends.base import KNNIndex
+
+__all__ = ["fm_brute_force", "knn_scores", "knn_brute_force", "assert_top_k", "BruteIndex"]
 
 
 def fm_brute_force(w0: float, w: np.ndarray, V: np.ndarray, X) -> np.ndarray:
@@ -99,3 +103,24 @@ def assert_top_k(
             near = np.abs(key[r] - key[r, order[r, j]]) <= 10 * tol
             if near.sum() == 1:
                 assert got[j] == order[r, j], (r, j)
+
+
+class BruteIndex(KNNIndex):
+    """A numpy inner-product index: float64 scores, candidates among equal scores in reversed-id
+    order (the contract must put ties in order itself), an optional depth limit and batch size;
+    it records its ``_search`` calls as (queries, depth)."""
+
+    metric = "INNER_PRODUCT"
+
+    def __init__(self, vectors, max_k=None, batch_size=None):
+        self.x = np.asarray(vectors, dtype=np.float64)
+        self.ntotal, self.dim = self.x.shape
+        self.max_k, self.batch_size = max_k, batch_size
+        self.calls: list[tuple[int, int]] = []
+
+    def _search(self, queries, k):
+        assert k <= (self.max_k or self.ntotal)
+        self.calls.append((len(queries), k))
+        s = queries.astype(np.float64) @ self.x.T
+        order = np.lexsort((-np.arange(self.ntotal)[None, :].repeat(len(s), 0), -s), axis=1)[:, :k]
+        return order, np.take_along_axis(s, order, 1)

@@ -49,32 +49,17 @@ def pairs():
     return users, items, rating, label
 
 
+#: small, quick settings shared by every estimator in these tests
+SMALL = {"num_factors": 4, "epochs": 5, "mini_batch_size": 32, "bias_lr": 0.1, "linear_lr": 0.05, "factors_lr": 0.02,
+         "threads": THREADS}  # fmt: skip
+
+
 def reg(**kw) -> FMRegressor:
-    base = {
-        "num_factors": 4,
-        "epochs": 5,
-        "mini_batch_size": 32,
-        "bias_lr": 0.1,
-        "linear_lr": 0.05,
-        "factors_lr": 0.02,
-        "threads": THREADS,
-    }
-    base.update(kw)
-    return FMRegressor(**base)
+    return FMRegressor(**{**SMALL, **kw})
 
 
 def clf(**kw) -> FMClassifier:
-    base = {
-        "num_factors": 4,
-        "epochs": 5,
-        "mini_batch_size": 32,
-        "bias_lr": 0.1,
-        "linear_lr": 0.05,
-        "factors_lr": 0.02,
-        "threads": THREADS,
-    }
-    base.update(kw)
-    return FMClassifier(**base)
+    return FMClassifier(**{**SMALL, **kw})
 
 
 # ---------------------------------------------------------------------------------------------

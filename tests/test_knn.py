@@ -18,7 +18,7 @@ from backends.base import KNNIndex
 from backends.local.knn import KNN_FORMAT_VERSION, FaissIndex
 from recsys.errors import BackendError, DataError, ModelFormatError
 from recsys.params import KNNParams
-from tests.reference import assert_top_k, knn_brute_force, knn_scores
+from tests.reference import BruteIndex, assert_top_k, knn_brute_force, knn_scores
 
 
 def brute_scores(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
@@ -341,26 +341,6 @@ def _int_case(rng, n_items=300, n_q=70, d=6, excl_density=0.2):
     q = rng.integers(-3, 4, size=(n_q, d)).astype(np.float32)
     excl = sp.random(n_q, n_items, density=excl_density, format="csr", random_state=3, dtype=bool)
     return items, q, excl
-
-
-class BruteIndex(KNNIndex):
-    """A numpy inner-product index that returns candidates in an arbitrary (reversed-id) order
-    among equal scores, optionally with a depth limit, counting its calls."""
-
-    metric = "INNER_PRODUCT"
-
-    def __init__(self, vectors, max_k=None, batch_size=None):
-        self.x = np.asarray(vectors, dtype=np.float32)
-        self.ntotal, self.dim = self.x.shape
-        self.max_k, self.batch_size = max_k, batch_size
-        self.calls: list[tuple[int, int]] = []
-
-    def _search(self, queries, k):
-        assert k <= (self.max_k or self.ntotal)
-        self.calls.append((len(queries), k))
-        s = queries @ self.x.T
-        order = np.lexsort((-np.arange(self.ntotal)[None, :].repeat(len(s), 0), -s), axis=1)[:, :k]
-        return order, np.take_along_axis(s, order, 1)
 
 
 @pytest.mark.parametrize("k", [1, 10, 100, 290, 400])

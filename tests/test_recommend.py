@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from backends.base import KNNIndex
 from backends.local.knn import FaissIndex
 from recsys.data.prepare import Mappings, one_hot
 from recsys.data.schema import CUSTOMER, DATE, ITEM, PRODUCT, TITLE, USER
@@ -24,7 +23,7 @@ from recsys.model import FittedFM
 from recsys.params import KNNParams
 from recsys.recommend import RECOMMENDATION_COLUMNS, Recommender, write_recommendations
 from recsys.vectors import fm_vectors, model_layout, user_offsets
-from tests.reference import fm_brute_force
+from tests.reference import BruteIndex, fm_brute_force
 
 GRID = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
 
@@ -92,24 +91,6 @@ def assert_top_with_ties(ids, scores, all_scores, exclude, N):
         cands = [i for i in range(len(all_scores)) if i not in exclude and all_scores[i] == v]
         if len(cands) == len(group):
             assert group == cands
-
-
-class BruteIndex(KNNIndex):
-    """A numpy inner-product index (ties: lower id first), optionally depth-limited."""
-
-    metric = "INNER_PRODUCT"
-
-    def __init__(self, vectors, max_k=None, batch_size=None):
-        self.x = np.asarray(vectors, dtype=np.float64)
-        self.ntotal, self.dim = self.x.shape
-        self.max_k, self.batch_size = max_k, batch_size
-        self.calls: list[tuple[int, int]] = []
-
-    def _search(self, queries, k):
-        self.calls.append((len(queries), k))
-        s = queries.astype(np.float64) @ self.x.T
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return order, np.take_along_axis(s, order, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
+from typing import Any
 
-from backends.base import Backend, KNNIndex, RankingData, TrainOptions
+import numpy as np
+
+from backends.base import Backend, KNNIndex
 from recsys.model import FittedFM
-from recsys.params import FMParams, KNNParams
+from recsys.params import KNNParams
 
 __all__ = ["TorchBackend"]
 
@@ -19,33 +20,16 @@ class TorchBackend(Backend):
     solvers = ("sgd", "mcmc")
     ranking_losses = ("softmax", "bpr", "classifier")
 
-    def fit_fm(
-        self,
-        X: sp.csr_matrix,
-        y: np.ndarray,
-        params: FMParams,
-        *,
-        eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
-        options: TrainOptions | None = None,
-    ) -> FittedFM:
+    def fit_fm(self, X, y, params, *, eval_set=None, options=None) -> FittedFM:  # the contract: Backend.fit_fm
         from .fm import train_fm
         from .mcmc import train_fm_mcmc
 
         return (train_fm_mcmc if params.solver == "mcmc" else train_fm)(X, y, params, eval_set=eval_set, options=options)
 
-    def fit_fm_ranking(
-        self,
-        data: RankingData,
-        params: FMParams,
-        *,
-        loss: str = "softmax",
-        negatives: int = 512,
-        eval_set: RankingData | None = None,
-        options: TrainOptions | None = None,
-    ) -> FittedFM:
+    def fit_fm_ranking(self, data, params, **kwargs: Any) -> FittedFM:  # the contract: Backend.fit_fm_ranking
         from .ranking import train_fm_ranking
 
-        return train_fm_ranking(data, params, loss=loss, negatives=negatives, eval_set=eval_set, options=options)
+        return train_fm_ranking(data, params, **kwargs)
 
     def build_knn(self, vectors: np.ndarray, params: KNNParams) -> KNNIndex:
         from .knn import FaissIndex

@@ -445,14 +445,8 @@ def _too_big(feature_dim: int, params: FMParams, available: int | None) -> Confi
     )
 
 
-def train_fm(
-    X: sp.csr_matrix,
-    y: np.ndarray,
-    params: FMParams,
-    *,
-    eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
-    options: TrainOptions | None = None,
-) -> FittedFM:
+def train_fm(X: sp.csr_matrix, y: np.ndarray, params: FMParams, *, eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
+             options: TrainOptions | None = None) -> FittedFM:  # fmt: skip
     """Train a factorization machine on ``X, y`` and return the fitted artifact."""
     options = options or TrainOptions()
     params.validate()

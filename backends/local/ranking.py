@@ -253,15 +253,8 @@ def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen, kernel: ctypes.C
     return rank_metrics(ranks, cutoffs=(_EVAL_CUTOFF,))[f"ndcg@{_EVAL_CUTOFF}"]
 
 
-def train_fm_ranking(
-    data: RankingData,
-    params: FMParams,
-    *,
-    loss: str = "softmax",
-    negatives: int = 512,
-    eval_set: RankingData | None = None,
-    options: TrainOptions | None = None,
-) -> FittedFM:
+def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softmax", negatives: int = 512,
+                     eval_set: RankingData | None = None, options: TrainOptions | None = None) -> FittedFM:  # fmt: skip
     """Train an FM for ranking on observed (user, item) index pairs; see the module docstring.
 
     Parameters
