@@ -423,10 +423,10 @@ def stage_sgemm(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _exclude_topk(ids, scores, seen, users, k):
-    """Drop seen videos from deeper candidate lists, keep the first k (the library's helpers)."""
-    from recsys.recommend import _seen_mask, top_k_excluding
+    """Drop seen videos from deeper candidate lists, keep the first k (the library's helper)."""
+    from backends.base import drop_excluded
 
-    return top_k_excluding(ids, scores, _seen_mask(seen, users, ids), k)
+    return drop_excluded(ids, scores.astype("float32"), seen[users], k, float("-inf"))
 
 
 def stage_knn(p: dict[str, Any]) -> dict[str, Any]:

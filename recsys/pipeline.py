@@ -218,11 +218,14 @@ def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bo
     from backends.base import drop_excluded
 
     order = rec.popular_order
-    seen = rec.seen[users] if exclude_seen and rec.seen is not None else None
-    depth = min(len(order), k + (int(np.diff(seen.indptr).max(initial=0)) if seen is not None else 0))
-    cand = np.tile(order[:depth], (len(users), 1))
-    ids, _ = drop_excluded(cand, np.zeros(cand.shape, np.float32), seen, k, 0.0)
-    return ids
+    out = np.empty((len(users), min(k, len(order))), dtype=np.int32)
+    for start in range(0, len(users), 65536):
+        u = users[start : start + 65536]
+        seen = rec.seen[u] if exclude_seen and rec.seen is not None else None
+        depth = min(len(order), k + (int(np.diff(seen.indptr).max(initial=0)) if seen is not None else 0))
+        cand = np.tile(order[:depth], (len(u), 1))
+        out[start : start + len(u)] = drop_excluded(cand, np.zeros(cand.shape, np.float32), seen, k, 0.0)[0][:, : out.shape[1]]
+    return out
 
 
 def _ranking_metrics(
@@ -576,7 +579,7 @@ def _run_stages(
         rec.index  # noqa: B018 - built here, so the stage timings tell building from searching
     result.recommender = rec
     with timer("recommend"):
-        result.model_lists = rec.recommend(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+        result.model_lists = rec.top_lists(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
         lists = result.model_lists[0]
     metrics["recommendations"] = _list_counts(rec, cfg.knn.k)
     if dry_run:
@@ -598,7 +601,7 @@ def _run_stages(
             # (searched locally on a remote backend: a comparison is not worth paid jobs)
             lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity, knn_params=cfg.knn,
                               backend="torch" if backend.remote else backend, user_features=rating_user_features)  # fmt: skip
-            lab_lists, _ = lab.recommend(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+            lab_lists, _ = lab.top_lists(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
             metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier")
         # the lab's two-customer views, on the regressor (its scores look alike for everyone)
         # and on the model whose recommendations are written
@@ -824,7 +827,7 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
         out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(design(clf)),
                                                   labels(train[RATING], "classification", thr))  # fmt: skip
     rec = saved.recommender()
-    lists, _ = rec.recommend(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+    lists, _ = rec.top_lists(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
     prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
     out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])
     out["warnings"] = metric_warnings({"data": {"test_rows": len(test)}, **out}, n_items=n_items)

@@ -26,6 +26,8 @@ def test_defaults_per_backend_and_lab():
         assert {k: getattr(fm, k) for k in LOCAL_BEST[name]} == LOCAL_BEST[name]
     lab = config_from_dict({"lab": True})
     assert (lab.regressor.solver, lab.regressor.num_factors, lab.classifier.num_factors) == ("sgd", 64, 128)
+    recommending = config_from_dict({"objective": "classifier"})  # the classifier recommends: the lab's
+    assert (recommending.classifier.solver, recommending.classifier.num_factors) == ("sgd", 128)
     own = config_from_dict({"regressor": {"num_factors": 16, "solver": "sgd"}})
     assert (own.regressor.solver, own.regressor.num_factors) == ("sgd", 16)  # a config's own keys win
     assert own.classifier.solver == "mcmc"
@@ -57,8 +59,11 @@ def test_feature_groups_reach_the_recommendations_exactly(grouped_run: Path):
     """The classifier trained on [user | item | time | recent | implicit] recommends with user
     vectors folded from those groups: each list's scores are the FM of the full row."""
     m = json.loads((grouped_run / "metrics.json").read_text())
-    assert m["classifier"]["model"]["feature_groups"] == ["user", "item", "time", "recent", "implicit"]
-    assert m["classifier"]["model"]["solver"] == "mcmc"
+    for name in ("regressor", "classifier"):
+        assert m[name]["model"]["feature_groups"] == ["user", "item", "time", "recent", "implicit"]
+    # the regressor samples the grouped design; the recommending classifier is the SGD FM (the
+    # same columns as one CSR matrix)
+    assert m["regressor"]["model"]["solver"] == "mcmc" and m["classifier"]["model"]["solver"] == "sgd"
     saved = SavedRun(grouped_run)
     fm = saved.model("classifier")
     groups = saved.feature_groups_for(fm)
