@@ -228,6 +228,7 @@ def evaluate_everyone(
     *,
     seen: sp.csr_matrix | None = None,
     exclude_seen: bool = True,
+    test_ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every customer's latest rating held out and ranked among the catalogue, by history
     length (ratings before the held-out one), next to the popularity baseline on the same rows
@@ -238,7 +239,7 @@ def evaluate_everyone(
     their history, from which ``fold_in(recency ranks CSR)`` returns their ``score_fn``. A
     held-out video outside the catalogue is a miss; a customer whose history has no catalogue
     video is ranked by popularity, as they are served. Watched videos are skipped when
-    ``exclude_seen``.
+    ``exclude_seen``. ``test_ranks``: the model's ranks of its test rows, when already computed.
     """
     from .data.prepare import split_leave_last_out
     from .data.schema import ITEM, USER
@@ -247,14 +248,15 @@ def evaluate_everyone(
     n_items = prepared.n_items
     pop = np.asarray(item_popularity, dtype=np.float64)
 
-    def ranks(fn: Callable, targets: np.ndarray, seen_rows: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+    def ranks(fn: Callable, targets: np.ndarray, seen_rows: sp.csr_matrix | None, known: Any = None) -> tuple[np.ndarray, np.ndarray]:
         rows = np.arange(len(targets))
-        model = ranks_from_scores(fn, rows, targets, n_items, seen_rows)
+        model = ranks_from_scores(fn, rows, targets, n_items, seen_rows) if known is None else np.asarray(known)
         return model.astype(np.float64), popularity_ranks(pop, rows, targets, seen_rows).astype(np.float64)
 
     test = prepared.test
     users = test[USER].to_numpy()
-    m, b = ranks(lambda r: score_fn(users[r]), test[ITEM].to_numpy(), seen[users] if exclude_seen and seen is not None else None)
+    m, b = ranks(lambda r: score_fn(users[r]), test[ITEM].to_numpy(), seen[users] if exclude_seen and seen is not None else None,
+                 test_ranks)  # fmt: skip
     parts = [(m, b, np.bincount(prepared.train[USER].to_numpy(), minlength=prepared.n_users)[users])]
     others = prepared.others()
     outside = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
 import os
 import platform
@@ -126,9 +127,11 @@ def _cache_dir() -> Path:
 def builtin_dataset(preset: str = "default", seed: int = 0) -> Path:
     """Path of the built-in dataset file (generated on first use and cached; same seed, same
     bytes). Set ``RECSYS_CACHE_DIR`` to choose where it is kept."""
-    from .data.synthetic import GENERATOR_VERSION, generate_reviews, write_reviews_tsv
+    from .data.synthetic import GENERATOR_VERSION, PRESETS, generate_reviews, write_reviews_tsv
 
-    path = _cache_dir() / "datasets" / f"amazon_reviews_{preset}_seed{seed}_v{GENERATOR_VERSION}.tsv"
+    # the preset's parameters are part of the key: a preset that changes never reads a stale file
+    params = hashlib.sha256(repr(PRESETS.get(preset, preset)).encode()).hexdigest()[:8]
+    path = _cache_dir() / "datasets" / f"amazon_reviews_{preset}_seed{seed}_v{GENERATOR_VERSION}-{params}.tsv"
     if not path.is_file():
         log.info("generating the built-in %r dataset (seed %d) into %s", preset, seed, path)
         write_reviews_tsv(generate_reviews(preset, seed), path, seed=seed)
@@ -229,18 +232,27 @@ def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bo
 
 
 def _ranking_metrics(
-    rec: Recommender, prepared: PreparedData, lists: np.ndarray, cfg: RunConfig, objective: str
+    rec: Recommender, prepared: PreparedData, lists: np.ndarray, cfg: RunConfig, objective: str,
+    list_users: np.ndarray | None = None,
+    ranks_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    from .ranking import evaluate_ranking
+    """Ranking metrics of ``rec`` on the test rows; list metrics over ``lists``, the lists of
+    ``list_users`` (default every customer of the model). Each test row is ranked once (its
+    ranks go to ``ranks_out["ranks"]`` when given)."""
+    from .ranking import evaluate_ranking, ranks_from_scores
 
     users_v, items_v = rec.user_vectors, rec.item_vectors
     test = prepared.test
-    pop_lists = _popular_lists(rec, np.arange(prepared.n_users), lists.shape[1], cfg.recommend.exclude_seen)
+    list_users = np.arange(prepared.n_users) if list_users is None else list_users
+    pop_lists = _popular_lists(rec, list_users, lists.shape[1], cfg.recommend.exclude_seen)
     seen = rec.seen if cfg.recommend.exclude_seen else None
     kwargs = dict(
         score_fn=lambda u: users_v[u] @ items_v.T, lists=lists, test_users=test[USER].to_numpy(), test_items=test[ITEM].to_numpy(),
         n_items=prepared.n_items, seen=seen, item_popularity=rec.item_popularity, popular_lists=pop_lists,
     )  # fmt: skip
+    kwargs["ranks"] = ranks_from_scores(kwargs["score_fn"], kwargs["test_users"], kwargs["test_items"], prepared.n_items, seen)
+    if ranks_out is not None:
+        ranks_out["ranks"] = kwargs["ranks"]
     out: dict[str, Any] = {"objective": objective, "k": int(lists.shape[1])}
     out.update(evaluate_ranking(**kwargs))
     if cfg.evaluation.liked_threshold is not None:
@@ -592,17 +604,21 @@ def _run_stages(
                                                                arrow=True, model_lists=result.model_lists),
                                       spool.path(name), fmt=name.rsplit(".", 1)[1])  # fmt: skip
     with timer("evaluate ranking"):
-        ranking = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective)
+        ranked: dict[str, np.ndarray] = {}
+        ranking = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective, ranks_out=ranked)
         metrics["ranking"] = ranking
         if histories is not None:
-            metrics["ranking_everyone"] = _everyone_metrics(rec, prepared, cfg.recommend.exclude_seen)
+            metrics["ranking_everyone"] = _everyone_metrics(rec, prepared, cfg.recommend.exclude_seen, ranked["ranks"])
         if cfg.objective == "ranking":
             # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
             # (searched locally on a remote backend: a comparison is not worth paid jobs)
             lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity, knn_params=cfg.knn,
                               backend="torch" if backend.remote else backend, user_features=rating_user_features)  # fmt: skip
-            lab_lists, _ = lab.top_lists(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
-            metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier")
+            # (its lists only for the customers with a held-out rating: all of them after the
+            # long-tail filter, a quarter of them without it)
+            tested = np.unique(prepared.test[USER].to_numpy())
+            lab_lists, _ = lab.top_lists(tested, cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+            metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier", tested)
         # the lab's two-customer views, on the regressor (its scores look alike for everyone)
         # and on the model whose recommendations are written
         views = {}
@@ -640,7 +656,7 @@ def _list_counts(rec: Recommender, k: int) -> dict[str, int]:
     return {"k": k, "customers": rec.n_users + n_fold + n_pop, "model": rec.n_users, "fold_in": n_fold, "popularity": n_pop}
 
 
-def _everyone_metrics(rec: Recommender, prepared: PreparedData, exclude_seen: bool) -> dict[str, Any]:
+def _everyone_metrics(rec: Recommender, prepared: PreparedData, exclude_seen: bool, test_ranks: np.ndarray) -> dict[str, Any]:
     """:func:`recsys.fold_in.evaluate_everyone` for the recommending model."""
     from .fold_in import evaluate_everyone
 
@@ -651,7 +667,7 @@ def _everyone_metrics(rec: Recommender, prepared: PreparedData, exclude_seen: bo
         return lambda rows: vectors[rows] @ items_t
 
     return evaluate_everyone(prepared, lambda u: rec.user_vectors[u] @ items_t, fold_in, rec.item_popularity,
-                             seen=rec.seen, exclude_seen=exclude_seen)  # fmt: skip
+                             seen=rec.seen, exclude_seen=exclude_seen, test_ranks=test_ranks)  # fmt: skip
 
 
 def _two_customers(prepared: PreparedData) -> tuple[Any, Any] | None:

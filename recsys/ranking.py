@@ -160,15 +160,18 @@ def evaluate_ranking(
     test_ratings: np.ndarray | None = None,
     liked_threshold: float | None = None,
     list_users: np.ndarray | None = None,
+    ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The full ranking report: the model's metrics and the popularity baseline's, side by side.
 
     ``lists`` are the model's top-K lists (one row per customer in ``list_users``, default
     every user), ``popular_lists`` the popularity baseline's lists for the same customers.
-    With ``liked_threshold`` only test rows rated at least that are evaluated.
+    With ``liked_threshold`` only test rows rated at least that are evaluated. ``ranks``: the
+    model's :func:`ranks_from_scores` of every test row, when already computed.
     """
     users = np.asarray(test_users, dtype=np.int64)
     items = np.asarray(test_items, dtype=np.int64)
+    keep = np.ones(len(users), dtype=bool)
     if liked_threshold is not None:
         if test_ratings is None:
             raise DataError("liked_threshold needs test_ratings")
@@ -176,7 +179,7 @@ def evaluate_ranking(
         users, items = users[keep], items[keep]
     if users.size == 0:
         raise DataError("no test rows to evaluate (after the liked-only filter)" if liked_threshold else "no test rows")
-    ranks = ranks_from_scores(score_fn, users, items, n_items, seen)
+    ranks = ranks_from_scores(score_fn, users, items, n_items, seen) if ranks is None else np.asarray(ranks)[keep]
     pop = np.asarray(item_popularity, dtype=np.float64)
     pop_ranks = popularity_ranks(pop, users, items, seen)
     out: dict[str, Any] = {"test_rows": int(users.size)}
