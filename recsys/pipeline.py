@@ -108,7 +108,8 @@ class RunResult:
         lines += metric_lines(m)
         t = m.get("timing", {})
         if t:
-            lines.append(f"total time {t.get('total', 0):.1f} s")
+            peak = max((m.get("peak_rss_gb") or {}).values(), default=None)
+            lines.append(f"total time {t.get('total', 0):.1f} s" + (f", peak RSS {peak:.2f} GB" if peak else ""))
         lines += [f"warning: {w}" for w in m.get("warnings", [])]
         return lines
 
@@ -166,6 +167,7 @@ class _Timer:
 
     def __init__(self, heartbeat: float | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.peak_rss_gb: dict[str, float] = {}  # the process's high-water mark as each stage ends
         self.heartbeat = heartbeat
 
     @contextlib.contextmanager
@@ -176,7 +178,22 @@ class _Timer:
             yield
         seconds = time.perf_counter() - t0
         self.seconds[stage] = round(seconds, 3)
-        log.info("stage: %s ... %.1f s", stage, seconds)
+        peak = _peak_rss_gb()
+        if peak is None:
+            log.info("stage: %s ... %.1f s", stage, seconds)
+        else:
+            self.peak_rss_gb[stage] = peak
+            log.info("stage: %s ... %.1f s (peak RSS so far %.2f GB)", stage, seconds, peak)
+
+
+def _peak_rss_gb() -> float | None:
+    """The process's peak resident memory so far in GB (10^9 bytes), where the OS reports it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
 
 
 class _LastRecord(logging.Handler):
@@ -416,6 +433,7 @@ def run(
                 result.metrics[backend.name] = report
         result.metrics["warnings"] = metric_warnings(result.metrics, n_items=result.prepared.n_items)
         result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
+        result.metrics["peak_rss_gb"] = dict(timer.peak_rss_gb)
         if write:
             t_write = time.perf_counter()
 

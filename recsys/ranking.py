@@ -42,7 +42,8 @@ def ranks_from_scores(
     """1-based rank of ``targets[r]`` among the items not in ``seen[users[r]]``.
 
     ``score_fn(user_batch) -> (len(batch), n_items)`` scores. Memory is bounded by scoring
-    ``batch_rows`` rows at a time.
+    ``batch_rows`` rows at a time. float32 scores are counted by the local backend's native
+    kernel when it is built (the same ranks, one pass instead of four).
     """
     users = np.asarray(users, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
@@ -53,10 +54,14 @@ def ranks_from_scores(
     if batch_rows is None:
         batch_rows = max(1, (1 << 24) // max(n_items, 1))
     ranks = np.empty(len(users), dtype=np.int64)
+    native = _NativeRanks.load(seen)
     for start in range(0, len(users), batch_rows):
         u = users[start : start + batch_rows]
         t = targets[start : start + batch_rows]
         s = np.asarray(score_fn(u))  # float32 scores stay float32: the same comparisons, half the memory
+        if native is not None and s.dtype == np.float32 and s.shape == (len(u), n_items):
+            ranks[start : start + len(u)] = native.ranks(np.ascontiguousarray(s), u, t)
+            continue
         if not np.issubdtype(s.dtype, np.floating):
             s = s.astype(np.float64)
         elif seen is not None and (s.base is not None or not s.flags.writeable):
@@ -78,6 +83,37 @@ def ranks_from_scores(
         for r in np.flatnonzero(ties > 1):  # a tie with the target: lower item indices first
             ranks[start + r] += np.count_nonzero(s[r, : t[r]] == st[r])
     return ranks
+
+
+class _NativeRanks:
+    """The local backend's native rank counter (``rank_targets`` in ``_fmkernel.c``): the rule
+    of :func:`ranks_from_scores` in one pass over float32 scores, without the masked copy. Used
+    when the kernel is built and not switched off (``RECSYS_NATIVE=off``)."""
+
+    def __init__(self, lib: Any, seen: sp.csr_matrix | None) -> None:
+        self.lib, self.no_seen = lib, seen is None
+        if seen is None:  # every row looks up row 0 of an empty matrix
+            self.indptr, self.indices = np.zeros(2, np.int64), np.zeros(0, np.int64)
+        else:
+            seen = sp.csr_matrix(seen, copy=True)
+            seen.sum_duplicates()  # a video listed twice would be subtracted twice
+            self.indptr, self.indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
+
+    @classmethod
+    def load(cls, seen: sp.csr_matrix | None) -> _NativeRanks | None:
+        from backends.local import _kernel
+
+        lib = _kernel.load()
+        return None if lib is None else cls(lib, seen)
+
+    def ranks(self, s: np.ndarray, users: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        users = np.zeros(len(users), np.int64) if self.no_seen else np.ascontiguousarray(users, dtype=np.int64)
+        targets = np.ascontiguousarray(targets, dtype=np.int64)
+        ranks = np.empty(len(targets), dtype=np.int64)
+        if self.lib.rank_targets(s.ctypes.data, len(targets), s.shape[1], targets.ctypes.data, users.ctypes.data,
+                                 self.indptr.ctypes.data, self.indices.ctypes.data, ranks.ctypes.data):  # fmt: skip
+            raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
+        return ranks
 
 
 def popularity_ranks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,10 @@ def test_metrics_json_has_the_documented_keys(tiny_run: Path) -> None:
             assert key in m[section], f"{section}.{key}"
     for stage in ("load", "explore", "prepare", "fm regressor", "fm classifier", "knn", "recommend", "total"):
         assert m["timing"][stage] >= 0
+    # the high-water mark as each stage ended: never falls, and never above this process's own
+    peaks = [m["peak_rss_gb"][s] for s in m["timing"] if s in m["peak_rss_gb"]]
+    assert len(peaks) >= 8 and peaks == sorted(peaks) and peaks[0] > 0.05
+    assert peaks[-1] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9 + 1e-3
     (tn, fp), (fn, tp) = m["classifier"]["confusion_matrix"]
     assert tn + fp + fn + tp == m["data"]["test_rows"]
     # the built-in tiny file has malformed lines on purpose; they are counted and reported
@@ -160,7 +165,8 @@ def test_same_seed_reproduces_the_metrics(tiny_run: Path, tmp_path: Path) -> Non
     out = tmp_path / "again"
     assert main(["run", *TINY, "--out", str(out)]) == 0
     a, b = _metrics(tiny_run), _metrics(out)
-    a.pop("timing"), b.pop("timing")
+    for m in (a, b):  # how long and how much memory: the machine, not the seed
+        m.pop("timing"), m.pop("peak_rss_gb")
     assert a == b
     pd.testing.assert_frame_equal(pd.read_parquet(tiny_run / "recommendations.parquet"),
                                   pd.read_parquet(out / "recommendations.parquet"))  # fmt: skip
@@ -394,7 +400,7 @@ def test_logs_have_one_line_per_event_and_stage_times(tmp_path: Path, capsys: py
     assert [line for line in lines if lines.count(line) > 1] == []
     assert sum(line.startswith("read 36,000 rows") for line in lines) == 1
     stages = [line for line in lines if line.startswith("stage: ") and not line.endswith("so far")]
-    names = [re.fullmatch(r"stage: (.+) \.\.\. \d+\.\d s", line).group(1) for line in stages]  # type: ignore[union-attr]
+    names = [re.fullmatch(r"stage: (.+) \.\.\. \d+\.\d s(?: \(peak RSS so far \d+\.\d\d GB\))?", line).group(1) for line in stages]  # type: ignore[union-attr]
     assert names[:5] == ["load", "explore", "prepare", "fm regressor", "fm classifier"] and names[-1] == "write outputs"
     assert main(["run", "--preset", "tiny", "-q", "--out", str(tmp_path / "b")]) == 0
     quiet = capsys.readouterr()

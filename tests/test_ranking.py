@@ -113,6 +113,24 @@ def test_ranks_from_scores_bruteforce(seed, batch_rows):
     np.testing.assert_array_equal(S, random_case(seed)[0])
 
 
+@pytest.mark.parametrize("native", ["auto", "off"])
+@pytest.mark.parametrize("with_seen", [True, False])
+def test_float32_ranks_native_and_numpy_agree_with_brute_force(monkeypatch, native, with_seen):
+    """float32 scores with many ties (the native counter's input) and a seen matrix that lists
+    a video twice: both paths give the brute-force ranks."""
+    monkeypatch.setenv("RECSYS_NATIVE", native)
+    rng = np.random.default_rng(7)
+    S = rng.integers(0, 6, size=(40, 25)).astype(np.float32)
+    rows = [sorted(set(rng.choice(25, size=rng.integers(0, 8), replace=False).tolist())) + [3, 3] for _ in range(40)]
+    seen = sp.csr_matrix((np.ones(sum(map(len, rows))), np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows])),
+                         shape=(40, 25))  # fmt: skip
+    assert not seen.has_canonical_format  # video 3 listed twice in every row
+    users, targets = rng.integers(0, 40, size=60), rng.integers(0, 25, size=60)
+    got = ranks_from_scores(lambda u: S[u], users, targets, 25, seen if with_seen else None, batch_rows=7)
+    sets = seen_sets(seen) if with_seen else [set()] * 40
+    assert got.tolist() == [brute_rank(S[u].astype(np.float64), t, sets[u]) for u, t in zip(users, targets, strict=True)]
+
+
 def test_ranks_without_seen():
     S, _, users, targets = random_case(5)
     got = ranks_from_scores(lambda u: S[u], users, targets, S.shape[1], None, batch_rows=4)
