@@ -274,16 +274,19 @@ class _Posterior:
     def __init__(self, sampler: GibbsSampler, kept: int, saved: int, eval_design: GroupedDesign | None):
         self.sampler, self.count = sampler, 0
         self.w0, self.w, self.V = 0.0, np.zeros(sampler.d), np.zeros((sampler.d, sampler.k))
-        self.keep_at = set(np.linspace(0, kept - 1, min(saved, kept)).round().astype(int).tolist())
-        self.saved: list[tuple[float, np.ndarray, np.ndarray]] = []
+        keep_at = np.unique(np.linspace(0, kept - 1, min(saved, kept)).round().astype(int))
+        self.slot = {int(c): i for i, c in enumerate(keep_at)}  # sweep -> row of the arrays below
+        n = len(keep_at)  # filled in place: no copy of every sample at the end
+        self.saved = (np.zeros(n), np.zeros((n, sampler.d), np.float32), np.zeros((n, sampler.d, sampler.k), np.float32))
         self.eval_output = None if eval_design is None else FMOutput(eval_design)
         self.eval_sum = None if eval_design is None else np.zeros(eval_design.n_rows)
 
     def add(self) -> np.ndarray | None:
         """Add the sampler's current sample; return the running mean prediction on the eval set."""
         sm = self.sampler
-        if self.count in self.keep_at:
-            self.saved.append((sm.w0, sm.w.astype(np.float32), sm.V.astype(np.float32)))
+        i = self.slot.get(self.count)
+        if i is not None:
+            self.saved[0][i], self.saved[1][i], self.saved[2][i] = sm.w0, sm.w, sm.V
         self.count += 1
         self.w0 += sm.w0
         self.w += sm.w
@@ -300,10 +303,8 @@ class _Posterior:
             w0, w, V, n = sm.w0, sm.w, sm.V, 1
         else:
             w0, w, V = self.w0, self.w, self.V
-        samples = None
-        if self.saved:
-            w0s, ws, Vs = zip(*self.saved, strict=True)
-            samples = PosteriorSamples(w0=np.array(w0s), w=np.stack(ws), V=np.stack(Vs))
+        filled = sum(c < self.count for c in self.slot)  # fewer when the chain was stopped early
+        samples = PosteriorSamples(*(a[:filled] for a in self.saved)) if filled else None
         meta["mcmc_kept_samples"] = self.count
         return FittedFM(
             w0=w0 / n, w=w / n, V=V / n, predictor_type=params.predictor_type, config=params.to_dict(),
