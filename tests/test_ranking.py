@@ -206,6 +206,24 @@ def test_list_metrics_coverage_popularity_bruteforce():
     )
 
 
+def test_list_metrics_of_many_int32_lists_equal_a_flat_count():
+    """More rows than one block (65,536), int32 as the pipeline keeps them, empty slots."""
+    rng = np.random.default_rng(3)
+    n_items = 500
+    lists = rng.integers(-1, n_items, size=(70_000, 5)).astype(np.int32)
+    lists[lists < 0] = -1
+    first = lists[:65_536]
+    first[first == n_items - 1] = 0
+    lists[65_536:, 0] = n_items - 1  # an item only the second block lists
+    pop = rng.random(n_items)
+    got = list_metrics(lists, n_items, pop)
+    flat = lists[lists >= 0].astype(np.int64)
+    assert got["coverage"] == pytest.approx(np.unique(flat).size / n_items)
+    assert got["mean_popularity"] == pytest.approx(pop[flat].mean(), rel=1e-12)
+    with pytest.raises(DataError, match=r"items must be in \[0, 400\)"):
+        list_metrics(lists, 400, pop[:400])
+
+
 def test_list_metrics_hand_computed():
     pop = np.array([10.0, 0.0, 4.0, 2.0, 1.0, 0.0])
     lists = np.array([[0, 2, 3], [2, 4, -1]])
