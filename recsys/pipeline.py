@@ -251,11 +251,10 @@ def _popular_lists(rec: Recommender, users: np.ndarray, k: int, exclude_seen: bo
 def _ranking_metrics(
     rec: Recommender, prepared: PreparedData, lists: np.ndarray, cfg: RunConfig, objective: str,
     list_users: np.ndarray | None = None,
-    ranks_out: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Ranking metrics of ``rec`` on the test rows; list metrics over ``lists``, the lists of
-    ``list_users`` (default every customer of the model). Each test row is ranked once (its
-    ranks go to ``ranks_out["ranks"]`` when given)."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Ranking metrics of ``rec`` on the test rows (list metrics over ``lists``, the lists of
+    ``list_users``, default every customer of the model), and the test rows' ranks: each row
+    is ranked once."""
     from .ranking import evaluate_ranking, ranks_from_scores
 
     users_v, items_v = rec.user_vectors, rec.item_vectors
@@ -268,8 +267,6 @@ def _ranking_metrics(
         n_items=prepared.n_items, seen=seen, item_popularity=rec.item_popularity, popular_lists=pop_lists,
     )  # fmt: skip
     kwargs["ranks"] = ranks_from_scores(kwargs["score_fn"], kwargs["test_users"], kwargs["test_items"], prepared.n_items, seen)
-    if ranks_out is not None:
-        ranks_out["ranks"] = kwargs["ranks"]
     out: dict[str, Any] = {"objective": objective, "k": int(lists.shape[1])}
     out.update(evaluate_ranking(**kwargs))
     if cfg.evaluation.liked_threshold is not None:
@@ -278,7 +275,7 @@ def _ranking_metrics(
             out["liked"] = {"threshold": cfg.evaluation.liked_threshold, **liked}
         except DataError:
             out["liked"] = {"threshold": cfg.evaluation.liked_threshold, "test_rows": 0}
-    return out
+    return out, kwargs["ranks"]
 
 
 def _samples(
@@ -622,11 +619,9 @@ def _run_stages(
                                                                arrow=True, model_lists=result.model_lists),
                                       spool.path(name), fmt=name.rsplit(".", 1)[1])  # fmt: skip
     with timer("evaluate ranking"):
-        ranked: dict[str, np.ndarray] = {}
-        ranking = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective, ranks_out=ranked)
-        metrics["ranking"] = ranking
+        metrics["ranking"], test_ranks = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective)
         if histories is not None:
-            metrics["ranking_everyone"] = _everyone_metrics(rec, prepared, cfg.recommend.exclude_seen, ranked["ranks"])
+            metrics["ranking_everyone"] = _everyone_metrics(rec, prepared, cfg.recommend.exclude_seen, test_ranks)
         if cfg.objective == "ranking":
             # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
             # (searched locally on a remote backend: a comparison is not worth paid jobs)
@@ -636,7 +631,7 @@ def _run_stages(
             # long-tail filter, a quarter of them without it)
             tested = np.unique(prepared.test[USER].to_numpy())
             lab_lists, _ = lab.top_lists(tested, cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
-            metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier", tested)
+            metrics["ranking_classifier_knn"] = _ranking_metrics(lab, prepared, lab_lists, cfg, "classifier", tested)[0]
         # the lab's two-customer views, on the regressor (its scores look alike for everyone)
         # and on the model whose recommendations are written
         views = {}
@@ -863,6 +858,6 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     rec = saved.recommender()
     lists, _ = rec.top_lists(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
     prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
-    out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])
+    out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])[0]
     out["warnings"] = metric_warnings({"data": {"test_rows": len(test)}, **out}, n_items=n_items)
     return out

@@ -18,6 +18,7 @@ that many random pairs). Everything is reported next to the popularity baseline 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,16 +52,16 @@ def ranks_from_scores(
         raise DataError("users and targets must have the same length")
     if targets.size and (targets.min() < 0 or targets.max() >= n_items):
         raise DataError(f"target items must be in [0, {n_items})")
-    if batch_rows is None:
-        batch_rows = max(1, (1 << 24) // max(n_items, 1))
+    native = _native_counter(seen)
+    if batch_rows is None:  # the native counter reads each block once: cache-sized blocks
+        batch_rows = max(1, (1 << (21 if native else 24)) // max(n_items, 1))
     ranks = np.empty(len(users), dtype=np.int64)
-    native = _NativeRanks.load(seen)
     for start in range(0, len(users), batch_rows):
         u = users[start : start + batch_rows]
         t = targets[start : start + batch_rows]
         s = np.asarray(score_fn(u))  # float32 scores stay float32: the same comparisons, half the memory
         if native is not None and s.dtype == np.float32 and s.shape == (len(u), n_items):
-            ranks[start : start + len(u)] = native.ranks(np.ascontiguousarray(s), u, t)
+            ranks[start : start + len(u)] = native(np.ascontiguousarray(s), u, t)
             continue
         if not np.issubdtype(s.dtype, np.floating):
             s = s.astype(np.float64)
@@ -85,35 +86,33 @@ def ranks_from_scores(
     return ranks
 
 
-class _NativeRanks:
+def _native_counter(seen: sp.csr_matrix | None) -> Callable[..., np.ndarray] | None:
     """The local backend's native rank counter (``rank_targets`` in ``_fmkernel.c``): the rule
-    of :func:`ranks_from_scores` in one pass over float32 scores, without the masked copy. Used
-    when the kernel is built and not switched off (``RECSYS_NATIVE=off``)."""
+    of :func:`ranks_from_scores` in one pass over float32 scores, without the masked copy; None
+    when the kernel is not built or is switched off (``RECSYS_NATIVE=off``)."""
+    from backends.local import _kernel
 
-    def __init__(self, lib: Any, seen: sp.csr_matrix | None) -> None:
-        self.lib, self.no_seen = lib, seen is None
-        if seen is None:  # every row looks up row 0 of an empty matrix
-            self.indptr, self.indices = np.zeros(2, np.int64), np.zeros(0, np.int64)
-        else:
+    lib = _kernel.load()
+    if lib is None:
+        return None
+    if seen is None:  # every row looks up row 0 of an empty matrix
+        indptr, indices = np.zeros(2, np.int64), np.zeros(0, np.int64)
+    else:
+        if not seen.has_canonical_format:  # a video listed twice would be subtracted twice
             seen = sp.csr_matrix(seen, copy=True)
-            seen.sum_duplicates()  # a video listed twice would be subtracted twice
-            self.indptr, self.indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
+            seen.sum_duplicates()
+        indptr, indices = seen.indptr.astype(np.int64), seen.indices.astype(np.int64)
 
-    @classmethod
-    def load(cls, seen: sp.csr_matrix | None) -> _NativeRanks | None:
-        from backends.local import _kernel
-
-        lib = _kernel.load()
-        return None if lib is None else cls(lib, seen)
-
-    def ranks(self, s: np.ndarray, users: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        users = np.zeros(len(users), np.int64) if self.no_seen else np.ascontiguousarray(users, dtype=np.int64)
+    def count(s: np.ndarray, users: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        users = np.zeros(len(users), np.int64) if seen is None else np.ascontiguousarray(users, dtype=np.int64)
         targets = np.ascontiguousarray(targets, dtype=np.int64)
         ranks = np.empty(len(targets), dtype=np.int64)
-        if self.lib.rank_targets(s.ctypes.data, len(targets), s.shape[1], targets.ctypes.data, users.ctypes.data,
-                                 self.indptr.ctypes.data, self.indices.ctypes.data, ranks.ctypes.data):  # fmt: skip
+        if lib.rank_targets(s.ctypes.data, len(targets), s.shape[1], targets.ctypes.data, users.ctypes.data,
+                            indptr.ctypes.data, indices.ctypes.data, ranks.ctypes.data):  # fmt: skip
             raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
         return ranks
+
+    return count
 
 
 def popularity_ranks(

@@ -181,12 +181,13 @@ def test_seen_masks_match_a_set():
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["pytorch", "native"])
-def test_ndcg_at_10_equals_a_sorted_list(native):
+def test_ndcg_at_10_equals_a_sorted_list(monkeypatch, native):
     """NDCG@10 of held-out rows: rank each target among the videos the customer did not rate
     in training (the target itself always counts; ties broken by lower index), 1 / log2(rank + 1)
     inside the top 10."""
     if native and KERNEL is None:
         pytest.skip("the native kernels are not built or switched off")
+    monkeypatch.setenv("RECSYS_NATIVE", "auto" if native else "off")
     rng = np.random.default_rng(25)
     n_users, n_items, k = 6, 30, 3
     layout = FeatureLayout(n_users, n_items)
@@ -199,7 +200,7 @@ def test_ndcg_at_10_equals_a_sorted_list(native):
     eval_u = np.r_[np.arange(n_users), np.arange(n_users), train_u[:3]]
     # random targets, the tied video, and videos the customer rated in training
     eval_i = np.r_[rng.integers(0, n_items, n_users), np.full(n_users, 7), train_i[:3]]
-    got = _ndcg_at(tr, RankingData(layout, eval_u, eval_i), seen, KERNEL if native else None)
+    got = _ndcg_at(tr, RankingData(layout, eval_u, eval_i), seen)
     P = tr.P.numpy().astype(np.float64)
     total = 0.0
     for u, t in zip(eval_u.tolist(), eval_i.tolist(), strict=True):

@@ -222,34 +222,19 @@ class _NativeSoftmax:
         return loss
 
 
-def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen, kernel: ctypes.CDLL | None) -> float:
+def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen) -> float:
     """NDCG@10 of held-out (customer, video) rows, each video ranked among every video the
-    customer has not rated in training as :func:`recsys.ranking.ranks_from_scores` does (the
-    rule ``recsys run`` evaluates with); the native kernel computes the same ranks."""
+    customer has not rated in training, by :func:`recsys.ranking.ranks_from_scores` (the rule
+    ``recsys run`` evaluates with; the native kernel counts when it is built)."""
     layout, k = eval_set.layout, tr.k
-    n_items, n = layout.n_items, len(eval_set)
     rows = _CSRTensors(eval_set.user_part)
-    table = tr.P[layout.item_offset : layout.item_offset + n_items]
+    table = tr.P[layout.item_offset : layout.item_offset + layout.n_items]
 
-    def scores(r: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(r: np.ndarray) -> np.ndarray:
         U = _user_vectors(tr, rows.batch(torch.from_numpy(np.asarray(r, dtype=np.int64))))
-        return torch.addmm(table[:, k][None, :], U, table[:, :k].T, out=out)
+        return torch.addmm(table[:, k][None, :], U, table[:, :k].T).numpy()
 
-    if kernel is None or not tr._fusable():
-        ranks = ranks_from_scores(lambda r: scores(r).numpy(), np.arange(n), eval_set.items, n_items,
-                                  seen.matrix[eval_set.users])  # fmt: skip
-    else:
-        ranks = np.empty(n, dtype=np.int64)
-        targets, users = torch.from_numpy(eval_set.items), torch.from_numpy(eval_set.users)
-        chunk = max(1, (1 << 21) // max(n_items, 1))  # 8 MB of scores at a time: cache-sized
-        buffer = torch.empty(min(chunk, n) * n_items)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            s = scores(np.arange(start, stop), buffer[: (stop - start) * n_items].view(stop - start, n_items))
-            if kernel.rank_targets(_kernel.ptr(s), stop - start, n_items, _kernel.ptr(targets[start:stop]),
-                                   _kernel.ptr(users[start:stop]), _kernel.ptr(seen.indptr),
-                                   _kernel.ptr(seen.indices), ranks[start:stop].ctypes.data):  # fmt: skip
-                raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
+    ranks = ranks_from_scores(scores, np.arange(len(eval_set)), eval_set.items, layout.n_items, seen.matrix[eval_set.users])
     return rank_metrics(ranks, cutoffs=(_EVAL_CUTOFF,))[f"ndcg@{_EVAL_CUTOFF}"]
 
 
@@ -343,7 +328,7 @@ def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softma
     if eval_set is not None:
 
         def eval_fn() -> tuple[str, float, bool]:
-            return f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen, kernel), True
+            return f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen), True
 
     meta = run_epochs(tr, params, epoch_fn, loss_name=loss, eval_fn=eval_fn, options=options, desc=f"FM ranking ({loss})")
     tr.params = FMParams(**{**params.to_dict(), "predictor_type": "binary_classifier"})
