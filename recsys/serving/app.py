@@ -1,47 +1,39 @@
 """The recommendation service's HTTP face: a FastAPI app over a :class:`ServiceState`.
 
-Endpoints
----------
 ``GET /ping``
     SageMaker's health check: 200 ``{"status": "ok"}`` while a model is loaded.
 ``GET /healthz``
-    The served model's identity: run id, run name (never an absolute path), created time,
-    backend, model, sizes, load time, limits.
+    The served model's identity (run id and name -- never an absolute path --, created time,
+    backend, model, sizes, load time) and the limits.
 ``POST /invocations``
-    SageMaker's built-in FM inference protocol (:mod:`recsys.serving.protocol`), answered
-    by the served FM (``--model``; default the run's ``classifier``).
+    SageMaker's built-in FM inference protocol (:mod:`recsys.serving.protocol`), answered by
+    the served FM (``--model``; default the run's ``classifier``).
 ``GET /recommendations/{customer_id}?k=10&exclude_seen=true``
-    The top-k videos of a customer (the run's recommending model and k-NN index):
     ``{"customer_id", "source", "k", "exclude_seen", "recommendations": [{"rank",
-    "product_id", "product_title", "score"}]}``. ``customer_id`` is the id as the run holds it
-    (an integer when the run's ids are integers). ``source`` is ``model`` for the model's
-    customers, ``fold_in`` for customers the long-tail filter kept out of training (their
-    vector is folded in from what they watched, :mod:`recsys.fold_in`), ``popularity`` for
-    customers the run knows nothing of: the most popular videos, rows with ``"score": null``
-    and ``"popularity"`` (the number of training ratings), because a count is not a model score.
+    "product_id", "product_title", "score"}]}``, ids as the run holds them. ``source`` is
+    ``model`` for the model's customers, ``fold_in`` for customers the long-tail filter kept
+    out of training (folded in from what they watched, :mod:`recsys.fold_in`), ``popularity``
+    for unknown ones: the most popular videos, with ``"score": null`` and ``"popularity"`` (the
+    number of training ratings), because a count is not a model score.
 ``POST /recommendations`` with ``{"recent": [product ids, oldest first], "k": 10}``
-    The same answer (without ``customer_id``) for an anonymous session, folded in from the
-    videos it watched; ids not in the catalogue are listed in ``ignored``.
+    The same for an anonymous session (no ``customer_id``; unknown ids listed in ``ignored``).
 ``GET /similar/{product_id}?k=10``
     The k videos most similar to one (cosine of the item vectors).
 ``POST /reload``
-    Re-read the served run directory fully, then swap it in; requests in flight finish on the
-    model they started with. SIGHUP does the same. ``{"model_dir": NAME}`` loads another run,
-    only when the server was started with a reload root (``reload_root``) and NAME lies
-    below it (403 otherwise); ``{"model": ...}`` switches the ``/invocations`` FM. A failed
+    Load the served run directory again (SIGHUP does the same), or with ``{"model_dir": NAME}``
+    another run below the server's ``reload_root`` (403 otherwise), then swap; requests in
+    flight finish on their model. ``{"model": ...}`` switches the ``/invocations`` FM. A failed
     reload keeps the old model and answers 422 without absolute paths.
 
-Every refused request gets a 4xx and a JSON body ``{"error": CODE, "detail": ...}``: 400
-(malformed JSON or body, bad instances), 403 (a reload path not allowed), 404 (unknown route or
-product), 405, 406 (``Accept``), 408 (the body did not arrive within ``body_timeout``), 413
-(body over ``max_body_bytes`` -- from ``Content-Length`` before the body is read, else as it
-streams in -- or more than ``max_instances`` rows), 415 (``Content-Type``), 422 (bad query
-parameters or ids, a score that overflows, a failed reload). Answers never hold NaN or
-Infinity. An unexpected failure is a 500 whose body names no exception or path (the server
-log has them). Beyond ``max_connections`` uvicorn answers 503, and a connection that does not
-send a request head within ``keep_alive_timeout`` is closed (:mod:`recsys.serving.server`).
-
-Heavy work (decoding, FM scoring, k-NN search) runs in the threadpool, never on the event loop.
+Refusals are 4xx with ``{"error": CODE, "detail": ...}``: 400 (malformed JSON or body), 403
+(a reload path not allowed), 404 (unknown route or product), 405, 406 (``Accept``), 408 (body
+not in within ``body_timeout``), 413 (body over ``max_body_bytes`` -- by ``Content-Length``
+before reading, else as it streams -- or over ``max_instances`` rows), 415 (``Content-Type``),
+422 (bad parameters or ids, an overflowing score, a failed reload). Answers never hold NaN or
+Infinity; a 500 names no exception or path (the log has them). Beyond ``max_connections``
+uvicorn answers 503, and a connection that sends no request head within ``keep_alive_timeout``
+is closed (:mod:`recsys.serving.server`). Heavy work (decoding, scoring, k-NN search) runs in
+the threadpool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -75,8 +67,7 @@ log = logging.getLogger("recsys")
 
 
 def _error(status: int, code: str, detail: Any, *, close: bool = False) -> JSONResponse:
-    """The one error body, ``{"error": code, "detail": ...}`` (Starlette's ``JSONResponse``
-    refuses NaN/Infinity)."""
+    """The one error body (Starlette's ``JSONResponse`` refuses NaN/Infinity)."""
     return JSONResponse({"error": code, "detail": detail}, status, {"Connection": "close"} if close else None)
 
 
@@ -98,9 +89,7 @@ class _BodyLimits:
         try:
             body = await asyncio.wait_for(self._read(receive), self.timeout)
         except asyncio.TimeoutError:
-            return await self._refuse(
-                408, f"the body did not arrive within {self.timeout:g} s", scope, receive, send
-            )
+            return await self._refuse(408, f"the body did not arrive within {self.timeout:g} s", scope, receive, send)
         if body is None:  # the client went away
             return None
         if len(body) > self.max_bytes:
@@ -124,11 +113,11 @@ class _BodyLimits:
                 return b"".join(chunks)
 
     async def _refuse(self, status: int, what: str, scope: dict, receive: Any, send: Any) -> None:
-        code, limit = (
+        code, advice = (
             ("body_too_large", f"at most {self.max_bytes} bytes per request")
             if status == 413 else ("body_timeout", "send the whole body at once")
         )  # fmt: skip
-        await _error(status, code, f"{what}; {limit}", close=True)(scope, receive, send)
+        await _error(status, code, f"{what}; {advice}", close=True)(scope, receive, send)
 
 
 class ReloadRequest(BaseModel):
@@ -160,20 +149,8 @@ def _json_body(request: Request) -> None:
 
 
 def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | None = None) -> FastAPI:
-    """The FastAPI application serving ``state`` (or a run directory, loaded now).
-
-    Parameters
-    ----------
-    state : ServiceState or path
-    config : ServingConfig, optional
-        Limits and the served model (``config.model`` and ``config.reload_root`` apply when a
-        path is given).
-
-    Returns
-    -------
-    fastapi.FastAPI
-        With the state at ``app.state.recsys``.
-    """
+    """The FastAPI application serving ``state`` (or a run directory, loaded now with
+    ``config.model`` and ``config.reload_root``), with the state at ``app.state.recsys``."""
     from recsys import __version__
 
     config = (config or ServingConfig()).validate()
@@ -187,15 +164,13 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
     app.state.config = config
     app.add_middleware(_BodyLimits, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
 
-    # ---- errors: always {"error": ..., "detail": ...} ------------------------------------
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> Response:
         return _error(exc.status_code, exc.error, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in detail):
             return _error(400, "invalid_json", detail)
         if any(e["loc"][:1] == ["body"] for e in detail):
@@ -217,7 +192,6 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
         log.exception("unexpected error answering %s %s", request.method, request.url.path)
         return _error(500, "internal_error", "the server failed to answer; its log has the details")
 
-    # ---- health --------------------------------------------------------------------------
     @app.get("/ping")
     def ping() -> Response:
         return JSONResponse({"status": "ok"})
@@ -229,7 +203,6 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
             "last_reload_error": state.last_reload_error, "limits": config.limits(),
         })  # fmt: skip
 
-    # ---- FM inference --------------------------------------------------------------------
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
         served = state.current
@@ -240,7 +213,6 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
         out = await run_in_threadpool(served.invocations, body, content_type, accept, config.max_instances)
         return Response(out, media_type=accept)
 
-    # ---- recommendations -----------------------------------------------------------------
     k_query = Query(10, ge=1, le=config.max_k, description=f"how many (1..{config.max_k})")
 
     @app.get("/recommendations/{customer_id}")
@@ -257,7 +229,6 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
     def similar(product_id: str, k: int = k_query) -> Response:
         return JSONResponse(state.current.similar(product_id, k))
 
-    # ---- reload --------------------------------------------------------------------------
     @app.post("/reload", dependencies=[Depends(_json_body)])
     async def reload(payload: ReloadRequest | None = None) -> Response:
         payload = payload or ReloadRequest()

@@ -7,20 +7,17 @@ of instances) or an already-encoded body (``bytes``/``str``), and returns the de
 JSON, ``{"predictions": [{"score": ..., "predicted_label": ...}, ...]}``, as the SDK's
 ``JSONDeserializer`` does (JSON-lines answers are gathered into the same shape).
 
-* :class:`RecsysPredictor` talks to the recsys service (``recsys serve``) over HTTP and also
-  has :meth:`~RecsysPredictor.recommendations`, :meth:`~RecsysPredictor.similar`,
-  :meth:`~RecsysPredictor.health` and :meth:`~RecsysPredictor.reload`;
+* :class:`RecsysPredictor` talks to the recsys service (``recsys serve``) over HTTP, with its
+  other endpoints as methods;
 * :class:`SageMakerPredictor` calls a real SageMaker endpoint through a ``sagemaker-runtime``
   client (boto3's, or the one of a ``sagemaker.predictor.Predictor`` it wraps).
 
-Both raise :class:`PredictorError` (a :class:`~recsys.errors.BackendError`) when the service
-refuses a request, with its status code and the service's ``error`` / ``detail``.
+Both raise :class:`PredictorError` when the service refuses a request.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -35,41 +32,26 @@ from .protocol import JSON, JSONLINES
 
 __all__ = ["PredictorError", "RecsysPredictor", "SageMakerPredictor"]
 
-log = logging.getLogger("recsys")
-
 #: What :class:`SageMakerPredictor` sends at most per request (SageMaker refuses over 6 MB).
 SAGEMAKER_PAYLOAD_BYTES = 5 * 1024 * 1024
 
 
 class PredictorError(BackendError):
-    """A prediction service refused or failed a request.
-
-    Attributes
-    ----------
-    status_code : int or None
-        The HTTP status.
-    error : str or None
-        The service's error code (``"shape_mismatch"``, ``"ValidationError"``, ...).
-    detail : Any
-        The service's explanation.
-    """
+    """A prediction service refused or failed a request: its HTTP ``status_code``, its ``error``
+    code (``"shape_mismatch"``, ``"ValidationError"``, ...) and ``detail`` (None when unknown)."""
 
     def __init__(self, message: str, *, status_code: int | None = None, error: str | None = None, detail: Any = None):
         super().__init__(message)
-        self.status_code = status_code
-        self.error = error
-        self.detail = detail
+        self.status_code, self.error, self.detail = status_code, error, detail
 
 
 class _FMPredictor:
     """The shared ``predict``: encode, send each body with :meth:`_invoke`, decode."""
 
     def __init__(self, *, content_type: str, accept: str, format: str, max_payload_bytes: int, where: str):
-        if format not in protocol.PAYLOAD_FORMATS:
-            raise DataError(f"format must be one of {', '.join(protocol.PAYLOAD_FORMATS)}, got {format!r}")
+        self.format = protocol.check_format(format)
         self.content_type = protocol.response_media_type(content_type, strict=True)
         self.accept = protocol.response_media_type(accept, strict=True)
-        self.format = format
         self.max_payload_bytes = int(max_payload_bytes)
         self._where = where
 
@@ -78,11 +60,9 @@ class _FMPredictor:
         raise NotImplementedError
 
     def _bodies(self, data: Any, content_type: str) -> Iterator[tuple[int | None, bytes]]:
-        if isinstance(data, (bytes, bytearray)):
-            yield None, bytes(data)
-            return
-        if isinstance(data, str):
-            yield None, data.encode("utf-8")
+        """``(number of rows or None when unknown, body)`` of each request ``data`` needs."""
+        if isinstance(data, (bytes, bytearray, str)):
+            yield None, data.encode("utf-8") if isinstance(data, str) else bytes(data)
             return
         instances = None
         if isinstance(data, dict):
@@ -93,15 +73,13 @@ class _FMPredictor:
             instances = data
         if instances is not None:
             if content_type == JSONLINES:
-                body = "".join(json.dumps(inst) + "\n" for inst in instances)
+                yield len(instances), "".join(json.dumps(inst) + "\n" for inst in instances).encode("utf-8")
             else:
-                body = json.dumps({"instances": instances})
-            yield len(instances), body.encode("utf-8")
+                yield len(instances), json.dumps({"instances": instances}).encode("utf-8")
             return
-        if not sp.issparse(data):
-            data = np.asarray(data)
+        X = data if sp.issparse(data) else np.asarray(data)
         for start, stop, body in protocol.batch_payloads(
-            data, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
+            X, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
         ):
             yield stop - start, body
 
@@ -135,9 +113,7 @@ class _FMPredictor:
         predictions: list[dict[str, Any]] = []
         for n, body in self._bodies(data, content_type):
             raw, response_type = self._invoke(body, content_type, accept)
-            predictions.extend(
-                protocol.parse_predictions(raw, n, where=self._where, content_type=response_type or accept)
-            )
+            predictions += protocol.parse_predictions(raw, n, where=self._where, content_type=response_type or accept)
         return {"predictions": predictions}
 
     def predict_arrays(self, data: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -190,7 +166,6 @@ class RecsysPredictor(_FMPredictor):
         self._http = client if client is not None else httpx.Client(timeout=timeout)
         self._timeout = timeout
 
-    # ---- transport -----------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
@@ -217,15 +192,10 @@ class RecsysPredictor(_FMPredictor):
                                  headers={"Content-Type": content_type, "Accept": accept})  # fmt: skip
         return response.content, response.headers.get("content-type")
 
-    # ---- the service's other endpoints ---------------------------------------------------
     def recommendations(self, customer_id: Any, k: int = 10, *, exclude_seen: bool = True) -> dict[str, Any]:
-        """``GET /recommendations/{customer_id}``: ``{"customer_id", "source", "k",
-        "exclude_seen", "recommendations": [{"rank", "product_id", "product_title", "score"}]}``
-        (``source``: model, fold_in or popularity; popularity rows: ``"score": None`` and
-        ``"popularity"``)."""
-        path = f"/recommendations/{quote(str(customer_id), safe='')}"
+        """``GET /recommendations/{customer_id}`` (see :mod:`recsys.serving.app`)."""
         params = {"k": k, "exclude_seen": "true" if exclude_seen else "false"}
-        return self._request("GET", path, params=params).json()
+        return self._request("GET", f"/recommendations/{quote(str(customer_id), safe='')}", params=params).json()
 
     def recommendations_for_recent(self, recent: list[Any], k: int = 10, *, exclude_seen: bool = True) -> dict[str, Any]:
         """``POST /recommendations``: an anonymous session's top ``k`` from the videos it
@@ -275,19 +245,11 @@ class SageMakerPredictor(_FMPredictor):
     Give one of ``predictor`` (a ``sagemaker.predictor.Predictor``: its endpoint name and its
     session's runtime client are used; its own serializer is bypassed), ``runtime_client`` (a
     boto3 ``sagemaker-runtime`` client) with ``endpoint_name``, or only ``endpoint_name`` (a
-    boto3 client is created from the default AWS configuration).
-
-    Parameters
-    ----------
-    endpoint_name : str, optional
-    predictor : sagemaker.predictor.Predictor, optional
-    runtime_client : botocore client, optional
-    content_type, accept, format, max_payload_bytes
-        As for :class:`RecsysPredictor` (default limit 5 MB, under SageMaker's 6 MB). SageMaker's
-        built-in FM reads ``application/json`` requests (keep the default ``content_type``) and
-        answers ``application/json`` or ``application/jsonlines``.
-    region_name : str, optional
-        For the boto3 client created here.
+    boto3 client is created from the default AWS configuration, in ``region_name``).
+    ``content_type``, ``accept``, ``format`` and ``max_payload_bytes`` are as for
+    :class:`RecsysPredictor` (default limit 5 MB, under SageMaker's 6 MB). SageMaker's built-in
+    FM reads ``application/json`` requests (keep the default ``content_type``) and answers
+    ``application/json`` or ``application/jsonlines``.
     """
 
     def __init__(
@@ -328,11 +290,10 @@ class SageMakerPredictor(_FMPredictor):
             if not type(exc).__module__.startswith("botocore"):
                 raise
             info = getattr(exc, "response", None) or {}
-            status = info.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = info.get("Error", {}).get("Code")
             raise PredictorError(
                 f"invoking SageMaker endpoint {self.endpoint_name} failed: {exc}",
-                status_code=status, error=code, detail=str(exc),
+                status_code=info.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+                error=info.get("Error", {}).get("Code"), detail=str(exc),
             ) from exc  # fmt: skip
         return raw, response.get("ContentType")
 

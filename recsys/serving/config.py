@@ -1,8 +1,5 @@
-"""The service's options: what it serves, its limits, where ``/reload`` may look.
-
-One frozen dataclass, validated once: a bad option is a :class:`~recsys.errors.ConfigError`,
-which ``recsys serve`` prints as a one-line error.
-"""
+"""The service's options: what it serves, its limits, where ``/reload`` may look. A bad option
+is a :class:`~recsys.errors.ConfigError`, which ``recsys serve`` prints as a one-line error."""
 
 from __future__ import annotations
 
@@ -32,29 +29,19 @@ def check_model(model: Any) -> str:
 class ServingConfig:
     """Limits and choices of the service.
 
-    Parameters
-    ----------
-    model : {"regressor", "classifier", "ranking"}
-        The FM ``/invocations`` serves.
-    max_body_bytes : int
-        Largest request body (default 6 MB, SageMaker's limit); larger ones get 413.
-    max_instances : int
-        Most rows in one ``/invocations`` request.
-    max_k : int
-        Largest ``k`` of ``/recommendations`` and ``/similar``.
-    body_timeout : float
-        Seconds a client has to send a whole request body once its headers are in; a slower or
-        half-sent body gets 408 and the connection is closed (default 10).
-    max_connections : int
-        Open connections plus requests in progress beyond which new requests get 503
-        (uvicorn's ``limit_concurrency``).
-    keep_alive_timeout : float
-        Seconds a connection may stay idle, or spend sending a request head, before it is
-        closed (uvicorn's ``timeout_keep_alive``; default 5).
-    reload_root : path, optional
-        The folder under which ``POST /reload`` may load a run named by the client
-        (``{"model_dir": "name/below/root"}``). Without it the client cannot name a path: a
-        reload re-reads the served directory. Never shown in an answer.
+    * ``model``: the FM ``/invocations`` serves (regressor, classifier or ranking);
+    * ``max_body_bytes``: largest request body (default 6 MB, SageMaker's limit), else 413;
+    * ``max_instances``: most rows in one ``/invocations`` request;
+    * ``max_k``: largest ``k`` of ``/recommendations`` and ``/similar``;
+    * ``body_timeout``: seconds a client has to send a whole body once its headers are in; a
+      slower or half-sent body gets 408 and the connection is closed;
+    * ``max_connections``: open connections plus requests in progress beyond which new requests
+      get 503 (uvicorn's ``limit_concurrency``);
+    * ``keep_alive_timeout``: seconds a connection may stay idle, or spend sending a request
+      head, before it is closed (uvicorn's ``timeout_keep_alive``);
+    * ``reload_root``: the folder under which ``POST /reload`` may load a run named by the
+      client (``{"model_dir": "name/below/root"}``); without it a reload re-reads the served
+      directory. Never shown in an answer.
     """
 
     model: str = DEFAULT_MODEL

@@ -1,29 +1,24 @@
-"""The FM inference protocol of SageMaker's built-in factorization machines, in one place.
+"""The FM inference protocol of SageMaker's built-in factorization machines, in one place:
+the client side (encoding requests, decoding answers; :mod:`recsys.serving.client`,
+:class:`backends.sagemaker.endpoint.FMEndpoint`) and the service's strict decoding of requests
+and encoding of answers (:mod:`recsys.serving.app`). No web framework is imported.
 
-Both sides live here: the encoding a client sends and the decoding of the answer
-(:class:`backends.sagemaker.endpoint.FMEndpoint`, :mod:`recsys.serving.client`), and the
-strict decoding of requests and encoding of answers the recsys service does
-(:mod:`recsys.serving.app`). No web framework is imported.
-
-Requests (``Content-Type``), one object per row:
-
-* ``application/json``: ``{"instances": [INSTANCE, ...]}``;
-* ``application/jsonlines``: one ``INSTANCE`` per line.
-
-An ``INSTANCE`` is dense, ``{"features": [x_0, ..., x_{d-1}]}``, or sparse,
+Requests (``Content-Type``), one object per row: ``application/json``
+``{"instances": [INSTANCE, ...]}`` or ``application/jsonlines``, one ``INSTANCE`` per line. An
+``INSTANCE`` is dense, ``{"features": [x_0, ..., x_{d-1}]}``, or sparse,
 ``{"data": {"features": {"keys": [...], "shape": [d], "values": [...]}}}`` (without ``keys``
 the ``values`` are a dense row).
 
 Responses (``Accept``): ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, or one
 ``{"score": s, "predicted_label": l}`` per line for ``application/jsonlines``;
-``predicted_label`` (a float, 1.0 or 0.0) only for a ``binary_classifier``.
+``predicted_label`` (1.0 or 0.0) only for a ``binary_classifier``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,22 +27,11 @@ import scipy.sparse as sp
 from recsys.errors import BackendError, DataError
 
 __all__ = [
-    "JSON",
-    "JSONLINES",
-    "PAYLOAD_FORMATS",
-    "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_MAX_INSTANCES",
-    "RequestError",
-    "as_matrix",
-    "encode_rows",
-    "batch_payloads",
-    "parse_predictions",
-    "predictions_to_arrays",
-    "request_media_type",
-    "response_media_type",
-    "decode_request",
+    "JSON", "JSONLINES", "PAYLOAD_FORMATS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_INSTANCES",
+    "RequestError", "as_matrix", "encode_rows", "batch_payloads", "parse_predictions",
+    "predictions_to_arrays", "request_media_type", "response_media_type", "decode_request",
     "encode_predictions",
-]
+]  # fmt: skip
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -62,19 +46,16 @@ _FRAMES = {JSON: (b'{"instances": [', b"]}", b", "), JSONLINES: (b"", b"\n", b"\
 _NUMBER_TYPES = frozenset((int, float))
 
 
-# ================================================================================================
-# client side: matrices -> request bodies, response bodies -> predictions
-# ================================================================================================
-def as_matrix(X: Any, feature_dim: int | None = None) -> np.ndarray | sp.csr_matrix:
-    """``X`` as a float32 CSR matrix or C-contiguous 2-D array (a 1-D array is one row),
-    checked by scikit-learn's ``check_array`` to be numeric and finite (JSON cannot carry NaN or
-    infinity) and, when given, ``feature_dim`` wide.
+# ---- client side: matrices -> request bodies, response bodies -> predictions -------------------
+def check_format(format: str) -> str:
+    if format not in PAYLOAD_FORMATS:
+        raise DataError(f"format must be one of {', '.join(PAYLOAD_FORMATS)}, got {format!r}")
+    return format
 
-    Raises
-    ------
-    DataError
-        ``X`` is not a finite 2-D numeric matrix, or has the wrong width.
-    """
+
+def as_matrix(X: Any, feature_dim: int | None = None) -> np.ndarray | sp.csr_matrix:
+    """``X`` as a float32 CSR matrix or C-contiguous 2-D array (a 1-D array is one row), finite
+    (JSON cannot carry NaN or infinity) and, when given, ``feature_dim`` wide; else DataError."""
     from sklearn.utils import check_array
 
     if not sp.issparse(X) and np.ndim(X) == 1:
@@ -91,28 +72,15 @@ def as_matrix(X: Any, feature_dim: int | None = None) -> np.ndarray | sp.csr_mat
 
 
 def encode_rows(X: Any, *, format: str = "auto") -> Iterator[bytes]:
-    """The JSON object of each row of ``X`` (UTF-8), as SageMaker's FM expects it.
-
-    Parameters
-    ----------
-    X : CSR matrix or 2-D array
-    format : {"auto", "dense", "sparse"}
-        ``"auto"``: sparse for a scipy sparse matrix, dense for an array.
-    """
-    if format not in PAYLOAD_FORMATS:
-        raise DataError(f"format must be one of {', '.join(PAYLOAD_FORMATS)}, got {format!r}")
-    X = as_matrix(X, None)
-    sparse = sp.issparse(X) if format == "auto" else format == "sparse"
+    """The JSON object (UTF-8) of each row of ``X`` as SageMaker's FM expects it; ``format``
+    ``"auto"`` writes sparse rows for a scipy sparse matrix, dense rows for an array."""
+    check_format(format)
+    X = as_matrix(X)
     n, d = X.shape
-    if sparse:
+    if sp.issparse(X) if format == "auto" else format == "sparse":
         csr = X if sp.issparse(X) else sp.csr_matrix(X)
-        for i in range(n):
-            lo, hi = csr.indptr[i], csr.indptr[i + 1]
-            row = {
-                "keys": csr.indices[lo:hi].tolist(),
-                "shape": [d],
-                "values": csr.data[lo:hi].tolist(),
-            }
+        for lo, hi in zip(csr.indptr[:-1], csr.indptr[1:], strict=True):
+            row = {"keys": csr.indices[lo:hi].tolist(), "shape": [d], "values": csr.data[lo:hi].tolist()}
             yield json.dumps({"data": {"features": row}}).encode("utf-8")
     else:
         for i in range(n):
@@ -123,29 +91,11 @@ def encode_rows(X: Any, *, format: str = "auto") -> Iterator[bytes]:
 def batch_payloads(
     X: Any, *, max_bytes: int, format: str = "auto", content_type: str = JSON
 ) -> Iterator[tuple[int, int, bytes]]:
-    """Cut ``X`` into request bodies of at most ``max_bytes`` bytes each.
+    """``(start, stop, body)``: rows ``start:stop`` of ``X`` (see :func:`encode_rows`) in
+    request bodies of at most ``max_bytes`` bytes (SageMaker refuses bodies over 6 MB),
+    ``{"instances": [...]}`` (the text ``json.dumps`` gives) or one instance per line.
 
-    Parameters
-    ----------
-    X : CSR matrix or 2-D array
-    max_bytes : int
-        Largest body (SageMaker rejects bodies over 6 MB).
-    format : {"auto", "dense", "sparse"}
-        See :func:`encode_rows`.
-    content_type : {"application/json", "application/jsonlines"}
-        JSON bodies are ``{"instances": [...]}`` (the same text ``json.dumps`` gives);
-        JSON-lines bodies one instance per line.
-
-    Yields
-    ------
-    (start, stop, body)
-        Rows ``start:stop`` encoded as one request body.
-
-    Raises
-    ------
-    DataError
-        A single row does not fit in ``max_bytes`` (for wide one-hot data use the sparse
-        format), or ``X`` is unusable (see :func:`as_matrix`).
+    Raises DataError when one row alone does not fit (for wide one-hot data send sparse rows).
     """
     head, tail, sep = _FRAMES[response_media_type(content_type, strict=True)]
     frame = len(head) + len(tail)
@@ -172,26 +122,11 @@ def batch_payloads(
 def parse_predictions(
     body: bytes | str, n_rows: int | None, *, where: str = "endpoint", content_type: str = JSON
 ) -> list[dict[str, Any]]:
-    """The predictions of an FM response, checked to hold ``n_rows`` objects (any number when
-    None) with a numeric ``score``.
-
-    Parameters
-    ----------
-    body : bytes or str
-        ``{"predictions": [...]}`` (``application/json``) or one prediction per line
-        (``application/jsonlines``).
-    n_rows : int or None
-    where : str
-        Names the source in error messages.
-    content_type : str
-        The response's ``Content-Type``.
-
-    Raises
-    ------
-    BackendError
-        The body is not what an FM endpoint answers.
-    """
+    """The predictions of an FM answer (``{"predictions": [...]}``, or one per line for a JSON
+    lines ``content_type``), checked to be ``n_rows`` (any number when None) objects with a
+    numeric ``score``; else a BackendError naming ``where``."""
     jsonlines = _base_media_type(content_type) in JSONLINES_TYPES
+    payload = None
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
         if jsonlines:
@@ -200,10 +135,9 @@ def parse_predictions(
             payload = json.loads(text)
             preds = payload.get("predictions") if isinstance(payload, dict) else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        snippet = body[:200] if isinstance(body, (bytes, bytearray, str)) else body
         raise BackendError(
             f"{where} returned a body that is not {'JSON lines' if jsonlines else 'JSON'} ({exc}); "
-            f"it starts with {snippet!r}"
+            f"it starts with {body[:200]!r}"
         ) from exc
     if not isinstance(preds, list):
         keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
@@ -217,44 +151,25 @@ def parse_predictions(
     return preds
 
 
-def predictions_to_arrays(
-    predictions: list[dict[str, Any]],
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(scores, predicted_labels)`` as float64 arrays from a ``predictions`` list.
-
-    ``predicted_labels`` is ``None`` when no prediction carries one (a regressor's response).
-    """
+def predictions_to_arrays(predictions: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(scores, predicted_labels)`` as float64 arrays; labels None when no prediction has one."""
     scores = np.array([float(p["score"]) for p in predictions], dtype=np.float64)
     have = ["predicted_label" in p for p in predictions]
-    if not predictions or not any(have):
+    if not any(have):
         return scores, None
     if not all(have):
         raise BackendError("some predictions have a 'predicted_label' and others do not")
-    labels = np.array([float(p["predicted_label"]) for p in predictions], dtype=np.float64)
-    return scores, labels
+    return scores, np.array([float(p["predicted_label"]) for p in predictions], dtype=np.float64)
 
 
-# ================================================================================================
-# server side: request bodies -> a CSR matrix, predictions -> response bodies
-# ================================================================================================
+# ---- server side: request bodies -> a CSR matrix, predictions -> response bodies ----------------
 class RequestError(DataError):
-    """A request the service refuses, with the HTTP status and a short error code.
-
-    Attributes
-    ----------
-    status_code : int
-        A 4xx status.
-    error : str
-        Machine-readable code (``"invalid_json"``, ``"unsupported_media_type"``, ...).
-    detail : Any
-        What was wrong, for people (JSON-serializable).
-    """
+    """A request the service refuses: a 4xx ``status_code``, a machine-readable ``error`` code
+    (``"invalid_json"``, ...) and a JSON-serializable ``detail`` for people."""
 
     def __init__(self, status_code: int, error: str, detail: Any):
         super().__init__(f"{error}: {detail}")
-        self.status_code = status_code
-        self.error = error
-        self.detail = detail
+        self.status_code, self.error, self.detail = status_code, error, detail
 
     def to_json(self) -> dict[str, Any]:
         return {"error": self.error, "detail": self.detail}
@@ -265,18 +180,10 @@ def _base_media_type(value: str | None) -> str:
 
 
 def request_media_type(content_type: str | None) -> str:
-    """:data:`JSON` or :data:`JSONLINES` for a request's ``Content-Type``.
-
-    Raises
-    ------
-    RequestError
-        415 for anything else (also when the header is missing).
-    """
+    """:data:`JSON` or :data:`JSONLINES` for a request's ``Content-Type``; 415 otherwise."""
     base = _base_media_type(content_type)
-    if base == JSON:
-        return JSON
-    if base in JSONLINES_TYPES:
-        return JSONLINES
+    if base in (JSON, *JSONLINES_TYPES):
+        return JSON if base == JSON else JSONLINES
     raise RequestError(
         415, "unsupported_media_type",
         f"Content-Type must be {JSON} or {JSONLINES}, got {content_type or 'none'!r}",
@@ -284,14 +191,9 @@ def request_media_type(content_type: str | None) -> str:
 
 
 def response_media_type(accept: str | None, *, strict: bool = False) -> str:
-    """The response type for an ``Accept`` header: the first acceptable of its entries
-    (q=0 entries skipped); :data:`JSON` when missing, empty or a wildcard.
-
-    Raises
-    ------
-    RequestError
-        406 when no entry is JSON or JSON lines (``strict``: DataError instead, for callers).
-    """
+    """The response type for an ``Accept`` header: its first acceptable entry (q=0 skipped);
+    :data:`JSON` when missing, empty or a wildcard. 406 when none is JSON or JSON lines
+    (``strict``: a DataError instead, for callers checking their own argument)."""
     if not accept or not accept.strip():
         return JSON
     for entry in accept.split(","):
@@ -299,7 +201,7 @@ def response_media_type(accept: str | None, *, strict: bool = False) -> str:
         base = base.lower()
         if any(_q_is_zero(p) for p in params):
             continue
-        if base == JSON or base in ("*/*", "application/*"):
+        if base in (JSON, "*/*", "application/*"):
             return JSON
         if base in JSONLINES_TYPES:
             return JSONLINES
@@ -310,10 +212,8 @@ def response_media_type(accept: str | None, *, strict: bool = False) -> str:
 
 def _q_is_zero(param: str) -> bool:
     name, _, value = param.partition("=")
-    if name.strip().lower() != "q":
-        return False
     try:
-        return float(value) == 0.0
+        return name.strip().lower() == "q" and float(value) == 0.0
     except ValueError:
         return False
 
@@ -341,6 +241,11 @@ def _snippet(value: Any, n: int) -> str:
         return _json_type(value)
 
 
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", str: "string", type(None): "null", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _numbers(values: Any, where: str) -> np.ndarray:
     """A JSON list of numbers as float64; booleans, strings, null, nested lists and
     non-finite values are refused."""
@@ -361,25 +266,20 @@ def _numbers(values: Any, where: str) -> np.ndarray:
     return arr
 
 
-def _json_type(value: Any) -> str:
-    return {bool: "boolean", str: "string", type(None): "null", list: "array", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _dense(values: np.ndarray, where: str, feature_dim: int) -> np.ndarray:
+def _dense(values: np.ndarray, where: str, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
     if len(values) != feature_dim:
         raise RequestError(
             400, "shape_mismatch", f"{where} has {len(values)} values but the model's feature_dim is {feature_dim}"
         )
-    return values
+    keys = np.flatnonzero(values)
+    return keys, values[keys]
 
 
-def _instance(inst: Any, i: int, feature_dim: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """``(keys or None for a dense row, values)`` of instance ``i``."""
+def _instance(inst: Any, i: int, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys, values)`` of instance ``i``."""
     where = f"instances[{i}]"
     if isinstance(inst, dict) and "features" in inst:
-        return None, _dense(_numbers(inst["features"], f"{where}.features"), f"{where}.features", feature_dim)
+        return _dense(_numbers(inst["features"], f"{where}.features"), f"{where}.features", feature_dim)
     data = inst.get("data") if isinstance(inst, dict) else None
     feats = data.get("features") if isinstance(data, dict) else None
     if not isinstance(feats, dict):
@@ -393,42 +293,34 @@ def _instance(inst: Any, i: int, feature_dim: int) -> tuple[np.ndarray | None, n
     if not (isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int):
         raise RequestError(400, "invalid_instance", f"{where}.shape must be [{feature_dim}], got {_snippet(shape, 50)}")
     if shape[0] != feature_dim:
-        raise RequestError(
-            400, "shape_mismatch", f"{where}.shape is {shape} but the model's feature_dim is {feature_dim}"
-        )
+        raise RequestError(400, "shape_mismatch", f"{where}.shape is {shape} but the model's feature_dim is {feature_dim}")
     if "values" not in feats:
         raise RequestError(400, "invalid_instance", f"{where} has no 'values'")
     values = _numbers(feats["values"], f"{where}.values")
     if "keys" not in feats:
-        return None, _dense(values, f"{where}.values (no keys)", feature_dim)
+        return _dense(values, f"{where}.values (no keys)", feature_dim)
     keys = feats["keys"]
     if not isinstance(keys, list) or not set(map(type, keys)) <= {int}:
         raise RequestError(400, "invalid_instance", f"{where}.keys must be a list of integers")
     if len(keys) != len(values):
-        raise RequestError(
-            400, "length_mismatch", f"{where} has {len(keys)} keys but {len(values)} values"
-        )
-    if not keys:
-        return np.zeros(0, dtype=np.int64), values
-    if min(keys) < 0 or max(keys) >= feature_dim:
+        raise RequestError(400, "length_mismatch", f"{where} has {len(keys)} keys but {len(values)} values")
+    if keys and (min(keys) < 0 or max(keys) >= feature_dim):
         bad = next(k for k in keys if not 0 <= k < feature_dim)
-        raise RequestError(
-            400, "key_out_of_range", f"{where}.keys holds {bad}; keys must be in [0, {feature_dim})"
-        )
-    idx = np.array(keys, dtype=np.int64)
-    if len(np.unique(idx)) != len(idx):
+        raise RequestError(400, "key_out_of_range", f"{where}.keys holds {bad}; keys must be in [0, {feature_dim})")
+    if len(set(keys)) != len(keys):
         raise RequestError(400, "duplicate_keys", f"{where}.keys must not repeat a key")
-    return idx, values
+    return np.array(keys, dtype=np.int64), values
+
+
+def _too_many(n: int, limit: int) -> None:
+    raise RequestError(413, "too_many_instances", f"the request has {n} instances; at most {limit} per request")
 
 
 def decode_request(
-    body: bytes,
-    content_type: str | None,
-    feature_dim: int,
-    *,
-    max_instances: int = DEFAULT_MAX_INSTANCES,
+    body: bytes, content_type: str | None, feature_dim: int, *, max_instances: int = DEFAULT_MAX_INSTANCES
 ) -> sp.csr_matrix:
-    """Strictly decode an FM inference request into a float64 CSR matrix (n, feature_dim).
+    """Strictly decode an FM inference request into a float64 CSR matrix (n, feature_dim)
+    without explicit zeros.
 
     Raises
     ------
@@ -447,57 +339,30 @@ def decode_request(
         instances = payload.get("instances") if isinstance(payload, dict) else None
         if not isinstance(instances, list):
             found = sorted(payload) if isinstance(payload, dict) else _json_type(payload)
-            raise RequestError(
-                400, "invalid_payload", f'expected {{"instances": [...]}}, got {_snippet(found, 100)}'
-            )
+            raise RequestError(400, "invalid_payload", f'expected {{"instances": [...]}}, got {_snippet(found, 100)}')
     else:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        if len(lines) > max_instances:
+        if len(lines) > max_instances:  # before parsing them
             _too_many(len(lines), max_instances)
         instances = [_loads(line, f"line {n}") for n, line in lines]
     if not instances:
         raise RequestError(400, "empty_instances", "the request has no instances; send at least one row")
     if len(instances) > max_instances:
         _too_many(len(instances), max_instances)
-    rows = [_instance(inst, i, feature_dim) for i, inst in enumerate(instances)]
-    return _rows_to_csr(rows, feature_dim)
-
-
-def _too_many(n: int, limit: int) -> None:
-    raise RequestError(
-        413, "too_many_instances", f"the request has {n} instances; at most {limit} per request"
-    )
-
-
-def _rows_to_csr(rows: Sequence[tuple[np.ndarray | None, np.ndarray]], feature_dim: int) -> sp.csr_matrix:
-    indices, data, counts = [], [], []
-    for keys, values in rows:
-        if keys is None:
-            keys = np.flatnonzero(values)
-            values = values[keys]
-        else:
-            nz = values != 0
-            order = np.argsort(keys[nz], kind="stable")
-            keys, values = keys[nz][order], values[nz][order]
-        indices.append(keys)
-        data.append(values)
-        counts.append(len(keys))
-    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    return sp.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices).astype(np.int64), indptr),
-        shape=(len(rows), feature_dim),
-    )
+    keys, values = zip(*(_instance(inst, i, feature_dim) for i, inst in enumerate(instances)), strict=True)
+    rows = np.repeat(np.arange(len(keys)), [len(k) for k in keys])
+    X = sp.csr_matrix((np.concatenate(values), (rows, np.concatenate(keys))), shape=(len(keys), feature_dim))
+    X.eliminate_zeros()
+    return X
 
 
 def encode_predictions(scores: np.ndarray, labels: np.ndarray | None, media_type: str = JSON) -> bytes:
-    """The response body for ``scores`` (and a classifier's ``labels``) in ``media_type``;
-    a ``ValueError`` for a non-finite score (JSON has no NaN or Infinity)."""
-    s = np.asarray(scores, dtype=np.float64).tolist()
-    if labels is None:
-        preds = [{"score": v} for v in s]
-    else:
-        preds = [{"score": v, "predicted_label": lab} for v, lab in zip(s, np.asarray(labels, dtype=np.float64).tolist(), strict=True)]
+    """The answer for ``scores`` (and a classifier's ``labels``) in ``media_type``; a
+    ``ValueError`` for a non-finite score (JSON has no NaN or Infinity)."""
+    preds = [{"score": s} for s in np.asarray(scores, dtype=np.float64).tolist()]
+    if labels is not None:
+        for p, label in zip(preds, np.asarray(labels, dtype=np.float64).tolist(), strict=True):
+            p["predicted_label"] = label
     if media_type == JSONLINES:
         return "".join(json.dumps(p, allow_nan=False) + "\n" for p in preds).encode("utf-8")
     return json.dumps({"predictions": preds}, allow_nan=False).encode("utf-8")

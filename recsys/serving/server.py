@@ -1,14 +1,7 @@
 """Running the service: ``recsys serve`` (uvicorn, one or more workers) and a background
-server for tests and notebooks.
-
-:func:`serve` checks every option (port range, a resolvable host, a free port, the limits of
-:class:`ServingConfig`) before loading anything and raises :class:`~recsys.errors.ConfigError`
-for a bad one, which ``recsys serve`` prints as a one-line error. A connection must send each
-request head within ``keep_alive_timeout`` (:class:`HeaderDeadlineH11`; idle keep-alive
-connections close then too) and its body within ``body_timeout`` (the app's middleware), and
-requests beyond ``max_connections`` get 503.
-:func:`limit_threads` keeps BLAS/OpenMP/FAISS/torch to one thread per request so that
-concurrent requests do not oversubscribe the cores.
+server for tests and notebooks. A connection must send each request head within
+``keep_alive_timeout`` (:class:`HeaderDeadlineH11`) and its body within ``body_timeout`` (the
+app's middleware); requests beyond ``max_connections`` get 503.
 """
 
 from __future__ import annotations
@@ -28,7 +21,7 @@ from recsys.errors import BackendError, ConfigError, require
 
 from .config import ServingConfig
 
-require("uvicorn", "serve")
+uvicorn = require("uvicorn", "serve")
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 __all__ = ["serve", "app_from_env", "limit_threads", "BackgroundServer"]
@@ -40,11 +33,9 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def limit_threads(n: int = 1) -> None:
-    """Run BLAS, OpenMP, FAISS and torch with ``n`` threads in this process.
-
-    The service gets its parallelism from concurrent requests; a library that also fans out
-    every small search over all cores only adds contention (2 cores here).
-    """
+    """Run BLAS, OpenMP, FAISS and torch with ``n`` threads in this process: the service gets
+    its parallelism from concurrent requests; a library that also fans out every small search
+    over all cores only adds contention."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
     try:
@@ -132,36 +123,16 @@ def serve(
     log_level: str = "info",
     **options: Any,
 ) -> None:
-    """Serve ``run_dir`` with uvicorn until interrupted (``recsys serve``).
+    """Serve ``run_dir`` (the output directory of ``recsys run``) with uvicorn until
+    interrupted (``recsys serve``); ``options`` are fields of :class:`ServingConfig` (None: the
+    default), ``port`` 0 picks any free port.
 
-    Options are checked and the model is loaded before the port is bound, so a bad option or
-    directory fails at once. With one worker, SIGHUP reloads the directory in place (load, then
-    swap). With ``workers > 1`` uvicorn's supervisor handles SIGHUP by restarting the workers
-    one by one, and ``POST /reload`` reloads only the worker that answers it.
-
-    Parameters
-    ----------
-    run_dir : path
-        Output directory of ``recsys run``.
-    host : str
-        Interface to bind; the default 127.0.0.1 accepts connections from this machine only.
-    port : int
-        0..65535 (0: any free port).
-    workers : int
-        uvicorn worker processes.
-    log_level : str
-        uvicorn's log level (``"info"`` logs every request).
-    **options
-        Fields of :class:`ServingConfig` (``model``, ``max_body_bytes``, ``max_instances``,
-        ``max_k``, ``body_timeout``, ``max_connections``, ``keep_alive_timeout``,
-        ``reload_root``); None means the default.
-
-    Raises
-    ------
-    ConfigError
-        A bad option (the message names it and the allowed values).
+    Every option (port range, a resolvable host, a free port, the config's limits) is checked
+    and the model is loaded before the port is bound, so a bad option (a ConfigError naming it)
+    or directory fails at once. With one worker, SIGHUP reloads the directory in place (load,
+    then swap). With ``workers > 1`` uvicorn's supervisor handles SIGHUP by restarting the
+    workers one by one, and ``POST /reload`` reloads only the worker that answers it.
     """
-    uvicorn = require("uvicorn", "serve")
     from .app import create_app
     from .state import ServiceState
 
@@ -190,9 +161,6 @@ def serve(
 
 
 def _uvicorn_config(app: Any, config: ServingConfig, host: str, port: int, log_level: str, **extra: Any) -> Any:
-    """uvicorn's settings: the address, logging (an access log at info and below) and the
-    connection limits of ``config``."""
-    uvicorn = require("uvicorn", "serve")
     level = log_level.lower()
     return uvicorn.Config(
         app, host=host, port=port, log_level=level, access_log=level in ("debug", "trace", "info"),
@@ -220,11 +188,8 @@ def _run_workers(config: Any) -> None:
 
 @dataclass
 class BackgroundServer:
-    """A uvicorn server for ``app`` in a daemon thread of this process (tests, notebooks).
-
-    ``port=0`` picks a free port; :attr:`url` is known once :meth:`start` returns. Use it as a
-    context manager.
-    """
+    """A uvicorn server for ``app`` in a daemon thread of this process (tests, notebooks), used
+    as a context manager; ``port=0`` picks a free port (:attr:`url` is known once started)."""
 
     app: Any
     host: str = "127.0.0.1"
@@ -238,7 +203,6 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> BackgroundServer:
-        uvicorn = require("uvicorn", "serve")
         config = getattr(getattr(self.app, "state", None), "config", None) or ServingConfig()
         self._server = uvicorn.Server(_uvicorn_config(self.app, config, self.host, self.port, self.log_level))
         self._thread = threading.Thread(target=self._server.run, name="recsys-serve", daemon=True)

@@ -1,14 +1,15 @@
 """The loaded run the service answers from, and how it is replaced.
 
 :class:`ServedRun` is one run directory loaded, checked (finite models) and warmed up, read-only
-afterwards, so request threads share it without locks; it builds the answers described in
+afterwards, so request threads share it without locks; it builds the answers of
 :mod:`recsys.serving.app` and is the service's only caller of the
-:class:`~recsys.recommend.Recommender` (:meth:`ServedRun._top`, :meth:`ServedRun._similar_items`,
-``popular``). :class:`ServiceState` holds the current snapshot and swaps in a new one on reload.
+:class:`~recsys.recommend.Recommender`. :class:`ServiceState` holds the current snapshot and
+swaps in a new one on reload.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -33,23 +34,14 @@ __all__ = ["ServedRun", "ServiceState", "predict_rows"]
 log = logging.getLogger("recsys")
 
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
-_INT64 = (-(2**63), 2**63)
 #: An absolute path left in a message (a "/" not preceded by a name character).
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"]")
 
 
 def predict_rows(fm: FittedFM, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray | None]:
     """``(scores, predicted_labels)`` of ``fm`` for the rows of ``X`` (labels only for a
-    classifier): :meth:`FittedFM.predict_score` / :meth:`FittedFM.predict`.
-
-    (:meth:`FittedFM.decision_function` touches only the columns a small request uses.)
-
-    Raises
-    ------
-    RequestError
-        422 ``non_finite_score`` when a row's FM output overflows to infinity or NaN (feature
-        values too large for the model).
-    """
+    classifier); a 422 ``non_finite_score`` RequestError when a row's FM output overflows.
+    (:meth:`FittedFM.decision_function` touches only the columns a small request uses.)"""
     with np.errstate(over="ignore", invalid="ignore"):  # refused below
         raw = fm.decision_function(X)
     bad = np.flatnonzero(~np.isfinite(raw))
@@ -78,48 +70,28 @@ class _Ids:
 
     def position(self, value: Any) -> int:
         """The index of an id given as JSON gives it (-1 when unknown or of another type)."""
-        if self.integer:
-            return self._position.get(value, -1) if isinstance(value, int) and not isinstance(value, bool) else -1
-        return self._position.get(value, -1) if isinstance(value, str) else -1
+        wanted = (int,) if self.integer else (str,)
+        return self._position.get(value, -1) if isinstance(value, wanted) and not isinstance(value, bool) else -1
 
     def find(self, text: str) -> tuple[Any, int]:
-        """``(id, position)``: the id in the run's type and its index (-1 when unknown).
-
-        Raises
-        ------
-        RequestError
-            422 when the run's ids are integers and ``text`` is not one.
-        """
+        """``(id, position)``: the id in the run's type and its index (-1 when unknown); a 422
+        when the run's ids are integers and ``text`` is not a 64-bit one."""
         if not self.integer:
             position = self._position.get(text, -1)
             return (self.values[position] if position >= 0 else text), position
         value = int(text) if _INTEGER.fullmatch(text) else None
-        if value is None or not _INT64[0] <= value < _INT64[1]:
+        if value is None or not -(2**63) <= value < 2**63:
             raise RequestError(
-                422, f"invalid_{self.what}",
-                f"this run's {self.what}s are 64-bit integers; got {text[:60]!r}",
-            )  # fmt: skip
+                422, f"invalid_{self.what}", f"this run's {self.what}s are 64-bit integers; got {text[:60]!r}"
+            )
         return value, self._position.get(value, -1)
 
 
 class ServedRun:
-    """Everything one run directory needs to answer requests, loaded and warmed up.
-
-    Parameters
-    ----------
-    run_dir : path
-        Output directory of ``recsys run``.
-    model : {"regressor", "classifier", "ranking"}
-        The FM for ``/invocations``.
-    name : str, optional
-        How answers name the directory (never an absolute path; default its folder name).
-
-    Raises
-    ------
-    RecsysError
-        The directory is not a readable run, or a model is not finite (``FittedFM.load``
-        refuses NaN / infinite parameters).
-    """
+    """Everything one run directory (``run_dir``) needs to answer requests, loaded and warmed
+    up, with ``model`` the FM for ``/invocations`` and ``name`` how answers name the directory
+    (never an absolute path; default its folder name). A RecsysError when the directory is not a
+    readable run or a model is not finite."""
 
     def __init__(self, run_dir: str | os.PathLike, model: str = DEFAULT_MODEL, *, name: str | None = None):
         from recsys.saved_run import SavedRun
@@ -130,37 +102,27 @@ class ServedRun:
         self.name = name or self.run_dir.name
         self.saved = SavedRun(self.run_dir)
         self.fm = self.saved.model(model)
-        self.recommender = self.saved.recommender()
-        mappings = self.recommender.mappings
-        self.customers = _Ids(mappings.customer_ids, "customer_id")
-        self.products = _Ids(mappings.product_ids, "product_id")
-        histories = self.recommender.histories  # customers outside the model, folded in
-        self.others = _Ids(histories.customer_ids if histories is not None else mappings.customer_ids[:0], "customer_id")
-        self.product_titles = [t if isinstance(t, str) else None for t in mappings.product_titles]
+        self.recommender = rec = self.saved.recommender()
+        self.customers = _Ids(rec.mappings.customer_ids, "customer_id")
+        self.products = _Ids(rec.mappings.product_ids, "product_id")
+        # customers outside the model, folded in from their histories
+        self.others = _Ids(rec.histories.customer_ids if rec.histories is not None else rec.mappings.customer_ids[:0], "customer_id")
+        self.product_titles = [t if isinstance(t, str) else None for t in rec.mappings.product_titles]
         # warm up (the k-NN index, the similarity index): no request pays for a lazy first use
-        if mappings.n_users:
-            self._top(0, 1, True)
-        if mappings.n_items:
-            self._folded(sp.csr_matrix(([1.0], ([0], [0])), shape=(1, mappings.n_items)), 1, True)
-        if mappings.n_items:
-            self._similar_items(0, 1)
+        if rec.mappings.n_users:
+            rec.recommend(0, 1, exclude_seen=True)
+        if rec.mappings.n_items:
+            self._folded(sp.csr_matrix(([1.0], ([0], [0])), shape=(1, rec.mappings.n_items)), 1, True)
+            rec.similar_items(0, 1)
         predict_rows(self.fm, sp.csr_matrix((1, self.fm.feature_dim)))
         self.loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.load_seconds = round(time.perf_counter() - t0, 3)
-
-    # ---- the Recommender, index level (the service's only calls to it) --------------------
-    def _top(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        return self.recommender.recommend(user, k, exclude_seen=exclude_seen)
-
-    def _similar_items(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.recommender.similar_items(item, k)
 
     def _folded(self, ranks: sp.csr_matrix, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = self.recommender.recommend_history(ranks, k, exclude_seen=exclude_seen)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 
-    # ---- identity ------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         info = self.saved.info
         return {
@@ -171,7 +133,6 @@ class ServedRun:
             "loaded_at": self.loaded_at, "load_seconds": self.load_seconds,
         }  # fmt: skip
 
-    # ---- answers -------------------------------------------------------------------------
     def _items(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         pids, titles = self.products.values, self.product_titles
         return [
@@ -182,56 +143,52 @@ class ServedRun:
     def recommendations(self, customer_id: str, k: int, exclude_seen: bool) -> dict[str, Any]:
         """``/recommendations``: the top ``k`` of a customer -- from the model, folded in from
         what they watched when the model was not trained on them, or the most popular videos
-        (``score`` null, ``popularity`` the number of training ratings) when nothing is known."""
+        when nothing is known."""
         cid, u = self.customers.find(customer_id)
         if u >= 0:
-            try:
-                return self._answer(cid, "model", self._top(u, k, exclude_seen), k, exclude_seen)
-            except BackendError as exc:  # an index built for fewer neighbours than k needs
-                raise RequestError(422, "k_too_large", str(exc)) from None
+            return self._answer(cid, k, exclude_seen, user=u)
         _, row = self.others.find(customer_id)
         ranks = self.recommender.histories.ranks[[row]] if row >= 0 else None  # type: ignore[union-attr]
-        return self._history_answer(cid, ranks, k, exclude_seen)
+        return self._answer(cid, k, exclude_seen, ranks=ranks)
 
     def recommendations_for_recent(self, recent: list[Any], k: int, exclude_seen: bool) -> dict[str, Any]:
         """``POST /recommendations``: an anonymous session's top ``k`` from the videos it just
         watched (oldest first), folded in; ids not in the catalogue are listed in ``ignored``."""
         from recsys.fold_in import histories_matrix
 
-        items, ignored = [], []
-        for pid in recent:
-            i = self.products.position(pid)
-            if i >= 0:
-                items.append(i)
-            else:
-                ignored.append(pid)
+        positions = [self.products.position(pid) for pid in recent]
+        items = [i for i in positions if i >= 0]
         ranks = histories_matrix([items], len(self.products.values)) if items else None
-        answer = self._history_answer(None, ranks, k, exclude_seen)
+        answer = self._answer(None, k, exclude_seen, ranks=ranks)
         del answer["customer_id"]
-        answer["ignored"] = ignored
+        answer["ignored"] = [pid for pid, i in zip(recent, positions, strict=True) if i < 0]
         return answer
 
-    def _history_answer(self, cid: Any, ranks: sp.csr_matrix | None, k: int, exclude_seen: bool) -> dict[str, Any]:
-        if ranks is not None and ranks.nnz:
-            try:
-                return self._answer(cid, "fold_in", self._folded(ranks, k, exclude_seen), k, exclude_seen)
-            except BackendError as exc:
-                raise RequestError(422, "k_too_large", str(exc)) from None
-        answer = self._answer(cid, "popularity", self.recommender.popular(k), k, exclude_seen)
-        for item in answer["recommendations"]:  # a count is not a model score
-            item["score"], item["popularity"] = None, item["score"]
-        return answer
-
-    def _answer(self, cid: Any, source: str, found: tuple[np.ndarray, np.ndarray], k: int, exclude_seen: bool) -> dict[str, Any]:
-        return {"customer_id": cid, "source": source, "k": k, "exclude_seen": exclude_seen,
-                "recommendations": self._items(*found)}  # fmt: skip
+    def _answer(self, cid: Any, k: int, exclude_seen: bool, *, user: int = -1, ranks: sp.csr_matrix | None = None) -> dict[str, Any]:
+        """The top ``k`` of the model's ``user``, else folded in from ``ranks``, else the most
+        popular (``score`` null and ``popularity`` the number of training ratings: a count is
+        not a model score)."""
+        try:
+            if user >= 0:
+                source, (ids, scores) = "model", self.recommender.recommend(user, k, exclude_seen=exclude_seen)
+            elif ranks is not None and ranks.nnz:
+                source, (ids, scores) = "fold_in", self._folded(ranks, k, exclude_seen)
+            else:
+                source, (ids, scores) = "popularity", self.recommender.popular(k)
+        except BackendError as exc:  # an index built for fewer neighbours than k needs
+            raise RequestError(422, "k_too_large", str(exc)) from None
+        items = self._items(ids, scores)
+        if source == "popularity":
+            for item in items:
+                item["score"], item["popularity"] = None, item["score"]
+        return {"customer_id": cid, "source": source, "k": k, "exclude_seen": exclude_seen, "recommendations": items}
 
     def similar(self, product_id: str, k: int) -> dict[str, Any]:
         """``/similar``: the ``k`` videos most similar to one (cosine of the item vectors)."""
         pid, i = self.products.find(product_id)
         if i < 0:
             raise RequestError(404, "unknown_product", f"unknown product_id {product_id[:60]!r}")
-        items = self._items(*self._similar_items(i, k))
+        items = self._items(*self.recommender.similar_items(i, k))
         return {"product_id": pid, "product_title": self.product_titles[i], "k": k, "similar": items}
 
     def invocations(self, body: bytes, content_type: str | None, accept: str, max_instances: int) -> bytes:
@@ -245,8 +202,6 @@ def _freeze_gc() -> None:
     default run) out of the cyclic garbage collector's reach, where a full collection costs
     ~80 ms with the GIL held -- a latency spike for every request in flight. Earlier frozen
     objects are unfrozen and collected first, so a replaced model does not linger."""
-    import gc
-
     gc.unfreeze()
     gc.collect()
     gc.freeze()
@@ -265,21 +220,14 @@ def public_reason(exc: BaseException, run_dir: Path, name: str) -> str:
 
 
 class ServiceState:
-    """The served snapshot and how to replace it.
+    """The served snapshot (:attr:`current`) and how to replace it.
 
     Requests read :attr:`current` once and use that snapshot to the end, so a reload never
     mixes two models in one answer; :meth:`reload` loads the new one completely before the
-    swap (one attribute assignment), and reloads run one at a time. With ``freeze_gc`` (what
-    ``recsys serve`` does) the garbage collector's heap is frozen after each load (see
-    :func:`_freeze_gc`).
-
-    Parameters
-    ----------
-    current : ServedRun
-    reload_root : path, optional
-        The folder below which :meth:`reload` may load a directory named by a client; without
-        it only the served directory can be re-read.
-    freeze_gc : bool
+    swap (one attribute assignment), and reloads run one at a time. ``reload_root`` is the
+    folder below which a client may name a run to load (without it only the served directory
+    can be re-read). With ``freeze_gc`` (what ``recsys serve`` does) the garbage collector's
+    heap is frozen after each load (see :func:`_freeze_gc`).
     """
 
     def __init__(self, current: ServedRun, *, reload_root: str | os.PathLike | None = None, freeze_gc: bool = False):
@@ -320,19 +268,9 @@ class ServiceState:
 
     def reload(self, model_dir: str | None = None, model: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Load ``model_dir`` (a folder below the reload root; default: the served directory,
-        re-read) and swap it in.
-
-        Returns
-        -------
-        (previous, current)
-            The identities (:meth:`ServedRun.identity`) of the replaced and the new model.
-
-        Raises
-        ------
-        RequestError
-            403 for a ``model_dir`` the server may not load; 422 when the directory cannot be
-            loaded (the old model stays).
-        """
+        re-read) and swap it in; return the identities of the replaced and the new model.
+        A 403 RequestError for a ``model_dir`` the server may not load, 422 when the directory
+        cannot be loaded (the old model stays)."""
         with self._lock:
             old = self.current
             path, name = (old.run_dir, old.name) if model_dir is None else self._target(model_dir)
