@@ -48,7 +48,7 @@ from typing import Any, Literal
 from recsys.errors import require
 
 from .config import SERVED_MODELS, ServingConfig
-from .protocol import JSON, RequestError, request_media_type, response_media_type
+from .protocol import JSON, RequestError, base_media_type, request_media_type, response_media_type
 from .state import ServiceState
 
 # FastAPI resolves the endpoints' annotations in this module's namespace: import it here (this
@@ -143,7 +143,7 @@ class RecentRequest(BaseModel):
 def _json_body(request: Request) -> None:
     """A body, when there is one, must be JSON (415)."""
     has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    media = base_media_type(request.headers.get("content-type"))
     if has_body and media != JSON:
         raise RequestError(415, "unsupported_media_type", f"{request.url.path} takes {JSON}, got {media or 'none'!r}")
 

@@ -84,29 +84,11 @@ class _FMPredictor:
             yield stop - start, body
 
     def predict(self, data: Any, initial_args: dict[str, str] | None = None) -> dict[str, Any]:
-        """Score rows; the SageMaker SDK ``Predictor.predict`` shape.
-
-        Parameters
-        ----------
-        data : ndarray, sparse matrix, dict, list of dict, bytes or str
-            Rows of shape (n, feature_dim); or ``{"instances": [...]}`` / its list of
-            instances; or a request body sent as it is.
-        initial_args : dict, optional
-            ``{"ContentType": ..., "Accept": ...}`` for this call (as in the SDK).
-
-        Returns
-        -------
-        dict
-            ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, one per row in order
-            (``predicted_label`` only for a classifier).
-
-        Raises
-        ------
-        DataError
-            ``data`` cannot be encoded (NaN, not 2-D, a row over ``max_payload_bytes``).
-        PredictorError
-            The service refused a request (its ``status_code``, ``error`` and ``detail``).
-        """
+        """``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, one per row of
+        ``data`` in order (``predicted_label`` only for a classifier), as the SageMaker SDK's
+        ``Predictor.predict``; ``initial_args`` may set this call's ``ContentType`` and
+        ``Accept``. A DataError when ``data`` cannot be encoded (NaN, not 2-D, a row over
+        ``max_payload_bytes``), a PredictorError when the service refuses a request."""
         args = initial_args or {}
         content_type = protocol.response_media_type(args.get("ContentType", self.content_type), strict=True)
         accept = protocol.response_media_type(args.get("Accept", self.accept), strict=True)
@@ -122,26 +104,13 @@ class _FMPredictor:
 
 
 class RecsysPredictor(_FMPredictor):
-    """A client of the recsys service (``recsys serve``).
+    """A client of the recsys service at ``endpoint_url`` (e.g. ``"http://127.0.0.1:8080"``),
+    ``timeout`` seconds per request. :meth:`predict` sends ``content_type`` and asks for
+    ``accept`` (JSON or JSON lines), encodes matrices in ``format`` (``"auto"``: sparse rows for
+    a sparse matrix) and splits bigger inputs into bodies of at most ``max_payload_bytes`` (the
+    service's default limit is 6 MB). ``client``: an ``httpx.Client`` to use instead of a new
+    one (its ``base_url`` is ignored).
 
-    Parameters
-    ----------
-    endpoint_url : str
-        The service's base URL, e.g. ``"http://127.0.0.1:8080"``.
-    timeout : float
-        Seconds per request.
-    content_type, accept : {"application/json", "application/jsonlines"}
-        Request and response formats of :meth:`predict`.
-    format : {"auto", "dense", "sparse"}
-        How matrices are encoded (``"auto"``: sparse rows for a sparse matrix).
-    max_payload_bytes : int
-        Largest request body; bigger inputs go in several requests (the service's default
-        limit is 6 MB).
-    client : httpx.Client, optional
-        A client to use instead of a new one (its ``base_url`` is ignored).
-
-    Examples
-    --------
     >>> with RecsysPredictor("http://127.0.0.1:8080") as p:  # doctest: +SKIP
     ...     p.predict(X)["predictions"][0]["score"]
     ...     p.recommendations(272888, k=5)["recommendations"]

@@ -100,7 +100,7 @@ def batch_payloads(
     head, tail, sep = _FRAMES[response_media_type(content_type, strict=True)]
     frame = len(head) + len(tail)
     batch: list[bytes] = []
-    size, start, i = frame, 0, 0
+    size, start = frame, 0
     for i, frag in enumerate(encode_rows(X, format=format)):
         if frame + len(frag) > max_bytes:
             raise DataError(
@@ -108,15 +108,13 @@ def batch_payloads(
                 f"max_payload_bytes={max_bytes}; send sparse rows (format='sparse') or raise "
                 "max_payload_bytes (at most 6 MB)"
             )
-        extra = len(frag) + (len(sep) if batch else 0)
-        if batch and size + extra > max_bytes:
+        if batch and size + len(sep) + len(frag) > max_bytes:
             yield start, i, head + sep.join(batch) + tail
             batch, size, start = [], frame, i
-            extra = len(frag)
+        size += len(frag) + (len(sep) if batch else 0)
         batch.append(frag)
-        size += extra
     if batch:
-        yield start, i + 1, head + sep.join(batch) + tail
+        yield start, start + len(batch), head + sep.join(batch) + tail
 
 
 def parse_predictions(
@@ -125,7 +123,7 @@ def parse_predictions(
     """The predictions of an FM answer (``{"predictions": [...]}``, or one per line for a JSON
     lines ``content_type``), checked to be ``n_rows`` (any number when None) objects with a
     numeric ``score``; else a BackendError naming ``where``."""
-    jsonlines = _base_media_type(content_type) in JSONLINES_TYPES
+    jsonlines = base_media_type(content_type) in JSONLINES_TYPES
     payload = None
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
@@ -171,17 +169,14 @@ class RequestError(DataError):
         super().__init__(f"{error}: {detail}")
         self.status_code, self.error, self.detail = status_code, error, detail
 
-    def to_json(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
 
-
-def _base_media_type(value: str | None) -> str:
+def base_media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
 
 
 def request_media_type(content_type: str | None) -> str:
     """:data:`JSON` or :data:`JSONLINES` for a request's ``Content-Type``; 415 otherwise."""
-    base = _base_media_type(content_type)
+    base = base_media_type(content_type)
     if base in (JSON, *JSONLINES_TYPES):
         return JSON if base == JSON else JSONLINES
     raise RequestError(

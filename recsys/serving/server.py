@@ -38,18 +38,11 @@ def limit_threads(n: int = 1) -> None:
     over all cores only adds contention."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
-    try:
-        from threadpoolctl import threadpool_limits
+    import faiss  # both required by recsys; imported after the variables are set
+    from threadpoolctl import threadpool_limits  # scikit-learn's
 
-        threadpool_limits(n)
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        pass
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:  # pragma: no cover
-        pass
+    threadpool_limits(n)
+    faiss.omp_set_num_threads(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
 

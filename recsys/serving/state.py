@@ -9,6 +9,7 @@ swaps in a new one on reload.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -105,8 +106,8 @@ class ServedRun:
         self.recommender = rec = self.saved.recommender()
         self.customers = _Ids(rec.mappings.customer_ids, "customer_id")
         self.products = _Ids(rec.mappings.product_ids, "product_id")
-        # customers outside the model, folded in from their histories
-        self.others = _Ids(rec.histories.customer_ids if rec.histories is not None else rec.mappings.customer_ids[:0], "customer_id")
+        histories = rec.histories  # customers outside the model, folded in
+        self.others = _Ids(histories.customer_ids if histories is not None else rec.mappings.customer_ids[:0], "customer_id")
         self.product_titles = [t if isinstance(t, str) else None for t in rec.mappings.product_titles]
         # warm up (the k-NN index, the similarity index): no request pays for a lazy first use
         if rec.mappings.n_users:
@@ -297,10 +298,8 @@ class ServiceState:
         """Reload the current directory in a thread (what SIGHUP does); errors are logged."""
 
         def work() -> None:
-            try:
+            with contextlib.suppress(RequestError):  # already logged; the old model keeps serving
                 self.reload()
-            except RequestError:
-                pass  # already logged; the old model keeps serving
 
         thread = threading.Thread(target=work, name="recsys-reload", daemon=True)
         thread.start()
