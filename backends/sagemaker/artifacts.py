@@ -453,10 +453,6 @@ def _knn_rows(text: str) -> list[Any]:
     return rows
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def parse_knn_jsonlines(text_or_bytes: str | bytes, *, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse SageMaker k-NN batch-transform output (``accept="application/jsonlines; verbose=true"``;
     the verbose JSON form ``{"predictions": [...]}`` is accepted too) into ``labels`` (int64,
@@ -488,7 +484,7 @@ def parse_knn_jsonlines(text_or_bytes: str | bytes, *, k: int | None = None) -> 
         labels, dists = row["labels"], row["distances"]
         if not isinstance(labels, list) or not isinstance(dists, list) or len(labels) != len(dists):
             raise ModelFormatError(f"k-NN output row {i}: 'labels' and 'distances' must be lists of equal length")
-        if not all(_is_number(v) for v in labels + dists):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels + dists):
             raise ModelFormatError(f"k-NN output row {i} has non-numeric labels or distances")
         try:
             lab = np.asarray(labels, dtype=np.float64)

@@ -86,9 +86,12 @@ def write_shards(aws: AWS, entries: list[Any], X: Any, labels: np.ndarray | None
     with tempfile.TemporaryDirectory(prefix="recsys-sagemaker-") as tmp:
         for entry, rows in zip(entries, np.array_split(order, len(entries)), strict=True):
             path = Path(tmp) / "part.protobuf"
+            part = None if labels is None else labels[rows]
             with open(path, "wb") as fh:
-                write = write_spmatrix_to_sparse_tensor if sp.issparse(X) else write_numpy_to_dense_tensor
-                write(fh, X[rows] if sp.issparse(X) else np.ascontiguousarray(X[rows]), None if labels is None else labels[rows])
+                if sp.issparse(X):
+                    write_spmatrix_to_sparse_tensor(fh, X[rows], part)
+                else:
+                    write_numpy_to_dense_tensor(fh, np.ascontiguousarray(X[rows]), part)
             aws.upload(entry, path)
 
 
