@@ -107,10 +107,10 @@ class _Reader:
             raise self.fail(f"{what} has an implausible dimension in {dims}; the file is corrupt")
         return tuple(int(d) for d in dims)
 
-    def valid_shape(self, what: str) -> tuple[int, ...]:
-        shape = self.shape(what)
+    def valid_shape(self, owner: str, noun: str) -> tuple[int, ...]:
+        shape = self.shape(f"{owner} {noun}")
         if shape is None or any(d < 0 for d in shape):
-            raise self.fail(f"{what} is invalid: {shape}")
+            raise self.fail(f"{owner} has an invalid {noun} {shape}")
         return shape
 
     def dtype_flag(self, what: str) -> int:
@@ -188,7 +188,7 @@ def _read_one(r: _Reader, index: int) -> np.ndarray | _Sparse:
         if stype and v3:
             raise r.fail(f"{what}: a v3 (numpy-shape) array must be dense, found storage type {stype}")
         if stype:
-            sshape = r.valid_shape(f"{what} storage shape")
+            sshape = r.valid_shape(what, "storage shape")
         shape = r.shape(f"{what} shape")
     elif magic == NDARRAY_V1_MAGIC:
         shape = r.shape(f"{what} shape")
@@ -214,7 +214,7 @@ def _read_one(r: _Reader, index: int) -> np.ndarray | _Sparse:
     flag = r.dtype_flag(what)
     if not stype:
         return r.values(flag, shape, what)
-    aux_meta = [(r.dtype_flag(f"{what} aux #{j}"), r.valid_shape(f"{what} aux #{j} shape")) for j in range(stype)]
+    aux_meta = [(r.dtype_flag(f"{what} aux #{j}"), r.valid_shape(f"{what} aux #{j}", "shape")) for j in range(stype)]
     data = r.values(flag, sshape, what)
     aux = [r.values(f, s, f"{what} aux #{j}") for j, (f, s) in enumerate(aux_meta)]
     return _Sparse(stype, shape, data, aux)
