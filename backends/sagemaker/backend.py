@@ -1,11 +1,7 @@
-"""The SageMaker backend: Amazon SageMaker's built-in Factorization Machines and k-NN behind
-:class:`backends.base.Backend`, on the SageMaker Python SDK 2.x (``pip install 'recsys[sagemaker]'``),
-imported only when a :class:`SageMakerBackend` is built.
-
-The API requests are built by :mod:`.plan` (checked against botocore's service model) and sent
-by :mod:`.aws`, so a dry run shows exactly the requests a real run sends. Interrupting (Ctrl-C,
-SIGTERM) while a job runs stops the job before the interrupt propagates; endpoints are deleted
-on every path; :meth:`SageMakerBackend.close` deletes whatever endpoints and models are alive.
+"""The SageMaker backend (see :mod:`backends.sagemaker`). Requests are built by :mod:`.plan` and
+sent by :mod:`.aws`, so a dry run shows exactly what a real run sends. Interrupting (Ctrl-C,
+SIGTERM) a job stops it before the interrupt propagates; endpoints are deleted on every path;
+:meth:`SageMakerBackend.close` deletes whatever endpoints and models are still alive.
 """
 
 from __future__ import annotations
