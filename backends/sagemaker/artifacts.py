@@ -1,31 +1,23 @@
 """SageMaker built-in algorithm artifacts, read and written offline with numpy only.
 
 **Factorization Machines.** A training job writes ``model.tar.gz`` holding ``model_algo-1``, a
-zip archive of
+zip of ``params`` (an MXNet NDArray list, :mod:`backends.sagemaker.mxnet_ndarray`, with
+``arg:w0_weight`` (1,), ``arg:w1_weight`` (feature_dim, 1), ``arg:v`` (feature_dim, num_factors)),
+``symbol.json`` (the MXNet graph, output ``out``, label ``out_label``) and ``meta.json``
+(training metadata, including ``training_parameters.feature_dim``).
 
-* ``params`` -- an MXNet NDArray list (:mod:`backends.sagemaker.mxnet_ndarray`) with
-  ``arg:w0_weight`` (1,), ``arg:w1_weight`` (feature_dim, 1) and ``arg:v``
-  (feature_dim, num_factors);
-* ``symbol.json`` -- the MXNet graph, whose output is named ``out`` (label ``out_label``);
-* ``meta.json`` -- training metadata, including ``training_parameters.feature_dim``.
-
-That layout, the parameter names and shapes and the ``out_label`` come from public code that
-loads FM artifacts with MXNet (AWS notebooks: untar, unzip ``model_algo-1``, rename ``params``
-to ``model-0000.params``, ``mx.module.Module.load(..., label_names=['out_label'])``, then
-``_arg_params['w0_weight' | 'w1_weight' | 'v']``; one public loader also reads
-``meta.json["training_parameters"]["feature_dim"]`` and handles an alternative naming,
-``Linear_Plus_Bias_weight`` (1, feature_dim) / ``Linear_Plus_Bias_bias`` with ``v`` stored as
-(num_factors, feature_dim), which :func:`read_fm_artifact` also accepts). The rest of
-``meta.json`` and the operators inside SageMaker's ``symbol.json`` are not public: what
+That layout and those names come from public code that loads FM artifacts with MXNet (AWS
+notebooks; one public loader also handles ``Linear_Plus_Bias_weight`` (1, feature_dim) /
+``Linear_Plus_Bias_bias`` with ``v`` stored as (num_factors, feature_dim), accepted here too).
+The rest of ``meta.json`` and the operators of SageMaker's ``symbol.json`` are not public: what
 :func:`write_fm_model_tar` writes there is a reconstruction (an FM graph built with MXNet 1.9.1,
-see ``tests/fixtures/make_mxnet_fixtures.py``; a ``meta.json`` holding only
-``training_parameters``). So readers require only what must be there, the three weight arrays
-in ``params``; ``meta.json`` and ``symbol.json`` are advisory (they supply the predictor type and
-the hyperparameters when present; anything unexpected in them is a warning, never an error).
+see ``tests/fixtures/make_mxnet_fixtures.py``). So readers require only the three weight arrays;
+``meta.json`` and ``symbol.json`` are advisory (predictor type, hyperparameters), and anything
+unexpected in them is a warning, never an error.
 
 **k-NN.** Batch transform with ``accept="application/jsonlines; verbose=true"`` writes one JSON
-object per query, ``{"predicted_label": ..., "labels": [...], "distances": [...]}``
-(labels are floats; the order of the neighbours is not relied on); see :func:`parse_knn_jsonlines`.
+object per query, ``{"predicted_label": ..., "labels": [...], "distances": [...]}`` (labels are
+floats; the order of the neighbours is not relied on).
 """
 
 from __future__ import annotations
@@ -39,7 +31,8 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +45,8 @@ from recsys.model import FittedFM
 
 from .mxnet_ndarray import LIST_MAGIC, read_ndarray_dict, write_ndarray_list
 
-__all__ = [
-    "MAX_ARTIFACT_BYTES",
-    "read_fm_artifact",
-    "write_fm_model_tar",
-    "fm_model_tar_bytes",
-    "fm_symbol_json",
-    "parse_knn_jsonlines",
-    "write_knn_jsonlines",
-]
+__all__ = ["MAX_ARTIFACT_BYTES", "read_fm_artifact", "write_fm_model_tar", "fm_model_tar_bytes", "fm_symbol_json",
+           "parse_knn_jsonlines", "write_knn_jsonlines"]  # fmt: skip
 
 logger = logging.getLogger("recsys")
 
@@ -68,27 +54,12 @@ logger = logging.getLogger("recsys")
 MAX_ARTIFACT_BYTES = 8 * 1024**3
 _MAX_JSON_BYTES = 64 * 1024**2
 _ALGO_MEMBER = "model_algo-1"
-_PREDICTOR_TYPES = ("regressor", "binary_classifier")
-_OUTPUT_OPS = {
-    "LinearRegressionOutput": "regressor",
-    "LogisticRegressionOutput": "binary_classifier",
-}
+_OUTPUT_OPS = {"LinearRegressionOutput": "regressor", "LogisticRegressionOutput": "binary_classifier"}
+_PREDICTOR_TYPES = tuple(_OUTPUT_OPS.values())
 _MXNET_VERSION = 10901  # the version MXNet 1.9.1 stamps into symbol.json
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # What zipfile / tarfile / gzip raise on corrupt input besides their own error classes.
-_ARCHIVE_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-    ValueError,
-    IndexError,
-    KeyError,
-    NotImplementedError,
-    RuntimeError,
-    struct.error,
-    UnicodeDecodeError,
-)
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError, ValueError, IndexError,
+                   KeyError, NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError)  # fmt: skip
 
 
 # ---- locating the files inside an artifact ---------------------------------------------------
@@ -112,11 +83,25 @@ def _sniff(head: bytes) -> str:
     return "unknown"
 
 
-def _too_big(what: str, size: int, limit: int) -> ModelFormatError:
-    return ModelFormatError(
-        f"{what} is {size} bytes, more than the {limit}-byte limit for an artifact member; "
-        "pass a larger max_bytes if this is expected"
-    )
+def _check_size(what: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise ModelFormatError(f"{what} is {size} bytes, more than the {limit}-byte limit for an artifact member; "
+                               "pass a larger max_bytes if this is expected")  # fmt: skip
+
+
+def _member(names: Any, name: str) -> str | None:
+    """``name`` among a container's member ``names``, at the top or in a folder."""
+    return name if name in names else next((n for n in names if n.rsplit("/", 1)[-1] == name), None)
+
+
+def _bundle(names: Any, read: Callable[[str, int], bytes], origin: str, limit: int) -> _Files | None:
+    """``params`` with the optional ``symbol.json`` and ``meta.json`` (an extracted model_algo-1)."""
+    params = _member(names, "params")
+    if params is None:
+        return None
+    data = read(params, limit)
+    symbol, meta = (read(m, _MAX_JSON_BYTES) if (m := _member(names, n)) else None for n in ("symbol.json", "meta.json"))
+    return _Files(data, symbol, meta, origin)
 
 
 def _from_zip(data: bytes, origin: str, limit: int) -> _Files:
@@ -124,32 +109,18 @@ def _from_zip(data: bytes, origin: str, limit: int) -> _Files:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
 
-            def member(name: str, cap: int) -> bytes | None:
-                info = infos.get(name) or next(
-                    (i for n, i in infos.items() if n.rsplit("/", 1)[-1] == name), None
-                )
-                if info is None:
-                    return None
-                if info.file_size > cap:
-                    raise _too_big(f"{origin}: {info.filename}", info.file_size, cap)
-                with zf.open(info) as fh:
+            def read(name: str, cap: int) -> bytes:
+                _check_size(f"{origin}: {name}", infos[name].file_size, cap)
+                with zf.open(infos[name]) as fh:
                     raw = fh.read(cap + 1)
-                if len(raw) > cap:
-                    raise _too_big(f"{origin}: {info.filename}", len(raw), cap)
+                _check_size(f"{origin}: {name}", len(raw), cap)
                 return raw
 
-            params = member("params", limit)
-            if params is None:
-                raise ModelFormatError(
-                    f"{origin} is a zip without a 'params' member (expected symbol.json, params, "
-                    f"meta.json as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}"
-                )
-            return _Files(
-                params,
-                member("symbol.json", _MAX_JSON_BYTES),
-                member("meta.json", _MAX_JSON_BYTES),
-                origin,
-            )
+            files = _bundle(infos, read, origin, limit)
+            if files is None:
+                raise ModelFormatError(f"{origin} is a zip without a 'params' member (expected symbol.json, params, "
+                                       f"meta.json as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}")  # fmt: skip
+            return files
     except ModelFormatError:
         raise
     except _ARCHIVE_ERRORS as exc:
@@ -162,78 +133,53 @@ def _from_algo_bytes(data: bytes, origin: str, limit: int) -> _Files:
         return _from_zip(data, origin, limit)
     if kind == "params":  # some algorithms (PCA, k-means) store the NDArray file directly
         return _Files(data, None, None, origin)
-    raise ModelFormatError(
-        f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray file; "
-        f"it starts with {data[:8]!r}"
-    )
+    raise ModelFormatError(f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray file; "
+                           f"it starts with {data[:8]!r}")  # fmt: skip
 
 
 def _from_tar(path: Path, limit: int) -> _Files:
     origin = str(path)
     try:
         with tarfile.open(path, mode="r:*") as tf:
-            files = {m.name.removeprefix("./"): m for m in tf.getmembers() if m.isfile()}
+            members = {m.name.removeprefix("./"): m for m in tf.getmembers() if m.isfile()}
 
-            def read(member: tarfile.TarInfo, cap: int) -> bytes:
-                if member.size > cap:
-                    raise _too_big(f"{origin}: {member.name}", member.size, cap)
-                fh = tf.extractfile(member)
-                if fh is None:  # pragma: no cover - isfile() members always extract
-                    raise ModelFormatError(f"{origin}: cannot read member {member.name}")
-                return fh.read()
+            def read(name: str, cap: int) -> bytes:
+                _check_size(f"{origin}: {members[name].name}", members[name].size, cap)
+                return tf.extractfile(members[name]).read()  # isfile() members always extract
 
-            algo = files.get(_ALGO_MEMBER) or next(
-                (m for n, m in files.items() if n.rsplit("/", 1)[-1] == _ALGO_MEMBER), None
-            )
+            algo = _member(members, _ALGO_MEMBER)
             if algo is None:
-                candidates = [
-                    m for n, m in files.items() if n.rsplit("/", 1)[-1].startswith("model_algo-")
-                ]
+                candidates = [n for n in members if n.rsplit("/", 1)[-1].startswith("model_algo-")]
                 algo = candidates[0] if len(candidates) == 1 else None
             if algo is not None:
-                return _from_algo_bytes(read(algo, limit), f"{origin}:{algo.name}", limit)
-            if "params" in files:  # an extracted model_algo-1 that was tarred again
-                opt = {
-                    n: read(files[n], _MAX_JSON_BYTES) if n in files else None
-                    for n in ("symbol.json", "meta.json")
-                }
-                return _Files(
-                    read(files["params"], limit), opt["symbol.json"], opt["meta.json"], origin
-                )
-            raise ModelFormatError(
-                f"{origin} has no '{_ALGO_MEMBER}' member (SageMaker's model.tar.gz layout); "
-                f"its files are {sorted(files)[:20]}"
-            )
+                return _from_algo_bytes(read(algo, limit), f"{origin}:{members[algo].name}", limit)
+            files = _bundle(members, read, origin, limit)  # an extracted model_algo-1 that was tarred again
+            if files is None:
+                raise ModelFormatError(f"{origin} has no '{_ALGO_MEMBER}' member (SageMaker's model.tar.gz layout); "
+                                       f"its files are {sorted(members)[:20]}")  # fmt: skip
+            return files
     except ModelFormatError:
         raise
-    except (tarfile.TarError, *_ARCHIVE_ERRORS) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise ModelFormatError(f"{origin}: corrupt tar archive: {exc!r}") from exc
 
 
 def _read_file(path: Path, limit: int) -> bytes:
-    size = path.stat().st_size
-    if size > limit:
-        raise _too_big(str(path), size, limit)
+    _check_size(str(path), path.stat().st_size, limit)
     return path.read_bytes()
 
 
 def _locate(path: Path, limit: int) -> _Files:
     if path.is_dir():
-        if (path / "params").is_file():
-            opt = {
-                n: _read_file(path / n, _MAX_JSON_BYTES) if (path / n).is_file() else None
-                for n in ("symbol.json", "meta.json")
-            }
-            return _Files(
-                _read_file(path / "params", limit), opt["symbol.json"], opt["meta.json"], str(path)
-            )
+        files = {p.name for p in path.iterdir() if p.is_file()}
+        found = _bundle(files, lambda name, cap: _read_file(path / name, cap), str(path), limit)
+        if found is not None:
+            return found
         for name in (_ALGO_MEMBER, "model.tar.gz"):
-            if (path / name).is_file():
+            if name in files:
                 return _locate(path / name, limit)
-        raise ModelFormatError(
-            f"{path} is a directory without 'params', '{_ALGO_MEMBER}' or 'model.tar.gz'; "
-            f"it holds {sorted(p.name for p in path.iterdir())[:20]}"
-        )
+        raise ModelFormatError(f"{path} is a directory without 'params', '{_ALGO_MEMBER}' or 'model.tar.gz'; "
+                               f"it holds {sorted(p.name for p in path.iterdir())[:20]}")  # fmt: skip
     if not path.is_file():
         raise ModelFormatError(f"no SageMaker model artifact at {path}: the path does not exist")
     with open(path, "rb") as fh:
@@ -265,9 +211,8 @@ def _coerce(value: Any) -> Any:
     """SageMaker passes hyperparameters as strings; turn '7' / '0.01' / 'true' back into values."""
     if not isinstance(value, str):
         return value
-    low = value.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
+    if value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
     for cast in (int, float):
         try:
             return cast(value)
@@ -281,27 +226,19 @@ def _find_key(obj: Any, key: str, depth: int = 0) -> Any:
         return None
     if key in obj:
         return obj[key]
-    for value in obj.values():
-        found = _find_key(value, key, depth + 1)
-        if found is not None:
-            return found
-    return None
+    return next((v for v in (_find_key(value, key, depth + 1) for value in obj.values()) if v is not None), None)
 
 
 def _predictor_from_symbol(symbol: Any) -> str | None:
     if not isinstance(symbol, dict) or not isinstance(symbol.get("nodes"), list):
         return None
-    found = {
-        _OUTPUT_OPS[n["op"]]
-        for n in symbol["nodes"]
-        if isinstance(n, dict) and n.get("op") in _OUTPUT_OPS
-    }
+    found = {_OUTPUT_OPS[n["op"]] for n in symbol["nodes"] if isinstance(n, dict) and n.get("op") in _OUTPUT_OPS}
     return found.pop() if len(found) == 1 else None
 
 
 def _resolve_predictor_type(meta: Any, symbol: Any, requested: str | None, origin: str) -> str:
-    """The predictor type: ``requested`` when given, else what meta.json / symbol.json record
-    (advisory: a disagreement is a warning), else ``"regressor"`` with a warning."""
+    """``requested`` when given, else what meta.json / symbol.json record (advisory: a
+    disagreement is a warning), else ``"regressor"`` with a warning."""
     if requested is not None and requested not in _PREDICTOR_TYPES:
         raise ModelFormatError(f"predictor_type must be 'regressor' or 'binary_classifier', got {requested!r}")
     raw = _find_key(meta, "predictor_type")
@@ -322,77 +259,47 @@ def _resolve_predictor_type(meta: Any, symbol: Any, requested: str | None, origi
     return chosen or "regressor"
 
 
-def _param(params: dict[str, np.ndarray], name: str) -> np.ndarray | None:
-    for key in (f"arg:{name}", name):
-        if key in params:
-            return params[key]
-    return None
-
-
 def _fm_arrays(params: dict[str, np.ndarray], origin: str) -> tuple[float, np.ndarray, np.ndarray]:
     found = sorted(params)
-    v = _param(params, "v")
-    w0, w1 = _param(params, "w0_weight"), _param(params, "w1_weight")
-    lin_b, lin_w = (
-        _param(params, "Linear_Plus_Bias_bias"),
-        _param(params, "Linear_Plus_Bias_weight"),
-    )
-    if w0 is not None or w1 is not None:
-        if w0 is None or w1 is None or v is None:
-            missing = [
-                n
-                for n, a in (("arg:w0_weight", w0), ("arg:w1_weight", w1), ("arg:v", v))
-                if a is None
-            ]
+    p = {n: params.get(f"arg:{n}", params.get(n))
+         for n in ("w0_weight", "w1_weight", "v", "Linear_Plus_Bias_bias", "Linear_Plus_Bias_weight")}  # fmt: skip
+    v = p["v"]
+    if p["w0_weight"] is not None or p["w1_weight"] is not None:
+        missing = [f"arg:{n}" for n in ("w0_weight", "w1_weight", "v") if p[n] is None]
+        if missing:
             raise ModelFormatError(f"{origin}: FM params lack {missing}; the file has {found}")
-        if w1.ndim == 2 and w1.shape[1] == 1:
-            w = w1[:, 0]
-        elif w1.ndim == 1:
-            w = w1
-        else:
-            raise ModelFormatError(
-                f"{origin}: w1_weight must have shape (feature_dim, 1), got {w1.shape}"
-            )
+        w0, w1 = p["w0_weight"], p["w1_weight"]
+        if not (w1.ndim == 1 or (w1.ndim == 2 and w1.shape[1] == 1)):
+            raise ModelFormatError(f"{origin}: w1_weight must have shape (feature_dim, 1), got {w1.shape}")
+        w = w1.reshape(-1)
         if v.ndim != 2 or v.shape[0] != w.shape[0]:
             raise ModelFormatError(
                 f"{origin}: v must have shape (feature_dim, num_factors) = ({w.shape[0]}, k), got {v.shape}"
             )
         V = v
-    elif lin_w is not None:
-        if lin_b is None or v is None:
-            raise ModelFormatError(
-                f"{origin}: FM params with Linear_Plus_Bias_weight also need Linear_Plus_Bias_bias and v; "
-                f"the file has {found}"
-            )
+    elif p["Linear_Plus_Bias_weight"] is not None:
+        w0, lin_w = p["Linear_Plus_Bias_bias"], p["Linear_Plus_Bias_weight"]
+        if w0 is None or v is None:
+            raise ModelFormatError(f"{origin}: FM params with Linear_Plus_Bias_weight also need Linear_Plus_Bias_bias "
+                                   f"and v; the file has {found}")  # fmt: skip
         if lin_w.ndim != 2 or lin_w.shape[0] != 1:
-            raise ModelFormatError(
-                f"{origin}: Linear_Plus_Bias_weight must be (1, feature_dim), got {lin_w.shape}"
-            )
-        w0, w = lin_b, lin_w[0]
-        d = w.shape[0]
+            raise ModelFormatError(f"{origin}: Linear_Plus_Bias_weight must be (1, feature_dim), got {lin_w.shape}")
+        w, d = lin_w[0], lin_w.shape[1]
         if v.ndim == 2 and v.shape[1] == d:  # this naming stores v as (num_factors, feature_dim)
             V = v.T
         elif v.ndim == 2 and v.shape[0] == d:
             V = v
         else:
-            raise ModelFormatError(
-                f"{origin}: v must be (num_factors, {d}) or ({d}, num_factors), got {v.shape}"
-            )
+            raise ModelFormatError(f"{origin}: v must be (num_factors, {d}) or ({d}, num_factors), got {v.shape}")
     else:
-        raise ModelFormatError(
-            f"{origin}: no factorization machine parameters found; expected arg:w0_weight, "
-            f"arg:w1_weight and arg:v (SageMaker FM), the file has {found}"
-        )
+        raise ModelFormatError(f"{origin}: no factorization machine parameters found; expected arg:w0_weight, "
+                               f"arg:w1_weight and arg:v (SageMaker FM), the file has {found}")  # fmt: skip
     w0 = np.asarray(w0)
     if w0.size != 1:
-        raise ModelFormatError(
-            f"{origin}: the bias w0 must hold one value (shape (1,)), got shape {w0.shape}"
-        )
+        raise ModelFormatError(f"{origin}: the bias w0 must hold one value (shape (1,)), got shape {w0.shape}")
     for name, arr in (("w0", w0), ("w", w), ("V", V)):
         if not np.issubdtype(arr.dtype, np.floating):
-            raise ModelFormatError(
-                f"{origin}: FM parameter {name} has dtype {arr.dtype}, expected float"
-            )
+            raise ModelFormatError(f"{origin}: FM parameter {name} has dtype {arr.dtype}, expected float")
         if not np.all(np.isfinite(arr)):
             raise ModelFormatError(
                 f"{origin}: FM parameter {name} contains NaN or infinite values; the training job "
@@ -402,43 +309,23 @@ def _fm_arrays(params: dict[str, np.ndarray], origin: str) -> tuple[float, np.nd
 
 
 def read_fm_artifact(
-    path: str | os.PathLike,
-    *,
-    predictor_type: str | None = None,
-    n_users: int | None = None,
-    n_items: int | None = None,
-    max_bytes: int = MAX_ARTIFACT_BYTES,
-) -> FittedFM:
-    """Read a SageMaker Factorization Machines model into a :class:`~recsys.model.FittedFM`.
+    path: str | os.PathLike, *, predictor_type: str | None = None, n_users: int | None = None,
+    n_items: int | None = None, max_bytes: int = MAX_ARTIFACT_BYTES,
+) -> FittedFM:  # fmt: skip
+    """Read a SageMaker Factorization Machines model into a :class:`~recsys.model.FittedFM`
+    (archives are read in memory; nothing is extracted to disk).
 
-    Archives are read in memory; nothing is extracted to disk.
+    ``path`` is ``model.tar.gz`` as the training job wrote it, the ``model_algo-1`` zip inside
+    it, a directory holding ``params`` (an extracted ``model_algo-1``) or ``model_algo-1`` /
+    ``model.tar.gz``, or the raw ``params`` NDArray file. ``predictor_type`` defaults to what
+    ``meta.json`` / ``symbol.json`` record (else ``"regressor"``, with a warning; a disagreement
+    is a warning). ``n_users`` / ``n_items`` (the one-hot layout the model was trained on) go
+    into ``metadata``. Members or files larger than ``max_bytes`` are refused.
 
-    Parameters
-    ----------
-    path : path-like
-        ``model.tar.gz`` as written by the training job, the ``model_algo-1`` zip inside it, a
-        directory holding ``params`` (an extracted ``model_algo-1``) or ``model_algo-1`` /
-        ``model.tar.gz``, or the raw ``params`` NDArray file.
-    predictor_type : {"regressor", "binary_classifier"}, optional
-        What the model was trained as; when omitted, what ``meta.json`` / ``symbol.json``
-        record (else ``"regressor"``, with a warning). A disagreement is a warning.
-    n_users, n_items : int, optional
-        The users-then-items one-hot layout the model was trained on; stored in ``metadata``.
-    max_bytes : int
-        Refuse archive members or files larger than this.
-
-    Returns
-    -------
-    FittedFM
-        ``w0``, ``w`` = ``w1_weight.ravel()``, ``V`` = ``v``; ``config`` = meta.json's
-        ``training_parameters`` (numbers parsed) if present; ``metadata`` = ``{"backend":
-        "sagemaker", "source": str(path)}`` plus ``n_users`` / ``n_items`` when given.
-
-    Raises
-    ------
-    ModelFormatError
-        Unrecognised or corrupt file, missing weight arrays (the message lists the keys found),
-        inconsistent shapes or non-finite values.
+    ``config`` is meta.json's ``training_parameters`` (numbers parsed) if present; ``metadata``
+    is ``{"backend": "sagemaker", "source": str(path)}``. Raises :class:`ModelFormatError` for
+    an unrecognised or corrupt file, missing weight arrays (the message lists the keys found),
+    inconsistent shapes or non-finite values.
     """
     path = Path(path)
     files = _locate(path, max_bytes)
@@ -464,57 +351,36 @@ def read_fm_artifact(
                 raise ModelFormatError(f"{key} must be a non-negative int, got {value!r}")
             metadata[key] = int(value)
     if n_users is not None and n_items is not None and n_users + n_items > w.shape[0]:
-        raise ModelFormatError(
-            f"n_users + n_items = {n_users + n_items} exceeds the model's feature_dim {w.shape[0]}"
-        )
+        raise ModelFormatError(f"n_users + n_items = {n_users + n_items} exceeds the model's feature_dim {w.shape[0]}")
     return FittedFM(w0=w0, w=w, V=V, predictor_type=ptype, config=config, metadata=metadata)
 
 
 # ---- writing ---------------------------------------------------------------------------------
 def fm_symbol_json(feature_dim: int, num_factors: int, predictor_type: str = "regressor") -> str:
     """The FM graph as MXNet symbol JSON (what ``Symbol.tojson()`` of MXNet 1.9.1 gives for the
-    graph in ``tests/fixtures/make_mxnet_fixtures.py``; equal as JSON, not byte for byte).
-
-    ``y = w0 + x.w1 + 1/2 sum_f[(x V)_f^2 - (x^2 V^2)_f]``, output ``out`` (label ``out_label``):
-    ``LinearRegressionOutput`` for a regressor, ``LogisticRegressionOutput`` for a classifier.
-    """
-    if predictor_type not in _OUTPUT_OPS.values():
-        raise ModelFormatError(
-            f"predictor_type must be 'regressor' or 'binary_classifier', got {predictor_type!r}"
-        )
+    graph in ``tests/fixtures/make_mxnet_fixtures.py``; equal as JSON, not byte for byte):
+    ``y = w0 + x.w1 + 1/2 sum_f[(x V)_f^2 - (x^2 V^2)_f]``, output ``out`` (label ``out_label``)."""
+    if predictor_type not in _PREDICTOR_TYPES:
+        raise ModelFormatError(f"predictor_type must be 'regressor' or 'binary_classifier', got {predictor_type!r}")
     output_op = next(op for op, p in _OUTPUT_OPS.items() if p == predictor_type)
     nodes: list[dict[str, Any]] = []
 
-    def node(
-        op: str, name: str, inputs: Iterable[int] = (), attrs: dict[str, str] | None = None
-    ) -> int:
-        entry: dict[str, Any] = {"op": op, "name": name}
-        if attrs:
-            entry["attrs"] = attrs
-        entry["inputs"] = [[i, 0, 0] for i in inputs]
-        nodes.append(entry)
+    def node(op: str, name: str, inputs: tuple[int, ...] = (), attrs: dict[str, str] | None = None) -> int:
+        nodes.append({"op": op, "name": name, **({"attrs": attrs} if attrs else {}), "inputs": [[i, 0, 0] for i in inputs]})
         return len(nodes) - 1
 
     def var(name: str, shape: tuple[int, ...] | None = None) -> int:
         return node("null", name, attrs={"__shape__": str(shape)} if shape else None)
 
     data = var("data")
-    w1 = var("w1_weight", (int(feature_dim), 1))
-    linear_dot = node("dot", "linear_dot", (data, w1))
-    w0 = var("w0_weight", (1,))
-    linear = node("broadcast_add", "linear", (linear_dot, w0))
+    linear_dot = node("dot", "linear_dot", (data, var("w1_weight", (int(feature_dim), 1))))
+    linear = node("broadcast_add", "linear", (linear_dot, var("w0_weight", (1,))))
     v = var("v", (int(feature_dim), int(num_factors)))
-    xv = node("dot", "xv", (data, v))
-    xv_sq = node("square", "xv_sq", (xv,))
-    x_sq = node("square", "x_sq", (data,))
-    v_sq = node("square", "v_sq", (v,))
-    x2v2 = node("dot", "x2v2", (x_sq, v_sq))
-    diff = node("elemwise_sub", "pair_diff", (xv_sq, x2v2))
-    pair_sum = node("sum", "pair_sum", (diff,), {"axis": "1", "keepdims": "True"})
-    pairwise = node("_mul_scalar", "pairwise", (pair_sum,), {"scalar": "0.5"})
-    score = node("elemwise_add", "score", (linear, pairwise))
-    label = var("out_label")
-    out = node(output_op, "out", (score, label))
+    xv_sq = node("square", "xv_sq", (node("dot", "xv", (data, v)),))
+    x2v2 = node("dot", "x2v2", (node("square", "x_sq", (data,)), node("square", "v_sq", (v,))))
+    pair_sum = node("sum", "pair_sum", (node("elemwise_sub", "pair_diff", (xv_sq, x2v2)),), {"axis": "1", "keepdims": "True"})
+    score = node("elemwise_add", "score", (linear, node("_mul_scalar", "pairwise", (pair_sum,), {"scalar": "0.5"})))
+    out = node(output_op, "out", (score, var("out_label")))
     graph = {
         "nodes": nodes,
         "arg_nodes": [i for i, n in enumerate(nodes) if n["op"] == "null"],
@@ -533,82 +399,43 @@ def _hyperparameter_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
+def fm_model_tar_bytes(fm: FittedFM) -> bytes:
+    """The bytes of :func:`write_fm_model_tar`'s ``model.tar.gz`` (e.g. to upload to a fake S3)."""
+    params = write_ndarray_list({"arg:w0_weight": np.array([fm.w0], dtype=np.float32),
+                                 "arg:w1_weight": np.asarray(fm.w, dtype=np.float32).reshape(-1, 1),
+                                 "arg:v": np.asarray(fm.V, dtype=np.float32)})  # fmt: skip
+    training = {str(k): _hyperparameter_text(v) for k, v in fm.config.items()}
+    training.update(feature_dim=str(fm.feature_dim), num_factors=str(fm.num_factors), predictor_type=fm.predictor_type)
+    meta = json.dumps({"training_parameters": training}, indent=2, sort_keys=True) + "\n"
+    members = {"symbol.json": fm_symbol_json(fm.feature_dim, fm.num_factors, fm.predictor_type).encode(),
+               "params": params, "meta.json": meta.encode()}  # fmt: skip
+    algo = io.BytesIO()  # deterministic: fixed timestamps and member order
+    with zipfile.ZipFile(algo, "w") as zf:
         for name, data in members.items():
-            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
             zf.writestr(info, data)
-    return buf.getvalue()
-
-
-def _tar_gz(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tf.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(_ALGO_MEMBER)
+            info.size, info.mtime, info.mode = len(algo.getvalue()), 0, 0o644
+            tf.addfile(info, io.BytesIO(algo.getvalue()))
     return buf.getvalue()
 
 
-def fm_model_tar_bytes(fm: FittedFM) -> bytes:
-    """The bytes of :func:`write_fm_model_tar`'s ``model.tar.gz`` (e.g. to upload to a fake S3)."""
-    params = write_ndarray_list(
-        {
-            "arg:w0_weight": np.array([fm.w0], dtype=np.float32),
-            "arg:w1_weight": np.asarray(fm.w, dtype=np.float32).reshape(-1, 1),
-            "arg:v": np.asarray(fm.V, dtype=np.float32),
-        }
-    )
-    training = {str(k): _hyperparameter_text(v) for k, v in fm.config.items()}
-    training.update(
-        feature_dim=str(fm.feature_dim),
-        num_factors=str(fm.num_factors),
-        predictor_type=fm.predictor_type,
-    )
-    meta = json.dumps({"training_parameters": training}, indent=2, sort_keys=True) + "\n"
-    algo = _zip(
-        {
-            "symbol.json": fm_symbol_json(
-                fm.feature_dim, fm.num_factors, fm.predictor_type
-            ).encode(),
-            "params": params,
-            "meta.json": meta.encode(),
-        }
-    )
-    return _tar_gz({_ALGO_MEMBER: algo})
-
-
 def write_fm_model_tar(fm: FittedFM, path: str | os.PathLike) -> Path:
-    """Write ``fm`` as a SageMaker FM ``model.tar.gz`` (the built-in algorithm's layout).
-
-    Deterministic (fixed timestamps, fixed member order) and atomic. Parameters are stored as
-    float32, as SageMaker does, so ``w0`` round-trips as ``float(np.float32(fm.w0))``;
-    ``fm.config`` goes into ``meta.json`` as string hyperparameters (``metadata`` is not stored:
-    pass ``n_users`` / ``n_items`` to :func:`read_fm_artifact` again).
-
-    Parameters
-    ----------
-    fm : FittedFM
-    path : path-like
-        The file to write (conventionally ``.../model.tar.gz``); parent directories are created.
-
-    Returns
-    -------
-    Path
-    """
+    """Write ``fm`` as a SageMaker FM ``model.tar.gz`` at ``path`` (parents created), atomically
+    and deterministically. Parameters are stored as float32, as SageMaker does, so ``w0``
+    round-trips as ``float(np.float32(fm.w0))``; ``fm.config`` goes into ``meta.json`` as string
+    hyperparameters (``metadata`` is not stored: pass ``n_users`` / ``n_items`` to
+    :func:`read_fm_artifact` again)."""
     return atomic_write_bytes(path, fm_model_tar_bytes(fm))
 
 
 # ---- k-NN batch transform output -------------------------------------------------------------
-def _knn_rows(text: str) -> list[dict[str, Any]]:
+def _knn_rows(text: str) -> list[Any]:
     stripped = text.strip()
-    if not stripped:
-        return []
     if stripped.startswith("{") and "\n" not in stripped:
         try:
             whole = json.loads(stripped)
@@ -618,47 +445,23 @@ def _knn_rows(text: str) -> list[dict[str, Any]]:
             return whole["predictions"]  # the verbose JSON (not JSON lines) response
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except (ValueError, RecursionError) as exc:
-            raise ModelFormatError(f"k-NN output line {lineno} is not valid JSON ({type(exc).__name__})") from exc
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except (ValueError, RecursionError) as exc:
+                raise ModelFormatError(f"k-NN output line {lineno} is not valid JSON ({type(exc).__name__})") from exc
     return rows
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def parse_knn_jsonlines(text_or_bytes: str | bytes, *, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse SageMaker k-NN batch-transform output (``accept="application/jsonlines; verbose=true"``;
+    the verbose JSON form ``{"predictions": [...]}`` is accepted too) into ``labels`` (int64,
+    -1 pads) and ``distances`` (float32, NaN pads) of shape (n_queries, k), neighbours in the
+    order given; ``k`` defaults to the longest row.
 
-
-def parse_knn_jsonlines(
-    text_or_bytes: str | bytes, *, k: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Parse SageMaker k-NN batch-transform output (``accept="application/jsonlines; verbose=true"``).
-
-    Each non-empty line is ``{"predicted_label": ..., "labels": [...], "distances": [...]}``;
-    the verbose JSON form ``{"predictions": [...]}`` is accepted too.
-
-    Parameters
-    ----------
-    text_or_bytes : str or bytes
-        The output file's content (UTF-8).
-    k : int, optional
-        Width of the result; default the longest row. Shorter rows are padded.
-
-    Returns
-    -------
-    labels : ndarray of int64, shape (n_queries, k)
-        Neighbour labels in the order given (nearest first); -1 pads missing neighbours.
-    distances : ndarray of float32, shape (n_queries, k)
-        NaN pads missing neighbours.
-
-    Raises
-    ------
-    ModelFormatError
-        Invalid JSON, non-verbose output (only ``predicted_label``: the transform job needs
-        ``accept="application/jsonlines; verbose=true"``), labels and distances of different
-        lengths, non-integer labels, or a row longer than ``k``.
+    Raises :class:`ModelFormatError` for invalid JSON or UTF-8, non-verbose output (only
+    ``predicted_label``), labels and distances of different lengths, non-integer labels, or a
+    row longer than ``k``.
     """
     if isinstance(text_or_bytes, (bytes, bytearray, memoryview)):
         try:
@@ -667,13 +470,10 @@ def parse_knn_jsonlines(
             raise ModelFormatError(f"k-NN output is not UTF-8 text: {exc}") from exc
     else:
         text = text_or_bytes
-    rows = _knn_rows(text)
     label_rows, dist_rows = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(_knn_rows(text)):
         if not isinstance(row, dict):
-            raise ModelFormatError(
-                f"k-NN output row {i} is {type(row).__name__}, expected a JSON object"
-            )
+            raise ModelFormatError(f"k-NN output row {i} is {type(row).__name__}, expected a JSON object")
         if "labels" not in row or "distances" not in row:
             if "predicted_label" in row:
                 raise ModelFormatError(
@@ -683,10 +483,8 @@ def parse_knn_jsonlines(
             raise ModelFormatError(f"k-NN output row {i} lacks 'labels' and 'distances'")
         labels, dists = row["labels"], row["distances"]
         if not isinstance(labels, list) or not isinstance(dists, list) or len(labels) != len(dists):
-            raise ModelFormatError(
-                f"k-NN output row {i}: 'labels' and 'distances' must be lists of equal length"
-            )
-        if not all(_is_number(v) for v in labels) or not all(_is_number(v) for v in dists):
+            raise ModelFormatError(f"k-NN output row {i}: 'labels' and 'distances' must be lists of equal length")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels + dists):
             raise ModelFormatError(f"k-NN output row {i} has non-numeric labels or distances")
         try:
             lab = np.asarray(labels, dtype=np.float64)
@@ -699,38 +497,23 @@ def parse_knn_jsonlines(
         label_rows.append(lab.astype(np.int64))
         dist_rows.append(dist)
     width = max((r.size for r in label_rows), default=0) if k is None else int(k)
-    if k is not None:
-        too_long = next((i for i, r in enumerate(label_rows) if r.size > width), None)
-        if too_long is not None:
-            raise ModelFormatError(
-                f"k-NN output row {too_long} has {label_rows[too_long].size} neighbours, more than k={width}"
-            )
+    too_long = next((i for i, r in enumerate(label_rows) if r.size > width), None)
+    if too_long is not None:
+        raise ModelFormatError(
+            f"k-NN output row {too_long} has {label_rows[too_long].size} neighbours, more than k={width}"
+        )
     labels_out = np.full((len(label_rows), width), -1, dtype=np.int64)
     dists_out = np.full((len(label_rows), width), np.nan, dtype=np.float32)
     for i, (lab, dist) in enumerate(zip(label_rows, dist_rows, strict=True)):
-        labels_out[i, : lab.size] = lab
-        dists_out[i, : dist.size] = dist
+        labels_out[i, : lab.size], dists_out[i, : dist.size] = lab, dist
     return labels_out, dists_out
 
 
 def write_knn_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
-    """Write k-NN results the way SageMaker's verbose JSON-lines output looks (for fakes).
-
-    One line per row: ``{"distances": [...], "labels": [...], "predicted_label": x}`` with
-    labels as floats, like the real service. Padding entries (label -1) are left out.
-    ``predicted_label`` is the most frequent label among the neighbours, ties going to the one
-    seen first (nearest) -- the fake's choice; the real tie rule is not documented.
-
-    Parameters
-    ----------
-    labels : array-like of int, shape (n, k)
-    distances : array-like of float, shape (n, k)
-
-    Returns
-    -------
-    bytes
-        UTF-8, one JSON object per line, newline-terminated.
-    """
+    """k-NN results as SageMaker's verbose JSON lines (for fakes): one ``{"distances": [...],
+    "labels": [...], "predicted_label": x}`` per row, labels as floats, padding (label -1) left
+    out. ``predicted_label`` is the most frequent label, ties going to the one seen first
+    (nearest) -- the fake's choice; the real tie rule is not documented."""
     labels = np.asarray(labels)
     distances = np.asarray(distances, dtype=np.float32)
     if labels.ndim != 2 or labels.shape != distances.shape:
@@ -740,13 +523,8 @@ def write_knn_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
     lines = []
     for lab_row, dist_row in zip(labels, distances, strict=True):
         keep = lab_row != -1
-        lab = [float(x) for x in lab_row[keep]]
-        dist = [float(x) for x in dist_row[keep]]
-        row: dict[str, Any] = {"distances": dist, "labels": lab}
-        if lab:
-            counts: dict[float, int] = {}
-            for x in lab:
-                counts[x] = counts.get(x, 0) + 1
-            row["predicted_label"] = max(counts, key=lambda x: counts[x])  # first max = nearest
+        row: dict[str, Any] = {"distances": [float(x) for x in dist_row[keep]], "labels": [float(x) for x in lab_row[keep]]}
+        if row["labels"]:
+            row["predicted_label"] = Counter(row["labels"]).most_common(1)[0][0]  # first of the most frequent
         lines.append(json.dumps(row))
-    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+    return "".join(line + "\n" for line in lines).encode("utf-8")

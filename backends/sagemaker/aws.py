@@ -1,8 +1,6 @@
 """The SageMaker backend's calls to AWS: session, clients, sending planned requests, S3 transfers,
 waiting for jobs and endpoints (botocore's waiters), streaming their CloudWatch logs, stopping
-and deleting, and the record of what every job cost (Describe*).
-
-Everything that reaches AWS goes through :class:`AWS`; a dry run records the same
+and deleting, and what every job cost. A dry run records the same
 :class:`~backends.sagemaker.plan.PlanEntry` objects and sends nothing.
 """
 
@@ -31,13 +29,6 @@ __all__ = ["AWS", "import_sdk", "aws_errors", "sigterm_as_interrupt", "MISSING_R
 logger = logging.getLogger("recsys")
 
 MISSING_ROLE = "<role: set [sagemaker] role>"
-_LOG_GROUPS = {"training": "/aws/sagemaker/TrainingJobs", "transform": "/aws/sagemaker/TransformJobs"}
-_JOBS = {  # kind -> (waiter, describe call, name key, status key, stop call)
-    "training": ("training_job_completed_or_stopped", "describe_training_job", "TrainingJobName",
-                 "TrainingJobStatus", "stop_training_job"),
-    "transform": ("transform_job_completed_or_stopped", "describe_transform_job", "TransformJobName",
-                  "TransformJobStatus", "stop_transform_job"),
-}  # fmt: skip
 
 
 def import_sdk() -> Any:
@@ -51,20 +42,10 @@ def import_sdk() -> Any:
 
 
 class AWS:
-    """Session, clients and every call of one :class:`~backends.sagemaker.SageMakerBackend`.
-
-    Attributes
-    ----------
-    plan : list of PlanEntry
-        Every request, in order, recorded in real runs and dry runs alike.
-    jobs : list of dict
-        Every training and transform job run: instances, status, billable seconds, spot savings.
-    endpoints : list of dict
-        Every endpoint created: instances and how long it lived.
-    endpoint_checks : list of dict
-        Every model scored on an endpoint (``evaluate_on_endpoint``): the largest difference
-        from the local scores.
-    """
+    """Session, clients and every call of one :class:`~backends.sagemaker.SageMakerBackend`; it
+    keeps the :attr:`plan` (every request, in order, in real runs and dry runs alike) and, for
+    the report, the :attr:`jobs` run, the :attr:`endpoints` created and the ``evaluate_on_endpoint``
+    :attr:`endpoint_checks`."""
 
     def __init__(self, config: SageMakerConfig) -> None:
         self.config = config
@@ -115,8 +96,7 @@ class AWS:
         return self._session
 
     def client(self, service: str) -> Any:
-        """The session's boto3 client for ``service`` (``sagemaker``, ``sagemaker-runtime``,
-        ``s3``, ``logs``), made once."""
+        """The session's boto3 client for ``service``, made once."""
         if service not in self._clients:
             session = self.session
             known = {"sagemaker": "sagemaker_client", "sagemaker-runtime": "sagemaker_runtime_client",
@@ -143,13 +123,14 @@ class AWS:
     def uri(self, *parts: str) -> str:
         return s3_uri(self.bucket, self.config.prefix, *parts)
 
-    def image_uri(self, algorithm: str, version: str) -> str:
-        """The ECR image of a built-in algorithm in this region (the SDK's bundled tables; no AWS call)."""
+    def image_uri(self, algorithm: str) -> str:
+        """The ECR image of a built-in algorithm in this region (the SDK's bundled tables; no AWS call);
+        version 1, as the SDK's ``FactorizationMachines`` and ``KNN`` estimators use."""
         if algorithm not in self._images:
             from sagemaker import image_uris
 
             try:
-                self._images[algorithm] = image_uris.retrieve(algorithm, region=self.region, version=version)
+                self._images[algorithm] = image_uris.retrieve(algorithm, region=self.region, version="1")
             except ValueError as exc:
                 raise ConfigError(
                     f"SageMaker has no {algorithm!r} image for region {self.region!r} ({exc}); choose another [sagemaker] region"
@@ -160,7 +141,7 @@ class AWS:
         """A unique SageMaker name: ``<job_name_prefix>-<kind>-<UTC time>-<4 hex>``."""
         return f"{self.config.job_name_prefix}-{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
-    # ---- recording and sending ---------------------------------------------------------------
+    # ---- recording and sending -----------------------------------------------------------
     def record(self, entry: PlanEntry) -> PlanEntry:
         """Check ``entry`` against botocore's service model and add it to :attr:`plan`."""
         problems = request_problems(entry.api, entry.request, skip=(MISSING_ROLE, self.bucket))
@@ -201,27 +182,32 @@ class AWS:
 
     # ---- jobs ----------------------------------------------------------------------------
     def run_job(self, entry: PlanEntry, kind: str) -> dict[str, Any]:
-        """Create a training / transform job, stream its log while waiting for it, record what
-        it cost; its description if it completed, else :class:`BackendError` with its
+        """Create a ``training`` / ``transform`` job, stream its log while waiting for it, record
+        what it cost; its description if it completed, else :class:`BackendError` with its
         ``FailureReason``. Ctrl-C (or SIGTERM) stops the job before the interrupt propagates."""
-        waiter_name, describe, key, status_key, _ = _JOBS[kind]
+        key = {f"{kind.capitalize()}JobName": entry.name}
         timeout = self.config.runtime_seconds + (self.config.max_wait or 0) + 3600
         with sigterm_as_interrupt(), self._logs(kind, entry.name):
             try:
                 self.send(entry)
-                self._wait(waiter_name, {key: entry.name}, f"{kind} job {entry.name}", timeout)
+                self._wait(f"{kind}_job_completed_or_stopped", key, f"{kind} job {entry.name}", timeout)
             except KeyboardInterrupt:
-                self._stop(kind, entry.name)
+                logger.warning("interrupted: stopping SageMaker %s job %s", kind, entry.name)
+                try:
+                    getattr(self.sm, f"stop_{kind}_job")(**key)
+                except Exception as exc:  # noqa: BLE001 - report and let the interrupt propagate
+                    logger.error("could not stop %s job %s (%s); stop it yourself: aws sagemaker stop-%s-job "
+                                 "--%s-job-name %s", kind, entry.name, exc, kind, kind, entry.name)  # fmt: skip
                 raise
         with aws_errors(f"checking {kind} job {entry.name}"):
-            desc = getattr(self.sm, describe)(**{key: entry.name})
+            desc = getattr(self.sm, f"describe_{kind}_job")(**key)
         self.jobs.append(_job_record(entry, kind, desc))
-        status = desc.get(status_key)
+        status = desc.get(f"{kind.capitalize()}JobStatus")
         if status != "Completed":
             raise BackendError(
                 f"SageMaker {kind} job {entry.name} {str(status).lower()}: "
                 f"{desc.get('FailureReason') or 'no FailureReason given'}. Its log is in CloudWatch Logs, "
-                f"group {_LOG_GROUPS[kind]}, streams {entry.name}/*."
+                f"group {_log_group(kind)}, streams {entry.name}/*."
             )
         return desc
 
@@ -239,23 +225,10 @@ class AWS:
                 raise BackendError(f"{what} is still not done after {timeout:.0f} s; giving up") from exc
             logger.debug("%s: %s", what, exc)
 
-    def _stop(self, kind: str, name: str) -> None:
-        operation, key = _JOBS[kind][4], _JOBS[kind][2]
-        logger.warning("interrupted: stopping SageMaker %s job %s", kind, name)
-        try:
-            getattr(self.sm, operation)(**{key: name})
-        except Exception as exc:  # noqa: BLE001 - report and let the interrupt propagate
-            logger.error("could not stop %s job %s (%s); stop it yourself: aws sagemaker %s --%s-job-name %s",
-                         kind, name, exc, operation.replace("_", "-"), kind, name)  # fmt: skip
-
-    @contextlib.contextmanager
-    def _logs(self, kind: str, job: str) -> Iterator[None]:
+    def _logs(self, kind: str, job: str) -> Any:
         if not self.config.stream_logs:
-            yield
-            return
-        tail = _LogTail(self.client("logs"), _LOG_GROUPS[kind], f"{job}/", max(self.config.poll_seconds, 0.5))
-        with tail:
-            yield
+            return contextlib.nullcontext()
+        return _LogTail(self.client("logs"), _log_group(kind), f"{job}/", max(self.config.poll_seconds, 0.5))
 
     # ---- endpoints -------------------------------------------------------------------------
     def wait_for_endpoint(self, name: str) -> None:
@@ -271,20 +244,23 @@ class AWS:
             )
 
     def delete(self, kind: str, name: str, *, purpose: str) -> None:
-        """Record and send the deletion of a model / endpoint config / endpoint; a missing one
-        counts as deleted, an endpoint still starting is waited for first."""
+        """Record and send the deletion of a ``model`` / ``endpoint_config`` / ``endpoint``; a
+        missing one counts as deleted, an endpoint still starting is waited for first."""
         entry = self.record(delete_entry(kind, name, purpose=purpose))
         if self.dry_run:
             return
         try:
             self.send(entry)
         except BackendError as exc:
-            cause = exc.__cause__
-            if cause is not None and _not_found(cause):
+            response = getattr(exc.__cause__, "response", None)  # a botocore ClientError's
+            if not isinstance(response, dict):
+                raise
+            code, message = (str(response.get("Error", {}).get(k, "")) for k in ("Code", "Message"))
+            if code in ("NoSuchKey", "404", "ResourceNotFound") or "Could not find" in message:
                 logger.debug("%s %s is already gone", kind, name)
                 entry.executed = True
                 return
-            if kind != "endpoint" or cause is None or not _client_error(cause):
+            if kind != "endpoint":
                 raise
             # An endpoint still being created or updated cannot be deleted yet: wait, retry once.
             self._wait("endpoint_in_service", {"EndpointName": name}, f"endpoint {name} (waiting to delete it)",
@@ -295,8 +271,8 @@ class AWS:
 
 # ---- CloudWatch logs ---------------------------------------------------------------------------
 class _LogTail:
-    """Streams the events of a job's CloudWatch log streams (``<job>/...``) to the recsys logger
-    at INFO while the job runs (a background thread), then once more when it has ended."""
+    """Logs the events of a job's CloudWatch log streams (``<job>/...``) at INFO from a background
+    thread while the job runs, then once more when it has ended (unless interrupted)."""
 
     def __init__(self, client: Any, group: str, prefix: str, interval: float) -> None:
         self.client, self.group, self.prefix, self.interval = client, group, prefix, interval
@@ -348,7 +324,7 @@ def _job_record(entry: PlanEntry, kind: str, desc: dict[str, Any]) -> dict[str, 
         "name": entry.name, "kind": kind, "purpose": entry.purpose,
         "algorithm": (entry.image_uri or "").rsplit("/", 1)[-1].split(":")[0],
         "instance_type": entry.instance_type, "instance_count": entry.instance_count,
-        "status": desc.get(f"{'Training' if kind == 'training' else 'Transform'}JobStatus"),
+        "status": desc.get(f"{kind.capitalize()}JobStatus"),
     }  # fmt: skip
     if kind == "training":
         billable, seconds = desc.get("BillableTimeInSeconds"), desc.get("TrainingTimeInSeconds")
@@ -361,21 +337,13 @@ def _job_record(entry: PlanEntry, kind: str, desc: dict[str, Any]) -> dict[str, 
     return record
 
 
-def _client_error(exc: BaseException) -> bool:
-    return isinstance(getattr(exc, "response", None), dict)
-
-
-def _not_found(exc: BaseException) -> bool:
-    if not _client_error(exc):
-        return False
-    error = exc.response.get("Error", {})  # type: ignore[attr-defined]
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-    return code in ("NoSuchKey", "404", "ResourceNotFound") or "Could not find" in message
+def _log_group(kind: str) -> str:
+    return f"/aws/sagemaker/{kind.capitalize()}Jobs"
 
 
 _HINTS = {
-    "AccessDenied": "check that your credentials and the execution role allow this (IAM policy)",
-    "AccessDeniedException": "check that your credentials and the execution role allow this (IAM policy)",
+    **dict.fromkeys(("AccessDenied", "AccessDeniedException"),
+                    "check that your credentials and the execution role allow this (IAM policy)"),
     "ResourceLimitExceeded": "request a SageMaker quota increase or choose another instance type "
     "([sagemaker] train_instance_type / endpoint_instance_type / transform_instance_type)",
     "NoSuchBucket": "create the bucket or set [sagemaker] bucket to an existing one",

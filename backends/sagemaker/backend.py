@@ -1,16 +1,7 @@
-"""The SageMaker backend: Amazon SageMaker's built-in Factorization Machines and k-NN behind
-:class:`backends.base.Backend`.
-
-It uses the SageMaker Python SDK 2.x (``pip install 'recsys[sagemaker]'``), imported only when
-a :class:`SageMakerBackend` is built: its session (credentials, region, default bucket), its
-image URIs, its estimators' hyperparameter descriptors and its RecordIO-protobuf writers. The
-API requests are built by :mod:`.plan` (checked against botocore's service model) and sent by
-:mod:`.aws`, so a dry run shows exactly the requests a real run sends. The FM is in :mod:`.fm`,
-the k-NN in :mod:`.knn`, endpoints in :mod:`.endpoint`.
-
-Interrupting (Ctrl-C, SIGTERM) while a job runs stops the job before the interrupt propagates;
-endpoints are deleted on every path; :meth:`SageMakerBackend.close` deletes whatever endpoints
-and models are still alive.
+"""The SageMaker backend (see :mod:`backends.sagemaker`). Requests are built by :mod:`.plan` and
+sent by :mod:`.aws`, so a dry run shows exactly what a real run sends. Interrupting (Ctrl-C,
+SIGTERM) a job stops it before the interrupt propagates; endpoints are deleted on every path;
+:meth:`SageMakerBackend.close` deletes whatever endpoints and models are still alive.
 """
 
 from __future__ import annotations
@@ -40,69 +31,35 @@ __all__ = ["SageMakerBackend"]
 class SageMakerBackend(Backend):
     """Trains FMs and k-NN indexes with Amazon SageMaker's built-in algorithms.
 
-    Parameters
-    ----------
-    **options
-        The ``[sagemaker]`` configuration keys (:data:`SAGEMAKER_OPTIONS`):
+    The keyword options are the ``[sagemaker]`` configuration keys (:data:`SAGEMAKER_OPTIONS`;
+    defaults in :class:`~backends.sagemaker.config.SageMakerConfig`):
 
-        bucket : str, optional
-            S3 bucket for data, models and outputs. Default: the session's default bucket.
-        prefix : str
-            Key prefix for everything written (default ``"recsys"``): data under
-            ``<prefix>/data/<job>/``, models under ``<prefix>/models/``, transform outputs under
-            ``<prefix>/transform/<job>/``.
-        role : str
-            The IAM execution role ARN SageMaker runs jobs and endpoints as (required for a real run).
-        region : str, optional
-            AWS region; default the session's or boto3's (``AWS_DEFAULT_REGION``, ~/.aws/config).
-        session : sagemaker.Session, optional
-            A ready session. Default: one is created.
-        train_instance_type, train_instance_count
-            FM and k-NN training (default ``ml.m4.xlarge`` x 1). With N > 1 the training data
-            is written as N shuffled shards, each instance reading its own (``ShardedByS3Key``).
-        transform_instance_type, transform_instance_count
-            k-NN batch transform (default ``ml.m4.xlarge`` x 1); the queries are split into N objects.
-        endpoint_instance_type, endpoint_instance_count
-            Endpoints (default ``ml.c5.xlarge`` x 1).
-        evaluate_on_endpoint : bool
-            After training an FM with an ``eval_set``, deploy it, score the evaluation rows on the
-            endpoint and record the largest difference from the local scores (default ``False``).
-        keep_endpoint : bool
-            Keep endpoints after use (default ``False``: they are always deleted).
-        use_spot_instances : bool, max_wait : int
-            Managed spot training; ``max_wait`` seconds (default and at most 3600: neither
-            algorithm checkpoints, so AWS caps the wait; ``MaxRuntimeInSeconds`` is capped at it).
-        subnets, security_group_ids : list of str
-            Run jobs and models inside this VPC.
-        volume_kms_key, output_kms_key : str
-            KMS keys for the instances' storage and for the models / transform outputs on S3.
-        stream_logs : bool
-            Stream each job's CloudWatch log at INFO while it runs (default ``True``).
-        dry_run : bool
-            Record every request in :attr:`plan` and call nothing on AWS.
-        max_payload_bytes : int
-            Largest endpoint request body (default 5 MB; SageMaker's limit is 6 MB).
-        poll_seconds : float
-            Seconds between status checks (botocore's waiters; default 10).
-        job_name_prefix : str
-            Start of every job, model and endpoint name (default ``"recsys"``).
-        tags : dict of str to str
-            Tags put on every job, model, endpoint config and endpoint.
-        max_runtime_seconds, volume_size_gb, endpoint_wait_seconds
-            Training jobs are stopped after ``max_runtime_seconds`` (default 24 h); instance
-            storage (default 30 GB); how long to wait for an endpoint (default 1800 s).
+    * ``bucket`` (default: the session's default bucket) and ``prefix``: data goes under
+      ``<prefix>/data/<job>/``, models under ``<prefix>/models/``, transform outputs under
+      ``<prefix>/transform/<job>/``;
+    * ``role``: the IAM execution role ARN (required for a real run); ``region``: default the
+      session's or boto3's; ``session``: a ready ``sagemaker.Session``;
+    * ``train_instance_type`` / ``_count`` (with N > 1 the training data is written as N
+      shuffled shards, ``ShardedByS3Key``), ``transform_instance_type`` / ``_count`` (the k-NN
+      queries are split into N objects), ``endpoint_instance_type`` / ``_count``;
+    * ``evaluate_on_endpoint``: after training an FM with an ``eval_set``, score it on an
+      endpoint and record the largest difference from the local scores; ``keep_endpoint``:
+      keep endpoints after use (default: always deleted);
+    * ``use_spot_instances``, ``max_wait`` (at most 3600 s: neither algorithm checkpoints);
+      ``subnets``, ``security_group_ids`` (a VPC); ``volume_kms_key``, ``output_kms_key``;
+    * ``stream_logs`` (each job's CloudWatch log at INFO), ``dry_run``, ``max_payload_bytes``
+      (largest endpoint request; SageMaker's limit is 6 MB), ``poll_seconds``,
+      ``job_name_prefix``, ``tags`` (on every job, model, endpoint config and endpoint),
+      ``max_runtime_seconds``, ``volume_size_gb``, ``endpoint_wait_seconds``.
 
-    Notes
-    -----
-    **Dry run.** No boto3 client is created and no network call is made. ``fit_fm`` returns a
+    **Dry run.** No boto3 client is created and no network call is made: ``fit_fm`` returns a
     zero :class:`~recsys.model.FittedFM` of the right shapes with ``metadata["dry_run"] =
-    True``; ``build_knn`` returns an index whose searches record the transform job and return
-    no neighbours; ``deploy(...).predict`` records the requests and returns zero scores. A whole
-    pipeline runs through, and :meth:`plan_requests` lists every request a real run sends.
-    A missing ``role`` or ``bucket`` is shown as a placeholder instead of an error.
+    True``, ``build_knn`` an index whose searches record the transform job and return no
+    neighbours, ``deploy(...).predict`` zero scores; :meth:`plan_requests` lists every request a
+    real run sends. A missing ``role`` or ``bucket`` is shown as a placeholder.
 
-    **Not supported remotely.** Training callbacks and the local-only FM options (``optimizer``,
-    ``seed``, ``threads``, ``early_stopping_patience``) are ignored with a warning.
+    Training callbacks and the local-only FM options (``optimizer``, ``seed``, ``threads``,
+    ``early_stopping_patience``) are ignored with a warning.
     """
 
     name = "sagemaker"
@@ -115,6 +72,10 @@ class SageMakerBackend(Backend):
     def check_options(cls, options: dict[str, Any]) -> None:
         """Validate a ``[sagemaker]`` section: keys, types, our limits, and one request of every
         kind checked against botocore's service model (instance types, ARNs, KMS keys, subnets)."""
+        cls._config(options)
+
+    @staticmethod
+    def _config(options: dict[str, Any]) -> SageMakerConfig:
         unknown = sorted(set(options) - set(SAGEMAKER_OPTIONS))
         if unknown:
             raise ConfigError(
@@ -126,10 +87,10 @@ class SageMakerBackend(Backend):
             import botocore  # noqa: F401
 
             check_config_requests(config)
+        return config
 
     def __init__(self, **options: Any) -> None:
-        self.check_options(options)
-        self.config = SageMakerConfig(**options).validate()
+        self.config = self._config(options)
         self.dry_run = self.config.dry_run
         if not self.dry_run and self.config.role is None:
             raise ConfigError(
@@ -148,8 +109,7 @@ class SageMakerBackend(Backend):
 
     @property
     def plan(self) -> list:
-        """Every request, in order (:class:`~backends.sagemaker.plan.PlanEntry`), recorded in
-        real runs and dry runs alike."""
+        """Every request, in order (:class:`~backends.sagemaker.plan.PlanEntry`)."""
         return self.aws.plan
 
     @property
@@ -158,7 +118,7 @@ class SageMakerBackend(Backend):
 
     def image_uri(self, algorithm: str) -> str:
         """The ECR image of ``"factorization-machines"`` or ``"knn"`` in this region."""
-        return self.aws.image_uri(algorithm, "1")
+        return self.aws.image_uri(algorithm)
 
     def format_plan(self) -> str:
         return format_plan(self.plan, dry_run=self.dry_run)
@@ -170,19 +130,13 @@ class SageMakerBackend(Backend):
     def fit_fm(self, X: sp.csr_matrix, y: np.ndarray, params: FMParams, *,
                eval_set: tuple[sp.csr_matrix, np.ndarray] | None = None,
                options: TrainOptions | None = None) -> FittedFM:  # fmt: skip
-        """Train SageMaker's ``factorization-machines`` on ``X, y``.
-
-        ``eval_set = (X_eval, y_eval)`` becomes the ``test`` channel (SageMaker reports test
-        metrics on it: ``metadata["final_metrics"]``) and, with ``evaluate_on_endpoint``, is
-        scored on an endpoint of the trained model. The model is downloaded and read as soon as
-        the job ends, so a surprise stops the run before the next paid job.
-
-        Returns a :class:`FittedFM` whose ``metadata`` holds ``backend="sagemaker"``,
-        ``training_job_name``, ``model_s3_uri``, ``image_uri``, the instances, the
-        hyperparameters sent, ``final_metrics``, the billed seconds and then the caller's
-        ``options.metadata``. Raises :class:`DataError` for bad input (before anything is sent),
-        :class:`BackendError` when an AWS call or the job failed (with its ``FailureReason``).
-        """
+        """Train SageMaker's ``factorization-machines`` on ``X, y``; ``eval_set`` becomes the
+        ``test`` channel (``metadata["final_metrics"]``) and, with ``evaluate_on_endpoint``, is
+        scored on an endpoint. The model is read as soon as the job ends, so a surprise stops the
+        run before the next paid job. ``metadata`` records the job, ``model_s3_uri``, image,
+        instances, hyperparameters, billed seconds, then ``options.metadata``. Raises
+        :class:`DataError` for bad input (before anything is sent), :class:`BackendError` when an
+        AWS call or the job failed (with its ``FailureReason``)."""
         return _fm.fit_fm(self.aws, X, y, params, eval_set=eval_set, options=options, deploy=self.deploy)
 
     def build_knn(self, vectors: np.ndarray, params: KNNParams) -> _knn.SageMakerKNNIndex:
@@ -197,20 +151,19 @@ class SageMakerBackend(Backend):
                keep: bool | None = None) -> _endpoint.FMEndpoint:  # fmt: skip
         """Deploy ``fm`` to a real-time endpoint; use the result as a context manager.
 
-        A model trained by this backend is served from its ``model_s3_uri``; any other
-        :class:`FittedFM` is first uploaded as a SageMaker FM ``model.tar.gz`` (whose
-        ``symbol.json`` / ``meta.json`` are a reconstruction). ``instance_type`` /
-        ``instance_count`` default to ``endpoint_instance_type`` / ``endpoint_instance_count``;
-        ``keep`` to ``keep_endpoint``. The endpoint, its configuration and model are deleted when
-        the ``with`` block ends (also on errors, Ctrl-C and SIGTERM), by ``delete()`` or by
-        :meth:`close` -- unless kept. Whatever was created is deleted if deploying fails.
+        A model trained by this backend is served from its ``model_s3_uri``; any other is first
+        uploaded as a SageMaker FM ``model.tar.gz`` (``symbol.json`` / ``meta.json`` are a
+        reconstruction). ``instance_type`` / ``instance_count`` / ``keep`` default to
+        ``endpoint_instance_type`` / ``endpoint_instance_count`` / ``keep_endpoint``. Unless kept,
+        the endpoint, its configuration and model are deleted when the ``with`` block ends (also
+        on errors, Ctrl-C and SIGTERM), by ``delete()`` or by :meth:`close`; whatever was created
+        is deleted if deploying fails.
         """
         if not self._atexit and not self.dry_run:
             atexit.register(self._cleanup_at_exit)
             self._atexit = True
         return _endpoint.deploy(self.aws, fm, instance_type=instance_type, instance_count=instance_count,
-                                keep=self.config.keep_endpoint if keep is None else bool(keep), alive=self._endpoints,
-                                image_uri=self.image_uri("factorization-machines"))  # fmt: skip
+                                keep=self.config.keep_endpoint if keep is None else bool(keep), alive=self._endpoints)  # fmt: skip
 
     def report(self) -> dict[str, Any]:
         """``metrics.json["sagemaker"]``: every job (instances, status, billable seconds, spot

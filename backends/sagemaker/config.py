@@ -1,10 +1,8 @@
-"""The SageMaker backend's options (the ``[sagemaker]`` configuration section), validated.
-
-Every option is a keyword argument of :class:`backends.sagemaker.SageMakerBackend`;
-:data:`SAGEMAKER_OPTIONS` lists the valid keys so a configuration loader can reject typos
-before anything is built. :meth:`SageMakerConfig.validate` checks types and our own limits;
-what SageMaker itself accepts (instance types, ARNs, KMS keys, subnets, names) is checked
-against botocore's service model by :func:`backends.sagemaker.plan.check_config_requests`.
+"""The SageMaker backend's options (the ``[sagemaker]`` section, keyword arguments of
+:class:`backends.sagemaker.SageMakerBackend`), validated: :meth:`SageMakerConfig.validate`
+checks types and recsys's own limits; what SageMaker itself accepts (instance types, ARNs, KMS
+keys, subnets, names) is checked against botocore's service model by
+:func:`backends.sagemaker.plan.check_config_requests`.
 """
 
 from __future__ import annotations
@@ -17,12 +15,7 @@ from typing import Any
 
 from recsys.errors import ConfigError
 
-__all__ = [
-    "SAGEMAKER_OPTIONS",
-    "SageMakerConfig",
-    "INVOKE_PAYLOAD_LIMIT",
-    "SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS",
-]
+__all__ = ["SAGEMAKER_OPTIONS", "SageMakerConfig", "INVOKE_PAYLOAD_LIMIT", "SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS"]
 
 #: SageMaker's hard limit on an ``InvokeEndpoint`` request body (6 MB).
 INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
@@ -80,16 +73,12 @@ class SageMakerConfig:
                     'put the folder in \'prefix\' (e.g. bucket = "my-bucket", prefix = "recsys")'
                 )
             if not _BUCKET_RE.match(self.bucket) or ".." in self.bucket:
-                raise ConfigError(
-                    f"[sagemaker] bucket {self.bucket!r} is not a valid S3 bucket name "
-                    "(3-63 lowercase letters, digits, '.' and '-')"
-                )
+                raise ConfigError(f"[sagemaker] bucket {self.bucket!r} is not a valid S3 bucket name "
+                                  "(3-63 lowercase letters, digits, '.' and '-')")  # fmt: skip
         _check_str("prefix", self.prefix)
         if self.prefix.startswith("s3://") or not _PREFIX_RE.match(self.prefix):
-            raise ConfigError(
-                f'[sagemaker] prefix must be an S3 key prefix such as "recsys/experiments" '
-                f"(no s3://, no spaces), got {self.prefix!r}"
-            )
+            raise ConfigError(f'[sagemaker] prefix must be an S3 key prefix such as "recsys/experiments" '
+                              f"(no s3://, no spaces), got {self.prefix!r}")  # fmt: skip
         self.prefix = self.prefix.strip("/")
         for key in ("role", "region", "volume_kms_key", "output_kms_key"):
             if getattr(self, key) is not None:
@@ -114,12 +103,31 @@ class SageMakerConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"[sagemaker] {key} must be a non-negative number of seconds, got {value!r}")
         if len(self.job_name_prefix) > MAX_NAME_PREFIX:
+            raise ConfigError(f"[sagemaker] job_name_prefix must be at most {MAX_NAME_PREFIX} characters (generated "
+                              f"names add up to 33 more, SageMaker allows 63), got {self.job_name_prefix!r}")  # fmt: skip
+        # spot training
+        if self.max_wait is not None and not self.use_spot_instances:
+            raise ConfigError("[sagemaker] max_wait only applies to spot training; set use_spot_instances = true or drop it")
+        if self.use_spot_instances:
+            if self.max_wait is None:
+                self.max_wait = SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS
+            if self.max_wait > SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS:
+                raise ConfigError(
+                    f"[sagemaker] max_wait is {self.max_wait} s but SageMaker limits spot jobs of built-in "
+                    f"algorithms that do not checkpoint (factorization-machines and knn) to "
+                    f"{SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS} s; lower it or train on demand"
+                )
+        # VPC
+        for key in ("subnets", "security_group_ids"):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f'[sagemaker] {key} must be a list of ids such as ["subnet-0abc..."], got {value!r}')
+            setattr(self, key, list(value))
+        if bool(self.subnets) != bool(self.security_group_ids):
             raise ConfigError(
-                f"[sagemaker] job_name_prefix must be at most {MAX_NAME_PREFIX} characters (generated "
-                f"names add up to 33 more, SageMaker allows 63), got {self.job_name_prefix!r}"
+                "[sagemaker] subnets and security_group_ids go together (SageMaker's VpcConfig needs "
+                f"both); got subnets={self.subnets} and security_group_ids={self.security_group_ids}"
             )
-        self._validate_spot()
-        self._validate_vpc()
         if not isinstance(self.tags, dict):
             raise ConfigError(
                 f'[sagemaker] tags must be a table of key = "value" strings, got {type(self.tags).__name__}'
@@ -136,20 +144,6 @@ class SageMakerConfig:
             raise ConfigError(f"[sagemaker] session must be a sagemaker.Session, got {type(self.session).__name__}")
         return self
 
-    def _validate_spot(self) -> None:
-        if self.max_wait is not None and not self.use_spot_instances:
-            raise ConfigError("[sagemaker] max_wait only applies to spot training; set use_spot_instances = true or drop it")
-        if not self.use_spot_instances:
-            return
-        if self.max_wait is None:
-            self.max_wait = SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS
-        if self.max_wait > SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS:
-            raise ConfigError(
-                f"[sagemaker] max_wait is {self.max_wait} s but SageMaker limits spot jobs of built-in "
-                f"algorithms that do not checkpoint (factorization-machines and knn) to "
-                f"{SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS} s; lower it or train on demand"
-            )
-
     @property
     def runtime_seconds(self) -> int:
         """``MaxRuntimeInSeconds``: ``max_runtime_seconds``, capped at ``max_wait`` for spot jobs
@@ -157,25 +151,6 @@ class SageMakerConfig:
         if self.use_spot_instances and self.max_wait is not None:
             return min(self.max_runtime_seconds, self.max_wait)
         return self.max_runtime_seconds
-
-    def _validate_vpc(self) -> None:
-        for key in ("subnets", "security_group_ids"):
-            value = getattr(self, key)
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f'[sagemaker] {key} must be a list of ids such as ["subnet-0abc..."], got {value!r}')
-            setattr(self, key, list(value))
-        if bool(self.subnets) != bool(self.security_group_ids):
-            raise ConfigError(
-                "[sagemaker] subnets and security_group_ids go together (SageMaker's VpcConfig needs "
-                f"both); got subnets={self.subnets} and security_group_ids={self.security_group_ids}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as plain values (the session is shown by type only)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["session"] = None if self.session is None else type(self.session).__name__
-        out["tags"] = dict(self.tags)
-        return out
 
 
 #: The valid keys of the ``[sagemaker]`` section (= keyword options of ``SageMakerBackend``).

@@ -1,15 +1,10 @@
 """A deployed SageMaker FM endpoint: deploying, invoking, deleting.
 
-Request bodies (``content-type: application/json``), one object per row:
-
-* dense: ``{"instances": [{"features": [x_0, ..., x_{d-1}]}, ...]}``
-* sparse: ``{"instances": [{"data": {"features": {"keys": [...], "shape": [d], "values": [...]}}}, ...]}``
-
-Response (``accept: application/json``): ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``
-(``predicted_label`` only for a ``binary_classifier``). Rows are sent in as few requests as fit
-under ``max_payload_bytes`` -- batches are cut by encoded size, not by a fixed row count, since
-SageMaker rejects bodies over 6 MB. The encoding and decoding live in
-:mod:`recsys.serving.protocol` (shared with the recsys service, which speaks the same protocol).
+Requests are ``application/json``, one ``{"features": [...]}`` (dense) or ``{"data": {"features":
+{"keys", "shape", "values"}}}`` (sparse) instance per row; responses ``{"predictions": [{"score",
+"predicted_label"}, ...]}``. Rows are sent in as few requests as fit under ``max_payload_bytes``
+(batches are cut by encoded size: SageMaker rejects bodies over 6 MB). The encoding lives in
+:mod:`recsys.serving.protocol`, shared with the recsys service, which speaks the same protocol.
 """
 
 from __future__ import annotations
@@ -45,23 +40,14 @@ logger = logging.getLogger("recsys")
 
 
 class FMEndpoint:
-    """A SageMaker endpoint serving a factorization machine. Use it as a context manager::
+    """A SageMaker endpoint serving a factorization machine; use it as a context manager::
 
         with backend.deploy(fm) as endpoint:
             predictions = endpoint.predict(X_test)
 
-    Leaving the block deletes the endpoint, its endpoint configuration and its model -- also on
-    errors, Ctrl-C and SIGTERM -- unless it was deployed with ``keep=True`` (``keep_endpoint``).
-    In a dry run nothing is deployed: :meth:`predict` records the requests it would send and
-    returns zero scores.
-
-    Attributes
-    ----------
-    name : str
-        The endpoint name (also the name of its endpoint configuration and model).
-    keep, dry_run, deleted : bool
-    requests : int
-        Invocations sent so far.
+    Leaving the block deletes the endpoint, its endpoint configuration and its model (all named
+    :attr:`name`) -- also on errors, Ctrl-C and SIGTERM -- unless it was deployed with
+    ``keep=True``. In a dry run :meth:`predict` records the requests and returns zero scores.
     """
 
     def __init__(self, aws: AWS, *, name: str, fm: FittedFM, keep: bool, purpose: str) -> None:
@@ -75,12 +61,9 @@ class FMEndpoint:
         self._started = 0.0
 
     def predict(self, X: Any, *, format: str = "auto", show_progress: bool = False) -> list[dict[str, Any]]:
-        """Score the rows of ``X`` (CSR or 2-D array, ``feature_dim`` columns) on the endpoint.
-
-        Returns one ``{"score": ..., "predicted_label": ...}`` per row, in order (what the SDK's
-        ``JSONDeserializer`` gives under ``"predictions"``); see :func:`predictions_to_arrays`.
-        Raises :class:`BackendError` if the endpoint is deleted or a request failed (the message
-        names the rows)."""
+        """Score the rows of ``X`` (CSR or 2-D array, ``feature_dim`` columns) on the endpoint: one
+        ``{"score": ..., "predicted_label": ...}`` per row, in order. Raises :class:`BackendError`
+        if the endpoint is deleted or a request failed (the message names the rows)."""
         if self.deleted:
             raise BackendError(f"endpoint {self.name} was deleted; deploy the model again")
         X = as_matrix(X, self.fm.feature_dim)
@@ -159,7 +142,7 @@ class FMEndpoint:
 
 
 def deploy(aws: AWS, fm: FittedFM, *, instance_type: str | None, instance_count: int | None, keep: bool,
-           alive: list[FMEndpoint], image_uri: str) -> FMEndpoint:  # fmt: skip
+           alive: list[FMEndpoint]) -> FMEndpoint:  # fmt: skip
     """Create model, endpoint configuration and endpoint for ``fm`` and wait until it is in
     service (see :meth:`SageMakerBackend.deploy`); whatever was created is deleted if that fails."""
     if not isinstance(fm, FittedFM):
@@ -179,8 +162,8 @@ def deploy(aws: AWS, fm: FittedFM, *, instance_type: str | None, instance_count:
                                          details={"from": f"a {fm.metadata.get('backend', 'local')} model, as a SageMaker FM model.tar.gz"}))  # fmt: skip
     purpose = f"FM {fm.predictor_type} endpoint"
     entries = [
-        aws.record(model_entry(name, purpose=purpose, image_uri=image_uri, model_data_url=model_uri, role=aws.role,
-                               cfg=aws.config)),
+        aws.record(model_entry(name, purpose=purpose, image_uri=aws.image_uri("factorization-machines"),
+                               model_data_url=model_uri, role=aws.role, cfg=aws.config)),
         aws.record(endpoint_config_entry(name, purpose=purpose, model_name=name, instance_type=itype,
                                          instance_count=icount, cfg=aws.config)),
         aws.record(endpoint_entry(name, purpose=purpose, config_name=name, instance_type=itype, instance_count=icount,

@@ -1,11 +1,9 @@
-"""SageMaker's built-in Factorization Machines: hyperparameters, training data, the training job,
-reading its model, and (``evaluate_on_endpoint``) checking the hosted model against the local one.
-
-Hyperparameters are typed and checked by the SageMaker Python SDK's own descriptors
-(``sagemaker.FactorizationMachines`` / ``sagemaker.KNN``), so the strings sent are the ones the
-SDK's estimators send. With ``train_instance_count = N > 1`` the training data is written as N
-shuffled RecordIO shards and the train channel is ``ShardedByS3Key`` (as the SDK's
-``record_set()`` does); the test channel is replicated.
+"""SageMaker's built-in Factorization Machines: hyperparameters (typed and checked by the SDK's own
+estimator descriptors, so the strings sent are the ones the SDK sends), training data, the
+training job, reading its model, and (``evaluate_on_endpoint``) checking the hosted model
+against the local one. With ``train_instance_count = N > 1`` the training data is written as N
+shuffled RecordIO shards read ``ShardedByS3Key`` (as the SDK's ``record_set()`` does); the test
+channel is replicated.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ __all__ = ["fit_fm", "fm_hyperparameters", "sdk_hyperparameters", "write_shards"
 logger = logging.getLogger("recsys")
 
 _LOCAL_ONLY = ("optimizer", "seed", "threads", "early_stopping_patience")
-#: Rows are shuffled into shards with this seed, so a run's shards are reproducible.
-_SHARD_SEED = 0
 
 
 def sdk_hyperparameters(estimator: type, values: dict[str, Any]) -> dict[str, str]:
@@ -85,12 +81,13 @@ def write_shards(aws: AWS, entries: list[Any], X: Any, labels: np.ndarray | None
     shuffled first when ``shuffle``), and upload them."""
     from sagemaker.amazon.common import write_numpy_to_dense_tensor, write_spmatrix_to_sparse_tensor
 
-    order = np.random.default_rng(_SHARD_SEED).permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
+    # a fixed seed, so a run's shards are reproducible
+    order = np.random.default_rng(0).permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
     with tempfile.TemporaryDirectory(prefix="recsys-sagemaker-") as tmp:
         for entry, rows in zip(entries, np.array_split(order, len(entries)), strict=True):
             path = Path(tmp) / "part.protobuf"
+            part = None if labels is None else labels[rows]
             with open(path, "wb") as fh:
-                part = None if labels is None else labels[rows]
                 if sp.issparse(X):
                     write_spmatrix_to_sparse_tensor(fh, X[rows], part)
                 else:
@@ -127,8 +124,8 @@ def fit_fm(
         folder = aws.uri("data", job, name) + "/"
         uploads[name] = shard_uploads(aws, folder, Xc.shape[0], shards, purpose=f"{purpose} {name} channel",
                                       details={"columns": Xc.shape[1], "format": "sparse float32 with float32 labels"})  # fmt: skip
-        channels.append(Channel(name, folder, shards, "ShardedByS3Key" if shards > 1 else "FullyReplicated"))
-    image = aws.image_uri(*_algorithm())
+        channels.append(Channel(name, folder, shards))
+    image = aws.image_uri("factorization-machines")
     train = aws.record(training_job_entry(job, purpose=f"{purpose} training", image_uri=image, role=aws.role,
                                           cfg=aws.config, hyperparameters=hyperparameters, channels=channels,
                                           output_path=aws.uri("models")))  # fmt: skip
@@ -150,12 +147,6 @@ def fit_fm(
     if aws.config.evaluate_on_endpoint and eval_set is not None:
         _evaluate_on_endpoint(aws, fm, eval_set[0], deploy)
     return fm
-
-
-def _algorithm() -> tuple[str, str]:
-    from sagemaker import FactorizationMachines
-
-    return FactorizationMachines.repo_name, FactorizationMachines.repo_version
 
 
 def _read_model(aws: AWS, desc: dict[str, Any], meta: dict[str, Any], params: FMParams, feature_dim: int,

@@ -1,25 +1,18 @@
 """SageMaker's built-in k-NN behind :class:`backends.base.KNNIndex`.
 
-:func:`build_knn` trains ``knn`` on the item vectors (labels = row numbers 0..n-1, so a label
-*is* an id) with ``k = min(params.k, n, 1024)``: SageMaker returns a fixed ``k`` set at
-training and refuses more than 1024. With ``train_instance_count = N > 1`` the vectors are
-written as N shards read ``ShardedByS3Key`` and ``sample_size`` is N times the largest shard:
-the docs say each of N instances samples ``sample_size / N`` points of what it reads, so every
-item is indexed exactly once.
+:func:`build_knn` trains ``knn`` on the item vectors (labels = row numbers, so a label *is* an
+id) with ``k = min(params.k, n, 1024)``: SageMaker returns a fixed ``k`` set at training and
+refuses more than 1024. With ``train_instance_count = N > 1`` the vectors are written as N
+shards read ``ShardedByS3Key`` and ``sample_size`` is N times the largest shard: each of N
+instances samples ``sample_size / N`` points of what it reads, so every item is indexed once.
 
-:class:`SageMakerKNNIndex` searches with batch transform jobs (RecordIO-protobuf in,
-``application/jsonlines; verbose=true`` out) and does not rely on conventions it cannot see:
-
-* the labels SageMaker returns are **re-scored with the local vectors** the index was built
-  from and ordered by that score (ties by lower id), whichever way SageMaker's ``distances``
-  run; which way they ran, and whether they equal the local scores to float32 tolerance, is
-  recorded (:meth:`SageMakerKNNIndex.report`, ``metrics.json["sagemaker"]``);
-* queries whose answer lies deeper than the ``k`` SageMaker returns (more rated videos than
-  that, or a tie at the cut), and lines SageMaker returns short, are **completed exactly from
-  the local vectors**, ranked by the same rule as every :class:`~backends.base.KNNIndex`, and
-  counted;
-* one transform job answers a set of queries once: deeper passes of the exclusion search
-  over the same queries reuse its result instead of paying for another job.
+:class:`SageMakerKNNIndex` searches with batch transform jobs and does not rely on conventions
+it cannot see: the labels SageMaker returns are **re-scored with the local vectors** and
+ordered by that score (ties by lower id), whichever way its ``distances`` run (which way they
+ran, and whether they equal the local scores, is recorded in :meth:`~SageMakerKNNIndex.report`);
+answers deeper than ``k`` (or a tie at the cut) and lines returned short are **completed
+exactly from the local vectors**, and counted; deeper passes of the exclusion search over the
+same queries reuse the last transform job's result instead of paying for another job.
 """
 
 from __future__ import annotations
@@ -47,12 +40,6 @@ logger = logging.getLogger("recsys")
 KNN_MAX_K = 1024
 #: float64 elements per block when scoring locally (bounded memory).
 _BLOCK = 2_000_000
-
-
-def _algorithm() -> tuple[str, str]:
-    from sagemaker import KNN
-
-    return KNN.repo_name, KNN.repo_version
 
 
 def knn_hyperparameters(params: KNNParams, n: int, dim: int, instances: int) -> dict[str, str]:
@@ -90,9 +77,9 @@ def build_knn(aws: AWS, vectors: Any, params: KNNParams) -> SageMakerKNNIndex:
     folder = aws.uri("data", job, "train") + "/"
     uploads = shard_uploads(aws, folder, n, instances, purpose="k-NN train channel",
                             details={"columns": d, "format": "dense float32, labels = row numbers (int32)"})  # fmt: skip
-    channel = Channel("train", folder, instances, "ShardedByS3Key" if instances > 1 else "FullyReplicated")
+    channel = Channel("train", folder, instances)
     train = aws.record(training_job_entry(
-        job, purpose=f"k-NN index ({params.index_type}, {params.index_metric})", image_uri=aws.image_uri(*_algorithm()),
+        job, purpose=f"k-NN index ({params.index_type}, {params.index_metric})", image_uri=aws.image_uri("knn"),
         role=aws.role, cfg=aws.config, hyperparameters=hyperparameters, channels=[channel], output_path=aws.uri("models"),
     ))  # fmt: skip
     model_uri = train.details["model_artifact"]
@@ -105,21 +92,9 @@ def build_knn(aws: AWS, vectors: Any, params: KNNParams) -> SageMakerKNNIndex:
 
 
 class SageMakerKNNIndex(KNNIndex):
-    """A trained SageMaker ``knn`` model plus the vectors it was built from.
-
-    Attributes
-    ----------
-    metric, ntotal, dim
-        As :class:`~backends.base.KNNIndex`.
-    k, max_k : int
-        Neighbours per query SageMaker returns (``min(params.k, ntotal, 1024)``); deeper
-        answers are completed locally (:meth:`_complete`).
-    job_name, model_s3_uri : str
-        The training job and its model artifact.
-    transform_jobs : list of str
-    completed_rows : int
-        Queries answered (in part) from the local vectors.
-    """
+    """A trained SageMaker ``knn`` model plus the vectors it was built from. ``k`` (= ``max_k``)
+    is how many neighbours SageMaker returns per query; ``completed_rows`` counts the queries
+    answered (in part) from the local vectors."""
 
     def __init__(self, aws: AWS, *, job_name: str, model_s3_uri: str, params: KNNParams, vectors: np.ndarray,
                  k: int, sample_size: int) -> None:  # fmt: skip
@@ -279,7 +254,7 @@ def run_transform(aws: AWS, index: SageMakerKNNIndex, queries: np.ndarray) -> tu
     """One batch transform of ``queries`` against ``index`` (its model created on first use),
     split into ``transform_instance_count`` input objects; ``(labels, distances)`` as returned,
     or None in a dry run."""
-    image = aws.image_uri(*_algorithm())
+    image = aws.image_uri("knn")
     if index.model_name is None:
         entry = aws.record(model_entry(index.job_name, purpose="k-NN model for batch transform", image_uri=image,
                                        model_data_url=index.model_s3_uri, role=aws.role, cfg=aws.config))  # fmt: skip

@@ -1,8 +1,7 @@
 """Read and write MXNet's NDArray list files (what ``mx.nd.save`` writes) with numpy only.
 
-SageMaker's built-in algorithms (FM, linear learner, PCA, k-means, ...) store their learned
-parameters in this format, so reading it is all recsys needs to turn a SageMaker model artifact
-into arrays -- no MXNet install (which is unmaintained and needs numpy < 1.24) required.
+SageMaker's built-in algorithms store their learned parameters in this format; reading it here
+spares an MXNet install (unmaintained, needs numpy < 1.24).
 
 The layout, checked against MXNet's ``src/ndarray/ndarray.cc`` (``NDArray::Save``,
 ``NDArray::Load``, ``LegacyLoad``), ``include/mxnet/tuple.h`` (``Tuple::Save``),
@@ -29,14 +28,15 @@ The layout, checked against MXNet's ``src/ndarray/ndarray.cc`` (``NDArray::Save`
         [sparse] aux data            per aux array
     u64 name count (0 for a list, else == count), then per name: u64 length + UTF-8 bytes
 
-Dense arrays of every dtype numpy has are read; sparse arrays are rejected by default and can
-be densified (``sparse="dense"``); bfloat16 is rejected. Corrupt or truncated input raises
-:class:`recsys.errors.ModelFormatError`, never ``struct.error`` or ``IndexError``.
+Sparse arrays are rejected unless ``sparse="dense"``; bfloat16 is rejected. Corrupt or
+truncated input raises :class:`recsys.errors.ModelFormatError`, never ``struct.error`` or
+``IndexError``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -47,15 +47,8 @@ import numpy as np
 
 from recsys.errors import ModelFormatError
 
-__all__ = [
-    "LIST_MAGIC",
-    "NDARRAY_V1_MAGIC",
-    "NDARRAY_V2_MAGIC",
-    "NDARRAY_V3_MAGIC",
-    "read_ndarray_list",
-    "read_ndarray_dict",
-    "write_ndarray_list",
-]
+__all__ = ["LIST_MAGIC", "NDARRAY_V1_MAGIC", "NDARRAY_V2_MAGIC", "NDARRAY_V3_MAGIC",
+           "read_ndarray_list", "read_ndarray_dict", "write_ndarray_list"]  # fmt: skip
 
 logger = logging.getLogger("recsys")
 
@@ -64,30 +57,15 @@ NDARRAY_V1_MAGIC = 0xF993FAC8
 NDARRAY_V2_MAGIC = 0xF993FAC9
 NDARRAY_V3_MAGIC = 0xF993FACA
 
-#: mshadow type flags (mshadow/base.h ``enum TypeFlag``) -> little-endian numpy dtype.
-_DTYPES: dict[int, np.dtype] = {
-    0: np.dtype("<f4"),
-    1: np.dtype("<f8"),
-    2: np.dtype("<f2"),
-    3: np.dtype("u1"),
-    4: np.dtype("<i4"),
-    5: np.dtype("i1"),
-    6: np.dtype("<i8"),
-    7: np.dtype("?"),
-    8: np.dtype("<i2"),
-    9: np.dtype("<u2"),
-    10: np.dtype("<u4"),
-    11: np.dtype("<u8"),
-}
-_UNSUPPORTED_DTYPES = {12: "bfloat16"}
-_FLAGS: dict[tuple[str, int], int] = {(dt.kind, dt.itemsize): flag for flag, dt in _DTYPES.items()}
-_STORAGE = {0: "dense", 1: "row_sparse", 2: "csr"}
-_NUM_AUX = {0: 0, 1: 1, 2: 2}
-_MAX_NDIM = 32
+#: mshadow type flags (mshadow/base.h ``enum TypeFlag``) -> little-endian numpy dtype; 12 is bfloat16.
+_DTYPES = {flag: np.dtype(code) for flag, code in enumerate(
+    ["<f4", "<f8", "<f2", "u1", "<i4", "i1", "<i8", "?", "<i2", "<u2", "<u4", "<u8"])}  # fmt: skip
+_FLAGS = {(dt.kind, dt.itemsize): flag for flag, dt in _DTYPES.items()}
+_STORAGE = {0: "dense", 1: "row_sparse", 2: "csr"}  # the number of aux arrays is the storage type
+_MAX_NDIM = 32  # also: a legacy file's first u32 is its ndim, so larger values are a bad magic
 _MAX_DIM = 1 << 48  # larger dimensions are corruption, not data
 #: Largest dense array a sparse one is expanded into (``sparse="dense"``).
 MAX_DENSE_BYTES = 1 << 32
-_MAX_LEGACY_NDIM = 32  # a legacy file's first u32 is its ndim; larger values are a bad magic
 _DEV_TYPES = range(1, 7)  # Context::kMaxDevType == 6 (1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared)
 
 SparseMode = Literal["error", "dense"]
@@ -97,9 +75,7 @@ class _Reader:
     """Bounds-checked little-endian reads from a buffer; every failure is a ModelFormatError."""
 
     def __init__(self, data: bytes | bytearray | memoryview, source: str) -> None:
-        self.buf = memoryview(data).cast("B")
-        self.pos = 0
-        self.source = source
+        self.buf, self.pos, self.source = memoryview(data).cast("B"), 0, source
 
     @property
     def remaining(self) -> int:
@@ -110,41 +86,52 @@ class _Reader:
 
     def take(self, n: int, what: str) -> memoryview:
         if n < 0 or n > self.remaining:
-            raise self.fail(
-                f"truncated or corrupt MXNet NDArray file: {what} needs {n} bytes at offset "
-                f"{self.pos}, but only {self.remaining} remain"
-            )
-        out = self.buf[self.pos : self.pos + n]
+            raise self.fail(f"truncated or corrupt MXNet NDArray file: {what} needs {n} bytes at offset "
+                            f"{self.pos}, but only {self.remaining} remain")  # fmt: skip
         self.pos += n
-        return out
+        return self.buf[self.pos - n : self.pos]
 
     def unpack(self, fmt: str, what: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
 
     def shape(self, what: str, *, legacy_ndim: int | None = None) -> tuple[int, ...] | None:
         """A shape; ``None`` when ndim is -1 (unknown, only valid in v3)."""
-        if legacy_ndim is not None:
-            ndim, fmt = legacy_ndim, "<{}I"
-        else:
-            ndim, fmt = self.unpack("<i", f"{what} ndim"), "<{}q"
-            if ndim == -1:
-                return None
+        ndim = legacy_ndim if legacy_ndim is not None else self.unpack("<i", f"{what} ndim")
+        if ndim == -1:
+            return None
         if not 0 <= ndim <= _MAX_NDIM:
-            raise self.fail(
-                f"{what} has ndim {ndim} at offset {self.pos - 4}; expected 0..{_MAX_NDIM}"
-            )
-        size = 4 if legacy_ndim is not None else 8
-        dims = struct.unpack(fmt.format(ndim), self.take(size * ndim, f"{what} dims"))
+            raise self.fail(f"{what} has ndim {ndim} at offset {self.pos - 4}; expected 0..{_MAX_NDIM}")
+        fmt = f"<{ndim}I" if legacy_ndim is not None else f"<{ndim}q"
+        dims = struct.unpack(fmt, self.take(struct.calcsize(fmt), f"{what} dims"))
         if any(d > _MAX_DIM for d in dims):
             raise self.fail(f"{what} has an implausible dimension in {dims}; the file is corrupt")
         return tuple(int(d) for d in dims)
 
+    def valid_shape(self, owner: str, noun: str) -> tuple[int, ...]:
+        shape = self.shape(f"{owner} {noun}")
+        if shape is None or any(d < 0 for d in shape):
+            raise self.fail(f"{owner} has an invalid {noun} {shape}")
+        return shape
 
-def _nelem(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    def dtype_flag(self, what: str) -> int:
+        flag = self.unpack("<i", f"{what} dtype flag")
+        if flag == 12:
+            raise self.fail(f"{what} has dtype bfloat16 (flag 12), which numpy cannot represent")
+        if flag not in _DTYPES:
+            raise self.fail(
+                f"{what} has unknown dtype flag {flag} at offset {self.pos - 4}; expected one of "
+                f"{sorted(_DTYPES)} (0 float32, 1 float64, 2 float16, 3 uint8, 4 int32, 5 int8, 6 int64, ...)"
+            )
+        return flag
+
+    def values(self, flag: int, shape: tuple[int, ...], what: str) -> np.ndarray:
+        dtype, n = _DTYPES[flag], math.prod(shape)
+        raw = self.take(n * dtype.itemsize, f"{what} data ({n} x {dtype.name})")
+        arr = np.frombuffer(raw, dtype=dtype, count=n).astype(dtype.newbyteorder("="), copy=True)
+        try:
+            return arr.reshape(shape)
+        except ValueError as exc:  # e.g. a zero-size shape whose other dims overflow
+            raise self.fail(f"{what} has an unusable shape {shape}: {exc}") from exc
 
 
 class _Sparse:
@@ -154,7 +141,7 @@ class _Sparse:
         self.stype, self.shape, self.data, self.aux = stype, shape, data, aux
 
     def densify(self, where: str) -> np.ndarray:
-        nbytes = _nelem(self.shape) * self.data.dtype.itemsize
+        nbytes = math.prod(self.shape) * self.data.dtype.itemsize
         if nbytes > MAX_DENSE_BYTES:
             raise ModelFormatError(
                 f"{where}: densifying the {_STORAGE[self.stype]} array of shape {self.shape} would "
@@ -181,38 +168,10 @@ class _Sparse:
                     raise ValueError("indptr, indices and data lengths disagree")
                 if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
                     raise ValueError(f"column index out of range [0, {n_cols})")
-                rows = np.repeat(np.arange(n_rows), np.diff(indptr))
-                np.add.at(out, (rows, indices), self.data.reshape(-1))
+                np.add.at(out, (np.repeat(np.arange(n_rows), np.diff(indptr)), indices), self.data.reshape(-1))
         except ValueError as exc:
-            raise ModelFormatError(
-                f"{where}: inconsistent {_STORAGE[self.stype]} array: {exc}"
-            ) from exc
+            raise ModelFormatError(f"{where}: inconsistent {_STORAGE[self.stype]} array: {exc}") from exc
         return out
-
-
-def _read_values(r: _Reader, flag: int, shape: tuple[int, ...], what: str) -> np.ndarray:
-    dtype = _DTYPES[flag]
-    n = _nelem(shape)
-    raw = r.take(n * dtype.itemsize, f"{what} data ({n} x {dtype.name})")
-    arr = np.frombuffer(raw, dtype=dtype, count=n).astype(dtype.newbyteorder("="), copy=True)
-    try:
-        return arr.reshape(shape)
-    except ValueError as exc:  # e.g. a zero-size shape whose other dims overflow
-        raise r.fail(f"{what} has an unusable shape {shape}: {exc}") from exc
-
-
-def _dtype_flag(r: _Reader, what: str) -> int:
-    flag = r.unpack("<i", f"{what} dtype flag")
-    if flag in _UNSUPPORTED_DTYPES:
-        raise r.fail(
-            f"{what} has dtype {_UNSUPPORTED_DTYPES[flag]} (flag {flag}), which numpy cannot represent"
-        )
-    if flag not in _DTYPES:
-        raise r.fail(
-            f"{what} has unknown dtype flag {flag} at offset {r.pos - 4}; expected one of "
-            f"{sorted(_DTYPES)} (0 float32, 1 float64, 2 float16, 3 uint8, 4 int32, 5 int8, 6 int64, ...)"
-        )
-    return flag
 
 
 def _read_one(r: _Reader, index: int) -> np.ndarray | _Sparse:
@@ -220,123 +179,73 @@ def _read_one(r: _Reader, index: int) -> np.ndarray | _Sparse:
     start = r.pos
     magic = r.unpack("<I", f"{what} magic")
     v3 = magic == NDARRAY_V3_MAGIC
-    stype, sshape = 0, None
+    stype, sshape = 0, ()
     if magic in (NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC):
         stype = r.unpack("<i", f"{what} storage type")
         if stype not in _STORAGE:
-            raise r.fail(
-                f"{what} has unknown storage type {stype} at offset {r.pos - 4}; expected 0 (dense), "
-                "1 (row_sparse) or 2 (csr)"
-            )
+            raise r.fail(f"{what} has unknown storage type {stype} at offset {r.pos - 4}; expected 0 (dense), "
+                         "1 (row_sparse) or 2 (csr)")  # fmt: skip
         if stype and v3:
-            raise r.fail(
-                f"{what}: a v3 (numpy-shape) array must be dense, found storage type {stype}"
-            )
+            raise r.fail(f"{what}: a v3 (numpy-shape) array must be dense, found storage type {stype}")
         if stype:
-            sshape = r.shape(f"{what} storage shape")
-            if sshape is None or any(d < 0 for d in sshape):
-                raise r.fail(f"{what} has an invalid storage shape {sshape}")
+            sshape = r.valid_shape(what, "storage shape")
         shape = r.shape(f"{what} shape")
     elif magic == NDARRAY_V1_MAGIC:
         shape = r.shape(f"{what} shape")
-    elif magic <= _MAX_LEGACY_NDIM:
+    elif magic <= _MAX_NDIM:
         shape = r.shape(f"{what} shape", legacy_ndim=magic)
     else:
         raise r.fail(
             f"{what} at offset {start} starts with unknown magic 0x{magic:08X}; expected "
             f"0x{NDARRAY_V2_MAGIC:08X} (v2), 0x{NDARRAY_V3_MAGIC:08X} (v3) or 0x{NDARRAY_V1_MAGIC:08X} (v1)"
         )
-
     # "none" arrays: nothing but the header was written (NDArray::Save returns after the shape).
-    if v3:
-        if shape is None or any(d < 0 for d in shape):
-            return np.empty((0,), dtype=np.float32)
-    else:
-        if shape is None:
-            raise r.fail(f"{what} has ndim -1, which only the v3 format allows")
-        if len(shape) == 0:
-            return np.empty((0,), dtype=np.float32)
-        if any(d < 0 for d in shape):
-            raise r.fail(f"{what} has a negative dimension in its shape {shape}")
+    if shape is None and not v3:
+        raise r.fail(f"{what} has ndim -1, which only the v3 format allows")
+    if (v3 and (shape is None or any(d < 0 for d in shape))) or (not v3 and len(shape) == 0):
+        return np.empty((0,), dtype=np.float32)
+    if any(d < 0 for d in shape):
+        raise r.fail(f"{what} has a negative dimension in its shape {shape}")
 
     dev_type = r.unpack("<i", f"{what} device type")
     r.unpack("<i", f"{what} device id")
     if dev_type not in _DEV_TYPES:
-        raise r.fail(
-            f"{what} has invalid device type {dev_type} at offset {r.pos - 8}; expected 1..6"
-        )
-    flag = _dtype_flag(r, what)
+        raise r.fail(f"{what} has invalid device type {dev_type} at offset {r.pos - 8}; expected 1..6")
+    flag = r.dtype_flag(what)
     if not stype:
-        return _read_values(r, flag, shape, what)
-
-    aux_meta = []
-    for j in range(_NUM_AUX[stype]):
-        aux_flag = _dtype_flag(r, f"{what} aux #{j}")
-        aux_shape = r.shape(f"{what} aux #{j} shape")
-        if aux_shape is None or any(d < 0 for d in aux_shape):
-            raise r.fail(f"{what} aux #{j} has an invalid shape {aux_shape}")
-        aux_meta.append((aux_flag, aux_shape))
-    data = _read_values(r, flag, sshape or (), what)
-    aux = [_read_values(r, f, s, f"{what} aux #{j}") for j, (f, s) in enumerate(aux_meta)]
+        return r.values(flag, shape, what)
+    aux_meta = [(r.dtype_flag(f"{what} aux #{j}"), r.valid_shape(f"{what} aux #{j}", "shape")) for j in range(stype)]
+    data = r.values(flag, sshape, what)
+    aux = [r.values(f, s, f"{what} aux #{j}") for j, (f, s) in enumerate(aux_meta)]
     return _Sparse(stype, shape, data, aux)
 
 
-def _as_buffer(data: bytes | bytearray | memoryview | str | os.PathLike) -> tuple[Any, str]:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return data, "NDArray data"
-    path = Path(data)
-    try:
-        return path.read_bytes(), str(path)
-    except OSError as exc:
-        raise ModelFormatError(f"cannot read MXNet NDArray file {path}: {exc}") from exc
-
-
 def read_ndarray_list(
-    data: bytes | bytearray | memoryview | str | os.PathLike,
-    *,
-    sparse: SparseMode = "error",
-    source: str | None = None,
-) -> tuple[list[np.ndarray], list[str]]:
-    """Decode an MXNet NDArray list file (``mx.nd.save`` output).
+    data: bytes | bytearray | memoryview | str | os.PathLike, *, sparse: SparseMode = "error", source: str | None = None,
+) -> tuple[list[np.ndarray], list[str]]:  # fmt: skip
+    """Decode an MXNet NDArray list file (``mx.nd.save`` output): its bytes or a path.
 
-    Parameters
-    ----------
-    data : bytes-like or path
-        The file's bytes, or a path to read them from.
-    sparse : {"error", "dense"}
-        What to do with row_sparse / CSR arrays: raise :class:`ModelFormatError` naming them
-        (default), or convert them to dense numpy arrays.
-    source : str, optional
-        A name for the data used in error messages (defaults to the path, if one was given).
-
-    Returns
-    -------
-    arrays : list of ndarray
-        In file order; native byte order, writable copies. An MXNet "none" array (saved without
-        a shape) comes back as an empty float32 array of shape (0,).
-    names : list of str
-        Empty when the file was saved from a list, else one name per array.
-
-    Raises
-    ------
-    ModelFormatError
-        Bad magic, unknown storage type or dtype, truncated data, inconsistent name count, or
-        sparse arrays with ``sparse="error"``.
+    ``sparse="dense"`` converts row_sparse / CSR arrays to dense ones (default: raise naming
+    them); ``source`` names the data in error messages. Returns the arrays in file order
+    (native byte order, writable copies; an MXNet "none" array is an empty float32 array of
+    shape (0,)) and the names (empty when the file was saved from a list).
     """
     if sparse not in ("error", "dense"):
         raise ValueError(f"sparse must be 'error' or 'dense', got {sparse!r}")
-    buf, default_source = _as_buffer(data)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        buf, default_source = data, "NDArray data"
+    else:
+        try:
+            buf, default_source = Path(data).read_bytes(), str(Path(data))
+        except OSError as exc:
+            raise ModelFormatError(f"cannot read MXNet NDArray file {Path(data)}: {exc}") from exc
     r = _Reader(buf, source or default_source)
     if r.remaining < 24:
-        raise r.fail(
-            f"too short for an MXNet NDArray file ({r.remaining} bytes; the header alone is 24)"
-        )
+        raise r.fail(f"too short for an MXNet NDArray file ({r.remaining} bytes; the header alone is 24)")
     header = r.unpack("<Q", "list magic")
     if header != LIST_MAGIC:
-        raise r.fail(
-            f"not an MXNet NDArray file: header 0x{header:016X}, expected 0x{LIST_MAGIC:X} "
-            "(the first 8 bytes of mx.nd.save output)"
-        )
+        raise r.fail(f"not an MXNet NDArray file: header 0x{header:016X}, expected 0x{LIST_MAGIC:X} "
+                     "(the first 8 bytes of mx.nd.save output)")  # fmt: skip
     r.unpack("<Q", "reserved field")
     count = r.unpack("<Q", "array count")
     if count > r.remaining // 4:  # each array needs at least its 4-byte magic
@@ -347,126 +256,71 @@ def read_ndarray_list(
         raise r.fail(f"the file has {count} arrays but {n_names} names; expected 0 or {count}")
     names = []
     for i in range(n_names):
-        length = r.unpack("<Q", f"name #{i} length")
-        raw = r.take(length, f"name #{i}")
+        raw = r.take(r.unpack("<Q", f"name #{i} length"), f"name #{i}")
         try:
             names.append(bytes(raw).decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise r.fail(f"name #{i} is not valid UTF-8: {exc}") from exc
     if r.remaining:
-        logger.warning(
-            "%s: ignoring %d trailing bytes after the NDArray list", r.source, r.remaining
-        )
+        logger.warning("%s: ignoring %d trailing bytes after the NDArray list", r.source, r.remaining)
 
-    arrays: list[np.ndarray] = []
-    sparse_found = []
-    for i, item in enumerate(items):
-        label = repr(names[i]) if names else f"#{i}"
-        if isinstance(item, _Sparse):
-            if sparse == "error":
-                sparse_found.append(f"{label} ({_STORAGE[item.stype]}, shape {item.shape})")
-                continue
-            item = item.densify(f"{r.source}: array {label}")
-        arrays.append(item)
-    if sparse_found:
-        raise r.fail(
-            f"sparse arrays are not supported here: {', '.join(sparse_found)}; only dense storage "
-            "(type 0) is read unless sparse='dense' is passed"
-        )
+    labels = [repr(n) for n in names] if names else [f"#{i}" for i in range(count)]
+    found = [f"{label} ({_STORAGE[item.stype]}, shape {item.shape})"
+             for label, item in zip(labels, items, strict=True) if isinstance(item, _Sparse)]  # fmt: skip
+    if found and sparse == "error":
+        raise r.fail(f"sparse arrays are not supported here: {', '.join(found)}; only dense storage "
+                     "(type 0) is read unless sparse='dense' is passed")  # fmt: skip
+    arrays = [item.densify(f"{r.source}: array {label}") if isinstance(item, _Sparse) else item
+              for label, item in zip(labels, items, strict=True)]  # fmt: skip
     return arrays, names
 
 
 def read_ndarray_dict(
-    data: bytes | bytearray | memoryview | str | os.PathLike,
-    *,
-    sparse: SparseMode = "error",
-    source: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Decode an NDArray file saved from a dict (``mx.nd.save(f, {name: array})``).
-
-    Parameters and errors are those of :func:`read_ndarray_list`; in addition a file without
-    names (saved from a list) or with duplicate names raises :class:`ModelFormatError`.
-    """
+    data: bytes | bytearray | memoryview | str | os.PathLike, *, sparse: SparseMode = "error", source: str | None = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """:func:`read_ndarray_list` of a file saved from a dict (``mx.nd.save(f, {name: array})``);
+    a file without names or with duplicate names raises :class:`ModelFormatError`."""
     arrays, names = read_ndarray_list(data, sparse=sparse, source=source)
     where = source or (str(data) if isinstance(data, (str, os.PathLike)) else "NDArray data")
     if arrays and not names:
-        raise ModelFormatError(
-            f"{where}: the NDArray file has {len(arrays)} arrays but no names (it was saved from a "
-            "list); use read_ndarray_list"
-        )
+        raise ModelFormatError(f"{where}: the NDArray file has {len(arrays)} arrays but no names (it was saved "
+                               "from a list); use read_ndarray_list")  # fmt: skip
     if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ModelFormatError(f"{where}: duplicate array names {dupes}")
+        raise ModelFormatError(f"{where}: duplicate array names {sorted({n for n in names if names.count(n) > 1})}")
     return dict(zip(names, arrays, strict=True))
 
 
-def _shape_bytes(shape: tuple[int, ...]) -> bytes:
-    return struct.pack(f"<i{len(shape)}q", len(shape), *shape)
-
-
 def write_ndarray_list(arrays: Mapping[str, Any] | Sequence[Any]) -> bytes:
-    """Encode dense arrays exactly as ``mx.nd.save`` (MXNet 1.x, default semantics) does.
-
-    Parameters
-    ----------
-    arrays : mapping of str to array-like, or sequence of array-like
-        A mapping is saved with its names in iteration order (as ``mx.nd.save`` of a dict);
-        a sequence without names (as ``mx.nd.save`` of a list).
-
-    Returns
-    -------
-    bytes
-        v2 records (magic 0xF993FAC9, dense storage, context cpu(0)); for the same arrays and
-        names this is byte-identical to MXNet 1.9.1's output (see ``tests/fixtures/mxnet``).
-
-    Raises
-    ------
-    ModelFormatError
-        For a 0-d array (the v2 format reads ndim 0 as "no array"; reshape to (1,)), or a dtype
-        MXNet cannot store (complex, object, strings, ...).
-    """
+    """Encode dense arrays exactly as ``mx.nd.save`` (MXNet 1.x) does: a mapping with its names in
+    order, a sequence without names. v2 records (dense, context cpu(0)), byte-identical to MXNet
+    1.9.1's output. A 0-d array (v2 reads ndim 0 as "no array") or a dtype MXNet cannot store
+    raises :class:`ModelFormatError`."""
     if isinstance(arrays, Mapping):
-        names = list(arrays.keys())
-        values = list(arrays.values())
-        for name in names:
-            if not isinstance(name, str):
-                raise ModelFormatError(
-                    f"NDArray names must be str, got {type(name).__name__}: {name!r}"
-                )
+        names, values = list(arrays.keys()), list(arrays.values())
+        bad = next((n for n in names if not isinstance(n, str)), None)
+        if bad is not None:
+            raise ModelFormatError(f"NDArray names must be str, got {type(bad).__name__}: {bad!r}")
     elif isinstance(arrays, (str, bytes)) or not isinstance(arrays, Sequence):
-        raise ModelFormatError(
-            f"expected a mapping or a sequence of arrays, got {type(arrays).__name__}"
-        )
+        raise ModelFormatError(f"expected a mapping or a sequence of arrays, got {type(arrays).__name__}")
     else:
         names, values = [], list(arrays)
-
     parts = [struct.pack("<QQQ", LIST_MAGIC, 0, len(values))]
     for i, value in enumerate(values):
         label = repr(names[i]) if names else f"#{i}"
         arr = np.asarray(value)
         flag = _FLAGS.get((arr.dtype.kind, arr.dtype.itemsize))
         if flag is None:
-            raise ModelFormatError(
-                f"array {label} has dtype {arr.dtype}, which MXNet cannot store; use float32, "
-                "float64, float16, (u)int8/16/32/64 or bool"
-            )
+            raise ModelFormatError(f"array {label} has dtype {arr.dtype}, which MXNet cannot store; use float32, "
+                                   "float64, float16, (u)int8/16/32/64 or bool")  # fmt: skip
         if arr.ndim == 0:
             raise ModelFormatError(
                 f"array {label} is 0-d; MXNet's v2 format reads ndim 0 as 'no array'. Reshape it to (1,)"
             )
         if arr.ndim > _MAX_NDIM:
-            raise ModelFormatError(
-                f"array {label} has {arr.ndim} dimensions; at most {_MAX_NDIM} are supported"
-            )
-        data = np.ascontiguousarray(arr, dtype=_DTYPES[flag]).tobytes()
-        parts += [
-            struct.pack("<Ii", NDARRAY_V2_MAGIC, 0),
-            _shape_bytes(arr.shape),
-            struct.pack("<iii", 1, 0, flag),
-            data,
-        ]
+            raise ModelFormatError(f"array {label} has {arr.ndim} dimensions; at most {_MAX_NDIM} are supported")
+        parts += [struct.pack(f"<Iii{arr.ndim}q", NDARRAY_V2_MAGIC, 0, arr.ndim, *arr.shape),
+                  struct.pack("<iii", 1, 0, flag), np.ascontiguousarray(arr, dtype=_DTYPES[flag]).tobytes()]  # fmt: skip
     parts.append(struct.pack("<Q", len(names)))
     for name in names:
-        encoded = name.encode("utf-8")
-        parts += [struct.pack("<Q", len(encoded)), encoded]
+        parts += [struct.pack("<Q", len(name.encode("utf-8"))), name.encode("utf-8")]
     return b"".join(parts)

@@ -1,19 +1,14 @@
 """What the SageMaker backend sends to AWS, described (and checked) before it is sent.
 
-Every step that creates, uses or deletes something (an S3 upload, a training job, a model, an
-endpoint configuration, an endpoint, a batch transform job, the endpoint invocations, the
-deletions) is first built as a :class:`PlanEntry` holding both a readable summary and the
-*exact* API request. A real run sends ``entry.request`` as it is; a dry run only records the
-entry. So what :func:`format_plan` prints and :func:`plan_requests` lists for a dry run is
-what a real run sends, in order.
+Every step (an S3 upload, a training job, a model, an endpoint configuration, an endpoint, a batch
+transform job, the endpoint invocations, the deletions) is first built as a :class:`PlanEntry`
+holding a readable summary and the *exact* API request. A real run sends ``entry.request`` as
+it is; a dry run only records the entry, so :func:`format_plan` and :func:`plan_requests` of a
+dry run show what a real run sends, in order.
 
-Every SageMaker request is checked against botocore's own service model
-(:func:`request_problems`: botocore's ``ParamValidator`` for types, required members and
-minimums, plus the model's enums, maximums and patterns, which botocore leaves to the
-service), so an invalid instance type or KMS key fails before the first paid call;
-:func:`check_config_requests` does that for a whole ``[sagemaker]`` configuration.
-
-The builders here are pure functions (no AWS call, no SDK).
+Every SageMaker request is checked against botocore's service model (:func:`request_problems`:
+botocore's ``ParamValidator`` plus the enums, maximums and patterns it leaves to the service),
+so an invalid instance type or KMS key fails before the first paid call.
 """
 
 from __future__ import annotations
@@ -46,31 +41,10 @@ TRANSFORM_MAX_PAYLOAD_MB = 1
 
 @dataclass
 class PlanEntry:
-    """One step sent to AWS.
-
-    Attributes
-    ----------
-    kind : str
-        ``"upload"``, ``"training_job"``, ``"model"``, ``"endpoint_config"``, ``"endpoint"``,
-        ``"transform_job"``, ``"invoke_endpoint"`` or ``"delete_<model|endpoint_config|endpoint>"``.
-    name : str
-        The resource name (job / model / endpoint name, or the S3 URI of an upload).
-    purpose : str
-        What the step is for, e.g. ``"FM regressor training"``.
-    api : str
-        The call that executes it, e.g. ``"sagemaker.create_training_job"``.
-    request : dict
-        The exact keyword arguments of that call (for uploads: ``Bucket`` and ``Key``).
-    image_uri, instance_type, instance_count, hyperparameters, inputs, output_path,
-    content_type, accept
-        The summary shown by :func:`format_plan` (``inputs`` maps a channel name to an S3 URI).
-    details : dict
-        Anything else worth showing (rows, shards, what happens to the resource afterwards).
-    bodies : list of (first row, last row + 1, bytes)
-        For ``invoke_endpoint``: one item per request body.
-    executed : bool
-        ``True`` once a real run has sent the request.
-    """
+    """One step sent to AWS: ``request`` holds the exact keyword arguments of ``api`` (for
+    uploads: ``Bucket`` and ``Key``); ``image_uri`` to ``details`` are the summary shown by
+    :func:`format_plan`; ``bodies`` has one ``(first row, last row + 1, bytes)`` per endpoint
+    request body; ``executed`` is set once a real run has sent the request."""
 
     kind: str
     name: str
@@ -89,19 +63,19 @@ class PlanEntry:
     bodies: list[tuple[int, int, int]] = field(default_factory=list)
     executed: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy."""
-        return json.loads(json.dumps(self.__dict__, default=str))
-
 
 @dataclass
 class Channel:
-    """A training channel: its S3 prefix, how many objects are under it, how they are shared."""
+    """A training channel: its S3 prefix and how many objects are under it; several are shards,
+    each instance reading its own."""
 
     name: str
     uri: str
     objects: int = 1
-    distribution: str = "FullyReplicated"
+
+    @property
+    def distribution(self) -> str:
+        return "ShardedByS3Key" if self.objects > 1 else "FullyReplicated"
 
 
 def s3_uri(bucket: str, *parts: str) -> str:
@@ -129,6 +103,10 @@ def _finish(request: dict[str, Any], cfg: SageMakerConfig, *, vpc: bool = False)
     return request
 
 
+def _kms(part: dict[str, Any], key: str, value: str | None) -> dict[str, Any]:
+    return {**part, key: value} if value else part
+
+
 # ---- builders ---------------------------------------------------------------------------------
 def upload_entry(uri: str, *, purpose: str, content_type: str, details: dict[str, Any]) -> PlanEntry:
     bucket, key = split_s3_uri(uri)
@@ -142,13 +120,8 @@ def training_job_entry(
 ) -> PlanEntry:  # fmt: skip
     """A ``CreateTrainingJob`` of a built-in algorithm in File mode, one channel per input, on
     the configuration's instances (spot, VPC and KMS included)."""
-    resources: dict[str, Any] = {"InstanceType": cfg.train_instance_type, "InstanceCount": cfg.train_instance_count,
-                                 "VolumeSizeInGB": cfg.volume_size_gb}  # fmt: skip
-    if cfg.volume_kms_key:
-        resources["VolumeKmsKeyId"] = cfg.volume_kms_key
-    output: dict[str, Any] = {"S3OutputPath": output_path}
-    if cfg.output_kms_key:
-        output["KmsKeyId"] = cfg.output_kms_key
+    resources = _kms({"InstanceType": cfg.train_instance_type, "InstanceCount": cfg.train_instance_count,
+                      "VolumeSizeInGB": cfg.volume_size_gb}, "VolumeKmsKeyId", cfg.volume_kms_key)  # fmt: skip
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": cfg.runtime_seconds}
     request: dict[str, Any] = {
         "TrainingJobName": name,
@@ -161,7 +134,7 @@ def training_job_entry(
                                              "S3DataDistributionType": c.distribution}}}
             for c in channels
         ],  # fmt: skip
-        "OutputDataConfig": output,
+        "OutputDataConfig": _kms({"S3OutputPath": output_path}, "KmsKeyId", cfg.output_kms_key),
         "ResourceConfig": resources,
         "StoppingCondition": stopping,
     }
@@ -196,9 +169,7 @@ def endpoint_config_entry(name: str, *, purpose: str, model_name: str, instance_
                           cfg: SageMakerConfig) -> PlanEntry:  # fmt: skip
     variant = {"VariantName": VARIANT_NAME, "ModelName": model_name, "InitialInstanceCount": instance_count,
                "InstanceType": instance_type, "InitialVariantWeight": 1.0}  # fmt: skip
-    request: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": [variant]}
-    if cfg.volume_kms_key:
-        request["KmsKeyId"] = cfg.volume_kms_key
+    request = _kms({"EndpointConfigName": name, "ProductionVariants": [variant]}, "KmsKeyId", cfg.volume_kms_key)
     return PlanEntry(kind="endpoint_config", name=name, purpose=purpose, api="sagemaker.create_endpoint_config",
                      request=_finish(request, cfg), instance_type=instance_type, instance_count=instance_count,
                      details={"model": model_name})  # fmt: skip
@@ -219,13 +190,10 @@ def transform_job_entry(
     output_path: str, cfg: SageMakerConfig, details: dict[str, Any],
 ) -> PlanEntry:  # fmt: skip
     """A ``CreateTransformJob`` splitting RecordIO input and assembling the output by line."""
-    output: dict[str, Any] = {"S3OutputPath": output_path, "Accept": KNN_ACCEPT, "AssembleWith": "Line"}
-    if cfg.output_kms_key:
-        output["KmsKeyId"] = cfg.output_kms_key
-    resources: dict[str, Any] = {"InstanceType": cfg.transform_instance_type,
-                                 "InstanceCount": cfg.transform_instance_count}  # fmt: skip
-    if cfg.volume_kms_key:
-        resources["VolumeKmsKeyId"] = cfg.volume_kms_key
+    output = _kms({"S3OutputPath": output_path, "Accept": KNN_ACCEPT, "AssembleWith": "Line"}, "KmsKeyId",
+                  cfg.output_kms_key)  # fmt: skip
+    resources = _kms({"InstanceType": cfg.transform_instance_type, "InstanceCount": cfg.transform_instance_count},
+                     "VolumeKmsKeyId", cfg.volume_kms_key)  # fmt: skip
     request = {
         "TransformJobName": name,
         "ModelName": model_name,
@@ -254,17 +222,10 @@ def invoke_entry(endpoint_name: str, *, purpose: str, details: dict[str, Any]) -
     )  # fmt: skip
 
 
-_DELETE = {
-    "model": ("delete_model", "ModelName"),
-    "endpoint_config": ("delete_endpoint_config", "EndpointConfigName"),
-    "endpoint": ("delete_endpoint", "EndpointName"),
-}
-
-
 def delete_entry(kind: str, name: str, *, purpose: str) -> PlanEntry:
     """Deleting a model, endpoint configuration or endpoint (``kind``) this run created."""
-    operation, key = _DELETE[kind]
-    return PlanEntry(kind=f"delete_{kind}", name=name, purpose=purpose, api=f"sagemaker.{operation}",
+    key = "".join(w.capitalize() for w in kind.split("_")) + "Name"  # ModelName, EndpointConfigName, EndpointName
+    return PlanEntry(kind=f"delete_{kind}", name=name, purpose=purpose, api=f"sagemaker.delete_{kind}",
                      request={key: name})  # fmt: skip
 
 
@@ -321,9 +282,7 @@ def request_problems(api: str, request: dict[str, Any], *, skip: tuple[str, ...]
         return []
     model = _service_model(service)
     op = model.operation_model("".join(w.capitalize() for w in operation.split("_")))
-    sent = {k: v for k, v in request.items() if k != "Body"} if service == "sagemaker-runtime" else request
-    if service == "sagemaker-runtime":
-        sent = {**sent, "Body": b""}
+    sent = {**request, "Body": b""} if service == "sagemaker-runtime" else request  # the body is data, not checked
     report = botocore.validate.ParamValidator().validate(sent, op.input_shape)
     found = [line for line in report.generate_report().splitlines() if line and not any(s in line for s in skip)]
     return found + _constraints(sent, op.input_shape, "", frozenset(skip))
@@ -375,12 +334,7 @@ def check_config_requests(cfg: SageMakerConfig) -> None:
 
 
 # ---- rendering --------------------------------------------------------------------------------
-_TITLES = {
-    "upload": "upload", "training_job": "training job", "model": "model", "endpoint_config": "endpoint config",
-    "endpoint": "endpoint", "transform_job": "batch transform job", "invoke_endpoint": "invoke endpoint",
-    "delete_model": "delete model", "delete_endpoint_config": "delete endpoint config",
-    "delete_endpoint": "delete endpoint",
-}  # fmt: skip
+_TITLES = {"transform_job": "batch transform job"}  # otherwise the kind, spaced
 
 
 def plan_requests(plan: list[PlanEntry]) -> list[dict[str, Any]]:
@@ -409,7 +363,7 @@ def format_plan(plan: list[PlanEntry], *, dry_run: bool | None = None) -> str:
     width = len(str(len(plan)))
     pad = " " * (width + 4)
     for i, e in enumerate(plan, start=1):
-        lines.append(f"{i:>{width}}. {_TITLES.get(e.kind, e.kind)} {e.name}" + (f"  [{e.purpose}]" if e.purpose else ""))
+        lines.append(f"{i:>{width}}. {_TITLES.get(e.kind, e.kind.replace('_', ' '))} {e.name}" + (f"  [{e.purpose}]" if e.purpose else ""))
         rows: list[tuple[str, Any]] = [("image", e.image_uri)]
         if e.instance_type:
             rows.append(("instances", f"{e.instance_count or 1} x {e.instance_type}"))
