@@ -259,10 +259,6 @@ def review_counts(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
 def _validate(frame: pd.DataFrame, required: Sequence[str] = REQUIRED_COLUMNS) -> None:
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"expected a pandas DataFrame of ratings, got {type(frame).__name__}")

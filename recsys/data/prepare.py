@@ -160,9 +160,6 @@ def _rating_distribution(ratings: pd.Series) -> dict[str, int]:
     return {f"{float(k):g}": int(v) for k, v in counts.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. reduce
-# ---------------------------------------------------------------------------------------------
 def reduce_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Keep the ratings columns (customer, product, title, rating, date), adding missing optional
     ones as NaN/NaT. A missing required column raises :class:`DataError` naming it."""
@@ -201,9 +198,6 @@ def date_order_key(frame: pd.DataFrame) -> np.ndarray:
     return values
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. duplicates
-# ---------------------------------------------------------------------------------------------
 def _dedupe(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
     """The rows :func:`drop_duplicates` keeps (sorted) and how many exact duplicate rows it drops.
 
@@ -271,9 +265,6 @@ def count_duplicates(frame: pd.DataFrame) -> tuple[int, int]:
     return n_exact, len(frame) - n_exact - len(final)
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. long tail
-# ---------------------------------------------------------------------------------------------
 def filter_long_tail(
     frame: pd.DataFrame,
     min_customer_ratings: int = 18,
@@ -317,9 +308,6 @@ def filter_long_tail(
             return current.reset_index(drop=True), passes
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. index
-# ---------------------------------------------------------------------------------------------
 def _sorted_uniques(series: pd.Series) -> pd.Index:
     values = series.dropna()
     if isinstance(values.dtype, pd.CategoricalDtype):
@@ -424,9 +412,6 @@ def index_ratings(frame: pd.DataFrame, mappings: Mappings) -> pd.DataFrame:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. split
-# ---------------------------------------------------------------------------------------------
 def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Each customer's latest rating (by date, then file order) is the test row.
 
@@ -501,9 +486,6 @@ def split_explicit(
     return train, test, {"explicit_test_rows_dropped": dropped, "explicit_test_overlap_removed": int(overlap.sum())}
 
 
-# ---------------------------------------------------------------------------------------------
-# 6. encode
-# ---------------------------------------------------------------------------------------------
 def one_hot(users: Any, items: Any, n_users: int, n_items: int) -> sp.csr_matrix:
     """The one-hot design matrix: row r has a 1 in column ``users[r]`` and in column
     ``n_users + items[r]``; float32 CSR with ``n_users + n_items`` columns. Vectorised."""
@@ -547,9 +529,6 @@ def labels(ratings: Any, kind: str = "regression", threshold: float = 5.0) -> np
     raise ConfigError(f"label kind must be 'regression' or 'classification', got {kind!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# the wired stage
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class PreparedData:
     """The output of :func:`prepare`.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ _REASONS = [
     "non-integer star_rating",
     "star_rating outside 1-5",
 ]
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _star(text: str) -> tuple[float, int]:
@@ -45,8 +47,16 @@ def _star(text: str) -> tuple[float, int]:
 
 
 def _day(text: str) -> tuple[int, int]:
-    us = C.parse_day(text)
-    return us, int(us == C.NAT)  # code 1: present but not a date
+    """(microseconds since epoch, 0) of a ``YYYY-MM-DD`` date (spaces allowed), else (NaT, 1)."""
+    s = text.strip()
+    if _ISO_DAY.fullmatch(s):
+        try:
+            us = int(np.datetime64(s, "D").astype(np.int64)) * 86_400_000_000
+        except ValueError:  # e.g. 2015-02-30
+            us = C.NAT
+        if C.MIN_US <= us <= C.MAX_US:
+            return us, 0
+    return C.NAT, 1
 
 
 def _check_header(names: list[str], path: Path) -> None:

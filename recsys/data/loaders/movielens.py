@@ -26,10 +26,10 @@ from .text import (
     Tally,
     check_file,
     describe_columns,
+    first_line,
     head,
     lines_of,
     parse_blocks,
-    read_all,
 )
 
 logger = logging.getLogger("recsys")
@@ -46,7 +46,6 @@ _VARIANTS = {
     "ratings.dat": (["UserID", "MovieID", "Rating", "Timestamp"], b"::", False, "movies.dat"),
     "ratings.csv": (["userId", "movieId", "rating", "timestamp"], b",", True, "movies.csv"),
 }
-_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 _ID = re.compile(r"-?[0-9]{1,18}")
 
 
@@ -71,7 +70,7 @@ def _int_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _variant(head_bytes: bytes, path: Path) -> str:
-    first = head_bytes.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
+    first = first_line(head_bytes)
     if first.lower().startswith(b"userid,movieid,rating"):
         return "ratings.csv"
     if b"::" in first:
@@ -138,9 +137,9 @@ def load_movielens(
     with lines_of(p, block_size, header=has_header) as (header, blocks):
         if header is not None:
             report.columns = header.split(",")
-            if [n.strip() for n in report.columns] != _CSV_HEADER:
+            if [n.strip() for n in report.columns] != names:
                 raise DataError(
-                    f"{p}: expected the MovieLens ratings.csv header {','.join(_CSV_HEADER)} on "
+                    f"{p}: expected the MovieLens ratings.csv header {','.join(names)} on "
                     f"line 1; found {describe_columns(report.columns)}. For another layout use "
                     f"load_table(path, user=..., item=..., rating=..., timestamp=...)."
                 )
@@ -183,16 +182,13 @@ def load_movielens(
     return frame, report
 
 
-def _decode_text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
 def _read_titles_file(path: Path) -> dict[int, str]:
     """Movie id -> title from ``u.item``, ``movies.dat`` or ``movies.csv`` (by content)."""
-    text = _decode_text(read_all(path)).lstrip("\ufeff")
+    data = head(path, None)
+    try:
+        text = data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1").lstrip("\ufeff")
     first = text.split("\n", 1)[0]
     out: dict[int, str] = {}
     if first.lower().startswith("movieid,title"):
@@ -228,10 +224,6 @@ def _movielens_titles(
 def _titles_for(item: np.ndarray, title_map: dict[int, str]) -> pd.Categorical:
     if not title_map:
         return C.empty_categorical(len(item))
-    ids = np.fromiter(title_map.keys(), dtype=np.int64, count=len(title_map))
-    names = pa.array(list(title_map.values()), pa.string())
-    pos = pd.Index(ids).get_indexer(item)
-    enc = names.dictionary_encode()
-    codes_of_id = np.asarray(enc.indices, dtype=np.int64)
-    idx = np.where(pos >= 0, codes_of_id[pos], -1)
-    return C.categorical(enc.dictionary, idx)
+    enc = pa.array(list(title_map.values()), pa.string()).dictionary_encode()
+    codes = np.append(np.asarray(enc.indices, dtype=np.int64), -1)  # get_indexer's -1: no title
+    return C.categorical(enc.dictionary, codes[pd.Index(list(title_map)).get_indexer(item)])

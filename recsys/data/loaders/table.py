@@ -17,7 +17,16 @@ from ...errors import DataError
 from ..schema import CUSTOMER, DATE, PRODUCT, RATING, TITLE
 from . import columns as C
 from .report import LoadReport, check_rows, finish
-from .text import Block, Format, Tally, check_file, describe_columns, read_all, split_header
+from .text import (
+    Block,
+    Format,
+    Tally,
+    check_file,
+    describe_columns,
+    head,
+    split_header,
+    starts_with,
+)
 
 PARQUET_MAGIC = b"PAR1"
 SEPARATORS = (",", ";", "\t", "|")
@@ -51,6 +60,12 @@ def csv_header(line: str, sep: str, path: Path) -> list[str]:
         return next(csv.reader([line], delimiter=sep), [])
     except csv.Error as exc:
         raise DataError(f"{path}: line 1 is not a CSV header with sep={sep!r}.") from exc
+
+
+def parquet_error(path: Path) -> DataError:
+    return DataError(
+        f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
+    )
 
 
 def _check_mapping(mapping: dict[str, str], available: list[str], path: Path) -> None:
@@ -143,9 +158,7 @@ def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, 
     """(int64 us with NaT, number of present-but-unparseable values) of a timestamp column."""
     if col is None:
         return np.full(n, C.NAT, dtype=np.int64), 0
-    arr = col.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = pc.cast(arr, arr.type.value_type)
+    arr = C.plain(col.combine_chunks())
     t = arr.type
     present = np.asarray(pc.is_valid(arr))
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
@@ -160,9 +173,8 @@ def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, 
         us = _unix_to_us(np.where(present, vals, np.nan))
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         enc = arr.dictionary_encode()
-        idx = np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64)
         parsed = _parse_texts(pd.Series(enc.dictionary.to_pylist(), dtype=object))
-        us = np.where(idx >= 0, parsed[np.maximum(idx, 0)] if len(parsed) else C.NAT, C.NAT)
+        us = np.append(parsed, C.NAT)[np.asarray(pc.fill_null(enc.indices, len(parsed)))]
     else:
         raise DataError(
             f"{what} has type {t}; expected dates, timestamps, unix seconds or date text."
@@ -243,8 +255,7 @@ def load_table(
     if format not in (None, "csv", "parquet"):
         raise DataError(f"load_table reads 'csv' or 'parquet'; got format={format!r}.")
     if format is None:
-        with open(p, "rb") as fh:
-            format = "parquet" if fh.read(4) == PARQUET_MAGIC else "csv"
+        format = "parquet" if starts_with(p, PARQUET_MAGIC) else "csv"
     mapping = {CUSTOMER: user, PRODUCT: item, RATING: rating, DATE: timestamp, TITLE: title}
     mapping = {k: v for k, v in mapping.items() if v is not None}
     report = LoadReport(source=str(path), format=format)
@@ -277,7 +288,7 @@ def _read_csv(
     path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
 ) -> tuple[Block, Tally]:
     """Parse the whole CSV (every column as text) as one block."""
-    data = read_all(path)
+    data = head(path, None)
     if not data.strip():
         raise DataError(f"{path} is empty; expected a CSV with a header line.")
     header, rest = split_header(data + b"\n" if not data.endswith(b"\n") else data)
@@ -317,11 +328,10 @@ def _read_parquet(
             empty = pc.equal(col, "") if text else None
             nulls[name] = col.is_null() if empty is None else pc.or_kleene(col.is_null(), empty)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(
-            f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
-        ) from exc
+        raise parquet_error(path) from exc
     for name in mapping.values():
         t = tbl.schema.field(name).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
         if pa.types.is_nested(t) or pa.types.is_union(t):
             raise DataError(
                 f"{path}: column {name!r} holds values of type {t}; expected one scalar per row "

@@ -41,11 +41,6 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 _NAME = re.compile(r"[^\W\d][\w .()-]{0,63}")
 
 
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-
 def check_file(path: str | Path) -> Path:
     """``path`` as a Path if it is a readable regular file, else a :class:`DataError`."""
     p = Path(path)
@@ -61,12 +56,15 @@ def check_file(path: str | Path) -> Path:
     return p
 
 
+def starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
 def open_binary(path: Path) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing gzip (detected by its magic bytes)."""
     try:
-        with open(path, "rb") as fh:
-            gz = fh.read(2) == GZIP_MAGIC
-        if gz:
+        if starts_with(path, GZIP_MAGIC):
             # Arrow's C++ gzip stream is ~20% faster than the gzip module and releases the GIL.
             return pa.input_stream(str(path), compression="gzip")  # type: ignore[return-value]
         return open(path, "rb")
@@ -75,8 +73,7 @@ def open_binary(path: Path) -> BinaryIO:
 
 
 def read(fh: BinaryIO, n: int | None, path: Path) -> bytes:
-    """``fh.read(n)`` (None: all); a damaged gzip stream or an I/O failure is a
-    :class:`DataError`."""
+    """``fh.read(n)`` (None: all); a damaged gzip stream or an I/O failure is a DataError."""
     try:
         return fh.read() if n is None else fh.read(n)
     except _READ_ERRORS as exc:
@@ -86,15 +83,15 @@ def read(fh: BinaryIO, n: int | None, path: Path) -> bytes:
         ) from exc
 
 
-def head(path: Path, n: int = 1 << 16) -> bytes:
-    """The first ``n`` (decompressed) bytes of ``path``."""
+def head(path: Path, n: int | None = 1 << 16) -> bytes:
+    """The first ``n`` (decompressed) bytes of ``path``; None: all of them."""
     with open_binary(path) as fh:
         return read(fh, n, path)
 
 
-def read_all(path: Path) -> bytes:
-    with open_binary(path) as fh:
-        return read(fh, None, path)
+def first_line(buf: bytes) -> bytes:
+    """The first line of ``buf`` without its CR and a UTF-8 BOM."""
+    return buf.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
 
 
 def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
@@ -108,26 +105,21 @@ def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
         pending = pool.submit(read, fh, block_size, path)
         carry: list[bytes] = []  # pieces of an unfinished line
         carried = 0
-        while True:
-            chunk = pending.result()
-            if not chunk:
-                break
+        while chunk := pending.result():
             pending = pool.submit(read, fh, block_size, path)
-            cut = chunk.rfind(b"\n")
-            if cut < 0:
-                carry.append(chunk)
-                carried += len(chunk)
-                if carried > MAX_LINE_BYTES:
-                    raise DataError(
-                        f"{path} has a line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
-                        f"line-oriented text (binary, or the wrong --format)."
-                    )
+            cut = chunk.rfind(b"\n") + 1
+            if cut:
+                yield b"".join([*carry, chunk[:cut]])
+                carry = [chunk[cut:]] if cut < len(chunk) else []
+                carried = len(chunk) - cut
                 continue
-            data = b"".join([*carry, chunk]) if carry else chunk
-            cut += len(data) - len(chunk)
-            carry = [data[cut + 1 :]] if cut < len(data) - 1 else []
-            carried = len(carry[0]) if carry else 0
-            yield data if cut == len(data) - 1 else data[: cut + 1]
+            carry.append(chunk)
+            carried += len(chunk)
+            if carried > MAX_LINE_BYTES:
+                raise DataError(
+                    f"{path} has a line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
+                    f"line-oriented text (binary, or the wrong --format)."
+                )
         if carry:
             yield b"".join([*carry, b"\n"])
 
@@ -149,9 +141,7 @@ def lines_of(
 
 def split_header(first: bytes) -> tuple[str, bytes]:
     """The header line of a block (BOM and CR stripped, decoded) and the rest of the block."""
-    cut = first.find(b"\n")
-    header = first[:cut].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
-    return header.decode("utf-8", errors="replace"), first[cut + 1 :]
+    return first_line(first).decode("utf-8", errors="replace"), first[first.find(b"\n") + 1 :]
 
 
 def describe_columns(names: list[str]) -> str:
@@ -164,11 +154,6 @@ def describe_columns(names: list[str]) -> str:
         return f"columns {names}"
     n = len(names)
     return f"{n} field{'s' if n != 1 else ''} that do not look like column names (not shown)"
-
-
-# --------------------------------------------------------------------------------------------
-# Blocks
-# --------------------------------------------------------------------------------------------
 
 
 def is_utf8(buf: bytes) -> bool:
@@ -295,11 +280,6 @@ def parse_blocks(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-# --------------------------------------------------------------------------------------------
-# Counting what was kept and skipped
-# --------------------------------------------------------------------------------------------
 
 
 class Tally:

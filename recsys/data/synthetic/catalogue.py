@@ -34,7 +34,6 @@ _GENRE_STYLE = (
 )  # fmt: skip
 ALNUM = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)
 
-# --------------------------------------------------------------------------------------------
 # Title vocabulary (fixed: any change changes every title drawn from a seed)
 
 _W = {
@@ -150,10 +149,6 @@ def _fill(template: str, uniforms: Iterator[float], words: dict[str, list[str]])
         return values[i]
 
     return _SLOT.sub(pick, template)
-
-
-# --------------------------------------------------------------------------------------------
-# Catalogue
 
 
 @dataclass

@@ -163,10 +163,6 @@ PRESETS: dict[str, GeneratorConfig] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
 def _resolve_config(preset: str | GeneratorConfig) -> GeneratorConfig:
     if isinstance(preset, GeneratorConfig):
         cfg = preset
@@ -253,9 +249,6 @@ def _validate(cfg: GeneratorConfig) -> None:
 def _extra_counts(cfg: GeneratorConfig) -> tuple[int, int]:
     """Number of exact duplicate rows and of re-review rows."""
     return round(cfg.duplicate_rate * cfg.n_reviews), round(cfg.rereview_rate * cfg.n_reviews)
-
-# --------------------------------------------------------------------------------------------
-# Customers and picks
 
 
 class _PickSampler:
@@ -365,10 +358,6 @@ def _day_weights(cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
     through = np.cumsum(w)
     through[-1] = 1.0
     return days, through, through - w
-
-
-# --------------------------------------------------------------------------------------------
-# The frame
 
 
 def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -> pd.DataFrame:
