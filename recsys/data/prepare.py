@@ -51,24 +51,10 @@ from .schema import (
 )
 
 __all__ = [
-    "PrepareConfig",
-    "PrepareReport",
-    "PreparedData",
-    "Mappings",
-    "reduce_columns",
-    "drop_duplicates",
-    "count_duplicates",
-    "filter_long_tail",
-    "build_mappings",
-    "index_ratings",
-    "split_leave_last_out",
-    "split_random",
-    "split_explicit",
-    "one_hot",
-    "seen_matrix",
-    "labels",
-    "prepare",
-]
+    "PrepareConfig", "PrepareReport", "PreparedData", "Mappings", "reduce_columns", "drop_duplicates",
+    "count_duplicates", "filter_long_tail", "build_mappings", "index_ratings", "split_leave_last_out",
+    "split_random", "split_explicit", "one_hot", "seen_matrix", "labels", "prepare",
+]  # fmt: skip
 
 log = logging.getLogger("recsys")
 

@@ -10,34 +10,36 @@ import pandas as pd
 import pyarrow as pa
 
 from ...errors import ConfigError, DataError
-from ..schema import CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
+from ..schema import REQUIRED_COLUMNS
 from .amazon import load_amazon_reviews
 from .movielens import load_movielens
 from .report import LoadReport
-from .table import PARQUET_MAGIC, SEPARATORS, csv_header, load_table, parquet_error, sniff_sep
+from .table import (
+    OPTIONS,
+    PARQUET_MAGIC,
+    SEPARATORS,
+    csv_header,
+    load_table,
+    parquet_error,
+    sniff_sep,
+)
 from .text import check_file, describe_columns, first_line, head, starts_with
 
 #: Formats understood by :func:`load_ratings`.
 FORMATS: tuple[str, ...] = ("amazon", "movielens", "csv", "parquet")
 _NUMBER = re.compile(r"[0-9.]+")
-_TABLE_OPTIONS = {"user", "item", "rating", "timestamp", "title", "sep", "titles_path"}
-_CANONICAL = {"user": CUSTOMER, "item": PRODUCT, "rating": RATING, "timestamp": DATE,
-              "title": TITLE}  # fmt: skip
+_CANONICAL = {option: column for column, option in OPTIONS.items()}  # "user" -> "customer_id"
+_TABLE_OPTIONS = {*_CANONICAL, "sep", "titles_path"}
 
 
 def detect_format(path: str | Path) -> str:
-    """Guess the format of a ratings file from its content (and name).
+    """Guess the format of a ratings file from its content (and name); gzip is looked into.
 
-    Returns ``"parquet"`` (``PAR1`` magic), ``"amazon"`` (a tab-separated header with at
-    least ``customer_id``, ``product_id``, ``star_rating``), ``"movielens"`` (header
+    ``"parquet"`` (``PAR1`` magic), ``"amazon"`` (a tab-separated header with at least
+    ``customer_id``, ``product_id``, ``star_rating``), ``"movielens"`` (header
     ``userId,movieId,rating``, ``::``-separated numbers, or ``u.data``-style tab-separated
-    numbers) or ``"csv"`` (any other delimited text with a header). Gzip is looked into.
-
-    Raises
-    ------
-    DataError
-        Missing file, empty file, or content that is none of these (the message suggests
-        ``--format``).
+    numbers) or ``"csv"`` (any other delimited text with a header). A missing or empty file, or
+    content that is none of these, is a :class:`DataError` (suggesting ``--format``).
     """
     p = check_file(path)
     if starts_with(p, PARQUET_MAGIC):

@@ -31,7 +31,8 @@ from .text import (
 PARQUET_MAGIC = b"PAR1"
 SEPARATORS = (",", ";", "\t", "|")
 _REASONS = ["missing user/item id", "non-numeric rating", "negative or infinite rating"]
-_ARGS = {CUSTOMER: "user", PRODUCT: "item", RATING: "rating", DATE: "timestamp", TITLE: "title"}
+#: The option of :func:`load_table` that names the source column of each ratings column.
+OPTIONS = {CUSTOMER: "user", PRODUCT: "item", RATING: "rating", DATE: "timestamp", TITLE: "title"}
 
 
 def sniff_sep(text: str) -> str:
@@ -74,7 +75,7 @@ def _check_mapping(mapping: dict[str, str], available: list[str], path: Path) ->
         raise DataError(f"{path}: the column(s) {repeated} appear more than once in the file.")
     missing = {k: v for k, v in mapping.items() if v not in available}
     if missing:
-        named = ", ".join(f"{_ARGS[k]}={v!r}" for k, v in missing.items())
+        named = ", ".join(f"{OPTIONS[k]}={v!r}" for k, v in missing.items())
         raise DataError(
             f"{path}: mapped column(s) not found: {named}. The file has "
             f"{describe_columns(available)}. Fix: pass the source's own column names "
@@ -195,55 +196,32 @@ def load_table(
     titles_path: str | Path | None = None,
     max_examples: int = 10,
 ) -> tuple[pd.DataFrame, LoadReport]:
-    """Load any CSV or Parquet file, naming its user, item and rating columns.
+    """Load any CSV or Parquet file, naming its ``user``, ``item`` and ``rating`` columns (and
+    optionally ``timestamp`` and ``title``): the source columns of ``customer_id``,
+    ``product_id``, ``star_rating``, ``review_date`` and ``product_title``.
 
-    CSV: the separator is detected among ``, ; TAB |`` unless ``sep`` is given; the first
-    line is the header; fields may be quoted (``"a, b"``); LF or CRLF. The whole file is read
-    into memory (use :func:`load_amazon_reviews` for multi-GB review dumps). Parquet is
-    recognised by its ``PAR1`` magic (or ``format="parquet"``).
+    ``format`` ("csv" or "parquet") is by content unless given: Parquet by its ``PAR1`` magic.
+    CSV (plain or gzip): the separator is detected among ``, ; TAB |`` unless ``sep`` (one
+    character) is given; the first line is the header; fields may be quoted (``"a, b"``); LF or
+    CRLF. The whole file is read into memory (use :func:`load_amazon_reviews` for multi-GB review
+    dumps). ``titles_path`` is reserved: titles from a separate file are not supported yet.
 
     A row is skipped when its field count is wrong (CSV), its user or item is empty, or its
     rating is not valid -- reported with the CSV line number, or the 1-based row number
-    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines). **A
-    valid rating is a finite number >= 0** (any scale: stars, 0-10, counts); empty, text and
-    NaN are "non-numeric rating", -3 or inf "negative or infinite rating" (shift a scale with
-    negative values, e.g. -10..10, before loading). Ids follow the rule of
-    :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a column
-    of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds when
-    some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format pandas
-    recognises); time zones are converted to UTC and dropped. A timestamp that does not
-    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row
-    is kept).
+    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines); the first
+    ``max_examples`` are recorded. **A valid rating is a finite number >= 0** (any scale: stars,
+    0-10, counts); empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
+    rating" (shift a scale with negative values, e.g. -10..10, before loading). Ids follow the
+    rule of :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a
+    column of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds
+    when some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format
+    pandas recognises); time zones are converted to UTC and dropped. A timestamp that does not
+    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row is
+    kept). ``report.null_counts`` covers all source columns.
 
-    Parameters
-    ----------
-    path : str or Path
-        The CSV (plain or gzip) or Parquet file.
-    user, item, rating : str
-        Source column names for ``customer_id``, ``product_id`` and ``star_rating``.
-    timestamp, title : str, optional
-        Source column names for ``review_date`` and ``product_title``.
-    format : {"csv", "parquet"}, optional
-        Forces the format; by default, by content.
-    sep : str, optional
-        CSV separator (one character); detected when None.
-    titles_path : None
-        Reserved; titles from a separate file are not supported yet (give ``title=``).
-    max_examples : int, default 10
-        How many skipped lines/rows to record.
-
-    Returns
-    -------
-    frame : pandas.DataFrame
-    report : LoadReport
-        ``null_counts`` covers all source columns.
-
-    Raises
-    ------
-    DataError
-        Missing or unreadable file, content that is not the format, a mapped column that does
-        not exist (the message lists the available ones when they look like names), or no
-        valid row.
+    Raises :class:`DataError` for a missing or unreadable file, content that is not the format, a
+    mapped column that does not exist (the message lists the available ones when they look like
+    names), or no valid row.
     """
     t0 = time.perf_counter()
     p = check_file(path)

@@ -41,16 +41,9 @@ from .model import PRESETS, GeneratorConfig, generate_reviews
 from .writer import MALFORMED_REASONS, WriteInfo, write_preset, write_reviews_tsv
 
 __all__ = [
-    "GENRES",
-    "GeneratorConfig",
-    "GENERATOR_VERSION",
-    "MALFORMED_REASONS",
-    "PRESETS",
-    "WriteInfo",
-    "generate_reviews",
-    "write_preset",
-    "write_reviews_tsv",
-]
+    "GENRES", "GeneratorConfig", "GENERATOR_VERSION", "MALFORMED_REASONS", "PRESETS", "WriteInfo",
+    "generate_reviews", "write_preset", "write_reviews_tsv",
+]  # fmt: skip
 
 #: Bumped whenever the written file changes for a given preset and seed (the cache key of the
 #: built-in datasets). 2: review text reduced to a fixed set of snippets (the ratings of
