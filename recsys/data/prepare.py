@@ -407,30 +407,18 @@ def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     """
     users = indexed[USER].to_numpy()
     date = date_order_key(indexed)
-    rows = np.arange(len(indexed))
-    order = np.lexsort((rows, date, users))
+    order = np.lexsort((np.arange(len(indexed)), date, users))
     u_sorted = users[order]
     last = np.ones(len(order), dtype=bool)
     last[:-1] = u_sorted[1:] != u_sorted[:-1]
-    counts = np.bincount(users)
     test_rows = order[last]
-    single = counts[users[test_rows]] == 1
-    # ties: the row before the last one of the same user has the same date
-    prev = np.flatnonzero(last) - 1
-    tie = np.zeros(len(test_rows), dtype=bool)
-    valid_prev = prev >= 0
-    same_user = np.zeros(len(test_rows), dtype=bool)
-    same_user[valid_prev] = u_sorted[prev[valid_prev]] == u_sorted[np.flatnonzero(last)[valid_prev]]
-    tie[same_user] = date[order[prev[same_user]]] == date[test_rows[same_user]]
-    test_rows = np.sort(test_rows[~single])
+    single = np.bincount(users)[users[test_rows]] == 1
+    # a tie: the user's previous rating in date order (theirs unless single) has the same date
+    tie = date[order[np.maximum(np.flatnonzero(last) - 1, 0)]] == date[test_rows]
     is_test = np.zeros(len(indexed), dtype=bool)
-    is_test[test_rows] = True
-    stats = {"test_customers_single_rating": int(single.sum()), "test_date_ties": int(tie[~single].sum())}
-    return (
-        indexed.iloc[np.flatnonzero(~is_test)].reset_index(drop=True),
-        indexed.iloc[test_rows].reset_index(drop=True),
-        stats,
-    )
+    is_test[test_rows[~single]] = True
+    stats = {"test_customers_single_rating": int(single.sum()), "test_date_ties": int((tie & ~single).sum())}
+    return *_split(indexed, is_test), stats
 
 
 def split_random(
@@ -438,15 +426,14 @@ def split_random(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """A seeded random split of the rows (``test_fraction`` of them to test)."""
     rng = np.random.default_rng(seed)
-    n_test = int(round(len(indexed) * test_fraction))
-    test_rows = np.sort(rng.choice(len(indexed), size=n_test, replace=False))
     is_test = np.zeros(len(indexed), dtype=bool)
-    is_test[test_rows] = True
-    return (
-        indexed.iloc[np.flatnonzero(~is_test)].reset_index(drop=True),
-        indexed.iloc[test_rows].reset_index(drop=True),
-        {},
-    )
+    is_test[rng.choice(len(indexed), size=int(round(len(indexed) * test_fraction)), replace=False)] = True
+    return *_split(indexed, is_test), {}
+
+
+def _split(indexed: pd.DataFrame, is_test: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) rows, each in file order."""
+    return tuple(indexed.iloc[np.flatnonzero(m)].reset_index(drop=True) for m in (~is_test, is_test))
 
 
 def split_explicit(
@@ -585,53 +572,42 @@ def prepare(
 ) -> PreparedData:
     """Run every preparation stage on a ratings frame (see the module docstring)."""
     config = (config or PrepareConfig()).validate()
-    report = PrepareReport(min_customer_ratings=config.min_customer_ratings, min_product_ratings=config.min_product_ratings)
     reduced = reduce_columns(frame)
-    report.rows_in = len(reduced)
-    if report.rows_in == 0:
+    if len(reduced) == 0:
         raise DataError("no ratings to prepare: the input is empty")
-    report.rating_distribution_before = _rating_distribution(reduced[RATING])
     deduped, dup_stats = drop_duplicates(reduced)
-    report.exact_duplicates_removed = dup_stats["exact_duplicates_removed"]
-    report.rereviews_removed = dup_stats["rereviews_removed"]
-    report.rows_after_dedupe = len(deduped)
-    report.customers_before_filter = int(deduped[CUSTOMER].nunique())
-    report.products_before_filter = int(deduped[PRODUCT].nunique())
     filtered, passes = filter_long_tail(
         deduped, config.min_customer_ratings, config.min_product_ratings, repeat_until_stable=config.repeat_until_stable
     )
-    report.filter_passes = passes
-    report.rows_after_filter = len(filtered)
-    report.rating_distribution_after = _rating_distribution(filtered[RATING])
     mappings = build_mappings(filtered)
-    report.customers, report.products = mappings.n_users, mappings.n_items
     indexed = index_ratings(filtered, mappings)
     if test_frame is not None:
-        train, test, stats = split_explicit(indexed, test_frame, mappings)
-        report.split = "explicit"
+        split, (train, test, stats) = "explicit", split_explicit(indexed, test_frame, mappings)
     elif config.split == "random":
-        train, test, stats = split_random(indexed, config.test_fraction, config.seed)
-        report.split = "random"
+        split, (train, test, stats) = "random", split_random(indexed, config.test_fraction, config.seed)
     else:
-        train, test, stats = split_leave_last_out(indexed)
-        report.split = "leave_last_out"
-    for key, value in stats.items():
-        setattr(report, key, value)
+        split, (train, test, stats) = "leave_last_out", split_leave_last_out(indexed)
+    report = PrepareReport(
+        rows_in=len(reduced), **dup_stats, rows_after_dedupe=len(deduped),
+        customers_before_filter=int(deduped[CUSTOMER].nunique()), products_before_filter=int(deduped[PRODUCT].nunique()),
+        customers=mappings.n_users, products=mappings.n_items, rows_after_filter=len(filtered), filter_passes=passes,
+        min_customer_ratings=config.min_customer_ratings, min_product_ratings=config.min_product_ratings,
+        rating_distribution_before=_rating_distribution(reduced[RATING]),
+        rating_distribution_after=_rating_distribution(filtered[RATING]),
+        split=split, train_rows=len(train), test_rows=len(test), **stats,
+        test_items_unseen_in_train=int(np.isin(test[ITEM].to_numpy(), train[ITEM].to_numpy(), invert=True).sum()),
+    )  # fmt: skip
     if report.explicit_test_rows_dropped:
         log.warning(
             "dropped %s of %s test ratings: their customer or video is not in the prepared training data "
             "(unknown id, or removed by the long-tail filter)",
             f"{report.explicit_test_rows_dropped:,}", f"{report.explicit_test_rows_dropped + len(test):,}",
         )  # fmt: skip
-    report.train_rows, report.test_rows = len(train), len(test)
     if report.test_rows == 0:
         raise DataError(
             "the split left no test ratings (every customer has a single rating); "
             "lower the thresholds less aggressively or use split = 'random'"
         )
-    train_items = np.zeros(mappings.n_items, dtype=bool)
-    train_items[train[ITEM].to_numpy()] = True
-    report.test_items_unseen_in_train = int((~train_items[test[ITEM].to_numpy()]).sum())
     for line in report.summary_lines():
         log.info(line)
     return PreparedData(indexed, train, test, mappings, report, config, cleaned=deduped)
