@@ -62,90 +62,48 @@ _HEADLINES = (
 class GeneratorConfig:
     """Knobs of the synthetic review generator.
 
-    Parameters
-    ----------
-    n_customers, n_products, n_reviews : int
-        Size of the output: distinct customers, distinct videos (``product_id``) and rows
-        (including duplicate rows and re-reviews). Every customer writes at least one review
-        and every video exists in the catalogue, though unpopular videos may get no review.
-    n_genres : int
-        Number of genres, at most ``len(GENRES)``.
-    popularity_exponent : float
-        Zipf exponent of title popularity (1.0 ~ the real file).
-    taste_concentration : float
-        Dirichlet concentration of a customer's genre taste; smaller means more focused tastes
-        (the prior is proportional to the genre sizes).
-    genre_focus : float
-        Probability that a pick follows the customer's taste (else: popularity alone).
-    next_season_prob : float
-        Probability that a pick is the next season of the customer's previous pick, when
-        there is one.
-    series_share : float
-        Share of the videos that are seasons of a TV series.
-    edition_share : float
-        Share of the videos that are one of two editions of a title (same title and
-        ``product_parent``, different ``product_id``).
-    activity_sigma : float
-        Sigma of the lognormal customer activity; larger means heavier tails.
-    max_reviews_per_customer : int
-        Cap on a customer's picks (at most half of ``n_products``).
-    customer_bias_sd, quality_sd, affinity_weight, rating_noise_sd : float
-        Scales of the latent rating score ``bias + quality + affinity_weight * affinity +
-        noise``; the affinity has unit scale.
-    taste_like_corr : float
-        Correlation between how much a customer watches a genre and how much they like it.
-    star_shares : tuple of 5 floats
-        Target shares of 1..5 stars.
-    duplicate_rate : float
-        Share of rows that are exact copies of another row (all 15 columns).
-    rereview_rate : float
-        Share of rows that are a customer reviewing a video again (new review id and date).
-    null_rate : float
-        Share of rows with a missing headline, body and date (each drawn separately; at least
-        ``min_nulls`` each).
-    min_nulls : int
-        Minimum number of missing values in each of headline, body and date.
-    start_date, end_date : str
-        First and last possible review date (ISO format).
-    yearly_growth : float
-        Exponential growth rate of the review volume per year.
-    days_per_review : float
-        Scale of a customer's active period: its half-width is about
-        ``days_per_review * n_reviews ** 0.85`` days.
-    vine_rate : float
-        Share of Vine reviews.
-    verified_rate : float
-        Average share of verified purchases.
+    ``n_reviews`` counts every row, duplicate rows and re-reviews included; every customer
+    writes at least one review and every video exists in the catalogue, though unpopular ones
+    may get no review. The latent rating score is ``bias + quality + affinity_weight * affinity
+    + noise`` (the affinity has unit scale), cut into stars at the quantiles ``star_shares``.
     """
 
     n_customers: int
     n_products: int
     n_reviews: int
-    n_genres: int = 20
-    popularity_exponent: float = 1.0
+    n_genres: int = 20  # at most len(GENRES)
+    popularity_exponent: float = 1.0  # Zipf exponent of title popularity (1.0 ~ the real file)
+    # Dirichlet concentration of a customer's genre taste (prior proportional to the genre
+    # sizes); smaller means more focused tastes
     taste_concentration: float = 0.6
-    genre_focus: float = 0.9
-    next_season_prob: float = 0.2
-    series_share: float = 0.35
+    genre_focus: float = 0.9  # probability that a pick follows the taste (else: popularity)
+    next_season_prob: float = 0.2  # probability that a pick is the next season of the last one
+    series_share: float = 0.35  # share of the videos that are seasons of a TV series
+    # share of the videos that are one of two editions of a title (same title and
+    # product_parent, different product_id)
     edition_share: float = 0.02
-    activity_sigma: float = 2.0
-    max_reviews_per_customer: int = 1000
+    activity_sigma: float = 2.0  # of the lognormal customer activity; larger: heavier tails
+    max_reviews_per_customer: int = 1000  # cap on a customer's picks (<= n_products / 2)
     customer_bias_sd: float = 0.6
     quality_sd: float = 0.5
     affinity_weight: float = 1.3
-    taste_like_corr: float = 0.5
+    taste_like_corr: float = 0.5  # correlation of how much one watches and likes a genre
     rating_noise_sd: float = 0.6
-    star_shares: tuple[float, float, float, float, float] = _STAR_SHARES
-    duplicate_rate: float = 0.002
-    rereview_rate: float = 0.005
+    star_shares: tuple[float, float, float, float, float] = _STAR_SHARES  # of 1..5 stars
+    duplicate_rate: float = 0.002  # share of rows that copy another row (all 15 columns)
+    rereview_rate: float = 0.005  # share of rows re-reviewing a video (new review id, date)
+    # share of rows with a missing headline, body and date (each drawn apart), at least
+    # min_nulls of each
     null_rate: float = 5e-5
     min_nulls: int = 2
-    start_date: str = "1995-01-01"
+    start_date: str = "1995-01-01"  # first and last possible review date (ISO)
     end_date: str = "2015-08-31"
-    yearly_growth: float = 0.5
+    yearly_growth: float = 0.5  # exponential growth rate of the review volume per year
+    # scale of a customer's active period: its half-width is about
+    # days_per_review * n_reviews ** 0.85 days
     days_per_review: float = 15.0
-    vine_rate: float = 0.002
-    verified_rate: float = 0.85
+    vine_rate: float = 0.002  # share of Vine reviews
+    verified_rate: float = 0.85  # average share of verified purchases
 
 
 #: Built-in sizes. ``tiny`` is for tests and examples: seconds to run, yet after the default
@@ -361,28 +319,15 @@ def _day_weights(cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -> pd.DataFrame:
-    """Generate a synthetic Amazon video reviews frame.
+    """Generate a synthetic Amazon video reviews frame from a preset name in :data:`PRESETS` or
+    a config; the same preset and seed (of ``numpy.random.default_rng``) give the same frame.
 
-    Parameters
-    ----------
-    preset : str or GeneratorConfig
-        A name in :data:`PRESETS` (``"tiny"``, ``"default"``, ``"full"``) or a config.
-    seed : int
-        Seed of ``numpy.random.default_rng``; the same preset and seed give the same frame.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The 15 columns of :data:`recsys.data.schema.AMAZON_COLUMNS` in order, ``n_reviews``
-        rows in random order. ``customer_id``, ``product_parent``, ``star_rating``,
-        ``helpful_votes`` and ``total_votes`` are int64; the others are pandas strings
-        (``review_date`` as ``"YYYY-MM-DD"``). ``review_headline``, ``review_body`` and
-        ``review_date`` have a few missing values (NaN).
-
-    Raises
-    ------
-    ConfigError
-        If the preset name is unknown or the config is inconsistent.
+    The frame has the 15 :data:`~recsys.data.schema.AMAZON_COLUMNS` in order and ``n_reviews``
+    rows in random order. ``customer_id``, ``product_parent``, ``star_rating``,
+    ``helpful_votes`` and ``total_votes`` are int64; the others are pandas strings
+    (``review_date`` as ``"YYYY-MM-DD"``); ``review_headline``, ``review_body`` and
+    ``review_date`` have a few missing values. An unknown preset or an inconsistent config is a
+    :class:`ConfigError`.
     """
     cfg = _resolve_config(preset)
     t0 = time.perf_counter()
@@ -536,13 +481,8 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
             for name, values in columns.items()
         }
     )
-    logger.debug(
-        "generated %d synthetic reviews (%d customers, %d videos) in %.2fs",
-        len(frame),
-        n_c,
-        cfg.n_products,
-        time.perf_counter() - t0,
-    )
+    logger.debug("generated %d synthetic reviews (%d customers, %d videos) in %.2fs",
+                 len(frame), n_c, cfg.n_products, time.perf_counter() - t0)  # fmt: skip
     return frame
 
 
