@@ -20,23 +20,13 @@ DICT = pa.dictionary(pa.int32(), pa.string())
 # Dates are kept within pandas' nanosecond range (1677-09-22 to 2262-04-11), so that later
 # conversions to datetime64[ns] cannot overflow; others are unparseable (NaT).
 MIN_US, MAX_US = pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1000
+Ids = np.ndarray | pd.Categorical  # an id column: int64 or category
 
 
-def frame(
-    customer: np.ndarray | pd.Categorical,
-    product: np.ndarray | pd.Categorical,
-    title: pd.Categorical,
-    rating: np.ndarray,
-    date_us: np.ndarray,
-) -> pd.DataFrame:
+def frame(customer: Ids, product: Ids, title: pd.Categorical, rating: np.ndarray, date_us: np.ndarray) -> pd.DataFrame:
     """Assemble the ratings frame (columns in :data:`RATINGS_COLUMNS` order)."""
-    data = {
-        CUSTOMER: customer,
-        PRODUCT: product,
-        TITLE: title,
-        RATING: np.asarray(rating, dtype=np.float32),
-        DATE: np.asarray(date_us, dtype=np.int64).view(DATE_DTYPE),
-    }
+    rating, date = np.asarray(rating, dtype=np.float32), np.asarray(date_us, dtype=np.int64).view(DATE_DTYPE)
+    data = {CUSTOMER: customer, PRODUCT: product, TITLE: title, RATING: rating, DATE: date}
     return pd.DataFrame(data, columns=list(RATINGS_COLUMNS), copy=False)
 
 
@@ -130,14 +120,14 @@ def dict_parts(chunks: list[pa.ChunkedArray]) -> tuple[pa.Array, np.ndarray]:
     return dictionary, np.concatenate(indices).astype(np.int64) if indices else np.empty(0, np.int64)
 
 
-def ids_from_dict(chunks: list[pa.ChunkedArray]) -> np.ndarray | pd.Categorical:
+def ids_from_dict(chunks: list[pa.ChunkedArray]) -> Ids:
     """Id column from dictionary chunks: int64 if all used ids are integers, else category."""
     cat = categorical(*dict_parts(chunks))
     ints = _canonical_ints(pa.array(cat.categories.to_numpy(dtype=object), pa.string()))
     return ints[cat.codes] if ints is not None else cat
 
 
-def ids_from_strings(chunks: list[pa.ChunkedArray]) -> np.ndarray | pd.Categorical:
+def ids_from_strings(chunks: list[pa.ChunkedArray]) -> Ids:
     """Id column from string chunks: int64 if every id is an integer, else category."""
     arr = pa.chunked_array([ch for c in chunks for ch in c.chunks], pa.string()).combine_chunks()
     ints = _canonical_ints(arr)
@@ -158,7 +148,7 @@ def _as_strings(arr: pa.Array, what: str) -> pa.Array:
         raise DataError(f"{what} of type {arr.type} cannot be read as text ids.") from exc
 
 
-def ids_from_arrow(col: pa.ChunkedArray, what: str) -> np.ndarray | pd.Categorical:
+def ids_from_arrow(col: pa.ChunkedArray, what: str) -> Ids:
     """Id column from any scalar Arrow column without nulls (integers, floats, strings, ...)."""
     arr = plain(col.combine_chunks())
     if pa.types.is_integer(arr.type):

@@ -42,17 +42,10 @@ def sniff_sep(text: str) -> str:
         return ","
     try:
         return csv.Sniffer().sniff("\n".join(lines), delimiters="".join(SEPARATORS)).delimiter
-    except csv.Error:
-        pass
-    best, best_score = ",", (-1, 0)
-    for sep in SEPARATORS:
-        counts = [ln.count(sep) for ln in lines]
-        if counts[0] == 0:
-            continue
-        score = (sum(c == counts[0] for c in counts), counts[0])
-        if score > best_score:
-            best, best_score = sep, score
-    return best
+    except csv.Error:  # the separator in the first line that most lines have as often
+        n = {sep: lines[0].count(sep) for sep in SEPARATORS if sep in lines[0]}
+        score = {sep: (sum(ln.count(sep) == k for ln in lines), k) for sep, k in n.items()}
+        return max(score, key=score.__getitem__) if score else ","
 
 
 def csv_header(line: str, sep: str, path: Path) -> list[str]:

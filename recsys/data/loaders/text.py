@@ -1,12 +1,7 @@
-"""Delimited text, read with ``pyarrow.csv`` one block of whole lines at a time.
-
-Shared by every text loader (Amazon TSV, MovieLens, CSV): opening a file (gzip detected by its
-magic bytes), cutting it into blocks of whole lines, repairing line ends and invalid UTF-8,
-parsing a block with Arrow (a line with the wrong number of fields is reported by Arrow's
-``invalid_row_handler``; a blank line is found from the bytes), and tallying what was skipped,
-with line numbers, over the blocks.
-
-Errors name the file and the line, never a file's content.
+"""Delimited text, read with ``pyarrow.csv`` one block of whole lines at a time, shared by the
+text loaders: files (gzip detected by its magic bytes), blocks, line ends and invalid UTF-8
+repaired, lines with the wrong number of fields, and the tally of what was skipped. Errors name
+the file and the line, never a file's content.
 """
 
 from __future__ import annotations

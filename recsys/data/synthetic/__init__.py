@@ -23,11 +23,9 @@ the models have something real to learn:
   and review bodies with non-UTF-8 bytes. Review text is a small fixed set of snippets with
   what a loader must cope with (quotes, HTML, non-ASCII, a long paragraph); nothing reads it.
 
-The rating model is in :mod:`.model` (with the video catalogue in :mod:`.catalogue`), the file
-writer in :mod:`.writer`.
-
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same preset and seed give the
-same frame and the same file bytes.
+same frame and the same file bytes. The rating model is in :mod:`.model` (the video catalogue in
+:mod:`.catalogue`), the file writer in :mod:`.writer`.
 
 Examples
 --------
