@@ -25,6 +25,7 @@ otherwise).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -252,11 +253,7 @@ def count_duplicates(frame: pd.DataFrame) -> tuple[int, int]:
 
 
 def filter_long_tail(
-    frame: pd.DataFrame,
-    min_customer_ratings: int = 18,
-    min_product_ratings: int = 95,
-    *,
-    repeat_until_stable: bool = False,
+    frame: pd.DataFrame, min_customer_ratings: int = 18, min_product_ratings: int = 95, *, repeat_until_stable: bool = False
 ) -> tuple[pd.DataFrame, int]:
     """Keep customers with >= ``min_customer_ratings`` and videos with >= ``min_product_ratings``.
 
@@ -268,14 +265,10 @@ def filter_long_tail(
     if len(frame) == 0:
         raise DataError("no ratings to filter: the input is empty")
     current = frame
-    passes = 0
-    while True:
-        passes += 1
+    for passes in itertools.count(1):
         cust, prod = _codes(current[CUSTOMER]), _codes(current[PRODUCT])
-        c_counts = np.bincount(cust)
-        p_counts = np.bincount(prod)
-        c_ok = c_counts >= min_customer_ratings
-        p_ok = p_counts >= min_product_ratings
+        c_counts, p_counts = np.bincount(cust), np.bincount(prod)
+        c_ok, p_ok = c_counts >= min_customer_ratings, p_counts >= min_product_ratings
         mask = c_ok[cust] & p_ok[prod]
         if not mask.any():
             n_c, n_p = int((c_counts > 0).sum()), int((p_counts > 0).sum())

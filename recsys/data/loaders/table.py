@@ -233,7 +233,7 @@ def load_table(
     read = _read_parquet if format == "parquet" else _read_csv
     block, tally = read(p, mapping, sep, report, max_examples)
     tbl = block.table
-    codes = _ratings(tbl.column(mapping[RATING]))[1]
+    ratings, codes = _ratings(tbl.column(mapping[RATING]))
     codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
     keep = tally.add(block, codes)
     tally.fill(report, first_line=2)
@@ -242,15 +242,11 @@ def load_table(
     kept = {k: tbl.column(v).filter(pa.array(keep)) for k, v in mapping.items()}
     where = {k: f"{p}: column {v!r}" for k, v in mapping.items()}
     dates, report.bad_dates = _dates(kept.get(DATE), report.rows_read, where.get(DATE, ""))
-    frame = C.frame(
-        C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER]),
-        C.ids_from_arrow(kept[PRODUCT], where[PRODUCT]),
-        C.titles_from_arrow(kept[TITLE], where[TITLE])
-        if TITLE in kept
-        else C.empty_categorical(report.rows_read),
-        _ratings(kept[RATING])[0],
-        dates,
-    )
+    customer = C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER])
+    product = C.ids_from_arrow(kept[PRODUCT], where[PRODUCT])
+    n = report.rows_read
+    title = C.titles_from_arrow(kept[TITLE], where[TITLE]) if TITLE in kept else C.empty_categorical(n)
+    frame = C.frame(customer, product, title, ratings[keep], dates)
     finish(report, t0)
     return frame, report
 
