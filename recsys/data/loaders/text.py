@@ -154,12 +154,11 @@ def describe_columns(names: list[str]) -> str:
 def is_utf8(buf: bytes) -> bool:
     """True when ``buf`` is valid UTF-8 (Arrow's SIMD validator, no decoding)."""
     offsets = pa.py_buffer(np.array([0, len(buf)], dtype=np.int64))
-    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)])
     try:
-        arr.validate(full=True)
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)]).validate(full=True)
+        return True
     except pa.ArrowInvalid:
         return False
-    return True
 
 
 def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
@@ -229,22 +228,14 @@ class Format:
                 column_names=self.names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
             ),
             parse_options=pcsv.ParseOptions(
-                delimiter=self.sep,
-                quote_char='"' if self.quote else False,
-                escape_char=False,
-                newlines_in_values=False,
-                ignore_empty_lines=False,
-                invalid_row_handler=on_invalid,
+                delimiter=self.sep, quote_char='"' if self.quote else False, escape_char=False,
+                newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
             ),
             convert_options=pcsv.ConvertOptions(
-                column_types=types,
-                strings_can_be_null=True,
-                null_values=[""],
-                true_values=[],
-                false_values=[],
-                check_utf8=False,
+                column_types=types, strings_can_be_null=True, null_values=[""], true_values=[],
+                false_values=[], check_utf8=False,  # invalid UTF-8 was repaired by normalise
             ),
-        )
+        )  # fmt: skip
         wrong = np.asarray(invalid, dtype=np.int64)
         lines: np.ndarray | None = None
         if table.num_rows + len(wrong) == n_lines:  # else a quoted field spans lines

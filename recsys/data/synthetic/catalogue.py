@@ -183,10 +183,8 @@ def _unit_titles(rng: np.random.Generator, styles: list[str], is_series: np.ndar
     seen: set[str] = set()
     uniforms = _uniform_stream(rng)
     for i, style in enumerate(styles):
-        if is_series[i] and style not in ("fitness", "kids", "anime", "reality"):
-            templates = _SERIES_TEMPLATES
-        else:
-            templates = _TITLE_TEMPLATES[style]
+        series_style = is_series[i] and style not in ("fitness", "kids", "anime", "reality")
+        templates = _SERIES_TEMPLATES if series_style else _TITLE_TEMPLATES[style]
         for attempt in range(6):
             if attempt == 2:  # the genre's own templates are exhausted: any drama-like title
                 templates = _SERIES_TEMPLATES if is_series[i] else _TITLE_TEMPLATES["story"]

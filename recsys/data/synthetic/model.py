@@ -121,20 +121,6 @@ PRESETS: dict[str, GeneratorConfig] = {
 }
 
 
-def _resolve_config(preset: str | GeneratorConfig) -> GeneratorConfig:
-    if isinstance(preset, GeneratorConfig):
-        cfg = preset
-    elif isinstance(preset, str) and preset in PRESETS:
-        cfg = PRESETS[preset]
-    else:
-        raise ConfigError(
-            f"preset must be one of {', '.join(map(repr, PRESETS))} or a GeneratorConfig; "
-            f"got {preset!r}"
-        )
-    _validate(cfg)
-    return cfg
-
-
 # Range of every numeric knob: (low, high, low included); integers are checked apart.
 _RANGES = {
     **dict.fromkeys(("genre_focus", "next_season_prob", "series_share", "edition_share",
@@ -273,15 +259,8 @@ def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> n
     return counts
 
 
-def _resolve_repeats(
-    rng: np.random.Generator,
-    cust: np.ndarray,
-    prod: np.ndarray,
-    n_customers: int,
-    n_products: int,
-    sampler: _PickSampler,
-    taste_rounds: int = 25,
-) -> None:
+def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarray, n_customers: int,
+                     n_products: int, sampler: _PickSampler, taste_rounds: int = 25) -> None:  # fmt: skip
     """Redraw (in place) every pick of a video the customer already picked earlier."""
     key = cust * n_products + prod
     active = np.arange(len(cust))
@@ -294,10 +273,8 @@ def _resolve_repeats(
         if not repeat.any():
             return
         redo = active[order[repeat]]
-        if round_ < taste_rounds:
-            new = sampler.draw(rng, cust[redo])
-        else:
-            new = rng.integers(n_products, size=len(redo))
+        # the taste first, then any video (a customer whose taste is exhausted)
+        new = sampler.draw(rng, cust[redo]) if round_ < taste_rounds else rng.integers(n_products, size=len(redo))
         prod[redo] = new
         key[redo] = cust[redo] * n_products + new
         dirty = np.zeros(n_customers, dtype=bool)
@@ -329,11 +306,14 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     ``review_date`` have a few missing values. An unknown preset or an inconsistent config is a
     :class:`ConfigError`.
     """
-    cfg = _resolve_config(preset)
+    cfg = PRESETS.get(preset) if isinstance(preset, str) else preset
+    if not isinstance(cfg, GeneratorConfig):
+        raise ConfigError(
+            f"preset must be one of {', '.join(map(repr, PRESETS))} or a GeneratorConfig; got {preset!r}"
+        )
+    _validate(cfg)
     t0 = time.perf_counter()
-    rng_cat, rng_cust, rng_pick, rng_rows = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
-    )
+    rng_cat, rng_cust, rng_pick, rng_rows = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(4))
     n_dup, n_rereview = _extra_counts(cfg)
     n_picks = cfg.n_reviews - n_dup - n_rereview
     cat = make_catalogue(cfg, rng_cat)
@@ -342,18 +322,14 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     n_c, n_genres = cfg.n_customers, cfg.n_genres
     counts = _activity(cfg, rng_cust, n_picks)
     base_w = (GENRE_WEIGHTS[:n_genres] / GENRE_WEIGHTS[:n_genres].sum()).astype(np.float32)
-    theta = rng_cust.standard_gamma(
-        cfg.taste_concentration * base_w, size=(n_c, n_genres), dtype=np.float32
-    )
+    theta = rng_cust.standard_gamma(cfg.taste_concentration * base_w, size=(n_c, n_genres), dtype=np.float32)
     total = theta.sum(axis=1, keepdims=True)
     theta = np.where(total > 0, theta / np.where(total > 0, total, 1), base_w)
     log_theta = np.log(theta + np.float32(0.01))
     log_theta -= log_theta.mean()
     log_theta /= max(float(log_theta.std()), 1e-6)  # all equal with a single genre
     rho = np.float32(cfg.taste_like_corr)
-    like = rho * log_theta + np.sqrt(1 - rho * rho) * rng_cust.standard_normal(
-        (n_c, n_genres), dtype=np.float32
-    )
+    like = rho * log_theta + np.sqrt(1 - rho * rho) * rng_cust.standard_normal((n_c, n_genres), dtype=np.float32)
     del log_theta
     bias = rng_cust.normal(0.0, cfg.customer_bias_sd, size=n_c)
     verified_p = rng_cust.beta(4.0 * cfg.verified_rate + 0.1, 4.0 * (1 - cfg.verified_rate) + 0.1, n_c)
@@ -390,12 +366,8 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
 
     # Ratings: latent score cut at its quantiles.
     affinity = (like[cust[:, None], cat.genres[prod]] * cat.genre_w[prod]).sum(axis=1)
-    score = (
-        bias[cust]
-        + cat.quality[prod]
-        + cfg.affinity_weight * affinity
-        + rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_picks)
-    )
+    noise = rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_picks)
+    score = bias[cust] + cat.quality[prod] + cfg.affinity_weight * affinity + noise
     cuts = np.quantile(score, np.cumsum(cfg.star_shares)[:-1])
     star = 1 + np.searchsorted(cuts, score, side="right")
 
@@ -403,13 +375,10 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     src = np.sort(rng_rows.permutation(n_picks)[:n_rereview])
     last_day = day[block_start + counts - 1]
     rr_cust = cust[src]
-    rr_day = day[src] + np.floor(
-        rng_rows.random(n_rereview) * (last_day[rr_cust] - day[src] + 1)
-    ).astype(np.int64)
+    rr_day = day[src] + np.floor(rng_rows.random(n_rereview) * (last_day[rr_cust] - day[src] + 1)).astype(np.int64)
     rr_score = score[src] + rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_rereview)
-    rr_star = np.where(
-        rng_rows.random(n_rereview) < 0.5, star[src], 1 + np.searchsorted(cuts, rr_score, side="right")
-    )
+    rr_keep = rng_rows.random(n_rereview) < 0.5  # the re-review keeps the original's stars
+    rr_star = np.where(rr_keep, star[src], 1 + np.searchsorted(cuts, rr_score, side="right"))
     cust = np.concatenate([cust, rr_cust])
     prod = np.concatenate([prod, prod[src]])
     day = np.concatenate([day, np.minimum(rr_day, n_days - 1)])
