@@ -88,33 +88,22 @@ class Exploration:
 
     def summary_lines(self) -> list[str]:
         """A short human-readable summary, one statement per line."""
-        lines = [f"rows: {self.n_rows:,} x {self.n_columns} columns ({self.n_ratings:,} ratings)"]
-        missing = {k: v for k, v in self.nulls.items() if v}
-        lines.append(
-            "missing values: "
-            + (", ".join(f"{k} {v:,}" for k, v in missing.items()) if missing else "none")
-        )
-        lines.append(
+        missing = ", ".join(f"{k} {v:,}" for k, v in self.nulls.items() if v) or "none"
+        lines = [
+            f"rows: {self.n_rows:,} x {self.n_columns} columns ({self.n_ratings:,} ratings)",
+            f"missing values: {missing}",
             f"exact duplicate rows: {self.exact_duplicate_rows:,}; re-reviews (same customer "
-            f"and video again): {self.rereviews:,}"
-        )
+            f"and video again): {self.rereviews:,}",
+        ]
         if self.rating_counts:
-            lines.append(
-                "ratings: "
-                + ", ".join(
-                    f"{star:g}: {self.rating_shares[star]:.1%}" for star in self.rating_counts
-                )
-            )
+            shares = (f"{star:g}: {self.rating_shares[star]:.1%}" for star in self.rating_counts)
+            lines.append("ratings: " + ", ".join(shares))
         lines.append(f"customers: {self.n_customers:,}; products: {self.n_products:,}")
-        for label, q in (
-            ("customer", self.reviews_per_customer_quantiles),
-            ("product", self.reviews_per_product_quantiles),
-        ):
+        for label, q in (("customer", self.reviews_per_customer_quantiles),
+                         ("product", self.reviews_per_product_quantiles)):  # fmt: skip
             if q:
-                lines.append(
-                    f"reviews per {label}: "
-                    + ", ".join(f"{_quantile_name(p)} {q[p]:,.4g}" for p in _SUMMARY_QUANTILES)
-                )
+                values = (f"{_quantile_name(p)} {q[p]:,.4g}" for p in _SUMMARY_QUANTILES)
+                lines.append(f"reviews per {label}: " + ", ".join(values))
         if self.date_min is None:
             lines.append("dates: none")
         else:

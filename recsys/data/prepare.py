@@ -178,11 +178,8 @@ def _codes(series: pd.Series) -> np.ndarray:
 
 
 def date_order_key(frame: pd.DataFrame) -> np.ndarray:
-    """Dates as int64 for ordering; NaT sorts first (oldest)."""
-    dates = frame[DATE]
-    values = dates.to_numpy(dtype="datetime64[ns]").view(np.int64).copy()
-    values[dates.isna().to_numpy()] = np.iinfo(np.int64).min
-    return values
+    """Dates as int64 for ordering; NaT (the smallest int64) sorts first (oldest)."""
+    return frame[DATE].to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
 def _dedupe(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
