@@ -287,8 +287,7 @@ def filter_long_tail(
 def _sorted_uniques(series: pd.Series) -> pd.Index:
     values = series.dropna()
     if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.cat.remove_unused_categories()
-        uniques = pd.Index(values.cat.categories)
+        uniques = pd.Index(values.cat.remove_unused_categories().cat.categories)
     else:
         uniques = pd.Index(pd.unique(values.to_numpy()))
     try:

@@ -4,22 +4,10 @@ described in :mod:`recsys.data.loaders`)."""
 from __future__ import annotations
 
 #: The 15 columns of the Amazon Customer Reviews TSV, in file order.
-AMAZON_COLUMNS: tuple[str, ...] = (
-    "marketplace",
-    "customer_id",
-    "review_id",
-    "product_id",
-    "product_parent",
-    "product_title",
-    "product_category",
-    "star_rating",
-    "helpful_votes",
-    "total_votes",
-    "vine",
-    "verified_purchase",
-    "review_headline",
-    "review_body",
-    "review_date",
+AMAZON_COLUMNS: tuple[str, ...] = tuple(
+    "marketplace customer_id review_id product_id product_parent product_title product_category "
+    "star_rating helpful_votes total_votes vine verified_purchase review_headline review_body "
+    "review_date".split()
 )
 
 CUSTOMER = "customer_id"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -51,11 +52,8 @@ class Lookup:
     encoded and only its dictionary goes through Python (with a cache across blocks).
     """
 
-    def __init__(
-        self, fn: Callable[[str], tuple[float, int]], dtype: type, null: tuple[float, int]
-    ) -> None:
-        self.fn, self.dtype, self.null = fn, dtype, null
-        self.cache: dict[str, tuple[float, int]] = {}
+    def __init__(self, fn: Callable[[str], tuple[float, int]], dtype: type, null: tuple[float, int]) -> None:
+        self.fn, self.dtype, self.null = functools.cache(fn), dtype, null
 
     def __call__(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Values (``dtype``) and codes (int8) of every row; a null gets ``null``."""
@@ -63,13 +61,7 @@ class Lookup:
         for ch in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
             if not pa.types.is_dictionary(ch.type):
                 ch = ch.dictionary_encode()
-            pairs = []
-            for s in ch.dictionary.to_pylist():
-                hit = self.cache.get(s)
-                if hit is None:
-                    hit = self.cache[s] = self.fn(s)
-                pairs.append(hit)
-            pairs.append(self.null)
+            pairs = [*map(self.fn, ch.dictionary.to_pylist()), self.null]
             idx = np.asarray(pc.fill_null(ch.indices, len(pairs) - 1))
             values.append(np.array([p[0] for p in pairs], dtype=self.dtype)[idx])
             codes.append(np.array([p[1] for p in pairs], dtype=np.int8)[idx])

@@ -158,7 +158,7 @@ def load_movielens(
     tally.fill(report, first_line=2 if has_header else 1)
     check_rows(report, p)
     item = np.concatenate(cols["item"])
-    title = _titles_for(item, _movielens_titles(p, sibling, titles))
+    title = _titles(item, p, sibling, titles)
     frame = C.frame(np.concatenate(cols["user"]), item, title, np.concatenate(cols[RATING]),
                     np.concatenate(cols["date"]))  # fmt: skip
     finish(report, t0)
@@ -173,7 +173,6 @@ def _read_titles_file(path: Path) -> dict[int, str]:
     except UnicodeDecodeError:
         text = data.decode("latin-1").lstrip("\ufeff")
     first = text.split("\n", 1)[0]
-    out: dict[int, str] = {}
     if first.lower().startswith("movieid,title"):
         try:
             rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
@@ -184,27 +183,18 @@ def _read_titles_file(path: Path) -> dict[int, str]:
         rows = [line.split(sep) for line in text.splitlines()]
         if sep == "::":  # id::title::genres, and a title may hold "::"
             rows = [[r[0], sep.join(r[1:-1]) or r[1]] if len(r) >= 2 else r for r in rows]
-    for row in rows:
-        if len(row) >= 2 and _ID.fullmatch(row[0].strip()):
-            out[int(row[0])] = row[1]
-    return out
+    return {int(r[0]): r[1] for r in rows if len(r) >= 2 and _ID.fullmatch(r[0].strip())}
 
 
-def _movielens_titles(
-    ratings_path: Path, sibling: str, titles: str | Path | None | bool
-) -> dict[int, str]:
-    if titles is None or titles is False:
-        return {}
-    if titles is True:
-        candidate = ratings_path.with_name(sibling)
-        if not candidate.is_file():
-            logger.info("no %s next to %s: loading without titles", sibling, ratings_path)
-            return {}
-        return _read_titles_file(candidate)
-    return _read_titles_file(check_file(titles))
-
-
-def _titles_for(item: np.ndarray, title_map: dict[int, str]) -> pd.Categorical:
+def _titles(item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Path | None | bool) -> pd.Categorical:
+    """The title of every movie in ``item`` (see ``titles`` of :func:`load_movielens`)."""
+    title_map: dict[int, str] = {}
+    if titles is True and not ratings_path.with_name(sibling).is_file():
+        logger.info("no %s next to %s: loading without titles", sibling, ratings_path)
+    elif titles is True:
+        title_map = _read_titles_file(ratings_path.with_name(sibling))
+    elif titles is not None and titles is not False:
+        title_map = _read_titles_file(check_file(titles))
     if not title_map:
         return C.empty_categorical(len(item))
     enc = pa.array(list(title_map.values()), pa.string()).dictionary_encode()

@@ -55,20 +55,14 @@ class LoadReport:
     def summary(self) -> str:
         """One or two human-readable lines describing the load."""
         noun = "rows" if self.location == "row" else "lines"
-        out = [
-            f"read {self.rows_read:,} rows from {self.source} ({self.format}, {self.seconds:.1f} s)"
-        ]
-        out[0] += f"; skipped {self._skip_text()}" if self.rows_skipped else f"; all {noun} valid"
+        skipped = f"skipped {self._skip_text()}" if self.rows_skipped else f"all {noun} valid"
+        out = [f"read {self.rows_read:,} rows from {self.source} ({self.format}, {self.seconds:.1f} s); {skipped}"]
         extra = []
         if self.invalid_utf8_lines:
-            extra.append(
-                f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
-            )
+            extra.append(f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)")
         if self.bad_dates:
             extra.append(f"{self.bad_dates:,} unparseable dates (set to NaT)")
-        if extra:
-            out.append("; ".join(extra))
-        return "\n".join(out)
+        return "\n".join([*out, "; ".join(extra)] if extra else out)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""

@@ -140,10 +140,8 @@ def split_header(first: bytes) -> tuple[str, bytes]:
 
 
 def describe_columns(names: list[str]) -> str:
-    """The header's column names for an error message -- only when they look like names.
-
-    A first line that is data (or not text) is not echoed: error messages never show a
-    file's content.
+    """The header's column names for an error message -- only when they look like names: a first
+    line that is data (or not text) is not echoed (error messages never show a file's content).
     """
     if len(names) <= 100 and all(_NAME.fullmatch(n) for n in names):
         return f"columns {names}"
@@ -162,10 +160,8 @@ def is_utf8(buf: bytes) -> bool:
 
 
 def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
-    """Strip CR of CRLF, blank out lone CRs, repair invalid UTF-8.
-
-    Returns the new buffer (same lines, same order) and the 0-based indices of the lines
-    that were not valid UTF-8.
+    """Strip CR of CRLF, blank out lone CRs, repair invalid UTF-8: the new buffer (same lines, same
+    order) and the 0-based indices of the lines that were not valid UTF-8.
     """
     if buf.find(b"\r") >= 0:
         buf = buf.replace(b"\r\n", b"\n")
