@@ -291,9 +291,9 @@ def _read_parquet(
         tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
         for name in report.columns:
             col = pf.read(columns=[name]).column(0)
-            text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-            empty = pc.equal(col, "") if text else None
-            nulls[name] = col.is_null() if empty is None else pc.or_kleene(col.is_null(), empty)
+            nulls[name] = col.is_null()
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                nulls[name] = pc.or_kleene(nulls[name], pc.equal(col, ""))
     except (pa.ArrowException, OSError) as exc:
         raise parquet_error(path) from exc
     for name in mapping.values():

@@ -313,9 +313,7 @@ class Tally:
         report.lines_read = self.lines
         report.rows_read = int(self.counts[0])
         report.rows_skipped = self.lines - report.rows_read
-        report.skip_reasons = {
-            r: int(c) for r, c in zip(self.reasons, self.counts[1:], strict=True) if c
-        }
+        report.skip_reasons = {r: int(c) for r, c in zip(self.reasons, self.counts[1:], strict=True) if c}
         report.skipped_lines = [(i + first, r) for i, r in self.examples]
         report.null_counts = {c: int(k) for c, k in zip(self.columns, self.nulls, strict=True)}
         report.invalid_utf8_lines = self.invalid_utf8

@@ -135,9 +135,7 @@ def write_reviews_tsv(
     rng = np.random.default_rng(seed)
     n_lines = n + n_bad
     bad_pos = np.sort(rng.permutation(n_lines)[:n_bad])  # 0-based data-line index
-    is_bad = np.zeros(n_lines, dtype=bool)
-    is_bad[bad_pos] = True
-    row_line = np.flatnonzero(~is_bad)  # data-line index of every row
+    row_line = np.setdiff1d(np.arange(n_lines), bad_pos)  # data-line index of every row
     body_null = df["review_body"].isna().to_numpy()
     candidates = np.flatnonzero(~body_null) if (~body_null).sum() >= n_non_utf8 else np.arange(n)
     non_utf8_rows = np.sort(rng.permutation(candidates)[:n_non_utf8])
