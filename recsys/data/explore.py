@@ -215,9 +215,9 @@ def _rating_distribution(ratings: pd.Series) -> dict[str, dict]:
 def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
     """Date-based fields of :class:`Exploration` (NaT rows are left out)."""
     empty: dict[str, Any] = {
-        "reviews_by_month": dict.fromkeys(range(1, 13), 0), "reviews_by_year_month": {},
-        "reviews_by_year": {}, "missing_dates": n_rows, **dict.fromkeys(("busiest_month",
-        "busiest_year_month", "busiest_year", "quietest_year", "date_min", "date_max")),
+        "reviews_by_month": dict.fromkeys(range(1, 13), 0), "reviews_by_year_month": {}, "reviews_by_year": {},
+        "missing_dates": n_rows,
+        **dict.fromkeys(("busiest_month", "busiest_year_month", "busiest_year", "quietest_year", "date_min", "date_max")),
     }  # fmt: skip
     if dates is None:
         return empty

@@ -341,13 +341,8 @@ class Mappings:
         """Write ``customers.parquet`` and ``products.parquet`` (atomically) into ``directory``."""
         directory = Path(directory)
         customers = pd.DataFrame({USER: np.arange(self.n_users, dtype=np.int64), CUSTOMER: self.customer_ids})
-        products = pd.DataFrame(
-            {
-                ITEM: np.arange(self.n_items, dtype=np.int64),
-                PRODUCT: self.product_ids,
-                TITLE: pd.array(self.product_titles, dtype="string"),
-            }
-        )
+        titles = pd.array(self.product_titles, dtype="string")
+        products = pd.DataFrame({ITEM: np.arange(self.n_items, dtype=np.int64), PRODUCT: self.product_ids, TITLE: titles})
         for name, table in (("customers.parquet", customers), ("products.parquet", products)):
             with atomic_path(directory / name) as tmp:
                 table.to_parquet(tmp, index=False)

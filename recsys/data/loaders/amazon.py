@@ -12,16 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ...errors import DataError
-from ..schema import (
-    AMAZON_COLUMNS,
-    CUSTOMER,
-    DATE,
-    PRODUCT,
-    RATING,
-    RATINGS_COLUMNS,
-    REQUIRED_COLUMNS,
-    TITLE,
-)
+from ..schema import AMAZON_COLUMNS, CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
 from . import columns as C
 from .report import LoadReport, check_rows, finish
 from .text import (
@@ -122,7 +113,8 @@ def load_amazon_reviews(
         names = report.columns = header.split("\t")
         _check_header(names, p)
         # customer ids are mostly distinct: plain strings; the other columns repeat values
-        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in RATINGS_COLUMNS if k in names}
+        kept = (CUSTOMER, PRODUCT, TITLE, RATING, DATE)
+        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in kept if k in names}
         fmt = Format(names, "\t", types=used, keep=tuple(used))
         tally = Tally(names, _REASONS, max_examples)
         for block in parse_blocks(blocks, fmt.parse):
