@@ -13,14 +13,6 @@ loop over rows; ~4M rows take about a second):
 The result is an :class:`Exploration`, a small JSON-friendly record; the per-customer and
 per-product review counts behind the quantiles (millions of entries) are not kept in it but come
 from :func:`review_counts` when a plot needs them.
-
-The optional ``report`` is the loader's ``LoadReport`` (duck-typed: ``columns``, ``rows_read``,
-``null_counts``). With it, the table-shape figures (rows, columns, nulls) describe the *source
-file*, including columns the ratings frame does not keep; without it they are computed from the
-frame.
-
-Tie rule: when several months or years share the highest (or lowest) count, the earliest one is
-reported.
 """
 
 from __future__ import annotations
@@ -55,75 +47,40 @@ _SUMMARY_QUANTILES = (0.5, 0.9, 0.99, 1.0)
 class Exploration:
     """Exploration statistics of a ratings frame.
 
-    Attributes
-    ----------
-    n_rows, n_columns : int
-        Shape of the source table: ``report.rows_read`` and ``len(report.columns)`` when a load
-        report was given, else the frame's shape.
-    nulls : dict[str, int]
-        Missing values per column -- per source column when a report was given, else per frame
-        column.
-    exact_duplicate_rows : int
-        Rows identical to an earlier row in all five ratings columns (customer, video, title,
-        rating, date; missing equals missing).
-    rereviews : int
-        Further rows of a (customer, video) pair once exact duplicates are gone (preparation
-        keeps the latest). ``exact_duplicate_rows + rereviews`` rows are removed by preparation.
-    rating_counts : dict[float, int]
-        Star value -> number of rows, sorted by value (missing ratings are not counted).
-    rating_shares : dict[float, float]
-        Star value -> share of the rated rows (sums to 1).
-    reviews_by_month : dict[int, int]
-        Month of the year (1..12, all present) -> number of dated reviews.
-    reviews_by_year_month : dict[str, int]
-        ``"YYYY-MM"`` -> number of reviews, for every month from the first to the last dated
-        review (months without reviews have 0).
-    reviews_by_year : dict[int, int]
-        Year -> number of reviews, every year from the first to the last (gaps have 0).
-    busiest_month : int or None
-        Month of the year (1..12) with the most reviews; earliest on ties; None without dates.
-    busiest_year_month : str or None
-        ``"YYYY-MM"`` with the most reviews; earliest on ties.
-    busiest_year, quietest_year : int or None
-        Years with the most / fewest reviews among years that have at least one review (so a
-        gap year is not "quietest"); earliest on ties. Note the first and last years are often
-        partial.
-    n_customers, n_products : int
-        Distinct non-missing ids that occur in the frame (unused categories are not counted).
-    reviews_per_customer_quantiles, reviews_per_product_quantiles : dict[float, float]
-        Quantiles (levels :data:`QUANTILES`, linear interpolation as ``np.quantile`` and pandas)
-        of the number of reviews per customer / per product.
-    date_min, date_max : str or None
-        First and last review date as ISO ``YYYY-MM-DD``; None when no row has a date.
-    n_ratings : int
-        Rows of the ratings frame the distributions were computed over (can be below ``n_rows``
-        when the loader dropped unusable lines).
-    missing_dates : int
-        Frame rows without a review date (NaT); they are left out of the date statistics.
+    The table shape (``n_rows``, ``n_columns``, ``nulls``) is the source file's when a load
+    report was given (``rows_read``, its columns and ``null_counts``), else the frame's. The
+    date statistics leave out rows without a date; on ties the earliest month or year is
+    reported, and the first and last years are often partial.
     """
 
     n_rows: int
     n_columns: int
-    nulls: dict[str, int]
+    nulls: dict[str, int]  # missing values per column
+    # rows identical to an earlier row in all five ratings columns (missing equals missing)
     exact_duplicate_rows: int
+    # further rows of a (customer, video) pair once exact duplicates are gone; preparation
+    # removes exact_duplicate_rows + rereviews rows (keeping the latest review)
     rereviews: int
-    rating_counts: dict[float, int]
-    rating_shares: dict[float, float]
-    reviews_by_month: dict[int, int]
+    rating_counts: dict[float, int]  # star -> rows, sorted by star (missing ratings left out)
+    rating_shares: dict[float, float]  # star -> share of the rated rows (sums to 1)
+    reviews_by_month: dict[int, int]  # month of the year (1..12, all present) -> dated reviews
+    # "YYYY-MM" -> reviews, every month from the first to the last dated review (gaps: 0)
     reviews_by_year_month: dict[str, int]
-    reviews_by_year: dict[int, int]
-    busiest_month: int | None
-    busiest_year_month: str | None
+    reviews_by_year: dict[int, int]  # year -> reviews, every year from first to last (gaps: 0)
+    busiest_month: int | None  # month of the year (1..12); None without dates
+    busiest_year_month: str | None  # "YYYY-MM"
     busiest_year: int | None
-    quietest_year: int | None
-    n_customers: int
+    quietest_year: int | None  # among years with at least one review (a gap is not "quietest")
+    n_customers: int  # distinct non-missing ids in the frame (unused categories not counted)
     n_products: int
+    # quantiles (levels QUANTILES, linear interpolation as np.quantile and pandas) of the
+    # number of reviews per customer / per product
     reviews_per_customer_quantiles: dict[float, float]
     reviews_per_product_quantiles: dict[float, float]
-    date_min: str | None
+    date_min: str | None  # first and last review date, "YYYY-MM-DD"; None without dates
     date_max: str | None
-    n_ratings: int
-    missing_dates: int
+    n_ratings: int  # rows of the frame (below n_rows when the loader dropped lines)
+    missing_dates: int  # frame rows without a review date (NaT)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict: every mapping has string keys, values are plain Python."""
@@ -131,33 +88,22 @@ class Exploration:
 
     def summary_lines(self) -> list[str]:
         """A short human-readable summary, one statement per line."""
-        lines = [f"rows: {self.n_rows:,} x {self.n_columns} columns ({self.n_ratings:,} ratings)"]
-        missing = {k: v for k, v in self.nulls.items() if v}
-        lines.append(
-            "missing values: "
-            + (", ".join(f"{k} {v:,}" for k, v in missing.items()) if missing else "none")
-        )
-        lines.append(
+        missing = ", ".join(f"{k} {v:,}" for k, v in self.nulls.items() if v) or "none"
+        lines = [
+            f"rows: {self.n_rows:,} x {self.n_columns} columns ({self.n_ratings:,} ratings)",
+            f"missing values: {missing}",
             f"exact duplicate rows: {self.exact_duplicate_rows:,}; re-reviews (same customer "
-            f"and video again): {self.rereviews:,}"
-        )
+            f"and video again): {self.rereviews:,}",
+        ]
         if self.rating_counts:
-            lines.append(
-                "ratings: "
-                + ", ".join(
-                    f"{star:g}: {self.rating_shares[star]:.1%}" for star in self.rating_counts
-                )
-            )
+            shares = (f"{star:g}: {self.rating_shares[star]:.1%}" for star in self.rating_counts)
+            lines.append("ratings: " + ", ".join(shares))
         lines.append(f"customers: {self.n_customers:,}; products: {self.n_products:,}")
-        for label, q in (
-            ("customer", self.reviews_per_customer_quantiles),
-            ("product", self.reviews_per_product_quantiles),
-        ):
+        for label, q in (("customer", self.reviews_per_customer_quantiles),
+                         ("product", self.reviews_per_product_quantiles)):  # fmt: skip
             if q:
-                lines.append(
-                    f"reviews per {label}: "
-                    + ", ".join(f"{_quantile_name(p)} {q[p]:,.4g}" for p in _SUMMARY_QUANTILES)
-                )
+                values = (f"{_quantile_name(p)} {q[p]:,.4g}" for p in _SUMMARY_QUANTILES)
+                lines.append(f"reviews per {label}: " + ", ".join(values))
         if self.date_min is None:
             lines.append("dates: none")
         else:
@@ -174,55 +120,31 @@ class Exploration:
 def explore(frame: pd.DataFrame, report: Any = None) -> Exploration:
     """Compute the exploration statistics of a ratings frame.
 
-    Parameters
-    ----------
-    frame : DataFrame
-        A ratings frame (see :mod:`recsys.data.schema`): ``customer_id``, ``product_id`` and
-        ``star_rating`` are required; ``product_title`` and ``review_date`` are used when present.
-        Ids may be integers, strings or categoricals.
-    report : LoadReport-like, optional
-        The loader's report. Read by attribute: ``columns``, ``rows_read`` and
-        ``null_counts``; a missing one is taken from the frame.
-
-    Returns
-    -------
-    Exploration
-
-    Raises
-    ------
-    DataError
-        If the frame is empty, lacks a required column, or ``star_rating``/``review_date`` have
-        the wrong type.
+    ``frame`` needs ``customer_id``, ``product_id`` and ``star_rating`` (ids may be integers,
+    strings or categoricals) and uses ``product_title`` and ``review_date`` when present.
+    ``report``, the loader's report, is read by attribute (``columns``, ``rows_read``,
+    ``null_counts``); a missing one is taken from the frame. Raises :class:`DataError` if the
+    frame is empty, lacks a required column, or ``star_rating``/``review_date`` have the wrong
+    type.
     """
     start = time.perf_counter()
     _validate(frame)
-    customer_codes = _codes(frame[CUSTOMER])
-    product_codes = _codes(frame[PRODUCT])
-
-    columns = _report_attr(report, "columns")
-    columns = list(frame.columns) if columns is None else list(columns)
-    rows_read = _report_attr(report, "rows_read")
-    n_rows = len(frame) if rows_read is None else int(rows_read)
-    null_counts = _report_attr(report, "null_counts")
+    per_customer, per_product = review_counts(frame)
+    columns = getattr(report, "columns", None)  # getattr(None, ...) is None: no report
+    rows_read = getattr(report, "rows_read", None)
+    null_counts = getattr(report, "null_counts", None)
     if null_counts is None:
-        nulls = {str(col): int(frame[col].isna().sum()) for col in frame.columns}
-    else:
-        nulls = {str(col): int(v) for col, v in dict(null_counts).items()}
-    rating_counts, rating_shares = _rating_distribution(frame[RATING])
+        null_counts = {col: frame[col].isna().sum() for col in frame.columns}
+    ratings = _rating_distribution(frame[RATING])  # both check their column's dtype first
     dates = _date_stats(frame[DATE] if DATE in frame.columns else None, len(frame))
     exact, rereviews = count_duplicates(frame)
-
-    per_customer = _counts_per_value(*customer_codes)
-    per_product = _counts_per_value(*product_codes)
-
     result = Exploration(
-        n_rows=n_rows,
-        n_columns=len(columns),
-        nulls=nulls,
+        n_rows=len(frame) if rows_read is None else int(rows_read),
+        n_columns=len(frame.columns if columns is None else list(columns)),
+        nulls={str(col): int(v) for col, v in dict(null_counts).items()},
         exact_duplicate_rows=exact,
         rereviews=rereviews,
-        rating_counts=rating_counts,
-        rating_shares=rating_shares,
+        **ratings,
         n_customers=len(per_customer),
         n_products=len(per_product),
         reviews_per_customer_quantiles=_quantiles(per_customer),
@@ -239,28 +161,11 @@ def explore(frame: pd.DataFrame, report: Any = None) -> Exploration:
 
 
 def review_counts(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Number of reviews of every customer and of every product.
-
-    Parameters
-    ----------
-    frame : DataFrame
-        A ratings frame with ``customer_id`` and ``product_id``.
-
-    Returns
-    -------
-    per_customer, per_product : ndarray of int64
-        One entry per distinct non-missing id occurring in the frame (unused categories are
-        skipped), in no particular order -- inputs for distribution plots and quantiles.
-    """
+    """Number of reviews of every customer and of every product (int64 arrays, in no particular
+    order, one entry per distinct non-missing id occurring in the frame; unused categories are
+    skipped): inputs for distribution plots and quantiles."""
     _validate(frame, required=(CUSTOMER, PRODUCT))
-    return (
-        _counts_per_value(*_codes(frame[CUSTOMER])),
-        _counts_per_value(*_codes(frame[PRODUCT])),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
+    return _counts(frame[CUSTOMER]), _counts(frame[PRODUCT])
 
 
 def _validate(frame: pd.DataFrame, required: Sequence[str] = REQUIRED_COLUMNS) -> None:
@@ -280,24 +185,10 @@ def _validate(frame: pd.DataFrame, required: Sequence[str] = REQUIRED_COLUMNS) -
         )
 
 
-def _report_attr(report: Any, name: str) -> Any:
-    return None if report is None else getattr(report, name, None)
-
-
-def _codes(series: pd.Series) -> tuple[np.ndarray, int]:
-    """Integer codes ``0..n-1`` for the values of ``series`` (``-1`` for missing) and ``n``.
-
-    Categoricals use their codes directly (``n`` counts all categories, used or not); anything
-    else is hashed with :func:`pandas.factorize`.
-    """
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        return series.cat.codes.to_numpy(), len(series.cat.categories)
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    return codes, len(uniques)
-
-
-def _counts_per_value(codes: np.ndarray, n: int) -> np.ndarray:
-    counts = np.bincount(codes[codes >= 0], minlength=n)
+def _counts(ids: pd.Series) -> np.ndarray:
+    """Rows per distinct non-missing value of ``ids`` (categoricals: per used category)."""
+    codes = ids.cat.codes.to_numpy() if isinstance(ids.dtype, pd.CategoricalDtype) else pd.factorize(ids)[0]
+    counts = np.bincount(codes[codes >= 0])
     return counts[counts > 0].astype(np.int64)
 
 
@@ -309,10 +200,8 @@ def _quantiles(counts: np.ndarray) -> dict[float, float]:
     return {float(p): float(v) for p, v in zip(levels, values, strict=True)}
 
 
-def _rating_distribution(ratings: pd.Series) -> tuple[dict[float, int], dict[float, float]]:
-    if not pd.api.types.is_numeric_dtype(ratings.dtype) or pd.api.types.is_bool_dtype(
-        ratings.dtype
-    ):
+def _rating_distribution(ratings: pd.Series) -> dict[str, dict]:
+    if not pd.api.types.is_numeric_dtype(ratings) or pd.api.types.is_bool_dtype(ratings):
         raise DataError(
             f"star_rating must be numeric (float32 in a ratings frame), got dtype "
             f"{ratings.dtype}; convert it with pd.to_numeric."
@@ -320,24 +209,16 @@ def _rating_distribution(ratings: pd.Series) -> tuple[dict[float, int], dict[flo
     counts = ratings.value_counts(dropna=True, sort=False).sort_index()
     total = int(counts.sum())
     rating_counts = {float(k): int(v) for k, v in counts.items()}
-    rating_shares = {k: (v / total) for k, v in rating_counts.items()}
-    return rating_counts, rating_shares
+    return {"rating_counts": rating_counts, "rating_shares": {k: v / total for k, v in rating_counts.items()}}
 
 
 def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
     """Date-based fields of :class:`Exploration` (NaT rows are left out)."""
     empty: dict[str, Any] = {
-        "reviews_by_month": dict.fromkeys(range(1, 13), 0),
-        "reviews_by_year_month": {},
-        "reviews_by_year": {},
-        "busiest_month": None,
-        "busiest_year_month": None,
-        "busiest_year": None,
-        "quietest_year": None,
-        "date_min": None,
-        "date_max": None,
+        "reviews_by_month": dict.fromkeys(range(1, 13), 0), "reviews_by_year_month": {}, "reviews_by_year": {},
         "missing_dates": n_rows,
-    }
+        **dict.fromkeys(("busiest_month", "busiest_year_month", "busiest_year", "quietest_year", "date_min", "date_max")),
+    }  # fmt: skip
     if dates is None:
         return empty
     if isinstance(dates.dtype, pd.DatetimeTZDtype):
@@ -380,13 +261,7 @@ def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
 
 
 def _quantile_name(p: float) -> str:
-    if p == 0.5:
-        return "median"
-    if p == 1.0:
-        return "max"
-    if p == 0.0:
-        return "min"
-    return f"p{p * 100:g}"
+    return {0.5: "median", 1.0: "max", 0.0: "min"}.get(p, f"p{p * 100:g}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -25,6 +25,7 @@ otherwise).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -51,24 +52,10 @@ from .schema import (
 )
 
 __all__ = [
-    "PrepareConfig",
-    "PrepareReport",
-    "PreparedData",
-    "Mappings",
-    "reduce_columns",
-    "drop_duplicates",
-    "count_duplicates",
-    "filter_long_tail",
-    "build_mappings",
-    "index_ratings",
-    "split_leave_last_out",
-    "split_random",
-    "split_explicit",
-    "one_hot",
-    "seen_matrix",
-    "labels",
-    "prepare",
-]
+    "PrepareConfig", "PrepareReport", "PreparedData", "Mappings", "reduce_columns", "drop_duplicates",
+    "count_duplicates", "filter_long_tail", "build_mappings", "index_ratings", "split_leave_last_out",
+    "split_random", "split_explicit", "one_hot", "seen_matrix", "labels", "prepare",
+]  # fmt: skip
 
 log = logging.getLogger("recsys")
 
@@ -160,9 +147,6 @@ def _rating_distribution(ratings: pd.Series) -> dict[str, int]:
     return {f"{float(k):g}": int(v) for k, v in counts.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. reduce
-# ---------------------------------------------------------------------------------------------
 def reduce_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Keep the ratings columns (customer, product, title, rating, date), adding missing optional
     ones as NaN/NaT. A missing required column raises :class:`DataError` naming it."""
@@ -194,16 +178,10 @@ def _codes(series: pd.Series) -> np.ndarray:
 
 
 def date_order_key(frame: pd.DataFrame) -> np.ndarray:
-    """Dates as int64 for ordering; NaT sorts first (oldest)."""
-    dates = frame[DATE]
-    values = dates.to_numpy(dtype="datetime64[ns]").view(np.int64).copy()
-    values[dates.isna().to_numpy()] = np.iinfo(np.int64).min
-    return values
+    """Dates as int64 for ordering; NaT (the smallest int64) sorts first (oldest)."""
+    return frame[DATE].to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. duplicates
-# ---------------------------------------------------------------------------------------------
 def _dedupe(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
     """The rows :func:`drop_duplicates` keeps (sorted) and how many exact duplicate rows it drops.
 
@@ -271,15 +249,8 @@ def count_duplicates(frame: pd.DataFrame) -> tuple[int, int]:
     return n_exact, len(frame) - n_exact - len(final)
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. long tail
-# ---------------------------------------------------------------------------------------------
 def filter_long_tail(
-    frame: pd.DataFrame,
-    min_customer_ratings: int = 18,
-    min_product_ratings: int = 95,
-    *,
-    repeat_until_stable: bool = False,
+    frame: pd.DataFrame, min_customer_ratings: int = 18, min_product_ratings: int = 95, *, repeat_until_stable: bool = False
 ) -> tuple[pd.DataFrame, int]:
     """Keep customers with >= ``min_customer_ratings`` and videos with >= ``min_product_ratings``.
 
@@ -291,14 +262,10 @@ def filter_long_tail(
     if len(frame) == 0:
         raise DataError("no ratings to filter: the input is empty")
     current = frame
-    passes = 0
-    while True:
-        passes += 1
+    for passes in itertools.count(1):
         cust, prod = _codes(current[CUSTOMER]), _codes(current[PRODUCT])
-        c_counts = np.bincount(cust)
-        p_counts = np.bincount(prod)
-        c_ok = c_counts >= min_customer_ratings
-        p_ok = p_counts >= min_product_ratings
+        c_counts, p_counts = np.bincount(cust), np.bincount(prod)
+        c_ok, p_ok = c_counts >= min_customer_ratings, p_counts >= min_product_ratings
         mask = c_ok[cust] & p_ok[prod]
         if not mask.any():
             n_c, n_p = int((c_counts > 0).sum()), int((p_counts > 0).sum())
@@ -317,14 +284,10 @@ def filter_long_tail(
             return current.reset_index(drop=True), passes
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. index
-# ---------------------------------------------------------------------------------------------
 def _sorted_uniques(series: pd.Series) -> pd.Index:
     values = series.dropna()
     if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.cat.remove_unused_categories()
-        uniques = pd.Index(values.cat.categories)
+        uniques = pd.Index(values.cat.remove_unused_categories().cat.categories)
     else:
         uniques = pd.Index(pd.unique(values.to_numpy()))
     try:
@@ -378,13 +341,8 @@ class Mappings:
         """Write ``customers.parquet`` and ``products.parquet`` (atomically) into ``directory``."""
         directory = Path(directory)
         customers = pd.DataFrame({USER: np.arange(self.n_users, dtype=np.int64), CUSTOMER: self.customer_ids})
-        products = pd.DataFrame(
-            {
-                ITEM: np.arange(self.n_items, dtype=np.int64),
-                PRODUCT: self.product_ids,
-                TITLE: pd.array(self.product_titles, dtype="string"),
-            }
-        )
+        titles = pd.array(self.product_titles, dtype="string")
+        products = pd.DataFrame({ITEM: np.arange(self.n_items, dtype=np.int64), PRODUCT: self.product_ids, TITLE: titles})
         for name, table in (("customers.parquet", customers), ("products.parquet", products)):
             with atomic_path(directory / name) as tmp:
                 table.to_parquet(tmp, index=False)
@@ -424,9 +382,6 @@ def index_ratings(frame: pd.DataFrame, mappings: Mappings) -> pd.DataFrame:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. split
-# ---------------------------------------------------------------------------------------------
 def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Each customer's latest rating (by date, then file order) is the test row.
 
@@ -436,30 +391,18 @@ def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     """
     users = indexed[USER].to_numpy()
     date = date_order_key(indexed)
-    rows = np.arange(len(indexed))
-    order = np.lexsort((rows, date, users))
+    order = np.lexsort((np.arange(len(indexed)), date, users))
     u_sorted = users[order]
     last = np.ones(len(order), dtype=bool)
     last[:-1] = u_sorted[1:] != u_sorted[:-1]
-    counts = np.bincount(users)
     test_rows = order[last]
-    single = counts[users[test_rows]] == 1
-    # ties: the row before the last one of the same user has the same date
-    prev = np.flatnonzero(last) - 1
-    tie = np.zeros(len(test_rows), dtype=bool)
-    valid_prev = prev >= 0
-    same_user = np.zeros(len(test_rows), dtype=bool)
-    same_user[valid_prev] = u_sorted[prev[valid_prev]] == u_sorted[np.flatnonzero(last)[valid_prev]]
-    tie[same_user] = date[order[prev[same_user]]] == date[test_rows[same_user]]
-    test_rows = np.sort(test_rows[~single])
+    single = np.bincount(users)[users[test_rows]] == 1
+    # a tie: the user's previous rating in date order (theirs unless single) has the same date
+    tie = date[order[np.maximum(np.flatnonzero(last) - 1, 0)]] == date[test_rows]
     is_test = np.zeros(len(indexed), dtype=bool)
-    is_test[test_rows] = True
-    stats = {"test_customers_single_rating": int(single.sum()), "test_date_ties": int(tie[~single].sum())}
-    return (
-        indexed.iloc[np.flatnonzero(~is_test)].reset_index(drop=True),
-        indexed.iloc[test_rows].reset_index(drop=True),
-        stats,
-    )
+    is_test[test_rows[~single]] = True
+    stats = {"test_customers_single_rating": int(single.sum()), "test_date_ties": int((tie & ~single).sum())}
+    return *_split(indexed, is_test), stats
 
 
 def split_random(
@@ -467,15 +410,14 @@ def split_random(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """A seeded random split of the rows (``test_fraction`` of them to test)."""
     rng = np.random.default_rng(seed)
-    n_test = int(round(len(indexed) * test_fraction))
-    test_rows = np.sort(rng.choice(len(indexed), size=n_test, replace=False))
     is_test = np.zeros(len(indexed), dtype=bool)
-    is_test[test_rows] = True
-    return (
-        indexed.iloc[np.flatnonzero(~is_test)].reset_index(drop=True),
-        indexed.iloc[test_rows].reset_index(drop=True),
-        {},
-    )
+    is_test[rng.choice(len(indexed), size=int(round(len(indexed) * test_fraction)), replace=False)] = True
+    return *_split(indexed, is_test), {}
+
+
+def _split(indexed: pd.DataFrame, is_test: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) rows, each in file order."""
+    return tuple(indexed.iloc[np.flatnonzero(m)].reset_index(drop=True) for m in (~is_test, is_test))
 
 
 def split_explicit(
@@ -501,9 +443,6 @@ def split_explicit(
     return train, test, {"explicit_test_rows_dropped": dropped, "explicit_test_overlap_removed": int(overlap.sum())}
 
 
-# ---------------------------------------------------------------------------------------------
-# 6. encode
-# ---------------------------------------------------------------------------------------------
 def one_hot(users: Any, items: Any, n_users: int, n_items: int) -> sp.csr_matrix:
     """The one-hot design matrix: row r has a 1 in column ``users[r]`` and in column
     ``n_users + items[r]``; float32 CSR with ``n_users + n_items`` columns. Vectorised."""
@@ -547,9 +486,6 @@ def labels(ratings: Any, kind: str = "regression", threshold: float = 5.0) -> np
     raise ConfigError(f"label kind must be 'regression' or 'classification', got {kind!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# the wired stage
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class PreparedData:
     """The output of :func:`prepare`.
@@ -620,53 +556,42 @@ def prepare(
 ) -> PreparedData:
     """Run every preparation stage on a ratings frame (see the module docstring)."""
     config = (config or PrepareConfig()).validate()
-    report = PrepareReport(min_customer_ratings=config.min_customer_ratings, min_product_ratings=config.min_product_ratings)
     reduced = reduce_columns(frame)
-    report.rows_in = len(reduced)
-    if report.rows_in == 0:
+    if len(reduced) == 0:
         raise DataError("no ratings to prepare: the input is empty")
-    report.rating_distribution_before = _rating_distribution(reduced[RATING])
     deduped, dup_stats = drop_duplicates(reduced)
-    report.exact_duplicates_removed = dup_stats["exact_duplicates_removed"]
-    report.rereviews_removed = dup_stats["rereviews_removed"]
-    report.rows_after_dedupe = len(deduped)
-    report.customers_before_filter = int(deduped[CUSTOMER].nunique())
-    report.products_before_filter = int(deduped[PRODUCT].nunique())
     filtered, passes = filter_long_tail(
         deduped, config.min_customer_ratings, config.min_product_ratings, repeat_until_stable=config.repeat_until_stable
     )
-    report.filter_passes = passes
-    report.rows_after_filter = len(filtered)
-    report.rating_distribution_after = _rating_distribution(filtered[RATING])
     mappings = build_mappings(filtered)
-    report.customers, report.products = mappings.n_users, mappings.n_items
     indexed = index_ratings(filtered, mappings)
     if test_frame is not None:
-        train, test, stats = split_explicit(indexed, test_frame, mappings)
-        report.split = "explicit"
+        split, (train, test, stats) = "explicit", split_explicit(indexed, test_frame, mappings)
     elif config.split == "random":
-        train, test, stats = split_random(indexed, config.test_fraction, config.seed)
-        report.split = "random"
+        split, (train, test, stats) = "random", split_random(indexed, config.test_fraction, config.seed)
     else:
-        train, test, stats = split_leave_last_out(indexed)
-        report.split = "leave_last_out"
-    for key, value in stats.items():
-        setattr(report, key, value)
+        split, (train, test, stats) = "leave_last_out", split_leave_last_out(indexed)
+    report = PrepareReport(
+        rows_in=len(reduced), **dup_stats, rows_after_dedupe=len(deduped),
+        customers_before_filter=int(deduped[CUSTOMER].nunique()), products_before_filter=int(deduped[PRODUCT].nunique()),
+        customers=mappings.n_users, products=mappings.n_items, rows_after_filter=len(filtered), filter_passes=passes,
+        min_customer_ratings=config.min_customer_ratings, min_product_ratings=config.min_product_ratings,
+        rating_distribution_before=_rating_distribution(reduced[RATING]),
+        rating_distribution_after=_rating_distribution(filtered[RATING]),
+        split=split, train_rows=len(train), test_rows=len(test), **stats,
+        test_items_unseen_in_train=int(np.isin(test[ITEM].to_numpy(), train[ITEM].to_numpy(), invert=True).sum()),
+    )  # fmt: skip
     if report.explicit_test_rows_dropped:
         log.warning(
             "dropped %s of %s test ratings: their customer or video is not in the prepared training data "
             "(unknown id, or removed by the long-tail filter)",
             f"{report.explicit_test_rows_dropped:,}", f"{report.explicit_test_rows_dropped + len(test):,}",
         )  # fmt: skip
-    report.train_rows, report.test_rows = len(train), len(test)
     if report.test_rows == 0:
         raise DataError(
             "the split left no test ratings (every customer has a single rating); "
             "lower the thresholds less aggressively or use split = 'random'"
         )
-    train_items = np.zeros(mappings.n_items, dtype=bool)
-    train_items[train[ITEM].to_numpy()] = True
-    report.test_items_unseen_in_train = int((~train_items[test[ITEM].to_numpy()]).sum())
     for line in report.summary_lines():
         log.info(line)
     return PreparedData(indexed, train, test, mappings, report, config, cleaned=deduped)

@@ -1,36 +1,13 @@
-"""Column names shared by every loader and stage.
-
-Every loader returns a *ratings frame* with the canonical columns below, whatever the source
-format (Amazon reviews TSV, MovieLens, any CSV/Parquet with a column mapping):
-
-=================  ===========================================================================
-``customer_id``    who rated (int64 when every id is an integer, else a string/categorical)
-``product_id``     what was rated (string/categorical; MovieLens movie ids stay integers)
-``product_title``  the title, or missing when the source has none
-``star_rating``    float32 rating (Amazon: 1-5 stars; MovieLens: 0.5-5 in half stars)
-``review_date``    datetime64 (day resolution for Amazon), NaT when missing
-=================  ===========================================================================
-"""
+"""Column names shared by every loader and stage (the ratings frame's columns and dtypes are
+described in :mod:`recsys.data.loaders`)."""
 
 from __future__ import annotations
 
 #: The 15 columns of the Amazon Customer Reviews TSV, in file order.
-AMAZON_COLUMNS: tuple[str, ...] = (
-    "marketplace",
-    "customer_id",
-    "review_id",
-    "product_id",
-    "product_parent",
-    "product_title",
-    "product_category",
-    "star_rating",
-    "helpful_votes",
-    "total_votes",
-    "vine",
-    "verified_purchase",
-    "review_headline",
-    "review_body",
-    "review_date",
+AMAZON_COLUMNS: tuple[str, ...] = tuple(
+    "marketplace customer_id review_id product_id product_parent product_title product_category "
+    "star_rating helpful_votes total_votes vine verified_purchase review_headline review_body "
+    "review_date".split()
 )
 
 CUSTOMER = "customer_id"

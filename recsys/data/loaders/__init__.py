@@ -32,12 +32,9 @@ logger. Duplicates are kept (exploration counts them, preparation removes them).
 Errors are :class:`~recsys.errors.DataError` naming the file, the line and what was expected;
 they never show the file's content.
 
-Modules: :mod:`.amazon` (streaming, the fast path for the multi-GB Amazon Customer Reviews
-TSVs), :mod:`.movielens` (``u.data``, ``ratings.dat``, ``ratings.csv``), :mod:`.table` (any CSV
-or Parquet with a column mapping), :mod:`.detect` (:func:`detect_format` and
-:func:`load_ratings`, which dispatches on it), :mod:`.report` (:class:`LoadReport`); the text
-formats share :mod:`.text` (files and blocks, parsed by ``pyarrow.csv``) and :mod:`.columns`
-(the frame's dtypes).
+Modules: :mod:`.amazon`, :mod:`.movielens`, :mod:`.table` (any CSV or Parquet with a column
+mapping), :mod:`.detect` (:func:`detect_format`, :func:`load_ratings`), :mod:`.report`; the
+text formats share :mod:`.text` (files and blocks) and :mod:`.columns` (the frame's dtypes).
 """
 
 from .amazon import load_amazon_reviews
@@ -48,12 +45,6 @@ from .report import LoadReport
 from .table import load_table
 
 __all__ = [
-    "DATE_DTYPE",
-    "FORMATS",
-    "LoadReport",
-    "detect_format",
-    "load_amazon_reviews",
-    "load_movielens",
-    "load_ratings",
-    "load_table",
-]
+    "DATE_DTYPE", "FORMATS", "LoadReport", "detect_format", "load_amazon_reviews",
+    "load_movielens", "load_ratings", "load_table",
+]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ _REASONS = [
     "non-integer star_rating",
     "star_rating outside 1-5",
 ]
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _star(text: str) -> tuple[float, int]:
@@ -45,8 +47,16 @@ def _star(text: str) -> tuple[float, int]:
 
 
 def _day(text: str) -> tuple[int, int]:
-    us = C.parse_day(text)
-    return us, int(us == C.NAT)  # code 1: present but not a date
+    """(microseconds since epoch, 0) of a ``YYYY-MM-DD`` date (spaces allowed), else (NaT, 1)."""
+    s = text.strip()
+    if _ISO_DAY.fullmatch(s):
+        try:
+            us = int(np.datetime64(s, "D").astype(np.int64)) * 86_400_000_000
+        except ValueError:  # e.g. 2015-02-30
+            us = C.NAT
+        if C.MIN_US <= us <= C.MAX_US:
+            return us, 0
+    return C.NAT, 1
 
 
 def _check_header(names: list[str], path: Path) -> None:
@@ -66,45 +76,27 @@ def _check_header(names: list[str], path: Path) -> None:
 def load_amazon_reviews(
     path: str | Path, *, max_examples: int = 10, block_size: int = DEFAULT_BLOCK_SIZE
 ) -> tuple[pd.DataFrame, LoadReport]:
-    """Load an Amazon Customer Reviews TSV (plain or gzip) as a ratings frame.
+    """Load an Amazon Customer Reviews TSV (plain or gzip, detected by its magic bytes).
 
-    The file is a header line of tab-separated column names (normally the 15
+    The file is a header of tab-separated column names (normally the 15
     :data:`~recsys.data.schema.AMAZON_COLUMNS`, in any order; ``product_title`` and
-    ``review_date`` may be absent) followed by one review per line. There is no quoting or
-    escaping: ``"`` and HTML in the text are literal. LF or CRLF line endings; a lone CR
-    inside a field becomes a space. The file is streamed in blocks parsed by ``pyarrow.csv``;
-    review text never becomes Python objects.
+    ``review_date`` may be absent), then one review per line with no quoting or escaping (``"``
+    and HTML in the text are literal); LF or CRLF, a lone CR inside a field becomes a space. It
+    is streamed in blocks of ``block_size`` bytes parsed by ``pyarrow.csv`` (the next block is
+    read and parsed while one is processed); review text never becomes Python objects.
 
-    Malformed lines are skipped and reported: a field count different from the header's
-    (blank lines too), an empty ``customer_id``/``product_id`` ("missing
-    customer_id/product_id"), or a ``star_rating`` that is not an integer from 1 to 5:
-    empty or ``five`` is "non-numeric star_rating", ``4.5`` "non-integer star_rating", ``0``
-    or ``6`` "star_rating outside 1-5" (surrounding spaces are allowed and ``5.0`` counts as
-    5). A ``review_date`` that is not a valid ``YYYY-MM-DD`` (spaces allowed) becomes NaT,
-    counted in ``bad_dates``; the row is kept. Lines that are not valid UTF-8 are decoded
-    with U+FFFD replacement and kept (``invalid_utf8_lines``).
+    Malformed lines are skipped and reported (the first ``max_examples`` with their line number):
+    a field count different from the header's (blank lines too), an empty
+    ``customer_id``/``product_id``, or a ``star_rating`` that is not an integer from 1 to 5:
+    empty or ``five`` is "non-numeric star_rating", ``4.5`` "non-integer star_rating", ``0`` or
+    ``6`` "star_rating outside 1-5" (surrounding spaces are allowed and ``5.0`` counts as 5). A
+    ``review_date`` that is not a valid ``YYYY-MM-DD`` (spaces allowed) becomes NaT, counted in
+    ``bad_dates``; the row is kept. Lines that are not valid UTF-8 are decoded with U+FFFD
+    replacement and kept (``invalid_utf8_lines``).
 
-    Parameters
-    ----------
-    path : str or Path
-        The ``.tsv`` or ``.tsv.gz`` file (gzip is detected by its magic bytes).
-    max_examples : int, default 10
-        How many skipped lines to record (line number and reason) in the report.
-    block_size : int, default 16 MiB
-        Bytes read per block (the next block is read and parsed while one is processed).
-
-    Returns
-    -------
-    frame : pandas.DataFrame
-        The ratings frame (see :mod:`recsys.data.loaders` for the dtypes), in file order.
-    report : LoadReport
-        Counts of lines read, kept and skipped, null counts for every header column.
-
-    Raises
-    ------
-    DataError
-        The file is missing, unreadable, lacks a required column in its header, or has no
-        valid line.
+    Returns the ratings frame (dtypes: see :mod:`recsys.data.loaders`), in file order, and the
+    :class:`LoadReport`. Raises :class:`DataError` when the file is missing, unreadable, lacks a
+    required column in its header, or has no valid line.
     """
     t0 = time.perf_counter()
     p = check_file(path)
@@ -120,23 +112,15 @@ def load_amazon_reviews(
             )
         names = report.columns = header.split("\t")
         _check_header(names, p)
-        types = {
-            CUSTOMER: pa.string(),
-            PRODUCT: C.DICT,
-            TITLE: C.DICT,
-            RATING: C.DICT,
-            DATE: C.DICT,
-        }
-        used = {k: v for k, v in types.items() if k in names}
+        # customer ids are mostly distinct: plain strings; the other columns repeat values
+        kept = (CUSTOMER, PRODUCT, TITLE, RATING, DATE)
+        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in kept if k in names}
         fmt = Format(names, "\t", types=used, keep=tuple(used))
         tally = Tally(names, _REASONS, max_examples)
         for block in parse_blocks(blocks, fmt.parse):
             t = block.table
             star, codes = stars(t.column(RATING))
-            missing = np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(
-                t.column(PRODUCT).is_null()
-            )
-            codes[missing] = 1
+            codes[np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(t.column(PRODUCT).is_null())] = 1
             keep = tally.add(block, codes)
             mask = pa.array(keep)
             cols[RATING].append(star[keep])

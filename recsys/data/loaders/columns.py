@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -18,28 +18,16 @@ from ..schema import CUSTOMER, DATE, PRODUCT, RATING, RATINGS_COLUMNS, TITLE
 DATE_DTYPE = "datetime64[us]"
 NAT = np.iinfo(np.int64).min  # the int64 pattern of NaT
 DICT = pa.dictionary(pa.int32(), pa.string())
-US_PER_DAY = 86_400_000_000
 # Dates are kept within pandas' nanosecond range (1677-09-22 to 2262-04-11), so that later
 # conversions to datetime64[ns] cannot overflow; others are unparseable (NaT).
 MIN_US, MAX_US = pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1000
-_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+Ids = np.ndarray | pd.Categorical  # an id column: int64 or category
 
 
-def frame(
-    customer: np.ndarray | pd.Categorical,
-    product: np.ndarray | pd.Categorical,
-    title: pd.Categorical,
-    rating: np.ndarray,
-    date_us: np.ndarray,
-) -> pd.DataFrame:
+def frame(customer: Ids, product: Ids, title: pd.Categorical, rating: np.ndarray, date_us: np.ndarray) -> pd.DataFrame:
     """Assemble the ratings frame (columns in :data:`RATINGS_COLUMNS` order)."""
-    data = {
-        CUSTOMER: customer,
-        PRODUCT: product,
-        TITLE: title,
-        RATING: np.asarray(rating, dtype=np.float32),
-        DATE: np.asarray(date_us, dtype=np.int64).view(DATE_DTYPE),
-    }
+    rating, date = np.asarray(rating, dtype=np.float32), np.asarray(date_us, dtype=np.int64).view(DATE_DTYPE)
+    data = {CUSTOMER: customer, PRODUCT: product, TITLE: title, RATING: rating, DATE: date}
     return pd.DataFrame(data, columns=list(RATINGS_COLUMNS), copy=False)
 
 
@@ -50,18 +38,6 @@ def number(text: str) -> float | None:
     except ValueError:
         return None
     return x if math.isfinite(x) else None
-
-
-def parse_day(text: str) -> int:
-    """Microseconds since epoch of a ``YYYY-MM-DD`` date (spaces allowed), or NaT."""
-    s = text.strip()
-    if not _ISO_DAY.fullmatch(s):
-        return NAT
-    try:
-        us = int(np.datetime64(s, "D").astype(np.int64)) * US_PER_DAY
-    except ValueError:
-        return NAT
-    return us if MIN_US <= us <= MAX_US else NAT
 
 
 def in_range(us: np.ndarray) -> np.ndarray:
@@ -76,11 +52,8 @@ class Lookup:
     encoded and only its dictionary goes through Python (with a cache across blocks).
     """
 
-    def __init__(
-        self, fn: Callable[[str], tuple[float, int]], dtype: type, null: tuple[float, int]
-    ) -> None:
-        self.fn, self.dtype, self.null = fn, dtype, null
-        self.cache: dict[str, tuple[float, int]] = {}
+    def __init__(self, fn: Callable[[str], tuple[float, int]], dtype: type, null: tuple[float, int]) -> None:
+        self.fn, self.dtype, self.null = functools.cache(fn), dtype, null
 
     def __call__(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Values (``dtype``) and codes (int8) of every row; a null gets ``null``."""
@@ -88,22 +61,11 @@ class Lookup:
         for ch in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
             if not pa.types.is_dictionary(ch.type):
                 ch = ch.dictionary_encode()
-            pairs = []
-            for s in ch.dictionary.to_pylist():
-                hit = self.cache.get(s)
-                if hit is None:
-                    hit = self.cache[s] = self.fn(s)
-                pairs.append(hit)
-            pairs.append(self.null)
+            pairs = [*map(self.fn, ch.dictionary.to_pylist()), self.null]
             idx = np.asarray(pc.fill_null(ch.indices, len(pairs) - 1))
             values.append(np.array([p[0] for p in pairs], dtype=self.dtype)[idx])
             codes.append(np.array([p[1] for p in pairs], dtype=np.int8)[idx])
         return np.concatenate(values), np.concatenate(codes)
-
-
-# --------------------------------------------------------------------------------------------
-# Ids and titles
-# --------------------------------------------------------------------------------------------
 
 
 def empty_categorical(n: int) -> pd.Categorical:
@@ -114,17 +76,21 @@ def empty_categorical(n: int) -> pd.Categorical:
 
 def categorical(dictionary: pa.Array, indices: np.ndarray) -> pd.Categorical:
     """A Categorical with sorted, used-only categories from a dictionary and codes (-1 = NaN)."""
-    used = np.bincount(indices[indices >= 0], minlength=len(dictionary)) > 0
-    used_idx = np.nonzero(used)[0]
+    used_idx = np.flatnonzero(np.bincount(indices[indices >= 0], minlength=len(dictionary)))
     values = dictionary.take(pa.array(used_idx)) if len(used_idx) < len(dictionary) else dictionary
     if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
         values = pc.cast(values, pa.string())
     order = np.asarray(pc.array_sort_indices(values))
     remap = np.full(len(dictionary) + 1, -1, dtype=np.int64)  # last slot: -1 stays -1
     remap[used_idx[order]] = np.arange(len(order))
-    codes = remap[indices]
     categories = pd.Index(values.take(pa.array(order)).to_pandas(), dtype="str")
-    return pd.Categorical.from_codes(codes, categories=categories, validate=False)
+    return pd.Categorical.from_codes(remap[indices], categories=categories, validate=False)
+
+
+def encode(arr: pa.Array) -> pd.Categorical:
+    """``arr`` as a Categorical (see :func:`categorical`); nulls are NaN."""
+    enc = arr.dictionary_encode()
+    return categorical(enc.dictionary, np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64))
 
 
 def _canonical_ints(values: pa.Array) -> np.ndarray | None:
@@ -140,43 +106,29 @@ def _canonical_ints(values: pa.Array) -> np.ndarray | None:
 
 def dict_parts(chunks: list[pa.ChunkedArray]) -> tuple[pa.Array, np.ndarray]:
     """Unify dictionary chunks: (dictionary, int64 indices with -1 for null)."""
-    flat = [chunk for c in chunks for chunk in c.chunks]
-    ca = pa.chunked_array(flat, type=DICT).unify_dictionaries()
+    ca = pa.chunked_array([ch for c in chunks for ch in c.chunks], type=DICT).unify_dictionaries()
     dictionary = ca.chunk(0).dictionary if ca.num_chunks else pa.array([], pa.string())
     indices = [np.asarray(pc.fill_null(c.indices, -1)) for c in ca.chunks]
-    idx = np.concatenate(indices).astype(np.int64) if indices else np.empty(0, np.int64)
-    return dictionary, idx
+    return dictionary, np.concatenate(indices).astype(np.int64) if indices else np.empty(0, np.int64)
 
 
-def ids_from_dict(chunks: list[pa.ChunkedArray]) -> np.ndarray | pd.Categorical:
+def ids_from_dict(chunks: list[pa.ChunkedArray]) -> Ids:
     """Id column from dictionary chunks: int64 if all used ids are integers, else category."""
     cat = categorical(*dict_parts(chunks))
     ints = _canonical_ints(pa.array(cat.categories.to_numpy(dtype=object), pa.string()))
     return ints[cat.codes] if ints is not None else cat
 
 
-def ids_from_strings(chunks: list[pa.ChunkedArray]) -> np.ndarray | pd.Categorical:
+def ids_from_strings(chunks: list[pa.ChunkedArray]) -> Ids:
     """Id column from string chunks: int64 if every id is an integer, else category."""
-    flat = [chunk for c in chunks for chunk in c.chunks]
-    arr = pa.chunked_array(flat, type=pa.string()).combine_chunks()
+    arr = pa.chunked_array([ch for c in chunks for ch in c.chunks], pa.string()).combine_chunks()
     ints = _canonical_ints(arr)
-    if ints is not None:
-        return ints
-    enc = arr.dictionary_encode()
-    return categorical(enc.dictionary, np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64))
+    return ints if ints is not None else encode(arr)
 
 
-def _scalar(arr: pa.Array, what: str) -> pa.Array:
-    """``arr`` without dictionary encoding; a nested (list, struct, map) column is refused."""
-    if pa.types.is_dictionary(arr.type):
-        arr = pc.cast(arr, arr.type.value_type)
-    t = arr.type
-    if pa.types.is_nested(t) or pa.types.is_union(t):
-        raise DataError(
-            f"{what} holds values of type {t}; expected one scalar per row (a number or text). "
-            f"Flatten or choose another column."
-        )
-    return arr
+def plain(arr: pa.Array) -> pa.Array:
+    """``arr`` without dictionary encoding."""
+    return pc.cast(arr, arr.type.value_type) if pa.types.is_dictionary(arr.type) else arr
 
 
 def _as_strings(arr: pa.Array, what: str) -> pa.Array:
@@ -188,13 +140,12 @@ def _as_strings(arr: pa.Array, what: str) -> pa.Array:
         raise DataError(f"{what} of type {arr.type} cannot be read as text ids.") from exc
 
 
-def ids_from_arrow(col: pa.ChunkedArray, what: str) -> np.ndarray | pd.Categorical:
-    """Id column from any Arrow column without nulls (integers, floats, strings, ...)."""
-    arr = _scalar(col.combine_chunks(), what)
-    t = arr.type
-    if pa.types.is_integer(t):
+def ids_from_arrow(col: pa.ChunkedArray, what: str) -> Ids:
+    """Id column from any scalar Arrow column without nulls (integers, floats, strings, ...)."""
+    arr = plain(col.combine_chunks())
+    if pa.types.is_integer(arr.type):
         return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
-    if pa.types.is_floating(t):
+    if pa.types.is_floating(arr.type):
         vals = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
         if len(vals) and np.all(vals == np.round(vals)) and np.abs(vals).max() < 2**53:
             return vals.astype(np.int64)
@@ -203,7 +154,5 @@ def ids_from_arrow(col: pa.ChunkedArray, what: str) -> np.ndarray | pd.Categoric
 
 def titles_from_arrow(col: pa.ChunkedArray, what: str) -> pd.Categorical:
     """Title column from any scalar Arrow column; empty titles are missing."""
-    arr = _as_strings(_scalar(col.combine_chunks(), what), what)
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
-    enc = arr.dictionary_encode()
-    return categorical(enc.dictionary, np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64))
+    arr = _as_strings(plain(col.combine_chunks()), what)
+    return encode(pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr))

@@ -10,39 +10,39 @@ import pandas as pd
 import pyarrow as pa
 
 from ...errors import ConfigError, DataError
-from ..schema import CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
+from ..schema import REQUIRED_COLUMNS
 from .amazon import load_amazon_reviews
 from .movielens import load_movielens
 from .report import LoadReport
-from .table import PARQUET_MAGIC, SEPARATORS, csv_header, load_table, sniff_sep
-from .text import check_file, describe_columns, head
+from .table import (
+    OPTIONS,
+    PARQUET_MAGIC,
+    SEPARATORS,
+    csv_header,
+    load_table,
+    parquet_error,
+    sniff_sep,
+)
+from .text import check_file, describe_columns, first_line, head, starts_with
 
 #: Formats understood by :func:`load_ratings`.
 FORMATS: tuple[str, ...] = ("amazon", "movielens", "csv", "parquet")
 _NUMBER = re.compile(r"[0-9.]+")
-_TABLE_OPTIONS = {"user", "item", "rating", "timestamp", "title", "sep", "titles_path"}
-_CANONICAL = {"user": CUSTOMER, "item": PRODUCT, "rating": RATING, "timestamp": DATE,
-              "title": TITLE}  # fmt: skip
+_CANONICAL = {option: column for column, option in OPTIONS.items()}  # "user" -> "customer_id"
+_TABLE_OPTIONS = {*_CANONICAL, "sep", "titles_path"}
 
 
 def detect_format(path: str | Path) -> str:
-    """Guess the format of a ratings file from its content (and name).
+    """Guess the format of a ratings file from its content (and name); gzip is looked into.
 
-    Returns ``"parquet"`` (``PAR1`` magic), ``"amazon"`` (a tab-separated header with at
-    least ``customer_id``, ``product_id``, ``star_rating``), ``"movielens"`` (header
+    ``"parquet"`` (``PAR1`` magic), ``"amazon"`` (a tab-separated header with at least
+    ``customer_id``, ``product_id``, ``star_rating``), ``"movielens"`` (header
     ``userId,movieId,rating``, ``::``-separated numbers, or ``u.data``-style tab-separated
-    numbers) or ``"csv"`` (any other delimited text with a header). Gzip is looked into.
-
-    Raises
-    ------
-    DataError
-        Missing file, empty file, or content that is none of these (the message suggests
-        ``--format``).
+    numbers) or ``"csv"`` (any other delimited text with a header). A missing or empty file, or
+    content that is none of these, is a :class:`DataError` (suggesting ``--format``).
     """
     p = check_file(path)
-    with open(p, "rb") as fh:
-        magic = fh.read(4)
-    if magic == PARQUET_MAGIC:
+    if starts_with(p, PARQUET_MAGIC):
         return "parquet"
     start = head(p)
     if not start.strip():
@@ -52,8 +52,7 @@ def detect_format(path: str | Path) -> str:
             f"cannot detect the format of {p}: it looks binary (not text, Parquet or gzip). "
             f"Pass the format explicitly: --format amazon|movielens|csv|parquet."
         )
-    first = start.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
-    text = first.decode("utf-8", errors="replace")
+    text = first_line(start).decode("utf-8", errors="replace")
     fields = [f.strip() for f in text.split("\t")]
     if all(c in fields for c in REQUIRED_COLUMNS):
         return "amazon"
@@ -94,10 +93,8 @@ def load_ratings(
             f"{path} is {fmt} data: the option(s) {mapping} apply to csv/parquet only. Drop them, "
             f"or pass --format csv to read the file as a table."
         )
-    if fmt in ("amazon", "movielens", "csv"):
-        with open(check_file(path), "rb") as fh:
-            if fh.read(4) == PARQUET_MAGIC:
-                raise DataError(f"{path} is a Parquet file, not {fmt}: use --format parquet.")
+    if fmt in ("amazon", "movielens", "csv") and starts_with(check_file(path), PARQUET_MAGIC):
+        raise DataError(f"{path} is a Parquet file, not {fmt}: use --format parquet.")
     if fmt == "amazon":
         return load_amazon_reviews(path, **options)
     if fmt == "movielens":
@@ -132,9 +129,7 @@ def _columns(path: Path, fmt: str, sep: str | None) -> list[str]:
         try:
             return list(pq.read_schema(path).names)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(
-                f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
-            ) from exc
+            raise parquet_error(path) from exc
     start = head(path).decode("utf-8", errors="replace").lstrip("\ufeff")
     first = start.splitlines()[0] if start.strip() else ""
     return csv_header(first, sep or sniff_sep(start), path)

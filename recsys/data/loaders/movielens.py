@@ -26,10 +26,10 @@ from .text import (
     Tally,
     check_file,
     describe_columns,
+    first_line,
     head,
     lines_of,
     parse_blocks,
-    read_all,
 )
 
 logger = logging.getLogger("recsys")
@@ -46,7 +46,6 @@ _VARIANTS = {
     "ratings.dat": (["UserID", "MovieID", "Rating", "Timestamp"], b"::", False, "movies.dat"),
     "ratings.csv": (["userId", "movieId", "rating", "timestamp"], b",", True, "movies.csv"),
 }
-_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 _ID = re.compile(r"-?[0-9]{1,18}")
 
 
@@ -71,7 +70,7 @@ def _int_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _variant(head_bytes: bytes, path: Path) -> str:
-    first = head_bytes.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
+    first = first_line(head_bytes)
     if first.lower().startswith(b"userid,movieid,rating"):
         return "ratings.csv"
     if b"::" in first:
@@ -99,34 +98,17 @@ def load_movielens(
     """Load MovieLens ratings (ml-100k ``u.data``, ml-1m/10m ``ratings.dat``, ``ratings.csv``).
 
     The variant is recognised from the content (header ``userId,movieId,rating``, ``::``
-    separators, tabs). Ratings must be numbers from 0.5 to 5; user and movie ids integers
-    (so both id columns are ``int64``); timestamps are unix seconds (an unparseable one
-    becomes NaT and is counted in ``bad_dates``). Malformed lines are skipped and reported
-    as for :func:`load_amazon_reviews`.
+    separators, tabs); the file may be gzip. Ratings must be numbers from 0.5 to 5; user and
+    movie ids integers (so both id columns, ``product_id`` being the movie id, are ``int64``);
+    timestamps are unix seconds (an unparseable one becomes NaT and is counted in
+    ``bad_dates``). Malformed lines are skipped and reported, and ``max_examples`` and
+    ``block_size`` work, as for :func:`load_amazon_reviews`.
 
-    Parameters
-    ----------
-    path : str or Path
-        The ratings file (plain or gzip).
-    titles : bool, str, Path or None, default True
-        True: read titles from the sibling file (``u.item`` -- ``|``-separated latin-1;
-        ``movies.dat`` -- ``id::title::genres``; ``movies.csv`` -- a real CSV with quoted
-        titles), if it exists. False/None: no titles. A path: read titles from that file
-        (same three formats, recognised by content).
-    max_examples, block_size
-        As for :func:`load_amazon_reviews`.
-
-    Returns
-    -------
-    frame : pandas.DataFrame
-        The ratings frame; ``product_id`` is the movie id (int64).
-    report : LoadReport
-
-    Raises
-    ------
-    DataError
-        Missing or unreadable file, unrecognised content, missing titles file given by path,
-        or no valid line.
+    ``titles``: True reads titles from the sibling file (``u.item`` -- ``|``-separated latin-1;
+    ``movies.dat`` -- ``id::title::genres``; ``movies.csv`` -- a real CSV with quoted titles), if
+    it exists; False/None: no titles; a path: titles from that file (same three formats,
+    recognised by content). Raises :class:`DataError` for a missing or unreadable file,
+    unrecognised content, a missing titles file given by path, or no valid line.
     """
     t0 = time.perf_counter()
     p = check_file(path)
@@ -138,9 +120,9 @@ def load_movielens(
     with lines_of(p, block_size, header=has_header) as (header, blocks):
         if header is not None:
             report.columns = header.split(",")
-            if [n.strip() for n in report.columns] != _CSV_HEADER:
+            if [n.strip() for n in report.columns] != names:
                 raise DataError(
-                    f"{p}: expected the MovieLens ratings.csv header {','.join(_CSV_HEADER)} on "
+                    f"{p}: expected the MovieLens ratings.csv header {','.join(names)} on "
                     f"line 1; found {describe_columns(report.columns)}. For another layout use "
                     f"load_table(path, user=..., item=..., rating=..., timestamp=...)."
                 )
@@ -176,25 +158,21 @@ def load_movielens(
     tally.fill(report, first_line=2 if has_header else 1)
     check_rows(report, p)
     item = np.concatenate(cols["item"])
-    title = _titles_for(item, _movielens_titles(p, sibling, titles))
+    title = _titles(item, p, sibling, titles)
     frame = C.frame(np.concatenate(cols["user"]), item, title, np.concatenate(cols[RATING]),
                     np.concatenate(cols["date"]))  # fmt: skip
     finish(report, t0)
     return frame, report
 
 
-def _decode_text(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
 def _read_titles_file(path: Path) -> dict[int, str]:
     """Movie id -> title from ``u.item``, ``movies.dat`` or ``movies.csv`` (by content)."""
-    text = _decode_text(read_all(path)).lstrip("\ufeff")
+    data = head(path, None)
+    try:
+        text = data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1").lstrip("\ufeff")
     first = text.split("\n", 1)[0]
-    out: dict[int, str] = {}
     if first.lower().startswith("movieid,title"):
         try:
             rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
@@ -205,33 +183,20 @@ def _read_titles_file(path: Path) -> dict[int, str]:
         rows = [line.split(sep) for line in text.splitlines()]
         if sep == "::":  # id::title::genres, and a title may hold "::"
             rows = [[r[0], sep.join(r[1:-1]) or r[1]] if len(r) >= 2 else r for r in rows]
-    for row in rows:
-        if len(row) >= 2 and _ID.fullmatch(row[0].strip()):
-            out[int(row[0])] = row[1]
-    return out
+    return {int(r[0]): r[1] for r in rows if len(r) >= 2 and _ID.fullmatch(r[0].strip())}
 
 
-def _movielens_titles(
-    ratings_path: Path, sibling: str, titles: str | Path | None | bool
-) -> dict[int, str]:
-    if titles is None or titles is False:
-        return {}
-    if titles is True:
-        candidate = ratings_path.with_name(sibling)
-        if not candidate.is_file():
-            logger.info("no %s next to %s: loading without titles", sibling, ratings_path)
-            return {}
-        return _read_titles_file(candidate)
-    return _read_titles_file(check_file(titles))
-
-
-def _titles_for(item: np.ndarray, title_map: dict[int, str]) -> pd.Categorical:
+def _titles(item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Path | None | bool) -> pd.Categorical:
+    """The title of every movie in ``item`` (see ``titles`` of :func:`load_movielens`)."""
+    title_map: dict[int, str] = {}
+    if titles is True and not ratings_path.with_name(sibling).is_file():
+        logger.info("no %s next to %s: loading without titles", sibling, ratings_path)
+    elif titles is True:
+        title_map = _read_titles_file(ratings_path.with_name(sibling))
+    elif titles is not None and titles is not False:
+        title_map = _read_titles_file(check_file(titles))
     if not title_map:
         return C.empty_categorical(len(item))
-    ids = np.fromiter(title_map.keys(), dtype=np.int64, count=len(title_map))
-    names = pa.array(list(title_map.values()), pa.string())
-    pos = pd.Index(ids).get_indexer(item)
-    enc = names.dictionary_encode()
-    codes_of_id = np.asarray(enc.indices, dtype=np.int64)
-    idx = np.where(pos >= 0, codes_of_id[pos], -1)
-    return C.categorical(enc.dictionary, idx)
+    enc = pa.array(list(title_map.values()), pa.string()).dictionary_encode()
+    codes = np.append(np.asarray(enc.indices, dtype=np.int64), -1)  # get_indexer's -1: no title
+    return C.categorical(enc.dictionary, codes[pd.Index(list(title_map)).get_indexer(item)])

@@ -15,57 +15,31 @@ logger = logging.getLogger("recsys")
 
 @dataclass
 class LoadReport:
-    """What a loader read, kept and skipped.
+    """What a loader read, kept, skipped and repaired.
 
-    Attributes
-    ----------
-    source : str
-        The path as given.
-    format : str
-        ``"amazon"``, ``"movielens"``, ``"csv"`` or ``"parquet"``.
-    columns : list of str
-        The source's columns (Amazon: all header names, loaded or not).
-    lines_read : int
-        Data lines (Parquet: rows) seen, excluding the header. A trailing final newline does
-        not create a line; an empty line before it does (and is malformed).
-    rows_read : int
-        Valid rows returned. Duplicates are kept: exact duplicate rows and re-reviews are
-        counted by exploration and removed by preparation.
-    rows_skipped : int
-        Malformed lines skipped; ``lines_read == rows_read + rows_skipped``.
-    skip_reasons : dict of str to int
-        Skipped lines per reason, e.g. ``{"wrong field count": 3}`` (invalid ratings are
-        reasons of their own).
-    skipped_lines : list of (int, str)
-        The first ``max_examples`` skipped lines as ``(number, reason)``; the number is the
-        1-based line number in the file where the header is line 1 (``location == "row"``:
-        the 1-based row number, for Parquet).
-    null_counts : dict of str to int
-        Per source column (all of them), the number of empty/null values among valid rows.
-    invalid_utf8_lines : int
-        Valid lines whose bytes were not UTF-8; they were decoded with U+FFFD replacement.
-    seconds : float
-        Wall-clock time of the load.
-    bad_dates : int
-        Valid rows whose date was present but could not be parsed (kept, with NaT).
-    location : str
-        ``"line"`` (text formats) or ``"row"`` (Parquet): what the numbers in
-        ``skipped_lines`` count.
+    ``lines_read == rows_read + rows_skipped``. Line numbers are 1-based, the header being line
+    1; with ``location == "row"`` (Parquet, or a CSV whose quoted fields span lines) they are
+    1-based row numbers. A trailing final newline does not create a line; an empty line before
+    it does (and is malformed). Duplicates are kept: exploration counts them, preparation
+    removes them.
     """
 
-    source: str
-    format: str
-    columns: list[str] = field(default_factory=list)
-    lines_read: int = 0
-    rows_read: int = 0
-    rows_skipped: int = 0
+    source: str  # the path as given
+    format: str  # "amazon", "movielens", "csv" or "parquet"
+    columns: list[str] = field(default_factory=list)  # all the source's columns, loaded or not
+    lines_read: int = 0  # data lines (Parquet: rows) seen, excluding the header
+    rows_read: int = 0  # valid rows returned
+    rows_skipped: int = 0  # malformed lines skipped
+    # skipped lines per reason, e.g. {"wrong field count": 3} (invalid ratings have their own)
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    # the first ``max_examples`` skipped lines as (number, reason)
     skipped_lines: list[tuple[int, str]] = field(default_factory=list)
+    # per source column (all of them), the number of empty/null values among valid rows
     null_counts: dict[str, int] = field(default_factory=dict)
-    invalid_utf8_lines: int = 0
-    seconds: float = 0.0
-    bad_dates: int = 0
-    location: str = "line"
+    invalid_utf8_lines: int = 0  # valid lines that were not UTF-8, decoded with U+FFFD
+    seconds: float = 0.0  # wall-clock time of the load
+    bad_dates: int = 0  # valid rows whose date was present but unparseable (kept, with NaT)
+    location: str = "line"  # "line" (text formats) or "row" (Parquet): what skipped_lines count
 
     def _skip_text(self) -> str:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in self.skip_reasons.items())
@@ -81,20 +55,14 @@ class LoadReport:
     def summary(self) -> str:
         """One or two human-readable lines describing the load."""
         noun = "rows" if self.location == "row" else "lines"
-        out = [
-            f"read {self.rows_read:,} rows from {self.source} ({self.format}, {self.seconds:.1f} s)"
-        ]
-        out[0] += f"; skipped {self._skip_text()}" if self.rows_skipped else f"; all {noun} valid"
+        skipped = f"skipped {self._skip_text()}" if self.rows_skipped else f"all {noun} valid"
+        out = [f"read {self.rows_read:,} rows from {self.source} ({self.format}, {self.seconds:.1f} s); {skipped}"]
         extra = []
         if self.invalid_utf8_lines:
-            extra.append(
-                f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
-            )
+            extra.append(f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)")
         if self.bad_dates:
             extra.append(f"{self.bad_dates:,} unparseable dates (set to NaT)")
-        if extra:
-            out.append("; ".join(extra))
-        return "\n".join(out)
+        return "\n".join([*out, "; ".join(extra)] if extra else out)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""

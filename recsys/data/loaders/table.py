@@ -17,12 +17,22 @@ from ...errors import DataError
 from ..schema import CUSTOMER, DATE, PRODUCT, RATING, TITLE
 from . import columns as C
 from .report import LoadReport, check_rows, finish
-from .text import Block, Format, Tally, check_file, describe_columns, read_all, split_header
+from .text import (
+    Block,
+    Format,
+    Tally,
+    check_file,
+    describe_columns,
+    head,
+    split_header,
+    starts_with,
+)
 
 PARQUET_MAGIC = b"PAR1"
 SEPARATORS = (",", ";", "\t", "|")
 _REASONS = ["missing user/item id", "non-numeric rating", "negative or infinite rating"]
-_ARGS = {CUSTOMER: "user", PRODUCT: "item", RATING: "rating", DATE: "timestamp", TITLE: "title"}
+#: The option of :func:`load_table` that names the source column of each ratings column.
+OPTIONS = {CUSTOMER: "user", PRODUCT: "item", RATING: "rating", DATE: "timestamp", TITLE: "title"}
 
 
 def sniff_sep(text: str) -> str:
@@ -32,17 +42,10 @@ def sniff_sep(text: str) -> str:
         return ","
     try:
         return csv.Sniffer().sniff("\n".join(lines), delimiters="".join(SEPARATORS)).delimiter
-    except csv.Error:
-        pass
-    best, best_score = ",", (-1, 0)
-    for sep in SEPARATORS:
-        counts = [ln.count(sep) for ln in lines]
-        if counts[0] == 0:
-            continue
-        score = (sum(c == counts[0] for c in counts), counts[0])
-        if score > best_score:
-            best, best_score = sep, score
-    return best
+    except csv.Error:  # the separator in the first line that most lines have as often
+        n = {sep: lines[0].count(sep) for sep in SEPARATORS if sep in lines[0]}
+        score = {sep: (sum(ln.count(sep) == k for ln in lines), k) for sep, k in n.items()}
+        return max(score, key=score.__getitem__) if score else ","
 
 
 def csv_header(line: str, sep: str, path: Path) -> list[str]:
@@ -53,13 +56,19 @@ def csv_header(line: str, sep: str, path: Path) -> list[str]:
         raise DataError(f"{path}: line 1 is not a CSV header with sep={sep!r}.") from exc
 
 
+def parquet_error(path: Path) -> DataError:
+    return DataError(
+        f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
+    )
+
+
 def _check_mapping(mapping: dict[str, str], available: list[str], path: Path) -> None:
     repeated = sorted({v for v in mapping.values() if available.count(v) > 1})
     if repeated:
         raise DataError(f"{path}: the column(s) {repeated} appear more than once in the file.")
     missing = {k: v for k, v in mapping.items() if v not in available}
     if missing:
-        named = ", ".join(f"{_ARGS[k]}={v!r}" for k, v in missing.items())
+        named = ", ".join(f"{OPTIONS[k]}={v!r}" for k, v in missing.items())
         raise DataError(
             f"{path}: mapped column(s) not found: {named}. The file has "
             f"{describe_columns(available)}. Fix: pass the source's own column names "
@@ -143,9 +152,7 @@ def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, 
     """(int64 us with NaT, number of present-but-unparseable values) of a timestamp column."""
     if col is None:
         return np.full(n, C.NAT, dtype=np.int64), 0
-    arr = col.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = pc.cast(arr, arr.type.value_type)
+    arr = C.plain(col.combine_chunks())
     t = arr.type
     present = np.asarray(pc.is_valid(arr))
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
@@ -160,9 +167,8 @@ def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, 
         us = _unix_to_us(np.where(present, vals, np.nan))
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         enc = arr.dictionary_encode()
-        idx = np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64)
         parsed = _parse_texts(pd.Series(enc.dictionary.to_pylist(), dtype=object))
-        us = np.where(idx >= 0, parsed[np.maximum(idx, 0)] if len(parsed) else C.NAT, C.NAT)
+        us = np.append(parsed, C.NAT)[np.asarray(pc.fill_null(enc.indices, len(parsed)))]
     else:
         raise DataError(
             f"{what} has type {t}; expected dates, timestamps, unix seconds or date text."
@@ -183,55 +189,32 @@ def load_table(
     titles_path: str | Path | None = None,
     max_examples: int = 10,
 ) -> tuple[pd.DataFrame, LoadReport]:
-    """Load any CSV or Parquet file, naming its user, item and rating columns.
+    """Load any CSV or Parquet file, naming its ``user``, ``item`` and ``rating`` columns (and
+    optionally ``timestamp`` and ``title``): the source columns of ``customer_id``,
+    ``product_id``, ``star_rating``, ``review_date`` and ``product_title``.
 
-    CSV: the separator is detected among ``, ; TAB |`` unless ``sep`` is given; the first
-    line is the header; fields may be quoted (``"a, b"``); LF or CRLF. The whole file is read
-    into memory (use :func:`load_amazon_reviews` for multi-GB review dumps). Parquet is
-    recognised by its ``PAR1`` magic (or ``format="parquet"``).
+    ``format`` ("csv" or "parquet") is by content unless given: Parquet by its ``PAR1`` magic.
+    CSV (plain or gzip): the separator is detected among ``, ; TAB |`` unless ``sep`` (one
+    character) is given; the first line is the header; fields may be quoted (``"a, b"``); LF or
+    CRLF. The whole file is read into memory (use :func:`load_amazon_reviews` for multi-GB review
+    dumps). ``titles_path`` is reserved: titles from a separate file are not supported yet.
 
     A row is skipped when its field count is wrong (CSV), its user or item is empty, or its
     rating is not valid -- reported with the CSV line number, or the 1-based row number
-    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines). **A
-    valid rating is a finite number >= 0** (any scale: stars, 0-10, counts); empty, text and
-    NaN are "non-numeric rating", -3 or inf "negative or infinite rating" (shift a scale with
-    negative values, e.g. -10..10, before loading). Ids follow the rule of
-    :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a column
-    of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds when
-    some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format pandas
-    recognises); time zones are converted to UTC and dropped. A timestamp that does not
-    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row
-    is kept).
+    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines); the first
+    ``max_examples`` are recorded. **A valid rating is a finite number >= 0** (any scale: stars,
+    0-10, counts); empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
+    rating" (shift a scale with negative values, e.g. -10..10, before loading). Ids follow the
+    rule of :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a
+    column of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds
+    when some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format
+    pandas recognises); time zones are converted to UTC and dropped. A timestamp that does not
+    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row is
+    kept). ``report.null_counts`` covers all source columns.
 
-    Parameters
-    ----------
-    path : str or Path
-        The CSV (plain or gzip) or Parquet file.
-    user, item, rating : str
-        Source column names for ``customer_id``, ``product_id`` and ``star_rating``.
-    timestamp, title : str, optional
-        Source column names for ``review_date`` and ``product_title``.
-    format : {"csv", "parquet"}, optional
-        Forces the format; by default, by content.
-    sep : str, optional
-        CSV separator (one character); detected when None.
-    titles_path : None
-        Reserved; titles from a separate file are not supported yet (give ``title=``).
-    max_examples : int, default 10
-        How many skipped lines/rows to record.
-
-    Returns
-    -------
-    frame : pandas.DataFrame
-    report : LoadReport
-        ``null_counts`` covers all source columns.
-
-    Raises
-    ------
-    DataError
-        Missing or unreadable file, content that is not the format, a mapped column that does
-        not exist (the message lists the available ones when they look like names), or no
-        valid row.
+    Raises :class:`DataError` for a missing or unreadable file, content that is not the format, a
+    mapped column that does not exist (the message lists the available ones when they look like
+    names), or no valid row.
     """
     t0 = time.perf_counter()
     p = check_file(path)
@@ -243,15 +226,14 @@ def load_table(
     if format not in (None, "csv", "parquet"):
         raise DataError(f"load_table reads 'csv' or 'parquet'; got format={format!r}.")
     if format is None:
-        with open(p, "rb") as fh:
-            format = "parquet" if fh.read(4) == PARQUET_MAGIC else "csv"
+        format = "parquet" if starts_with(p, PARQUET_MAGIC) else "csv"
     mapping = {CUSTOMER: user, PRODUCT: item, RATING: rating, DATE: timestamp, TITLE: title}
     mapping = {k: v for k, v in mapping.items() if v is not None}
     report = LoadReport(source=str(path), format=format)
     read = _read_parquet if format == "parquet" else _read_csv
     block, tally = read(p, mapping, sep, report, max_examples)
     tbl = block.table
-    codes = _ratings(tbl.column(mapping[RATING]))[1]
+    ratings, codes = _ratings(tbl.column(mapping[RATING]))
     codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
     keep = tally.add(block, codes)
     tally.fill(report, first_line=2)
@@ -260,15 +242,11 @@ def load_table(
     kept = {k: tbl.column(v).filter(pa.array(keep)) for k, v in mapping.items()}
     where = {k: f"{p}: column {v!r}" for k, v in mapping.items()}
     dates, report.bad_dates = _dates(kept.get(DATE), report.rows_read, where.get(DATE, ""))
-    frame = C.frame(
-        C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER]),
-        C.ids_from_arrow(kept[PRODUCT], where[PRODUCT]),
-        C.titles_from_arrow(kept[TITLE], where[TITLE])
-        if TITLE in kept
-        else C.empty_categorical(report.rows_read),
-        _ratings(kept[RATING])[0],
-        dates,
-    )
+    customer = C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER])
+    product = C.ids_from_arrow(kept[PRODUCT], where[PRODUCT])
+    n = report.rows_read
+    title = C.titles_from_arrow(kept[TITLE], where[TITLE]) if TITLE in kept else C.empty_categorical(n)
+    frame = C.frame(customer, product, title, ratings[keep], dates)
     finish(report, t0)
     return frame, report
 
@@ -277,7 +255,7 @@ def _read_csv(
     path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
 ) -> tuple[Block, Tally]:
     """Parse the whole CSV (every column as text) as one block."""
-    data = read_all(path)
+    data = head(path, None)
     if not data.strip():
         raise DataError(f"{path} is empty; expected a CSV with a header line.")
     header, rest = split_header(data + b"\n" if not data.endswith(b"\n") else data)
@@ -313,15 +291,14 @@ def _read_parquet(
         tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
         for name in report.columns:
             col = pf.read(columns=[name]).column(0)
-            text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-            empty = pc.equal(col, "") if text else None
-            nulls[name] = col.is_null() if empty is None else pc.or_kleene(col.is_null(), empty)
+            nulls[name] = col.is_null()
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                nulls[name] = pc.or_kleene(nulls[name], pc.equal(col, ""))
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(
-            f"cannot read {path} as Parquet: not a Parquet file, or damaged. Check --format."
-        ) from exc
+        raise parquet_error(path) from exc
     for name in mapping.values():
         t = tbl.schema.field(name).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
         if pa.types.is_nested(t) or pa.types.is_union(t):
             raise DataError(
                 f"{path}: column {name!r} holds values of type {t}; expected one scalar per row "

@@ -1,12 +1,7 @@
-"""Delimited text, read with ``pyarrow.csv`` one block of whole lines at a time.
-
-Shared by every text loader (Amazon TSV, MovieLens, CSV): opening a file (gzip detected by its
-magic bytes), cutting it into blocks of whole lines, repairing line ends and invalid UTF-8,
-parsing a block with Arrow (a line with the wrong number of fields is reported by Arrow's
-``invalid_row_handler``; a blank line is found from the bytes), and tallying what was skipped,
-with line numbers, over the blocks.
-
-Errors name the file and the line, never a file's content.
+"""Delimited text, read with ``pyarrow.csv`` one block of whole lines at a time, shared by the
+text loaders: files (gzip detected by its magic bytes), blocks, line ends and invalid UTF-8
+repaired, lines with the wrong number of fields, and the tally of what was skipped. Errors name
+the file and the line, never a file's content.
 """
 
 from __future__ import annotations
@@ -41,11 +36,6 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 _NAME = re.compile(r"[^\W\d][\w .()-]{0,63}")
 
 
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-
 def check_file(path: str | Path) -> Path:
     """``path`` as a Path if it is a readable regular file, else a :class:`DataError`."""
     p = Path(path)
@@ -61,12 +51,15 @@ def check_file(path: str | Path) -> Path:
     return p
 
 
+def starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
 def open_binary(path: Path) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing gzip (detected by its magic bytes)."""
     try:
-        with open(path, "rb") as fh:
-            gz = fh.read(2) == GZIP_MAGIC
-        if gz:
+        if starts_with(path, GZIP_MAGIC):
             # Arrow's C++ gzip stream is ~20% faster than the gzip module and releases the GIL.
             return pa.input_stream(str(path), compression="gzip")  # type: ignore[return-value]
         return open(path, "rb")
@@ -75,8 +68,7 @@ def open_binary(path: Path) -> BinaryIO:
 
 
 def read(fh: BinaryIO, n: int | None, path: Path) -> bytes:
-    """``fh.read(n)`` (None: all); a damaged gzip stream or an I/O failure is a
-    :class:`DataError`."""
+    """``fh.read(n)`` (None: all); a damaged gzip stream or an I/O failure is a DataError."""
     try:
         return fh.read() if n is None else fh.read(n)
     except _READ_ERRORS as exc:
@@ -86,15 +78,15 @@ def read(fh: BinaryIO, n: int | None, path: Path) -> bytes:
         ) from exc
 
 
-def head(path: Path, n: int = 1 << 16) -> bytes:
-    """The first ``n`` (decompressed) bytes of ``path``."""
+def head(path: Path, n: int | None = 1 << 16) -> bytes:
+    """The first ``n`` (decompressed) bytes of ``path``; None: all of them."""
     with open_binary(path) as fh:
         return read(fh, n, path)
 
 
-def read_all(path: Path) -> bytes:
-    with open_binary(path) as fh:
-        return read(fh, None, path)
+def first_line(buf: bytes) -> bytes:
+    """The first line of ``buf`` without its CR and a UTF-8 BOM."""
+    return buf.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
 
 
 def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
@@ -108,26 +100,21 @@ def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
         pending = pool.submit(read, fh, block_size, path)
         carry: list[bytes] = []  # pieces of an unfinished line
         carried = 0
-        while True:
-            chunk = pending.result()
-            if not chunk:
-                break
+        while chunk := pending.result():
             pending = pool.submit(read, fh, block_size, path)
-            cut = chunk.rfind(b"\n")
-            if cut < 0:
-                carry.append(chunk)
-                carried += len(chunk)
-                if carried > MAX_LINE_BYTES:
-                    raise DataError(
-                        f"{path} has a line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
-                        f"line-oriented text (binary, or the wrong --format)."
-                    )
+            cut = chunk.rfind(b"\n") + 1
+            if cut:
+                yield b"".join([*carry, chunk[:cut]])
+                carry = [chunk[cut:]] if cut < len(chunk) else []
+                carried = len(chunk) - cut
                 continue
-            data = b"".join([*carry, chunk]) if carry else chunk
-            cut += len(data) - len(chunk)
-            carry = [data[cut + 1 :]] if cut < len(data) - 1 else []
-            carried = len(carry[0]) if carry else 0
-            yield data if cut == len(data) - 1 else data[: cut + 1]
+            carry.append(chunk)
+            carried += len(chunk)
+            if carried > MAX_LINE_BYTES:
+                raise DataError(
+                    f"{path} has a line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
+                    f"line-oriented text (binary, or the wrong --format)."
+                )
         if carry:
             yield b"".join([*carry, b"\n"])
 
@@ -149,16 +136,12 @@ def lines_of(
 
 def split_header(first: bytes) -> tuple[str, bytes]:
     """The header line of a block (BOM and CR stripped, decoded) and the rest of the block."""
-    cut = first.find(b"\n")
-    header = first[:cut].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
-    return header.decode("utf-8", errors="replace"), first[cut + 1 :]
+    return first_line(first).decode("utf-8", errors="replace"), first[first.find(b"\n") + 1 :]
 
 
 def describe_columns(names: list[str]) -> str:
-    """The header's column names for an error message -- only when they look like names.
-
-    A first line that is data (or not text) is not echoed: error messages never show a
-    file's content.
+    """The header's column names for an error message -- only when they look like names: a first
+    line that is data (or not text) is not echoed (error messages never show a file's content).
     """
     if len(names) <= 100 and all(_NAME.fullmatch(n) for n in names):
         return f"columns {names}"
@@ -166,27 +149,19 @@ def describe_columns(names: list[str]) -> str:
     return f"{n} field{'s' if n != 1 else ''} that do not look like column names (not shown)"
 
 
-# --------------------------------------------------------------------------------------------
-# Blocks
-# --------------------------------------------------------------------------------------------
-
-
 def is_utf8(buf: bytes) -> bool:
     """True when ``buf`` is valid UTF-8 (Arrow's SIMD validator, no decoding)."""
     offsets = pa.py_buffer(np.array([0, len(buf)], dtype=np.int64))
-    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)])
     try:
-        arr.validate(full=True)
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)]).validate(full=True)
+        return True
     except pa.ArrowInvalid:
         return False
-    return True
 
 
 def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
-    """Strip CR of CRLF, blank out lone CRs, repair invalid UTF-8.
-
-    Returns the new buffer (same lines, same order) and the 0-based indices of the lines
-    that were not valid UTF-8.
+    """Strip CR of CRLF, blank out lone CRs, repair invalid UTF-8: the new buffer (same lines, same
+    order) and the 0-based indices of the lines that were not valid UTF-8.
     """
     if buf.find(b"\r") >= 0:
         buf = buf.replace(b"\r\n", b"\n")
@@ -249,22 +224,14 @@ class Format:
                 column_names=self.names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
             ),
             parse_options=pcsv.ParseOptions(
-                delimiter=self.sep,
-                quote_char='"' if self.quote else False,
-                escape_char=False,
-                newlines_in_values=False,
-                ignore_empty_lines=False,
-                invalid_row_handler=on_invalid,
+                delimiter=self.sep, quote_char='"' if self.quote else False, escape_char=False,
+                newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
             ),
             convert_options=pcsv.ConvertOptions(
-                column_types=types,
-                strings_can_be_null=True,
-                null_values=[""],
-                true_values=[],
-                false_values=[],
-                check_utf8=False,
+                column_types=types, strings_can_be_null=True, null_values=[""], true_values=[],
+                false_values=[], check_utf8=False,  # invalid UTF-8 was repaired by normalise
             ),
-        )
+        )  # fmt: skip
         wrong = np.asarray(invalid, dtype=np.int64)
         lines: np.ndarray | None = None
         if table.num_rows + len(wrong) == n_lines:  # else a quoted field spans lines
@@ -295,11 +262,6 @@ def parse_blocks(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-# --------------------------------------------------------------------------------------------
-# Counting what was kept and skipped
-# --------------------------------------------------------------------------------------------
 
 
 class Tally:
@@ -351,9 +313,7 @@ class Tally:
         report.lines_read = self.lines
         report.rows_read = int(self.counts[0])
         report.rows_skipped = self.lines - report.rows_read
-        report.skip_reasons = {
-            r: int(c) for r, c in zip(self.reasons, self.counts[1:], strict=True) if c
-        }
+        report.skip_reasons = {r: int(c) for r, c in zip(self.reasons, self.counts[1:], strict=True) if c}
         report.skipped_lines = [(i + first, r) for i, r in self.examples]
         report.null_counts = {c: int(k) for c, k in zip(self.columns, self.nulls, strict=True)}
         report.invalid_utf8_lines = self.invalid_utf8

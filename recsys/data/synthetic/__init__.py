@@ -23,11 +23,9 @@ the models have something real to learn:
   and review bodies with non-UTF-8 bytes. Review text is a small fixed set of snippets with
   what a loader must cope with (quotes, HTML, non-ASCII, a long paragraph); nothing reads it.
 
-The rating model is in :mod:`.model` (with the video catalogue in :mod:`.catalogue`), the file
-writer in :mod:`.writer`.
-
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same preset and seed give the
-same frame and the same file bytes.
+same frame and the same file bytes. The rating model is in :mod:`.model` (the video catalogue in
+:mod:`.catalogue`), the file writer in :mod:`.writer`.
 
 Examples
 --------
@@ -41,16 +39,9 @@ from .model import PRESETS, GeneratorConfig, generate_reviews
 from .writer import MALFORMED_REASONS, WriteInfo, write_preset, write_reviews_tsv
 
 __all__ = [
-    "GENRES",
-    "GeneratorConfig",
-    "GENERATOR_VERSION",
-    "MALFORMED_REASONS",
-    "PRESETS",
-    "WriteInfo",
-    "generate_reviews",
-    "write_preset",
-    "write_reviews_tsv",
-]
+    "GENRES", "GeneratorConfig", "GENERATOR_VERSION", "MALFORMED_REASONS", "PRESETS", "WriteInfo",
+    "generate_reviews", "write_preset", "write_reviews_tsv",
+]  # fmt: skip
 
 #: Bumped whenever the written file changes for a given preset and seed (the cache key of the
 #: built-in datasets). 2: review text reduced to a fixed set of snippets (the ratings of

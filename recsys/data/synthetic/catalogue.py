@@ -34,7 +34,6 @@ _GENRE_STYLE = (
 )  # fmt: skip
 ALNUM = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)
 
-# --------------------------------------------------------------------------------------------
 # Title vocabulary (fixed: any change changes every title drawn from a seed)
 
 _W = {
@@ -152,10 +151,6 @@ def _fill(template: str, uniforms: Iterator[float], words: dict[str, list[str]])
     return _SLOT.sub(pick, template)
 
 
-# --------------------------------------------------------------------------------------------
-# Catalogue
-
-
 @dataclass
 class Catalogue:
     """Per video (``n_products`` of them): genres, popularity, quality, titles and ids."""
@@ -188,10 +183,8 @@ def _unit_titles(rng: np.random.Generator, styles: list[str], is_series: np.ndar
     seen: set[str] = set()
     uniforms = _uniform_stream(rng)
     for i, style in enumerate(styles):
-        if is_series[i] and style not in ("fitness", "kids", "anime", "reality"):
-            templates = _SERIES_TEMPLATES
-        else:
-            templates = _TITLE_TEMPLATES[style]
+        series_style = is_series[i] and style not in ("fitness", "kids", "anime", "reality")
+        templates = _SERIES_TEMPLATES if series_style else _TITLE_TEMPLATES[style]
         for attempt in range(6):
             if attempt == 2:  # the genre's own templates are exhausted: any drama-like title
                 templates = _SERIES_TEMPLATES if is_series[i] else _TITLE_TEMPLATES["story"]

@@ -62,90 +62,48 @@ _HEADLINES = (
 class GeneratorConfig:
     """Knobs of the synthetic review generator.
 
-    Parameters
-    ----------
-    n_customers, n_products, n_reviews : int
-        Size of the output: distinct customers, distinct videos (``product_id``) and rows
-        (including duplicate rows and re-reviews). Every customer writes at least one review
-        and every video exists in the catalogue, though unpopular videos may get no review.
-    n_genres : int
-        Number of genres, at most ``len(GENRES)``.
-    popularity_exponent : float
-        Zipf exponent of title popularity (1.0 ~ the real file).
-    taste_concentration : float
-        Dirichlet concentration of a customer's genre taste; smaller means more focused tastes
-        (the prior is proportional to the genre sizes).
-    genre_focus : float
-        Probability that a pick follows the customer's taste (else: popularity alone).
-    next_season_prob : float
-        Probability that a pick is the next season of the customer's previous pick, when
-        there is one.
-    series_share : float
-        Share of the videos that are seasons of a TV series.
-    edition_share : float
-        Share of the videos that are one of two editions of a title (same title and
-        ``product_parent``, different ``product_id``).
-    activity_sigma : float
-        Sigma of the lognormal customer activity; larger means heavier tails.
-    max_reviews_per_customer : int
-        Cap on a customer's picks (at most half of ``n_products``).
-    customer_bias_sd, quality_sd, affinity_weight, rating_noise_sd : float
-        Scales of the latent rating score ``bias + quality + affinity_weight * affinity +
-        noise``; the affinity has unit scale.
-    taste_like_corr : float
-        Correlation between how much a customer watches a genre and how much they like it.
-    star_shares : tuple of 5 floats
-        Target shares of 1..5 stars.
-    duplicate_rate : float
-        Share of rows that are exact copies of another row (all 15 columns).
-    rereview_rate : float
-        Share of rows that are a customer reviewing a video again (new review id and date).
-    null_rate : float
-        Share of rows with a missing headline, body and date (each drawn separately; at least
-        ``min_nulls`` each).
-    min_nulls : int
-        Minimum number of missing values in each of headline, body and date.
-    start_date, end_date : str
-        First and last possible review date (ISO format).
-    yearly_growth : float
-        Exponential growth rate of the review volume per year.
-    days_per_review : float
-        Scale of a customer's active period: its half-width is about
-        ``days_per_review * n_reviews ** 0.85`` days.
-    vine_rate : float
-        Share of Vine reviews.
-    verified_rate : float
-        Average share of verified purchases.
+    ``n_reviews`` counts every row, duplicate rows and re-reviews included; every customer
+    writes at least one review and every video exists in the catalogue, though unpopular ones
+    may get no review. The latent rating score is ``bias + quality + affinity_weight * affinity
+    + noise`` (the affinity has unit scale), cut into stars at the quantiles ``star_shares``.
     """
 
     n_customers: int
     n_products: int
     n_reviews: int
-    n_genres: int = 20
-    popularity_exponent: float = 1.0
+    n_genres: int = 20  # at most len(GENRES)
+    popularity_exponent: float = 1.0  # Zipf exponent of title popularity (1.0 ~ the real file)
+    # Dirichlet concentration of a customer's genre taste (prior proportional to the genre
+    # sizes); smaller means more focused tastes
     taste_concentration: float = 0.6
-    genre_focus: float = 0.9
-    next_season_prob: float = 0.2
-    series_share: float = 0.35
+    genre_focus: float = 0.9  # probability that a pick follows the taste (else: popularity)
+    next_season_prob: float = 0.2  # probability that a pick is the next season of the last one
+    series_share: float = 0.35  # share of the videos that are seasons of a TV series
+    # share of the videos that are one of two editions of a title (same title and
+    # product_parent, different product_id)
     edition_share: float = 0.02
-    activity_sigma: float = 2.0
-    max_reviews_per_customer: int = 1000
+    activity_sigma: float = 2.0  # of the lognormal customer activity; larger: heavier tails
+    max_reviews_per_customer: int = 1000  # cap on a customer's picks (<= n_products / 2)
     customer_bias_sd: float = 0.6
     quality_sd: float = 0.5
     affinity_weight: float = 1.3
-    taste_like_corr: float = 0.5
+    taste_like_corr: float = 0.5  # correlation of how much one watches and likes a genre
     rating_noise_sd: float = 0.6
-    star_shares: tuple[float, float, float, float, float] = _STAR_SHARES
-    duplicate_rate: float = 0.002
-    rereview_rate: float = 0.005
+    star_shares: tuple[float, float, float, float, float] = _STAR_SHARES  # of 1..5 stars
+    duplicate_rate: float = 0.002  # share of rows that copy another row (all 15 columns)
+    rereview_rate: float = 0.005  # share of rows re-reviewing a video (new review id, date)
+    # share of rows with a missing headline, body and date (each drawn apart), at least
+    # min_nulls of each
     null_rate: float = 5e-5
     min_nulls: int = 2
-    start_date: str = "1995-01-01"
+    start_date: str = "1995-01-01"  # first and last possible review date (ISO)
     end_date: str = "2015-08-31"
-    yearly_growth: float = 0.5
+    yearly_growth: float = 0.5  # exponential growth rate of the review volume per year
+    # scale of a customer's active period: its half-width is about
+    # days_per_review * n_reviews ** 0.85 days
     days_per_review: float = 15.0
-    vine_rate: float = 0.002
-    verified_rate: float = 0.85
+    vine_rate: float = 0.002  # share of Vine reviews
+    verified_rate: float = 0.85  # average share of verified purchases
 
 
 #: Built-in sizes. ``tiny`` is for tests and examples: seconds to run, yet after the default
@@ -161,24 +119,6 @@ PRESETS: dict[str, GeneratorConfig] = {
     ),
     "full": GeneratorConfig(2_000_000, 170_000, 3_998_345, max_reviews_per_customer=1_000),
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
-def _resolve_config(preset: str | GeneratorConfig) -> GeneratorConfig:
-    if isinstance(preset, GeneratorConfig):
-        cfg = preset
-    elif isinstance(preset, str) and preset in PRESETS:
-        cfg = PRESETS[preset]
-    else:
-        raise ConfigError(
-            f"preset must be one of {', '.join(map(repr, PRESETS))} or a GeneratorConfig; "
-            f"got {preset!r}"
-        )
-    _validate(cfg)
-    return cfg
 
 
 # Range of every numeric knob: (low, high, low included); integers are checked apart.
@@ -254,9 +194,6 @@ def _extra_counts(cfg: GeneratorConfig) -> tuple[int, int]:
     """Number of exact duplicate rows and of re-review rows."""
     return round(cfg.duplicate_rate * cfg.n_reviews), round(cfg.rereview_rate * cfg.n_reviews)
 
-# --------------------------------------------------------------------------------------------
-# Customers and picks
-
 
 class _PickSampler:
     """Draws videos for customers: a genre from the taste, then a video of it by popularity."""
@@ -322,15 +259,8 @@ def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> n
     return counts
 
 
-def _resolve_repeats(
-    rng: np.random.Generator,
-    cust: np.ndarray,
-    prod: np.ndarray,
-    n_customers: int,
-    n_products: int,
-    sampler: _PickSampler,
-    taste_rounds: int = 25,
-) -> None:
+def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarray, n_customers: int,
+                     n_products: int, sampler: _PickSampler, taste_rounds: int = 25) -> None:  # fmt: skip
     """Redraw (in place) every pick of a video the customer already picked earlier."""
     key = cust * n_products + prod
     active = np.arange(len(cust))
@@ -343,10 +273,8 @@ def _resolve_repeats(
         if not repeat.any():
             return
         redo = active[order[repeat]]
-        if round_ < taste_rounds:
-            new = sampler.draw(rng, cust[redo])
-        else:
-            new = rng.integers(n_products, size=len(redo))
+        # the taste first, then any video (a customer whose taste is exhausted)
+        new = sampler.draw(rng, cust[redo]) if round_ < taste_rounds else rng.integers(n_products, size=len(redo))
         prod[redo] = new
         key[redo] = cust[redo] * n_products + new
         dirty = np.zeros(n_customers, dtype=bool)
@@ -367,39 +295,25 @@ def _day_weights(cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return days, through, through - w
 
 
-# --------------------------------------------------------------------------------------------
-# The frame
-
-
 def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -> pd.DataFrame:
-    """Generate a synthetic Amazon video reviews frame.
+    """Generate a synthetic Amazon video reviews frame from a preset name in :data:`PRESETS` or
+    a config; the same preset and seed (of ``numpy.random.default_rng``) give the same frame.
 
-    Parameters
-    ----------
-    preset : str or GeneratorConfig
-        A name in :data:`PRESETS` (``"tiny"``, ``"default"``, ``"full"``) or a config.
-    seed : int
-        Seed of ``numpy.random.default_rng``; the same preset and seed give the same frame.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The 15 columns of :data:`recsys.data.schema.AMAZON_COLUMNS` in order, ``n_reviews``
-        rows in random order. ``customer_id``, ``product_parent``, ``star_rating``,
-        ``helpful_votes`` and ``total_votes`` are int64; the others are pandas strings
-        (``review_date`` as ``"YYYY-MM-DD"``). ``review_headline``, ``review_body`` and
-        ``review_date`` have a few missing values (NaN).
-
-    Raises
-    ------
-    ConfigError
-        If the preset name is unknown or the config is inconsistent.
+    The frame has the 15 :data:`~recsys.data.schema.AMAZON_COLUMNS` in order and ``n_reviews``
+    rows in random order. ``customer_id``, ``product_parent``, ``star_rating``,
+    ``helpful_votes`` and ``total_votes`` are int64; the others are pandas strings
+    (``review_date`` as ``"YYYY-MM-DD"``); ``review_headline``, ``review_body`` and
+    ``review_date`` have a few missing values. An unknown preset or an inconsistent config is a
+    :class:`ConfigError`.
     """
-    cfg = _resolve_config(preset)
+    cfg = PRESETS.get(preset) if isinstance(preset, str) else preset
+    if not isinstance(cfg, GeneratorConfig):
+        raise ConfigError(
+            f"preset must be one of {', '.join(map(repr, PRESETS))} or a GeneratorConfig; got {preset!r}"
+        )
+    _validate(cfg)
     t0 = time.perf_counter()
-    rng_cat, rng_cust, rng_pick, rng_rows = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
-    )
+    rng_cat, rng_cust, rng_pick, rng_rows = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(4))
     n_dup, n_rereview = _extra_counts(cfg)
     n_picks = cfg.n_reviews - n_dup - n_rereview
     cat = make_catalogue(cfg, rng_cat)
@@ -408,18 +322,14 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     n_c, n_genres = cfg.n_customers, cfg.n_genres
     counts = _activity(cfg, rng_cust, n_picks)
     base_w = (GENRE_WEIGHTS[:n_genres] / GENRE_WEIGHTS[:n_genres].sum()).astype(np.float32)
-    theta = rng_cust.standard_gamma(
-        cfg.taste_concentration * base_w, size=(n_c, n_genres), dtype=np.float32
-    )
+    theta = rng_cust.standard_gamma(cfg.taste_concentration * base_w, size=(n_c, n_genres), dtype=np.float32)
     total = theta.sum(axis=1, keepdims=True)
     theta = np.where(total > 0, theta / np.where(total > 0, total, 1), base_w)
     log_theta = np.log(theta + np.float32(0.01))
     log_theta -= log_theta.mean()
     log_theta /= max(float(log_theta.std()), 1e-6)  # all equal with a single genre
     rho = np.float32(cfg.taste_like_corr)
-    like = rho * log_theta + np.sqrt(1 - rho * rho) * rng_cust.standard_normal(
-        (n_c, n_genres), dtype=np.float32
-    )
+    like = rho * log_theta + np.sqrt(1 - rho * rho) * rng_cust.standard_normal((n_c, n_genres), dtype=np.float32)
     del log_theta
     bias = rng_cust.normal(0.0, cfg.customer_bias_sd, size=n_c)
     verified_p = rng_cust.beta(4.0 * cfg.verified_rate + 0.1, 4.0 * (1 - cfg.verified_rate) + 0.1, n_c)
@@ -456,12 +366,8 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
 
     # Ratings: latent score cut at its quantiles.
     affinity = (like[cust[:, None], cat.genres[prod]] * cat.genre_w[prod]).sum(axis=1)
-    score = (
-        bias[cust]
-        + cat.quality[prod]
-        + cfg.affinity_weight * affinity
-        + rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_picks)
-    )
+    noise = rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_picks)
+    score = bias[cust] + cat.quality[prod] + cfg.affinity_weight * affinity + noise
     cuts = np.quantile(score, np.cumsum(cfg.star_shares)[:-1])
     star = 1 + np.searchsorted(cuts, score, side="right")
 
@@ -469,13 +375,10 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     src = np.sort(rng_rows.permutation(n_picks)[:n_rereview])
     last_day = day[block_start + counts - 1]
     rr_cust = cust[src]
-    rr_day = day[src] + np.floor(
-        rng_rows.random(n_rereview) * (last_day[rr_cust] - day[src] + 1)
-    ).astype(np.int64)
+    rr_day = day[src] + np.floor(rng_rows.random(n_rereview) * (last_day[rr_cust] - day[src] + 1)).astype(np.int64)
     rr_score = score[src] + rng_rows.normal(0.0, cfg.rating_noise_sd, size=n_rereview)
-    rr_star = np.where(
-        rng_rows.random(n_rereview) < 0.5, star[src], 1 + np.searchsorted(cuts, rr_score, side="right")
-    )
+    rr_keep = rng_rows.random(n_rereview) < 0.5  # the re-review keeps the original's stars
+    rr_star = np.where(rr_keep, star[src], 1 + np.searchsorted(cuts, rr_score, side="right"))
     cust = np.concatenate([cust, rr_cust])
     prod = np.concatenate([prod, prod[src]])
     day = np.concatenate([day, np.minimum(rr_day, n_days - 1)])
@@ -547,13 +450,8 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
             for name, values in columns.items()
         }
     )
-    logger.debug(
-        "generated %d synthetic reviews (%d customers, %d videos) in %.2fs",
-        len(frame),
-        n_c,
-        cfg.n_products,
-        time.perf_counter() - t0,
-    )
+    logger.debug("generated %d synthetic reviews (%d customers, %d videos) in %.2fs",
+                 len(frame), n_c, cfg.n_products, time.perf_counter() - t0)  # fmt: skip
     return frame
 
 

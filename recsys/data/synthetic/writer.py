@@ -7,6 +7,7 @@ against it.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -37,29 +38,13 @@ MALFORMED_REASONS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class WriteInfo:
-    """What :func:`write_reviews_tsv` wrote.
-
-    Attributes
-    ----------
-    path : Path
-        The file written.
-    n_lines : int
-        Data lines, excluding the header (valid rows plus malformed lines).
-    malformed_line_numbers : dict[int, str]
-        1-based file line number (the header is line 1) -> reason, one of
-        :data:`MALFORMED_REASONS`.
-    non_utf8_line_numbers : list[int]
-        1-based file line numbers of valid rows whose ``review_body`` has non-UTF-8 bytes
-        appended.
-    valid_rows : int
-        Lines that are rows of the frame written (``n_lines - len(malformed_line_numbers)``).
-    """
+    """What :func:`write_reviews_tsv` wrote; line numbers are 1-based, the header is line 1."""
 
     path: Path
-    n_lines: int
-    malformed_line_numbers: dict[int, str]
-    non_utf8_line_numbers: list[int]
-    valid_rows: int
+    n_lines: int  # data lines, excluding the header (valid rows plus malformed lines)
+    malformed_line_numbers: dict[int, str]  # line number -> reason (in MALFORMED_REASONS)
+    non_utf8_line_numbers: list[int]  # valid rows whose review_body has non-UTF-8 bytes
+    valid_rows: int  # lines that are rows of the frame (n_lines - malformed lines)
 
 
 # Appended to a few review bodies: bytes that are not UTF-8 (latin-1 and cp1252 text, 0xFF 0xFE).
@@ -82,8 +67,7 @@ def _column_text(values: pd.Series, name: str) -> pa.Array:
         arr = pc.strftime(arr, format="%Y-%m-%d")
     if not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.large_string())
-    bad = pc.any(pc.match_substring_regex(arr, "[\t\n\r]")).as_py()
-    if bad:
+    if pc.any(pc.match_substring_regex(arr, "[\t\n\r]")).as_py():
         raise DataError(
             f"column {name!r} contains a tab or newline; the TSV is written without quoting, "
             "so replace them first (e.g. df[col].str.replace(r'[\\t\\n\\r]', ' ', regex=True))"
@@ -120,47 +104,21 @@ def write_reviews_tsv(
 ) -> WriteInfo:
     """Write a reviews frame as an Amazon-style TSV, with a few malformed lines injected.
 
-    The file has a header line (the 15 column names), then one line per row: fields joined by
-    tabs, no quoting or escaping (like the real file), ``"\\n"`` line ends, missing values as
-    empty fields. A ``.gz`` suffix writes gzip with a fixed header (no name, mtime 0), so the
-    same frame and seed give the same bytes. The write is atomic (temporary file, then rename).
+    ``df`` has exactly the 15 :data:`~recsys.data.schema.AMAZON_COLUMNS`, in order. The file
+    has a header line (the column names), then one line per row: fields joined by tabs, no
+    quoting or escaping (like the real file), ``"\\n"`` line ends, missing values as empty
+    fields; a field with a tab or newline is a :class:`DataError`. A ``.gz`` suffix writes gzip
+    (level ``compresslevel``) with a fixed header (no name, mtime 0), so the same frame and
+    seed give the same bytes. The write is atomic (temporary file, then rename); ``chunk_rows``
+    rows are formatted at a time.
 
-    Malformed lines are *extra* lines (every row of ``df`` is written once, in order), at
-    seeded positions, cycling through: too many fields, too few fields, star_rating "five",
-    star_rating 0, empty star_rating, star_rating 6, star_rating 7. Separately, the
-    ``review_body`` of a few rows gets non-UTF-8 bytes appended (e.g. latin-1 ``caf\\xe9``);
-    those lines are valid rows.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        Exactly the columns of :data:`recsys.data.schema.AMAZON_COLUMNS`, in order.
-    path : str or os.PathLike
-        Target file; ``.gz`` for gzip.
-    malformed : int, optional
-        Number of malformed lines; default ``max(5, len(df) // 200_000)`` (0 if ``df`` is
-        empty).
-    non_utf8 : int, optional
-        Number of rows whose body gets non-UTF-8 bytes; default
-        ``max(3, len(df) // 500_000)``, at most ``len(df)``.
-    seed : int
-        Seed for the positions and the content of the injected lines.
-    compresslevel : int
-        gzip level for ``.gz`` targets.
-    chunk_rows : int
-        Rows formatted at a time (bounds memory).
-
-    Returns
-    -------
-    WriteInfo
-
-    Raises
-    ------
-    DataError
-        If the columns are not the 15 Amazon columns in order, or a field contains a tab or
-        a newline (they cannot be written without quoting).
-    ConfigError
-        If ``malformed`` or ``non_utf8`` is negative.
+    ``malformed`` (default ``max(5, len(df) // 200_000)``, 0 for an empty frame) *extra* lines
+    are inserted at positions drawn from ``seed`` (every row of ``df`` is written once, in
+    order), cycling through: too many fields, too few fields, star_rating "five", star_rating
+    0, empty star_rating, star_rating 6, star_rating 7. Separately, the ``review_body`` of
+    ``non_utf8`` rows (default ``max(3, len(df) // 500_000)``, at most ``len(df)``) gets
+    non-UTF-8 bytes appended (e.g. latin-1 ``caf\\xe9``); those lines are valid rows. A
+    negative count is a :class:`ConfigError`.
     """
     t0 = time.perf_counter()
     if tuple(df.columns) != AMAZON_COLUMNS:
@@ -177,81 +135,61 @@ def write_reviews_tsv(
     rng = np.random.default_rng(seed)
     n_lines = n + n_bad
     bad_pos = np.sort(rng.permutation(n_lines)[:n_bad])  # 0-based data-line index
-    is_bad = np.zeros(n_lines, dtype=bool)
-    is_bad[bad_pos] = True
-    row_line = np.flatnonzero(~is_bad)  # data-line index of every row
+    row_line = np.setdiff1d(np.arange(n_lines), bad_pos)  # data-line index of every row
     body_null = df["review_body"].isna().to_numpy()
     candidates = np.flatnonzero(~body_null) if (~body_null).sum() >= n_non_utf8 else np.arange(n)
     non_utf8_rows = np.sort(rng.permutation(candidates)[:n_non_utf8])
     snippets = {int(r): _NON_UTF8_SNIPPETS[i % len(_NON_UTF8_SNIPPETS)]
                 for i, r in enumerate(non_utf8_rows)}  # fmt: skip
     template_rows = rng.integers(0, max(n, 1), size=n_bad)
-    kinds = np.arange(n_bad) % 7
     fresh_ids = review_ids(rng, n_bad).to_pylist() if n_bad else []
-    body_col = AMAZON_COLUMNS.index("review_body")
 
-    malformed_lines: dict[int, tuple[str, str]] = {}  # data-line index -> (line, reason)
+    reasons: dict[int, str] = {}  # data-line index -> reason
+    before_row: dict[int, list[bytes]] = {}  # malformed lines written just before row k (n: last)
     if n_bad:
         templates = df.iloc[template_rows]
         texts = [_column_text(templates[col], col).to_pylist() for col in AMAZON_COLUMNS]
         for i, pos in enumerate(bad_pos):
-            fields = [texts[j][i] for j in range(len(AMAZON_COLUMNS))]
+            fields = [col[i] for col in texts]
             fields[AMAZON_COLUMNS.index("review_id")] = fresh_ids[i]
-            malformed_lines[int(pos)] = _malformed_line(fields, int(kinds[i]), rng)
-    # Malformed lines written just before row k (k == n: after the last row).
-    before_row: dict[int, list[bytes]] = {}
-    for pos in bad_pos:
-        k = int(np.searchsorted(row_line, pos))
-        before_row.setdefault(k, []).append(malformed_lines[int(pos)][0].encode() + b"\n")
+            line, reasons[int(pos)] = _malformed_line(fields, i % 7, rng)
+            before_row.setdefault(int(np.searchsorted(row_line, pos)), []).append(line.encode() + b"\n")
 
     path = Path(path)
-    gz = path.suffix == ".gz"
-    newline, tab, empty = (pa.scalar(c, pa.large_string()) for c in ("\n", "\t", ""))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as raw:
-            out = (
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
-                if gz
-                else raw
-            )
-            try:
-                out.write(("\t".join(AMAZON_COLUMNS) + "\n").encode())
-                for lo in range(0, n, chunk_rows):
-                    hi = min(n, lo + chunk_rows)
-                    part = df.iloc[lo:hi]
-                    cols = [_column_text(part[col], col) for col in AMAZON_COLUMNS]
-                    cols[-1] = pc.binary_join_element_wise(cols[-1], newline, empty)
-                    lines = pc.binary_join_element_wise(*cols, tab)
-                    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
-                        lines.offset : lines.offset + len(lines) + 1
-                    ]
-                    data = memoryview(lines.buffers()[2])
-                    cursor = lo  # first row of the chunk not written yet
-                    special = sorted(r for r in (*before_row, *snippets) if lo <= r < hi)
-                    for r in dict.fromkeys(special):
-                        out.write(data[offsets[cursor - lo] : offsets[r - lo]])
-                        cursor = r
-                        for line in before_row.get(r, ()):
-                            out.write(line)
-                        if r in snippets:
-                            row = bytes(data[offsets[r - lo] : offsets[r - lo + 1] - 1])
-                            fields = row.split(b"\t")
-                            fields[body_col] += snippets[r]
-                            out.write(b"\t".join(fields) + b"\n")
-                            cursor = r + 1
-                    out.write(data[offsets[cursor - lo] : offsets[hi - lo]])
-                for line in before_row.get(n, ()):
-                    out.write(line)
-            finally:
-                if gz:
-                    out.close()
-            raw.flush()
-            os.fsync(raw.fileno())
+    body_col = AMAZON_COLUMNS.index("review_body")
+    newline, tab, empty = (pa.scalar(c, pa.large_binary()) for c in (b"\n", b"\t", b""))
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
+            if path.suffix == ".gz"
+            else contextlib.nullcontext(raw)
+        ) as out:
+            out.write(("\t".join(AMAZON_COLUMNS) + "\n").encode())
+            for lo in range(0, n, chunk_rows):
+                part = df.iloc[lo : lo + chunk_rows]
+                cols = [_column_text(part[c], c).cast(pa.large_binary()) for c in AMAZON_COLUMNS]
+                if here := {r - lo: b for r, b in snippets.items() if lo <= r < lo + len(part)}:
+                    tails = pa.array([here.get(i, b"") for i in range(len(part))], pa.large_binary())
+                    cols[body_col] = pc.binary_join_element_wise(cols[body_col], tails, empty)
+                cols[-1] = pc.binary_join_element_wise(cols[-1], newline, empty)
+                lines = pc.binary_join_element_wise(*cols, tab)
+                offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
+                    lines.offset : lines.offset + len(lines) + 1
+                ]
+                data, cursor = memoryview(lines.buffers()[2]), 0  # first line not written yet
+                for r in sorted(r - lo for r in before_row if lo <= r < lo + len(part)):
+                    out.write(data[offsets[cursor] : offsets[r]])
+                    out.writelines(before_row[r + lo])
+                    cursor = r
+                out.write(data[offsets[cursor] : offsets[-1]])
+            out.writelines(before_row.get(n, ()))
+        raw.flush()
+        os.fsync(raw.fileno())
 
     info = WriteInfo(
         path=path,
         n_lines=n_lines,
-        malformed_line_numbers={pos + 2: reason for pos, (_, reason) in malformed_lines.items()},
+        malformed_line_numbers={pos + 2: reason for pos, reason in reasons.items()},
         non_utf8_line_numbers=[int(row_line[r]) + 2 for r in non_utf8_rows],
         valid_rows=n,
     )
@@ -262,9 +200,8 @@ def write_reviews_tsv(
 def write_preset(
     preset: str | GeneratorConfig, path: str | os.PathLike, seed: int = 0, **kw
 ) -> WriteInfo:
-    """Generate ``preset`` with ``seed`` and write it with :func:`write_reviews_tsv`.
-
-    Keyword arguments go to :func:`write_reviews_tsv` (``seed`` is used for both).
+    """Generate ``preset`` with ``seed`` and write it with :func:`write_reviews_tsv` (``kw`` go
+    there; ``seed`` is used for both).
     """
     return write_reviews_tsv(generate_reviews(preset, seed=seed), path, seed=seed, **kw)
 
