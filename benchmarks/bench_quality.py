@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/bench_quality.py                        # everything, ~45 min
     python benchmarks/bench_quality.py --only validation      # the grid the defaults come from, ~19 min
+    python benchmarks/bench_quality.py --only validation --grid recent_mean   # [features] recent_mean, ~4 min
+    python benchmarks/bench_quality.py --only validation --grid sweeps        # the regressor's sweeps, ~2 min
     python benchmarks/bench_quality.py --only movielens --seeds 5                   # ~7 min
     RECSYS_CACHE_DIR=/work/cache python benchmarks/bench_quality.py --only full --full-groups   # ~21 min
     python benchmarks/bench_quality.py --only movielens --rows mcmc,classifier_mcmc # re-run some rows
@@ -30,15 +32,18 @@ validation  The grid the MCMC defaults were chosen on, never touching the test r
 movielens   Test figures on ml-latest-small, ``--seeds`` seeds each (the split is fixed; a seed
             changes initialisation and sampling):
             regressor -- ours: SGD with the lab's settings (``RunConfig().regressor``), the same
-            at the MCMC's number of factors (the timing peer "at equal factors"), MCMC
-            (``--mcmc``), MCMC + feature groups (``--groups``); Surprise ``SVD()``, ``SVDpp()``,
+            at the MCMC's number of factors on the default design (the timing peer "at equal
+            factors"), MCMC (``--mcmc``) on the default design (``LOCAL_BEST["features"]``:
+            the one-hots and the customer's rating level) and on the plain one-hots
+            (``mcmc_plain``), MCMC + feature groups (``--groups``); Surprise ``SVD()``, ``SVDpp()``,
             ``BaselineOnly()`` with their defaults; myFM (``MyFMRegressor``, same factors,
             sweeps, kept samples and groups as ours) when it imports. RMSE, wall and CPU seconds
             of the fit (``time.process_time``: the machine is shared, CPU time is the steadier
             figure).
             classifier (label ``rating >= 5.0`` as the pipeline) -- ours SGD with the lab's
-            settings (``RunConfig().classifier``), MCMC probit; scikit-learn
-            ``LogisticRegression(max_iter=1000)`` on the same one-hot features. Accuracy at 0.5,
+            settings (``RunConfig().classifier``), MCMC probit (default design and plain);
+            scikit-learn ``LogisticRegression(max_iter=1000)`` on the same one-hot features (and
+            on the default design, ``logreg_default``). Accuracy at 0.5,
             balanced accuracy, AUC, log loss, the majority-class accuracy.
 full        The ``full`` preset after the 18/95 filter: the regressor models (SVD++ with
             ``--full-svdpp``) and the classifiers, ``--full-seeds`` seeds.
@@ -109,6 +114,15 @@ class Split:
         if groups:
             fg = FeatureGroups(FeatureGroupsConfig(**groups), train, n_users, n_items)
             self.groups = (fg.design(train, training=True), fg.design(test, training=False))
+        # the default design of the local rating models (recsys.config.LOCAL_BEST["features"])
+        from recsys.config import LOCAL_BEST
+
+        fg = FeatureGroups(FeatureGroupsConfig(**LOCAL_BEST["features"]), train, n_users, n_items)
+        self.default = (fg.design(train, training=True), fg.design(test, training=False))
+
+    def designs(self, which: str):
+        """(train, test) designs: "plain" one-hot CSR, the "default" or the "groups" GroupedDesign."""
+        return {"plain": (self.X, self.Xt), "default": self.default, "groups": self.groups}[which]
 
 
 def timed(fn):
@@ -117,28 +131,31 @@ def timed(fn):
     return out, time.perf_counter() - t, time.process_time() - c
 
 
-def fit_sgd(s: Split, seed: int, classifier: bool, **changes: Any):
+def fit_sgd(s: Split, seed: int, classifier: bool, design: str = "plain", **changes: Any):
     import dataclasses
+
+    import numpy as np
 
     from backends.local.fm import train_fm
     from recsys.config import _lab_classifier, _lab_regressor
 
     base = _lab_classifier() if classifier else _lab_regressor()
     params = dataclasses.replace(base, seed=seed, **changes)
-    fm, wall, cpu = timed(lambda: train_fm(s.X, s.c if classifier else s.y, params))
-    return (fm.predict_score(s.Xt) if classifier else fm.predict(s.Xt)), wall, cpu
+    X, Xt = (d if isinstance(d, np.ndarray) or hasattr(d, "tocsr") else d.to_csr() for d in s.designs(design))
+    fm, wall, cpu = timed(lambda: train_fm(X, s.c if classifier else s.y, params))
+    return (fm.predict_score(Xt) if classifier else fm.predict(Xt)), wall, cpu
 
 
-def fit_mcmc(s: Split, seed: int, classifier: bool, settings: dict[str, Any], groups: bool = False):
+def fit_mcmc(s: Split, seed: int, classifier: bool, settings: dict[str, Any], design: str = "default"):
     from backends.base import TrainOptions
     from backends.local.mcmc import train_fm_mcmc
     from recsys.params import FMParams
 
     kind = "binary_classifier" if classifier else "regressor"
     params = FMParams(predictor_type=kind, solver="mcmc", seed=seed, **settings)
-    X, Xt = s.groups if groups else (s.X, s.Xt)
+    X, Xt = s.designs(design)
     fm, wall, cpu = timed(lambda: train_fm_mcmc(X, s.c if classifier else s.y, params, options=TrainOptions(metadata=s.meta)))
-    Xt = Xt.to_csr() if groups else Xt
+    Xt = Xt if design == "plain" else Xt.to_csr()
     return (fm.predict_score(Xt) if classifier else fm.predict(Xt)), wall, cpu
 
 
@@ -187,12 +204,14 @@ def fit_myfm(s: Split, seed: int, classifier: bool, settings: dict[str, Any], gr
     return pred, wall, cpu
 
 
-def fit_logreg(s: Split, seed: int):
+def fit_logreg(s: Split, seed: int, design: str = "plain"):
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
+    X, Xt = (d if isinstance(d, np.ndarray) or hasattr(d, "tocsr") else d.to_csr() for d in s.designs(design))
     model = LogisticRegression(max_iter=1000, random_state=seed)
-    _, wall, cpu = timed(lambda: model.fit(s.X, s.c))
-    return model.predict_proba(s.Xt)[:, 1], wall, cpu
+    _, wall, cpu = timed(lambda: model.fit(X, s.c))
+    return model.predict_proba(Xt)[:, 1], wall, cpu
 
 
 def myfm_available() -> str | None:
@@ -233,15 +252,18 @@ def evaluate(s: Split, p: dict[str, Any], seeds: list[int], *, svdpp: bool) -> d
     for seed in seeds:
         runs = [  # (name, run it?, function, arguments)
             ("sgd_lab", True, fit_sgd, (s, seed, False), {}),
-            (f"sgd_lab_k{k}", True, fit_sgd, (s, seed, False), {"num_factors": k}),
+            (f"sgd_lab_k{k}", True, fit_sgd, (s, seed, False), {"num_factors": k, "design": "default"}),
+            (f"sgd_lab_k{k}_plain", True, fit_sgd, (s, seed, False), {"num_factors": k}),
             ("mcmc", True, fit_mcmc, (s, seed, False, mc_r), {}),
-            ("mcmc_alt", True, fit_mcmc, (s, seed, False, p["mcmc_regressor_alt"]), {}),
-            ("mcmc_groups", s.groups is not None, fit_mcmc, (s, seed, False, mc_g), {"groups": True}),
+            ("mcmc_plain", True, fit_mcmc, (s, seed, False, mc_r), {"design": "plain"}),
+            ("mcmc_alt", True, fit_mcmc, (s, seed, False, p["mcmc_regressor_alt"]), {"design": "plain"}),
+            ("mcmc_groups", s.groups is not None, fit_mcmc, (s, seed, False, mc_g), {"design": "groups"}),
             ("svd", True, fit_surprise, (s, seed, "svd"), {}),
             ("svdpp", svdpp, fit_surprise, (s, seed, "svdpp"), {}),
             ("baseline", seed == first, fit_surprise, (s, seed, "baseline"), {}),
             ("myfm", have_myfm, fit_myfm, (s, seed, False, mc_r), {}),
-            ("myfm_groups", have_myfm and s.groups is not None and p["myfm_groups"], fit_myfm, (s, seed, False, mc_g), {"groups": True}),
+            ("myfm_groups", have_myfm and s.groups is not None and p["myfm_groups"], fit_myfm, (s, seed, False, mc_g),
+             {"groups": True}),
         ]
         for name, run, fn, args, kwargs in runs:
             if run and (p["rows"] is None or name in p["rows"]):
@@ -251,8 +273,10 @@ def evaluate(s: Split, p: dict[str, Any], seeds: list[int], *, svdpp: bool) -> d
         cruns = [
             ("sgd_lab", True, fit_sgd, (s, seed, True)),
             ("mcmc", True, fit_mcmc, (s, seed, True, mc_c)),
-            ("mcmc_alt", True, fit_mcmc, (s, seed, True, p["mcmc_classifier_alt"])),
+            ("mcmc_plain", True, fit_mcmc, (s, seed, True, mc_c, "plain")),
+            ("mcmc_alt", True, fit_mcmc, (s, seed, True, p["mcmc_classifier_alt"], "plain")),
             ("logreg", seed == first, fit_logreg, (s, seed)),
+            ("logreg_default", seed == first, fit_logreg, (s, seed, "default")),
             ("myfm", have_myfm, fit_myfm, (s, seed, True, mc_c)),
         ]
         for name, run, fn, args in cruns:
@@ -297,7 +321,7 @@ def stage_validation(p: dict[str, Any]) -> dict[str, Any]:
             for kind in cand["kinds"]:
                 vals, cpu = [], []
                 for f, sp in enumerate(splits[gkey]):
-                    pred, _, c = fit_mcmc(sp, f, kind == "classifier", cand["settings"], groups=bool(cand.get("groups")))
+                    pred, _, c = fit_mcmc(sp, f, kind == "classifier", cand["settings"], "groups" if cand.get("groups") else "plain")
                     vals.append(classifier_metrics(sp.ct, pred, sp.c) if kind == "classifier" else {"rmse": rmse(pred, sp.yt)})
                     cpu.append(c)
                 row = {"settings": cand["settings"], "groups": cand.get("groups") or {}, "cpu_s": float(np.mean(cpu)),
@@ -305,6 +329,8 @@ def stage_validation(p: dict[str, Any]) -> dict[str, Any]:
                 res[kind].append(row)
                 print(f"  {source} {kind} {row}", flush=True)
         base: dict[str, list] = {}
+        if "{}" not in splits:
+            splits["{}"] = [Split(fit, val, d.n_users, d.n_items, None) for fit, val in folds]
         for f, sp in enumerate(splits["{}"]):
             base.setdefault("sgd_lab", []).append(rmse(fit_sgd(sp, f, False)[0], sp.yt))
             base.setdefault("svd", []).append(rmse(fit_surprise(sp, f, "svd")[0], sp.yt))
@@ -320,6 +346,21 @@ def stage_validation(p: dict[str, Any]) -> dict[str, Any]:
 
 
 STAGES = {"movielens": stage_movielens, "full": stage_full, "validation": stage_validation}
+
+
+def recent_mean_candidates() -> list[dict[str, Any]]:
+    """``--grid recent_mean``: the default rating models without and with the customer's
+    current rating level over their last N ratings (``[features] recent_mean``)."""
+    return [{"settings": settings, "groups": {"recent_mean": n} if n else {}, "kinds": [kind]}
+            for n in (0, 3, 5, 10, 20) for kind, settings in (("regressor", MCMC_REGRESSOR), ("classifier", MCMC_CLASSIFIER))]
+
+
+def sweeps_candidates() -> list[dict[str, Any]]:
+    """``--grid sweeps``: burn-in + kept sweeps of the default regressor (default design: the
+    one-hots and ``recent_mean = 3``) around the time budget (MCMC within 2x our SGD at equal
+    factors)."""
+    return [{"settings": {**MCMC_REGRESSOR, "mcmc_burn_in": burn, "mcmc_samples": kept}, "groups": {"recent_mean": 3},
+             "kinds": ["regressor"]} for burn, kept in ((10, 50), (10, 60), (10, 70), (10, 75), (20, 60))]  # fmt: skip
 
 
 def validation_candidates() -> list[dict[str, Any]]:
@@ -355,6 +396,8 @@ def validation_candidates() -> list[dict[str, Any]]:
 LABELS = {
     "sgd_lab": "ours, SGD, lab settings (k=64, 25 epochs)",
     "mcmc": "ours, MCMC (defaults)",
+    "mcmc_plain": "ours, MCMC (defaults) on the plain one-hots",
+    "logreg_default": "scikit-learn LogisticRegression, default design",
     "mcmc_alt": "ours, MCMC, k=16, more sweeps (best plain on validation)",
     "mcmc_groups": "ours, MCMC + feature groups (k=16)",
     "svd": "Surprise SVD()",
@@ -378,7 +421,9 @@ def regressor_rows(part: dict[str, Any]) -> list[tuple[str, ...]]:
     for name, runs in reg.items():
         rm = [r["rmse"] for r in runs]
         per_seed = ", ".join(f"{v:.4f}" for v in rm)
-        rows.append((LABELS.get(name, f"ours, SGD, lab settings at k={name.split('_k')[-1]}"), _ms(rm),
+        k, _, plain = name.removeprefix("sgd_lab_k").partition("_")
+        label = f"ours, SGD, lab settings at k={k}, " + ("plain one-hots" if plain else "default design")
+        rows.append((LABELS.get(name, label), _ms(rm),
                      f"{(mean_std(rm)[0] / svd - 1) * 100:+.2f} %", _ms([r["wall_s"] for r in runs], 2),
                      _ms([r["cpu_s"] for r in runs], 2), per_seed))  # fmt: skip
     return rows
@@ -397,12 +442,13 @@ def goals(part: dict[str, Any], k: int) -> list[dict[str, Any]]:
     m = lambda name, key="rmse", src=reg: mean_std([r[key] for r in src[name]])[0]  # noqa: E731
     out = [{"goal": "MCMC RMSE at least 2 % below Surprise SVD", "value": m("mcmc") / m("svd") - 1,
             "met": m("mcmc") <= (1 - FLOOR_RMSE_BELOW_SVD) * m("svd")}]  # fmt: skip
-    peer = f"sgd_lab_k{k}"
-    if peer in reg:
-        ratios = [a["cpu_s"] / b["cpu_s"] for a, b in zip(reg["mcmc"], reg[peer], strict=True)]
-        walls = [a["wall_s"] / b["wall_s"] for a, b in zip(reg["mcmc"], reg[peer], strict=True)]
-        out.append({"goal": f"MCMC training time within 2x our SGD at k={k} (CPU s, per-seed ratio)",
-                    "value": mean_std(ratios)[0], "wall_ratio": mean_std(walls)[0], "met": mean_std(ratios)[0] <= FLOOR_TIME_RATIO})  # fmt: skip
+    for peer, design in ((f"sgd_lab_k{k}", "the same design"), (f"sgd_lab_k{k}_plain", "the plain one-hots")):
+        if peer in reg:
+            ratios = [a["cpu_s"] / b["cpu_s"] for a, b in zip(reg["mcmc"], reg[peer], strict=True)]
+            walls = [a["wall_s"] / b["wall_s"] for a, b in zip(reg["mcmc"], reg[peer], strict=True)]
+            out.append({"goal": f"MCMC training time within 2x our SGD at k={k} on {design} (CPU s, per-seed ratio)",
+                        "value": mean_std(ratios)[0], "wall_ratio": mean_std(walls)[0],
+                        "met": mean_std(ratios)[0] <= FLOOR_TIME_RATIO})  # fmt: skip
     acc, maj = m("mcmc", "accuracy", clf), clf["mcmc"][0]["majority_accuracy"]
     out.append({"goal": "classifier accuracy above the majority class", "value": acc - maj, "met": acc > maj})
     out.append({"goal": "classifier AUC above the logistic regression", "value": m("mcmc", "auc", clf) - m("logreg", "auc", clf),
@@ -436,6 +482,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--groups", type=json.loads, default=GROUPS, help="FeatureGroupsConfig for 'MCMC + groups' (JSON)")
     parser.add_argument("--mcmc-groups", type=json.loads, default=MCMC_GROUPS, help="MCMC settings with groups (JSON)")
     parser.add_argument("--folds", type=int, default=3, help="validation folds")
+    parser.add_argument("--grid", choices=("all", "recent_mean", "sweeps"), default="all",
+                        help="validation candidates: the whole grid, or only [features] recent_mean or the "
+                             "regressor's sweeps (saved apart)")
     parser.add_argument("--rows", help="comma-separated model names to (re)run, merged into the saved part "
                         "(classifiers as classifier_<name>); default: all")  # fmt: skip
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
@@ -476,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## {part}", flush=True)
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         load = list(os.getloadavg())
-        stage_p = {**params, "folds": args.folds, "candidates": validation_candidates(), "baselines": True}
+        grid = {"recent_mean": recent_mean_candidates, "sweeps": sweeps_candidates}.get(args.grid, validation_candidates)()
+        stage_p = {**params, "folds": args.folds, "candidates": grid, "baselines": True}
         out = run_child(script, part, stage_p)
         command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         if args.rows and part in res and part != "validation":  # merge the re-run rows into the saved part
@@ -491,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         if part != "validation":
             out["goals"] = goals(out, k)
             print_part(part, out, k)
-        res[part] = out
+        res[part if part != "validation" or args.grid == "all" else f"validation_{args.grid}"] = out
         write_json(args.json, res)
     return 0
 

@@ -214,6 +214,8 @@ LOCAL_BEST = {
                   "mcmc_saved_samples": 0, "mcmc_init_sigma": 0.3},
     "classifier": {"solver": "mcmc", "num_factors": 8, "mcmc_burn_in": 20, "mcmc_samples": 100,
                    "mcmc_saved_samples": 16, "mcmc_init_sigma": 0.3},
+    # [features]: the customer's current rating level (the mean of their last 3 ratings)
+    "features": {"recent_mean": 3},
 }  # fmt: skip
 
 
@@ -245,6 +247,11 @@ class RunConfig:
     def _rating_model_defaults(self, solvers: tuple[str, ...]) -> None:
         """The settings of :data:`LOCAL_BEST` (or the lab's) for every key a config did not set."""
         explicit = getattr(self, "_explicit_fm", {})
+        local = not self.lab and "mcmc" in solvers
+        self.features = dataclasses.replace(self.features, **{
+            key: value if local else getattr(FeatureGroupsConfig, key)
+            for key, value in LOCAL_BEST["features"].items() if key not in explicit.get("features", ())
+        })  # fmt: skip
         for name, lab in (("regressor", _lab_regressor()), ("classifier", _lab_classifier())):
             # the classifier that recommends (objective = "classifier") keeps the lab's SGD FM: its
             # factors rank next videos far better through k-NN (default preset HR@10 0.106 vs
@@ -359,7 +366,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
 
     cfg.data = params_from_dict(DataConfig, section("data"), where="data")
     cfg.prepare = params_from_dict(PrepareConfig, section("prepare"), where="prepare")
-    cfg._explicit_fm = {name: set(section(name)) for name in ("regressor", "classifier")}  # type: ignore[attr-defined]
+    cfg._explicit_fm = {name: set(section(name)) for name in ("regressor", "classifier", "features")}  # type: ignore[attr-defined]
     cfg.regressor = _fm_section(section("regressor"), "regressor", _lab_regressor(), "regressor")
     cfg.classifier = _fm_section(section("classifier"), "classifier", _lab_classifier(), "binary_classifier")
     ranking_raw = section("ranking")

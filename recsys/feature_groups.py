@@ -1,6 +1,6 @@
 """Feature groups: design-matrix blocks besides the user and item one-hots.
 
-An FM's strength is that any feature can join the user and the video in a row. Three groups,
+An FM's strength is that any feature can join the user and the video in a row. Four groups,
 all built from the *training* ratings only (what is known when a prediction is made), each with
 its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
 
@@ -8,6 +8,13 @@ its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
     a one-hot time bucket of the rating's date (``time_buckets`` buckets at the quantiles of
     the training dates; a rating outside them falls in the first or last bucket, a missing
     date in the first);
+``recent_mean``
+    the customer's current rating level: the mean of their last ``recent_mean`` ratings *before*
+    this one, minus the mean training rating (0 without earlier ratings) -- one numeric column, a
+    time-varying user bias (Koren's timeSVD++ models the same drift). A row being predicted sees
+    the customer's last ``recent_mean`` training ratings. The Bayesian FM gives the group a
+    linear weight only (``LINEAR_GROUPS``: its factors stay 0), so it costs one pass over the
+    rows per sweep;
 ``recent``
     the customer's last ``recent`` videos rated *before* this rating (weights ``1/N`` over the
     N found), as the ranking objective's history block (:mod:`recsys.features`). A row being
@@ -24,12 +31,13 @@ its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
 
 Columns, in order (the relation block last)::
 
-    [ user | item | time | recent | implicit ]
-      n_users, n_items, time_buckets, n_items (if recent), n_items (if implicit)
+    [ user | item | time | recent_mean | recent | implicit ]
+      n_users, n_items, time_buckets, 1 (if recent_mean), n_items (if recent), n_items (if implicit)
 
 k-NN vectors stay exact. Every group but the item is on the customer's side of a row, so
 :meth:`FeatureGroups.user_part` -- one row per customer: user one-hot, the serving-time recent
-videos (their last ``recent`` training ratings), the implicit set and the *latest* time bucket
+videos (their last ``recent`` training ratings), the implicit set, their current rating level and
+the *latest* time bucket
 (the rule for the time group: recommendations are made "now") -- folds into the user vector
 exactly as the ranking history does: ``recsys.vectors.fm_vectors(fm, user_features=part)``
 gives ``[sum_f x_f V_f, 1]`` per customer and ``[V_i, w_i]`` per video, and
@@ -46,13 +54,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .data.prepare import date_order_key
-from .data.schema import ITEM, USER
+from .data.schema import ITEM, RATING, USER
 from .errors import ConfigError, DataError
-from .features import FeatureLayout, pair_user_features, user_features
+from .features import FeatureLayout, _timeline, pair_user_features, user_features
 
-__all__ = ["RelationBlock", "GroupedDesign", "FeatureGroupsConfig", "FeatureGroups", "GROUP_NAMES"]
+__all__ = ["RelationBlock", "GroupedDesign", "FeatureGroupsConfig", "FeatureGroups", "GROUP_NAMES", "LINEAR_GROUPS"]
 
-GROUP_NAMES = ("user", "item", "time", "recent", "implicit")
+GROUP_NAMES = ("user", "item", "time", "recent_mean", "recent", "implicit")
+#: groups the Bayesian FM fits with a linear weight only (no factors)
+LINEAR_GROUPS = ("recent_mean",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,16 +133,22 @@ class FeatureGroupsConfig:
     implicit: bool = False
     recent: int = 0
     time_buckets: int = 0
+    recent_mean: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.implicit, bool):
             raise ConfigError(f"implicit must be true or false, got {self.implicit!r}")
-        for name in ("recent", "time_buckets"):
+        for name in ("recent", "time_buckets", "recent_mean"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.time_buckets == 1:
             raise ConfigError("time_buckets = 1 adds a constant column; use 0 (off) or at least 2")
+
+    @property
+    def any(self) -> bool:
+        """Whether any group besides the user and item one-hots is on."""
+        return bool(self.implicit or self.recent or self.time_buckets or self.recent_mean)
 
 
 def _one_hot(cols: np.ndarray, width: int) -> sp.csr_matrix:
@@ -171,12 +187,22 @@ class FeatureGroups:
             seen.data[:] = 1.0  # a re-rated video counts once
             norm = 1.0 / np.sqrt(np.maximum(seen.getnnz(axis=1), 1))
             self._implicit = sp.csr_matrix(sp.diags(norm) @ seen, dtype=np.float32)
+        # recent_mean: each customer's level after their training ratings (the mean of the last
+        # recent_mean, centred on the mean training rating): what a row to predict sees
+        self._level = np.zeros(self.n_users)
+        self._mean = float(train[RATING].mean()) if config.recent_mean else 0.0
+        if config.recent_mean:
+            order, users_sorted, _, pos = _timeline(train)
+            last = np.flatnonzero(np.r_[users_sorted[1:] != users_sorted[:-1], True])
+            csum = np.r_[0.0, np.cumsum(train[RATING].to_numpy(np.float64)[order] - self._mean)]
+            count = np.minimum(pos[last] + 1, config.recent_mean)
+            self._level[users_sorted[last]] = (csum[last + 1] - csum[last + 1 - count]) / count
         self.groups, self.group_names = self._column_groups()
 
     # -- layout ----------------------------------------------------------------------------
     def _widths(self) -> list[tuple[str, int]]:
         c = self.config
-        blocks = [("user", self.n_users), ("item", self.n_items), ("time", c.time_buckets)]
+        blocks = [("user", self.n_users), ("item", self.n_items), ("time", c.time_buckets), ("recent_mean", int(c.recent_mean > 0))]
         blocks += [("recent", self.n_items if c.recent else 0), ("implicit", self.n_items if c.implicit else 0)]
         return [(name, width) for name, width in blocks if width]
 
@@ -197,11 +223,25 @@ class FeatureGroups:
     def to_dict(self) -> dict[str, Any]:
         return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names),
                 "implicit": self.config.implicit, "recent": self.config.recent,
-                "time_buckets": self.config.time_buckets}  # fmt: skip
+                "time_buckets": self.config.time_buckets, "recent_mean": self.config.recent_mean}  # fmt: skip
 
     # -- encoding --------------------------------------------------------------------------
     def _time(self, frame: pd.DataFrame) -> np.ndarray:
         return np.searchsorted(self._edges, date_order_key(frame), side="right")
+
+    def _rating_level(self, frame: pd.DataFrame, training: bool) -> np.ndarray:
+        """The ``recent_mean`` column of ``frame``'s rows, centred on the mean training rating.
+        Training rows: the mean of the customer's (up to) ``recent_mean`` ratings in ``frame``
+        before this one (0 for their first); rows to predict: of their last training ratings."""
+        if not training:
+            return self._level[frame[USER].to_numpy(np.int64)]
+        order, _, _, pos = _timeline(frame)
+        r = frame[RATING].to_numpy(np.float64)[order] - self._mean
+        csum, at = np.r_[0.0, np.cumsum(r)], np.arange(len(r))
+        count = np.minimum(pos, self.config.recent_mean)  # the window [at - count, at): same customer
+        out = np.empty(len(r))
+        out[order] = np.divide(csum[at] - csum[at - count], count, out=np.zeros(len(r)), where=count > 0)
+        return out
 
     def _last_videos(self) -> sp.csr_matrix:
         """(n_users, n_items): every customer's last ``recent`` training videos (weights)."""
@@ -239,14 +279,18 @@ class FeatureGroups:
         parts = [_one_hot(users, self.n_users), _one_hot(items, self.n_items)]
         if self.config.time_buckets:
             parts.append(_one_hot(self._time(frame), self.config.time_buckets))
+        if self.config.recent_mean:
+            parts.append(sp.csr_matrix(self._rating_level(frame, training).reshape(-1, 1)))
         return self._assemble(users, parts, self._recent(frame, training) if self.config.recent else None)
 
     def user_part(self) -> sp.csr_matrix:
         """(n_users, feature_dim): each customer's side of a row at serving time -- user one-hot,
-        latest time bucket, last ``recent`` training videos, implicit set; the item columns are
-        empty. Pass it as ``user_features`` to ``recsys.vectors.fm_vectors`` / ``user_offsets``."""
+        latest time bucket, current rating level, last ``recent`` training videos, implicit set;
+        the item columns are empty. Pass it as ``user_features`` to ``recsys.vectors.fm_vectors`` / ``user_offsets``."""
         users = np.arange(self.n_users)
         parts = [_one_hot(users, self.n_users), sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)]
         if self.config.time_buckets:
             parts.append(_one_hot(np.full(self.n_users, self.config.time_buckets - 1), self.config.time_buckets))
+        if self.config.recent_mean:
+            parts.append(sp.csr_matrix(self._level.reshape(-1, 1)))
         return self._assemble(users, parts, self._last_videos() if self.config.recent else None).to_csr()

@@ -28,7 +28,7 @@ from scipy.special import ndtr
 from ._io import atomic_dir, to_json
 from .errors import DataError, ModelFormatError
 
-__all__ = ["FittedFM", "PosteriorSamples", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid", "check_design"]
+__all__ = ["FittedFM", "PosteriorSamples", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid", "check_design", "target_range"]
 
 FM_FORMAT = "recsys.fm"
 #: 2 added posterior samples and the probit link; a model without them is still written as 1
@@ -48,6 +48,11 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     ez = np.exp(z[~pos])
     out[~pos] = ez / (1.0 + ez)
     return out
+
+
+def target_range(y: np.ndarray) -> list[float]:
+    """``[min, max]`` of a regressor's training targets: the range its predictions are kept in."""
+    return [float(np.min(y)), float(np.max(y))]
 
 
 def check_design(
@@ -132,7 +137,9 @@ class FittedFM:
         The hyperparameters it was trained with.
     metadata : dict
         Provenance: ``backend``, and for the users-then-items one-hot layout ``n_users`` and
-        ``n_items`` (needed to turn the model into k-NN vectors).
+        ``n_items`` (needed to turn the model into k-NN vectors). A regressor's
+        ``target_range = [lo, hi]`` (the range of its training targets, recorded by the
+        trainers) bounds :meth:`predict_score`: a rating outside the scale is never right.
     samples : PosteriorSamples or None
         Posterior samples (MCMC): :meth:`predict_score` averages over them. ``w0, w, V`` are
         then the posterior mean, which :meth:`decision_function` and the k-NN vectors use.
@@ -238,14 +245,22 @@ class FittedFM:
         return self._output(self._as_csr(X), self.w0, self.w, self.V)
 
     def predict_score(self, X: Any) -> np.ndarray:
-        """SageMaker's ``score``: the prediction for a regressor, P(y = 1) for a classifier --
-        averaged over the posterior samples when the model has them."""
+        """SageMaker's ``score``: the prediction for a regressor (within ``metadata["target_range"]``
+        when recorded), P(y = 1) for a classifier -- averaged over the posterior samples when the
+        model has them."""
         X = self._as_csr(X)
-        link = (ndtr if self.link == "probit" else sigmoid) if self.is_classifier else (lambda z: z)
         if self.samples is None:
-            return link(self._output(X, self.w0, self.w, self.V))
+            return self.score_of(self._output(X, self.w0, self.w, self.V))
         s = self.samples
-        return np.mean([link(self._output(X, s.w0[i], s.w[i], s.V[i])) for i in range(len(s))], axis=0)
+        return np.mean([self.score_of(self._output(X, s.w0[i], s.w[i], s.V[i])) for i in range(len(s))], axis=0)
+
+    def score_of(self, raw: np.ndarray) -> np.ndarray:
+        """The score of FM outputs ``raw``: P(y = 1) through the link for a classifier, the
+        output within ``metadata["target_range"]`` (when recorded) for a regressor."""
+        if self.is_classifier:
+            return (ndtr if self.link == "probit" else sigmoid)(raw)
+        lo, hi = self.metadata.get("target_range") or (-np.inf, np.inf)
+        return np.clip(raw, lo, hi)
 
     def predict(self, X: Any) -> np.ndarray:
         """The prediction for a regressor; for a classifier the label 1.0 if P(y=1) >= 0.5 else 0.0

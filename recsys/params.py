@@ -115,7 +115,8 @@ class FMParams:
     solver: str = "sgd"
     #: MCMC: sweeps discarded before the samples that are averaged
     mcmc_burn_in: int = 10
-    #: MCMC: sweeps kept (predictions and the posterior mean average over them)
+    #: MCMC: sweeps kept (predictions and the posterior mean average over them; more score
+    #: better on validation, 60 keeps the default within 2x the SGD FM's time: benchmarks/README.md)
     mcmc_samples: int = 60
     #: MCMC: how many of the kept samples (evenly thinned) the fitted model stores for later
     #: predictions to average over; 0 stores only the posterior mean, which predicts as well as

@@ -454,8 +454,7 @@ class RatingDesigns:
         from .feature_groups import FeatureGroups
 
         self.prepared = prepared
-        on = bool(features.implicit or features.recent or features.time_buckets)
-        self.groups = FeatureGroups(features, prepared.train, prepared.n_users, prepared.n_items) if on else None
+        self.groups = FeatureGroups(features, prepared.train, prepared.n_users, prepared.n_items) if features.any else None
         if self.groups is None:
             self._train_grouped = None
             self._train = prepared.design_matrix("train")

@@ -150,7 +150,7 @@ class SavedRun:
             return None
         from .feature_groups import FeatureGroups, FeatureGroupsConfig
 
-        config = FeatureGroupsConfig(**{k: spec[k] for k in ("implicit", "recent", "time_buckets")})
+        config = FeatureGroupsConfig(**{k: spec[k] for k in ("implicit", "recent", "time_buckets", "recent_mean") if k in spec})
         return FeatureGroups(config, self.train, self.mappings.n_users, self.mappings.n_items)
 
     def user_features_for(self, fm: FittedFM) -> sp.csr_matrix | None:

@@ -30,7 +30,7 @@ def ratings() -> pd.DataFrame:
 
 def offsets(fg: FeatureGroups) -> dict[str, int]:
     out, start = {}, 0
-    for name in ("user", "item", "time", "recent", "implicit"):
+    for name in ("user", "item", "time", "recent_mean", "recent", "implicit"):
         if name in fg.group_names:
             out[name] = start
             start += int(np.sum(fg.groups == fg.group_names.index(name)))
@@ -71,6 +71,29 @@ def test_recent_videos_are_those_rated_before_each_row():
     np.testing.assert_allclose(Xn[1, lo : lo + N_ITEMS], [0, 0.5, 0.5, 0, 0, 0])
 
 
+def test_recent_mean_is_the_rating_level_before_each_row():
+    train = ratings()
+    train["star_rating"] = np.float32([5, 3, 4, 1, 2, 5, 4, 3, 2])
+    fg = FeatureGroups(FeatureGroupsConfig(recent_mean=2), train, N_USERS, N_ITEMS)
+    X = fg.design(train, training=True).to_csr().toarray()
+    col = offsets(fg)["recent_mean"]
+    mean = train.star_rating.mean()
+    timeline = train.assign(row=np.arange(len(train))).sort_values(["user", "review_date", "row"])
+    level = {}
+    for u, part in timeline.groupby("user"):
+        values = part.star_rating.to_list()
+        for pos, r in enumerate(part.row):
+            before = values[max(0, pos - 2) : pos]
+            expected = np.mean(before) - mean if before else 0.0
+            assert X[r, col] == pytest.approx(expected, abs=1e-6)
+        level[u] = np.mean(values[-2:]) - mean
+    # a row to predict, and the serving-time user part, see the mean of the last two training ratings
+    new = pd.DataFrame({"user": [2, 0, 1], "item": [0, 5, 1], "review_date": pd.to_datetime(["2020-02-01"] * 3)})
+    Xn = fg.design(new, training=False).to_csr().toarray()
+    np.testing.assert_allclose(Xn[:, col], [level[2], level[0], level[1]], atol=1e-6)
+    np.testing.assert_allclose(fg.user_part().toarray()[:, col], [level[0], level[1], level[2]], atol=1e-6)
+
+
 def test_time_buckets_split_the_training_dates_at_quantiles():
     train = ratings()
     fg = FeatureGroups(FeatureGroupsConfig(time_buckets=3), train, N_USERS, N_ITEMS)
@@ -88,10 +111,10 @@ def test_time_buckets_split_the_training_dates_at_quantiles():
 
 def test_column_layout_and_relation_blocks():
     train = ratings()
-    fg = FeatureGroups(FeatureGroupsConfig(implicit=True, recent=2, time_buckets=2), train, N_USERS, N_ITEMS)
+    fg = FeatureGroups(FeatureGroupsConfig(implicit=True, recent=2, time_buckets=2, recent_mean=3), train, N_USERS, N_ITEMS)
     design = fg.design(train, training=True)
-    assert fg.group_names == ("user", "item", "time", "recent", "implicit")
-    assert design.feature_dim == fg.feature_dim == N_USERS + 2 * N_ITEMS + 2 + N_ITEMS
+    assert fg.group_names == ("user", "item", "time", "recent_mean", "recent", "implicit")
+    assert design.feature_dim == fg.feature_dim == N_USERS + 2 * N_ITEMS + 2 + 1 + N_ITEMS
     assert [b.table.shape for b in design.relations] == [(len(train), N_ITEMS), (N_USERS, N_ITEMS)]
     part = design.take([4, 1])
     np.testing.assert_array_equal(part.to_csr().toarray(), design.to_csr().toarray()[[4, 1]])
@@ -101,7 +124,8 @@ def test_folded_user_vectors_reproduce_the_fm_score_of_full_rows():
     """Serving-time rows (user part + one video) scored by the brute-force FM equal
     U @ I.T + offsets from recsys.vectors with FeatureGroups.user_part."""
     train = ratings()
-    fg = FeatureGroups(FeatureGroupsConfig(implicit=True, recent=2, time_buckets=3), train, N_USERS, N_ITEMS)
+    train["star_rating"] = np.float32([5, 3, 4, 1, 2, 5, 4, 3, 2])
+    fg = FeatureGroups(FeatureGroupsConfig(implicit=True, recent=2, time_buckets=3, recent_mean=2), train, N_USERS, N_ITEMS)
     rng = np.random.default_rng(0)
     d, k = fg.feature_dim, 3
     fm = FittedFM(0.3, rng.normal(size=d), rng.normal(size=(d, k)), metadata={"n_users": N_USERS, "n_items": N_ITEMS})
@@ -122,6 +146,8 @@ def test_invalid_config_and_inputs():
         FeatureGroupsConfig(time_buckets=1)
     with pytest.raises(ConfigError):
         FeatureGroupsConfig(implicit="yes")
+    with pytest.raises(ConfigError, match="recent_mean"):
+        FeatureGroupsConfig(recent_mean=2.5)
     fg = FeatureGroups(FeatureGroupsConfig(), ratings(), N_USERS, N_ITEMS)
     with pytest.raises(DataError, match="item indices"):
         fg.design(pd.DataFrame({"user": [0], "item": [N_ITEMS], "review_date": [pd.NaT]}), training=False)

@@ -216,6 +216,35 @@ def test_linear_gaussian_posterior_is_the_ridge_solution():
     np.testing.assert_allclose(draws.std(0), sd, rtol=0.1)
 
 
+def test_a_linear_only_group_is_bayesian_linear_regression_at_any_num_factors():
+    """Columns of a group in LINEAR_GROUPS keep zero factors: with every column in one, the FM at
+    num_factors = 2 is Bayesian linear regression, whose posterior is the ridge solution."""
+    X, y = _linear_problem()
+    design = GroupedDesign(sp.csr_matrix(X), groups=np.zeros(X.shape[1], dtype=np.int64), group_names=("recent_mean",))
+    sampler = GibbsSampler(design, y, num_factors=2, fixed_alpha=4.0, sample_hyper=False, seed=1)
+    sampler.hyper = _gibbs.Hyper(np.array([0.1]), np.array([2.0]), np.zeros((1, 2)), np.ones((1, 2)))
+    draws = _chain_mean(sampler, 6000)
+    assert not sampler.V.any()
+    mean, cov, _ = _posterior(X, y, 4.0, 2.0, 0.1)
+    sd = np.sqrt(np.diag(cov))
+    np.testing.assert_array_less(np.abs(draws.mean(0) - mean), 6 * sd / np.sqrt(6000 / 10))
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.1)
+
+
+@pytest.mark.parametrize("native", PATHS)
+def test_a_linear_only_column_next_to_factor_groups_keeps_zero_factors_and_exact_residuals(native):
+    design, y = small_design(seed=3, n=30)
+    names = ("user", "item", "recent_mean", "r1", "r2")  # group 2: the multi-hot columns, linear only
+    design = GroupedDesign(design.X, design.relations, design.groups, names)
+    sampler = GibbsSampler(design, y, num_factors=3, seed=2, native=native)
+    cols = design.groups == 2
+    for _ in range(15):
+        sampler.sweep()
+    assert not sampler.V[cols].any() and sampler.V[~cols].any() and sampler.w[cols].any()
+    full = fm_brute_force(sampler.w0, sampler.w, sampler.V, design.to_csr())
+    np.testing.assert_allclose(sampler.e, y - full, atol=1e-8)
+
+
 def test_sampled_noise_precision_matches_one_dimensional_quadrature():
     """Fixed prior on w, noise precision alpha ~ Gamma(ALPHA_0/2, BETA_0/2) sampled: E[w | y] is
     the integral of the ridge mean over p(alpha | y), computed on a grid."""
@@ -296,7 +325,7 @@ def test_averaged_predictions_equal_the_average_of_brute_force_predictions(class
     fm = train_fm_mcmc(train, y[:18], params, eval_set=(held, y[18:]))
     assert len(fm.samples) == kept
     Xh = held.to_csr()
-    link = ndtr if classifier else (lambda z: z)
+    link = ndtr if classifier else (lambda z: np.minimum(np.maximum(z, y[:18].min()), y[:18].max()))  # in range
     per_sample = np.array([link(fm_brute_force(fm.samples.w0[s], fm.samples.w[s], fm.samples.V[s], Xh)) for s in range(kept)])
     np.testing.assert_allclose(fm.predict_score(Xh), per_sample.mean(0), rtol=1e-5, atol=1e-6)
     # the evaluation loss recorded at fit time is that of the same average

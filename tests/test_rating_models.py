@@ -31,6 +31,13 @@ def test_defaults_per_backend_and_lab():
     own = config_from_dict({"regressor": {"num_factors": 16, "solver": "sgd"}})
     assert (own.regressor.solver, own.regressor.num_factors) == ("sgd", 16)  # a config's own keys win
     assert own.classifier.solver == "mcmc"
+    # [features]: the rating level group locally, none with the lab's settings; a set key wins
+    assert local.features.recent_mean == LOCAL_BEST["features"]["recent_mean"] > 0
+    assert lab.features.recent_mean == 0
+    assert config_from_dict({"features": {"recent_mean": 0}}).features.recent_mean == 0
+    assert config_from_dict({"lab": True, "features": {"recent_mean": 4}}).features.recent_mean == 4
+    relabelled = config_from_dict({**local.to_dict(), "lab": True})  # an effective config keeps its value
+    assert relabelled.features.recent_mean == LOCAL_BEST["features"]["recent_mean"]
 
 
 def test_balanced_accuracy_by_hand():
@@ -56,11 +63,12 @@ def grouped_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pa
 
 
 def test_feature_groups_reach_the_recommendations_exactly(grouped_run: Path):
-    """The classifier trained on [user | item | time | recent | implicit] recommends with user
-    vectors folded from those groups: each list's scores are the FM of the full row."""
+    """The classifier trained on [user | item | time | recent_mean (on by default) | recent |
+    implicit] recommends with user vectors folded from those groups: each list's scores are the
+    FM of the full row."""
     m = json.loads((grouped_run / "metrics.json").read_text())
     for name in ("regressor", "classifier"):
-        assert m[name]["model"]["feature_groups"] == ["user", "item", "time", "recent", "implicit"]
+        assert m[name]["model"]["feature_groups"] == ["user", "item", "time", "recent_mean", "recent", "implicit"]
     # the regressor samples the grouped design; the recommending classifier is the SGD FM (the
     # same columns as one CSR matrix)
     assert m["regressor"]["model"]["solver"] == "mcmc" and m["classifier"]["model"]["solver"] == "sgd"
@@ -90,3 +98,33 @@ def test_a_saved_grouped_run_evaluates_to_its_own_metrics(grouped_run: Path, cap
     assert again["regressor"]["test_rmse"] == pytest.approx(m["regressor"]["test_rmse"], rel=1e-9)
     train = pd.read_parquet(grouped_run / "data" / "train.parquet")
     assert {USER, ITEM} <= set(train.columns)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "mcmc"])
+def test_regressor_predictions_stay_in_the_training_range(solver: str, tmp_path: Path):
+    import scipy.sparse as sp
+
+    from backends.local.backend import TorchBackend
+    from recsys.model import FittedFM
+    from recsys.params import FMParams
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, n = 30, 20, 600
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    X = sp.csr_matrix((np.ones(2 * n, np.float32), (np.repeat(np.arange(n), 2), np.ravel(np.c_[users, n_users + items]))),
+                      shape=(n, n_users + n_items))  # fmt: skip
+    y = np.clip(np.round(3 + rng.normal(0, 1.5, n)), 1, 5).astype(np.float32)
+    params = FMParams(num_factors=4, epochs=5, solver=solver, mcmc_burn_in=2, mcmc_samples=5, seed=0)
+    fm = TorchBackend().fit_fm(X, y, params)
+    assert fm.metadata["target_range"] == [1.0, 5.0]
+    # far-out rows: the raw output leaves [1, 5] and the prediction is the raw output clipped
+    X_far = sp.csr_matrix(X[:50].toarray() * 25.0)
+    raw = fm.decision_function(X_far)
+    assert (raw < 1).any() or (raw > 5).any()
+    np.testing.assert_allclose(fm.predict(X_far), np.minimum(np.maximum(raw, 1.0), 5.0), rtol=1e-6)
+    np.testing.assert_allclose(fm.predict(X), np.minimum(np.maximum(fm.decision_function(X), 1.0), 5.0), rtol=1e-6)
+    # a saved and loaded model keeps the range; a model without one (an older file) is unbounded
+    loaded = FittedFM.load(fm.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.predict(X_far), fm.predict(X_far))
+    bare = FittedFM(w0=fm.w0, w=fm.w, V=fm.V)
+    np.testing.assert_allclose(bare.predict(X_far), raw, rtol=1e-6)

@@ -41,7 +41,9 @@ from recsys.serving.server import BackgroundServer  # noqa: E402
 from recsys.serving.state import ServiceState, predict_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"regressor": {"epochs": 2}, "classifier": {"epochs": 2}, "ranking": {"epochs": 2}}
+# the rating models on the users-then-items one-hots only (no [features] groups): the tests
+# build one-hot rows for /invocations
+FAST = {"regressor": {"epochs": 2}, "classifier": {"epochs": 2}, "ranking": {"epochs": 2}, "features": {"recent_mean": 0}}
 
 
 # ---- fixtures ----------------------------------------------------------------------------------

@@ -154,6 +154,19 @@ def update_columns(group: ColumnGroup, data: Rows, state: dict, alpha: float, hy
         _update_disjoint(feats, rows, t, x, group.group, data, state, alpha, hyper, noise[t0 : t0 + 1])
 
 
+def update_linear(group: ColumnGroup, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
+    """Update the weights of a group fitted with a linear weight only (its factors stay 0), one
+    column after the other: ``w_j`` given the residuals, as for any column with no factors."""
+    e, w, g = state["e"], state["w"], group.group
+    for t0, j in enumerate(group.feats):
+        rows, x = group.rows[group.ptr[t0] : group.ptr[t0 + 1]], group.x[group.ptr[t0] : group.ptr[t0 + 1]]
+        s2, se = float(x @ x), float(e[rows] @ x)
+        prec = hyper.lam_w[g] + alpha * s2
+        wn = float(_draw(prec, alpha * (se + w[j] * s2) + hyper.lam_w[g] * hyper.mu_w[g], noise[t0]))
+        e[rows] -= (wn - w[j]) * x
+        w[j] = wn
+
+
 # ---------------------------------------------------------------------------------------------
 # relation blocks
 # ---------------------------------------------------------------------------------------------
@@ -332,10 +345,15 @@ class NativeUpdates:
     """Calls into ``_mcmc.c`` with scratch buffers sized once for a design. Each column group
     gets a copy of its rows laid out in entry order (the kernel then reads them sequentially)."""
 
-    def __init__(self, lib: ctypes.CDLL, data: Rows, k: int, groups: list[ColumnGroup], relations: list[Relation], Q: list[np.ndarray]):
+    def __init__(self, lib: ctypes.CDLL, data: Rows, k: int, groups: list[ColumnGroup], relations: list[Relation],
+                 Q: list[np.ndarray], zero_factors: np.ndarray | None = None):  # fmt: skip
         self.lib, self.k = lib, k
-        self.all_rows = _RowsLayout(data.X, data.indexes, Q)
-        self.group_rows = {id(g): _RowsLayout(_others(data.X, g), [i[g.rows] for i in data.indexes], Q) for g in groups}
+        X = data.X
+        if zero_factors is not None and zero_factors.any():  # columns whose factors stay 0 add nothing to q
+            X = sp.csr_matrix(X @ sp.diags((~zero_factors[: X.shape[1]]).astype(np.float64)))
+            X.eliminate_zeros()
+        self.all_rows = _RowsLayout(X, data.indexes, Q)
+        self.group_rows = {id(g): _RowsLayout(_others(X, g), [i[g.rows] for i in data.indexes], Q) for g in groups}
         longest = max([int(np.diff(g.ptr).max(initial=0)) for g in groups], default=0)
         self.el = np.empty(max(longest, 1))
         self.H = np.empty(max(longest * k, 1))

@@ -44,7 +44,7 @@ import torch
 from backends.base import TrainOptions
 from backends.local import _kernel
 from recsys.errors import ConfigError, DataError
-from recsys.model import FittedFM, check_design
+from recsys.model import FittedFM, check_design, target_range
 from recsys.params import FMParams
 
 from .training import run_epochs
@@ -472,11 +472,14 @@ def train_fm(X: sp.csr_matrix, y: np.ndarray, params: FMParams, *, eval_set: tup
     if eval_set is not None:
 
         def eval_fn() -> tuple[str, float, bool]:
-            raw = torch.from_numpy(trainer.predict_raw(X_eval))
+            raw = trainer.predict_raw(X_eval)
+            raw = torch.from_numpy(raw if classifier else np.clip(raw, *target_range(y)))  # as predict_score
             return metric, float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean()), False
 
     meta = run_epochs(trainer, params, epoch_fn, loss_name=metric, eval_fn=eval_fn, options=options,
                       desc=f"FM {params.predictor_type}")  # fmt: skip
     meta["train_rows"] = n
+    if not classifier:
+        meta["target_range"] = target_range(y)
     meta.update(options.metadata or {})
     return trainer.to_artifact(meta)

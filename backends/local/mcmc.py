@@ -42,8 +42,8 @@ from backends.base import TrainOptions
 from backends.local import _gibbs
 from backends.local.training import run_epochs
 from recsys.errors import DataError, ModelFitError
-from recsys.feature_groups import GroupedDesign
-from recsys.model import FittedFM, PosteriorSamples, check_design
+from recsys.feature_groups import LINEAR_GROUPS, GroupedDesign
+from recsys.model import FittedFM, PosteriorSamples, check_design, target_range
 from recsys.params import FMParams
 
 __all__ = ["train_fm_mcmc", "GibbsSampler", "FMOutput"]
@@ -130,11 +130,12 @@ class GibbsSampler:
         self.design = design
         self.n, self.d, self.k = design.n_rows, design.feature_dim, int(num_factors)
         self.classifier = classifier
+        names = design.group_names if groups is None else ()  # group names go with the design's ids
         groups = design.groups if groups is None else groups
         groups = np.zeros(self.d, dtype=np.int64) if groups is None else np.asarray(groups)
         if groups.shape != (self.d,):
             raise DataError(f"groups must have one entry per feature ({self.d}), got shape {groups.shape}")
-        _, self.col_group = np.unique(groups, return_inverse=True)
+        ids, self.col_group = np.unique(groups, return_inverse=True)
         self.col_group = self.col_group.astype(np.int64)
         self.n_groups = int(self.col_group.max()) + 1
         self.group_size = np.bincount(self.col_group, minlength=self.n_groups).astype(np.float64)
@@ -146,6 +147,9 @@ class GibbsSampler:
         self.w0 = 0.0
         self.w = np.zeros(self.d)
         self.V = np.ascontiguousarray(self.rng.standard_normal((self.d, self.k)) * init_sigma)
+        # groups fitted with a linear weight only (recsys.feature_groups.LINEAR_GROUPS): factors 0
+        linear = np.array([int(i) < len(names) and names[int(i)] in LINEAR_GROUPS for i in ids], dtype=bool)
+        self.V[linear[self.col_group]] = 0.0
         G, k = self.n_groups, self.k
         self.hyper = _gibbs.Hyper(np.zeros(G), np.ones(G), np.zeros((G, k)), np.ones((G, k)))
         self.alpha = 1.0 if fixed_alpha is None else float(fixed_alpha)
@@ -154,11 +158,11 @@ class GibbsSampler:
         # per-row columns by group, then relation blocks
         self.rows = _gibbs.Rows(design.X, [b.index for b in design.relations])
         dx = design.X.shape[1]
-        self.column_groups = [
-            _gibbs.ColumnGroup(self.rows.Xc, np.flatnonzero(self.col_group[:dx] == g), g)
-            for g in range(G)
-            if np.any(self.col_group[:dx] == g)
-        ]
+        self.column_groups, self.linear_groups = [], []
+        for g in range(G):
+            if np.any(self.col_group[:dx] == g):
+                group = _gibbs.ColumnGroup(self.rows.Xc, np.flatnonzero(self.col_group[:dx] == g), g)
+                (self.linear_groups if linear[g] else self.column_groups).append(group)
         self.relations: list[_gibbs.Relation] = []
         off = dx
         for pos, block in enumerate(design.relations):
@@ -173,7 +177,8 @@ class GibbsSampler:
         if native and lib is None:
             raise RuntimeError("native=True but the native Gibbs kernel is not built")
         self._native = (
-            _gibbs.NativeUpdates(lib, self.rows, self.k, self.column_groups, self.relations, self.Q) if lib else None
+            _gibbs.NativeUpdates(lib, self.rows, self.k, self.column_groups, self.relations, self.Q,
+                                 zero_factors=linear[self.col_group]) if lib else None
         )
 
     @property
@@ -229,6 +234,8 @@ class GibbsSampler:
         for group in self.column_groups:
             noise = rng.standard_normal((len(group.feats), self.k + 1))
             columns(group, self.rows, state, self.alpha, self.hyper, noise)
+        for group in self.linear_groups:
+            _gibbs.update_linear(group, state, self.alpha, self.hyper, rng.standard_normal(len(group.feats)))
         relation = self._native.relation if self._native else _gibbs.update_relation
         for rel in self.relations:
             noise = rng.standard_normal((rel.width, self.k + 1))
@@ -294,7 +301,7 @@ class _Posterior:
         if self.eval_output is None:
             return None
         raw = self.eval_output(sm.w0, sm.w, sm.V)
-        self.eval_sum += ndtr(raw) if sm.classifier else raw
+        self.eval_sum += ndtr(raw) if sm.classifier else np.clip(raw, *target_range(sm.y))  # as predict_score
         return self.eval_sum / self.count
 
     def artifact(self, params: FMParams, meta: dict[str, Any]) -> FittedFM:
@@ -374,6 +381,6 @@ def train_fm_mcmc(
                           options=options, desc=f"FM {params.predictor_type} (MCMC)")  # fmt: skip
     meta.update({"backend": "torch", "solver": "mcmc", "train_rows": sampler.n, "native_kernel": sampler.native})
     if not classifier:
-        meta["noise_precision"] = sampler.alpha
+        meta.update(noise_precision=sampler.alpha, target_range=target_range(y))
     meta.update(metadata or {})
     return posterior.artifact(params, meta)

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from backends.base import TrainOptions
 from recsys.errors import BackendError, ConfigError, DataError
-from recsys.model import FittedFM, check_design
+from recsys.model import FittedFM, check_design, target_range
 from recsys.params import FMParams
 
 from .artifacts import read_fm_artifact
@@ -134,6 +134,8 @@ def fit_fm(
         "region": aws.region, "image_uri": image, "instance_type": aws.config.train_instance_type,
         "instance_count": n_shards, "hyperparameters": hyperparameters, "train_rows": int(X.shape[0]),
     }  # fmt: skip
+    if not classifier:  # predictions are kept in this range locally (FittedFM.predict_score)
+        meta["target_range"] = target_range(y)
     config = {**params.to_dict(), "feature_dim": X.shape[1]}
     if aws.dry_run:
         fm = FittedFM(w0=0.0, w=np.zeros(X.shape[1], np.float32), V=np.zeros((X.shape[1], params.num_factors), np.float32),
@@ -182,7 +184,7 @@ def _evaluate_on_endpoint(aws: AWS, fm: FittedFM, X_eval: sp.csr_matrix, deploy:
     if aws.dry_run:
         return
     remote = np.array([float(p["score"]) for p in predictions])
-    local = fm.predict_score(X_eval)
+    local = fm.predict_score(X_eval) if fm.is_classifier else fm.decision_function(X_eval)  # the endpoint's: unclipped
     diff = float(np.max(np.abs(remote - local))) if len(local) else 0.0
     aws.endpoint_checks.append({
         "model": fm.metadata.get("training_job_name"), "predictor_type": fm.predictor_type, "endpoint": endpoint.name,

@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.errors import BackendError, RecsysError
-from recsys.model import FittedFM, sigmoid
+from recsys.model import FittedFM
 
 from .config import DEFAULT_MODEL, check_model
 from .protocol import RequestError, decode_request, encode_predictions
@@ -53,10 +53,7 @@ def predict_rows(fm: FittedFM, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray
             f"instances {bad[:10].tolist()} score to {raw[bad[0]]} (the FM's arithmetic overflows; the "
             f"largest |feature value| is {largest:.3g}); send smaller feature values",
         )  # fmt: skip
-    if fm.samples is not None or fm.link != "logit":  # a Bayesian FM: its own link and sample average
-        scores = fm.predict_score(X)
-    else:
-        scores = sigmoid(raw) if fm.is_classifier else raw
+    scores = fm.predict_score(X) if fm.samples is not None else fm.score_of(raw)  # samples: their average
     return scores, (scores >= 0.5).astype(np.float64) if fm.is_classifier else None
 
 
