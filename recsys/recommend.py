@@ -151,10 +151,7 @@ class Recommender:
         k = check_k(k)
         exclude = self.seen[users] if exclude_seen and self.seen is not None else None
         ids, scores = self._search(self.user_vectors[users], self.offsets[users], k, exclude)
-        if scalar:
-            keep = ids[0] >= 0
-            return ids[0][keep], scores[0][keep]
-        return ids, scores
+        return (ids[0][ids[0] >= 0], scores[0][ids[0] >= 0]) if scalar else (ids, scores)
 
     def top_lists(self, users: np.ndarray, k: int, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`recommend` as int32 ids / float32 scores, 65,536 users at a time (all at once
