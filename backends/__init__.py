@@ -1,12 +1,7 @@
-"""Backends behind one contract (:mod:`backends.base`), chosen by name with :func:`get_backend`.
-
-* ``"torch"`` -- local: a PyTorch factorization machine (with an optional native training
-  kernel) and FAISS k-NN (:mod:`backends.local`).
-* ``"sagemaker"`` -- Amazon SageMaker's built-in FM and k-NN (:mod:`backends.sagemaker`), needs
-  ``pip install 'recsys[sagemaker]'``.
-
-This module is the only place that knows backends by name: everything else reads the
-capabilities a backend declares (:class:`backends.base.Backend`).
+"""Backends behind one contract (:mod:`backends.base`), chosen by name with :func:`get_backend`:
+``"torch"`` (local: PyTorch FM and FAISS k-NN, :mod:`backends.local`) or ``"sagemaker"``
+(SageMaker's built-in FM and k-NN, needs ``pip install 'recsys[sagemaker]'``). This module is
+the only place that knows backends by name; everything else reads their declared capabilities.
 """
 
 from __future__ import annotations
@@ -28,10 +23,8 @@ def available_backends() -> tuple[str, ...]:
 
 
 def backend_class(name: str) -> type:
-    """The :class:`backends.base.Backend` subclass called ``name`` (``"torch"`` or ``"sagemaker"``).
-
-    Heavy optional dependencies are imported only when a backend is built, not here.
-    """
+    """The :class:`backends.base.Backend` subclass called ``name`` (imported only now: heavy
+    optional dependencies)."""
     key = _ALIASES.get(name.lower()) if isinstance(name, str) else None
     if key is None:
         raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(available_backends())}")
@@ -59,7 +52,6 @@ def load_knn(path: str | os.PathLike):
         stamp = json.loads((path / "config.json").read_text(encoding="utf-8")).get("format")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
         raise ModelFormatError(f"{path} is not a saved recsys k-NN index ({type(exc).__name__})") from exc
-    loaders = {KNN_FORMAT: FaissIndex.load}
-    if stamp not in loaders:
-        raise ModelFormatError(f"{path}: unknown k-NN index format {stamp!r}; this recsys reads {', '.join(loaders)}")
-    return loaders[stamp](path)
+    if stamp != KNN_FORMAT:
+        raise ModelFormatError(f"{path}: unknown k-NN index format {stamp!r}; this recsys reads {KNN_FORMAT}")
+    return FaissIndex.load(path)

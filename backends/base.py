@@ -1,14 +1,8 @@
-"""The contract every backend implements.
-
-A backend trains factorization machines and builds/queries k-NN indexes. What goes in and out
-is backend-neutral: a float32 CSR design matrix and labels in, a :class:`recsys.model.FittedFM`
-out; float32 vectors in, a :class:`KNNIndex` out whose ``search`` returns ``(ids, scores)``.
-Everything else (loading, preparation, vectors, evaluation, reports) lives once in ``recsys``.
-
-What callers may rely on is declared here: the capabilities of a backend
-(:attr:`Backend.ranking_losses`, :attr:`Backend.remote`, :attr:`Backend.supports_dry_run`) and
-the limits of an index (:attr:`KNNIndex.max_k`, :attr:`KNNIndex.batch_size`). Searching with
-videos to skip (``search(..., exclude=seen)``) is implemented once, in :class:`KNNIndex`.
+"""The contract every backend implements: train FMs (float32 CSR + labels in, a
+:class:`recsys.model.FittedFM` out) and build k-NN indexes (float32 vectors in, a
+:class:`KNNIndex` out). Everything else lives once in ``recsys``. Callers read the capabilities
+declared here (:class:`Backend` class attributes, :attr:`KNNIndex.max_k` / ``batch_size``)
+instead of comparing names; the exclusion search is implemented once, in :class:`KNNIndex`.
 """
 
 from __future__ import annotations
@@ -51,20 +45,14 @@ Callback = Callable[[EpochInfo], "bool | None"]
 
 @dataclass
 class TrainOptions:
-    """How to train, whatever the model and the backend.
-
-    ``callbacks`` run after every epoch (local backend only), ``show_progress`` shows a
-    progress bar, ``metadata`` is merged into the fitted model's ``metadata``.
-    """
+    """``callbacks`` run after every epoch (local backend only); ``metadata`` is merged into
+    the fitted model's."""
 
     callbacks: Sequence[Callback] = ()
     show_progress: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------
-# k-NN
-# ---------------------------------------------------------------------------------------------
 def as_vectors(name: str, x: Any, dim: int | None = None) -> np.ndarray:
     """``x`` as a C-contiguous float32 (n, dim) array of finite values (1-D = one row)."""
     x = np.asarray(x)
@@ -126,27 +114,16 @@ def drop_excluded(
 
 
 class KNNIndex(abc.ABC):
-    """A nearest-neighbour index over row vectors (for recsys: one row per item).
+    """A nearest-neighbour index over ``ntotal`` row vectors of width ``dim`` (one per item).
+    Subclasses implement :meth:`_search`; :meth:`search` validates, batches and skips excluded
+    ids once for every index."""
 
-    Subclasses implement :meth:`_search`; :meth:`search` validates, batches and implements
-    the exclusion search once for every index.
-
-    Attributes
-    ----------
-    metric : {"INNER_PRODUCT", "COSINE", "L2"}
-    ntotal, dim : int
-        Number and width of the indexed vectors.
-    max_k : int or None
-        The deepest search the index can answer (SageMaker's k-NN returns a fixed ``k`` set at
-        training); None: ``ntotal``.
-    batch_size : int or None
-        Queries per :meth:`_search` call (bounded memory); None: all at once (one remote job).
-    """
-
-    metric: str
+    metric: str  # INNER_PRODUCT, COSINE or L2
     ntotal: int
     dim: int
+    #: The deepest search the index can answer (SageMaker's k-NN: the k set at training); None: ntotal.
     max_k: int | None = None
+    #: Queries per :meth:`_search` call; None: all at once (one remote job).
     batch_size: int | None = None
 
     @abc.abstractmethod
@@ -166,25 +143,12 @@ class KNNIndex(abc.ABC):
     def search(
         self, queries: Any, k: int, *, exclude: sp.spmatrix | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` neighbours of each query row.
+        """Top-``k`` neighbours of each query row (1-D: one query), skipping the ids in that
+        row of ``exclude`` (sparse (n, ntotal), e.g. the videos a customer rated).
 
-        Parameters
-        ----------
-        queries : array (n, dim)
-            A 1-D array is one query.
-        k : int
-            Neighbours per query; the result has ``min(k, ntotal)`` columns.
-        exclude : sparse (n, ntotal), optional
-            Ids to skip, one row per query (e.g. the videos a customer already rated).
-
-        Returns
-        -------
-        ids : int64 (n, min(k, ntotal))
-            Row numbers of the indexed vectors, best first, ties by lower id; -1 pads rows
-            with fewer neighbours.
-        scores : float32 (n, min(k, ntotal))
-            Similarity for ``INNER_PRODUCT`` / ``COSINE`` (higher is better), squared distance
-            for ``L2`` (lower is better); ``-inf`` / ``+inf`` in empty slots.
+        Returns ``(ids int64, scores float32)``, each (n, min(k, ntotal)), best first, ties by
+        lower id, padded with id -1 and :attr:`worst_score`. Scores are similarities for
+        ``INNER_PRODUCT`` / ``COSINE``, squared distances for ``L2``.
         """
         k = min(check_k(k), self.ntotal)
         q = as_vectors("queries", queries, self.dim)
@@ -197,47 +161,31 @@ class KNNIndex(abc.ABC):
                 raise DataError(f"exclude holds an id outside [0, {self.ntotal})")
         ids = np.full((q.shape[0], k), -1, dtype=np.int64)
         scores = np.full((q.shape[0], k), self.worst_score, dtype=np.float32)
-        if q.shape[0] == 0:
-            return ids, scores
         for rows, depth in self._groups(q.shape[0], exclude, k):
             i, s = self._deep_search(q[rows], k, depth, None if exclude is None else exclude[rows])
             ids[rows], scores[rows] = i, s
         return ids, scores
 
-    # ---- the exclusion search, once for every index -----------------------------------------
     def _groups(self, n: int, exclude: sp.csr_matrix | None, k: int) -> list[tuple[np.ndarray, int]]:
-        """Queries grouped by how deep they must be searched: ``k`` plus the ids they exclude
-        plus one (so that a tie at the k-th place can be seen).
-
-        An index with a fixed depth (``max_k``) is searched in one go. Otherwise queries are
-        grouped by their excluded count rounded up to a power of two, small groups merged
-        upwards while the depth at most doubles, so a few heavy raters do not make every
-        query deep (a flat search of fewer than ~4,096 queries ran at half speed per query)."""
+        """Queries grouped by search depth: ``k`` + the ids they exclude + 1 (to see a tie at
+        the k-th place). Grouped by excluded count rounded up to a power of two, small groups
+        merged upwards while the depth at most doubles, so a few heavy raters do not make every
+        query deep (a flat search of fewer than ~4,096 queries ran at half speed per query);
+        an index with a fixed depth (``max_k``) is searched in one go."""
         n_ex = np.diff(exclude.indptr) if exclude is not None else np.zeros(n, dtype=np.int64)
         if self.max_k is not None or not n_ex.any():
             return [(np.arange(n), min(self.ntotal, k + int(n_ex.max(initial=0)) + 1))]
         group = np.where(n_ex > 0, 2 ** np.ceil(np.log2(np.maximum(n_ex, 1))), 0).astype(np.int64)
-        out: list[tuple[np.ndarray, int]] = []
-        current: list[np.ndarray] = []
-        first = 0
-
-        def flush() -> None:
-            rows = np.concatenate(current)
-            out.append((rows, min(self.ntotal, k + int(n_ex[rows].max()) + 1)))
-            current.clear()
-
+        merged: list[list[np.ndarray]] = []  # closed groups, then the open one
+        first = size = 0
         for margin in np.unique(group):
-            rows = np.flatnonzero(group == margin)
-            if current and k + margin > 2 * (k + first):
-                flush()
-            if not current:
-                first = int(margin)
-            current.append(rows)
-            if sum(len(r) for r in current) >= _MIN_GROUP:
-                flush()
-        if current:
-            flush()
-        return out
+            if not merged or size >= _MIN_GROUP or k + margin > 2 * (k + first):
+                merged.append([])
+                first, size = int(margin), 0
+            merged[-1].append(np.flatnonzero(group == margin))
+            size += len(merged[-1][-1])
+        groups = [np.concatenate(g) for g in merged]
+        return [(rows, min(self.ntotal, k + int(n_ex[rows].max()) + 1)) for rows in groups]
 
     def _batched(self, q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         bs = self.batch_size or max(len(q), 1)
@@ -299,32 +247,19 @@ class KNNIndex(abc.ABC):
         raise BackendError(f"a {type(self).__name__} cannot be saved locally")
 
 
-# ---------------------------------------------------------------------------------------------
-# backends
-# ---------------------------------------------------------------------------------------------
 class Backend(abc.ABC):
-    """Trains factorization machines and builds k-NN indexes.
-
-    Capabilities (class attributes; callers read these instead of comparing names):
-
-    ``solvers``
-        The FM solvers :meth:`fit_fm` runs (``"sgd"``; the local backend also ``"mcmc"``).
-    ``ranking_losses``
-        The ranking losses :meth:`fit_fm_ranking` trains, best first (``"auto"`` resolves to
-        the first). ``"classifier"`` (observed vs sampled unobserved pairs through
-        :meth:`fit_fm`) works on every backend.
-    ``remote``
-        Training and search are paid remote jobs: extra searches a run only needs for
-        comparison are done locally.
-    ``supports_dry_run``
-        ``dry_run=True`` records every request without sending it.
-    """
+    """Trains factorization machines and builds k-NN indexes; its capabilities are class
+    attributes."""
 
     name: ClassVar[str]
     #: FM solvers :meth:`fit_fm` runs (``FMParams.solver``).
     solvers: ClassVar[tuple[str, ...]] = ("sgd",)
+    #: Ranking losses :meth:`fit_fm_ranking` trains, best first ("auto": the first);
+    #: "classifier" (sampled negatives through :meth:`fit_fm`) works everywhere.
     ranking_losses: ClassVar[tuple[str, ...]] = ("classifier",)
+    #: Training and search are paid remote jobs (searches only for comparison are done locally).
     remote: ClassVar[bool] = False
+    #: ``dry_run=True`` records every request without sending it.
     supports_dry_run: ClassVar[bool] = False
     #: The run configuration's section holding this backend's options (``[sagemaker]``), if any.
     options_section: ClassVar[str | None] = None
@@ -388,9 +323,8 @@ class Backend(abc.ABC):
         return ""
 
     def plan_requests(self) -> list[dict[str, Any]]:
-        """Every request a run sends (or, in a dry run, would send), in order: ``{"api",
-        "request", ...}`` dicts, written by a dry run to ``<out>/plan.json``; ``[]`` for
-        backends that call no remote service."""
+        """Every request a run sends (or would send), in order, as ``{"api", "request", ...}``
+        dicts (a dry run's ``plan.json``)."""
         return []
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for local backends

@@ -1,8 +1,5 @@
-"""Rating evaluation shared by every backend: regression and classification metrics next to
-their naive baselines, and the lab's sanity checks on the predictions.
-
-All functions take plain arrays (true values, predictions, training labels) so they work for a
-model from any backend. Every metric is reported next to the baseline it must beat.
+"""Rating evaluation shared by every backend, from plain arrays: regression and classification
+metrics next to the baselines they must beat, and the lab's sanity checks on the predictions.
 """
 
 from __future__ import annotations
@@ -26,34 +23,25 @@ def _as_1d(name: str, a: Any) -> np.ndarray:
     return a
 
 
+def _arrays(y_true: Any, pred: Any, y_train: Any, pred_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y, p, y_tr = _as_1d("y_true", y_true), _as_1d(pred_name, pred), _as_1d("y_train", y_train)
+    if y.shape != p.shape:
+        raise DataError(f"y_true has {y.size} values but {pred_name} has {p.size}")
+    return y, p, y_tr
+
+
 def _errors(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     d = p - y
     mse = float(np.mean(d * d))
     return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(d)))}
 
 
-def regression_report(
-    y_true: Any,
-    y_pred: Any,
-    y_train: Any,
-    *,
-    items_test: Any = None,
-    items_train: Any = None,
-) -> dict[str, Any]:
-    """Test MSE / RMSE / MAE of ``y_pred`` next to two baselines.
-
-    * naive: predict the training mean for everything (the lab's baseline);
-    * per-item mean: predict each item's training mean (the global mean for unseen items) --
-      only when ``items_test`` and ``items_train`` are given.
-
-    Keys: ``test_mse, test_rmse, test_mae, naive_mse, naive_rmse, naive_mae`` (+ ``item_mean_*``),
-    and ``rmse_improvement_over_naive`` (fraction, e.g. 0.15 = 15 % lower RMSE).
-    """
-    y = _as_1d("y_true", y_true)
-    p = _as_1d("y_pred", y_pred)
-    y_tr = _as_1d("y_train", y_train)
-    if y.shape != p.shape:
-        raise DataError(f"y_true has {y.size} values but y_pred has {p.size}")
+def regression_report(y_true: Any, y_pred: Any, y_train: Any, *, items_test: Any = None, items_train: Any = None) -> dict[str, Any]:
+    """Test MSE / RMSE / MAE (``test_*``) next to predicting the training mean (``naive_*``, the
+    lab's baseline) and, given ``items_test`` and ``items_train``, each item's training mean
+    (``item_mean_*``; the global mean for unseen items); ``rmse_improvement_over_naive`` is a
+    fraction (0.15 = 15 % lower RMSE)."""
+    y, p, y_tr = _arrays(y_true, y_pred, y_train, "y_pred")
     out: dict[str, Any] = {f"test_{k}": v for k, v in _errors(y, p).items()}
     mean = float(y_tr.mean())
     out["train_mean"] = mean
@@ -87,19 +75,10 @@ def _binary_metrics(y: np.ndarray, label: np.ndarray) -> dict[str, float]:
 
 
 def classification_report(y_true: Any, proba: Any, y_train: Any, *, threshold: float = 0.5) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1, ROC AUC, log loss and the confusion matrix of P(y=1)
-    ``proba`` (label = proba >= ``threshold``), next to the baselines:
-
-    * majority class: always predict the class that is most frequent in *training*;
-    * always 1: always predict the positive class.
-
-    ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]``.
-    """
-    y = _as_1d("y_true", y_true)
-    p = _as_1d("proba", proba)
-    y_tr = _as_1d("y_train", y_train)
-    if y.shape != p.shape:
-        raise DataError(f"y_true has {y.size} values but proba has {p.size}")
+    """Accuracy, precision, recall, F1, ROC AUC, log loss and the confusion matrix
+    ``[[tn, fp], [fn, tp]]`` of P(y=1) ``proba`` (label = proba >= ``threshold``), next to
+    always predicting the majority class of *training* (``baseline_*``) and always 1."""
+    y, p, y_tr = _arrays(y_true, proba, y_train, "proba")
     if not np.isin(y, (0.0, 1.0)).all() or not np.isin(y_tr, (0.0, 1.0)).all():
         raise DataError("classification labels must be 0 or 1")
     if (p < 0).any() or (p > 1).any():
@@ -114,14 +93,12 @@ def classification_report(y_true: Any, proba: Any, y_train: Any, *, threshold: f
     out["positive_rate_test"] = float(y.mean())
     majority = 1.0 if y_tr.mean() >= 0.5 else 0.0
     out["majority_class"] = int(majority)
-    base = _binary_metrics(y, np.full_like(y, majority))
-    out.update({f"baseline_{k}": v for k, v in base.items()})
+    out.update({f"baseline_{k}": v for k, v in _binary_metrics(y, np.full_like(y, majority)).items()})
     # log loss of predicting the training positive rate for everyone
     rate = float(np.clip(y_tr.mean(), 1e-15, 1 - 1e-15))
     out["baseline_log_loss"] = float(skm.log_loss(y, np.full_like(y, rate), labels=[0.0, 1.0]))
     out["baseline_auc"] = 0.5
-    ones = _binary_metrics(y, np.ones_like(y))
-    out.update({f"always1_{k}": v for k, v in ones.items()})
+    out.update({f"always1_{k}": v for k, v in _binary_metrics(y, np.ones_like(y)).items()})
     return out
 
 
@@ -130,13 +107,8 @@ def prediction_summary(pred: Any, *, bins: int = 40, valid_range: tuple[float, f
     ``valid_range`` (e.g. the rating scale) also how many fall outside it."""
     p = _as_1d("predictions", pred)
     counts, edges = np.histogram(p, bins=bins)
-    out: dict[str, Any] = {
-        "min": float(p.min()),
-        "max": float(p.max()),
-        "mean": float(p.mean()),
-        "std": float(p.std()),
-        "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-    }
+    out: dict[str, Any] = {"min": float(p.min()), "max": float(p.max()), "mean": float(p.mean()), "std": float(p.std()),
+                           "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}  # fmt: skip
     if valid_range is not None:
         lo, hi = valid_range
         out["valid_range"] = [float(lo), float(hi)]

@@ -52,9 +52,7 @@ class FeatureLayout:
             if not isinstance(value, (int, np.integer)) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         if self.history_weighting not in HISTORY_WEIGHTINGS:
-            raise ConfigError(
-                f"history_weighting must be one of {', '.join(HISTORY_WEIGHTINGS)}, got {self.history_weighting!r}"
-            )
+            raise ConfigError(f"history_weighting must be one of {', '.join(HISTORY_WEIGHTINGS)}, got {self.history_weighting!r}")
 
     @property
     def item_offset(self) -> int:
@@ -104,25 +102,17 @@ class RankingData:
         self.users = np.asarray(self.users, dtype=np.int64)
         self.items = np.asarray(self.items, dtype=np.int64)
         if self.users.ndim != 1 or self.users.shape != self.items.shape:
-            raise DataError(
-                f"users and items must be 1-D arrays of equal length, got shapes {self.users.shape} and {self.items.shape}"
-            )
-        if self.users.size and (
-            self.users.min() < 0 or self.users.max() >= layout.n_users
-            or self.items.min() < 0 or self.items.max() >= layout.n_items
-        ):  # fmt: skip
-            raise DataError(
-                f"user indices must be in [0, {layout.n_users}) and item indices in [0, {layout.n_items})"
-            )
+            raise DataError(f"users and items must be 1-D arrays of equal length, got shapes {self.users.shape} and {self.items.shape}")
+        if self.users.size and (min(self.users.min(), self.items.min()) < 0 or self.users.max() >= layout.n_users
+                                or self.items.max() >= layout.n_items):  # fmt: skip
+            raise DataError(f"user indices must be in [0, {layout.n_users}) and item indices in [0, {layout.n_items})")
         if self.user_part is None:
             if layout.history_length:
                 raise DataError("a layout with history needs user_part (recsys.features.pair_user_features)")
             self.user_part = _user_part(layout, self.users, None)
         self.user_part = sp.csr_matrix(self.user_part, dtype=np.float32)
         if self.user_part.shape != (len(self.users), layout.feature_dim):
-            raise DataError(
-                f"user_part must have shape ({len(self.users)}, {layout.feature_dim}), got {self.user_part.shape}"
-            )
+            raise DataError(f"user_part must have shape ({len(self.users)}, {layout.feature_dim}), got {self.user_part.shape}")
 
     def __len__(self) -> int:
         return int(self.users.size)
@@ -149,18 +139,21 @@ def _normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(scale) @ m, dtype=np.float32)
 
 
-def _user_part(layout: FeatureLayout, users: np.ndarray, history: sp.csr_matrix | None) -> sp.csr_matrix:
-    n = len(users)
-    onehot = sp.csr_matrix(
-        (np.ones(n, dtype=np.float32), (np.arange(n), users)), shape=(n, layout.feature_dim)
-    )
-    if history is None or not layout.history_length:
-        return onehot
-    hist = sp.csr_matrix(history, dtype=np.float32)
-    shifted = sp.csr_matrix((hist.data, hist.indices + layout.history_offset, hist.indptr), shape=(n, layout.feature_dim))
-    out = (onehot + shifted).tocsr()
+def _plus_onehot(layout: FeatureLayout, m: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
+    """``m`` (len(cols), feature_dim) plus a one in column ``cols[r]`` of each row r."""
+    n = len(cols)
+    onehot = sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), cols)), shape=(n, layout.feature_dim))
+    out = (sp.csr_matrix(m, dtype=np.float32) + onehot).tocsr()
     out.sort_indices()
     return out
+
+
+def _user_part(layout: FeatureLayout, users: np.ndarray, history: sp.csr_matrix | None) -> sp.csr_matrix:
+    n = len(users)
+    if history is None or not layout.history_length:
+        return sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), users)), shape=(n, layout.feature_dim))
+    hist = sp.csr_matrix(history, dtype=np.float32)
+    return _plus_onehot(layout, sp.csr_matrix((hist.data, hist.indices + layout.history_offset, hist.indptr), shape=(n, layout.feature_dim)), users)
 
 
 def user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_matrix:
@@ -205,10 +198,4 @@ def design_rows(layout: FeatureLayout, user_part: sp.csr_matrix, items: Any) -> 
     items = np.asarray(items, dtype=np.int64)
     if user_part.shape[0] != len(items):
         raise DataError(f"user_part has {user_part.shape[0]} rows but {len(items)} items were given")
-    onehot = sp.csr_matrix(
-        (np.ones(len(items), dtype=np.float32), (np.arange(len(items)), items + layout.item_offset)),
-        shape=(len(items), layout.feature_dim),
-    )
-    out = (sp.csr_matrix(user_part, dtype=np.float32) + onehot).tocsr()
-    out.sort_indices()
-    return out
+    return _plus_onehot(layout, user_part, items + layout.item_offset)

@@ -1,18 +1,12 @@
-"""Vectors for customers the model was not trained on: "fold-in".
+"""Vectors for customers the model was not trained on ("fold-in"), from the catalogue videos
+they watched, every model parameter fixed; they then go through the same exact k-NN:
 
-A customer who is not in the trained model (filtered out by the long-tail rule, or a new
-sign-up) but has watched videos of the catalogue gets a user vector computed from those videos,
-with every model parameter fixed, and then goes through the same exact k-NN as everyone else:
-
-* **models with a recent-history block** (the default ranking objective, :mod:`recsys.features`):
-  the customer's side of a row is their last ``history_length`` videos; a customer the model
-  has never seen simply has no user one-hot. The user vector is ``[sum_h x_h V_h, 1]`` and the
-  offset is the FM output of that history part -- the model's own score, exactly as for a
-  trained customer, minus the one-hot user term it does not have.
-* **one-hot models** (the lab's classifier path): the user's bias and factors ``[w_u, V_u]`` are
-  solved by ridge regression against the fixed item parameters, as implicit's
-  ``recalculate_user`` does for ALS: every watched video is a positive with target logit
-  :data:`POSITIVE_LOGIT`, i.e. ``min sum_i (t - w0 - w_i - w_u - <V_u, V_i>)^2 + lam |[w_u, V_u]|^2``.
+* **models with a recent-history block** (:mod:`recsys.features`): the customer's side of a row
+  is their last ``history_length`` videos without a user one-hot, so the user vector is
+  ``[sum_h x_h V_h, 1]`` and the offset the FM output of that part -- the model's own score.
+* **one-hot models** (the lab's classifier): ``[w_u, V_u]`` is solved by ridge regression
+  against the fixed item parameters (as implicit's ``recalculate_user`` for ALS), every watched
+  video a positive with target logit :data:`POSITIVE_LOGIT`.
 
 Histories are lists of item indices, oldest first (only the order matters).
 """
@@ -45,9 +39,8 @@ RIDGE = 1.0
 
 
 def histories_matrix(histories: Sequence[Any], n_items: int) -> sp.csr_matrix:
-    """Histories (item index sequences, oldest first) as a CSR matrix holding each watched
-    video's 1-based recency rank (1 = the most recent; a video watched twice keeps its most
-    recent rank)."""
+    """Histories (item index sequences, oldest first) as a CSR of each watched video's 1-based
+    recency rank (1 = the most recent, which a video watched twice keeps)."""
     lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
     parts = [a for a in (np.asarray(h).ravel() for h in histories) if a.size]
     items = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -71,10 +64,9 @@ def _recency_ranks(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: in
 
 
 def unique_rows(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, inverse)``: the first row of each distinct row of canonical CSR ``m`` and, per
-    row, which of them it equals (``m[first][inverse] == m``). Many customers outside the model
-    watched the same one or two videos; each distinct history is folded in and searched once.
-    Rows are grouped by a 64-bit hash of their entries, then checked entry by entry."""
+    """``(first, inverse)`` with ``m[first][inverse] == m`` for canonical CSR ``m``, by a 64-bit
+    hash of each row checked entry by entry. Many customers outside the model watched the same
+    one or two videos: each distinct history is folded in and searched once."""
     n = m.shape[0]
     nnz = np.diff(m.indptr)
     rows = np.repeat(np.arange(n), nnz)
@@ -103,8 +95,8 @@ def unique_rows(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _history_part(layout: FeatureLayout, ranks: sp.csr_matrix) -> sp.csr_matrix:
-    """The customer side of a row for a customer the model has no one-hot for: their last
-    ``history_length`` videos, weighted as in training, summing to 1."""
+    """The customer side of a row without a user one-hot: the last ``history_length`` videos,
+    weighted as in training, summing to 1."""
     ranks = ranks.tocoo()
     keep = ranks.data <= layout.history_length
     rows, cols, lag = ranks.row[keep], ranks.col[keep], ranks.data[keep]
@@ -117,9 +109,8 @@ def _history_part(layout: FeatureLayout, ranks: sp.csr_matrix) -> sp.csr_matrix:
 
 def _ridge(A: np.ndarray, r: np.ndarray, watched: sp.csr_matrix) -> np.ndarray:
     """Per customer, ``argmin_x |A_H x - r_H|^2 + RIDGE |x|^2`` over their watched rows H of
-    ``A``. Customers are grouped by |H| and solved in batches, in the dual form
-    ``x = A_H^T (A_H A_H^T + RIDGE I)^-1 r_H`` when |H| <= dim (most fold-in customers watched
-    a few videos), else in the primal form."""
+    ``A``, batched by |H|; in the dual form ``x = A_H^T (A_H A_H^T + RIDGE I)^-1 r_H`` when
+    |H| <= dim (most fold-in customers watched a few videos)."""
     n, d = watched.shape[0], A.shape[1]
     out = np.zeros((n, d))
     counts = np.diff(watched.indptr)
@@ -142,11 +133,9 @@ def _ridge(A: np.ndarray, r: np.ndarray, watched: sp.csr_matrix) -> np.ndarray:
 def fold_in_vectors(
     fm: FittedFM, layout: FeatureLayout, ranks: sp.csr_matrix
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(user_vectors float32 (n, k+1), offsets float64 (n,))`` for customers with the given
-    histories (recency ranks, :func:`histories_matrix`), such that
-    ``user_vectors @ item_vectors.T + offsets[:, None]`` is the FM score of the folded-in
-    customer (see the module docstring). An empty history gets zero factors: every score is
-    then the video's own term."""
+    """``(user_vectors float32 (n, k+1), offsets float64 (n,))`` of customers with the recency
+    ranks ``ranks``, scoring like :func:`recsys.vectors.fm_vectors`; an empty history gets zero
+    factors (every score is then the video's own term)."""
     k = fm.num_factors
     vectors = np.zeros((ranks.shape[0], k + 1), dtype=np.float32)
     vectors[:, k] = 1.0
@@ -164,18 +153,16 @@ def fold_in_vectors(
 
 @dataclass
 class Histories:
-    """What customers outside the trained model watched: their ids and a (customers x videos)
-    CSR of recency ranks (see :func:`histories_matrix`); a row may be empty (they rated only
-    videos outside the catalogue)."""
+    """What customers outside the model watched: ids and a CSR of recency ranks (a row is empty
+    when they rated only videos outside the catalogue)."""
 
     customer_ids: pd.Index
     ranks: sp.csr_matrix
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, mappings: Mappings) -> Histories:
-        """From cleaned ratings (``customer_id``, ``product_id``, date, in file order) of
-        customers not in ``mappings``: videos outside the catalogue are dropped from the
-        histories but the customer is kept."""
+        """From cleaned ratings (in file order) of customers not in ``mappings``; videos
+        outside the catalogue are dropped, their customers kept."""
         ids = _sorted_ids(frame[CUSTOMER])
         rows = ids.get_indexer(frame[CUSTOMER]).astype(np.int64)
         items = mappings.item_index(frame[PRODUCT].to_numpy())
@@ -230,16 +217,11 @@ def evaluate_everyone(
     exclude_seen: bool = True,
     test_ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Every customer's latest rating held out and ranked among the catalogue, by history
-    length (ratings before the held-out one), next to the popularity baseline on the same rows
-    (:func:`recsys.ranking.metrics_by_history`).
-
-    The model's customers are its test rows, scored by ``score_fn(user indices)``. Customers
-    outside it with >= 2 ratings hold out their latest (by date, then file order); the rest is
-    their history, from which ``fold_in(recency ranks CSR)`` returns their ``score_fn``. A
-    held-out video outside the catalogue is a miss; a customer whose history has no catalogue
-    video is ranked by popularity, as they are served. Watched videos are skipped when
-    ``exclude_seen``. ``test_ranks``: the model's ranks of its test rows, when already computed.
+    """:func:`recsys.ranking.metrics_by_history` of every customer's latest rating, ranked
+    among the catalogue: the model's test rows by ``score_fn(user indices)``; customers outside
+    it with >= 2 ratings by ``fold_in(recency ranks of the rest)`` (a held-out video outside the
+    catalogue is a miss; without a catalogue video they get popularity, as served).
+    ``test_ranks``: the model's ranks of its test rows, when already computed.
     """
     from .data.prepare import split_leave_last_out
     from .data.schema import ITEM, USER

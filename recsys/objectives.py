@@ -1,16 +1,9 @@
-"""Training the FM for ranking (``objective = "ranking"``), on any backend.
-
-The model is an FM over ``[user | candidate video | recent videos]`` (:mod:`recsys.features`)
-trained so each customer's next video scores above videos they did not pick:
-
-* ``softmax`` (local default) -- sampled softmax over ``negatives`` shared random videos;
-* ``bpr`` -- pairwise BPR against ``negatives`` random videos per observed pair;
-* ``classifier`` (SageMaker default) -- the binary classifier on observed rows (label 1) and
-  ``negatives`` sampled unobserved videos per observed row (label 0). Any backend's plain FM
-  can train this, so it is how SageMaker's built-in FM learns to rank.
-
-All three give an ordinary :class:`recsys.model.FittedFM` with its layout in the metadata, which
-goes through the same vectors -> k-NN path as the lab's classifier.
+"""Training the FM for ranking (``objective = "ranking"``), on any backend: an FM over
+``[user | candidate video | recent videos]`` (:mod:`recsys.features`) trained so each customer's
+next video scores above videos they did not pick, by ``softmax`` or ``bpr``
+(:mod:`backends.local.ranking`) or ``classifier``: observed rows (label 1) against ``negatives``
+sampled unobserved videos each (label 0), which any plain FM trains -- how SageMaker's built-in
+FM learns to rank. The result is an ordinary :class:`recsys.model.FittedFM` with its layout.
 """
 
 from __future__ import annotations
@@ -42,14 +35,8 @@ def ranking_layout(prepared: PreparedData, cfg: Any) -> FeatureLayout:
     return FeatureLayout(prepared.n_users, prepared.n_items, cfg.history_length, cfg.history_weighting)
 
 
-def sampled_classifier_data(
-    layout: FeatureLayout,
-    user_part: sp.csr_matrix,
-    users: np.ndarray,
-    items: np.ndarray,
-    negatives: int,
-    seed: int = 0,
-) -> tuple[sp.csr_matrix, np.ndarray]:
+def sampled_classifier_data(layout: FeatureLayout, user_part: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
+                            negatives: int, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:  # fmt: skip
     """Rows for the sampled-negatives classifier: every observed (user part, item) with label 1
     and ``negatives`` rows with the same user part and a random video the customer has not
     rated, label 0. Returns ``(X, y)``."""
@@ -66,26 +53,15 @@ def sampled_classifier_data(
         if not hit.any():
             break
         neg[hit] = rng.integers(0, layout.n_items, size=int(hit.sum()))
-    keep = ~np.isin(users[:, None] * layout.n_items + neg, observed)
-    rows = np.concatenate([np.arange(n), np.repeat(np.arange(n), negatives)[keep.ravel()]])
-    cand = np.concatenate([items, neg.ravel()[keep.ravel()]])
+    keep = ~np.isin(users[:, None] * layout.n_items + neg, observed).ravel()
+    rows = np.concatenate([np.arange(n), np.repeat(np.arange(n), negatives)[keep]])
     y = np.concatenate([np.ones(n, dtype=np.float32), np.zeros(int(keep.sum()), dtype=np.float32)])
-    X = design_rows(layout, user_part[rows], cand)
-    return X, y
+    return design_rows(layout, user_part[rows], np.concatenate([items, neg.ravel()[keep]])), y
 
 
-def train_ranking_model(
-    backend: Any,
-    prepared: PreparedData,
-    cfg: Any,
-    *,
-    show_progress: bool = False,
-) -> tuple[FittedFM, sp.csr_matrix]:
-    """Train the ranking FM configured by ``cfg`` (a :class:`recsys.config.RankingConfig`).
-
-    Returns the model and the customers' user features (n_users, feature_dim) to turn it into
-    k-NN vectors (:func:`recsys.vectors.fm_vectors`).
-    """
+def train_ranking_model(backend: Any, prepared: PreparedData, cfg: Any, *, show_progress: bool = False) -> tuple[FittedFM, sp.csr_matrix]:
+    """Train the ranking FM configured by ``cfg`` (a :class:`recsys.config.RankingConfig`);
+    returns it and the customers' user features (for :func:`recsys.vectors.fm_vectors`)."""
     layout = ranking_layout(prepared, cfg)
     train = prepared.train
     if len(train) == 0:

@@ -9,11 +9,9 @@ everything equally gets no credit. From the 1-based rank r:
 * NDCG@K = mean(1 / log2(r + 1) if r <= K else 0)   (one relevant item per row)
 * MRR    = mean(1 / r)
 
-List-level measures over the top-K lists actually recommended: catalogue coverage (share of
-videos that appear in at least one list), mean popularity of recommended videos (training
-ratings per video), and mean pairwise overlap between customers' lists
-(|A & B| / min(|A|, |B|), over every pair when there are at most ``pairs`` of them, else over
-that many random pairs). Everything is reported next to the popularity baseline computed the same way.
+List-level measures of the top-K lists recommended: coverage (share of videos in some list),
+mean popularity of listed videos, and mean pairwise overlap |A & B| / min(|A|, |B|). Everything
+is reported next to the popularity baseline computed the same way.
 """
 
 from __future__ import annotations
@@ -40,12 +38,9 @@ def ranks_from_scores(
     *,
     batch_rows: int | None = None,
 ) -> np.ndarray:
-    """1-based rank of ``targets[r]`` among the items not in ``seen[users[r]]``.
-
-    ``score_fn(user_batch) -> (len(batch), n_items)`` scores. Memory is bounded by scoring
-    ``batch_rows`` rows at a time. float32 scores are counted by the local backend's native
-    kernel when it is built (the same ranks, one pass instead of four).
-    """
+    """1-based rank of ``targets[r]`` among the items not in ``seen[users[r]]`` by
+    ``score_fn(user_batch) -> (len(batch), n_items)``, ``batch_rows`` rows at a time. float32
+    scores are counted by the native kernel when it is built (the same ranks, in one pass)."""
     users = np.asarray(users, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     if users.shape != targets.shape:
@@ -87,9 +82,8 @@ def ranks_from_scores(
 
 
 def _native_counter(seen: sp.csr_matrix | None) -> Callable[..., np.ndarray] | None:
-    """The local backend's native rank counter (``rank_targets`` in ``_fmkernel.c``): the rule
-    of :func:`ranks_from_scores` in one pass over float32 scores, without the masked copy; None
-    when the kernel is not built or is switched off (``RECSYS_NATIVE=off``)."""
+    """The native kernel's ``rank_targets``: the rule of :func:`ranks_from_scores` in one pass
+    over float32 scores, without the masked copy; None without the kernel."""
     from backends.local import _kernel
 
     lib = _kernel.load()
@@ -151,8 +145,8 @@ def rank_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS) 
 def list_metrics(
     lists: np.ndarray, n_items: int, item_popularity: np.ndarray, *, pairs: int = 20000, seed: int = 0
 ) -> dict[str, float]:
-    """Coverage, mean popularity and mean pairwise overlap of top-K ``lists`` (rows of item
-    indices, -1 = empty slot)."""
+    """Coverage, mean popularity and mean pairwise overlap (over every pair, or ``pairs``
+    random ones when there are more) of top-K ``lists`` (item indices, -1 = empty slot)."""
     lists = np.asarray(lists)
     if lists.ndim != 2 or lists.shape[0] == 0 or not np.issubdtype(lists.dtype, np.integer):
         raise DataError("lists must be a non-empty 2-D array of item indices")
@@ -203,13 +197,10 @@ def evaluate_ranking(
     list_users: np.ndarray | None = None,
     ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The full ranking report: the model's metrics and the popularity baseline's, side by side.
-
-    ``lists`` are the model's top-K lists (one row per customer in ``list_users``, default
-    every user), ``popular_lists`` the popularity baseline's lists for the same customers.
-    With ``liked_threshold`` only test rows rated at least that are evaluated. ``ranks``: the
-    model's :func:`ranks_from_scores` of every test row, when already computed.
-    """
+    """The model's ranking metrics and the popularity baseline's, side by side. ``lists`` and
+    ``popular_lists``: both top-K lists for the same customers. With ``liked_threshold`` only
+    test rows rated at least that count. ``ranks``: the model's ranks of every test row, when
+    already computed."""
     users = np.asarray(test_users, dtype=np.int64)
     items = np.asarray(test_items, dtype=np.int64)
     keep = np.ones(len(users), dtype=bool)
@@ -222,14 +213,9 @@ def evaluate_ranking(
         raise DataError("no test rows to evaluate (after the liked-only filter)" if liked_threshold else "no test rows")
     ranks = ranks_from_scores(score_fn, users, items, n_items, seen) if ranks is None else np.asarray(ranks)[keep]
     pop = np.asarray(item_popularity, dtype=np.float64)
-    pop_ranks = popularity_ranks(pop, users, items, seen)
-    out: dict[str, Any] = {"test_rows": int(users.size)}
-    out.update(rank_metrics(ranks, cutoffs))
-    out.update(list_metrics(lists, n_items, pop))
-    base = rank_metrics(pop_ranks, cutoffs)
-    base.update(list_metrics(popular_lists, n_items, pop))
-    out.update({f"popularity_{k}": v for k, v in base.items()})
-    return out
+    out = {"test_rows": int(users.size), **rank_metrics(ranks, cutoffs), **list_metrics(lists, n_items, pop)}
+    base = {**rank_metrics(popularity_ranks(pop, users, items, seen), cutoffs), **list_metrics(popular_lists, n_items, pop)}
+    return {**out, **{f"popularity_{k}": v for k, v in base.items()}}
 
 
 #: History-length buckets of :func:`metrics_by_history` (ratings before the held-out one).
@@ -250,8 +236,5 @@ def metrics_by_history(
         return out
 
     lengths = np.asarray(history_lengths)
-    buckets = {
-        name: part((lengths >= lo) & (lengths <= (hi if hi is not None else np.iinfo(np.int64).max)))
-        for name, (lo, hi) in HISTORY_BUCKETS.items()
-    }
+    buckets = {name: part((lengths >= lo) & (lengths <= (hi or np.iinfo(np.int64).max))) for name, (lo, hi) in HISTORY_BUCKETS.items()}
     return {"all": part(np.ones(len(lengths), dtype=bool)), "by_history_length": buckets}

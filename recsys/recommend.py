@@ -1,19 +1,14 @@
 """Top-K recommendations from a fitted FM through a k-NN index (the lab's last stage).
 
-:class:`Recommender` turns the FM into user/item vectors (:mod:`recsys.vectors`), asks a k-NN
-index (FAISS locally, SageMaker's k-NN remotely) for each customer's nearest videos by inner
-product, drops videos the customer already rated (on by default; the lab did not), and falls
-back to the most popular videos for customers it does not know (flagged ``fallback``, with no
-score). The k-NN index comes from the backend; searching with the rated videos skipped is the
-index's (:meth:`backends.base.KNNIndex.search`).
+:class:`Recommender` turns the FM into user/item vectors (:mod:`recsys.vectors`), asks the
+backend's k-NN index for each customer's nearest videos by inner product, skipping videos the
+customer already rated (by default; the lab did not), folds in customers outside the model
+(:mod:`recsys.fold_in`) and falls back to the most popular videos for unknown ones (no score).
+Scores are FM scores, ``FittedFM.decision_pairs(user, item)`` (the logit for a classifier).
 
-Scores are FM scores: the inner product plus the customer's constant ``w0 + w_u``, i.e.
-exactly ``FittedFM.decision_pairs(user, item)`` (the logit for a classifier).
-
-Index level (implicit's convention): ``recommend(userid, k)`` with a scalar user index returns
-1-D ``(ids, scores)``, with an array of indices 2-D arrays padded with id -1 / score -inf;
-``similar_items(itemid, k)``. Id level: ``recommendations(customer_ids, k)`` and
-``similar(product_id, k)`` return DataFrames.
+Index level (implicit's convention): ``recommend(userid, k)`` (scalar: 1-D arrays; array: 2-D,
+padded with id -1 / score -inf) and ``similar_items``; id level: DataFrames from
+``recommendations(customer_ids, k)`` and ``similar(product_id, k)``.
 """
 
 from __future__ import annotations
@@ -59,30 +54,12 @@ def popularity(items: Any, n_items: int) -> np.ndarray:
 class Recommender:
     """Recommendations for customers from a fitted FM.
 
-    Parameters
-    ----------
-    fm : FittedFM
-        Trained on the users-then-items one-hot layout of ``mappings`` (or a layout recorded
-        in its metadata, with ``user_features``).
-    mappings : Mappings
-        Ids <-> indices and titles.
-    seen : csr_matrix (n_users, n_items), optional
-        Training interactions; excluded from recommendations unless ``exclude_seen=False``.
-    item_popularity : ndarray (n_items,), optional
-        Orders the popularity fallback (default: number of ratings in ``seen``).
-    index : KNNIndex, optional
-        A k-NN index over the item vectors; built with ``backend`` on first use when omitted.
-    backend : Backend or str
-        Builds the index (default ``"torch"``: FAISS).
-    knn_params : KNNParams, optional
-        ``k`` (the list length), ``index_type``, ``index_metric``, ... (default: exact inner
-        product, k = 100).
-    user_features : csr_matrix (n_users, feature_dim), optional
-        The customer side of each row when the model uses more than the user one-hot (the
-        recent-history features of :mod:`recsys.features`).
-    histories : Histories, optional
-        What customers outside the model watched (:mod:`recsys.fold_in`): the id-level API
-        folds them in instead of falling back to popularity.
+    ``fm`` is trained on the one-hot layout of ``mappings`` (or the layout in its metadata,
+    with ``user_features``: the customer side of each row). ``seen`` (n_users, n_items) are
+    the training interactions, skipped unless ``exclude_seen=False``; ``item_popularity``
+    orders the popularity fallback (default: ratings in ``seen``). ``index`` is built with
+    ``backend`` on first use when omitted; ``knn_params.k`` is the list length. ``histories``:
+    what customers outside the model watched, folded in by the id-level API.
     """
 
     def __init__(
@@ -102,10 +79,7 @@ class Recommender:
         self.mappings = mappings
         n_users, n_items = mappings.n_users, mappings.n_items
         if fm.feature_dim < n_users + n_items:
-            raise DataError(
-                f"the model has feature_dim {fm.feature_dim} but the mappings need {n_users} users + "
-                f"{n_items} items = {n_users + n_items}"
-            )
+            raise DataError(f"the model has feature_dim {fm.feature_dim} but the mappings need {n_users} users + {n_items} items = {n_users + n_items}")
         if seen is not None:
             seen = sp.csr_matrix(seen, dtype=bool)
             if seen.shape != (n_users, n_items):
@@ -114,10 +88,7 @@ class Recommender:
         self.seen = seen
         layout = FeatureLayout.from_metadata(fm.metadata) if "layout" in fm.metadata else None
         if layout is not None and (layout.n_users, layout.n_items) != (n_users, n_items):
-            raise DataError(
-                f"the model was trained for {layout.n_users} users x {layout.n_items} items but the "
-                f"mappings have {n_users} x {n_items}"
-            )
+            raise DataError(f"the model was trained for {layout.n_users} users x {layout.n_items} items but the mappings have {n_users} x {n_items}")
         kw: dict[str, Any] = {"user_features": user_features}
         if layout is None:
             kw.update(n_users=n_users, n_items=n_items)
@@ -128,9 +99,7 @@ class Recommender:
         self.user_vectors, self.item_vectors = fm_vectors(fm, **kw)
         self.offsets = user_offsets(fm, **kw)
         if item_popularity is None:
-            item_popularity = (
-                np.asarray(seen.sum(axis=0)).ravel().astype(np.float64) if seen is not None else np.zeros(n_items)
-            )
+            item_popularity = np.asarray(seen.sum(axis=0)).ravel() if seen is not None else np.zeros(n_items)
         self.item_popularity = np.asarray(item_popularity, dtype=np.float64)
         self.knn_params = (knn_params or KNNParams()).validate()
         self._backend = backend
@@ -139,12 +108,10 @@ class Recommender:
             self.index = index
         self.popular_order = np.lexsort((np.arange(n_items), -self.item_popularity))
 
-    # ---- index-level API ---------------------------------------------------------------------
     @property
     def index(self) -> KNNIndex:
-        """The k-NN index over the item vectors, built with the backend on first use, deep
-        enough for ``knn_params.k`` plus the most videos any customer rated (plus one, to see
-        ties); a backend may cap that (:attr:`KNNIndex.max_k`)."""
+        """The k-NN index over the item vectors, built on first use deep enough for
+        ``knn_params.k`` + the most videos any customer rated + 1 (to see ties)."""
         if self._index is None:
             from backends import get_backend
 
@@ -184,15 +151,11 @@ class Recommender:
         k = check_k(k)
         exclude = self.seen[users] if exclude_seen and self.seen is not None else None
         ids, scores = self._search(self.user_vectors[users], self.offsets[users], k, exclude)
-        if scalar:
-            keep = ids[0] >= 0
-            return ids[0][keep], scores[0][keep]
-        return ids, scores
+        return (ids[0][ids[0] >= 0], scores[0][ids[0] >= 0]) if scalar else (ids, scores)
 
     def top_lists(self, users: np.ndarray, k: int, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`recommend` for many users, compactly: int32 ids and float32 scores, searched
-        65,536 users at a time (all at once for an index searched by remote jobs), so millions
-        of customers take 800 MB per 100 recommendations rather than several GB."""
+        """:meth:`recommend` as int32 ids / float32 scores, 65,536 users at a time (all at once
+        for a remote index): millions of customers take 800 MB per 100 videos, not several GB."""
         users = np.asarray(users, dtype=np.int64)
         k = check_k(k)
         ids = np.empty((len(users), k), dtype=np.int32)
@@ -204,10 +167,8 @@ class Recommender:
         return ids, scores
 
     def recommend_history(self, histories: Any, k: int = 10, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` for customers the model was not trained on, folded in from what they
-        watched (:mod:`recsys.fold_in`): ``histories`` is a list of item index sequences,
-        oldest first, or a CSR of recency ranks. 2-D ``(ids, scores)`` padded with -1 / -inf;
-        watched videos are skipped unless ``exclude_seen=False``."""
+        """2-D :meth:`recommend` for customers outside the model, folded in from ``histories``
+        (item index sequences, oldest first, or a CSR of recency ranks)."""
         k = check_k(k)
         ranks = sp.csr_matrix(histories) if sp.issparse(histories) else histories_matrix(histories, self.n_items)
         ranks.sort_indices()
@@ -217,8 +178,7 @@ class Recommender:
         return ids[inverse], scores[inverse]
 
     def fold_in(self, ranks: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """User vectors and offsets of customers outside the model from their histories (a CSR
-        of recency ranks, :func:`recsys.fold_in.histories_matrix`)."""
+        """User vectors and offsets of customers outside the model (CSR of recency ranks)."""
         return fold_in_vectors(self.fm, self.layout, ranks)
 
     def _search(
@@ -233,8 +193,8 @@ class Recommender:
         return ids, scores
 
     def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most popular items (ties: lower index first) and their rating counts,
-        optionally skipping some."""
+        """The ``k`` most popular items not in ``exclude`` (ties: lower index first) and their
+        popularity."""
         order = self.popular_order
         if exclude is not None and len(exclude):
             order = order[~np.isin(order, exclude)]
@@ -258,10 +218,9 @@ class Recommender:
 
     _unit_items: np.ndarray | None = None
 
-    # ---- id-level API --------------------------------------------------------------------
     def _lists(self, idx: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(ids, scores, source)`` for user indices ``idx`` of the model (>= 0) or, encoded as
-        ``-2 - row``, rows of :attr:`histories`; -1: unknown (popularity, no score)."""
+        """``(ids, scores, source)`` for user indices ``idx`` (>= 0), rows of :attr:`histories`
+        (``-2 - row``) or unknown customers (-1)."""
         ids = np.full((len(idx), k), -1, dtype=np.int64)
         scores = np.full((len(idx), k), np.nan)
         source = np.full(len(idx), POPULARITY, dtype=np.int8)
@@ -301,16 +260,12 @@ class Recommender:
         arrow: bool = False,
         model_lists: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Iterator[Any]:
-        """Yield recommendation frames (columns :data:`RECOMMENDATION_COLUMNS`) chunk by chunk
-        (``arrow=True``: pyarrow Tables with dictionary-encoded videos, titles and sources --
-        what :func:`write_recommendations` streams to disk). ``model_lists``: the model's
-        customers' ``recommend(arange(n_users), k)`` when already computed (a remote index
-        is then not searched twice).
-
-        ``customer_ids`` None means every customer the recommender knows: the model's, then
-        those of :attr:`histories`. ``source`` says where a list comes from: ``model``,
-        ``fold_in`` (a customer outside the model, from what they watched) or ``popularity``
-        (nothing known: the most popular videos, ``score`` NaN -- a rating count is not a score).
+        """Yield recommendation frames (columns :data:`RECOMMENDATION_COLUMNS`; ``arrow=True``:
+        dictionary-encoded pyarrow Tables) chunk by chunk, for ``customer_ids`` or (None) every
+        customer known: the model's, then those of :attr:`histories`. ``model_lists``: the
+        model's customers' ``recommend(arange(n_users), k)`` when already computed (a remote
+        index is not searched twice). ``source``: ``model``, ``fold_in`` or ``popularity``
+        (nothing known: ``score`` NaN -- a rating count is not a score).
         """
         k = check_k(self.knn_params.k if k is None else k)
         build = self._table if arrow else self.frame
@@ -343,20 +298,20 @@ class Recommender:
         one source code (index into :data:`SOURCES`) per row of ``ids`` / ``scores``."""
         customer_ids = np.asarray(customer_ids)
         source = np.broadcast_to(np.asarray(source, dtype=np.int8), (len(ids),))
-        k = ids.shape[1]
         valid = ids >= 0
         n_valid = valid.sum(axis=1)
-        items = ids[valid]
-        return pd.DataFrame(
-            {
-                CUSTOMER: np.repeat(customer_ids, n_valid),
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(ids))[valid.ravel()],
-                PRODUCT: self.mappings.product_ids.to_numpy()[items],
-                TITLE: pd.array(self.mappings.product_titles[items], dtype="string"),
-                "score": scores[valid],
-                "source": pd.array(np.asarray(SOURCES, dtype=object)[np.repeat(source, n_valid)], dtype="string"),
-            }
-        )
+        return pd.DataFrame({
+            CUSTOMER: np.repeat(customer_ids, n_valid),
+            "rank": np.tile(np.arange(1, ids.shape[1] + 1, dtype=np.int32), len(ids))[valid.ravel()],
+            **self._videos(ids[valid]),
+            "score": scores[valid],
+            "source": pd.array(np.asarray(SOURCES, dtype=object)[np.repeat(source, n_valid)], dtype="string"),
+        })  # fmt: skip
+
+    def _videos(self, items: np.ndarray) -> dict[str, Any]:
+        """The product id and title columns of item indices ``items``."""
+        return {PRODUCT: self.mappings.product_ids.to_numpy()[items],
+                TITLE: pd.array(self.mappings.product_titles[items], dtype="string")}  # fmt: skip
 
     def _table(self, customer_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, source: np.ndarray) -> Any:
         import pyarrow as pa
@@ -399,19 +354,11 @@ class Recommender:
         if idx < 0:
             raise DataError(f"unknown product_id {product_id!r}")
         ids, scores = self.similar_items(int(idx), k)
-        return pd.DataFrame(
-            {
-                "rank": np.arange(1, len(ids) + 1, dtype=np.int32),
-                PRODUCT: self.mappings.product_ids.to_numpy()[ids],
-                TITLE: pd.array(self.mappings.product_titles[ids], dtype="string"),
-                "score": scores,
-            }
-        )
+        return pd.DataFrame({"rank": np.arange(1, len(ids) + 1, dtype=np.int32), **self._videos(ids), "score": scores})
 
-    # ---- the lab's per-customer views ----------------------------------------------------
     def customer_scores(self, customer_id: Any) -> pd.DataFrame:
-        """Score one customer against the whole catalogue (the lab's ``prepare_predictions``),
-        best first. ``score`` is the FM prediction (P(5 stars) for a classifier)."""
+        """One customer's FM prediction (P(5 stars) for a classifier) for every video, best first
+        (the lab's ``prepare_predictions``)."""
         u = self._known_user(customer_id)
         raw = self.offsets[u] + self.item_vectors.astype(np.float64) @ self.user_vectors[u].astype(np.float64)
         score = 1.0 / (1.0 + np.exp(-raw)) if self.fm.is_classifier else raw
@@ -419,14 +366,7 @@ class Recommender:
         if self.seen is not None:
             seen[self.seen[u].indices] = True
         order = np.lexsort((np.arange(self.n_items), -raw))
-        return pd.DataFrame(
-            {
-                PRODUCT: self.mappings.product_ids.to_numpy()[order],
-                TITLE: pd.array(self.mappings.product_titles[order], dtype="string"),
-                "score": score[order],
-                "seen": seen[order],
-            }
-        )
+        return pd.DataFrame({**self._videos(order), "score": score[order], "seen": seen[order]})
 
     def _known_user(self, customer_id: Any) -> int:
         u = int(self.mappings.user_index([customer_id])[0])
@@ -435,16 +375,16 @@ class Recommender:
         return u
 
     def score_correlation(self, customer_a: Any, customer_b: Any) -> tuple[float, np.ndarray, np.ndarray]:
-        """Pearson correlation of two customers' scores over the catalogue (the lab's 200 vs 201
-        scatter), plus the two score vectors in item order."""
+        """Pearson correlation of two customers' scores over the catalogue and the two score
+        vectors in product order (the lab's 200 vs 201 scatter)."""
         a, b = (self.customer_scores(c).sort_values(PRODUCT)["score"].to_numpy() for c in (customer_a, customer_b))
         corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
         return corr, a, b
 
     @staticmethod
     def list_overlap(recommendations: pd.DataFrame, customer_ids: Any) -> pd.DataFrame:
-        """How many videos each pair of customers' lists share (the lab's 200/201/900 check,
-        done for every pair, without the lab's copy-paste slip). Square DataFrame."""
+        """Square DataFrame: videos shared by each pair of customers' lists (the lab's 200/201/900
+        check, for every pair)."""
         lists = {c: set(recommendations.loc[recommendations[CUSTOMER] == c, PRODUCT]) for c in customer_ids}
         ids = list(customer_ids)
         data = [[len(lists[a] & lists[b]) for b in ids] for a in ids]
@@ -452,13 +392,8 @@ class Recommender:
 
 
 def write_recommendations(frames: Any, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write recommendations -- a DataFrame or pyarrow Table, or an iterable of them (e.g.
-    :meth:`Recommender.iter_recommendations`) -- to Parquet or CSV, atomically.
-
-    The format comes from ``fmt`` or the suffix (``.parquet`` / ``.csv``). Chunks are streamed
-    (one Parquet row group each), so millions of customers never sit in memory at once.
-    Returns the path.
-    """
+    """Write recommendations (a DataFrame or pyarrow Table, or an iterable of them) atomically
+    to Parquet or CSV (``fmt``, else the suffix), streaming one chunk (row group) at a time."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq

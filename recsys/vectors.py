@@ -29,55 +29,36 @@ __all__ = ["fm_vectors", "user_offsets", "model_layout"]
 
 def model_layout(fm: FittedFM, n_users: int | None = None, n_items: int | None = None) -> FeatureLayout:
     """The model's feature layout: from ``n_users``/``n_items`` when given, else its metadata."""
-    if n_users is not None and n_items is not None:
-        layout = FeatureLayout(int(n_users), int(n_items))
-    else:
-        layout = FeatureLayout.from_metadata(fm.metadata)
+    known = n_users is not None and n_items is not None
+    layout = FeatureLayout(int(n_users), int(n_items)) if known else FeatureLayout.from_metadata(fm.metadata)  # type: ignore[arg-type]
     if layout.feature_dim > fm.feature_dim:
-        raise DataError(
-            f"the layout needs {layout.feature_dim} features but the model has feature_dim {fm.feature_dim}"
-        )
+        raise DataError(f"the layout needs {layout.feature_dim} features but the model has feature_dim {fm.feature_dim}")
     return layout
 
 
-def _check_user_features(fm: FittedFM, layout: FeatureLayout, user_features: sp.spmatrix | None) -> sp.csr_matrix | None:
+def _user_features(fm: FittedFM, n_users: int | None, n_items: int | None, user_features: sp.spmatrix | None) -> tuple[FeatureLayout, sp.csr_matrix | None]:
+    """The model's layout and its customers' side of each row (None: the user one-hot)."""
+    layout = model_layout(fm, n_users, n_items)
     if user_features is None:
         if layout.history_length:
-            raise DataError(
-                "this model uses recent-history features: pass user_features "
-                "(recsys.features.user_features(layout, train))"
-            )
-        return None
+            raise DataError("this model uses recent-history features: pass user_features (recsys.features.user_features(layout, train))")
+        return layout, None
     Xu = sp.csr_matrix(user_features, dtype=np.float32)
     if Xu.shape != (layout.n_users, fm.feature_dim):
         raise DataError(f"user_features must have shape ({layout.n_users}, {fm.feature_dim}), got {Xu.shape}")
-    return Xu
+    return layout, Xu
 
 
 def fm_vectors(
-    fm: FittedFM,
-    n_users: int | None = None,
-    n_items: int | None = None,
-    *,
-    user_features: sp.spmatrix | None = None,
+    fm: FittedFM, n_users: int | None = None, n_items: int | None = None, *, user_features: sp.spmatrix | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(user_vectors (n_users, k+1), item_vectors (n_items, k+1))``, float32.
-
-    ``n_users`` / ``n_items`` default to the layout recorded in the model's metadata;
-    ``user_features`` (n_users, feature_dim) is the customer side of each row when it is more
-    than the user one-hot.
-    """
-    layout = model_layout(fm, n_users, n_items)
-    Xu = _check_user_features(fm, layout, user_features)
-    k = fm.num_factors
-    users = np.empty((layout.n_users, k + 1), dtype=np.float32)
-    users[:, :k] = fm.V[: layout.n_users] if Xu is None else np.asarray(Xu @ fm.V)
-    users[:, k] = 1.0
+    """``(user_vectors (n_users, k+1), item_vectors (n_items, k+1))``, float32, for the layout
+    ``n_users`` / ``n_items`` (default: the model's metadata); ``user_features`` (n_users,
+    feature_dim) is the customer side of each row when it is more than the user one-hot."""
+    layout, Xu = _user_features(fm, n_users, n_items, user_features)
     lo, hi = layout.item_offset, layout.item_offset + layout.n_items
-    items = np.empty((layout.n_items, k + 1), dtype=np.float32)
-    items[:, :k] = fm.V[lo:hi]
-    items[:, k] = fm.w[lo:hi]
-    return users, items
+    users = np.hstack([fm.V[: layout.n_users] if Xu is None else np.asarray(Xu @ fm.V), np.ones((layout.n_users, 1), np.float32)])
+    return users.astype(np.float32, copy=False), np.hstack([fm.V[lo:hi], fm.w[lo:hi, None]])  # (V and w are float32)
 
 
 def user_offsets(
@@ -85,8 +66,5 @@ def user_offsets(
 ) -> np.ndarray:
     """The per-user constant (float64) that turns an inner product into the FM score:
     ``w0 + w_u`` for the one-hot layout, the FM output of the user part in general."""
-    layout = model_layout(fm, n_users, n_items)
-    Xu = _check_user_features(fm, layout, user_features)
-    if Xu is None:
-        return fm.w0 + fm.w[: layout.n_users].astype(np.float64)
-    return fm.decision_function(Xu)
+    layout, Xu = _user_features(fm, n_users, n_items, user_features)
+    return fm.w0 + fm.w[: layout.n_users].astype(np.float64) if Xu is None else fm.decision_function(Xu)

@@ -1,9 +1,6 @@
-"""ctypes binding of the local backend's native training kernels (``_fmkernel.c``): the FM's
-fused training epoch and the pieces of the sampled-softmax ranking step.
-
-:func:`load` returns the library, or ``None`` when it was not built (no C compiler at install
-time) or is switched off with ``RECSYS_NATIVE=off``; the trainers then use their PyTorch paths,
-which compute the same results to float32 rounding.
+"""ctypes binding of the local backend's native kernels (``_fmkernel.c``). :func:`load` returns
+the library, or None when it was not built (no C compiler at install time) or is switched off
+with ``RECSYS_NATIVE=off``; callers then use their PyTorch paths (equal to float32 rounding).
 """
 
 from __future__ import annotations
@@ -65,11 +62,8 @@ _SIGNATURES = {
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The built library whose ABI matches these declarations, or None.
-
-    Every build next to this file is tried (``_fmkernel.abi3.so``, or a per-version name left by
-    an older install), so a stale one never hides the current one.
-    """
+    """The build next to this file whose ABI matches these declarations, or None; every
+    suffix is tried, so a stale build left by an older install never hides the current one."""
     here = Path(__file__).resolve().parent
     stale = []
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -91,10 +85,7 @@ def _library() -> ctypes.CDLL | None:
         log.debug("native kernels: %s (%s)", path.name, "AVX2" if lib.fm_kernel_isa(-1) else "baseline")
         return lib
     if stale:
-        log.warning(
-            "the native kernels %s were built from other sources; not using them (rebuild: pip install -e .)",
-            ", ".join(stale),
-        )
+        log.warning("the native kernels %s were built from other sources; not using them (rebuild: pip install -e .)", ", ".join(stale))
     else:
         log.debug("native kernels not built; using the PyTorch paths")
     return None
@@ -109,10 +100,7 @@ def load() -> ctypes.CDLL | None:
         return None
     lib = _library()
     if lib is None and choice == "on":
-        raise ConfigError(
-            f"{KERNEL_ENV}=on but the native kernels are not built; reinstall recsys with a C "
-            "compiler available (pip install -e .) or unset it"
-        )
+        raise ConfigError(f"{KERNEL_ENV}=on but the native kernels are not built; reinstall recsys with a C compiler available (pip install -e .) or unset it")
     return lib
 
 

@@ -1,11 +1,7 @@
-"""FAISS k-NN for the local backend, mirroring SageMaker's built-in k-NN.
-
-``index_type`` ``faiss.Flat`` (exact, the default) or ``faiss.IVFFlat`` (inverted lists with
-``faiss_index_ivf_nlists`` cells, ``"auto"`` = sqrt(n) as in SageMaker, searched with
-``nprobe``); ``index_metric`` ``INNER_PRODUCT``, ``L2`` or ``COSINE`` (inner product of
-L2-normalised vectors). Queries are searched in batches of ``query_batch_size`` so memory stays
-bounded for millions of users; FAISS uses all threads unless ``threads`` is set. Searching with
-ids to skip (``search(..., exclude=...)``) is :class:`backends.base.KNNIndex`'s.
+"""FAISS k-NN for the local backend, mirroring SageMaker's built-in k-NN: ``faiss.Flat``
+(exact) or ``faiss.IVFFlat`` (``faiss_index_ivf_nlists`` cells, ``"auto"`` = sqrt(n) as in
+SageMaker); ``COSINE`` is the inner product of L2-normalised vectors. Queries are searched
+``query_batch_size`` at a time (:class:`backends.base.KNNIndex`).
 """
 
 from __future__ import annotations
@@ -65,14 +61,11 @@ class FaissIndex(KNNIndex):
             index = faiss.IndexFlat(d, metric)
         else:
             nlist = params.faiss_index_ivf_nlists
-            nlist = max(1, int(math.sqrt(n))) if nlist == "auto" else int(nlist)
-            nlist = min(nlist, n)
-            quantizer = faiss.IndexFlat(d, metric)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+            nlist = min(max(1, int(math.sqrt(n))) if nlist == "auto" else int(nlist), n)
+            index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, nlist, metric)
             sample = x
             if params.sample_size is not None and params.sample_size < n:
-                rng = np.random.default_rng(0)
-                sample = x[np.sort(rng.choice(n, size=params.sample_size, replace=False))]
+                sample = x[np.sort(np.random.default_rng(0).choice(n, size=params.sample_size, replace=False))]
             index.train(sample)
             index.nprobe = min(params.nprobe, nlist)
         index.add(x)
@@ -84,7 +77,6 @@ class FaissIndex(KNNIndex):
         scores, ids = self.index.search(queries, k)
         return ids, scores
 
-    # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path/`` with ``index.faiss`` (``faiss.write_index``) and ``config.json``."""
         path = Path(path)

@@ -1,28 +1,19 @@
 """Training the FM for ranking (the local backend).
 
-Rows are ``[user part | candidate video]`` (:mod:`recsys.features`): the user part is the user
-one-hot, optionally plus the customer's recent videos. For such rows the FM score is
-``y(user part) + w_i + <U, V_i>`` with ``U = sum_f x_f V_f`` over the user part, and only
-``s(U, i) = w_i + <U, V_i>`` matters for ranking a customer's videos. Two losses over observed
-(customer, video) pairs against sampled unobserved videos j:
+Rows are ``[user part | candidate video]`` (:mod:`recsys.features`); only
+``s(U, i) = w_i + <U, V_i>``, with ``U = sum_f x_f V_f`` over the user part, matters for ranking
+a customer's videos. Losses over observed pairs against sampled unobserved videos j (those the
+customer did rate are masked out):
 
-* ``"softmax"`` -- sampled softmax: cross-entropy of the observed video against ``negatives``
-  distinct uniformly sampled videos shared by the batch, with the log-Q correction;
-* ``"bpr"`` -- Bayesian personalised ranking: ``-log sigmoid(s(U, i) - s(U, j))`` for
-  ``negatives`` uniformly sampled j per observed pair.
+* ``"softmax"`` -- sampled softmax against ``negatives`` distinct uniform videos shared by the
+  batch, with the log-Q correction;
+* ``"bpr"`` -- ``-log sigmoid(s(U, i) - s(U, j))`` for ``negatives`` uniform j per pair.
 
-Sampled videos the customer did rate are masked out. Gradients are closed-form (checked
-against autograd in the tests) and applied with the FM's lazy optimizer (per-part learning
-rates and weight decays). With an evaluation set, NDCG@10 on it is measured after every epoch
-(on at most :data:`EVAL_ROWS` of its rows) and, with ``early_stopping_patience``, the best
-epoch's parameters are kept. The result is an ordinary :class:`recsys.model.FittedFM` that goes
-through the same vectors -> k-NN path.
-
-The softmax step is written twice: :func:`_softmax_step` in PyTorch operations, and
-:class:`_NativeSoftmax`, which keeps the step's three matrix products in PyTorch and does the
-rest (user vectors and gathers; masking, softmax, loss and gradient; the scatter and lazy update)
-in the native kernel (``_fmkernel.c``), several times faster; the two agree to float32 rounding
-(tested). ``RECSYS_NATIVE=off`` forces the PyTorch step.
+Gradients are closed-form (checked against autograd in the tests) and applied with the FM's lazy
+optimizer. With an evaluation set, NDCG@10 on at most :data:`EVAL_ROWS` of its rows is measured
+after every epoch (for early stopping). :class:`_NativeSoftmax` is :func:`_softmax_step` with all
+but the three matrix products in the native kernel (``_fmkernel.c``), several times faster and
+equal to float32 rounding (tested); ``RECSYS_NATIVE=off`` forces the PyTorch step.
 """
 
 from __future__ import annotations
@@ -53,9 +44,8 @@ log = logging.getLogger("recsys")
 
 RANKING_LOSSES = ("softmax", "bpr")
 _EVAL_CUTOFF = 10
-#: At most this many held-out rows are scored after every epoch (a fixed random sample of
-#: larger evaluation sets: ranking every video for 500,000 customers each epoch would cost more
-#: than the training).
+#: Held-out rows scored after every epoch (a fixed sample of larger sets: ranking every video
+#: for 500,000 customers each epoch would cost more than the training).
 EVAL_ROWS = 20_000
 
 
@@ -80,8 +70,8 @@ class _Seen:
         return rows, self.indices[pos]
 
     def shared_mask(self, u: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        """(len(u), len(neg)) True where customer u[r] rated video neg[c]; neg must be distinct.
-        Each distinct customer's videos are looked up once (a batch repeats heavy raters)."""
+        """(len(u), len(neg)) True where customer u[r] rated video neg[c] (distinct); each
+        distinct customer is looked up once (a batch repeats heavy raters)."""
         where = torch.full((self.n_items,), -1, dtype=torch.int64)
         where[neg] = torch.arange(len(neg))
         distinct, inverse = torch.unique(u, return_inverse=True)
@@ -106,11 +96,9 @@ def _user_vectors(tr: FMTrainer, b: SparseBatch) -> torch.Tensor:
 
 
 def _user_part_grads(tr: FMTrainer, b: SparseBatch, g_user: torch.Tensor) -> torch.Tensor:
-    """Spread dLoss/dU onto the user-part features: dV_f = x_f * dU (their linear weights get
-    no gradient: user-side terms cancel in every ranking loss)."""
-    g = torch.zeros(b.idx.numel(), tr.k + 1)
-    g[:, : tr.k] = g_user.index_select(0, b.row) * b.val[:, None]
-    return g
+    """dV_f = x_f * dU over the user part (their linear weights get no gradient: user-side
+    terms cancel in every ranking loss)."""
+    return torch.cat([g_user.index_select(0, b.row) * b.val[:, None], torch.zeros(b.idx.numel(), 1)], 1)
 
 
 def _bpr_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, j: torch.Tensor, valid: torch.Tensor, item_offset: int, scale: float) -> float:
@@ -126,12 +114,8 @@ def _bpr_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, j: torch.Tensor, v
     g = -torch.sigmoid(-x) * vf * scale  # dLoss/dx
     gsum = g.sum(1)
     g_u = Vi * gsum[:, None] - torch.einsum("bn,bnk->bk", g, Vj)
-    g_i = torch.empty_like(Pi)
-    g_i[:, :k] = U * gsum[:, None]
-    g_i[:, k] = gsum
-    g_j = torch.empty_like(Pj)
-    g_j[:, :, :k] = -g[:, :, None] * U[:, None, :]
-    g_j[:, :, k] = -g
+    g_i = torch.cat([U * gsum[:, None], gsum[:, None]], 1)
+    g_j = torch.cat([-g[:, :, None] * U[:, None, :], -g[:, :, None]], 2)
     rows = torch.cat([b.idx, i + item_offset, j.reshape(-1) + item_offset])
     tr.apply_row_gradients(rows, torch.cat([_user_part_grads(tr, b, g_u), g_i, g_j.reshape(-1, k + 1)]))
     return loss
@@ -153,22 +137,17 @@ def _softmax_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, neg: torch.Ten
     g[:, 0] -= scale
     g_pos, g_neg = g[:, 0], g[:, 1:]
     g_u = torch.addmm(Vi * g_pos[:, None], g_neg, Vn)
-    g_i = torch.empty_like(Pi)
-    g_i[:, :k] = U * g_pos[:, None]
-    g_i[:, k] = g_pos
-    g_n = torch.empty_like(Pn)
-    g_n[:, :k] = g_neg.T @ U
-    g_n[:, k] = g_neg.sum(0)
+    g_i = torch.cat([U * g_pos[:, None], g_pos[:, None]], 1)
+    g_n = torch.cat([g_neg.T @ U, g_neg.sum(0)[:, None]], 1)
     rows = torch.cat([b.idx, i + item_offset, neg + item_offset])
     tr.apply_row_gradients(rows, torch.cat([_user_part_grads(tr, b, g_u), g_i, g_n]))
     return loss
 
 
 class _NativeSoftmax:
-    """:func:`_softmax_step` with the native kernel: the three matrix products (scores of the
-    shared negatives, and the two gradient products) in PyTorch, everything else in three
-    kernel calls. :meth:`epoch` lays the rows out in the epoch's order, so that a batch is a
-    contiguous slice; buffers are allocated once for the largest batch."""
+    """:func:`_softmax_step` as three PyTorch matrix products and three kernel calls. :meth:`epoch`
+    lays the rows out in the epoch's order (a batch is a contiguous slice); buffers are allocated
+    once for the largest batch."""
 
     def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: sp.csr_matrix, users: torch.Tensor, items: torch.Tensor,
                  seen: _Seen, n_items: int, item_offset: int, batch_size: int, negatives: int):  # fmt: skip
@@ -223,9 +202,8 @@ class _NativeSoftmax:
 
 
 def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen) -> float:
-    """NDCG@10 of held-out (customer, video) rows, each video ranked among every video the
-    customer has not rated in training, by :func:`recsys.ranking.ranks_from_scores` (the rule
-    ``recsys run`` evaluates with; the native kernel counts when it is built)."""
+    """NDCG@10 of held-out rows by :func:`recsys.ranking.ranks_from_scores` (the rule
+    ``recsys run`` evaluates with)."""
     layout, k = eval_set.layout, tr.k
     rows = _CSRTensors(eval_set.user_part)
     table = tr.P[layout.item_offset : layout.item_offset + layout.n_items]
@@ -240,28 +218,9 @@ def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen) -> float:
 
 def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softmax", negatives: int = 512,
                      eval_set: RankingData | None = None, options: TrainOptions | None = None) -> FittedFM:  # fmt: skip
-    """Train an FM for ranking on observed (user, item) index pairs; see the module docstring.
-
-    Parameters
-    ----------
-    data : RankingData
-        Observed training pairs, their layout (the model's ``feature_dim``) and the customer
-        side of each row (:func:`recsys.features.pair_user_features` adds recent history).
-    params : FMParams
-        FM hyperparameters (``early_stopping_patience`` uses ``eval_set``).
-    loss : {"softmax", "bpr"}
-    negatives : int
-        Shared negatives per batch (softmax) or per observed pair (bpr).
-    eval_set : RankingData, optional
-        Held-out pairs scored by NDCG@10 after every epoch (at most :data:`EVAL_ROWS` of them).
-    options : TrainOptions, optional
-
-    Returns
-    -------
-    FittedFM
-        ``predictor_type="binary_classifier"`` (a logistic preference score), with
-        ``metadata["objective"] = "ranking"`` and the layout in ``metadata["layout"]``.
-    """
+    """Train an FM for ranking on the observed pairs of ``data`` (see the module docstring):
+    ``negatives`` per batch (softmax) or per pair (bpr). The result is a binary classifier (a
+    logistic preference score) with ``metadata["objective"] = "ranking"`` and its layout."""
     options = options or TrainOptions()
     params.validate()
     if loss not in RANKING_LOSSES:
@@ -324,11 +283,7 @@ def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softma
                 return math.nan
         return total / n
 
-    eval_fn = None
-    if eval_set is not None:
-
-        def eval_fn() -> tuple[str, float, bool]:
-            return f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen), True
+    eval_fn = None if eval_set is None else lambda: (f"ndcg@{_EVAL_CUTOFF}", _ndcg_at(tr, eval_set, seen), True)
 
     meta = run_epochs(tr, params, epoch_fn, loss_name=loss, eval_fn=eval_fn, options=options, desc=f"FM ranking ({loss})")
     tr.params = FMParams(**{**params.to_dict(), "predictor_type": "binary_classifier"})

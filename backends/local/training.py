@@ -1,10 +1,6 @@
-"""The epoch loop every local trainer shares.
-
-A trainer supplies one epoch of its own work (``epoch_fn``) and, optionally, a held-out measure
-(``eval_fn``); :func:`run_epochs` does the rest the same way for all of them: torch threads,
-the progress bar (or, when output is not a terminal, a progress line in the log at most every
-:data:`PROGRESS_EVERY` seconds), the divergence check, the history, the callbacks, early
-stopping and restoring the best epoch's parameters.
+"""The epoch loop every local trainer shares: a trainer supplies one epoch (``epoch_fn``) and
+optionally a held-out measure (``eval_fn``); :func:`run_epochs` does threads, progress, the
+divergence check, history, callbacks, early stopping and restoring the best epoch.
 """
 
 from __future__ import annotations
@@ -45,16 +41,11 @@ class Trainable(Protocol):
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None``: one thread).
-
-    A training step is many small ops on a batch; extra threads rarely pay for their
-    synchronisation, and on a busy machine they can slow training by an order of magnitude
-    (measured: 25-epoch regressor 8.9 s with 1 thread vs 135 s with 2 while another process
-    used a core).
-    """
-    n = 1 if n is None else n
+    """Temporarily set torch's intra-op thread count (``None``: one thread: a step is many
+    small ops, and on a busy machine extra threads slowed a 25-epoch regressor from 8.9 s to
+    135 s)."""
     old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
+    torch.set_num_threads(1 if n is None else int(n))
     try:
         yield
     finally:
@@ -62,11 +53,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def diverged(where: str, params: FMParams) -> ModelFitError:
-    return ModelFitError(
-        f"training diverged ({where} is not finite). Lower the learning rates "
-        f"(factors_lr={params.factors_lr}, linear_lr={params.linear_lr}, bias_lr={params.bias_lr}) "
-        "or set clip_gradient (e.g. 5.0)."
-    )
+    return ModelFitError(f"training diverged ({where} is not finite). Lower the learning rates (factors_lr={params.factors_lr}, "
+                         f"linear_lr={params.linear_lr}, bias_lr={params.bias_lr}) or set clip_gradient (e.g. 5.0).")  # fmt: skip
 
 
 def run_epochs(
@@ -79,15 +67,12 @@ def run_epochs(
     options: TrainOptions,
     desc: str,
 ) -> dict[str, Any]:
-    """Train for ``params.epochs`` epochs (fewer if a callback or early stopping says so).
+    """Train for ``params.epochs`` epochs, fewer if a callback or early stopping (that many
+    epochs after the best ``eval_fn`` value; the best epoch is restored) says so.
+    ``epoch_fn()`` returns the epoch's mean training loss (NaN once not finite).
 
-    ``epoch_fn()`` trains one epoch and returns its mean training loss (NaN once it stopped
-    being finite). With ``params.early_stopping_patience``, training stops that many epochs
-    after the best ``eval_fn`` value and the best epoch's parameters are restored.
-
-    Returns the metadata of the run: ``history`` (one row per epoch: ``epoch``,
-    ``train_<loss_name>``, ``eval_<metric>``), ``train_seconds`` and, with early stopping,
-    ``best_epoch`` and ``best_eval_<metric>``.
+    Returns ``history`` (per epoch: ``epoch``, ``train_<loss_name>``, ``eval_<metric>``),
+    ``train_seconds`` and, with early stopping, ``best_epoch`` and ``best_eval_<metric>``.
     """
     patience = params.early_stopping_patience
     history: list[dict[str, float]] = []
