@@ -62,31 +62,19 @@ _WRITE_ERRNOS = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EAC
 _OUTER: contextvars.ContextVar[tuple[Path, Path] | None] = contextvars.ContextVar("recsys_outer_write", default=None)
 
 
-# ---------------------------------------------------------------------------------------------
 # temporary names and stale temporaries
-# ---------------------------------------------------------------------------------------------
 def temp_path(target: Path, end: str, suffix: str = "") -> Path:
     return target.parent / f".{target.name}.recsys-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}.{end}"
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process (or not ours to judge): leave its files alone
+    except (OverflowError, OSError):
+        pass  # someone else's process (or not ours to judge): leave its files alone
     return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def remove_stale_temps(target: Path) -> None:
@@ -107,13 +95,15 @@ def remove_stale_temps(target: Path) -> None:
                 os.replace(path, target)
                 log.warning("restored %s from %s (a write to it was interrupted)", target, path.name)
             continue
-        _remove(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         log.info("removed %s, left by an interrupted recsys write (process %s)", path, m["pid"])
 
 
-# ---------------------------------------------------------------------------------------------
 # what may be replaced
-# ---------------------------------------------------------------------------------------------
 def _read_small_json(path: Path, limit: int = 1 << 20) -> Any:
     try:
         if not path.is_file() or path.stat().st_size > limit:
@@ -216,9 +206,7 @@ def _write_marker(folder: Path, kind: str) -> None:
     (folder / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
-# ---------------------------------------------------------------------------------------------
 # failures
-# ---------------------------------------------------------------------------------------------
 def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
     where = ""
     if exc.filename:
@@ -263,27 +251,16 @@ def _writing(target: Path, tmp: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM for the two renames of a swap (delivered right after)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:  # pragma: no cover - not POSIX
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = mask(signal.SIG_BLOCK, held)
+    mask = getattr(signal, "pthread_sigmask", None)  # POSIX only
+    previous = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
     try:
         yield
     finally:
-        mask(signal.SIG_SETMASK, previous)
+        if mask:
+            mask(signal.SIG_SETMASK, previous)
 
 
-# ---------------------------------------------------------------------------------------------
 # files
-# ---------------------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
@@ -300,8 +277,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = temp_path(path, "tmp", suffix)
     try:
         with _writing(path, tmp):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
-            os.close(fd)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
             yield tmp
             os.replace(tmp, path)
     except BaseException:
@@ -311,11 +287,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(path)
 
 
@@ -352,9 +327,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, to_json(obj) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------
 # folders
-# ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``path`` as a whole.
