@@ -36,10 +36,8 @@ from typing import Any
 
 from .errors import OutputError
 
-__all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
-    "check_replaceable", "MARKER", "to_json",
-]  # fmt: skip
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
+           "check_replaceable", "MARKER", "to_json"]  # fmt: skip
 
 log = logging.getLogger("recsys")
 
@@ -199,13 +197,6 @@ def check_replaceable(path: str | os.PathLike, kind: str, replaces: Collection[s
             )
 
 
-def _write_marker(folder: Path, kind: str) -> None:
-    from . import __version__
-
-    doc = {"kind": kind, "recsys_version": __version__, "files": [f for f in _files(folder) if f != MARKER]}
-    (folder / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-
-
 # failures
 def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
     where = ""
@@ -339,6 +330,8 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] 
     after the new one is in place, so readers see either the complete old or the complete new
     folder.
     """
+    from . import __version__
+
     path = Path(os.path.abspath(path))
     check_replaceable(path, kind, replaces)
     _create_parent(path)
@@ -348,7 +341,8 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] 
         with _writing(path, tmp):
             os.mkdir(tmp, 0o777)
             yield tmp
-            _write_marker(tmp, kind)
+            doc = {"kind": kind, "recsys_version": __version__, "files": [f for f in _files(tmp) if f != MARKER]}
+            (tmp / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
             check_replaceable(path, kind, replaces)  # it may have changed while the body ran
             old = _swap(tmp, path)
     except BaseException:

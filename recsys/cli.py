@@ -185,9 +185,8 @@ def _cmd_run(args: argparse.Namespace, *, train_only: bool = False) -> int:
         return 0
     for line in result.summary_lines():
         print(line)
-    out = result.out_dir
-    if out is not None:
-        print(f"outputs in {out}/:")
+    if result.out_dir is not None:
+        print(f"outputs in {result.out_dir}/:")
         for key in ("report", "metrics", "recommendations", "recommendations_csv", "config"):
             if key in result.files:
                 print(f"  {result.files[key]}")
@@ -213,9 +212,8 @@ def _cmd_eda(args: argparse.Namespace) -> int:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from .saved_run import SavedRun
 
-    saved = SavedRun(args.run_dir)
-    rec = saved.recommender()
-    frame = rec.recommendations(args.customer_id, k=args.k, exclude_seen=not args.include_seen)
+    frame = SavedRun(args.run_dir).recommender().recommendations(args.customer_id, k=args.k,
+                                                                 exclude_seen=not args.include_seen)
     if args.json:
         for row in frame.to_dict(orient="records"):
             print(json.dumps(row, default=str))
@@ -238,10 +236,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .summary import evaluation_table
 
     metrics = evaluate_saved(args.run_dir)
-    if args.json:
-        print(json.dumps(metrics, indent=2, default=float))
-        return 0
-    for line in evaluation_table(metrics):
+    for line in [json.dumps(metrics, indent=2, default=float)] if args.json else evaluation_table(metrics):
         print(line)
     return 0
 
