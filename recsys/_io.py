@@ -291,21 +291,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 def _json_default(obj: Any) -> Any:
     import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
     import pandas as pd
 
     if obj is pd.NA or obj is pd.NaT:
         return None
-    if isinstance(obj, pd.Timestamp):
-        return obj.isoformat()
+    for kind, convert in ((np.integer, int), (np.floating, float), (np.ndarray, lambda a: a.tolist()), (Path, str),
+                          (pd.Timestamp, pd.Timestamp.isoformat)):  # fmt: skip
+        if isinstance(obj, kind):
+            return convert(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
