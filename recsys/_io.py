@@ -36,10 +36,8 @@ from typing import Any
 
 from .errors import OutputError
 
-__all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
-    "check_replaceable", "MARKER", "to_json",
-]  # fmt: skip
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
+           "check_replaceable", "MARKER", "to_json"]  # fmt: skip
 
 log = logging.getLogger("recsys")
 
@@ -62,31 +60,19 @@ _WRITE_ERRNOS = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EAC
 _OUTER: contextvars.ContextVar[tuple[Path, Path] | None] = contextvars.ContextVar("recsys_outer_write", default=None)
 
 
-# ---------------------------------------------------------------------------------------------
 # temporary names and stale temporaries
-# ---------------------------------------------------------------------------------------------
 def temp_path(target: Path, end: str, suffix: str = "") -> Path:
     return target.parent / f".{target.name}.recsys-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}.{end}"
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process (or not ours to judge): leave its files alone
+    except (OverflowError, OSError):
+        pass  # someone else's process (or not ours to judge): leave its files alone
     return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def remove_stale_temps(target: Path) -> None:
@@ -107,13 +93,15 @@ def remove_stale_temps(target: Path) -> None:
                 os.replace(path, target)
                 log.warning("restored %s from %s (a write to it was interrupted)", target, path.name)
             continue
-        _remove(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         log.info("removed %s, left by an interrupted recsys write (process %s)", path, m["pid"])
 
 
-# ---------------------------------------------------------------------------------------------
 # what may be replaced
-# ---------------------------------------------------------------------------------------------
 def _read_small_json(path: Path, limit: int = 1 << 20) -> Any:
     try:
         if not path.is_file() or path.stat().st_size > limit:
@@ -209,16 +197,7 @@ def check_replaceable(path: str | os.PathLike, kind: str, replaces: Collection[s
             )
 
 
-def _write_marker(folder: Path, kind: str) -> None:
-    from . import __version__
-
-    doc = {"kind": kind, "recsys_version": __version__, "files": [f for f in _files(folder) if f != MARKER]}
-    (folder / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
 # failures
-# ---------------------------------------------------------------------------------------------
 def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
     where = ""
     if exc.filename:
@@ -263,27 +242,16 @@ def _writing(target: Path, tmp: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM for the two renames of a swap (delivered right after)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:  # pragma: no cover - not POSIX
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = mask(signal.SIG_BLOCK, held)
+    mask = getattr(signal, "pthread_sigmask", None)  # POSIX only
+    previous = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
     try:
         yield
     finally:
-        mask(signal.SIG_SETMASK, previous)
+        if mask:
+            mask(signal.SIG_SETMASK, previous)
 
 
-# ---------------------------------------------------------------------------------------------
 # files
-# ---------------------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
@@ -300,8 +268,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = temp_path(path, "tmp", suffix)
     try:
         with _writing(path, tmp):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
-            os.close(fd)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
             yield tmp
             os.replace(tmp, path)
     except BaseException:
@@ -311,11 +278,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(path)
 
 
@@ -325,21 +291,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 def _json_default(obj: Any) -> Any:
     import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
     import pandas as pd
 
     if obj is pd.NA or obj is pd.NaT:
         return None
-    if isinstance(obj, pd.Timestamp):
-        return obj.isoformat()
+    for kind, convert in ((np.integer, int), (np.floating, float), (np.ndarray, lambda a: a.tolist()), (Path, str),
+                          (pd.Timestamp, pd.Timestamp.isoformat)):  # fmt: skip
+        if isinstance(obj, kind):
+            return convert(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
@@ -352,9 +311,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, to_json(obj) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------
 # folders
-# ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``path`` as a whole.
@@ -366,6 +323,8 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] 
     after the new one is in place, so readers see either the complete old or the complete new
     folder.
     """
+    from . import __version__
+
     path = Path(os.path.abspath(path))
     check_replaceable(path, kind, replaces)
     _create_parent(path)
@@ -375,7 +334,8 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] 
         with _writing(path, tmp):
             os.mkdir(tmp, 0o777)
             yield tmp
-            _write_marker(tmp, kind)
+            doc = {"kind": kind, "recsys_version": __version__, "files": [f for f in _files(tmp) if f != MARKER]}
+            (tmp / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
             check_replaceable(path, kind, replaces)  # it may have changed while the body ran
             old = _swap(tmp, path)
     except BaseException:

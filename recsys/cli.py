@@ -23,6 +23,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import traceback
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -62,14 +64,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, train_only: bool) -> None:
     _add_data_options(p)
     g = p.add_argument_group("run")
     g.add_argument("--backend", choices=("torch", "sagemaker"), help="where to train (default: torch, on this machine)")
-    if train_only:
-        g.add_argument("--out", metavar="DIR",
-                       help="output folder (default: recsys-train). It may replace an earlier `recsys train` output, "
-                            "never a `recsys run` output or a folder recsys did not write")  # fmt: skip
-    else:
-        g.add_argument("--out", metavar="DIR",
-                       help="output folder (default: recsys-output). It may replace an earlier recsys output, never "
-                            "a folder holding anything recsys did not write")  # fmt: skip
+    g.add_argument("--out", metavar="DIR", help=(
+        "output folder (default: recsys-train). It may replace an earlier `recsys train` output, never a `recsys run` "
+        "output or a folder recsys did not write" if train_only else "output folder (default: recsys-output). It may "
+        "replace an earlier recsys output, never a folder holding anything recsys did not write"))  # fmt: skip
     g.add_argument("--min-customer-ratings", type=int, metavar="N", help="drop customers with fewer ratings (default 18)")
     g.add_argument("--min-product-ratings", type=int, metavar="N", help="drop videos with fewer ratings (default 95)")
     if not train_only:
@@ -187,9 +185,8 @@ def _cmd_run(args: argparse.Namespace, *, train_only: bool = False) -> int:
         return 0
     for line in result.summary_lines():
         print(line)
-    out = result.out_dir
-    if out is not None:
-        print(f"outputs in {out}/:")
+    if result.out_dir is not None:
+        print(f"outputs in {result.out_dir}/:")
         for key in ("report", "metrics", "recommendations", "recommendations_csv", "config"):
             if key in result.files:
                 print(f"  {result.files[key]}")
@@ -215,9 +212,8 @@ def _cmd_eda(args: argparse.Namespace) -> int:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from .saved_run import SavedRun
 
-    saved = SavedRun(args.run_dir)
-    rec = saved.recommender()
-    frame = rec.recommendations(args.customer_id, k=args.k, exclude_seen=not args.include_seen)
+    frame = SavedRun(args.run_dir).recommender().recommendations(args.customer_id, k=args.k,
+                                                                 exclude_seen=not args.include_seen)
     if args.json:
         for row in frame.to_dict(orient="records"):
             print(json.dumps(row, default=str))
@@ -240,10 +236,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .summary import evaluation_table
 
     metrics = evaluate_saved(args.run_dir)
-    if args.json:
-        print(json.dumps(metrics, indent=2, default=float))
-        return 0
-    for line in evaluation_table(metrics):
+    for line in [json.dumps(metrics, indent=2, default=float)] if args.json else evaluation_table(metrics):
         print(line)
     return 0
 
@@ -265,60 +258,47 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """Exit status and one-line message for what stopped a command."""
+    if isinstance(exc, KeyboardInterrupt):
+        terminated = isinstance(exc, Terminated)
+        return (143 if terminated else 130), (f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; "
+                                              "no outputs were left half-written")  # fmt: skip
+    if isinstance(exc, RecsysError):
+        return 2, f"error: {exc}"
+    if isinstance(exc, OSError):  # a file the user named could not be read or written
+        return 2, f"error: {exc.strerror or type(exc).__name__}" + (f": {exc.filename}" if exc.filename else "")
+    if isinstance(exc, MemoryError):
+        return 2, "error: not enough memory for this run; use a smaller dataset, fewer factors or a bigger machine"
+    # a bug: say where, never the message (it may quote input)
+    last = traceback.extract_tb(exc.__traceback__, limit=-1)
+    where = f" in {os.path.basename(last[0].filename)}:{last[0].lineno}" if last else ""
+    return 1, (f"internal error: {type(exc).__name__}{where} (a bug in recsys {__version__}); run again with --debug "
+               "for the traceback and report it")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recsys`` console script. Returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     _setup_logging(args.quiet, args.debug)
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     commands = {"run": _cmd_run, "train": lambda a: _cmd_run(a, train_only=True), "eda": _cmd_eda,
                 "recommend": _cmd_recommend, "evaluate": _cmd_evaluate, "serve": _cmd_serve}  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         if getattr(args, "preset", None) is not None and getattr(args, "data_path", None) is not None:
             raise ConfigError("--preset chooses a built-in dataset and cannot be combined with --data; drop one of them")
         return commands[args.command](args)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         if args.debug:
             raise
-        terminated = isinstance(exc, Terminated)
-        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; no outputs were left half-written", file=sys.stderr)
-        return 143 if terminated else 130
-    except RecsysError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file the user named could not be read or written
-        if args.debug:
-            raise
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        if args.debug:
-            raise
-        print("error: not enough memory for this run; use a smaller dataset, fewer factors or a bigger machine", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bug: say where, never the message (it may quote input)
-        if args.debug:
-            raise
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = f" in {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb is not None else ""
-        print(f"internal error: {type(exc).__name__}{where} (a bug in recsys {__version__}); run again with --debug "
-              "for the traceback and report it", file=sys.stderr)  # fmt: skip
-        return 1
+        status, message = _failure(exc)
+        print(message, file=sys.stderr)
+        return status
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover

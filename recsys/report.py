@@ -68,13 +68,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return _e(value)
 
 
-def _img(path: Path | None, alt: str) -> str:
-    if path is None or not Path(path).is_file():
-        return ""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
-
 def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
@@ -91,8 +84,7 @@ def _vs(model: float, baseline: float, higher_is_better: bool) -> str:
     if model != model or baseline != baseline:  # NaN: neither better nor worse
         return _Raw(_fmt(model))
     better = model > baseline if higher_is_better else model < baseline
-    cls = "better" if better else "worse"
-    return _Raw(f'<span class="{cls}">{_fmt(model)}</span>')
+    return _Raw(f'<span class="{"better" if better else "worse"}">{_fmt(model)}</span>')
 
 
 def _metric_rows(pairs: list[tuple[str, float, float, bool]]) -> list[list[Any]]:
@@ -105,15 +97,14 @@ def _cards(items: list[tuple[str, str]]) -> str:
 
 def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str:
     """The report page as HTML text for a :class:`recsys.pipeline.RunResult`."""
-    m = result.metrics
-    cfg = result.config
-    plots = Path(plot_dir) if plot_dir is not None else None
+    m, cfg, d, ex = result.metrics, result.config, result.metrics["data"], result.exploration
 
     def plot(name: str, alt: str) -> str:
-        return _img(plots / name if plots else None, alt)
+        path = Path(plot_dir or "", name)
+        if plot_dir is None or not path.is_file():
+            return ""
+        return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
-    d = m["data"]
-    ex = result.exploration
     parts: list[str] = []
     if m.get("warnings"):
         parts.append('<section class="warnings"><h2>Warnings: read these before the figures</h2><ul>'
@@ -200,25 +191,22 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         + plot("classifier_probabilities.png", "classifier probabilities") + "</div></section>"
     )
     k = m["ranking"]
-    rank_rows = [[name, _vs(k[key], k[f"popularity_{key}"], hib), k[f"popularity_{key}"]]
-                 for name, key, hib in (("HR@10", "hr@10", True), ("NDCG@10", "ndcg@10", True), ("HR@100", "hr@100", True),
-                                        ("NDCG@100", "ndcg@100", True), ("MRR", "mrr", True),
-                                        ("catalogue coverage", "coverage", True))]  # fmt: skip
-    rank_rows.append(["mean popularity of recommended videos", k["mean_popularity"], k["popularity_mean_popularity"]])
-    rank_rows.append(["mean overlap between customers' lists", k["mean_overlap"], k["popularity_mean_overlap"]])
+    rank_rows = _metric_rows([(name, k[key], k[f"popularity_{key}"], True) for name, key in (
+        ("HR@10", "hr@10"), ("NDCG@10", "ndcg@10"), ("HR@100", "hr@100"), ("NDCG@100", "ndcg@100"), ("MRR", "mrr"),
+        ("catalogue coverage", "coverage"))]) + [
+        ["mean popularity of recommended videos", k["mean_popularity"], k["popularity_mean_popularity"]],
+        ["mean overlap between customers' lists", k["mean_overlap"], k["popularity_mean_overlap"]]]  # fmt: skip
+    def vs_popularity(part: dict[str, Any], model: str, keys: tuple[str, ...]) -> str:
+        return _table(["metric", model, "popularity"], [[n.upper(), part[n], part[f"popularity_{n}"]] for n in keys])
+
+    keys = ("hr@10", "ndcg@10", "hr@100", "ndcg@100")
     extra = ""
     if "ranking_classifier_knn" in m:
-        lab = m["ranking_classifier_knn"]
-        extra = "<h3>The lab's path for comparison: classifier factors + k-NN</h3>" + _table(
-            ["metric", "classifier + k-NN", "popularity"],
-            [[n.upper(), lab[n], lab[f"popularity_{n}"]] for n in ("hr@10", "ndcg@10", "hr@100", "ndcg@100", "mrr")],
-        )
+        extra = ("<h3>The lab's path for comparison: classifier factors + k-NN</h3>"
+                 + vs_popularity(m["ranking_classifier_knn"], "classifier + k-NN", (*keys, "mrr")))  # fmt: skip
     if "liked" in k and k["liked"].get("test_rows"):
-        lk = k["liked"]
-        extra += f"<h3>Only held-out videos the customer liked (rated ≥ {lk['threshold']:g})</h3>" + _table(
-            ["metric", "FM", "popularity"],
-            [[n.upper(), lk[n], lk[f"popularity_{n}"]] for n in ("hr@10", "ndcg@10", "hr@100", "ndcg@100")],
-        )
+        extra += (f"<h3>Only held-out videos the customer liked (rated ≥ {k['liked']['threshold']:g})</h3>"
+                  + vs_popularity(k["liked"], "FM", keys))  # fmt: skip
     if "ranking_everyone" in m:
         e, lists = m["ranking_everyone"], m.get("recommendations", {})
         rows = [[bucket, f"{part['test_rows']:,}", *(_vs(part[key], part[f"popularity_{key}"], True) for key in ("hr@10", "ndcg@10", "hr@100")),
@@ -235,8 +223,7 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
             + _table(["history length", "held-out rows", "HR@10", "NDCG@10", "HR@100",
                       "popularity HR@10", "popularity NDCG@10", "popularity HR@100"], rows)
         )
-    views = m.get("customer_views", {})
-    view_text = ""
+    views, view_text = m.get("customer_views", {}), ""
     for name, v in views.items():
         if name == "top_k_overlap":
             ids = v["customers"]
@@ -273,9 +260,8 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         )
     if cust:
         parts.append("<section><h2>Sample customers</h2>" + "".join(cust) + "</section>")
-    t = m.get("timing", {})
-    if t:
-        parts.append("<section><h2>Timing</h2>" + _table(["stage", "seconds"], [[k2, v2] for k2, v2 in t.items()]) + "</section>")
+    if m.get("timing"):
+        parts.append("<section><h2>Timing</h2>" + _table(["stage", "seconds"], [list(t) for t in m["timing"].items()]) + "</section>")
     title = "recsys run report"
     sub = (f"backend {_e(cfg.backend)} · objective {_e(cfg.objective)} · seed {cfg.seed} · "
            f"{d['customers']:,} customers × {d['products']:,} videos")  # fmt: skip

@@ -11,14 +11,12 @@ __all__ = ["metric_lines", "metric_warnings", "evaluation_table", "MIN_TEST_ROWS
 
 
 def _n(value: Any, spec: str = ".4f") -> str:
-    """A metric for a text line; an undefined one (NaN) is ``n/a`` (the warnings say why)."""
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
     return format(value, spec)
 
 
 def _change(r: dict[str, Any]) -> str:
-    """How much lower the model's RMSE is than the naive one's, in words."""
     improvement = r["rmse_improvement_over_naive"]
     if improvement != improvement or not r["naive_rmse"]:  # undefined, or the naive guess is exact
         return "n/a"
@@ -26,8 +24,7 @@ def _change(r: dict[str, Any]) -> str:
 
 
 def metric_lines(m: dict[str, Any]) -> list[str]:
-    """The main metrics, each next to its baseline, one line per model (the run summary and
-    ``recsys evaluate``)."""
+    """The main metrics next to their baselines, one line per model."""
     lines = []
     r = m.get("regressor")
     if r:
@@ -62,8 +59,7 @@ _UNDEFINED = {
 
 
 def metric_warnings(m: dict[str, Any], *, n_items: int | None = None) -> list[str]:
-    """What a reader must know before trusting the metrics: too few held-out ratings, lists
-    that hold the whole catalogue, and why a metric is undefined."""
+    """What a reader must know before trusting the metrics, one sentence each."""
     out = []
     n = (m.get("data") or {}).get("test_rows", (m.get("ranking") or {}).get("test_rows"))
     if n is not None and n < MIN_TEST_ROWS:
@@ -122,8 +118,7 @@ def _cell(value: Any) -> str:
 
 
 def evaluation_table(metrics: dict[str, Any]) -> Iterator[str]:
-    """``recsys evaluate``'s text: one table per model, the main metrics next to their baselines,
-    then the warnings (``--json`` prints everything)."""
+    """``recsys evaluate``'s text: one table per model (metrics next to baselines), then the warnings."""
     for section, (title, columns, rows) in _TABLE.items():
         values = metrics.get(section)
         if not values:
