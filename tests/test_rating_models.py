@@ -34,6 +34,7 @@ def test_defaults_per_backend_and_lab():
     # [features]: the rating level group locally, none with the lab's settings; a set key wins
     assert local.features.recent_mean == LOCAL_BEST["features"]["recent_mean"] > 0
     assert lab.features.recent_mean == 0
+    assert recommending.features.recent_mean == 0  # the recommending SGD classifier keeps the lab's design
     assert config_from_dict({"features": {"recent_mean": 0}}).features.recent_mean == 0
     assert config_from_dict({"lab": True, "features": {"recent_mean": 4}}).features.recent_mean == 4
     relabelled = config_from_dict({**local.to_dict(), "lab": True})  # an effective config keeps its value
@@ -52,7 +53,7 @@ def test_balanced_accuracy_by_hand():
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("grouped")
-    (root / "c.toml").write_text('objective = "classifier"\n[features]\nrecent = 3\nimplicit = true\ntime_buckets = 2\n')
+    (root / "c.toml").write_text('objective = "classifier"\n[features]\nrecent = 3\nimplicit = true\ntime_buckets = 2\nrecent_mean = 2\n')
     mp = pytest.MonkeyPatch()
     mp.setenv("RECSYS_CACHE_DIR", str(cache_dir))
     try:
@@ -63,8 +64,7 @@ def grouped_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pa
 
 
 def test_feature_groups_reach_the_recommendations_exactly(grouped_run: Path):
-    """The classifier trained on [user | item | time | recent_mean (on by default) | recent |
-    implicit] recommends with user vectors folded from those groups: each list's scores are the
+    """The classifier trained on [user | item | time | recent_mean | recent | implicit] recommends with user vectors folded from those groups: each list's scores are the
     FM of the full row."""
     m = json.loads((grouped_run / "metrics.json").read_text())
     for name in ("regressor", "classifier"):
