@@ -37,19 +37,9 @@ from .feature_groups import FeatureGroupsConfig
 from .params import FMParams, KNNParams, params_from_dict
 
 __all__ = [
-    "RunConfig",
-    "DataConfig",
-    "RankingConfig",
-    "RecommendConfig",
-    "EvaluationConfig",
-    "load_config",
-    "config_from_dict",
-    "dump_toml",
-    "apply_overrides",
-    "apply_seed",
-    "OBJECTIVES",
-    "BACKENDS",
-]
+    "RunConfig", "DataConfig", "RankingConfig", "RecommendConfig", "EvaluationConfig", "load_config",
+    "config_from_dict", "dump_toml", "apply_overrides", "apply_seed", "OBJECTIVES", "BACKENDS",
+]  # fmt: skip
 
 #: Seeds go to numpy, torch and FAISS; all take this range.
 MAX_SEED = 2**32 - 1
@@ -59,6 +49,11 @@ BACKENDS = ("torch", "sagemaker")
 DATA_FORMATS = ("amazon", "movielens", "csv", "parquet")
 PRESETS = ("tiny", "default", "full")
 RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...], shown: str | None = None) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {shown or repr(value)}")
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -83,17 +78,15 @@ class DataConfig:
     sep: str | None = None
 
     def validate(self) -> DataConfig:
-        if self.format is not None and self.format not in DATA_FORMATS:
-            raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}; got {self.format!r}")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"data.preset must be one of {', '.join(PRESETS)}; got {str(self.preset)[:40]!r}")
+        if self.format is not None:
+            _choice("data.format", self.format, DATA_FORMATS)
+        _choice("data.preset", self.preset, PRESETS, repr(str(self.preset)[:40]))
         if self.path is not None and self.preset != DataConfig.preset:
             raise ConfigError(
                 f"data.preset = {self.preset!r} chooses a built-in dataset, but data.path is set too (--data); "
                 "drop one of them (--preset applies only without --data)"
             )
-        for name in ("path", "test_path", "user_column", "item_column", "rating_column", "timestamp_column",
-                     "title_column", "sep"):  # fmt: skip
+        for name in (f.name for f in dataclasses.fields(self) if f.name not in ("format", "preset")):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
                 raise ConfigError(f"data.{name} must be a non-empty text, got {_short(value)}")
@@ -101,16 +94,11 @@ class DataConfig:
 
     def mapping(self) -> dict[str, str]:
         """Column-mapping options for CSV/Parquet loaders (only those that were set)."""
-        names = {"user_column": "user", "item_column": "item", "rating_column": "rating",
-                 "timestamp_column": "timestamp", "title_column": "title"}  # fmt: skip
-        out = {v: getattr(self, k) for k, v in names.items() if getattr(self, k)}
+        names = ("user_column", "item_column", "rating_column", "timestamp_column", "title_column")
+        out = {k.removesuffix("_column"): getattr(self, k) for k in names if getattr(self, k)}
         if self.sep:
             out["sep"] = self.sep
         return out
-
-
-def _fm_defaults(**overrides: Any) -> FMParams:
-    return FMParams(**overrides)
 
 
 @dataclass
@@ -123,7 +111,7 @@ class RankingConfig:
     history_length: int = 5
     history_weighting: str = "uniform"
     fm: FMParams = field(
-        default_factory=lambda: _fm_defaults(
+        default_factory=lambda: FMParams(
             predictor_type="binary_classifier", num_factors=64, epochs=30, mini_batch_size=1024,
             linear_lr=0.003, factors_lr=0.003, factors_init_sigma=0.01, early_stopping_patience=3,
         )  # fmt: skip
@@ -138,13 +126,10 @@ class RankingConfig:
         return backend.ranking_losses[0] if self.loss == "auto" else self.loss
 
     def validate(self) -> RankingConfig:
-        if self.loss not in RANKING_LOSSES:
-            raise ConfigError(f"ranking.loss must be one of {', '.join(RANKING_LOSSES)}; got {self.loss!r}")
-        for name, low in (("negatives", 1), ("history_length", 0)):
-            v = getattr(self, name)
-            if v is None and name == "negatives":
-                continue  # per-loss default (recsys.objectives.DEFAULT_NEGATIVES)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        _choice("ranking.loss", self.loss, RANKING_LOSSES)
+        # negatives = None: the loss's default (recsys.objectives.DEFAULT_NEGATIVES)
+        for name, v, low in (("negatives", self.negatives, 1), ("history_length", self.history_length, 0)):
+            if not (v is None and name == "negatives") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
                 raise ConfigError(f"ranking.{name} must be an integer >= {low}, got {v!r}")
         if self.history_weighting not in ("uniform", "decay"):
             raise ConfigError(f"ranking.history_weighting must be 'uniform' or 'decay', got {self.history_weighting!r}")
@@ -244,37 +229,40 @@ class RunConfig:
     SECTIONS = ("data", "prepare", "regressor", "classifier", "ranking", "knn", "features", "recommend",
                 "evaluation", "sagemaker")  # fmt: skip
 
+    def _seeded(self) -> tuple[tuple[str, Any], ...]:
+        """The sections with a seed of their own, by name."""
+        return (("prepare", self.prepare), ("regressor", self.regressor), ("classifier", self.classifier),
+                ("ranking", self.ranking.fm))  # fmt: skip
+
     def _rating_model_defaults(self, solvers: tuple[str, ...]) -> None:
         """The settings of :data:`LOCAL_BEST` (or the lab's) for every key a config did not set."""
         explicit = getattr(self, "_explicit_fm", {})
         # the rating level is measured for the Bayesian rating models; the classifier that
         # recommends (objective = "classifier") keeps the lab's design too (with the level its SGD
         # factors rank next videos far worse: default preset HR@10 0.007 vs 0.106)
-        local = not self.lab and "mcmc" in solvers and self.objective != "classifier"
+        local = not self.lab and "mcmc" in solvers  # the backend runs the Bayesian FM
+        level = local and self.objective != "classifier"
         self.features = dataclasses.replace(self.features, **{
-            key: value if local else getattr(FeatureGroupsConfig, key)
+            key: value if level else getattr(FeatureGroupsConfig, key)
             for key, value in LOCAL_BEST["features"].items() if key not in explicit.get("features", ())
         })  # fmt: skip
         for name, lab in (("regressor", _lab_regressor()), ("classifier", _lab_classifier())):
             # the classifier that recommends (objective = "classifier") keeps the lab's SGD FM: its
             # factors rank next videos far better through k-NN (default preset HR@10 0.106 vs
             # 0.030 for the Bayesian classifier, whose strength is the rating question itself)
-            best = not self.lab and "mcmc" in solvers and not (name == "classifier" and self.objective == "classifier")
+            best = local and not (name == "classifier" and self.objective == "classifier")
             fm = getattr(self, name)
             for key, value in LOCAL_BEST[name].items():
                 if key not in explicit.get(name, ()):
                     setattr(fm, key, value if best else getattr(lab, key))
 
     def validate(self) -> RunConfig:
-        seeds = {"seed": self.seed, "prepare.seed": self.prepare.seed, "regressor.seed": self.regressor.seed,
-                 "classifier.seed": self.classifier.seed, "ranking.seed": self.ranking.fm.seed}  # fmt: skip
+        seeds = {"seed": self.seed, **{f"{name}.seed": obj.seed for name, obj in self._seeded()}}
         for name, seed in seeds.items():
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        _choice("backend", self.backend, BACKENDS)
+        _choice("objective", self.objective, OBJECTIVES)
         if not isinstance(self.out, str) or not self.out or "\x00" in self.out:
             raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
         self.data.validate()
@@ -285,16 +273,11 @@ class RunConfig:
 
         cls = backend_class(self.backend)
         self._rating_model_defaults(cls.solvers)
-        if self.regressor.predictor_type != "regressor":
-            raise ConfigError("[regressor] predictor_type must be 'regressor'")
-        if self.classifier.predictor_type != "binary_classifier":
-            raise ConfigError("[classifier] predictor_type must be 'binary_classifier'")
-        self.regressor.validate()
-        self.classifier.validate()
-        self.ranking.validate()
-        self.knn.validate()
-        self.recommend.validate()
-        self.evaluation.validate()
+        for name, kind in (("regressor", "regressor"), ("classifier", "binary_classifier")):
+            if getattr(self, name).predictor_type != kind:
+                raise ConfigError(f"[{name}] predictor_type must be {kind!r}")
+        for section in (self.regressor, self.classifier, self.ranking, self.knn, self.recommend, self.evaluation):
+            section.validate()
         if cls.options_section:
             cls.check_options(getattr(self, cls.options_section))
         for name, fm in (("regressor", self.regressor), ("classifier", self.classifier), ("ranking", self.ranking.fm)):
@@ -311,32 +294,18 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "backend": self.backend,
-            "objective": self.objective,
-            "out": self.out,
-            "lab": self.lab,
-            "data": dataclasses.asdict(self.data),
-            "prepare": dataclasses.asdict(self.prepare),
-            "regressor": self.regressor.to_dict(),
-            "classifier": self.classifier.to_dict(),
-            "ranking": self.ranking.to_dict(),
-            "knn": self.knn.to_dict(),
-            "features": dataclasses.asdict(self.features),
-            "recommend": dataclasses.asdict(self.recommend),
-            "evaluation": dataclasses.asdict(self.evaluation),
-            "sagemaker": dict(self.sagemaker),
-        }
+        out = {key: getattr(self, key) for key in self.TOP_KEYS}
+        for name in self.SECTIONS:
+            value = getattr(self, name)
+            out[name] = dict(value) if name == "sagemaker" else (
+                value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value))
+        return out
 
 
 def _fm_section(values: dict[str, Any], where: str, base: FMParams, predictor_type: str) -> FMParams:
-    values = dict(values)
-    if "predictor_type" in values and values["predictor_type"] != predictor_type:
+    if values.get("predictor_type", predictor_type) != predictor_type:
         raise ConfigError(f"[{where}] predictor_type is fixed to {predictor_type!r}")
-    values["predictor_type"] = predictor_type
-    merged = {**base.to_dict(), **values}
-    return params_from_dict(FMParams, merged, where=where)
+    return params_from_dict(FMParams, {**base.to_dict(), **values, "predictor_type": predictor_type}, where=where)
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
@@ -397,21 +366,15 @@ def apply_seed(cfg: RunConfig, seed: int) -> RunConfig:
     """Set ``seed`` everywhere a section did not set its own."""
     cfg.seed = seed
     explicit = getattr(cfg, "_explicit_seeds", set())
-    for name, obj in (("prepare", cfg.prepare), ("regressor", cfg.regressor), ("classifier", cfg.classifier)):
+    for name, obj in cfg._seeded():
         if name not in explicit:
             obj.seed = seed
-    if "ranking" not in explicit:
-        cfg.ranking.fm.seed = seed
     return cfg
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML (``.toml``), YAML (``.yaml`` / ``.yml``) or JSON (``.json``) config file.
-
-    Every problem -- missing, unreadable, not UTF-8, a syntax error, an unknown key, a bad value
-    -- raises :class:`ConfigError` naming the file and, for syntax errors, the line; the file's
-    content is never quoted.
-    """
+    """Read a ``.toml``, ``.yaml`` / ``.yml`` or ``.json`` config file. Every problem raises
+    :class:`ConfigError` naming the file (and, for syntax errors, the line), never quoting it."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
@@ -475,11 +438,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
+        return repr(value)  # also TOML's nan, inf and -inf
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
@@ -493,37 +452,22 @@ def dump_toml(cfg: RunConfig) -> str:
     """The config as TOML text (keys whose value is unset are left out: they mean the default)."""
     data = cfg.to_dict()
     lines = ["# recsys run configuration (effective values)"]
-    for key in RunConfig.TOP_KEYS:
-        lines.append(f"{key} = {_toml_value(data[key])}")
+    lines += [f"{key} = {_toml_value(data[key])}" for key in RunConfig.TOP_KEYS]
     for name in RunConfig.SECTIONS:
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in data[name].items():
-            if value is None:
-                continue
-            lines.append(f"{key} = {_toml_value(value)}")
+        lines += ["", f"[{name}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in data[name].items() if value is not None]
     return "\n".join(lines) + "\n"
 
 
 #: Flat override names (CLI flags / ``recsys.run(**overrides)``) -> where they go.
 OVERRIDES: dict[str, tuple[str, ...]] = {
-    "out": ("out",),
-    "backend": ("backend",),
-    "objective": ("objective",),
-    "lab": ("lab",),
+    **{key: (key,) for key in ("out", "backend", "objective", "lab")},
     "data_path": ("data", "path"),
     "data_format": ("data", "format"),
     "preset": ("data", "preset"),
-    "test_path": ("data", "test_path"),
-    "user_column": ("data", "user_column"),
-    "item_column": ("data", "item_column"),
-    "rating_column": ("data", "rating_column"),
-    "timestamp_column": ("data", "timestamp_column"),
-    "title_column": ("data", "title_column"),
-    "sep": ("data", "sep"),
-    "min_customer_ratings": ("prepare", "min_customer_ratings"),
-    "min_product_ratings": ("prepare", "min_product_ratings"),
-    "split": ("prepare", "split"),
+    **{key: ("data", key) for key in ("test_path", "user_column", "item_column", "rating_column",
+                                      "timestamp_column", "title_column", "sep")},  # fmt: skip
+    **{key: ("prepare", key) for key in ("min_customer_ratings", "min_product_ratings", "split")},
     "k": ("knn", "k"),
     "csv": ("recommend", "csv"),
 }
@@ -547,8 +491,5 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
         where = OVERRIDES.get(key)
         if where is None:
             raise ConfigError(f"unknown option {key!r}; valid options: seed, sagemaker, {', '.join(OVERRIDES)}")
-        target: Any = cfg
-        for part in where[:-1]:
-            target = getattr(target, part)
-        setattr(target, where[-1], value)
+        setattr(getattr(cfg, where[0]) if len(where) > 1 else cfg, where[-1], value)
     return cfg.validate()

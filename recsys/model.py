@@ -122,29 +122,15 @@ class PosteriorSamples:
 
 @dataclass(eq=False)
 class FittedFM:
-    """A trained factorization machine.
+    """A trained factorization machine: bias ``w0``, weights ``w`` (feature_dim,), factors ``V``
+    (feature_dim, num_factors), and the hyperparameters it was trained with (``config``).
 
-    Attributes
-    ----------
-    w0 : float
-        Global bias.
-    w : ndarray of shape (feature_dim,)
-        Linear weights.
-    V : ndarray of shape (feature_dim, num_factors)
-        Factors.
-    predictor_type : {"regressor", "binary_classifier"}
-    config : dict
-        The hyperparameters it was trained with.
-    metadata : dict
-        Provenance: ``backend``, and for the users-then-items one-hot layout ``n_users`` and
-        ``n_items`` (needed to turn the model into k-NN vectors). A regressor's
-        ``target_range = [lo, hi]`` (the range of its training targets, recorded by the
-        trainers) bounds :meth:`predict_score`: a rating outside the scale is never right.
-    samples : PosteriorSamples or None
-        Posterior samples (MCMC): :meth:`predict_score` averages over them. ``w0, w, V`` are
-        then the posterior mean, which :meth:`decision_function` and the k-NN vectors use.
-    link : {"logit", "probit"}
-        How a classifier turns y(x) into P(y = 1): the sigmoid, or the normal CDF.
+    ``metadata`` holds the provenance (``backend``), the users-then-items one-hot layout
+    (``n_users``, ``n_items``: needed for k-NN vectors) and a regressor's ``target_range = [lo,
+    hi]``, which bounds :meth:`predict_score` (a rating outside the scale is never right).
+    With ``samples`` (MCMC), :meth:`predict_score` averages over them and ``w0, w, V`` are the
+    posterior mean (used by :meth:`decision_function` and the k-NN vectors). ``link``: how a
+    classifier turns y(x) into P(y = 1), the sigmoid ("logit") or the normal CDF ("probit").
     """
 
     w0: float
@@ -163,19 +149,12 @@ class FittedFM:
         if self.V.ndim != 2:
             raise ModelFormatError(f"V must be 2-D (feature_dim, num_factors), got shape {self.V.shape}")
         if self.V.shape[0] != self.w.shape[0]:
-            raise ModelFormatError(
-                f"w has {self.w.shape[0]} entries but V has {self.V.shape[0]} rows; both must equal feature_dim"
-            )
-        if self.predictor_type not in _PREDICTOR_TYPES:
-            raise ModelFormatError(
-                f"predictor_type must be 'regressor' or 'binary_classifier', got {self.predictor_type!r}"
-            )
-        if self.link not in LINKS:
-            raise ModelFormatError(f"link must be 'logit' or 'probit', got {self.link!r}")
+            raise ModelFormatError(f"w has {self.w.shape[0]} entries but V has {self.V.shape[0]} rows; both must equal feature_dim")
+        for name, choices in (("predictor_type", _PREDICTOR_TYPES), ("link", LINKS)):
+            if getattr(self, name) not in choices:
+                raise ModelFormatError(f"{name} must be {' or '.join(map(repr, choices))}, got {getattr(self, name)!r}")
         if self.samples is not None and self.samples.V.shape[1:] != self.V.shape:
-            raise ModelFormatError(
-                f"posterior samples have parameters of shape {self.samples.V.shape[1:]}, the model {self.V.shape}"
-            )
+            raise ModelFormatError(f"posterior samples have parameters of shape {self.samples.V.shape[1:]}, the model {self.V.shape}")
 
     # ---- shape ---------------------------------------------------------------------------
     @property
@@ -194,15 +173,12 @@ class FittedFM:
         """``(n_users, n_items)`` of the users-then-items one-hot design this model was trained on."""
         n_users, n_items = self.metadata.get("n_users"), self.metadata.get("n_items")
         if n_users is None or n_items is None:
-            raise ModelFormatError(
-                "this model does not record its one-hot layout (metadata n_users / n_items); "
-                "pass n_users and n_items explicitly"
-            )
-        if int(n_users) + int(n_items) > self.feature_dim:
-            raise ModelFormatError(
-                f"n_users + n_items = {int(n_users) + int(n_items)} exceeds feature_dim {self.feature_dim}"
-            )
-        return int(n_users), int(n_items)
+            raise ModelFormatError("this model does not record its one-hot layout (metadata n_users / n_items); "
+                                   "pass n_users and n_items explicitly")  # fmt: skip
+        n_users, n_items = int(n_users), int(n_items)
+        if n_users + n_items > self.feature_dim:
+            raise ModelFormatError(f"n_users + n_items = {n_users + n_items} exceeds feature_dim {self.feature_dim}")
+        return n_users, n_items
 
     # ---- prediction ----------------------------------------------------------------------
     def _as_csr(self, X: Any) -> sp.csr_matrix:
@@ -218,9 +194,7 @@ class FittedFM:
                 raise DataError(f"X must be numeric, got dtype {X.dtype}")
             X = sp.csr_matrix(X.astype(np.float64, copy=False))
         if X.shape[1] != self.feature_dim:
-            raise DataError(
-                f"X has {X.shape[1]} columns but the model's feature_dim is {self.feature_dim}"
-            )
+            raise DataError(f"X has {X.shape[1]} columns but the model's feature_dim is {self.feature_dim}")
         return X
 
     @staticmethod
@@ -278,48 +252,33 @@ class FittedFM:
     def decision_pairs(self, users: Any, items: Any) -> np.ndarray:
         """y(x) for one-hot (user, item) pairs: ``w0 + w_u + w_i + <V_u, V_i>``, in float64."""
         n_users, n_items = self.one_hot_layout()
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
         if users.shape != items.shape:
             raise DataError(f"users and items must have the same shape, got {users.shape} and {items.shape}")
-        if users.size and (users.min() < 0 or users.max() >= n_users):
-            raise DataError(f"user indices must be in [0, {n_users}), got range [{users.min()}, {users.max()}]")
-        if items.size and (items.min() < 0 or items.max() >= n_items):
-            raise DataError(f"item indices must be in [0, {n_items}), got range [{items.min()}, {items.max()}]")
+        for what, idx, n in (("user", users, n_users), ("item", items, n_items)):
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise DataError(f"{what} indices must be in [0, {n}), got range [{idx.min()}, {idx.max()}]")
         cols = items + n_users
-        Vu = self.V[users].astype(np.float64)
-        Vi = self.V[cols].astype(np.float64)
-        return self.w0 + self.w[users].astype(np.float64) + self.w[cols] + np.einsum("ij,ij->i", Vu, Vi)
+        dot = np.einsum("ij,ij->i", self.V[users].astype(np.float64), self.V[cols].astype(np.float64))
+        return self.w0 + self.w[users].astype(np.float64) + self.w[cols] + dot
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path/`` (a folder): ``config.json`` and ``params.npz``, atomically.
-
-        ``path`` must be absent, empty or a model saved here before: a folder holding anything
-        else, or a file, is refused with :class:`~recsys.errors.OutputError` (see
-        :mod:`recsys._io`)."""
+        """Write the folder ``path`` (``config.json``, ``params.npz``) atomically. It must be absent,
+        empty or a model saved before; anything else raises :class:`~recsys.errors.OutputError`."""
         path = Path(path)
         extended = self.samples is not None or self.link != "logit"
-        meta = {
-            "format": FM_FORMAT,
-            "format_version": FM_FORMAT_VERSION if extended else 1,
-            "predictor_type": self.predictor_type,
-            "feature_dim": self.feature_dim,
-            "num_factors": self.num_factors,
-            "w0": self.w0,
-            "config": self.config,
-            "metadata": self.metadata,
-        }
+        meta = {"format": FM_FORMAT, "format_version": FM_FORMAT_VERSION if extended else 1,
+                "predictor_type": self.predictor_type, "feature_dim": self.feature_dim,
+                "num_factors": self.num_factors, "w0": self.w0, "config": self.config, "metadata": self.metadata}  # fmt: skip
+        if extended:  # version-1 files stay exactly as before
+            meta.update(link=self.link, n_samples=0 if self.samples is None else len(self.samples))
         arrays = {"w": self.w, "V": self.V}
-        if extended:
-            meta["link"] = self.link
-            meta["n_samples"] = 0 if self.samples is None else len(self.samples)
         if self.samples is not None:
             arrays.update(sample_w0=self.samples.w0, sample_w=self.samples.w, sample_V=self.samples.V)
         with atomic_dir(path, kind=FM_FORMAT) as tmp:
             (tmp / "config.json").write_text(to_json(meta) + "\n", encoding="utf-8")
-            with open(tmp / "params.npz", "wb") as fh:
-                np.savez(fh, **arrays)
+            np.savez(tmp / "params.npz", **arrays)
         return path
 
     @classmethod
@@ -330,9 +289,7 @@ class FittedFM:
         path = Path(path)
         cfg_path, npz_path = path / "config.json", path / "params.npz"
         if not cfg_path.is_file() or not npz_path.is_file():
-            raise ModelFormatError(
-                f"{path} is not a saved recsys FM: expected config.json and params.npz in it"
-            )
+            raise ModelFormatError(f"{path} is not a saved recsys FM: expected config.json and params.npz in it")
         try:
             meta = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -342,10 +299,8 @@ class FittedFM:
             raise ModelFormatError(f"{cfg_path} is not a recsys FM (format stamp {str(found)[:40]!r})")
         version = meta.get("format_version")
         if version not in _READABLE_VERSIONS:
-            raise ModelFormatError(
-                f"{path} has FM format version {str(version)[:20]!r}; this recsys reads format version "
-                f"{' or '.join(map(str, _READABLE_VERSIONS))}. Re-save the model with a matching recsys version."
-            )
+            raise ModelFormatError(f"{path} has FM format version {str(version)[:20]!r}; this recsys reads format version "
+                                   f"{' or '.join(map(str, _READABLE_VERSIONS))}. Re-save the model with a matching recsys version.")  # fmt: skip
         missing = [k for k in ("w0", "predictor_type", "feature_dim", "num_factors") if k not in meta]
         if missing:
             raise ModelFormatError(f"{cfg_path} lacks {', '.join(missing)}")
@@ -374,16 +329,13 @@ class FittedFM:
         except (TypeError, ValueError) as exc:
             raise ModelFormatError(f"{path}: invalid model data ({type(exc).__name__}); re-save the model") from None
         if not (np.isfinite(fm.w0) and np.isfinite(fm.w).all() and np.isfinite(fm.V).all()):
-            raise ModelFormatError(
-                f"{path} holds NaN or infinite parameters (its training diverged); retrain it, e.g. with a lower learning rate"
-            )
+            raise ModelFormatError(f"{path} holds NaN or infinite parameters (its training diverged); "
+                                   "retrain it, e.g. with a lower learning rate")  # fmt: skip
         return fm
 
     def __repr__(self) -> str:
-        return (
-            f"FittedFM(predictor_type={self.predictor_type!r}, feature_dim={self.feature_dim}, "
-            f"num_factors={self.num_factors}, backend={self.metadata.get('backend')!r})"
-        )
+        return (f"FittedFM(predictor_type={self.predictor_type!r}, feature_dim={self.feature_dim}, "
+                f"num_factors={self.num_factors}, backend={self.metadata.get('backend')!r})")
 
 
 def _check_npz(npz_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -402,18 +354,13 @@ def _check_npz(npz_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
                     raise ModelFormatError(f"{npz_path}: array {name!r} is not stored as recsys writes it; re-save the model")
                 with zf.open(info) as fh:
                     version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        found, _, dtype = np.lib.format.read_array_header_1_0(fh)
-                    elif version == (2, 0):
-                        found, _, dtype = np.lib.format.read_array_header_2_0(fh)
-                    else:
+                    if version not in ((1, 0), (2, 0)):
                         raise ModelFormatError(f"{npz_path}: array {name!r} has .npy format {version}; re-save the model")
+                    found, _, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_0")(fh)
                     header = fh.tell()
                 if tuple(found) != tuple(shape) or dtype.kind != "f" or dtype.itemsize not in (4, 8):
-                    raise ModelFormatError(
-                        f"{npz_path}: array {name!r} is {dtype} of shape {tuple(found)}, but config.json says float32 "
-                        f"of shape {tuple(shape)}; the files do not belong together. Re-save the model"
-                    )
+                    raise ModelFormatError(f"{npz_path}: array {name!r} is {dtype} of shape {tuple(found)}, but config.json says "
+                                           f"float32 of shape {tuple(shape)}; the files do not belong together. Re-save the model")  # fmt: skip
                 if header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != info.file_size:
                     raise ModelFormatError(f"{npz_path}: array {name!r} holds the wrong number of bytes (truncated?)")
     except ModelFormatError:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["FMParams", "KNNParams", "RankingParams", "params_from_dict", "FM_LIMITS"]
+__all__ = ["FMParams", "KNNParams", "params_from_dict", "FM_LIMITS"]
 
 PREDICTOR_TYPES = ("regressor", "binary_classifier")
 INIT_METHODS = ("normal", "uniform", "constant")
@@ -27,41 +27,28 @@ INDEX_METRICS = ("INNER_PRODUCT", "L2", "COSINE")
 #: Upper bounds of the size-like FM hyperparameters: far above anything that trains in useful
 #: time (SageMaker suggests num_factors in [2, 1000] and feature_dim up to 10,000,000), low enough
 #: that a typo fails here instead of overflowing or allocating terabytes later.
-FM_LIMITS = {
-    "num_factors": 4096,
-    "feature_dim": 2**31 - 1,
-    "epochs": 100_000,
-    "mini_batch_size": 1_000_000,
-    "threads": 1024,
-    "early_stopping_patience": 100_000,
-}
+FM_LIMITS = {"num_factors": 4096, "feature_dim": 2**31 - 1, "epochs": 100_000, "mini_batch_size": 1_000_000,
+             "threads": 1024, "early_stopping_patience": 100_000}  # fmt: skip
 
 
-def _check_positive(
-    name: str, value: Any, *, allow_none: bool = False, integer: bool = False, maximum: int | None = None
-) -> None:
+def _check_number(name: str, value: Any, *, positive: bool = True, allow_none: bool = False,
+                  integer: bool = False, maximum: int | None = None) -> None:
+    """A finite number > 0 (>= 0 with ``positive=False``); ``integer``: also whole (1.0 passes)."""
     if value is None and allow_none:
         return
-    if integer:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        ok = ok or (isinstance(value, float) and math.isfinite(value) and value > 0 and value.is_integer())
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if integer:  # no math.isfinite on an int: it may be too large for a float
+        ok = ok and (isinstance(value, int) or (math.isfinite(value) and value.is_integer()))
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        ok = ok and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0)
     if not ok:
-        kind = "a positive integer" if integer else "a positive number"
+        kind = "a positive integer" if integer else "a positive number" if positive else "a non-negative number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
     if maximum is not None and value > maximum:
         digits = len(str(int(value)))
         shown = f"{value:,}" if digits <= 30 else f"an integer of {digits} digits"
         raise ConfigError(f"{name} must be at most {maximum:,}, got {shown}")
-
-
-def _check_nonneg(name: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    if not ok:
-        raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -137,47 +124,40 @@ class FMParams:
     )  # fmt: skip
 
     def validate(self) -> FMParams:
-        limit = FM_LIMITS
-        _check_positive("num_factors", self.num_factors, integer=True, maximum=limit["num_factors"])
+        _check_number("num_factors", self.num_factors, integer=True, maximum=FM_LIMITS["num_factors"])
         _check_choice("predictor_type", self.predictor_type, PREDICTOR_TYPES)
-        _check_positive("feature_dim", self.feature_dim, allow_none=True, integer=True, maximum=limit["feature_dim"])
-        _check_positive("epochs", self.epochs, integer=True, maximum=limit["epochs"])
-        _check_positive("mini_batch_size", self.mini_batch_size, integer=True, maximum=limit["mini_batch_size"])
-        _check_positive("clip_gradient", self.clip_gradient, allow_none=True)
-        _check_positive("eps", self.eps, allow_none=True)
-        _check_positive("rescale_grad", self.rescale_grad, allow_none=True)
+        for name in ("feature_dim", "epochs", "mini_batch_size"):
+            _check_number(name, getattr(self, name), allow_none=name == "feature_dim", integer=True,
+                          maximum=FM_LIMITS[name])  # fmt: skip
+        for name in ("clip_gradient", "eps", "rescale_grad"):
+            _check_number(name, getattr(self, name), allow_none=True)
         for part in ("bias", "linear", "factors"):
-            _check_nonneg(f"{part}_lr", getattr(self, f"{part}_lr"))
-            _check_nonneg(f"{part}_wd", getattr(self, f"{part}_wd"))
+            _check_number(f"{part}_lr", getattr(self, f"{part}_lr"), positive=False)
+            _check_number(f"{part}_wd", getattr(self, f"{part}_wd"), positive=False)
             method = getattr(self, f"{part}_init_method")
             _check_choice(f"{part}_init_method", method, INIT_METHODS)
-            if method == "uniform":
-                _check_nonneg(f"{part}_init_scale", getattr(self, f"{part}_init_scale"))
-            elif method == "constant":
+            if method == "constant":
                 value = getattr(self, f"{part}_init_value")
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                    raise ConfigError(
-                        f"{part}_init_method='constant' needs a finite {part}_init_value, got {value!r}"
-                    )
+                    raise ConfigError(f"{part}_init_method='constant' needs a finite {part}_init_value, got {value!r}")
             else:
-                _check_nonneg(f"{part}_init_sigma", getattr(self, f"{part}_init_sigma"))
+                key = f"{part}_init_{'scale' if method == 'uniform' else 'sigma'}"
+                _check_number(key, getattr(self, key), positive=False)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        _check_positive("threads", self.threads, allow_none=True, integer=True, maximum=limit["threads"])
-        _check_positive("early_stopping_patience", self.early_stopping_patience, allow_none=True, integer=True,
-                        maximum=limit["early_stopping_patience"])  # fmt: skip
+        for name in ("threads", "early_stopping_patience"):
+            _check_number(name, getattr(self, name), allow_none=True, integer=True, maximum=FM_LIMITS[name])
         _check_choice("solver", self.solver, SOLVERS)
         for name in ("mcmc_burn_in", "mcmc_saved_samples"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit["epochs"]:
-                raise ConfigError(f"{name} must be an integer in 0..{limit['epochs']:,}, got {value!r}")
-        _check_positive("mcmc_samples", self.mcmc_samples, integer=True, maximum=limit["epochs"])
-        _check_positive("mcmc_init_sigma", self.mcmc_init_sigma)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= FM_LIMITS["epochs"]:
+                raise ConfigError(f"{name} must be an integer in 0..{FM_LIMITS['epochs']:,}, got {value!r}")
+        _check_number("mcmc_samples", self.mcmc_samples, integer=True, maximum=FM_LIMITS["epochs"])
+        _check_number("mcmc_init_sigma", self.mcmc_init_sigma)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    to_dict = dataclasses.asdict
 
 
 @dataclass
@@ -197,41 +177,23 @@ class KNNParams:
     threads: int | None = None
 
     def validate(self) -> KNNParams:
-        _check_positive("k", self.k, integer=True)
+        _check_number("k", self.k, integer=True)
         _check_choice("index_type", self.index_type, INDEX_TYPES)
         _check_choice("index_metric", self.index_metric, INDEX_METRICS)
         _check_choice("predictor_type", self.predictor_type, ("classifier", "regressor"))
-        _check_positive("sample_size", self.sample_size, allow_none=True, integer=True)
-        _check_positive("mini_batch_size", self.mini_batch_size, integer=True)
-        if self.faiss_index_ivf_nlists != "auto":
-            _check_positive("faiss_index_ivf_nlists", self.faiss_index_ivf_nlists, integer=True)
-        _check_positive("nprobe", self.nprobe, integer=True)
-        _check_positive("query_batch_size", self.query_batch_size, integer=True)
-        _check_positive("threads", self.threads, allow_none=True, integer=True)
+        for name in ("sample_size", "mini_batch_size", "faiss_index_ivf_nlists", "nprobe", "query_batch_size", "threads"):
+            value = getattr(self, name)
+            if name != "faiss_index_ivf_nlists" or value != "auto":
+                _check_number(name, value, allow_none=name in ("sample_size", "threads"), integer=True)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class RankingParams:
-    """Training the FM for ranking (``objective = "ranking"``): a pairwise or sampled loss over
-    observed (customer, video) pairs against unobserved ones. Filled in by the ranking stage."""
-
-    loss: str = "bpr"
-    negatives: int = 1
-    fm: FMParams = field(default_factory=FMParams)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    to_dict = dataclasses.asdict
 
 
 def params_from_dict(cls: type, values: dict[str, Any], *, where: str) -> Any:
     """Build ``cls`` from ``values``; an unknown key raises :class:`ConfigError` naming the valid
     ones (``cls`` may also be a dict whose keys are the valid names: only the check is done)."""
-    if values is None:
-        values = {}
+    values = {} if values is None else values
     if not isinstance(values, dict):
         raise ConfigError(f"[{where}] must be a table of key = value pairs, got {type(values).__name__}")
     names = list(cls) if isinstance(cls, dict) else [f.name for f in dataclasses.fields(cls)]
