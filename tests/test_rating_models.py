@@ -35,6 +35,7 @@ def test_defaults_per_backend_and_lab():
     assert local.features.recent_mean == LOCAL_BEST["features"]["recent_mean"] > 0
     assert lab.features.recent_mean == 0
     assert recommending.features.recent_mean == 0  # the recommending SGD classifier keeps the lab's design
+    assert recommending.regressor.solver == "mcmc"  # ... while the regressor stays Bayesian
     assert config_from_dict({"features": {"recent_mean": 0}}).features.recent_mean == 0
     assert config_from_dict({"lab": True, "features": {"recent_mean": 4}}).features.recent_mean == 4
     relabelled = config_from_dict({**local.to_dict(), "lab": True})  # an effective config keeps its value
