@@ -87,86 +87,25 @@ class _FMEstimator(BaseEstimator):
     _predictor_type = "regressor"
 
     def __init__(
-        self,
-        num_factors: int = 64,
-        epochs: int = 1,
-        mini_batch_size: int = 1000,
-        clip_gradient: float | None = None,
-        eps: float | None = None,
-        rescale_grad: float | None = None,
-        bias_lr: float = 0.1,
-        linear_lr: float = 0.001,
-        factors_lr: float = 0.0001,
-        bias_wd: float = 0.01,
-        linear_wd: float = 0.001,
-        factors_wd: float = 0.00001,
-        bias_init_method: str = "normal",
-        bias_init_scale: float | None = None,
-        bias_init_sigma: float = 0.01,
-        bias_init_value: float | None = None,
-        linear_init_method: str = "normal",
-        linear_init_scale: float | None = None,
-        linear_init_sigma: float = 0.01,
-        linear_init_value: float | None = None,
-        factors_init_method: str = "normal",
-        factors_init_scale: float | None = None,
-        factors_init_sigma: float = 0.001,
-        factors_init_value: float | None = None,
-        optimizer: str = "adam",
-        seed: int = 0,
-        threads: int | None = None,
-        early_stopping_patience: int | None = None,
-        solver: str = "sgd",
-        mcmc_burn_in: int = 10,
-        mcmc_samples: int = 60,
-        mcmc_saved_samples: int = 0,
-        mcmc_init_sigma: float = 0.3,
-        n_users: int | None = None,
-        n_items: int | None = None,
-        backend: Any = "torch",
-        show_progress: bool = False,
-        callbacks: Sequence[Any] | None = None,
-    ):
-        self.num_factors = num_factors
-        self.epochs = epochs
-        self.mini_batch_size = mini_batch_size
-        self.clip_gradient = clip_gradient
-        self.eps = eps
-        self.rescale_grad = rescale_grad
-        self.bias_lr = bias_lr
-        self.linear_lr = linear_lr
-        self.factors_lr = factors_lr
-        self.bias_wd = bias_wd
-        self.linear_wd = linear_wd
-        self.factors_wd = factors_wd
-        self.bias_init_method = bias_init_method
-        self.bias_init_scale = bias_init_scale
-        self.bias_init_sigma = bias_init_sigma
-        self.bias_init_value = bias_init_value
-        self.linear_init_method = linear_init_method
-        self.linear_init_scale = linear_init_scale
-        self.linear_init_sigma = linear_init_sigma
-        self.linear_init_value = linear_init_value
-        self.factors_init_method = factors_init_method
-        self.factors_init_scale = factors_init_scale
-        self.factors_init_sigma = factors_init_sigma
-        self.factors_init_value = factors_init_value
-        self.optimizer = optimizer
-        self.seed = seed
-        self.threads = threads
-        self.early_stopping_patience = early_stopping_patience
-        self.solver = solver
-        self.mcmc_burn_in = mcmc_burn_in
-        self.mcmc_samples = mcmc_samples
-        self.mcmc_saved_samples = mcmc_saved_samples
-        self.mcmc_init_sigma = mcmc_init_sigma
-        self.n_users = n_users
-        self.n_items = n_items
-        self.backend = backend
-        self.show_progress = show_progress
-        self.callbacks = callbacks
+        self, num_factors: int = 64, epochs: int = 1, mini_batch_size: int = 1000,
+        clip_gradient: float | None = None, eps: float | None = None, rescale_grad: float | None = None,
+        bias_lr: float = 0.1, linear_lr: float = 0.001, factors_lr: float = 0.0001,
+        bias_wd: float = 0.01, linear_wd: float = 0.001, factors_wd: float = 0.00001,
+        bias_init_method: str = "normal", bias_init_scale: float | None = None,
+        bias_init_sigma: float = 0.01, bias_init_value: float | None = None,
+        linear_init_method: str = "normal", linear_init_scale: float | None = None,
+        linear_init_sigma: float = 0.01, linear_init_value: float | None = None,
+        factors_init_method: str = "normal", factors_init_scale: float | None = None,
+        factors_init_sigma: float = 0.001, factors_init_value: float | None = None,
+        optimizer: str = "adam", seed: int = 0, threads: int | None = None,
+        early_stopping_patience: int | None = None, solver: str = "sgd",
+        mcmc_burn_in: int = 10, mcmc_samples: int = 60, mcmc_saved_samples: int = 0, mcmc_init_sigma: float = 0.3,
+        n_users: int | None = None, n_items: int | None = None, backend: Any = "torch",
+        show_progress: bool = False, callbacks: Sequence[Any] | None = None,
+    ):  # fmt: skip
+        # as sklearn requires: every argument stored unchanged under its own name (fit validates)
+        vars(self).update({name: value for name, value in locals().items() if name != "self"})
 
-    # ---- helpers -------------------------------------------------------------------------
     def fm_params(self) -> FMParams:
         """The hyperparameters as a validated :class:`FMParams`."""
         values = {f.name: getattr(self, f.name) for f in _FM_FIELDS}
@@ -181,9 +120,7 @@ class _FMEstimator(BaseEstimator):
     def _check_fitted(self) -> FittedFM:
         model = getattr(self, "model_", None)
         if model is None:
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it"
-            )
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it")
         return model
 
     def _transform(self, X: Any, pairs: Any) -> sp.csr_matrix:
@@ -214,7 +151,6 @@ class _FMEstimator(BaseEstimator):
         users, items = _pair_arrays(pairs)
         return int(users.max(initial=0)) + 1, int(items.max(initial=0)) + 1
 
-    # ---- fit -----------------------------------------------------------------------------
     def fit(self, X: Any = None, y: Any = None, *, pairs: Any = None, eval_set: tuple[Any, Any] | None = None):
         """Train on ``X, y`` (or ``pairs=..., y=...``); ``eval_set=(X_eval, y_eval)`` -- the same
         kind of input as the training data -- is scored after every epoch (and used for early
@@ -228,7 +164,7 @@ class _FMEstimator(BaseEstimator):
         eval_pair = None
         if eval_set is not None:
             first, y_eval = eval_set
-            X_eval = self._encode(first if pairs is None else None, first if pairs is not None else None, layout)
+            X_eval = self._encode(None, first, layout) if pairs is not None else self._encode(first, None, layout)
             eval_pair = (X_eval, self._encode_labels(y_eval))
         metadata = {"n_users": layout[0], "n_items": layout[1]} if layout else {}
         options = TrainOptions(callbacks=list(self.callbacks or ()), show_progress=self.show_progress, metadata=metadata)
@@ -251,12 +187,10 @@ class _FMEstimator(BaseEstimator):
             raise DataError("y contains NaN or infinite values")
         return y.astype(np.float32)
 
-    # ---- predict -------------------------------------------------------------------------
     def decision_function(self, X: Any = None, *, pairs: Any = None) -> np.ndarray:
         """The raw FM output (the logit for a classifier)."""
         return self._check_fitted().decision_function(self._transform(X, pairs))
 
-    # ---- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Save the fitted model (no pickle): a directory with ``config.json`` + ``params.npz``."""
         model = self._check_fitted()
@@ -303,10 +237,7 @@ class FMClassifier(ClassifierMixin, _FMEstimator):
     _predictor_type = "binary_classifier"
 
     def _encode_labels(self, y: Any) -> np.ndarray:
-        y = np.asarray(y).reshape(-1)
-        if y.dtype == bool:
-            y = y.astype(np.float32)
-        y = np.asarray(y, dtype=np.float64)
+        y = np.asarray(y).reshape(-1).astype(np.float64)
         if not np.isin(y, (0.0, 1.0)).all():
             raise DataError(f"FMClassifier labels must be 0 or 1; found {np.unique(y)[:5].tolist()}")
         return y.astype(np.float32)

@@ -35,10 +35,10 @@ from backends.base import TrainOptions
 
 from . import __version__
 from ._io import atomic_dir, check_replaceable, temp_path, to_json
-from .config import RunConfig, config_from_dict, dump_toml, load_config
+from .config import RunConfig, apply_overrides, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
-from .data.prepare import PreparedData, prepare
+from .data.prepare import PreparedData, labels, one_hot, prepare
 from .data.schema import CUSTOMER, DATE, ITEM, PRODUCT, RATING, TITLE, USER
 from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
@@ -56,9 +56,7 @@ RUN_FORMAT = "recsys.run"
 RUN_FORMAT_VERSION = 1
 
 
-# ---------------------------------------------------------------------------------------------
-# results
-# ---------------------------------------------------------------------------------------------
+# ---- results ----------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     """Everything a run produced. ``metrics`` is what ``metrics.json`` holds."""
@@ -95,10 +93,8 @@ class RunResult:
         return self.recommender.recommendations(k=self.config.knn.k, exclude_seen=self.config.recommend.exclude_seen)
 
     def summary_lines(self) -> list[str]:
-        m = self.metrics
-        lines = []
-        d = m.get("data", {})
-        if d:
+        m, lines = self.metrics, []
+        if d := m.get("data", {}):
             lines.append(
                 f"data: {d['rows_read']:,} reviews read ({d['rows_skipped']:,} malformed lines skipped), "
                 f"{d['exact_duplicates_removed']:,} exact duplicate rows and {d['rereviews_removed']:,} re-reviews "
@@ -106,20 +102,16 @@ class RunResult:
                 f"{d['products']:,} videos, {d['train_rows']:,} train / {d['test_rows']:,} test ratings"
             )
         lines += metric_lines(m)
-        t = m.get("timing", {})
-        if t:
+        if t := m.get("timing", {}):
             peak = max((m.get("peak_rss_gb") or {}).values(), default=None)
             lines.append(f"total time {t.get('total', 0):.1f} s" + (f", peak RSS {peak:.2f} GB" if peak else ""))
         lines += [f"warning: {w}" for w in m.get("warnings", [])]
         return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# stage 1: load
-# ---------------------------------------------------------------------------------------------
+# ---- stage 1: load ----------------------------------------------------------------------------
 def _cache_dir() -> Path:
-    base = os.environ.get("RECSYS_CACHE_DIR")
-    if base:
+    if base := os.environ.get("RECSYS_CACHE_DIR"):
         return Path(base)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "recsys"
@@ -145,20 +137,15 @@ def load_input(data_cfg: Any, seed: int = 0) -> tuple[pd.DataFrame, LoadReport, 
         path = Path(data_cfg.path)
         if not path.exists():
             raise DataError(f"no such file: {path}")
-        options = data_cfg.mapping()
-        fmt = data_cfg.format
+        options, fmt = data_cfg.mapping(), data_cfg.format
         if fmt in ("amazon", "movielens") and options:
             raise ConfigError(f"column-mapping options apply to csv/parquet data, not {fmt}")
-        frame, report = load_ratings(path, fmt, **options)
-        return frame, report, str(path)
-    path = builtin_dataset(data_cfg.preset, seed)
-    frame, report = load_amazon_reviews(path)
+        return *load_ratings(path, fmt, **options), str(path)
+    frame, report = load_amazon_reviews(builtin_dataset(data_cfg.preset, seed))
     return frame, report, f"built-in {data_cfg.preset!r} dataset (seed {seed})"
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
+# ---- helpers ----------------------------------------------------------------------------------
 class _Timer:
     """Times the stages and logs ``stage: NAME ... 3.4 s`` as each ends. With ``heartbeat`` (set
     when the output is not a terminal, where no progress bar moves) a stage that runs longer also
@@ -197,9 +184,7 @@ def _peak_rss_gb() -> float | None:
 
 
 class _LastRecord(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.at = time.monotonic()
+    at = 0.0  # when anything was last logged
 
     def emit(self, record: logging.LogRecord) -> None:
         self.at = time.monotonic()
@@ -208,6 +193,7 @@ class _LastRecord(logging.Handler):
 @contextlib.contextmanager
 def _heartbeat(stage: str, t0: float, every: float) -> Iterator[None]:
     last = _LastRecord()
+    last.at = time.monotonic()
     log.addHandler(last)
     stop = threading.Event()
 
@@ -257,8 +243,7 @@ def _ranking_metrics(
     is ranked once."""
     from .ranking import evaluate_ranking, ranks_from_scores
 
-    users_v, items_v = rec.user_vectors, rec.item_vectors
-    test = prepared.test
+    users_v, items_v, test = rec.user_vectors, rec.item_vectors, prepared.test
     list_users = np.arange(prepared.n_users) if list_users is None else list_users
     pop_lists = _popular_lists(rec, list_users, lists.shape[1], cfg.recommend.exclude_seen)
     seen = rec.seen if cfg.recommend.exclude_seen else None
@@ -267,8 +252,7 @@ def _ranking_metrics(
         n_items=prepared.n_items, seen=seen, item_popularity=rec.item_popularity, popular_lists=pop_lists,
     )  # fmt: skip
     kwargs["ranks"] = ranks_from_scores(kwargs["score_fn"], kwargs["test_users"], kwargs["test_items"], prepared.n_items, seen)
-    out: dict[str, Any] = {"objective": objective, "k": int(lists.shape[1])}
-    out.update(evaluate_ranking(**kwargs))
+    out: dict[str, Any] = {"objective": objective, "k": int(lists.shape[1]), **evaluate_ranking(**kwargs)}
     if cfg.evaluation.liked_threshold is not None:
         try:
             liked = evaluate_ranking(**kwargs, test_ratings=test[RATING].to_numpy(), liked_threshold=cfg.evaluation.liked_threshold)
@@ -284,14 +268,17 @@ def _samples(
     """Sample customers: what they rated highly (latest first) next to what they are recommended."""
     if n <= 0 or len(prepared.test) == 0:
         return []
-    rng = np.random.default_rng(seed)
-    test_users = prepared.test[USER].to_numpy()
-    users = np.sort(rng.choice(np.unique(test_users), size=min(n, len(np.unique(test_users))), replace=False))
-    titles = prepared.mappings.product_titles
-    pids = prepared.mappings.product_ids.to_numpy()
+    tested = np.unique(prepared.test[USER].to_numpy())
+    users = np.sort(np.random.default_rng(seed).choice(tested, size=min(n, len(tested)), replace=False))
+    titles, pids = prepared.mappings.product_titles, prepared.mappings.product_ids.to_numpy()
     threshold = liked_threshold if liked_threshold is not None else 4.0
     train = prepared.train
     recs = _model_frame(rec, lists, prepared.mappings.customer_ids[users].to_numpy())
+
+    def rated(rows: pd.DataFrame) -> list[dict[str, Any]]:
+        return [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
+                for i, s in zip(rows[ITEM], rows[RATING], strict=True)]  # fmt: skip
+
     by_customer = {c: g for c, g in recs.groupby(CUSTOMER, sort=False)} if len(recs) else {}
     out = []
     for u in users:
@@ -303,70 +290,48 @@ def _samples(
         held_items = set(held[ITEM].tolist())
         rec_items = prepared.mappings.item_index(r[PRODUCT].tolist()) if len(r) else np.array([], dtype=np.int64)
         hits = [int(i) in held_items for i in rec_items]
-        out.append(
-            {
-                "customer_id": cid,
-                "n_train_ratings": int(len(hist)),
-                "liked": [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
-                          for i, s in zip(liked[ITEM], liked[RATING], strict=True)],  # fmt: skip
-                "held_out": [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
-                             for i, s in zip(held[ITEM], held[RATING], strict=True)],  # fmt: skip
-                "recommended": [{"rank": int(rk), "product_id": p, "product_title": t if isinstance(t, str) else None,
-                                 "score": float(sc), "held_out": h}
-                                for rk, p, t, sc, h in zip(r["rank"].head(10), r[PRODUCT].head(10), r[TITLE].head(10),
-                                                           r["score"].head(10), hits[:10], strict=False)],  # fmt: skip
-                "held_out_rank_in_list": next((int(rk) for rk, h in zip(r["rank"], hits, strict=False) if h), None),
-            }
-        )
+        out.append({
+            "customer_id": cid, "n_train_ratings": int(len(hist)), "liked": rated(liked), "held_out": rated(held),
+            "recommended": [{"rank": int(rk), "product_id": p, "product_title": t if isinstance(t, str) else None,
+                             "score": float(sc), "held_out": h}
+                            for rk, p, t, sc, h in zip(r["rank"].head(10), r[PRODUCT].head(10), r[TITLE].head(10),
+                                                       r["score"].head(10), hits[:10], strict=False)],
+            "held_out_rank_in_list": next((int(rk) for rk, h in zip(r["rank"], hits, strict=False) if h), None),
+        })  # fmt: skip
     return out
 
 
 def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
     p = prepared.report
     return {
-        "rows_read": int(report.rows_read),
-        "rows_skipped": int(report.rows_skipped),
-        "skip_reasons": dict(report.skip_reasons),
-        "skipped_lines": [[int(n), r] for n, r in report.skipped_lines],
-        "exact_duplicates_removed": int(p.exact_duplicates_removed),
-        "rereviews_removed": int(p.rereviews_removed),
-        "customers": int(p.customers),
-        "products": int(p.products),
-        "ratings_after_filter": int(p.rows_after_filter),
-        "train_rows": int(p.train_rows),
-        "test_rows": int(p.test_rows),
-        "split": p.split,
-        "min_customer_ratings": int(p.min_customer_ratings),
-        "min_product_ratings": int(p.min_product_ratings),
+        "rows_read": int(report.rows_read), "rows_skipped": int(report.rows_skipped),
+        "skip_reasons": dict(report.skip_reasons), "skipped_lines": [[int(n), r] for n, r in report.skipped_lines],
+        "exact_duplicates_removed": int(p.exact_duplicates_removed), "rereviews_removed": int(p.rereviews_removed),
+        "customers": int(p.customers), "products": int(p.products), "ratings_after_filter": int(p.rows_after_filter),
+        "train_rows": int(p.train_rows), "test_rows": int(p.test_rows), "split": p.split,
+        "min_customer_ratings": int(p.min_customer_ratings), "min_product_ratings": int(p.min_product_ratings),
         "rating_distribution_before": p.rating_distribution_before,
         "rating_distribution_after": p.rating_distribution_after,
         "test_items_unseen_in_train": int(p.test_items_unseen_in_train),
         # every drop and repair, as counts
-        "bad_dates": int(report.bad_dates),
-        "invalid_utf8_lines": int(report.invalid_utf8_lines),
+        "bad_dates": int(report.bad_dates), "invalid_utf8_lines": int(report.invalid_utf8_lines),
         "rows_removed_by_filter": int(p.rows_after_dedupe - p.rows_after_filter),
         "test_rows_dropped": int(p.explicit_test_rows_dropped),
         "train_rows_removed_overlapping_test": int(p.explicit_test_overlap_removed),
-    }
+    }  # fmt: skip
 
 
 def _resolve(config: RunConfig | dict | str | os.PathLike | None, overrides: dict[str, Any]) -> RunConfig:
-    if config is None:
-        cfg = config_from_dict({})
-    elif isinstance(config, RunConfig):
+    if isinstance(config, RunConfig):
         cfg = dataclasses.replace(config)
-    elif isinstance(config, dict):
-        cfg = config_from_dict(config)
+    elif config is None or isinstance(config, dict):
+        cfg = config_from_dict(config or {})
     else:
         cfg = load_config(config)
-    from .config import apply_overrides
-
     return apply_overrides(cfg, **overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# the run
-# ---------------------------------------------------------------------------------------------
+# ---- the run ----------------------------------------------------------------------------------
 def run(
     config: RunConfig | dict | str | os.PathLike | None = None,
     *,
@@ -376,29 +341,16 @@ def run(
     until: str | None = None,
     **overrides: Any,
 ) -> RunResult:
-    """Run the whole workflow and write its outputs into ``config.out``.
+    """Run the whole workflow; return its :class:`RunResult` and (unless ``write=False``) write
+    its outputs into ``config.out``.
 
-    Parameters
-    ----------
-    config : RunConfig, dict, path or None
-        The configuration (a TOML/YAML path, a nested dict as in a config file, or a
-        :class:`recsys.config.RunConfig`); None = all defaults (the built-in dataset).
-    show_progress : bool
-        Progress bars on the long stages.
-    dry_run : bool
-        SageMaker backend only: print every job, model, endpoint and transform the run would
-        create, without calling AWS (the data is still loaded and prepared locally).
-    write : bool
-        Write the outputs (False: compute and return only).
-    until : {None, "train"}
-        ``"train"`` stops after training and saving the FMs (``recsys train``).
-    **overrides
-        Flat overrides, as the CLI flags: ``out``, ``seed``, ``backend``, ``objective``,
-        ``data_path``, ``data_format``, ``test_path``, ``min_customer_ratings``, ``k``, ...
-
-    Returns
-    -------
-    RunResult
+    ``config``: a TOML/YAML path, a nested dict as in a config file, a :class:`RunConfig`, or
+    None (all defaults: the built-in dataset). ``show_progress``: progress bars on the long
+    stages. ``dry_run`` (SageMaker backend only): print every job, model, endpoint and transform
+    the run would create, without calling AWS (the data is still loaded and prepared locally).
+    ``until="train"`` stops after training and saving the FMs (``recsys train``). ``overrides``:
+    flat, as the CLI flags: ``out``, ``seed``, ``backend``, ``objective``, ``data_path``,
+    ``data_format``, ``test_path``, ``min_customer_ratings``, ``k``, ...
     """
     if until not in (None, "train"):
         raise ConfigError(f"until must be None or 'train', got {until!r}")
@@ -408,7 +360,7 @@ def run(
     kind = "recsys.train" if until == "train" else "recsys.run"
     out_dir = Path(cfg.out)
     if write:
-        _check_out_dir(out_dir, kind)
+        check_replaceable(out_dir, kind, _REPLACES[kind])  # refused before any work
     timer = _Timer(heartbeat=HEARTBEAT_SECONDS if show_progress and not _is_terminal() else None)
     t_total = time.perf_counter()
     from backends import backend_class
@@ -425,8 +377,7 @@ def run(
 
                     result.files["plan"] = atomic_write_json(out_dir / "plan.json", backend.plan_requests())
                 return result
-            report = backend.report()
-            if report:
+            if report := backend.report():
                 result.metrics[backend.name] = report
         result.metrics["warnings"] = metric_warnings(result.metrics, n_items=result.prepared.n_items)
         result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
@@ -453,15 +404,12 @@ class RatingDesigns:
     def __init__(self, prepared: PreparedData, features: Any) -> None:
         from .feature_groups import FeatureGroups
 
-        self.prepared = prepared
         self.groups = FeatureGroups(features, prepared.train, prepared.n_users, prepared.n_items) if features.any else None
         if self.groups is None:
-            self._train_grouped = None
-            self._train = prepared.design_matrix("train")
+            self._train_grouped, self._train = None, prepared.design_matrix("train")
             self.test = prepared.design_matrix("test")
-        else:
-            self._train_grouped = self.groups.design(prepared.train, training=True)
-            self._train = None
+        else:  # the CSR form of the training design only when a non-MCMC model asks for it
+            self._train_grouped, self._train = self.groups.design(prepared.train, training=True), None
             self.test = self.groups.design(prepared.test, training=False).to_csr()
 
     def train_for(self, params: Any) -> Any:
@@ -477,12 +425,9 @@ class RatingDesigns:
     def describe(self, params: Any) -> dict[str, Any]:
         """Which solver and feature groups ran (for metrics.json and the report)."""
         groups = list(self.groups.group_names) if self.groups is not None else ["user", "item"]
-        out: dict[str, Any] = {"solver": params.solver, "num_factors": params.num_factors, "feature_groups": groups}
-        if params.solver == "mcmc":
-            out.update(burn_in=params.mcmc_burn_in, samples=params.mcmc_samples)
-        else:
-            out.update(epochs=params.epochs, optimizer=params.optimizer)
-        return out
+        steps = {"burn_in": params.mcmc_burn_in, "samples": params.mcmc_samples} if params.solver == "mcmc" \
+            else {"epochs": params.epochs, "optimizer": params.optimizer}  # fmt: skip
+        return {"solver": params.solver, "num_factors": params.num_factors, "feature_groups": groups, **steps}
 
 
 class _Spool:
@@ -502,10 +447,9 @@ class _Spool:
         return self.files[name]
 
     def move_into(self, directory: Path) -> list[str]:
-        moved = []
-        for name, path in self.files.items():
-            os.replace(path, directory / name)
-            moved.append(name)
+        moved = list(self.files)
+        for name in moved:
+            os.replace(self.files[name], directory / name)
         self.files.clear()
         return moved
 
@@ -527,13 +471,6 @@ HEARTBEAT_SECONDS = 10.0
 _REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",), "recsys.eda": ("recsys.eda",)}
 
 
-def _check_out_dir(out_dir: Path, kind: str = "recsys.run") -> None:
-    """Refuse, before any work, an ``out`` that the outputs may not replace (see
-    :func:`recsys._io.check_replaceable`): a file, a folder with anything recsys did not write,
-    the current folder, or a full run's output for ``recsys train``."""
-    check_replaceable(out_dir, kind, _REPLACES[kind])
-
-
 def _run_stages(
     cfg: RunConfig, backend: Any, timer: _Timer, show_progress: bool, dry_run: bool, *, train_only: bool = False,
     spool: _Spool | None = None,
@@ -541,15 +478,12 @@ def _run_stages(
     metrics: dict[str, Any] = {}
     with timer("load"):
         frame, report, label = load_input(cfg.data, cfg.seed)
-        test_frame = None
-        if cfg.data.test_path:
-            test_frame, _ = load_ratings(cfg.data.test_path, cfg.data.format, **cfg.data.mapping())
+        test_frame = load_ratings(cfg.data.test_path, cfg.data.format, **cfg.data.mapping())[0] if cfg.data.test_path else None
     with timer("explore"):
         exploration = explore_mod.explore(frame, report)
     with timer("prepare"):
         prepared = prepare(frame, cfg.prepare, test_frame=test_frame)
-    metrics["data"] = _data_metrics(report, prepared)
-    metrics["data"]["source"] = label
+    metrics["data"] = {**_data_metrics(report, prepared), "source": label}
     result = RunResult(config=cfg, out_dir=None, metrics=metrics, load_report=report, exploration=exploration,
                        prepared=prepared, frame=frame)  # fmt: skip
     meta: dict[str, Any] = {"n_users": prepared.n_users, "n_items": prepared.n_items}
@@ -559,27 +493,25 @@ def _run_stages(
         meta["feature_groups"] = designs.groups.to_dict()
 
     def fit(params: Any, stage: str, y: np.ndarray, y_eval: np.ndarray) -> FittedFM:
-        X, X_eval = designs.train_for(params), designs.test
-        return backend.fit_fm(X, y, params, eval_set=(X_eval, y_eval),
+        return backend.fit_fm(designs.train_for(params), y, params, eval_set=(designs.test, y_eval),
                               options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": stage}))  # fmt: skip
 
     with timer("fm regressor"):
         ytr, yte = prepared.labels("train"), prepared.labels("test")
         reg = fit(cfg.regressor, "regressor", ytr, yte)
         pred = reg.predict(designs.test)
-        r = regression_report(yte, pred, ytr, items_test=prepared.test[ITEM], items_train=prepared.train[ITEM])
-        r["predictions"] = prediction_summary(pred, valid_range=rating_range)
-        r["model"] = designs.describe(cfg.regressor)
-        metrics["regressor"] = r
+        metrics["regressor"] = {
+            **regression_report(yte, pred, ytr, items_test=prepared.test[ITEM], items_train=prepared.train[ITEM]),
+            "predictions": prediction_summary(pred, valid_range=rating_range), "model": designs.describe(cfg.regressor),
+        }  # fmt: skip
     with timer("fm classifier"):
         ctr, cte = prepared.labels("train", "classification"), prepared.labels("test", "classification")
         clf = fit(cfg.classifier, "classifier", ctr, cte)
         proba = clf.predict_score(designs.test)
-        c = classification_report(cte, proba, ctr)
-        c["positive_threshold"] = cfg.prepare.positive_threshold
-        c["predictions"] = prediction_summary(proba, valid_range=(0.0, 1.0))
-        c["model"] = designs.describe(cfg.classifier)
-        metrics["classifier"] = c
+        metrics["classifier"] = {
+            **classification_report(cte, proba, ctr), "positive_threshold": cfg.prepare.positive_threshold,
+            "predictions": prediction_summary(proba, valid_range=(0.0, 1.0)), "model": designs.describe(cfg.classifier),
+        }  # fmt: skip
     result.models = {"regressor": reg, "classifier": clf}
     result.predictions = {"regressor": (pred, yte), "classifier": (proba, cte)}
     rating_user_features = designs.user_part()  # the customers' side of a rating model's row
@@ -597,9 +529,7 @@ def _run_stages(
     seen = prepared.seen_items()
     popularity = np.bincount(prepared.train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
     with timer("knn"):
-        histories = None
-        if cfg.recommend.customers == "all":
-            histories = Histories.from_frame(prepared.others(), prepared.mappings)
+        histories = Histories.from_frame(prepared.others(), prepared.mappings) if cfg.recommend.customers == "all" else None
         rec = Recommender(chosen, prepared.mappings, seen, item_popularity=popularity, backend=backend,
                           knn_params=cfg.knn, user_features=user_features, histories=histories)  # fmt: skip
         rec.index  # noqa: B018 - built here, so the stage timings tell building from searching
@@ -634,14 +564,14 @@ def _run_stages(
         # the lab's two-customer views, on the regressor (its scores look alike for everyone)
         # and on the model whose recommendations are written
         views = {}
-        pair = _two_customers(prepared)
-        if pair is not None:
+        pair = _lab_customers(prepared, [200, 201])
+        if len(pair) == 2:
             for name, model, uf in (("regressor", reg, rating_user_features), (cfg.objective, chosen, user_features)):
                 r2 = rec if model is chosen else Recommender(model, prepared.mappings, seen, user_features=uf)
                 corr, a, b = r2.score_correlation(*pair)
                 views[name] = {"customers": [pair[0], pair[1]], "pearson_r": corr}
                 result.score_pairs[name] = (a, b)
-            ids = [c for c in _three_customers(prepared)]
+            ids = _lab_customers(prepared, [200, 201, 900])
             views["top_k_overlap"] = {
                 "customers": ids,
                 "shared_videos": Recommender.list_overlap(_model_frame(rec, result.model_lists, ids), ids).to_numpy().tolist(),
@@ -682,26 +612,15 @@ def _everyone_metrics(rec: Recommender, prepared: PreparedData, exclude_seen: bo
                              seen=rec.seen, exclude_seen=exclude_seen, test_ranks=test_ranks)  # fmt: skip
 
 
-def _two_customers(prepared: PreparedData) -> tuple[Any, Any] | None:
-    """The lab compared customers 200 and 201; use the customers at those indices when they
-    exist (else the first two)."""
+def _lab_customers(prepared: PreparedData, lab: list[int]) -> list[Any]:
+    """The customers the lab looked at (indices ``lab``, e.g. 200 and 201) when they all exist,
+    else the first ``len(lab)`` (fewer when there are fewer customers)."""
     n = prepared.n_users
-    if n < 2:
-        return None
-    a, b = (200, 201) if n > 201 else (0, 1)
-    ids = prepared.mappings.customer_ids
-    return ids[a], ids[b]
-
-
-def _three_customers(prepared: PreparedData) -> list[Any]:
-    n = prepared.n_users
-    picks = [200, 201, 900] if n > 900 else list(range(min(3, n)))
+    picks = lab if n > max(lab) else range(min(len(lab), n))
     return [prepared.mappings.customer_ids[i] for i in picks]
 
 
-# ---------------------------------------------------------------------------------------------
-# outputs
-# ---------------------------------------------------------------------------------------------
+# ---- outputs ----------------------------------------------------------------------------------
 def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
     """Every PNG of the report."""
     from . import plots
@@ -741,21 +660,19 @@ def _write_outputs(
     ``timing()`` (the stage times up to that moment)."""
     from .report import write_report
 
-    cfg = result.config
-    prepared = result.prepared
+    cfg, prepared, rec = result.config, result.prepared, result.recommender
     files: dict[str, Any] = {}
     with atomic_dir(out_dir, kind=kind, replaces=_REPLACES[kind]) as tmp:
         (tmp / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
         files["config"] = "config.toml"
-        rec = result.recommender
         for name in spool.move_into(tmp):
             files["recommendations_csv" if name.endswith(".csv") else "recommendations"] = name
         for name, model in result.models.items():
             model.save(tmp / "models" / name)
             files[f"model_{name}"] = f"models/{name}"
-        if result.recommender is not None:
+        if rec is not None:
             try:
-                result.recommender.index.save(tmp / "knn")
+                rec.index.save(tmp / "knn")
                 files["knn_index"] = "knn"
             except BackendError:
                 log.info("the %s k-NN index lives remotely; the recommendations are saved locally", cfg.backend)
@@ -772,21 +689,13 @@ def _write_outputs(
             files["report"] = "report.html"
         files["metrics"] = "metrics.json"  # written last, below
         run_info = {
-            "format": RUN_FORMAT,
-            "format_version": RUN_FORMAT_VERSION,
-            "run_id": uuid.uuid4().hex[:12],
+            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "run_id": uuid.uuid4().hex[:12],
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "backend": cfg.backend,
-            "objective": cfg.objective,
-            "recommender_model": "ranking" if cfg.objective == "ranking" else "classifier",
-            "seed": cfg.seed,
-            "n_customers": prepared.n_users,
-            "n_products": prepared.n_items,
-            "k": cfg.knn.k,
-            "recsys_version": __version__,
-            "python": platform.python_version(),
-            "files": files,
-        }
+            "backend": cfg.backend, "objective": cfg.objective,
+            "recommender_model": "ranking" if cfg.objective == "ranking" else "classifier", "seed": cfg.seed,
+            "n_customers": prepared.n_users, "n_products": prepared.n_items, "k": cfg.knn.k,
+            "recsys_version": __version__, "python": platform.python_version(), "files": files,
+        }  # fmt: skip
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
         if timing is not None:
             result.metrics["timing"] = timing()
@@ -794,9 +703,7 @@ def _write_outputs(
     return files
 
 
-# ---------------------------------------------------------------------------------------------
-# the parts on their own: eda, evaluate
-# ---------------------------------------------------------------------------------------------
+# ---- the parts on their own: eda, evaluate ----------------------------------------------------
 @dataclass
 class EdaResult:
     load_report: LoadReport
@@ -813,7 +720,7 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
     overrides.setdefault("out", "recsys-eda")
     cfg = _resolve(config, overrides)
     out_dir = Path(cfg.out)
-    _check_out_dir(out_dir, "recsys.eda")
+    check_replaceable(out_dir, "recsys.eda", _REPLACES["recsys.eda"])
     frame, report, label = load_input(cfg.data, cfg.seed)
     exploration = explore_mod.explore(frame, report)
     with atomic_dir(out_dir, kind="recsys.eda", replaces=_REPLACES["recsys.eda"]) as tmp:
@@ -835,8 +742,6 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     cfg = saved.config
     train, test = saved.train, saved.test
     n_users, n_items = saved.mappings.n_users, saved.mappings.n_items
-    from .data.prepare import labels, one_hot
-
     plain = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
 
     def design(model: FittedFM) -> Any:  # the test rows as the model was trained to read them

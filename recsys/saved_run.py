@@ -174,8 +174,7 @@ class SavedRun:
             from backends import load_knn
 
             index = load_knn(self.path / "knn")
-        cfg = self.config
-        m = self.mappings
+        cfg, m = self.config, self.mappings
         layout = fm.metadata.get("n_users", m.n_users), fm.metadata.get("n_items", m.n_items)
         if layout != (m.n_users, m.n_items) or (index is not None and index.ntotal != m.n_items):
             raise ModelFormatError(
@@ -184,13 +183,10 @@ class SavedRun:
             )
         with self._reading(self.path / "models" / name / "config.json"):
             features = self.user_features_for(fm)
-        histories = None
-        if (self.path / "data" / "histories.npz").is_file():
-            histories = Histories.load(self.path / "data", m.n_items)
-        return Recommender(
-            fm, self.mappings, self.seen, item_popularity=self.popularity, index=index,
-            knn_params=cfg.knn, user_features=features, histories=histories,
-        )  # fmt: skip
+        data = self.path / "data"
+        histories = Histories.load(data, m.n_items) if (data / "histories.npz").is_file() else None
+        return Recommender(fm, m, self.seen, item_popularity=self.popularity, index=index, knn_params=cfg.knn,
+                           user_features=features, histories=histories)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"SavedRun({str(self.path)!r}, run_id={self.info.get('run_id')!r})"
