@@ -38,6 +38,7 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -62,8 +63,10 @@ class Hyper:
     lam_v: np.ndarray
 
 
-def _draw(prec: np.ndarray, lin: np.ndarray, z: np.ndarray) -> np.ndarray:
-    return lin / prec + z / np.sqrt(prec)
+def _draw(lam: Any, mu: Any, alpha: float, s2: Any, se: Any, theta: Any, z: Any) -> Any:
+    """A coordinate's conditional draw (precision and mean as in the module docstring)."""
+    prec = lam + alpha * s2
+    return (alpha * (se + theta * s2) + lam * mu) / prec + z / np.sqrt(prec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +109,9 @@ class ColumnGroup:
         self.one_hot = bool(np.bincount(self.rows, minlength=1).max(initial=0) <= 1)
         self.feat_group = np.full(len(self.feats), self.group, dtype=np.int64)
 
-    def subset(self, t0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The single feature at position ``t0``: (feats, rows, t, x)."""
-        sel = slice(self.ptr[t0], self.ptr[t0 + 1])
-        return self.feats[t0 : t0 + 1], self.rows[sel], np.zeros(sel.stop - sel.start, dtype=np.int64), self.x[sel]
+    def entries(self, t0: int) -> slice:
+        """Where the entries of the feature at position ``t0`` are."""
+        return slice(self.ptr[t0], self.ptr[t0 + 1])
 
 
 def _update_disjoint(
@@ -120,24 +122,18 @@ def _update_disjoint(
     e, w, V = state["e"], state["w"], state["V"]
     nf, k = len(feats), V.shape[1]
     el = e[rows]
-    s2 = np.bincount(t, x * x, minlength=nf)
-    se = np.bincount(t, el * x, minlength=nf)
-    prec = hyper.lam_w[g] + alpha * s2
+    s2, se = np.bincount(t, x * x, minlength=nf), np.bincount(t, el * x, minlength=nf)
     wj = w[feats]
-    wn = _draw(prec, alpha * (se + wj * s2) + hyper.lam_w[g] * hyper.mu_w[g], noise[:, 0])
-    d = wn - wj
+    wn = _draw(hyper.lam_w[g], hyper.mu_w[g], alpha, s2, se, wj, noise[:, 0])
     w[feats] = wn
-    el -= d[t] * x
+    el -= (wn - wj)[t] * x
     Vj = V[feats]
     H = x[:, None] * (data.q(rows, V, state["Q"]) - x[:, None] * Vj[t])
     dV = np.zeros((nf, k))
     for f in range(k):
         h = H[:, f]
-        s2 = np.bincount(t, h * h, minlength=nf)
-        se = np.bincount(t, el * h, minlength=nf)
-        lam = hyper.lam_v[g, f]
-        prec = lam + alpha * s2
-        vn = _draw(prec, alpha * (se + Vj[:, f] * s2) + lam * hyper.mu_v[g, f], noise[:, 1 + f])
+        s2, se = np.bincount(t, h * h, minlength=nf), np.bincount(t, el * h, minlength=nf)
+        vn = _draw(hyper.lam_v[g, f], hyper.mu_v[g, f], alpha, s2, se, Vj[:, f], noise[:, 1 + f])
         dV[:, f] = vn - Vj[:, f]
         el -= dV[t, f] * h
     V[feats] = Vj + dV
@@ -150,8 +146,10 @@ def update_columns(group: ColumnGroup, data: Rows, state: dict, alpha: float, hy
         _update_disjoint(group.feats, group.rows, group.t, group.x, group.group, data, state, alpha, hyper, noise)
         return
     for t0 in range(len(group.feats)):
-        feats, rows, t, x = group.subset(t0)
-        _update_disjoint(feats, rows, t, x, group.group, data, state, alpha, hyper, noise[t0 : t0 + 1])
+        sel = group.entries(t0)
+        t = np.zeros(sel.stop - sel.start, dtype=np.int64)
+        _update_disjoint(group.feats[t0 : t0 + 1], group.rows[sel], t, group.x[sel], group.group, data, state, alpha,
+                         hyper, noise[t0 : t0 + 1])  # fmt: skip
 
 
 def update_linear(group: ColumnGroup, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
@@ -159,10 +157,9 @@ def update_linear(group: ColumnGroup, state: dict, alpha: float, hyper: Hyper, n
     column after the other: ``w_j`` given the residuals, as for any column with no factors."""
     e, w, g = state["e"], state["w"], group.group
     for t0, j in enumerate(group.feats):
-        rows, x = group.rows[group.ptr[t0] : group.ptr[t0 + 1]], group.x[group.ptr[t0] : group.ptr[t0 + 1]]
+        rows, x = group.rows[group.entries(t0)], group.x[group.entries(t0)]
         s2, se = float(x @ x), float(e[rows] @ x)
-        prec = hyper.lam_w[g] + alpha * s2
-        wn = float(_draw(prec, alpha * (se + w[j] * s2) + hyper.lam_w[g] * hyper.mu_w[g], noise[t0]))
+        wn = float(_draw(hyper.lam_w[g], hyper.mu_w[g], alpha, s2, se, w[j], noise[t0]))
         e[rows] -= (wn - w[j]) * x
         w[j] = wn
 
@@ -211,8 +208,7 @@ def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper:
     for j, (m, x) in enumerate(cols):
         g = rel.col_group[j]
         s2, se = float(np.sum(x * x * cnt[m])), float(np.sum(x * E[m]))
-        prec = hyper.lam_w[g] + alpha * s2
-        wn = _draw(prec, alpha * (se + w[j] * s2) + hyper.lam_w[g] * hyper.mu_w[g], noise[j, 0])
+        wn = _draw(hyper.lam_w[g], hyper.mu_w[g], alpha, s2, se, w[j], noise[j, 0])
         d = wn - w[j]
         w[j] = wn
         E[m] -= d * x * cnt[m]
@@ -232,14 +228,11 @@ def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper:
         E, G = np.bincount(idx, e, minlength=ne), np.bincount(idx, e * r, minlength=ne)
         Q_old, D_old = Q[:, f].copy(), D.copy()
         for j, (m, x) in enumerate(cols):
-            g = rel.col_group[j]
-            v = V[j, f]
+            g, v = rel.col_group[j], V[j, f]
             c = Q[m, f] - x * v
             s2 = float(np.sum(x * x * (cnt[m] * c * c + 2.0 * c * S1[m] + S2[m])))
             se = float(np.sum(x * (c * E[m] + G[m])))
-            lam = hyper.lam_v[g, f]
-            prec = lam + alpha * s2
-            vn = _draw(prec, alpha * (se + v * s2) + lam * hyper.mu_v[g, f], noise[j, 1 + f])
+            vn = _draw(hyper.lam_v[g, f], hyper.mu_v[g, f], alpha, s2, se, v, noise[j, 1 + f])
             d = vn - v
             V[j, f] = vn
             E[m] -= d * x * (cnt[m] * c + S1[m])

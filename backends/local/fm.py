@@ -53,8 +53,9 @@ __all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batc
 
 log = logging.getLogger("recsys")
 
-_ADAM_BETA1 = 0.9
-_ADAM_BETA2 = 0.999
+_ADAM_BETA1, _ADAM_BETA2 = 0.9, 0.999
+#: optimizer state tensors per parameter
+_N_STATE = {"adam": 2, "adagrad": 1, "sgd": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,11 +75,7 @@ class SparseBatch:
 
 
 class _CSRTensors:
-    """A CSR matrix held as torch tensors, cut into :class:`SparseBatch` es.
-
-    :meth:`epoch` permutes the whole matrix once and then yields contiguous slices, so a batch
-    costs no gather of its own.
-    """
+    """A CSR matrix held as torch tensors, cut into :class:`SparseBatch` es."""
 
     def __init__(self, X: sp.csr_matrix):
         X = sp.csr_matrix(X)
@@ -97,16 +94,18 @@ class _CSRTensors:
             self.val2d = self.data.view(self.n_rows, self.width)
         self._row_ids: dict[int, torch.Tensor] = {}
 
-    def _local_rows(self, b: int) -> torch.Tensor:
+    def _fixed(self, idx: torch.Tensor, val: torch.Tensor) -> SparseBatch:
+        """A batch of fixed-width rows from their (b, width) indices and values."""
+        b = int(idx.shape[0])
         if b not in self._row_ids:
             self._row_ids[b] = torch.arange(b).repeat_interleave(self.width)
-        return self._row_ids[b]
+        return SparseBatch(idx.reshape(-1), val.reshape(-1), self._row_ids[b], b, self.width)
 
     def batch(self, rows: torch.Tensor) -> SparseBatch:
         """The rows ``rows`` (int64 tensor) as a batch."""
-        b = int(rows.numel())
         if self.width:
-            return SparseBatch(self.idx2d[rows].reshape(-1), self.val2d[rows].reshape(-1), self._local_rows(b), b, self.width)
+            return self._fixed(self.idx2d[rows], self.val2d[rows])
+        b = int(rows.numel())
         starts = self.indptr[rows]
         lengths = self.indptr[rows + 1] - starts
         local = torch.repeat_interleave(torch.arange(b), lengths)
@@ -115,17 +114,13 @@ class _CSRTensors:
         return SparseBatch(self.indices[pos], self.data[pos], local, b)
 
     def epoch(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[slice, SparseBatch]]:
-        """Yield ``(slice into order, batch)`` covering all rows in ``order``."""
-        if not self.width:
-            for start in range(0, len(order), batch_size):
-                yield slice(start, start + batch_size), self.batch(order[start : start + batch_size])
-            return
-        idx = self.idx2d[order]
-        val = self.val2d[order]
+        """Yield ``(slice into order, batch)`` covering all rows in ``order``; fixed-width rows
+        are permuted once, so a batch is a contiguous slice with no gather of its own."""
+        if self.width:
+            idx, val = self.idx2d[order], self.val2d[order]
         for start in range(0, len(order), batch_size):
             sl = slice(start, start + batch_size)
-            b = int(idx[sl].shape[0])
-            yield sl, SparseBatch(idx[sl].reshape(-1), val[sl].reshape(-1), self._local_rows(b), b, self.width)
+            yield sl, (self._fixed(idx[sl], val[sl]) if self.width else self.batch(order[sl]))
 
 
 def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:
@@ -186,16 +181,15 @@ class FMTrainer:
     """
 
     def __init__(self, feature_dim: int, params: FMParams):
-        self.params = params
+        self.params = p = params
         self.feature_dim = feature_dim
-        k = self.k = params.num_factors
-        gen = torch.Generator().manual_seed(params.seed)
-        p = params
+        k = self.k = p.num_factors
+        gen = torch.Generator().manual_seed(p.seed)
         available = _available_memory()
         if available is not None and model_bytes(feature_dim, p) > available:
             raise _too_big(feature_dim, p, available)
         self.optimizer = p.optimizer
-        n_state = {"adam": 2, "adagrad": 1, "sgd": 0}[self.optimizer]
+        n_state = _N_STATE[self.optimizer]
         try:
             self.w0 = _init((1,), p.bias_init_method, p.bias_init_sigma, p.bias_init_scale, p.bias_init_value, gen)
             w = _init((feature_dim,), p.linear_init_method, p.linear_init_sigma, p.linear_init_scale, p.linear_init_value, gen)
@@ -289,7 +283,8 @@ class FMTrainer:
         y, s, xv = self.forward(batch)
         loss, dy = loss_fn(y, target)
         scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
-        self.apply_gradient(batch, dy * scale, s, xv)
+        g_w0, rows, g_rows = self.gradients(batch, dy * scale, s, xv)
+        self.apply_row_gradients(rows, g_rows, g_w0)
         return float(loss.sum())
 
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
@@ -316,7 +311,14 @@ class FMTrainer:
         starts = torch.arange(0, n, batch_size)
         ends = torch.clamp(starts + batch_size, max=n)
         max_nnz = int((indptr[ends] - indptr[starts]).max()) if n else 0
-        self._scratch(min(batch_size, n), max_nnz, 2 * max_nnz)
+        # grow the kernel's scratch buffers to fit the largest batch
+        if self._slot is None:
+            self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
+        need = (min(batch_size, n) + max_nnz) * (self.k + 1) + min(batch_size, n)
+        if self._fwork.numel() < need:
+            self._fwork = torch.empty(need)
+        if self._iwork.numel() < 2 * max_nnz:
+            self._iwork = torch.empty(2 * max_nnz, dtype=torch.int64)
         p = self.params
         st = [*self.state_P, None, None][:2]
         st0 = [*self.state_w0, None, None][:2]
@@ -338,26 +340,10 @@ class FMTrainer:
             raise DataError(f"a feature index is outside [0, {self.feature_dim}): the data must have {self.feature_dim} columns")
         return total
 
-    def _scratch(self, n_rows: int, nnz: int, n_int: int) -> None:
-        """Grow the kernel's scratch buffers to fit a batch of ``n_rows`` rows, ``nnz`` entries."""
-        if self._slot is None:
-            self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
-        k1 = self.k + 1
-        need = n_rows * k1 + nnz * k1 + n_rows
-        if self._fwork.numel() < need:
-            self._fwork = torch.empty(need)
-        if self._iwork.numel() < n_int:
-            self._iwork = torch.empty(n_int, dtype=torch.int64)
-
     def _fusable(self) -> bool:
         """The kernel writes the parameters and state in place through raw pointers."""
         tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
         return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-
-    def apply_gradient(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> None:
-        """Apply per-row loss gradients ``g`` (already rescaled) with a lazy optimizer step."""
-        g_w0, rows, g_rows = self.gradients(batch, g, s, xv)
-        self.apply_row_gradients(rows, g_rows, g_w0)
 
     def apply_row_gradients(self, rows: torch.Tensor, g_rows: torch.Tensor, g_w0: torch.Tensor | None = None) -> None:
         """One lazy optimizer step: ``g_rows[j]`` is the gradient of table row ``rows[j]``
@@ -398,16 +384,11 @@ class FMTrainer:
         self.w0, self.P = (t.clone() for t in snap)
 
     def to_artifact(self, metadata: dict[str, Any] | None = None) -> FittedFM:
-        meta = {"backend": "torch"}
-        meta.update(metadata or {})
         return FittedFM(
-            w0=float(self.w0[0]),
-            w=self.w.numpy().copy(),
-            V=self.V.contiguous().numpy().copy(),
-            predictor_type=self.params.predictor_type,
-            config=self.params.to_dict(),
-            metadata=meta,
-        )
+            w0=float(self.w0[0]), w=self.w.numpy().copy(), V=self.V.contiguous().numpy().copy(),
+            predictor_type=self.params.predictor_type, config=self.params.to_dict(),
+            metadata={"backend": "torch", **(metadata or {})},
+        )  # fmt: skip
 
 
 def _available_memory() -> int | None:
@@ -429,8 +410,7 @@ def model_bytes(feature_dim: int, params: FMParams) -> int:
     """Memory the trainer allocates for the model: the (feature_dim, num_factors + 1) float32
     table, its optimizer state (Adam 2 copies, AdaGrad 1), the copy made while initialising
     (and for the fitted artifact) and, with early stopping, the best epoch's snapshot."""
-    n_state = {"adam": 2, "adagrad": 1}.get(params.optimizer, 0)
-    copies = 2 + n_state + (1 if params.early_stopping_patience else 0)
+    copies = 2 + _N_STATE.get(params.optimizer, 0) + (1 if params.early_stopping_patience else 0)
     return copies * feature_dim * (params.num_factors + 1) * 4
 
 

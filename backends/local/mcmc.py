@@ -15,10 +15,9 @@ regularization is integrated out instead of tuned:
 * a sweep draws ``alpha``, the hyperparameters, ``w0``, then every ``w_j`` and ``V_jf``
   (:mod:`backends.local._gibbs`: whole one-hot groups at once; a native kernel when built).
 
-The knobs are ``mcmc_burn_in`` (sweeps discarded) and ``mcmc_samples`` (sweeps kept), plus
-``num_factors``, ``seed`` and ``mcmc_init_sigma`` (the factors' starting spread). Predictions
-are averaged over the kept samples for the evaluation set given at fit time (the ``eval_*``
-history). The returned :class:`~recsys.model.FittedFM` holds the posterior mean ``w0, w, V``
+Knobs: ``mcmc_burn_in`` (sweeps discarded), ``mcmc_samples`` (sweeps kept), ``num_factors``,
+``seed``, ``mcmc_init_sigma`` (the factors' starting spread). The ``eval_*`` history averages
+predictions over the kept samples. The returned :class:`~recsys.model.FittedFM` holds the posterior mean ``w0, w, V``
 (what later predictions and the k-NN vectors use: on the validation folds of
 ``benchmarks/bench_quality.py`` it predicts as well as the average over every kept sample) and,
 with ``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, which
@@ -65,10 +64,8 @@ class FMOutput:
     def __init__(self, design: GroupedDesign):
         self.X = sp.csr_matrix(design.X, dtype=np.float64)
         self.X2 = self.X.multiply(self.X).tocsr()
-        self.blocks = []
-        for block in design.relations:
-            T = sp.csr_matrix(block.table, dtype=np.float64)
-            self.blocks.append((block.index, T, T.multiply(T).tocsr()))
+        tables = [sp.csr_matrix(b.table, dtype=np.float64) for b in design.relations]
+        self.blocks = [(b.index, T, T.multiply(T).tocsr()) for b, T in zip(design.relations, tables, strict=True)]
 
     def __call__(self, w0: float, w: np.ndarray, V: np.ndarray) -> np.ndarray:
         dx = self.X.shape[1]
@@ -105,13 +102,10 @@ def _default_groups(feature_dim: int, metadata: dict[str, Any] | None) -> np.nda
 
 
 class GibbsSampler:
-    """The state of the chain: parameters, hyperparameters, the residuals ``e`` of the training
-    rows and each relation block's per-entity factor sums ``Q``; :meth:`sweep` draws the next
-    sample.
-
-    ``fixed_alpha`` (regressor) keeps the noise precision fixed and ``sample_hyper=False`` keeps
-    the priors at :attr:`hyper` -- for checks against closed forms.
-    """
+    """The chain's state: parameters, hyperparameters, the training rows' residuals ``e`` and
+    each relation block's per-entity factor sums ``Q``; :meth:`sweep` draws the next sample.
+    ``fixed_alpha`` (regressor) and ``sample_hyper=False`` freeze the noise precision and the
+    priors (:attr:`hyper`) -- for checks against closed forms."""
 
     def __init__(
         self,
@@ -135,8 +129,8 @@ class GibbsSampler:
         groups = np.zeros(self.d, dtype=np.int64) if groups is None else np.asarray(groups)
         if groups.shape != (self.d,):
             raise DataError(f"groups must have one entry per feature ({self.d}), got shape {groups.shape}")
-        ids, self.col_group = np.unique(groups, return_inverse=True)
-        self.col_group = self.col_group.astype(np.int64)
+        ids, col_group = np.unique(groups, return_inverse=True)
+        self.col_group = col_group.astype(np.int64)
         self.n_groups = int(self.col_group.max()) + 1
         self.group_size = np.bincount(self.col_group, minlength=self.n_groups).astype(np.float64)
         self._group_sum = sp.csr_matrix(
@@ -164,11 +158,10 @@ class GibbsSampler:
                 group = _gibbs.ColumnGroup(self.rows.Xc, np.flatnonzero(self.col_group[:dx] == g), g)
                 (self.linear_groups if linear[g] else self.column_groups).append(group)
         self.relations: list[_gibbs.Relation] = []
-        off = dx
         for pos, block in enumerate(design.relations):
-            width = block.table.shape[1]
-            self.relations.append(_gibbs.Relation(pos, block.index, block.table, off, self.col_group[off : off + width]))
-            off += width
+            off = dx + sum(r.width for r in self.relations)
+            cols = self.col_group[off : off + block.table.shape[1]]
+            self.relations.append(_gibbs.Relation(pos, block.index, block.table, off, cols))
         # caches: residuals e = z - y(x) and each relation block's per-entity factor sums Q
         self.z = (2.0 * self.y - 1.0) if classifier else self.y
         self.Q = [rel.sums(self.w, self.V)[1] for rel in self.relations]
@@ -184,9 +177,6 @@ class GibbsSampler:
     @property
     def native(self) -> bool:
         return self._native is not None
-
-    def state(self) -> dict[str, Any]:
-        return {"e": self.e, "w": self.w, "V": self.V, "Q": self.Q}
 
     # -- conditionals ----------------------------------------------------------------------
     def sample_hyperparameters(self) -> None:
@@ -229,7 +219,7 @@ class GibbsSampler:
         w0 = (self.alpha * (float(self.e.sum()) + self.w0 * n)) / prec + rng.standard_normal() / math.sqrt(prec)
         self.e -= w0 - self.w0
         self.w0 = w0
-        state = self.state()
+        state = {"e": self.e, "w": self.w, "V": self.V, "Q": self.Q}
         columns = self._native.columns if self._native else _gibbs.update_columns
         for group in self.column_groups:
             noise = rng.standard_normal((len(group.feats), self.k + 1))
@@ -245,7 +235,7 @@ class GibbsSampler:
 
     # -- monitoring ------------------------------------------------------------------------
     def train_loss(self) -> float:
-        """Mean squared residual (regressor) or the probit log loss of this sample (classifier)."""
+        """Mean squared residual (regressor) or probit log loss (classifier) of this sample."""
         if not self.classifier:
             return float(self.e @ self.e) / self.n
         yhat = self.z - self.e
@@ -264,8 +254,7 @@ def _eval_loss(classifier: bool, pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def _check_labels(design: GroupedDesign, y: Any, what: str, classifier: bool, feature_dim: int | None) -> np.ndarray:
-    """Validate labels and the per-row part through :func:`check_design`; relation tables are
-    checked for finiteness here."""
+    """:func:`check_design` on labels and the per-row part; relation tables must be finite."""
     _, y = check_design(design.X, y, what, classifier=classifier)
     if feature_dim is not None and design.feature_dim != feature_dim:
         raise DataError(f"{what}: the design has {design.feature_dim} columns but feature_dim is {feature_dim}")
@@ -306,10 +295,8 @@ class _Posterior:
 
     def artifact(self, params: FMParams, meta: dict[str, Any]) -> FittedFM:
         sm, n = self.sampler, self.count
-        if n == 0:  # stopped during burn-in: the last sample stands for the posterior
-            w0, w, V, n = sm.w0, sm.w, sm.V, 1
-        else:
-            w0, w, V = self.w0, self.w, self.V
+        # stopped during burn-in: the last sample stands for the posterior
+        w0, w, V, n = (self.w0, self.w, self.V, n) if n else (sm.w0, sm.w, sm.V, 1)
         filled = sum(c < self.count for c in self.slot)  # fewer when the chain was stopped early
         samples = PosteriorSamples(*(a[:filled] for a in self.saved)) if filled else None
         meta["mcmc_kept_samples"] = self.count
@@ -339,16 +326,15 @@ def train_fm_mcmc(
     """
     options = options or TrainOptions()
     metadata = options.metadata
-    X_eval, y_eval = eval_set if eval_set is not None else (None, None)
     params.validate()
     classifier = params.predictor_type == "binary_classifier"
     design = _as_design(X, "training data")
     y = _check_labels(design, y, "training data", classifier, params.feature_dim)
     if groups is None and design.groups is None:
         groups = _default_groups(design.feature_dim, metadata)
-    eval_design = None
-    if X_eval is not None:
-        eval_design = _as_design(X_eval, "evaluation data")
+    X_eval, y_eval = eval_set if eval_set is not None else (None, None)
+    eval_design = None if X_eval is None else _as_design(X_eval, "evaluation data")
+    if eval_design is not None:
         y_eval = _check_labels(eval_design, y_eval, "evaluation data", classifier, design.feature_dim).astype(np.float64)
     burn_in, kept = int(params.mcmc_burn_in), int(params.mcmc_samples)
     metric = "logloss" if classifier else "mse"
