@@ -6,21 +6,18 @@ its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
 
 ``time``
     a one-hot time bucket of the rating's date (``time_buckets`` buckets at the quantiles of
-    the training dates; a rating outside them falls in the first or last bucket, a missing
-    date in the first);
+    the training dates; a date outside them falls in the first or last bucket, a missing one in
+    the first);
 ``recent_mean``
     the customer's current rating level: the mean of their last ``recent_mean`` ratings *before*
     this one, minus the mean training rating (0 without earlier ratings) -- one numeric column, a
-    time-varying user bias (Koren's timeSVD++ models the same drift). A row being predicted sees
-    the customer's last ``recent_mean`` training ratings. The Bayesian FM gives the group a
-    linear weight only (``LINEAR_GROUPS``: its factors stay 0), so it costs one pass over the
-    rows per sweep;
+    time-varying user bias (Koren's timeSVD++ models the same drift). The Bayesian FM gives it a
+    linear weight only (``LINEAR_GROUPS``: its factors stay 0): one pass over the rows per sweep;
 ``recent``
     the customer's last ``recent`` videos rated *before* this rating (weights ``1/N`` over the
-    N found), as the ranking objective's history block (:mod:`recsys.features`). A row being
-    predicted (not a training row) sees the customer's last ``recent`` training videos. Several
-    of these columns are set in a row, so the sampler updates them one by one; as a relation
-    block with a table row per design row it does so in O(num_factors * (rows + entries));
+    N found), as the ranking objective's history block (:mod:`recsys.features`). Several of
+    these columns are set in a row, so the sampler updates them one by one; as a relation block
+    with a table row per design row it does so in O(num_factors * (rows + entries));
 ``implicit``
     the customer's whole set of rated training videos ``N(u)`` with weights
     ``1 / sqrt(|N(u)|)`` (SVD++'s implicit feedback). It is the same for all of a customer's
@@ -29,19 +26,18 @@ its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
     plain columns (42 M on ``ml-latest-small``); :meth:`GroupedDesign.to_csr` does, for solvers
     that need a plain matrix.
 
-Columns, in order (the relation block last)::
+A row being predicted (not a training row) sees the customer's last training ratings (for
+``recent_mean`` and ``recent``). Columns, in order (the relation block last)::
 
     [ user | item | time | recent_mean | recent | implicit ]
       n_users, n_items, time_buckets, 1 (if recent_mean), n_items (if recent), n_items (if implicit)
 
 k-NN vectors stay exact. Every group but the item is on the customer's side of a row, so
-:meth:`FeatureGroups.user_part` -- one row per customer: user one-hot, the serving-time recent
-videos (their last ``recent`` training ratings), the implicit set, their current rating level and
-the *latest* time bucket
-(the rule for the time group: recommendations are made "now") -- folds into the user vector
-exactly as the ranking history does: ``recsys.vectors.fm_vectors(fm, user_features=part)``
-gives ``[sum_f x_f V_f, 1]`` per customer and ``[V_i, w_i]`` per video, and
-``recsys.vectors.user_offsets`` the per-customer constant (the FM output of the user part).
+:meth:`FeatureGroups.user_part` (one row per customer, at serving time: the *latest* time
+bucket, as recommendations are made "now") folds into the user vector exactly as the ranking
+history does: ``recsys.vectors.fm_vectors(fm, user_features=part)`` gives ``[sum_f x_f V_f, 1]``
+per customer and ``[V_i, w_i]`` per video, ``recsys.vectors.user_offsets`` the per-customer
+constant (the FM output of the user part).
 """
 
 from __future__ import annotations
@@ -197,23 +193,16 @@ class FeatureGroups:
             csum = np.r_[0.0, np.cumsum(train[RATING].to_numpy(np.float64)[order] - self._mean)]
             count = np.minimum(pos[last] + 1, config.recent_mean)
             self._level[users_sorted[last]] = (csum[last + 1] - csum[last + 1 - count]) / count
-        self.groups, self.group_names = self._column_groups()
-
-    # -- layout ----------------------------------------------------------------------------
-    def _widths(self) -> list[tuple[str, int]]:
-        c = self.config
-        blocks = [("user", self.n_users), ("item", self.n_items), ("time", c.time_buckets), ("recent_mean", int(c.recent_mean > 0))]
-        blocks += [("recent", self.n_items if c.recent else 0), ("implicit", self.n_items if c.implicit else 0)]
-        return [(name, width) for name, width in blocks if width]
-
-    def _column_groups(self) -> tuple[np.ndarray, tuple[str, ...]]:
-        widths = self._widths()
-        names = tuple(name for name, _ in widths)
-        return np.repeat(np.arange(len(widths)), [w for _, w in widths]).astype(np.int64), names
+        c = config
+        widths = [("user", self.n_users), ("item", self.n_items), ("time", c.time_buckets), ("recent_mean", int(c.recent_mean > 0)),
+                  ("recent", self.n_items if c.recent else 0), ("implicit", self.n_items if c.implicit else 0)]  # fmt: skip
+        widths = [(name, width) for name, width in widths if width]
+        self.group_names = tuple(name for name, _ in widths)
+        self.groups = np.repeat(np.arange(len(widths)), [w for _, w in widths]).astype(np.int64)
 
     @property
     def feature_dim(self) -> int:
-        return sum(w for _, w in self._widths())
+        return len(self.groups)
 
     @property
     def layout(self) -> FeatureLayout:
@@ -226,9 +215,6 @@ class FeatureGroups:
                 "time_buckets": self.config.time_buckets, "recent_mean": self.config.recent_mean}  # fmt: skip
 
     # -- encoding --------------------------------------------------------------------------
-    def _time(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.searchsorted(self._edges, date_order_key(frame), side="right")
-
     def _rating_level(self, frame: pd.DataFrame, training: bool) -> np.ndarray:
         """The ``recent_mean`` column of ``frame``'s rows, centred on the mean training rating.
         Training rows: the mean of the customer's (up to) ``recent_mean`` ratings in ``frame``
@@ -256,7 +242,15 @@ class FeatureGroups:
             return sp.csr_matrix(part[:, self._history.history_offset :])
         return self._last_videos()[frame[USER].to_numpy(np.int64)]
 
-    def _assemble(self, users: np.ndarray, parts: list[sp.csr_matrix], recent: sp.csr_matrix | None) -> GroupedDesign:
+    def _assemble(self, users: np.ndarray, items: sp.csr_matrix, time: np.ndarray | None, level: np.ndarray | None,
+                  recent: sp.csr_matrix | None) -> GroupedDesign:  # fmt: skip
+        """The design of rows of ``users``: their one-hot, the ``items`` part, the time bucket,
+        the rating level and the ``recent`` videos (the groups that are on)."""
+        parts = [_one_hot(users, self.n_users), items]
+        if self.config.time_buckets:
+            parts.append(_one_hot(time, self.config.time_buckets))
+        if self.config.recent_mean:
+            parts.append(sp.csr_matrix(level.reshape(-1, 1)))
         X = sp.hstack(parts, format="csr", dtype=np.float32)
         X.sort_indices()
         blocks = []
@@ -276,21 +270,17 @@ class FeatureGroups:
         for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise DataError(f"{name} indices must be in [0, {n}), got [{idx.min()}, {idx.max()}]")
-        parts = [_one_hot(users, self.n_users), _one_hot(items, self.n_items)]
-        if self.config.time_buckets:
-            parts.append(_one_hot(self._time(frame), self.config.time_buckets))
-        if self.config.recent_mean:
-            parts.append(sp.csr_matrix(self._rating_level(frame, training).reshape(-1, 1)))
-        return self._assemble(users, parts, self._recent(frame, training) if self.config.recent else None)
+        c = self.config
+        time = np.searchsorted(self._edges, date_order_key(frame), side="right") if c.time_buckets else None
+        level = self._rating_level(frame, training) if c.recent_mean else None
+        recent = self._recent(frame, training) if c.recent else None
+        return self._assemble(users, _one_hot(items, self.n_items), time, level, recent)
 
     def user_part(self) -> sp.csr_matrix:
         """(n_users, feature_dim): each customer's side of a row at serving time -- user one-hot,
         latest time bucket, current rating level, last ``recent`` training videos, implicit set;
         the item columns are empty. Pass it as ``user_features`` to ``recsys.vectors.fm_vectors`` / ``user_offsets``."""
-        users = np.arange(self.n_users)
-        parts = [_one_hot(users, self.n_users), sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)]
-        if self.config.time_buckets:
-            parts.append(_one_hot(np.full(self.n_users, self.config.time_buckets - 1), self.config.time_buckets))
-        if self.config.recent_mean:
-            parts.append(sp.csr_matrix(self._level.reshape(-1, 1)))
-        return self._assemble(users, parts, self._last_videos() if self.config.recent else None).to_csr()
+        c, users = self.config, np.arange(self.n_users)
+        no_items = sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)
+        recent = self._last_videos() if c.recent else None
+        return self._assemble(users, no_items, np.full(self.n_users, c.time_buckets - 1), self._level, recent).to_csr()

@@ -69,27 +69,23 @@ def _draw(lam: Any, mu: Any, alpha: float, s2: Any, se: Any, theta: Any, z: Any)
     return (alpha * (se + theta * s2) + lam * mu) / prec + z / np.sqrt(prec)
 
 
-# ---------------------------------------------------------------------------------------------
-# per-row columns
-# ---------------------------------------------------------------------------------------------
+# -- per-row columns -------------------------------------------------------------------------
 class Rows:
     """The training rows: per-row columns ``X`` (CSR and CSC, float64) and each relation
     block's ``index``; :meth:`q` sums a row's factors from ``V`` and the blocks' ``Q``."""
 
     def __init__(self, X: sp.spmatrix, indexes: list[np.ndarray]):
-        X = sp.csr_matrix(X, dtype=np.float64)
+        self.X = X = sp.csr_matrix(X, dtype=np.float64)
         X.sum_duplicates()
         X.sort_indices()
-        self.X = X
         self.Xc = X.tocsc()
         self.Xc.sort_indices()
         self.indexes = [np.ascontiguousarray(i, dtype=np.int64) for i in indexes]
 
-    def q(self, rows: np.ndarray, V: np.ndarray, Q: list[np.ndarray], skip: int | None = None) -> np.ndarray:
+    def q(self, rows: np.ndarray, V: np.ndarray, Q: list[np.ndarray]) -> np.ndarray:
         out = np.asarray(self.X[rows] @ V[: self.X.shape[1]])
-        for b, (index, Qb) in enumerate(zip(self.indexes, Q, strict=True)):
-            if b != skip:
-                out = out + Qb[index[rows]]
+        for index, Qb in zip(self.indexes, Q, strict=True):
+            out = out + Qb[index[rows]]
         return out
 
 
@@ -164,9 +160,7 @@ def update_linear(group: ColumnGroup, state: dict, alpha: float, hyper: Hyper, n
         w[j] = wn
 
 
-# ---------------------------------------------------------------------------------------------
-# relation blocks
-# ---------------------------------------------------------------------------------------------
+# -- relation blocks -------------------------------------------------------------------------
 class Relation:
     """A relation block ready for the updates: its position ``pos`` among the blocks, the table
     in CSC form, the count of design rows per table row ``cnt``, the block's first design column
@@ -186,10 +180,9 @@ class Relation:
         self.offset = int(offset)
         self.col_group = np.ascontiguousarray(col_group, dtype=np.int64)
 
-    def sums(self, w: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per entity: ``T_m . w`` and ``Q_m = T_m V`` (n_ent, k) for this block's columns."""
-        sl = slice(self.offset, self.offset + self.width)
-        return self.T @ w[sl], np.ascontiguousarray(self.T @ V[sl])
+    def factor_sums(self, V: np.ndarray) -> np.ndarray:
+        """Per entity: ``Q_m = T_m V`` (n_ent, k) for this block's columns."""
+        return np.ascontiguousarray(self.T @ V[self.offset : self.offset + self.width])
 
 
 def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
@@ -245,9 +238,7 @@ def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper:
         e -= da + dq * r
 
 
-# ---------------------------------------------------------------------------------------------
-# the native kernel
-# ---------------------------------------------------------------------------------------------
+# -- the native kernel -----------------------------------------------------------------------
 _P = ctypes.c_void_p
 
 
@@ -340,8 +331,7 @@ class NativeUpdates:
 
     def __init__(self, lib: ctypes.CDLL, data: Rows, k: int, groups: list[ColumnGroup], relations: list[Relation],
                  Q: list[np.ndarray], zero_factors: np.ndarray | None = None):  # fmt: skip
-        self.lib, self.k = lib, k
-        X = data.X
+        self.lib, self.k, X = lib, k, data.X
         if zero_factors is not None and zero_factors.any():  # columns whose factors stay 0 add nothing to q
             X = sp.csr_matrix(X @ sp.diags((~zero_factors[: X.shape[1]]).astype(np.float64)))
             X.eliminate_zeros()

@@ -4,27 +4,26 @@ The model, for any sparse feature row x::
 
     y(x) = w0 + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
 
-is computed in O(nnz * num_factors) per batch with gathers and segment sums. Gradients are
-computed in closed form (checked against autograd and finite differences in the tests) and
-applied *lazily*: only the rows of ``w`` and ``V`` whose features occur in a batch are updated
-(and weight-decayed), as MXNet's sparse optimizers do -- so an epoch costs O(nnz * k), not
-O(feature_dim * k) per batch, and millions of users are cheap.
+is computed in O(nnz * num_factors) per batch with gathers and segment sums. Gradients are in
+closed form (checked against autograd and finite differences in the tests) and applied
+*lazily*: only the rows of ``w`` and ``V`` whose features occur in a batch are updated (and
+weight-decayed), as MXNet's sparse optimizers do -- an epoch costs O(nnz * k), not
+O(feature_dim * k) per batch, so millions of users are cheap.
 
 Optimizer semantics follow MXNet (which runs SageMaker's FM): per batch the loss gradient is
 summed and multiplied by ``rescale_grad`` (default ``1 / batch size``, i.e. the mean), clipped
 to ``[-clip_gradient, clip_gradient]``, weight decay ``wd * weight`` is added, then the
 optimizer steps with the per-part learning rate (``bias_lr``, ``linear_lr``, ``factors_lr``).
-SageMaker does not document which optimizer its FM uses; ``eps`` ("avoid division by 0")
-implies an adaptive one. The local default is Adam (``optimizer="adam"``), which trains well with
-SageMaker's default learning rates; ``"sgd"`` and ``"adagrad"`` are available.
+SageMaker does not document its FM's optimizer; ``eps`` ("avoid division by 0") implies an
+adaptive one. The local default is Adam, which trains well with SageMaker's default learning
+rates; ``"sgd"`` and ``"adagrad"`` are available.
 
-Two implementations of the same step: :meth:`FMTrainer.torch_step` in PyTorch operations (~40
-small ATen calls per batch, whose per-call overhead dominates on small catalogues), and, when the
-optional C extension ``backends/local/_fmkernel.c`` was built at install time (it is whenever a C
-compiler is present), a native epoch that runs forward, loss, gradients and the lazy update of
-every batch in one call (5-6x faster on MovieLens-sized data; the lab regressor on ``full``:
-19.1 s -> 4.4 s). The two agree to float32 rounding (tested). ``RECSYS_NATIVE=off`` forces the
-PyTorch step; float64 parameters always use it.
+Two implementations of the same step: :meth:`FMTrainer.torch_step` in PyTorch (~40 small ATen
+calls per batch, whose per-call overhead dominates on small catalogues) and, when the optional
+C extension ``backends/local/_fmkernel.c`` was built (at install time, given a C compiler), a
+native epoch running forward, loss, gradients and lazy update of every batch in one call (5-6x
+faster on MovieLens-sized data; the lab regressor on ``full``: 19.1 s -> 4.4 s). They agree to
+float32 rounding (tested). ``RECSYS_NATIVE=off`` or float64 parameters use the PyTorch step.
 """
 
 from __future__ import annotations
@@ -58,9 +57,7 @@ _ADAM_BETA1, _ADAM_BETA2 = 0.9, 0.999
 _N_STATE = {"adam": 2, "adagrad": 1, "sgd": 0}
 
 
-# ---------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------
+# -- data ------------------------------------------------------------------------------------
 @dataclass
 class SparseBatch:
     """A batch of sparse rows in coordinate form: entry j is ``x[row[j], idx[j]] = val[j]``."""
@@ -69,8 +66,7 @@ class SparseBatch:
     val: torch.Tensor  # float32 (nnz,)
     row: torch.Tensor  # int64 (nnz,), local row ids in [0, n_rows)
     n_rows: int
-    #: Set when every row has exactly ``width`` entries, stored row by row (entry j belongs to
-    #: row j // width): the model then sums with reshapes instead of scatters.
+    #: every row has ``width`` entries, stored row by row: sums are reshapes, not scatters
     width: int | None = None
 
 
@@ -132,14 +128,11 @@ def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = No
         yield rows, data.batch(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
 
 
-# ---------------------------------------------------------------------------------------------
-# the model
-# ---------------------------------------------------------------------------------------------
+# -- the model -------------------------------------------------------------------------------
 def fm_forward_torch(w0: torch.Tensor, w: torch.Tensor, V: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
     """y(x) for a batch, differentiable with autograd (used as the reference in tests)."""
     xv = V[batch.idx] * batch.val[:, None]
-    k = V.shape[1]
-    s = torch.zeros(batch.n_rows, k, dtype=V.dtype).index_add(0, batch.row, xv)
+    s = torch.zeros(batch.n_rows, V.shape[1], dtype=V.dtype).index_add(0, batch.row, xv)
     lin = torch.zeros(batch.n_rows, dtype=w.dtype).index_add(0, batch.row, w[batch.idx] * batch.val)
     sq = torch.zeros(batch.n_rows, dtype=V.dtype).index_add(0, batch.row, (xv * xv).sum(1))
     return w0 + lin + 0.5 * ((s * s).sum(1) - sq)
@@ -173,12 +166,10 @@ _OPTIMIZERS = {"sgd": 0, "adagrad": 1, "adam": 2}
 
 
 class FMTrainer:
-    """Parameters, optimizer state and the closed-form training step of an FM.
-
-    The linear weights and the factors live in one (feature_dim, num_factors + 1) table
-    ``P = [V | w]`` so a batch does one gather and one scatter; per-column learning rates and
-    weight decays keep ``linear_lr`` / ``factors_lr`` (and the ``_wd`` s) separate.
-    """
+    """Parameters, optimizer state and the closed-form training step of an FM. The linear
+    weights and the factors live in one (feature_dim, num_factors + 1) table ``P = [V | w]`` so
+    a batch does one gather and one scatter; per-column learning rates and weight decays keep
+    ``linear_lr`` / ``factors_lr`` (and the ``_wd`` s) separate."""
 
     def __init__(self, feature_dim: int, params: FMParams):
         self.params = p = params
@@ -207,8 +198,7 @@ class FMTrainer:
         # the native kernel (backends/local/_fmkernel.c), when built; None: the PyTorch step
         self._kernel = _kernel.load()
         self._slot: torch.Tensor | None = None
-        self._fwork = torch.empty(0)
-        self._iwork = torch.empty(0, dtype=torch.int64)
+        self._fwork, self._iwork = torch.empty(0), torch.empty(0, dtype=torch.int64)
 
     @property
     def V(self) -> torch.Tensor:
@@ -220,8 +210,7 @@ class FMTrainer:
 
     # -- forward / backward ----------------------------------------------------------------
     def forward(self, batch: SparseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``y`` (n_rows,), plus the per-row factor sums ``s`` and the per-entry
-        ``x_j v_j`` kept for the backward pass."""
+        """``y`` (n_rows,), the per-row factor sums ``s`` and the per-entry ``x_j v_j``."""
         k = self.k
         e = self.P.index_select(0, batch.idx).mul_(batch.val[:, None])
         xv = e[:, :k]
@@ -238,12 +227,9 @@ class FMTrainer:
     def gradients(
         self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Closed-form gradients given ``g = dLoss/dy`` per row.
-
-        Returns ``(g_w0, rows, g_P[rows])`` where ``rows`` are the distinct features of the
-        batch and ``g_P = [g_V | g_w]``:  dy/dw0 = 1,  dy/dw_i = x_i,
-        dy/dv_if = x_i (s_f - v_if x_i).
-        """
+        """Closed-form gradients given ``g = dLoss/dy`` per row: ``(g_w0, rows, g_P[rows])``,
+        ``rows`` the batch's distinct features, ``g_P = [g_V | g_w]``; dy/dw0 = 1, dy/dw_i = x_i,
+        dy/dv_if = x_i (s_f - v_if x_i)."""
         k = self.k
         g_e = torch.empty(batch.idx.numel(), k + 1)
         if batch.width:
@@ -256,12 +242,11 @@ class FMTrainer:
         torch.mul(diff, gx[:, None], out=g_e[:, :k])
         g_e[:, k] = gx
         rows, inverse = torch.unique(batch.idx, return_inverse=True)
-        g_rows = torch.zeros(rows.numel(), self.k + 1).index_add_(0, inverse, g_e)
-        return g.sum().reshape(1), rows, g_rows
+        return g.sum().reshape(1), rows, torch.zeros(rows.numel(), k + 1).index_add_(0, inverse, g_e)
 
     # -- update ----------------------------------------------------------------------------
     def _step(self, weight: torch.Tensor, grad: torch.Tensor, state: list[torch.Tensor], lr: Any, wd: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One optimizer update of ``weight`` (rows already gathered). Returns new weight and state."""
+        """One optimizer update of ``weight`` (rows already gathered): new weight and state."""
         p = self.params
         if p.clip_gradient is not None:
             grad = grad.clamp(-p.clip_gradient, p.clip_gradient)
@@ -278,8 +263,8 @@ class FMTrainer:
         return weight.sub_(m.div(v.sqrt().add_(self.eps)).mul_(lr * correction)), [m, v]
 
     def torch_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """Forward, loss, closed-form backward and a lazy optimizer step in PyTorch operations
-        (the reference for the native epoch). Returns the summed loss."""
+        """Forward, loss, closed-form backward and a lazy optimizer step in PyTorch (the native
+        epoch's reference); the summed loss."""
         y, s, xv = self.forward(batch)
         loss, dy = loss_fn(y, target)
         scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
@@ -289,9 +274,8 @@ class FMTrainer:
 
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
         """:meth:`torch_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
-        (``target`` already in that order). Returns the summed loss, or NaN as soon as it is
-        not finite (training diverged); the native kernel runs the whole epoch in one call,
-        with the same arithmetic."""
+        (``target`` in that order), or the native kernel's one call with the same arithmetic.
+        Returns the summed loss, or NaN as soon as it is not finite (training diverged)."""
         if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
@@ -319,11 +303,8 @@ class FMTrainer:
             self._fwork = torch.empty(need)
         if self._iwork.numel() < 2 * max_nnz:
             self._iwork = torch.empty(2 * max_nnz, dtype=torch.int64)
-        p = self.params
-        st = [*self.state_P, None, None][:2]
-        st0 = [*self.state_w0, None, None][:2]
-        step = ctypes.c_int64(self.step_count)
-        ptr = _kernel.ptr
+        p, ptr, step = self.params, _kernel.ptr, ctypes.c_int64(self.step_count)
+        st, st0 = [*self.state_P, None, None][:2], [*self.state_w0, None, None][:2]
         total = self._kernel.fm_train_epoch(
             ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
             ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
@@ -346,9 +327,8 @@ class FMTrainer:
         return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
     def apply_row_gradients(self, rows: torch.Tensor, g_rows: torch.Tensor, g_w0: torch.Tensor | None = None) -> None:
-        """One lazy optimizer step: ``g_rows[j]`` is the gradient of table row ``rows[j]``
-        (``[dV | dw]``); rows may repeat (their gradients are summed). ``g_w0`` None leaves
-        the global bias untouched."""
+        """One lazy optimizer step: ``g_rows[j]`` is the gradient (``[dV | dw]``) of table row
+        ``rows[j]``, summed over repeated rows; ``g_w0`` None leaves the global bias alone."""
         if rows.numel() and not bool((rows[1:] > rows[:-1]).all()):
             rows, inverse = torch.unique(rows, return_inverse=True)
             g_rows = torch.zeros(rows.numel(), self.k + 1).index_add_(0, inverse, g_rows)
@@ -407,18 +387,17 @@ def _available_memory() -> int | None:
 
 
 def model_bytes(feature_dim: int, params: FMParams) -> int:
-    """Memory the trainer allocates for the model: the (feature_dim, num_factors + 1) float32
-    table, its optimizer state (Adam 2 copies, AdaGrad 1), the copy made while initialising
-    (and for the fitted artifact) and, with early stopping, the best epoch's snapshot."""
+    """Memory the trainer allocates: the (feature_dim, num_factors + 1) float32 table, its
+    optimizer state, the copy made while initialising (and for the fitted artifact) and, with
+    early stopping, the best epoch's snapshot."""
     copies = 2 + _N_STATE.get(params.optimizer, 0) + (1 if params.early_stopping_patience else 0)
     return copies * feature_dim * (params.num_factors + 1) * 4
 
 
 def _too_big(feature_dim: int, params: FMParams, available: int | None) -> ConfigError:
-    need = model_bytes(feature_dim, params)
     have = f"only {available / 2**30:,.1f} GiB are available" if available is not None else "it could not be allocated"
     return ConfigError(
-        f"the FM needs about {need / 2**30:,.1f} GiB for {feature_dim:,} features x "
+        f"the FM needs about {model_bytes(feature_dim, params) / 2**30:,.1f} GiB for {feature_dim:,} features x "
         f"{params.num_factors + 1} values in float32 with its {params.optimizer} state, but {have}; "
         "lower num_factors, or use fewer features (e.g. raise --min-customer-ratings / "
         "--min-product-ratings), or use optimizer='sgd'"
@@ -432,32 +411,25 @@ def train_fm(X: sp.csr_matrix, y: np.ndarray, params: FMParams, *, eval_set: tup
     params.validate()
     classifier = params.predictor_type == "binary_classifier"
     X, y = check_design(X, y, "training data", feature_dim=params.feature_dim, classifier=classifier)
-    eval_fn = None
     if eval_set is not None:
         X_eval, y_eval = check_design(*eval_set, "evaluation data", feature_dim=X.shape[1], classifier=classifier)
     elif params.early_stopping_patience:
         raise DataError("early_stopping_patience needs an evaluation set (X_eval, y_eval)")
-    loss_fn = logistic_loss if classifier else squared_loss
-    metric = "logloss" if classifier else "mse"
-    rng = np.random.default_rng(params.seed)
-    trainer = FMTrainer(X.shape[1], params)
-    data = _CSRTensors(X)
-    targets = torch.from_numpy(y)
-    n = X.shape[0]
+    loss_fn, metric = (logistic_loss, "logloss") if classifier else (squared_loss, "mse")
+    rng, n = np.random.default_rng(params.seed), X.shape[0]
+    trainer, data, targets = FMTrainer(X.shape[1], params), _CSRTensors(X), torch.from_numpy(y)
 
     def epoch_fn() -> float:
         order = torch.from_numpy(rng.permutation(n))
         return trainer.train_epoch(data, order, targets[order], params.mini_batch_size, loss_fn) / n
 
-    if eval_set is not None:
+    def eval_fn() -> tuple[str, float, bool]:
+        raw = trainer.predict_raw(X_eval)
+        raw = torch.from_numpy(raw if classifier else np.clip(raw, *target_range(y)))  # as predict_score
+        return metric, float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean()), False
 
-        def eval_fn() -> tuple[str, float, bool]:
-            raw = trainer.predict_raw(X_eval)
-            raw = torch.from_numpy(raw if classifier else np.clip(raw, *target_range(y)))  # as predict_score
-            return metric, float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean()), False
-
-    meta = run_epochs(trainer, params, epoch_fn, loss_name=metric, eval_fn=eval_fn, options=options,
-                      desc=f"FM {params.predictor_type}")  # fmt: skip
+    meta = run_epochs(trainer, params, epoch_fn, loss_name=metric, eval_fn=None if eval_set is None else eval_fn,
+                      options=options, desc=f"FM {params.predictor_type}")  # fmt: skip
     meta["train_rows"] = n
     if not classifier:
         meta["target_range"] = target_range(y)

@@ -1,6 +1,5 @@
-"""A Bayesian factorization machine trained by Gibbs sampling (``solver = "mcmc"``).
-
-libFM's MCMC solver (Rendle 2012, "Factorization Machines with libFM"; myFM is a maintained
+"""A Bayesian factorization machine trained by Gibbs sampling (``solver = "mcmc"``): libFM's
+MCMC solver (Rendle 2012, "Factorization Machines with libFM"; myFM is a maintained
 implementation). Every parameter is sampled from its conditional distribution, and the
 regularization is integrated out instead of tuned:
 
@@ -121,9 +120,8 @@ class GibbsSampler:
         fixed_alpha: float | None = None,
         sample_hyper: bool = True,
     ):
-        self.design = design
+        self.design, self.classifier = design, classifier
         self.n, self.d, self.k = design.n_rows, design.feature_dim, int(num_factors)
-        self.classifier = classifier
         names = design.group_names if groups is None else ()  # group names go with the design's ids
         groups = design.groups if groups is None else groups
         groups = np.zeros(self.d, dtype=np.int64) if groups is None else np.asarray(groups)
@@ -133,13 +131,10 @@ class GibbsSampler:
         self.col_group = col_group.astype(np.int64)
         self.n_groups = int(self.col_group.max()) + 1
         self.group_size = np.bincount(self.col_group, minlength=self.n_groups).astype(np.float64)
-        self._group_sum = sp.csr_matrix(
-            (np.ones(self.d), (self.col_group, np.arange(self.d))), shape=(self.n_groups, self.d)
-        )
+        self._group_sum = sp.csr_matrix((np.ones(self.d), (self.col_group, np.arange(self.d))), shape=(self.n_groups, self.d))
         self.rng = np.random.default_rng(seed)
         self.y = np.asarray(y, dtype=np.float64)
-        self.w0 = 0.0
-        self.w = np.zeros(self.d)
+        self.w0, self.w = 0.0, np.zeros(self.d)
         self.V = np.ascontiguousarray(self.rng.standard_normal((self.d, self.k)) * init_sigma)
         # groups fitted with a linear weight only (recsys.feature_groups.LINEAR_GROUPS): factors 0
         linear = np.array([int(i) < len(names) and names[int(i)] in LINEAR_GROUPS for i in ids], dtype=bool)
@@ -147,8 +142,7 @@ class GibbsSampler:
         G, k = self.n_groups, self.k
         self.hyper = _gibbs.Hyper(np.zeros(G), np.ones(G), np.zeros((G, k)), np.ones((G, k)))
         self.alpha = 1.0 if fixed_alpha is None else float(fixed_alpha)
-        self.fixed_alpha = fixed_alpha
-        self.sample_hyper = sample_hyper
+        self.fixed_alpha, self.sample_hyper = fixed_alpha, sample_hyper
         # per-row columns by group, then relation blocks
         self.rows = _gibbs.Rows(design.X, [b.index for b in design.relations])
         dx = design.X.shape[1]
@@ -164,7 +158,7 @@ class GibbsSampler:
             self.relations.append(_gibbs.Relation(pos, block.index, block.table, off, cols))
         # caches: residuals e = z - y(x) and each relation block's per-entity factor sums Q
         self.z = (2.0 * self.y - 1.0) if classifier else self.y
-        self.Q = [rel.sums(self.w, self.V)[1] for rel in self.relations]
+        self.Q = [rel.factor_sums(self.V) for rel in self.relations]
         self.e = np.ascontiguousarray(self.z - FMOutput(design)(self.w0, self.w, self.V))
         lib = _gibbs.kernel() if native is None or native else None
         if native and lib is None:
@@ -181,8 +175,7 @@ class GibbsSampler:
     # -- conditionals ----------------------------------------------------------------------
     def sample_hyperparameters(self) -> None:
         """(lambda, then mu) of every group, for w and for each factor column."""
-        rng, g, n_g = self.rng, self.col_group, self.group_size
-        h = self.hyper
+        rng, g, n_g, h = self.rng, self.col_group, self.group_size, self.hyper
         for theta, mu, lam in ((self.w[:, None], h.mu_w[:, None], h.lam_w[:, None]), (self.V, h.mu_v, h.lam_v)):
             if theta.shape[1] == 0:
                 continue
@@ -284,9 +277,7 @@ class _Posterior:
         if i is not None:
             self.saved[0][i], self.saved[1][i], self.saved[2][i] = sm.w0, sm.w, sm.V
         self.count += 1
-        self.w0 += sm.w0
-        self.w += sm.w
-        self.V += sm.V
+        self.w0, self.w, self.V = self.w0 + sm.w0, self.w + sm.w, self.V + sm.V
         if self.eval_output is None:
             return None
         raw = self.eval_output(sm.w0, sm.w, sm.V)
@@ -317,13 +308,11 @@ def train_fm_mcmc(
 ) -> FittedFM:
     """Sample a Bayesian FM on ``X, y`` (see the module docstring); return the fitted artifact.
 
-    ``X`` is a CSR design or a :class:`~recsys.feature_groups.GroupedDesign` (which carries its
-    column groups). ``groups`` (one id per column) overrides them; by default a CSR design gets
-    users / items / the rest as groups when ``options.metadata`` gives ``n_users`` and ``n_items``.
-    Sweeps go through the local trainers' epoch loop (:func:`backends.local.training.run_epochs`:
-    progress, history, callbacks with ``epoch`` = sweep); the evaluation loss is that of the
-    running average over the kept samples (none during burn-in).
-    """
+    ``X``: a CSR design or a :class:`~recsys.feature_groups.GroupedDesign` (with its column
+    groups), ``groups`` (one id per column) overrides them; a CSR design by default gets users /
+    items / the rest when ``options.metadata`` gives ``n_users`` and ``n_items``. Sweeps run in
+    :func:`backends.local.training.run_epochs` (``epoch`` = sweep); the evaluation loss is the
+    running average's over the kept samples (none during burn-in)."""
     options = options or TrainOptions()
     metadata = options.metadata
     params.validate()
@@ -336,8 +325,7 @@ def train_fm_mcmc(
     eval_design = None if X_eval is None else _as_design(X_eval, "evaluation data")
     if eval_design is not None:
         y_eval = _check_labels(eval_design, y_eval, "evaluation data", classifier, design.feature_dim).astype(np.float64)
-    burn_in, kept = int(params.mcmc_burn_in), int(params.mcmc_samples)
-    metric = "logloss" if classifier else "mse"
+    burn_in, kept, metric = int(params.mcmc_burn_in), int(params.mcmc_samples), "logloss" if classifier else "mse"
     with threadpool_limits(limits=params.threads or 1):  # vector ops: BLAS threads only add waiting
         sampler = GibbsSampler(
             design, y, num_factors=params.num_factors, classifier=classifier, groups=groups,
@@ -350,10 +338,8 @@ def train_fm_mcmc(
             sampler.sweep()
             state["sweep"] += 1
             if not sampler.finite():
-                raise ModelFitError(
-                    f"the Gibbs sampler produced non-finite values in sweep {state['sweep']}; the data may "
-                    "have extreme values (rescale the targets or the feature values)"
-                )
+                raise ModelFitError(f"the Gibbs sampler produced non-finite values in sweep {state['sweep']}; the data may "
+                                    "have extreme values (rescale the targets or the feature values)")  # fmt: skip
             if state["sweep"] > burn_in:
                 state["pred"] = posterior.add()
             return sampler.train_loss()
