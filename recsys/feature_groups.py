@@ -42,7 +42,7 @@ constant (the FM output of the user part).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,9 +72,8 @@ class RelationBlock:
         object.__setattr__(self, "index", np.ascontiguousarray(self.index, dtype=np.int64).reshape(-1))
         object.__setattr__(self, "table", sp.csr_matrix(self.table, dtype=np.float32))
         if self.index.size and (self.index.min() < 0 or self.index.max() >= self.table.shape[0]):
-            raise DataError(
-                f"relation index must be in [0, {self.table.shape[0]}), got [{self.index.min()}, {self.index.max()}]"
-            )
+            raise DataError(f"relation index must be in [0, {self.table.shape[0]}), "
+                            f"got [{self.index.min()}, {self.index.max()}]")  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,11 +157,9 @@ class FeatureGroups:
     the per-customer side for k-NN vectors."""
 
     def __init__(self, config: FeatureGroupsConfig, train: pd.DataFrame, n_users: int, n_items: int):
-        self.config = config
-        self.n_users, self.n_items = int(n_users), int(n_items)
         if len(train) == 0:
             raise DataError("feature groups need training ratings; the training frame is empty")
-        self._train = train
+        self.config, self._train, self.n_users, self.n_items = config, train, int(n_users), int(n_items)
         self._history = FeatureLayout(self.n_users, self.n_items, history_length=config.recent)
         self._last: sp.csr_matrix | None = None
         # time: bucket edges at the quantiles of the training dates (dates known at training)
@@ -176,10 +173,8 @@ class FeatureGroups:
         # implicit: N(u) with weights 1/sqrt(|N(u)|)
         self._implicit = None
         if config.implicit:
-            seen = sp.csr_matrix(
-                (np.ones(len(train)), (train[USER].to_numpy(np.int64), train[ITEM].to_numpy(np.int64))),
-                shape=(self.n_users, self.n_items),
-            )
+            pairs = (train[USER].to_numpy(np.int64), train[ITEM].to_numpy(np.int64))
+            seen = sp.csr_matrix((np.ones(len(train)), pairs), shape=(self.n_users, self.n_items))
             seen.data[:] = 1.0  # a re-rated video counts once
             norm = 1.0 / np.sqrt(np.maximum(seen.getnnz(axis=1), 1))
             self._implicit = sp.csr_matrix(sp.diags(norm) @ seen, dtype=np.float32)
@@ -210,9 +205,7 @@ class FeatureGroups:
         return FeatureLayout(self.n_users, self.n_items)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names),
-                "implicit": self.config.implicit, "recent": self.config.recent,
-                "time_buckets": self.config.time_buckets, "recent_mean": self.config.recent_mean}  # fmt: skip
+        return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names), **asdict(self.config)}
 
     # -- encoding --------------------------------------------------------------------------
     def _rating_level(self, frame: pd.DataFrame, training: bool) -> np.ndarray:
@@ -232,14 +225,12 @@ class FeatureGroups:
     def _last_videos(self) -> sp.csr_matrix:
         """(n_users, n_items): every customer's last ``recent`` training videos (weights)."""
         if self._last is None:
-            lo = self._history.history_offset
-            self._last = sp.csr_matrix(user_features(self._history, self._train)[:, lo:])
+            self._last = sp.csr_matrix(user_features(self._history, self._train)[:, self._history.history_offset :])
         return self._last
 
     def _recent(self, frame: pd.DataFrame, training: bool) -> sp.csr_matrix:
         if training:
-            part = pair_user_features(self._history, frame)
-            return sp.csr_matrix(part[:, self._history.history_offset :])
+            return sp.csr_matrix(pair_user_features(self._history, frame)[:, self._history.history_offset :])
         return self._last_videos()[frame[USER].to_numpy(np.int64)]
 
     def _assemble(self, users: np.ndarray, items: sp.csr_matrix, time: np.ndarray | None, level: np.ndarray | None,
@@ -253,9 +244,7 @@ class FeatureGroups:
             parts.append(sp.csr_matrix(level.reshape(-1, 1)))
         X = sp.hstack(parts, format="csr", dtype=np.float32)
         X.sort_indices()
-        blocks = []
-        if recent is not None:
-            blocks.append(RelationBlock(np.arange(recent.shape[0]), recent))
+        blocks = [] if recent is None else [RelationBlock(np.arange(recent.shape[0]), recent)]
         if self._implicit is not None:
             blocks.append(RelationBlock(users, self._implicit))
         return GroupedDesign(X, tuple(blocks), self.groups, self.group_names)

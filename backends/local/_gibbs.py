@@ -95,11 +95,9 @@ class ColumnGroup:
     (``ptr``: where each feature's entries start). ``one_hot``: no row holds two of them."""
 
     def __init__(self, Xc: sp.csc_matrix, feats: np.ndarray, group: int):
-        self.feats = np.ascontiguousarray(feats, dtype=np.int64)
-        self.group = int(group)
+        self.feats, self.group = np.ascontiguousarray(feats, dtype=np.int64), int(group)
         sub = Xc[:, self.feats]
-        self.ptr = sub.indptr.astype(np.int64)
-        self.rows = sub.indices.astype(np.int64)
+        self.ptr, self.rows = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
         self.t = np.repeat(np.arange(len(self.feats), dtype=np.int64), np.diff(self.ptr))
         self.x = sub.data.astype(np.float64)
         self.one_hot = bool(np.bincount(self.rows, minlength=1).max(initial=0) <= 1)
@@ -167,17 +165,14 @@ class Relation:
     ``offset`` and a group per column ``col_group``."""
 
     def __init__(self, pos: int, index: np.ndarray, table: sp.spmatrix, offset: int, col_group: np.ndarray):
-        self.pos = int(pos)
+        self.pos, self.offset = int(pos), int(offset)
         T = sp.csc_matrix(table, dtype=np.float64)
         T.sum_duplicates()
         T.sort_indices()
         self.n_ent, self.width = T.shape
-        self.ptr = T.indptr.astype(np.int64)
-        self.ent = T.indices.astype(np.int64)
-        self.val = T.data.astype(np.float64)
+        self.ptr, self.ent, self.val = T.indptr.astype(np.int64), T.indices.astype(np.int64), T.data.astype(np.float64)
         self.T = T.tocsr()  # entity x column, for whole-table products
         self.cnt = np.bincount(index, minlength=self.n_ent).astype(np.float64)
-        self.offset = int(offset)
         self.col_group = np.ascontiguousarray(col_group, dtype=np.int64)
 
     def factor_sums(self, V: np.ndarray) -> np.ndarray:
@@ -195,8 +190,7 @@ def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper:
     k, idx, cnt, ne = V.shape[1], data.indexes[rel.pos], rel.cnt, rel.n_ent
     cols = [(rel.ent[rel.ptr[j] : rel.ptr[j + 1]], rel.val[rel.ptr[j] : rel.ptr[j + 1]]) for j in range(rel.width)]
     # linear weights: E_m = residual sum of entity m's rows, L_m = T_m . w
-    E = np.bincount(idx, e, minlength=ne)
-    L = rel.T @ w
+    E, L = np.bincount(idx, e, minlength=ne), rel.T @ w
     L_old = L.copy()
     for j, (m, x) in enumerate(cols):
         g = rel.col_group[j]
@@ -308,11 +302,7 @@ class _RowsLayout:
 
     def __init__(self, X: sp.csr_matrix, indexes: list[np.ndarray], Q: list[np.ndarray]):
         self.keep = [X.indptr.astype(np.int64), X.indices.astype(np.int64), np.ascontiguousarray(X.data), *indexes]
-        self.n_rel = len(indexes)
-        self.index_ptrs, self.Q_ptrs = _pointers(self.keep[3:]), _pointers(Q)
-
-    def args(self) -> tuple:
-        return (*(_ptr(a) for a in self.keep[:3]), self.n_rel, self.index_ptrs, self.Q_ptrs)
+        self.args = (*(_ptr(a) for a in self.keep[:3]), len(indexes), _pointers(self.keep[3:]), _pointers(Q))
 
 
 def _others(X: sp.csr_matrix, group: ColumnGroup) -> sp.csr_matrix:
@@ -338,8 +328,7 @@ class NativeUpdates:
         self.all_rows = _RowsLayout(X, data.indexes, Q)
         self.group_rows = {id(g): _RowsLayout(_others(X, g), [i[g.rows] for i in data.indexes], Q) for g in groups}
         longest = max([int(np.diff(g.ptr).max(initial=0)) for g in groups], default=0)
-        self.el = np.empty(max(longest, 1))
-        self.H = np.empty(max(longest * k, 1))
+        self.el, self.H = np.empty(max(longest, 1)), np.empty(max(longest * k, 1))
         self.small = [np.empty(max(k, 1)) for _ in range(2)]  # s2v, qr
         n_ent = max([r.n_ent for r in relations], default=0)
         self.rel_scratch = [np.empty(max(n_ent * 8, 1)), np.empty(max(n_ent, 1)), np.empty(max(n_ent, 1))]
@@ -348,7 +337,7 @@ class NativeUpdates:
     def columns(self, group: ColumnGroup, data: Rows, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
         noise = np.ascontiguousarray(noise, dtype=np.float64)
         self.lib.mcmc_update_columns(
-            self.k, _ptr(state["e"]), _ptr(state["w"]), _ptr(state["V"]), *self.group_rows[id(group)].args(),
+            self.k, _ptr(state["e"]), _ptr(state["w"]), _ptr(state["V"]), *self.group_rows[id(group)].args,
             _ptr(group.ptr), _ptr(group.rows), _ptr(group.x), _ptr(group.feats), len(group.feats), _ptr(group.feat_group),
             float(alpha), _ptr(hyper.mu_w), _ptr(hyper.lam_w), _ptr(hyper.mu_v), _ptr(hyper.lam_v),
             _ptr(noise), _ptr(self.el), _ptr(self.H), *(_ptr(a) for a in self.small),
@@ -357,7 +346,7 @@ class NativeUpdates:
     def relation(self, rel: Relation, data: Rows, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
         noise = np.ascontiguousarray(noise, dtype=np.float64)
         self.lib.mcmc_update_relation(
-            len(state["e"]), self.k, _ptr(state["e"]), _ptr(state["V"]), *self.all_rows.args(), rel.pos,
+            len(state["e"]), self.k, _ptr(state["e"]), _ptr(state["V"]), *self.all_rows.args, rel.pos,
             rel.n_ent, _ptr(rel.cnt), rel.width, _ptr(rel.ptr), _ptr(rel.ent), _ptr(rel.val),
             _ptr(state["w"][rel.offset :]), _ptr(state["V"][rel.offset :]), _ptr(rel.col_group),
             float(alpha), _ptr(hyper.mu_w), _ptr(hyper.lam_w), _ptr(hyper.mu_v), _ptr(hyper.lam_v),

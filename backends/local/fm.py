@@ -29,7 +29,6 @@ float32 rounding (tested). ``RECSYS_NATIVE=off`` or float64 parameters use the P
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -49,8 +48,6 @@ from recsys.params import FMParams
 from .training import run_epochs
 
 __all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batches", "model_bytes"]
-
-log = logging.getLogger("recsys")
 
 _ADAM_BETA1, _ADAM_BETA2 = 0.9, 0.999
 #: optimizer state tensors per parameter

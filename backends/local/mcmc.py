@@ -16,18 +16,16 @@ regularization is integrated out instead of tuned:
 
 Knobs: ``mcmc_burn_in`` (sweeps discarded), ``mcmc_samples`` (sweeps kept), ``num_factors``,
 ``seed``, ``mcmc_init_sigma`` (the factors' starting spread). The ``eval_*`` history averages
-predictions over the kept samples. The returned :class:`~recsys.model.FittedFM` holds the posterior mean ``w0, w, V``
-(what later predictions and the k-NN vectors use: on the validation folds of
-``benchmarks/bench_quality.py`` it predicts as well as the average over every kept sample) and,
-with ``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, which
-:meth:`~recsys.model.FittedFM.predict_score` then averages over (bounded storage: S x the
-model's size).
+predictions over the kept samples. The returned :class:`~recsys.model.FittedFM` holds the
+posterior mean ``w0, w, V`` (what later predictions and the k-NN vectors use: on the validation
+folds of ``benchmarks/bench_quality.py`` it predicts as well as the average over every kept
+sample) and, with ``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, for
+:meth:`~recsys.model.FittedFM.predict_score` to average over (storage: S x the model's size).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any
 
@@ -45,8 +43,6 @@ from recsys.model import FittedFM, PosteriorSamples, check_design, target_range
 from recsys.params import FMParams
 
 __all__ = ["train_fm_mcmc", "GibbsSampler", "FMOutput"]
-
-log = logging.getLogger("recsys")
 
 #: Gamma(ALPHA_0 / 2, rate BETA_0 / 2) prior of the noise precision (libFM's defaults)
 ALPHA_0 = BETA_0 = 1.0
