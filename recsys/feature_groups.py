@@ -168,8 +168,8 @@ class FeatureGroups:
             dates = date_order_key(train)
             known = dates[dates != np.iinfo(np.int64).min]
             if len(known):
-                qs = np.quantile(known, np.linspace(0, 1, config.time_buckets + 1)[1:-1], method="lower")
-                self._edges = np.asarray(qs, dtype=np.int64)
+                qs = np.linspace(0, 1, config.time_buckets + 1)[1:-1]
+                self._edges = np.asarray(np.quantile(known, qs, method="lower"), dtype=np.int64)
         # implicit: N(u) with weights 1/sqrt(|N(u)|)
         self._implicit = None
         if config.implicit:
@@ -250,11 +250,9 @@ class FeatureGroups:
         return GroupedDesign(X, tuple(blocks), self.groups, self.group_names)
 
     def design(self, frame: pd.DataFrame, *, training: bool) -> GroupedDesign:
-        """The grouped design of ``frame``'s rows (columns ``user``, ``item``, date).
-
-        ``training=True``: these are training rows, and ``recent`` holds the ratings before each
-        row in this frame; ``False``: rows to predict, and ``recent`` holds the customer's last
-        training ratings (never the row's own rating)."""
+        """The grouped design of ``frame``'s rows (columns ``user``, ``item``, date). Training
+        rows see the ratings before each row in this frame (``recent``, ``recent_mean``); rows to
+        predict see the customer's last training ratings (never the row's own rating)."""
         users, items = frame[USER].to_numpy(np.int64), frame[ITEM].to_numpy(np.int64)
         for name, idx, n in (("user", users, self.n_users), ("item", items, self.n_items)):
             if idx.size and (idx.min() < 0 or idx.max() >= n):
@@ -266,9 +264,8 @@ class FeatureGroups:
         return self._assemble(users, _one_hot(items, self.n_items), time, level, recent)
 
     def user_part(self) -> sp.csr_matrix:
-        """(n_users, feature_dim): each customer's side of a row at serving time -- user one-hot,
-        latest time bucket, current rating level, last ``recent`` training videos, implicit set;
-        the item columns are empty. Pass it as ``user_features`` to ``recsys.vectors.fm_vectors`` / ``user_offsets``."""
+        """(n_users, feature_dim): each customer's side of a row at serving time (item columns
+        empty), the ``user_features`` of ``recsys.vectors.fm_vectors`` / ``user_offsets``."""
         c, users = self.config, np.arange(self.n_users)
         no_items = sp.csr_matrix((self.n_users, self.n_items), dtype=np.float32)
         recent = self._last_videos() if c.recent else None

@@ -108,10 +108,8 @@ class ColumnGroup:
         return slice(self.ptr[t0], self.ptr[t0 + 1])
 
 
-def _update_disjoint(
-    feats: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray, g: int, data: Rows, state: dict,
-    alpha: float, hyper: Hyper, noise: np.ndarray,
-) -> None:
+def _update_disjoint(feats: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray, g: int, data: Rows, state: dict,
+                     alpha: float, hyper: Hyper, noise: np.ndarray) -> None:  # fmt: skip
     """Features that share no row: all of them at once (segment sums over their rows)."""
     e, w, V = state["e"], state["w"], state["V"]
     nf, k = len(feats), V.shape[1]
@@ -147,8 +145,7 @@ def update_columns(group: ColumnGroup, data: Rows, state: dict, alpha: float, hy
 
 
 def update_linear(group: ColumnGroup, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
-    """Update the weights of a group fitted with a linear weight only (its factors stay 0), one
-    column after the other: ``w_j`` given the residuals, as for any column with no factors."""
+    """Update the weights of a linear-only group (its factors stay 0), one column at a time."""
     e, w, g = state["e"], state["w"], group.group
     for t0, j in enumerate(group.feats):
         rows, x = group.rows[group.entries(t0)], group.x[group.entries(t0)]
@@ -160,9 +157,8 @@ def update_linear(group: ColumnGroup, state: dict, alpha: float, hyper: Hyper, n
 
 # -- relation blocks -------------------------------------------------------------------------
 class Relation:
-    """A relation block ready for the updates: its position ``pos`` among the blocks, the table
-    in CSC form, the count of design rows per table row ``cnt``, the block's first design column
-    ``offset`` and a group per column ``col_group``."""
+    """A relation block ready for the updates: position ``pos`` among the blocks, table in CSC
+    form, design rows per table row ``cnt``, first design column ``offset``, ``col_group``."""
 
     def __init__(self, pos: int, index: np.ndarray, table: sp.spmatrix, offset: int, col_group: np.ndarray):
         self.pos, self.offset = int(pos), int(offset)
@@ -181,9 +177,8 @@ class Relation:
 
 
 def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
-    """Update the columns of a relation block in place: all ``w_j``, then for each factor ``f``
-    all ``V_jf`` (column order); ``state["Q"][rel.pos]`` is recomputed. Mirrors
-    ``mcmc_update_relation`` in ``_mcmc.c``."""
+    """Update a relation block's columns in place (all ``w_j``, then for each ``f`` all ``V_jf``)
+    and ``state["Q"][rel.pos]``, as ``mcmc_update_relation`` in ``_mcmc.c`` does."""
     e, Q = state["e"], state["Q"][rel.pos]
     w = state["w"][rel.offset : rel.offset + rel.width]  # views: updated in place
     V = state["V"][rel.offset : rel.offset + rel.width]
@@ -256,7 +251,7 @@ def _library() -> ctypes.CDLL | None:
                     "(rebuild: pip install -e .)", spec.origin)  # fmt: skip
         return None
     i64, f64 = ctypes.c_int64, ctypes.c_double
-    lib.mcmc_update_columns.restype = None
+    lib.mcmc_update_columns.restype = lib.mcmc_update_relation.restype = None
     rows = [_P, _P, _P, i64, _P, _P]  # row_ptr, row_col, row_val, n_rel, rel_index, rel_Q
     hyper = [f64, _P, _P, _P, _P]  # alpha, mu_w, lam_w, mu_v, lam_v
     lib.mcmc_update_columns.argtypes = [
@@ -264,7 +259,6 @@ def _library() -> ctypes.CDLL | None:
         _P, _P, _P, _P, i64, _P,  # ent_ptr, ent_row, ent_val, feats, n_feats, feat_group
         *hyper, _P, _P, _P, _P, _P,  # noise, el, H, s2v, qr
     ]  # fmt: skip
-    lib.mcmc_update_relation.restype = None
     lib.mcmc_update_relation.argtypes = [
         i64, i64, _P, _P, *rows, i64,  # n, k, e, Vall, self
         i64, _P, i64, _P, _P, _P,  # n_ent, cnt, width, tcol_ptr, tcol_ent, tcol_val

@@ -79,8 +79,7 @@ class _CSRTensors:
         self.indptr = torch.from_numpy(X.indptr.astype(np.int64))
         self.indices = torch.from_numpy(X.indices.astype(np.int64))
         self.data = torch.from_numpy(X.data.astype(np.float32))
-        lengths = np.diff(X.indptr)
-        # Every row with the same number of entries (e.g. a one-hot design): reshape, no gather.
+        lengths = np.diff(X.indptr)  # all equal (e.g. a one-hot design): batches are reshapes
         self.width = int(lengths[0]) if X.shape[0] and lengths[0] > 0 and np.all(lengths == lengths[0]) else None
         if self.width:
             self.idx2d = self.indices.view(self.n_rows, self.width)
@@ -221,18 +220,15 @@ class FMTrainer:
         y = (sv * sv).sum(1).sub_(sq).mul_(0.5).add_(s[:, k]).add_(self.w0)
         return y, sv, xv
 
-    def gradients(
-        self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gradients(self, batch: SparseBatch, g: torch.Tensor, s: torch.Tensor, xv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Closed-form gradients given ``g = dLoss/dy`` per row: ``(g_w0, rows, g_P[rows])``,
         ``rows`` the batch's distinct features, ``g_P = [g_V | g_w]``; dy/dw0 = 1, dy/dw_i = x_i,
         dy/dv_if = x_i (s_f - v_if x_i)."""
         k = self.k
         g_e = torch.empty(batch.idx.numel(), k + 1)
         if batch.width:
-            w = batch.width
-            gx = (g[:, None] * batch.val.view(-1, w)).view(-1)
-            diff = (s[:, None, :] - xv.view(-1, w, k)).view(-1, k)
+            gx = (g[:, None] * batch.val.view(-1, batch.width)).view(-1)
+            diff = (s[:, None, :] - xv.view(-1, batch.width, k)).view(-1, k)
         else:
             gx = g[batch.row] * batch.val
             diff = s.index_select(0, batch.row) - xv
@@ -290,8 +286,7 @@ class FMTrainer:
             lengths = data.indptr[order + 1] - data.indptr[order]
             indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
         starts = torch.arange(0, n, batch_size)
-        ends = torch.clamp(starts + batch_size, max=n)
-        max_nnz = int((indptr[ends] - indptr[starts]).max()) if n else 0
+        max_nnz = int((indptr[torch.clamp(starts + batch_size, max=n)] - indptr[starts]).max()) if n else 0
         # grow the kernel's scratch buffers to fit the largest batch
         if self._slot is None:
             self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
@@ -372,10 +367,8 @@ def _available_memory() -> int | None:
     """Bytes of memory this process can still get (Linux ``MemAvailable``), or None if unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -63,11 +63,10 @@ class FMOutput:
         self.blocks = [(b.index, T, T.multiply(T).tocsr()) for b, T in zip(design.relations, tables, strict=True)]
 
     def __call__(self, w0: float, w: np.ndarray, V: np.ndarray) -> np.ndarray:
-        dx = self.X.shape[1]
+        off = dx = self.X.shape[1]
         lin = self.X @ w[:dx]
         q = np.asarray(self.X @ V[:dx])
         diag = np.asarray(self.X2 @ (V[:dx] ** 2)).sum(axis=1)
-        off = dx
         for index, T, T2 in self.blocks:
             wb, Vb = w[off : off + T.shape[1]], V[off : off + T.shape[1]]
             lin = lin + (T @ wb)[index]
@@ -92,8 +91,8 @@ def _default_groups(feature_dim: int, metadata: dict[str, Any] | None) -> np.nda
     n_users, n_items = meta.get("n_users"), meta.get("n_items")
     if n_users is None or n_items is None or int(n_users) + int(n_items) > feature_dim:
         return np.zeros(feature_dim, dtype=np.int64)
-    n_users, n_items = int(n_users), int(n_items)
-    return np.repeat([0, 1, 2], [n_users, n_items, feature_dim - n_users - n_items]).astype(np.int64)
+    sizes = [int(n_users), int(n_items), feature_dim - int(n_users) - int(n_items)]
+    return np.repeat([0, 1, 2], sizes).astype(np.int64)
 
 
 class GibbsSampler:
@@ -102,20 +101,9 @@ class GibbsSampler:
     ``fixed_alpha`` (regressor) and ``sample_hyper=False`` freeze the noise precision and the
     priors (:attr:`hyper`) -- for checks against closed forms."""
 
-    def __init__(
-        self,
-        design: GroupedDesign,
-        y: np.ndarray,
-        *,
-        num_factors: int,
-        classifier: bool = False,
-        groups: np.ndarray | None = None,
-        init_sigma: float = 0.3,
-        seed: int = 0,
-        native: bool | None = None,
-        fixed_alpha: float | None = None,
-        sample_hyper: bool = True,
-    ):
+    def __init__(self, design: GroupedDesign, y: np.ndarray, *, num_factors: int, classifier: bool = False,
+                 groups: np.ndarray | None = None, init_sigma: float = 0.3, seed: int = 0, native: bool | None = None,
+                 fixed_alpha: float | None = None, sample_hyper: bool = True):  # fmt: skip
         self.design, self.classifier = design, classifier
         self.n, self.d, self.k = design.n_rows, design.feature_dim, int(num_factors)
         names = design.group_names if groups is None else ()  # group names go with the design's ids
@@ -159,14 +147,9 @@ class GibbsSampler:
         lib = _gibbs.kernel() if native is None or native else None
         if native and lib is None:
             raise RuntimeError("native=True but the native Gibbs kernel is not built")
-        self._native = (
-            _gibbs.NativeUpdates(lib, self.rows, self.k, self.column_groups, self.relations, self.Q,
-                                 zero_factors=linear[self.col_group]) if lib else None
-        )
-
-    @property
-    def native(self) -> bool:
-        return self._native is not None
+        self._native = _gibbs.NativeUpdates(lib, self.rows, self.k, self.column_groups, self.relations, self.Q,
+                                            zero_factors=linear[self.col_group]) if lib else None  # fmt: skip
+        self.native = self._native is not None
 
     # -- conditionals ----------------------------------------------------------------------
     def sample_hyperparameters(self) -> None:
@@ -293,15 +276,9 @@ class _Posterior:
         )  # fmt: skip
 
 
-def train_fm_mcmc(
-    X: sp.csr_matrix | GroupedDesign,
-    y: np.ndarray,
-    params: FMParams,
-    *,
-    eval_set: tuple[sp.csr_matrix | GroupedDesign, np.ndarray] | None = None,
-    groups: np.ndarray | None = None,
-    options: TrainOptions | None = None,
-) -> FittedFM:
+def train_fm_mcmc(X: sp.csr_matrix | GroupedDesign, y: np.ndarray, params: FMParams, *,
+                  eval_set: tuple[sp.csr_matrix | GroupedDesign, np.ndarray] | None = None,
+                  groups: np.ndarray | None = None, options: TrainOptions | None = None) -> FittedFM:  # fmt: skip
     """Sample a Bayesian FM on ``X, y`` (see the module docstring); return the fitted artifact.
 
     ``X``: a CSR design or a :class:`~recsys.feature_groups.GroupedDesign` (with its column
@@ -341,8 +318,7 @@ def train_fm_mcmc(
             return sampler.train_loss()
 
         def evaluate() -> tuple[str, float, bool] | None:
-            pred = state["pred"]
-            return None if pred is None else (metric, _eval_loss(classifier, pred, y_eval), False)
+            return None if state["pred"] is None else (metric, _eval_loss(classifier, state["pred"], y_eval), False)
 
         loop = dataclasses.replace(params, epochs=burn_in + kept, early_stopping_patience=None)
         meta = run_epochs(sampler, loop, sweep, loss_name=metric, eval_fn=evaluate if eval_design is not None else None,
