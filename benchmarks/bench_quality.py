@@ -120,9 +120,11 @@ class Split:
         fg = FeatureGroups(FeatureGroupsConfig(**LOCAL_BEST["features"]), train, n_users, n_items)
         self.default = (fg.design(train, training=True), fg.design(test, training=False))
 
-    def designs(self, which: str):
-        """(train, test) designs: "plain" one-hot CSR, the "default" or the "groups" GroupedDesign."""
-        return {"plain": (self.X, self.Xt), "default": self.default, "groups": self.groups}[which]
+    def designs(self, which: str, csr: bool = False):
+        """(train, test) designs: "plain" one-hot CSR, the "default" or the "groups" GroupedDesign
+        (as CSR matrices with ``csr``, for the solvers that take a plain matrix)."""
+        pair = {"plain": (self.X, self.Xt), "default": self.default, "groups": self.groups}[which]
+        return pair if which == "plain" or not csr else tuple(d.to_csr() for d in pair)
 
 
 def timed(fn):
@@ -134,14 +136,12 @@ def timed(fn):
 def fit_sgd(s: Split, seed: int, classifier: bool, design: str = "plain", **changes: Any):
     import dataclasses
 
-    import numpy as np
-
     from backends.local.fm import train_fm
     from recsys.config import _lab_classifier, _lab_regressor
 
     base = _lab_classifier() if classifier else _lab_regressor()
     params = dataclasses.replace(base, seed=seed, **changes)
-    X, Xt = (d if isinstance(d, np.ndarray) or hasattr(d, "tocsr") else d.to_csr() for d in s.designs(design))
+    X, Xt = s.designs(design, csr=True)
     fm, wall, cpu = timed(lambda: train_fm(X, s.c if classifier else s.y, params))
     return (fm.predict_score(Xt) if classifier else fm.predict(Xt)), wall, cpu
 
@@ -205,10 +205,9 @@ def fit_myfm(s: Split, seed: int, classifier: bool, settings: dict[str, Any], gr
 
 
 def fit_logreg(s: Split, seed: int, design: str = "plain"):
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    X, Xt = (d if isinstance(d, np.ndarray) or hasattr(d, "tocsr") else d.to_csr() for d in s.designs(design))
+    X, Xt = s.designs(design, csr=True)
     model = LogisticRegression(max_iter=1000, random_state=seed)
     _, wall, cpu = timed(lambda: model.fit(X, s.c))
     return model.predict_proba(Xt)[:, 1], wall, cpu

@@ -236,7 +236,7 @@ class RunConfig:
 
     def _rating_model_defaults(self, solvers: tuple[str, ...]) -> None:
         """The settings of :data:`LOCAL_BEST` (or the lab's) for every key a config did not set."""
-        explicit = getattr(self, "_explicit_fm", {})
+        explicit = getattr(self, "_explicit_keys", {})
         # the rating level is measured for the Bayesian rating models; the classifier that
         # recommends (objective = "classifier") keeps the lab's design too (with the level its SGD
         # factors rank next videos far worse: default preset HR@10 0.007 vs 0.106)
@@ -338,7 +338,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
 
     cfg.data = params_from_dict(DataConfig, section("data"), where="data")
     cfg.prepare = params_from_dict(PrepareConfig, section("prepare"), where="prepare")
-    cfg._explicit_fm = {name: set(section(name)) for name in ("regressor", "classifier", "features")}  # type: ignore[attr-defined]
+    cfg._explicit_keys = {name: set(section(name)) for name in ("regressor", "classifier", "features")}  # type: ignore[attr-defined]
     cfg.regressor = _fm_section(section("regressor"), "regressor", _lab_regressor(), "regressor")
     cfg.classifier = _fm_section(section("classifier"), "classifier", _lab_classifier(), "binary_classifier")
     ranking_raw = section("ranking")

@@ -183,11 +183,9 @@ class FeatureGroups:
         self._level = np.zeros(self.n_users)
         self._mean = float(train[RATING].mean()) if config.recent_mean else 0.0
         if config.recent_mean:
-            order, users_sorted, _, pos = _timeline(train)
+            _, users_sorted, means = self._window_means(train, through=1)
             last = np.flatnonzero(np.r_[users_sorted[1:] != users_sorted[:-1], True])
-            csum = np.r_[0.0, np.cumsum(train[RATING].to_numpy(np.float64)[order] - self._mean)]
-            count = np.minimum(pos[last] + 1, config.recent_mean)
-            self._level[users_sorted[last]] = (csum[last + 1] - csum[last + 1 - count]) / count
+            self._level[users_sorted[last]] = means[last]
         c = config
         widths = [("user", self.n_users), ("item", self.n_items), ("time", c.time_buckets), ("recent_mean", int(c.recent_mean > 0)),
                   ("recent", self.n_items if c.recent else 0), ("implicit", self.n_items if c.implicit else 0)]  # fmt: skip
@@ -208,18 +206,23 @@ class FeatureGroups:
         return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names), **asdict(self.config)}
 
     # -- encoding --------------------------------------------------------------------------
+    def _window_means(self, frame: pd.DataFrame, through: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``frame``'s rows in each customer's timeline order (order, their users) and, per row,
+        the mean centred rating of the customer's (up to) ``recent_mean`` ratings before it
+        (``through = 0``; 0 for their first) or up to and including it (``through = 1``)."""
+        order, users_sorted, _, pos = _timeline(frame)
+        csum = np.r_[0.0, np.cumsum(frame[RATING].to_numpy(np.float64)[order] - self._mean)]
+        end, count = np.arange(len(order)) + through, np.minimum(pos + through, self.config.recent_mean)
+        return order, users_sorted, np.divide(csum[end] - csum[end - count], count, out=np.zeros(len(order)), where=count > 0)
+
     def _rating_level(self, frame: pd.DataFrame, training: bool) -> np.ndarray:
-        """The ``recent_mean`` column of ``frame``'s rows, centred on the mean training rating.
-        Training rows: the mean of the customer's (up to) ``recent_mean`` ratings in ``frame``
-        before this one (0 for their first); rows to predict: of their last training ratings."""
+        """The ``recent_mean`` column of ``frame``'s rows: training rows see the ratings before
+        them in ``frame``; rows to predict, the customer's last training ratings."""
         if not training:
             return self._level[frame[USER].to_numpy(np.int64)]
-        order, _, _, pos = _timeline(frame)
-        r = frame[RATING].to_numpy(np.float64)[order] - self._mean
-        csum, at = np.r_[0.0, np.cumsum(r)], np.arange(len(r))
-        count = np.minimum(pos, self.config.recent_mean)  # the window [at - count, at): same customer
-        out = np.empty(len(r))
-        out[order] = np.divide(csum[at] - csum[at - count], count, out=np.zeros(len(r)), where=count > 0)
+        order, _, means = self._window_means(frame, through=0)
+        out = np.empty(len(order))
+        out[order] = means
         return out
 
     def _last_videos(self) -> sp.csr_matrix:

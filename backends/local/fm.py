@@ -408,6 +408,7 @@ def train_fm(X: sp.csr_matrix, y: np.ndarray, params: FMParams, *, eval_set: tup
     loss_fn, metric = (logistic_loss, "logloss") if classifier else (squared_loss, "mse")
     rng, n = np.random.default_rng(params.seed), X.shape[0]
     trainer, data, targets = FMTrainer(X.shape[1], params), _CSRTensors(X), torch.from_numpy(y)
+    bounds = None if classifier else target_range(y)  # a regressor's predictions stay within them
 
     def epoch_fn() -> float:
         order = torch.from_numpy(rng.permutation(n))
@@ -415,13 +416,13 @@ def train_fm(X: sp.csr_matrix, y: np.ndarray, params: FMParams, *, eval_set: tup
 
     def eval_fn() -> tuple[str, float, bool]:
         raw = trainer.predict_raw(X_eval)
-        raw = torch.from_numpy(raw if classifier else np.clip(raw, *target_range(y)))  # as predict_score
+        raw = torch.from_numpy(raw if classifier else np.clip(raw, *bounds))  # as predict_score
         return metric, float(loss_fn(raw, torch.from_numpy(y_eval))[0].mean()), False
 
     meta = run_epochs(trainer, params, epoch_fn, loss_name=metric, eval_fn=None if eval_set is None else eval_fn,
                       options=options, desc=f"FM {params.predictor_type}")  # fmt: skip
     meta["train_rows"] = n
     if not classifier:
-        meta["target_range"] = target_range(y)
+        meta["target_range"] = bounds
     meta.update(options.metadata or {})
     return trainer.to_artifact(meta)

@@ -248,6 +248,7 @@ class _Posterior:
         self.saved = (np.zeros(n), np.zeros((n, sampler.d), np.float32), np.zeros((n, sampler.d, sampler.k), np.float32))
         self.eval_output = None if eval_design is None else FMOutput(eval_design)
         self.eval_sum = None if eval_design is None else np.zeros(eval_design.n_rows)
+        self.bounds = target_range(sampler.y)  # a regressor's predictions stay within them
 
     def add(self) -> np.ndarray | None:
         """Add the sampler's current sample; return the running mean prediction on the eval set."""
@@ -256,11 +257,13 @@ class _Posterior:
         if i is not None:
             self.saved[0][i], self.saved[1][i], self.saved[2][i] = sm.w0, sm.w, sm.V
         self.count += 1
-        self.w0, self.w, self.V = self.w0 + sm.w0, self.w + sm.w, self.V + sm.V
+        self.w0 += sm.w0
+        self.w += sm.w  # in place: V is as large as the model
+        self.V += sm.V
         if self.eval_output is None:
             return None
         raw = self.eval_output(sm.w0, sm.w, sm.V)
-        self.eval_sum += ndtr(raw) if sm.classifier else np.clip(raw, *target_range(sm.y))  # as predict_score
+        self.eval_sum += ndtr(raw) if sm.classifier else np.clip(raw, *self.bounds)  # as predict_score
         return self.eval_sum / self.count
 
     def artifact(self, params: FMParams, meta: dict[str, Any]) -> FittedFM:
@@ -325,6 +328,6 @@ def train_fm_mcmc(X: sp.csr_matrix | GroupedDesign, y: np.ndarray, params: FMPar
                           options=options, desc=f"FM {params.predictor_type} (MCMC)")  # fmt: skip
     meta.update({"backend": "torch", "solver": "mcmc", "train_rows": sampler.n, "native_kernel": sampler.native})
     if not classifier:
-        meta.update(noise_precision=sampler.alpha, target_range=target_range(y))
+        meta.update(noise_precision=sampler.alpha, target_range=posterior.bounds)
     meta.update(metadata or {})
     return posterior.artifact(params, meta)
