@@ -104,7 +104,13 @@ def _bundle(names: Any, read: Callable[[str, int], bytes], origin: str, limit: i
     return _Files(data, symbol, meta, origin)
 
 
-def _from_zip(data: bytes, origin: str, limit: int) -> _Files:
+def _from_algo_bytes(data: bytes, origin: str, limit: int) -> _Files:
+    kind = _sniff(data[:512])
+    if kind == "params":  # some algorithms (PCA, k-means) store the NDArray file directly
+        return _Files(data, None, None, origin)
+    if kind != "zip":
+        raise ModelFormatError(f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray "
+                               f"file; it starts with {data[:8]!r}")  # fmt: skip
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
@@ -117,24 +123,14 @@ def _from_zip(data: bytes, origin: str, limit: int) -> _Files:
                 return raw
 
             files = _bundle(infos, read, origin, limit)
-            if files is None:
-                raise ModelFormatError(f"{origin} is a zip without a 'params' member (expected symbol.json, params, "
-                                       f"meta.json as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}")  # fmt: skip
-            return files
     except ModelFormatError:
         raise
     except _ARCHIVE_ERRORS as exc:
         raise ModelFormatError(f"{origin}: corrupt zip archive: {exc!r}") from exc
-
-
-def _from_algo_bytes(data: bytes, origin: str, limit: int) -> _Files:
-    kind = _sniff(data[:512])
-    if kind == "zip":
-        return _from_zip(data, origin, limit)
-    if kind == "params":  # some algorithms (PCA, k-means) store the NDArray file directly
-        return _Files(data, None, None, origin)
-    raise ModelFormatError(f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray file; "
-                           f"it starts with {data[:8]!r}")  # fmt: skip
+    if files is None:
+        raise ModelFormatError(f"{origin} is a zip without a 'params' member (expected symbol.json, params, "
+                               f"meta.json as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}")  # fmt: skip
+    return files
 
 
 def _from_tar(path: Path, limit: int) -> _Files:

@@ -69,13 +69,9 @@ class SageMakerBackend(Backend):
     options_section = "sagemaker"
 
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
+    def check_options(cls, options: dict[str, Any]) -> SageMakerConfig:
         """Validate a ``[sagemaker]`` section: keys, types, our limits, and one request of every
         kind checked against botocore's service model (instance types, ARNs, KMS keys, subnets)."""
-        cls._config(options)
-
-    @staticmethod
-    def _config(options: dict[str, Any]) -> SageMakerConfig:
         unknown = sorted(set(options) - set(SAGEMAKER_OPTIONS))
         if unknown:
             raise ConfigError(
@@ -90,7 +86,7 @@ class SageMakerBackend(Backend):
         return config
 
     def __init__(self, **options: Any) -> None:
-        self.config = self._config(options)
+        self.config = self.check_options(options)
         self.dry_run = self.config.dry_run
         if not self.dry_run and self.config.role is None:
             raise ConfigError(
