@@ -72,13 +72,12 @@ class _Files:
 
 
 def _sniff(head: bytes) -> str:
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
+    """A file's kind from its first 512 bytes: tar (gzipped or not), zip, params or unknown."""
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     if len(head) >= 8 and int.from_bytes(head[:8], "little") == LIST_MAGIC:
         return "params"
-    if len(head) >= 262 and head[257:262] == b"ustar":
+    if head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar":
         return "tar"
     return "unknown"
 
@@ -109,8 +108,10 @@ def _from_algo_bytes(data: bytes, origin: str, limit: int) -> _Files:
     if kind == "params":  # some algorithms (PCA, k-means) store the NDArray file directly
         return _Files(data, None, None, origin)
     if kind != "zip":
-        raise ModelFormatError(f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray "
-                               f"file; it starts with {data[:8]!r}")  # fmt: skip
+        raise ModelFormatError(
+            f"{origin} is neither a zip (SageMaker FM's model_algo-1) nor an MXNet NDArray file; "
+            f"it starts with {data[:8]!r}"
+        )
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
@@ -128,8 +129,10 @@ def _from_algo_bytes(data: bytes, origin: str, limit: int) -> _Files:
     except _ARCHIVE_ERRORS as exc:
         raise ModelFormatError(f"{origin}: corrupt zip archive: {exc!r}") from exc
     if files is None:
-        raise ModelFormatError(f"{origin} is a zip without a 'params' member (expected symbol.json, params, "
-                               f"meta.json as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}")  # fmt: skip
+        raise ModelFormatError(
+            f"{origin} is a zip without a 'params' member (expected symbol.json, params, meta.json "
+            f"as in SageMaker's model_algo-1); it holds {sorted(infos)[:20]}"
+        )
     return files
 
 
@@ -181,7 +184,7 @@ def _locate(path: Path, limit: int) -> _Files:
     with open(path, "rb") as fh:
         head = fh.read(512)
     kind = _sniff(head)
-    if kind in ("gzip", "tar"):
+    if kind == "tar":
         return _from_tar(path, limit)
     if kind in ("zip", "params"):
         return _from_algo_bytes(_read_file(path, limit), str(path), limit)

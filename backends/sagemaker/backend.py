@@ -1,8 +1,5 @@
-"""The SageMaker backend (see :mod:`backends.sagemaker`). Requests are built by :mod:`.plan` and
-sent by :mod:`.aws`, so a dry run shows exactly what a real run sends. Interrupting (Ctrl-C,
-SIGTERM) a job stops it before the interrupt propagates; endpoints are deleted on every path;
-:meth:`SageMakerBackend.close` deletes whatever endpoints and models are still alive.
-"""
+"""The SageMaker backend (see :mod:`backends.sagemaker`): requests are built by :mod:`.plan`
+and sent by :mod:`.aws`, so a dry run shows exactly what a real run sends."""
 
 from __future__ import annotations
 
@@ -145,16 +142,11 @@ class SageMakerBackend(Backend):
 
     def deploy(self, fm: FittedFM, *, instance_type: str | None = None, instance_count: int | None = None,
                keep: bool | None = None) -> _endpoint.FMEndpoint:  # fmt: skip
-        """Deploy ``fm`` to a real-time endpoint; use the result as a context manager.
-
-        A model trained by this backend is served from its ``model_s3_uri``; any other is first
-        uploaded as a SageMaker FM ``model.tar.gz`` (``symbol.json`` / ``meta.json`` are a
-        reconstruction). ``instance_type`` / ``instance_count`` / ``keep`` default to
-        ``endpoint_instance_type`` / ``endpoint_instance_count`` / ``keep_endpoint``. Unless kept,
-        the endpoint, its configuration and model are deleted when the ``with`` block ends (also
-        on errors, Ctrl-C and SIGTERM), by ``delete()`` or by :meth:`close`; whatever was created
-        is deleted if deploying fails.
-        """
+        """Deploy ``fm`` to a real-time endpoint (:class:`~backends.sagemaker.endpoint.FMEndpoint`,
+        a context manager); deleted by :meth:`close` too unless kept. A model trained by this
+        backend is served from its ``model_s3_uri``; any other is first uploaded as a SageMaker FM
+        ``model.tar.gz`` (``symbol.json`` / ``meta.json`` are a reconstruction). The arguments
+        default to ``endpoint_instance_type`` / ``endpoint_instance_count`` / ``keep_endpoint``."""
         if not self._atexit and not self.dry_run:
             atexit.register(self._cleanup_at_exit)
             self._atexit = True

@@ -1,12 +1,8 @@
 """What the SageMaker backend sends to AWS, described (and checked) before it is sent.
 
-Every step (an S3 upload, a training job, a model, an endpoint configuration, an endpoint, a batch
-transform job, the endpoint invocations, the deletions) is first built as a :class:`PlanEntry`
-holding a readable summary and the *exact* API request. A real run sends ``entry.request`` as
-it is; a dry run only records the entry, so :func:`format_plan` and :func:`plan_requests` of a
-dry run show what a real run sends, in order.
-
-Every SageMaker request is checked against botocore's service model (:func:`request_problems`:
+Every step is first built as a :class:`PlanEntry` holding a readable summary and the *exact* API
+request: a real run sends ``entry.request`` as it is, a dry run only records the entry. Every
+SageMaker request is checked against botocore's service model (:func:`request_problems`:
 botocore's ``ParamValidator`` plus the enums, maximums and patterns it leaves to the service),
 so an invalid instance type or KMS key fails before the first paid call.
 """
