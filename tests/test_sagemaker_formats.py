@@ -108,16 +108,13 @@ def test_numpy_shape_semantics_v3_scalar_and_zero_size(expected):
     assert arrays["empty"].shape == (0, 3) and arrays["empty"].dtype == np.float32
 
 
-@pytest.mark.parametrize(
-    ("name", "stype", "key"), [("row_sparse", "row_sparse", "arg:v"), ("csr", "csr", "csr")]
-)
-def test_sparse_rejected_by_default_and_densified_on_request(expected, name, stype, key):
-    path = FIXTURES / f"{name}.params"
-    with pytest.raises(ModelFormatError, match=rf"'{key}' \({stype}.*sparse='dense'"):
-        read_ndarray_dict(path)
-    dense = read_ndarray_dict(path, sparse="dense")[key]
-    np.testing.assert_array_equal(dense, expected[f"{name}_dense"])
-    assert dense.dtype == np.float32
+@pytest.mark.parametrize(("name", "stype"), [("row_sparse", 1), ("csr", 2)])
+def test_sparse_arrays_are_refused_naming_their_storage(name, stype):
+    with pytest.raises(
+        ModelFormatError,
+        match=rf"array #0 has sparse storage \({name}, type {stype}\); only dense MXNet v2/v3",
+    ):
+        read_ndarray_dict(FIXTURES / f"{name}.params")
 
 
 @pytest.mark.parametrize("name", ["fm_params_f32", "mixed_dtypes", "unnamed_list"])
@@ -156,7 +153,7 @@ def test_every_truncation_is_a_model_format_error(name):
     raw = (FIXTURES / f"{name}.params").read_bytes()
     for cut in range(len(raw)):
         with pytest.raises(ModelFormatError):
-            read_ndarray_list(raw[:cut], sparse="dense")
+            read_ndarray_list(raw[:cut])
 
 
 def test_bad_magics_are_named():
@@ -197,9 +194,9 @@ def test_corrupt_headers_are_explained(raw, match):
         read_ndarray_list(raw)
 
 
-def test_v1_and_legacy_layouts_from_the_mxnet_source():
+def test_v1_and_legacy_layouts_are_refused_naming_the_layout():
     """Hand-built from NDArray::LegacyLoad: v1 has int64 dims, pre-v1 has the ndim as the
-    magic and uint32 dims; neither has a storage type. (MXNet 1.9 cannot write these.)"""
+    magic and uint32 dims; neither has a storage type. (MXNet 1.x does not write these.)"""
     data = np.arange(6, dtype=np.float64)
     ctx_dtype = struct.pack("<iii", 1, 0, 1)
     v1 = (
@@ -210,11 +207,17 @@ def test_v1_and_legacy_layouts_from_the_mxnet_source():
     )
     legacy = struct.pack("<I2I", 2, 3, 2) + ctx_dtype + data.tobytes()
     legacy_none = struct.pack("<I", 0)  # ndim 0: an empty NDArray, nothing follows
-    raw = struct.pack("<QQQ", 0x112, 0, 3) + v1 + legacy + legacy_none + struct.pack("<Q", 0)
-    arrays, names = read_ndarray_list(raw)
-    np.testing.assert_array_equal(arrays[0], data.reshape(2, 3))
-    np.testing.assert_array_equal(arrays[1], data.reshape(3, 2))
-    assert arrays[2].size == 0 and names == []
+    for array, layout in (
+        (v1, "v1"),
+        (legacy, r"pre-v1 legacy \(magic 2 is the ndim\)"),
+        (legacy_none, r"pre-v1 legacy \(magic 0 is the ndim\)"),
+    ):
+        raw = struct.pack("<QQQ", 0x112, 0, 1) + array + struct.pack("<Q", 0)
+        with pytest.raises(
+            ModelFormatError,
+            match=rf"array #0 at offset 24 is in MXNet's {layout} NDArray layout; only dense",
+        ):
+            read_ndarray_list(raw)
 
 
 def test_random_corruption_never_leaks_other_exceptions():
@@ -225,7 +228,7 @@ def test_random_corruption_never_leaks_other_exceptions():
         for pos in rng.integers(0, len(buf), size=rng.integers(1, 4)):
             buf[pos] = int(rng.integers(0, 256))
         try:
-            read_ndarray_list(bytes(buf), sparse="dense")
+            read_ndarray_list(bytes(buf))
         except ModelFormatError:
             pass
 

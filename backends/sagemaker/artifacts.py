@@ -328,7 +328,7 @@ def read_fm_artifact(
     """
     path = Path(path)
     files = _locate(path, max_bytes)
-    params = read_ndarray_dict(files.params, sparse="dense", source=f"{files.origin} (params)")
+    params = read_ndarray_dict(files.params, source=f"{files.origin} (params)")
     w0, w, V = _fm_arrays(params, files.origin)
     meta = _json(files.meta, f"{files.origin}: meta.json")
     symbol = _json(files.symbol, f"{files.origin}: symbol.json")

@@ -4,33 +4,27 @@ SageMaker's built-in algorithms store their learned parameters in this format; r
 spares an MXNet install (unmaintained, needs numpy < 1.24).
 
 The layout, checked against MXNet's ``src/ndarray/ndarray.cc`` (``NDArray::Save``,
-``NDArray::Load``, ``LegacyLoad``), ``include/mxnet/tuple.h`` (``Tuple::Save``),
-``include/mxnet/base.h`` (``Context::Save``) and files written by MXNet 1.9.1
-(``tests/fixtures/mxnet/``). Everything is little-endian, with no padding::
+``NDArray::Load``), ``include/mxnet/tuple.h`` (``Tuple::Save``), ``include/mxnet/base.h``
+(``Context::Save``) and files written by MXNet 1.9.1 (``tests/fixtures/mxnet/``). Everything is
+little-endian, with no padding::
 
     u64 0x112 (list magic)   u64 0 (reserved)
     u64 count, then count arrays:
-        u32 magic            0xF993FAC9 = v2 (storage type),
-                             0xF993FACA = v3 (v2 saved under numpy-shape semantics),
-                             0xF993FAC8 = v1 (no storage type),
-                             anything else = pre-v1 "legacy": the u32 is the ndim itself
-        [v2/v3] i32 storage type     0 dense, 1 row_sparse, 2 csr
-        [sparse] storage shape       (a shape, as below)
-        shape                        i32 ndim + ndim * i64 dims  (legacy: u32 dims, no i32)
-        -- here the array ends if it is "none": ndim == 0 (v1/v2/legacy) or the shape is
-           unknown, i.e. ndim == -1 or a dim == -1 (v3). In v3 ndim == 0 is a 0-d scalar. --
+        u32 magic            0xF993FAC9 = v2, 0xF993FACA = v3 (v2 saved under numpy-shape
+                             semantics); MXNet 1.x writes only these two
+        i32 storage type     0 dense (1 row_sparse, 2 csr: refused)
+        shape                i32 ndim + ndim * i64 dims
+        -- here the array ends if it is "none": ndim == 0 (v2) or the shape is unknown, i.e.
+           ndim == -1 or a dim == -1 (v3). In v3 ndim == 0 is a 0-d scalar. --
         i32 dev_type, i32 dev_id     the context it was saved from (1 cpu, 2 gpu, ...)
         i32 dtype flag               0 f32, 1 f64, 2 f16, 3 u8, 4 i32, 5 i8, 6 i64, 7 bool,
                                      8 i16, 9 u16, 10 u32, 11 u64, 12 bf16
-        [sparse] per aux array: i32 aux dtype flag + aux shape
-                 (row_sparse: the row indices; csr: indptr, then column indices)
-        data                         C order; for sparse the storage-shape values
-        [sparse] aux data            per aux array
+        data                         C order
     u64 name count (0 for a list, else == count), then per name: u64 length + UTF-8 bytes
 
-Sparse arrays are rejected unless ``sparse="dense"``; bfloat16 is rejected. Corrupt or
-truncated input raises :class:`recsys.errors.ModelFormatError`, never ``struct.error`` or
-``IndexError``.
+Only dense arrays are read: the v1 and pre-v1 layouts (MXNet < 1.0), sparse storage and
+bfloat16 raise :class:`recsys.errors.ModelFormatError` naming what was found, as does corrupt
+or truncated input (never ``struct.error`` or ``IndexError``).
 """
 
 from __future__ import annotations
@@ -41,14 +35,11 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from recsys.errors import ModelFormatError
-
-__all__ = ["LIST_MAGIC", "NDARRAY_V1_MAGIC", "NDARRAY_V2_MAGIC", "NDARRAY_V3_MAGIC",
-           "read_ndarray_list", "read_ndarray_dict", "write_ndarray_list"]  # fmt: skip
 
 logger = logging.getLogger("recsys")
 
@@ -62,13 +53,11 @@ _DTYPES = {flag: np.dtype(code) for flag, code in enumerate(
     ["<f4", "<f8", "<f2", "u1", "<i4", "i1", "<i8", "?", "<i2", "<u2", "<u4", "<u8"])}  # fmt: skip
 _FLAGS = {(dt.kind, dt.itemsize): flag for flag, dt in _DTYPES.items()}
 _STORAGE = {0: "dense", 1: "row_sparse", 2: "csr"}  # the number of aux arrays is the storage type
-_MAX_NDIM = 32  # also: a legacy file's first u32 is its ndim, so larger values are a bad magic
+_MAX_NDIM = 32  # also: a pre-v1 file's first u32 is its ndim, so at most this
 _MAX_DIM = 1 << 48  # larger dimensions are corruption, not data
-#: Largest dense array a sparse one is expanded into (``sparse="dense"``).
-MAX_DENSE_BYTES = 1 << 32
 _DEV_TYPES = range(1, 7)  # Context::kMaxDevType == 6 (1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared)
-
-SparseMode = Literal["error", "dense"]
+_ONLY_DENSE = ("only dense MXNet v2/v3 NDArray files (what SageMaker's Factorization Machines "
+               "writes) are read")
 
 
 class _Reader:
@@ -94,24 +83,17 @@ class _Reader:
     def unpack(self, fmt: str, what: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
 
-    def shape(self, what: str, *, legacy_ndim: int | None = None) -> tuple[int, ...] | None:
+    def shape(self, what: str) -> tuple[int, ...] | None:
         """A shape; ``None`` when ndim is -1 (unknown, only valid in v3)."""
-        ndim = legacy_ndim if legacy_ndim is not None else self.unpack("<i", f"{what} ndim")
+        ndim = self.unpack("<i", f"{what} ndim")
         if ndim == -1:
             return None
         if not 0 <= ndim <= _MAX_NDIM:
             raise self.fail(f"{what} has ndim {ndim} at offset {self.pos - 4}; expected 0..{_MAX_NDIM}")
-        fmt = f"<{ndim}I" if legacy_ndim is not None else f"<{ndim}q"
-        dims = struct.unpack(fmt, self.take(struct.calcsize(fmt), f"{what} dims"))
+        dims = struct.unpack(f"<{ndim}q", self.take(8 * ndim, f"{what} dims"))
         if any(d > _MAX_DIM for d in dims):
             raise self.fail(f"{what} has an implausible dimension in {dims}; the file is corrupt")
         return tuple(int(d) for d in dims)
-
-    def valid_shape(self, owner: str, noun: str) -> tuple[int, ...]:
-        shape = self.shape(f"{owner} {noun}")
-        if shape is None or any(d < 0 for d in shape):
-            raise self.fail(f"{owner} has an invalid {noun} {shape}")
-        return shape
 
     def dtype_flag(self, what: str) -> int:
         flag = self.unpack("<i", f"{what} dtype flag")
@@ -134,71 +116,26 @@ class _Reader:
             raise self.fail(f"{what} has an unusable shape {shape}: {exc}") from exc
 
 
-class _Sparse:
-    """A sparse array read from the file, kept apart until its name is known."""
-
-    def __init__(self, stype: int, shape: tuple[int, ...], data: np.ndarray, aux: list[np.ndarray]):
-        self.stype, self.shape, self.data, self.aux = stype, shape, data, aux
-
-    def densify(self, where: str) -> np.ndarray:
-        nbytes = math.prod(self.shape) * self.data.dtype.itemsize
-        if nbytes > MAX_DENSE_BYTES:
-            raise ModelFormatError(
-                f"{where}: densifying the {_STORAGE[self.stype]} array of shape {self.shape} would "
-                f"take {nbytes} bytes, more than MAX_DENSE_BYTES ({MAX_DENSE_BYTES})"
-            )
-        try:
-            out = np.zeros(self.shape, dtype=self.data.dtype)
-        except (MemoryError, ValueError) as exc:
-            raise ModelFormatError(f"{where}: cannot allocate shape {self.shape}: {exc}") from exc
-        try:
-            if self.stype == 1:  # row_sparse: data (nnz_rows, *shape[1:]), aux[0] row ids
-                rows = self.aux[0].astype(np.int64)
-                if self.shape and rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
-                    raise ValueError(f"row index out of range [0, {self.shape[0]})")
-                out[rows] = self.data.reshape((rows.size, *self.shape[1:]))
-            else:  # csr: aux[0] indptr (rows + 1), aux[1] column indices
-                if len(self.shape) != 2:
-                    raise ValueError(f"a CSR array must be 2-D, shape is {self.shape}")
-                indptr, indices = self.aux[0].astype(np.int64), self.aux[1].astype(np.int64)
-                n_rows, n_cols = self.shape
-                if indptr.size != n_rows + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
-                    raise ValueError("invalid indptr")
-                if indptr[-1] != indices.size or indices.size != self.data.size:
-                    raise ValueError("indptr, indices and data lengths disagree")
-                if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
-                    raise ValueError(f"column index out of range [0, {n_cols})")
-                np.add.at(out, (np.repeat(np.arange(n_rows), np.diff(indptr)), indices), self.data.reshape(-1))
-        except ValueError as exc:
-            raise ModelFormatError(f"{where}: inconsistent {_STORAGE[self.stype]} array: {exc}") from exc
-        return out
-
-
-def _read_one(r: _Reader, index: int) -> np.ndarray | _Sparse:
+def _read_one(r: _Reader, index: int) -> np.ndarray:
     what = f"array #{index}"
     start = r.pos
     magic = r.unpack("<I", f"{what} magic")
+    if magic == NDARRAY_V1_MAGIC or magic <= _MAX_NDIM:  # what MXNet < 1.0 wrote
+        layout = "v1" if magic == NDARRAY_V1_MAGIC else f"pre-v1 legacy (magic {magic} is the ndim)"
+        raise r.fail(f"{what} at offset {start} is in MXNet's {layout} NDArray layout; {_ONLY_DENSE}")
+    if magic not in (NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC):
+        raise r.fail(f"{what} at offset {start} starts with unknown magic 0x{magic:08X}; expected "
+                     f"0x{NDARRAY_V2_MAGIC:08X} (v2) or 0x{NDARRAY_V3_MAGIC:08X} (v3)")  # fmt: skip
     v3 = magic == NDARRAY_V3_MAGIC
-    stype, sshape = 0, ()
-    if magic in (NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC):
-        stype = r.unpack("<i", f"{what} storage type")
-        if stype not in _STORAGE:
-            raise r.fail(f"{what} has unknown storage type {stype} at offset {r.pos - 4}; expected 0 (dense), "
-                         "1 (row_sparse) or 2 (csr)")  # fmt: skip
-        if stype and v3:
-            raise r.fail(f"{what}: a v3 (numpy-shape) array must be dense, found storage type {stype}")
-        if stype:
-            sshape = r.valid_shape(what, "storage shape")
-        shape = r.shape(f"{what} shape")
-    elif magic == NDARRAY_V1_MAGIC:
-        shape = r.shape(f"{what} shape")
-    elif magic <= _MAX_NDIM:
-        shape = r.shape(f"{what} shape", legacy_ndim=magic)
-    else:
-        raise r.fail(
-            f"{what} at offset {start} starts with unknown magic 0x{magic:08X}; expected "
-            f"0x{NDARRAY_V2_MAGIC:08X} (v2), 0x{NDARRAY_V3_MAGIC:08X} (v3) or 0x{NDARRAY_V1_MAGIC:08X} (v1)"
-        )
+    stype = r.unpack("<i", f"{what} storage type")
+    if stype not in _STORAGE:
+        raise r.fail(f"{what} has unknown storage type {stype} at offset {r.pos - 4}; expected 0 (dense), "
+                     "1 (row_sparse) or 2 (csr)")  # fmt: skip
+    if stype and v3:
+        raise r.fail(f"{what}: a v3 (numpy-shape) array must be dense, found storage type {stype}")
+    if stype:
+        raise r.fail(f"{what} has sparse storage ({_STORAGE[stype]}, type {stype}); {_ONLY_DENSE}")
+    shape = r.shape(f"{what} shape")
     # "none" arrays: nothing but the header was written (NDArray::Save returns after the shape).
     if shape is None and not v3:
         raise r.fail(f"{what} has ndim -1, which only the v3 format allows")
@@ -211,27 +148,18 @@ def _read_one(r: _Reader, index: int) -> np.ndarray | _Sparse:
     r.unpack("<i", f"{what} device id")
     if dev_type not in _DEV_TYPES:
         raise r.fail(f"{what} has invalid device type {dev_type} at offset {r.pos - 8}; expected 1..6")
-    flag = r.dtype_flag(what)
-    if not stype:
-        return r.values(flag, shape, what)
-    aux_meta = [(r.dtype_flag(f"{what} aux #{j}"), r.valid_shape(f"{what} aux #{j}", "shape")) for j in range(stype)]
-    data = r.values(flag, sshape, what)
-    aux = [r.values(f, s, f"{what} aux #{j}") for j, (f, s) in enumerate(aux_meta)]
-    return _Sparse(stype, shape, data, aux)
+    return r.values(r.dtype_flag(what), shape, what)
 
 
 def read_ndarray_list(
-    data: bytes | bytearray | memoryview | str | os.PathLike, *, sparse: SparseMode = "error", source: str | None = None,
-) -> tuple[list[np.ndarray], list[str]]:  # fmt: skip
+    data: bytes | bytearray | memoryview | str | os.PathLike, *, source: str | None = None
+) -> tuple[list[np.ndarray], list[str]]:
     """Decode an MXNet NDArray list file (``mx.nd.save`` output): its bytes or a path.
 
-    ``sparse="dense"`` converts row_sparse / CSR arrays to dense ones (default: raise naming
-    them); ``source`` names the data in error messages. Returns the arrays in file order
-    (native byte order, writable copies; an MXNet "none" array is an empty float32 array of
-    shape (0,)) and the names (empty when the file was saved from a list).
+    ``source`` names the data in error messages. Returns the arrays in file order (native byte
+    order, writable copies; an MXNet "none" array is an empty float32 array of shape (0,)) and
+    the names (empty when the file was saved from a list).
     """
-    if sparse not in ("error", "dense"):
-        raise ValueError(f"sparse must be 'error' or 'dense', got {sparse!r}")
     if isinstance(data, (bytes, bytearray, memoryview)):
         buf, default_source = data, "NDArray data"
     else:
@@ -250,7 +178,7 @@ def read_ndarray_list(
     count = r.unpack("<Q", "array count")
     if count > r.remaining // 4:  # each array needs at least its 4-byte magic
         raise r.fail(f"array count {count} is impossible for the {r.remaining} bytes that follow")
-    items = [_read_one(r, i) for i in range(count)]
+    arrays = [_read_one(r, i) for i in range(count)]
     n_names = r.unpack("<Q", "name count")
     if n_names not in (0, count):
         raise r.fail(f"the file has {count} arrays but {n_names} names; expected 0 or {count}")
@@ -263,24 +191,15 @@ def read_ndarray_list(
             raise r.fail(f"name #{i} is not valid UTF-8: {exc}") from exc
     if r.remaining:
         logger.warning("%s: ignoring %d trailing bytes after the NDArray list", r.source, r.remaining)
-
-    labels = [repr(n) for n in names] if names else [f"#{i}" for i in range(count)]
-    found = [f"{label} ({_STORAGE[item.stype]}, shape {item.shape})"
-             for label, item in zip(labels, items, strict=True) if isinstance(item, _Sparse)]  # fmt: skip
-    if found and sparse == "error":
-        raise r.fail(f"sparse arrays are not supported here: {', '.join(found)}; only dense storage "
-                     "(type 0) is read unless sparse='dense' is passed")  # fmt: skip
-    arrays = [item.densify(f"{r.source}: array {label}") if isinstance(item, _Sparse) else item
-              for label, item in zip(labels, items, strict=True)]  # fmt: skip
     return arrays, names
 
 
 def read_ndarray_dict(
-    data: bytes | bytearray | memoryview | str | os.PathLike, *, sparse: SparseMode = "error", source: str | None = None,
-) -> dict[str, np.ndarray]:  # fmt: skip
+    data: bytes | bytearray | memoryview | str | os.PathLike, *, source: str | None = None
+) -> dict[str, np.ndarray]:
     """:func:`read_ndarray_list` of a file saved from a dict (``mx.nd.save(f, {name: array})``);
     a file without names or with duplicate names raises :class:`ModelFormatError`."""
-    arrays, names = read_ndarray_list(data, sparse=sparse, source=source)
+    arrays, names = read_ndarray_list(data, source=source)
     where = source or (str(data) if isinstance(data, (str, os.PathLike)) else "NDArray data")
     if arrays and not names:
         raise ModelFormatError(f"{where}: the NDArray file has {len(arrays)} arrays but no names (it was saved "
