@@ -48,6 +48,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from backends.sagemaker.artifacts import fm_model_tar_bytes, read_fm_artifact, write_knn_jsonlines
+from backends.sagemaker.artifacts import fm_model_tar_bytes, read_fm_artifact
 from recsys.model import FittedFM
 from recsys.params import FMParams
 from tests.reference import knn_brute_force
@@ -152,6 +153,25 @@ def _tar_gz(members: dict[str, bytes]) -> bytes:
 def _untar(data: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
         return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+
+
+def write_knn_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
+    """k-NN results as SageMaker's verbose JSON lines: one ``{"distances": [...], "labels": [...],
+    "predicted_label": x}`` per row, labels as floats, padding (label -1) left out.
+    ``predicted_label`` is the most frequent label, ties going to the one seen first (nearest) --
+    the fake's choice; the real tie rule is not documented."""
+    lines = []
+    distances = np.asarray(distances, dtype=np.float32)
+    for lab_row, dist_row in zip(np.asarray(labels), distances, strict=True):
+        keep = lab_row != -1
+        row: dict[str, Any] = {
+            "distances": [float(x) for x in dist_row[keep]],
+            "labels": [float(x) for x in lab_row[keep]],
+        }
+        if row["labels"]:  # the first of the most frequent
+            row["predicted_label"] = Counter(row["labels"]).most_common(1)[0][0]
+        lines.append(json.dumps(row) + "\n")
+    return "".join(lines).encode("utf-8")
 
 
 class FakeSageMaker:

@@ -26,7 +26,6 @@ from backends.sagemaker.artifacts import (
     parse_knn_jsonlines,
     read_fm_artifact,
     write_fm_model_tar,
-    write_knn_jsonlines,
 )
 from backends.sagemaker.mxnet_ndarray import (
     NDARRAY_V1_MAGIC,
@@ -37,6 +36,9 @@ from backends.sagemaker.mxnet_ndarray import (
 from recsys.errors import ModelFormatError
 from recsys.model import FittedFM
 from tests.reference import fm_brute_force
+
+pytest.register_assert_rewrite("tests.sagemaker_fakes")
+from tests.sagemaker_fakes import write_knn_jsonlines  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
 FM_TARS = {

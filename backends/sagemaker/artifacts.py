@@ -31,7 +31,6 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from recsys.model import FittedFM
 from .mxnet_ndarray import LIST_MAGIC, read_ndarray_dict, write_ndarray_list
 
 __all__ = ["MAX_ARTIFACT_BYTES", "read_fm_artifact", "write_fm_model_tar", "fm_model_tar_bytes", "fm_symbol_json",
-           "parse_knn_jsonlines", "write_knn_jsonlines"]  # fmt: skip
+           "parse_knn_jsonlines"]  # fmt: skip
 
 logger = logging.getLogger("recsys")
 
@@ -506,24 +505,3 @@ def parse_knn_jsonlines(text_or_bytes: str | bytes, *, k: int | None = None) -> 
     for i, (lab, dist) in enumerate(zip(label_rows, dist_rows, strict=True)):
         labels_out[i, : lab.size], dists_out[i, : dist.size] = lab, dist
     return labels_out, dists_out
-
-
-def write_knn_jsonlines(labels: np.ndarray, distances: np.ndarray) -> bytes:
-    """k-NN results as SageMaker's verbose JSON lines (for fakes): one ``{"distances": [...],
-    "labels": [...], "predicted_label": x}`` per row, labels as floats, padding (label -1) left
-    out. ``predicted_label`` is the most frequent label, ties going to the one seen first
-    (nearest) -- the fake's choice; the real tie rule is not documented."""
-    labels = np.asarray(labels)
-    distances = np.asarray(distances, dtype=np.float32)
-    if labels.ndim != 2 or labels.shape != distances.shape:
-        raise ModelFormatError(
-            f"labels and distances must be 2-D arrays of the same shape, got {labels.shape} and {distances.shape}"
-        )
-    lines = []
-    for lab_row, dist_row in zip(labels, distances, strict=True):
-        keep = lab_row != -1
-        row: dict[str, Any] = {"distances": [float(x) for x in dist_row[keep]], "labels": [float(x) for x in lab_row[keep]]}
-        if row["labels"]:
-            row["predicted_label"] = Counter(row["labels"]).most_common(1)[0][0]  # first of the most frequent
-        lines.append(json.dumps(row))
-    return "".join(line + "\n" for line in lines).encode("utf-8")
