@@ -44,9 +44,6 @@ from recsys.model import FittedFM
 
 from .mxnet_ndarray import LIST_MAGIC, read_ndarray_dict, write_ndarray_list
 
-__all__ = ["MAX_ARTIFACT_BYTES", "read_fm_artifact", "write_fm_model_tar", "fm_model_tar_bytes", "fm_symbol_json",
-           "parse_knn_jsonlines"]  # fmt: skip
-
 logger = logging.getLogger("recsys")
 
 #: Largest archive member read into memory (params of a 10M-feature, 64-factor FM are ~2.6 GB).

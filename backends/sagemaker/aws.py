@@ -24,8 +24,6 @@ from recsys.errors import BackendError, ConfigError, require
 from .config import SageMakerConfig
 from .plan import PlanEntry, delete_entry, request_problems, s3_uri, split_s3_uri
 
-__all__ = ["AWS", "import_sdk", "aws_errors", "sigterm_as_interrupt", "MISSING_ROLE"]
-
 logger = logging.getLogger("recsys")
 
 MISSING_ROLE = "<role: set [sagemaker] role>"

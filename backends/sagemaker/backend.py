@@ -22,8 +22,6 @@ from .aws import AWS
 from .config import SAGEMAKER_OPTIONS, SageMakerConfig
 from .plan import check_config_requests, format_plan, plan_requests
 
-__all__ = ["SageMakerBackend"]
-
 
 class SageMakerBackend(Backend):
     """Trains FMs and k-NN indexes with Amazon SageMaker's built-in algorithms.

@@ -15,8 +15,6 @@ from typing import Any
 
 from recsys.errors import ConfigError
 
-__all__ = ["SAGEMAKER_OPTIONS", "SageMakerConfig", "INVOKE_PAYLOAD_LIMIT", "SPOT_MAX_WAIT_WITHOUT_CHECKPOINTS"]
-
 #: SageMaker's hard limit on an ``InvokeEndpoint`` request body (6 MB).
 INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
 #: Built-in algorithms that do not checkpoint (FM and k-NN do not) may wait at most an hour

@@ -26,8 +26,6 @@ from .artifacts import read_fm_artifact
 from .aws import AWS, sigterm_as_interrupt
 from .plan import RECORDIO_CONTENT_TYPE, Channel, training_job_entry, upload_entry
 
-__all__ = ["fit_fm", "fm_hyperparameters", "sdk_hyperparameters", "write_shards", "shard_uploads"]
-
 logger = logging.getLogger("recsys")
 
 _LOCAL_ONLY = ("optimizer", "seed", "threads", "early_stopping_patience")

@@ -32,8 +32,6 @@ from .aws import AWS
 from .fm import sdk_hyperparameters, shard_uploads, write_shards
 from .plan import Channel, model_entry, training_job_entry, transform_job_entry
 
-__all__ = ["SageMakerKNNIndex", "build_knn", "knn_hyperparameters", "KNN_MAX_K"]
-
 logger = logging.getLogger("recsys")
 
 #: The deepest search SageMaker's k-NN accepts (its hyperparameter schema caps ``k`` at 1024).

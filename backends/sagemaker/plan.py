@@ -20,12 +20,6 @@ from recsys.errors import ConfigError
 
 from .config import SageMakerConfig
 
-__all__ = [
-    "PlanEntry", "Channel", "format_plan", "plan_requests", "request_problems", "check_config_requests",
-    "RECORDIO_CONTENT_TYPE", "KNN_ACCEPT", "s3_uri", "split_s3_uri", "upload_entry", "training_job_entry",
-    "model_entry", "endpoint_config_entry", "endpoint_entry", "transform_job_entry", "invoke_entry", "delete_entry",
-]  # fmt: skip
-
 RECORDIO_CONTENT_TYPE = "application/x-recordio-protobuf"
 #: The k-NN batch-transform output format that carries the neighbours (``labels``, ``distances``).
 KNN_ACCEPT = "application/jsonlines; verbose=true"
