@@ -52,7 +52,7 @@ NDARRAY_V3_MAGIC = 0xF993FACA
 _DTYPES = {flag: np.dtype(code) for flag, code in enumerate(
     ["<f4", "<f8", "<f2", "u1", "<i4", "i1", "<i8", "?", "<i2", "<u2", "<u4", "<u8"])}  # fmt: skip
 _FLAGS = {(dt.kind, dt.itemsize): flag for flag, dt in _DTYPES.items()}
-_STORAGE = {0: "dense", 1: "row_sparse", 2: "csr"}  # the number of aux arrays is the storage type
+_STORAGE = {0: "dense", 1: "row_sparse", 2: "csr"}  # NDArray storage types (only 0 is read)
 _MAX_NDIM = 32  # also: a pre-v1 file's first u32 is its ndim, so at most this
 _MAX_DIM = 1 << 48  # larger dimensions are corruption, not data
 _DEV_TYPES = range(1, 7)  # Context::kMaxDevType == 6 (1 cpu, 2 gpu, 3 cpu_pinned, 5 cpu_shared)
