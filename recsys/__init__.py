@@ -55,19 +55,6 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")
 
-__all__ = [
-    *_LAZY,
-    "BackendError",
-    "ConfigError",
-    "DataError",
-    "FMParams",
-    "FittedFM",
-    "KNNParams",
-    "MissingDependencyError",
-    "ModelFitError",
-    "ModelFormatError",
-    "NotFittedError",
-    "OutputError",
-    "RecsysError",
-    "__version__",
-]
+__all__ = [*_LAZY, "BackendError", "ConfigError", "DataError", "FMParams", "FittedFM", "KNNParams",
+           "MissingDependencyError", "ModelFitError", "ModelFormatError", "NotFittedError",
+           "OutputError", "RecsysError", "__version__"]  # fmt: skip

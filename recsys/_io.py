@@ -103,30 +103,31 @@ def _remove(path: Path) -> None:
 
 
 # what may be replaced
-def _read_small_json(path: Path, limit: int = 1 << 20) -> Any:
+def _read_small_json(path: Path, limit: int = 1 << 20) -> dict[str, Any]:
+    """The JSON object in ``path``; {} if it is missing, large, unreadable or not an object."""
     try:
-        if not path.is_file() or path.stat().st_size > limit:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.is_file() and path.stat().st_size <= limit:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return doc if isinstance(doc, dict) else {}
     except (OSError, UnicodeDecodeError, ValueError):
-        return None
+        pass
+    return {}
 
 
 def _owner(folder: Path) -> tuple[str, set[str] | None] | None:
     """``(kind, files recsys wrote)`` of a folder recsys wrote, else None. Folders written
     before the marker existed are recognised by their format stamp (files then unknown)."""
     marker = _read_small_json(folder / MARKER)
-    if isinstance(marker, dict) and isinstance(marker.get("kind"), str) and isinstance(marker.get("files"), list):
+    if isinstance(marker.get("kind"), str) and isinstance(marker.get("files"), list):
         return marker["kind"], {str(f) for f in marker["files"]}
     run = _read_small_json(folder / "run.json")
-    if isinstance(run, dict) and run.get("format") == "recsys.run":
-        files = run.get("files") if isinstance(run.get("files"), dict) else {}
+    if run.get("format") == "recsys.run":
+        files = run["files"] if isinstance(run.get("files"), dict) else {}
         return ("recsys.run" if "report" in files or "recommendations" in files else "recsys.train"), None
-    stamp = _read_small_json(folder / "config.json")
-    if isinstance(stamp, dict) and str(stamp.get("format", "")) in KINDS:
-        return str(stamp["format"]), None
-    eda = _read_small_json(folder / "exploration.json")
-    if isinstance(eda, dict) and {"source", "load", "exploration"} <= set(eda):
+    stamp = str(_read_small_json(folder / "config.json").get("format", ""))
+    if stamp in KINDS:
+        return stamp, None
+    if {"source", "load", "exploration"} <= set(_read_small_json(folder / "exploration.json")):
         return "recsys.eda", None
     return None
 
