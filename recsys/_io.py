@@ -133,12 +133,9 @@ def _owner(folder: Path) -> tuple[str, set[str] | None] | None:
 
 
 def _files(folder: Path) -> list[str]:
-    out = []
-    for root, dirs, names in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        out += [(rel / n).as_posix() for n in names]
-        out += [(rel / d).as_posix() for d in dirs if (Path(root) / d).is_symlink()]
-    return sorted(out)
+    """Every file and link under ``folder`` (links to folders are not followed), sorted."""
+    found = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
+    return sorted(p.relative_to(folder).as_posix() for p in found)
 
 
 def _some(names: Collection[str], n: int = 4) -> str:
@@ -214,23 +211,18 @@ def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
                        f"Nothing at {target} was changed")  # fmt: skip
 
 
-def _create_parent(target: Path) -> None:
+@contextlib.contextmanager
+def _temporary(target: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary name next to ``target`` (folder created, stale temporaries removed), removed if
+    the body fails in any way. A failed write (disk full, file-size limit, permissions) becomes one
+    ``OutputError`` naming ``target``, at the outermost write."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), target.parent)
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), target.parent)
         raise OutputError(f"cannot write {target}: {blocker} is a file, not a folder. Choose another path") from None
     except OSError as exc:
         raise OutputError(f"cannot create the folder {target.parent} ({exc.strerror}); choose another path") from None
-
-
-@contextlib.contextmanager
-def _temporary(target: Path, suffix: str = "") -> Iterator[Path]:
-    """A temporary name next to ``target`` (its folder created, stale temporaries removed), removed
-    again if the body fails (even by ``KeyboardInterrupt``). A failed write (disk full, file-size
-    limit, permissions) becomes an ``OutputError`` naming ``target``, once, at the outermost
-    write."""
-    _create_parent(target)
     remove_stale_temps(target)
     tmp = temp_path(target, "tmp", suffix)
     token = None if _WRITING.get() else _WRITING.set(True)
@@ -303,12 +295,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``path`` as a whole.
 
-    ``kind`` names what is written (a key of :data:`KINDS`); the marker file records it with the
-    list of files written. ``path`` must be absent, empty, or a folder recsys wrote of a kind in
-    ``replaces`` (default: ``kind``) holding nothing else (:func:`check_replaceable`) -- checked
-    before and again after the body runs. The previous folder is moved aside and deleted only
-    after the new one is in place, so readers see either the complete old or the complete new
-    folder.
+    ``kind`` (a key of :data:`KINDS`) and the files written are recorded in the marker file.
+    :func:`check_replaceable` runs before and again after the body. The previous folder is deleted
+    only after the new one is in place, so readers see either the complete old or the new one.
     """
     from . import __version__
 
