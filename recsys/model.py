@@ -214,7 +214,7 @@ class FittedFM:
         return self._output(self._as_csr(X), self.w0, self.w, self.V)
 
     def predict_score(self, X: Any) -> np.ndarray:
-        """SageMaker's ``score`` (:meth:`score_of` the FM output), averaged over the posterior
+        """SageMaker's ``score``: :meth:`score_of` the FM output, averaged over the posterior
         samples when the model has them."""
         X = self._as_csr(X)
         if self.samples is None:
