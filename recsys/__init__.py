@@ -26,22 +26,22 @@ __version__ = "0.1.0"
 
 logging.getLogger("recsys").addHandler(logging.NullHandler())
 
-#: Public names imported on first use (keeps ``import recsys`` light).
+#: Public names imported on first use from their module (keeps ``import recsys`` light).
 _LAZY = {
-    "run": ("recsys.pipeline", "run"),
-    "eda": ("recsys.pipeline", "eda"),
-    "RunResult": ("recsys.pipeline", "RunResult"),
-    "RunConfig": ("recsys.config", "RunConfig"),
-    "load_config": ("recsys.config", "load_config"),
-    "load_ratings": ("recsys.data.loaders", "load_ratings"),
-    "load_amazon_reviews": ("recsys.data.loaders", "load_amazon_reviews"),
-    "generate_reviews": ("recsys.data.synthetic", "generate_reviews"),
-    "explore": ("recsys.data.explore", "explore"),
-    "prepare": ("recsys.data.prepare", "prepare"),
-    "FMRegressor": ("recsys.estimators", "FMRegressor"),
-    "FMClassifier": ("recsys.estimators", "FMClassifier"),
-    "Recommender": ("recsys.recommend", "Recommender"),
-    "SavedRun": ("recsys.saved_run", "SavedRun"),
+    "run": "recsys.pipeline",
+    "eda": "recsys.pipeline",
+    "RunResult": "recsys.pipeline",
+    "RunConfig": "recsys.config",
+    "load_config": "recsys.config",
+    "load_ratings": "recsys.data.loaders",
+    "load_amazon_reviews": "recsys.data.loaders",
+    "generate_reviews": "recsys.data.synthetic",
+    "explore": "recsys.data.explore",
+    "prepare": "recsys.data.prepare",
+    "FMRegressor": "recsys.estimators",
+    "FMClassifier": "recsys.estimators",
+    "Recommender": "recsys.recommend",
+    "SavedRun": "recsys.saved_run",
 }
 
 
@@ -49,25 +49,11 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")
 
-__all__ = [
-    *_LAZY,
-    "BackendError",
-    "ConfigError",
-    "DataError",
-    "FMParams",
-    "FittedFM",
-    "KNNParams",
-    "MissingDependencyError",
-    "ModelFitError",
-    "ModelFormatError",
-    "NotFittedError",
-    "OutputError",
-    "RecsysError",
-    "__version__",
-]
+__all__ = [*_LAZY, "BackendError", "ConfigError", "DataError", "FMParams", "FittedFM", "KNNParams",
+           "MissingDependencyError", "ModelFitError", "ModelFormatError", "NotFittedError",
+           "OutputError", "RecsysError", "__version__"]  # fmt: skip

@@ -1,19 +1,16 @@
 """Safe writes: atomic files and folders, and the rule that recsys replaces only what it wrote.
 
 * A file or folder is written under a temporary name next to the target, then renamed onto it:
-  a crash, an error, Ctrl-C or SIGTERM never leaves a half-written output; either the old or
-  the new content is at the target path.
-* Every folder recsys writes (run and ``recsys train`` outputs, ``recsys eda`` outputs, saved
-  FMs, saved k-NN indexes) carries a marker file, ``.recsys``, naming its kind and listing the
-  files recsys put there. A writer replaces a folder only when it is absent, empty, or a recsys
-  folder of a kind the writer may replace that holds nothing but the listed files. Anything
-  else -- a file, a link, a folder with the user's own files, a full run under a writer of
-  models only -- is refused with :class:`~recsys.errors.OutputError`, and nothing is touched.
-* Temporary names carry ``recsys``, a host tag and the writer's process id
-  (``.NAME.recsys-<host>-<pid>-<random>.tmp``). One left by a process that was killed
-  (SIGKILL, power loss) is removed when the next write to the same target starts.
-* A write that fails (disk full, file-size limit, no permission) raises ``OutputError`` naming
-  the target and the fix; the previous content is intact and no temporary is left.
+  a crash, an error, Ctrl-C or SIGTERM leaves either the old or the new content at the target.
+* Every folder recsys writes carries a marker file, ``.recsys``, naming its kind and the files
+  recsys put there. A writer replaces a folder only when it is absent, empty, or a recsys folder
+  of a kind it may replace holding nothing but the listed files; anything else (a file, a link,
+  the user's files, a full run under a writer of models only) raises
+  :class:`~recsys.errors.OutputError` and nothing is touched.
+* Temporaries are named ``.NAME.recsys-<host>-<pid>-<random>.tmp``; one left by a killed
+  process is removed when the next write to the same target starts.
+* A failed write (disk full, file-size limit, no permission) raises ``OutputError`` naming the
+  target and the fix; the previous content is intact and no temporary is left.
 """
 
 from __future__ import annotations
@@ -56,8 +53,8 @@ KINDS = {
 _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 _TEMP = re.compile(r"^\.(?P<name>.+)\.recsys-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[^.]+)?\.(?P<end>tmp|old)$")
 _WRITE_ERRNOS = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-#: The target of the outermost write in progress (nested writes go into its temporary folder).
-_OUTER: contextvars.ContextVar[tuple[Path, Path] | None] = contextvars.ContextVar("recsys_outer_write", default=None)
+#: Whether a write is in progress (nested writes go into its temporary folder).
+_WRITING = contextvars.ContextVar("recsys_writing", default=False)
 
 
 # temporary names and stale temporaries
@@ -93,50 +90,52 @@ def remove_stale_temps(target: Path) -> None:
                 os.replace(path, target)
                 log.warning("restored %s from %s (a write to it was interrupted)", target, path.name)
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        _remove(path)
         log.info("removed %s, left by an interrupted recsys write (process %s)", path, m["pid"])
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 # what may be replaced
-def _read_small_json(path: Path, limit: int = 1 << 20) -> Any:
+def _read_small_json(path: Path, limit: int = 1 << 20) -> dict[str, Any]:
+    """The JSON object in ``path``; {} if it is missing, large, unreadable or not an object."""
     try:
-        if not path.is_file() or path.stat().st_size > limit:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.is_file() and path.stat().st_size <= limit:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return doc if isinstance(doc, dict) else {}
     except (OSError, UnicodeDecodeError, ValueError):
-        return None
+        pass
+    return {}
 
 
 def _owner(folder: Path) -> tuple[str, set[str] | None] | None:
     """``(kind, files recsys wrote)`` of a folder recsys wrote, else None. Folders written
     before the marker existed are recognised by their format stamp (files then unknown)."""
     marker = _read_small_json(folder / MARKER)
-    if isinstance(marker, dict) and isinstance(marker.get("kind"), str) and isinstance(marker.get("files"), list):
+    if isinstance(marker.get("kind"), str) and isinstance(marker.get("files"), list):
         return marker["kind"], {str(f) for f in marker["files"]}
     run = _read_small_json(folder / "run.json")
-    if isinstance(run, dict) and run.get("format") == "recsys.run":
-        files = run.get("files") if isinstance(run.get("files"), dict) else {}
+    if run.get("format") == "recsys.run":
+        files = run["files"] if isinstance(run.get("files"), dict) else {}
         return ("recsys.run" if "report" in files or "recommendations" in files else "recsys.train"), None
-    stamp = _read_small_json(folder / "config.json")
-    if isinstance(stamp, dict) and str(stamp.get("format", "")) in KINDS:
-        return str(stamp["format"]), None
-    eda = _read_small_json(folder / "exploration.json")
-    if isinstance(eda, dict) and {"source", "load", "exploration"} <= set(eda):
+    stamp = str(_read_small_json(folder / "config.json").get("format", ""))
+    if stamp in KINDS:
+        return stamp, None
+    if {"source", "load", "exploration"} <= set(_read_small_json(folder / "exploration.json")):
         return "recsys.eda", None
     return None
 
 
 def _files(folder: Path) -> list[str]:
-    out = []
-    for root, dirs, names in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        out += [(rel / n).as_posix() for n in names]
-        out += [(rel / d).as_posix() for d in dirs if (Path(root) / d).is_symlink()]
-    return sorted(out)
+    """Every file and link under ``folder`` (links to folders are not followed), sorted."""
+    found = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
+    return sorted(p.relative_to(folder).as_posix() for p in found)
 
 
 def _some(names: Collection[str], n: int = 4) -> str:
@@ -212,43 +211,31 @@ def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
                        f"Nothing at {target} was changed")  # fmt: skip
 
 
-def _create_parent(target: Path) -> None:
+@contextlib.contextmanager
+def _temporary(target: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary name next to ``target`` (folder created, stale temporaries removed), removed if
+    the body fails in any way. A failed write (disk full, file-size limit, permissions) becomes one
+    ``OutputError`` naming ``target``, at the outermost write."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), target.parent)
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), target.parent)
         raise OutputError(f"cannot write {target}: {blocker} is a file, not a folder. Choose another path") from None
     except OSError as exc:
         raise OutputError(f"cannot create the folder {target.parent} ({exc.strerror}); choose another path") from None
-
-
-@contextlib.contextmanager
-def _writing(target: Path, tmp: Path) -> Iterator[None]:
-    """Turn a failed write (disk full, file-size limit, permissions) into an ``OutputError``
-    naming ``target``, once, at the outermost write."""
-    outer = _OUTER.get()
-    token = _OUTER.set((target, tmp)) if outer is None else None
+    remove_stale_temps(target)
+    tmp = temp_path(target, "tmp", suffix)
+    token = None if _WRITING.get() else _WRITING.set(True)
     try:
-        yield
-    except OSError as exc:
-        if outer is not None or exc.errno not in _WRITE_ERRNOS:
-            raise
-        raise _write_error(target, tmp, exc) from None
+        yield tmp
+    except BaseException as exc:
+        _remove(tmp)
+        if token is not None and isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise _write_error(target, tmp, exc) from None
+        raise
     finally:
         if token is not None:
-            _OUTER.reset(token)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM for the two renames of a swap (delivered right after)."""
-    mask = getattr(signal, "pthread_sigmask", None)  # POSIX only
-    previous = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
-    try:
-        yield
-    finally:
-        if mask:
-            mask(signal.SIG_SETMASK, previous)
+            _WRITING.reset(token)
 
 
 # files
@@ -257,24 +244,16 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
     ``suffix`` is kept at the end of the temporary name (before ``.tmp``) for writers that look at
-    it. On any exception (including ``KeyboardInterrupt``) the temporary is removed and ``path``
-    is left untouched. A folder at ``path`` is refused.
+    it. On any exception the temporary is removed and ``path`` is left untouched. A folder at
+    ``path`` is refused.
     """
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise OutputError(f"{path} is a folder; cannot write a file there. Choose another path")
-    _create_parent(path)
-    remove_stale_temps(path)
-    tmp = temp_path(path, "tmp", suffix)
-    try:
-        with _writing(path, tmp):
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
-            yield tmp
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with _temporary(path, suffix) as tmp:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+        yield tmp
+        os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -285,8 +264,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    return atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_default(obj: Any) -> Any:
@@ -302,9 +281,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def to_json(obj: Any, indent: int | None = 2) -> str:
+def to_json(obj: Any) -> str:
     """JSON text for ``obj``; numpy scalars and arrays become plain numbers and lists."""
-    return json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
+    return json.dumps(obj, indent=2, default=_json_default)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -316,41 +295,34 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``path`` as a whole.
 
-    ``kind`` names what is written (a key of :data:`KINDS`); the marker file records it with the
-    list of files written. ``path`` must be absent, empty, or a folder recsys wrote of a kind in
-    ``replaces`` (default: ``kind``) holding nothing else (:func:`check_replaceable`) -- checked
-    before and again after the body runs. The previous folder is moved aside and deleted only
-    after the new one is in place, so readers see either the complete old or the complete new
-    folder.
+    ``kind`` (a key of :data:`KINDS`) and the files written are recorded in the marker file.
+    :func:`check_replaceable` runs before and again after the body. The previous folder is deleted
+    only after the new one is in place, so readers see either the complete old or the new one.
     """
     from . import __version__
 
     path = Path(os.path.abspath(path))
     check_replaceable(path, kind, replaces)
-    _create_parent(path)
-    remove_stale_temps(path)
-    tmp = temp_path(path, "tmp")
-    try:
-        with _writing(path, tmp):
-            os.mkdir(tmp, 0o777)
-            yield tmp
-            doc = {"kind": kind, "recsys_version": __version__, "files": [f for f in _files(tmp) if f != MARKER]}
-            (tmp / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-            check_replaceable(path, kind, replaces)  # it may have changed while the body ran
-            old = _swap(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _temporary(path) as tmp:
+        os.mkdir(tmp, 0o777)
+        yield tmp
+        files = [f for f in _files(tmp) if f != MARKER]
+        doc = {"kind": kind, "recsys_version": __version__, "files": files}
+        (tmp / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        check_replaceable(path, kind, replaces)  # it may have changed while the body ran
+        old = _swap(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _swap(tmp: Path, path: Path) -> Path | None:
-    """Put ``tmp`` at ``path``; returns where the previous folder went (to be deleted)."""
-    with _signals_deferred():
-        old = None
-        if os.path.lexists(path):
-            old = temp_path(path, "old")
+    """Put ``tmp`` at ``path``, with SIGINT/SIGTERM held for the two renames (delivered right
+    after); returns where the previous folder went (to be deleted)."""
+    mask = getattr(signal, "pthread_sigmask", None)  # POSIX only
+    previous = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+    old = temp_path(path, "old") if os.path.lexists(path) else None
+    try:
+        if old is not None:
             os.replace(path, old)
         try:
             os.replace(tmp, path)
@@ -358,4 +330,7 @@ def _swap(tmp: Path, path: Path) -> Path | None:
             if old is not None:
                 os.replace(old, path)
             raise
+    finally:
+        if mask:
+            mask(signal.SIG_SETMASK, previous)
     return old

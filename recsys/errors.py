@@ -9,17 +9,8 @@ from __future__ import annotations
 
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
-__all__ = [
-    "RecsysError",
-    "DataError",
-    "ConfigError",
-    "NotFittedError",
-    "ModelFitError",
-    "BackendError",
-    "ModelFormatError",
-    "OutputError",
-    "MissingDependencyError",
-]
+__all__ = ["RecsysError", "DataError", "ConfigError", "NotFittedError", "ModelFitError", "BackendError",
+           "ModelFormatError", "OutputError", "MissingDependencyError"]  # fmt: skip
 
 
 class RecsysError(Exception):

@@ -1,13 +1,8 @@
 """The fitted factorization machine: a backend-neutral artifact.
 
-Whichever backend trained it (the local PyTorch FM or SageMaker's built-in FM), a fitted FM
-is three arrays -- the global bias ``w0``, the linear weights ``w`` (feature_dim,) and the
-factors ``V`` (feature_dim, num_factors) -- plus the predictor type and the configuration.
-That is exactly what SageMaker's FM model holds. k-NN, evaluation and serving consume it.
-
-A model sampled by MCMC (``backends.local.mcmc``) holds the posterior mean in ``w0, w, V`` and,
-optionally, a few posterior samples (:class:`PosteriorSamples`) that the predictions average
-over; its classifier is a probit model (``link = "probit"``: P(y=1) = Phi(y(x))).
+Whichever backend trained it (the local PyTorch FM, the MCMC sampler or SageMaker's built-in
+FM), a fitted FM is what SageMaker's FM model holds: three arrays (:class:`FittedFM`) plus the
+predictor type and the configuration. k-NN, evaluation and serving consume it.
 
     y(x) = w0 + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
 """
@@ -27,6 +22,7 @@ from scipy.special import ndtr
 
 from ._io import atomic_dir, to_json
 from .errors import DataError, ModelFormatError
+from .params import PREDICTOR_TYPES
 
 __all__ = ["FittedFM", "PosteriorSamples", "FM_FORMAT", "FM_FORMAT_VERSION", "sigmoid", "check_design", "target_range"]
 
@@ -34,7 +30,6 @@ FM_FORMAT = "recsys.fm"
 #: 2 added posterior samples and the probit link; a model without them is still written as 1
 FM_FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
-_PREDICTOR_TYPES = ("regressor", "binary_classifier")
 LINKS = ("logit", "probit")
 _ROW_CHUNK = 65536
 
@@ -130,7 +125,7 @@ class FittedFM:
     hi]``, which bounds :meth:`predict_score` (a rating outside the scale is never right).
     With ``samples`` (MCMC), :meth:`predict_score` averages over them and ``w0, w, V`` are the
     posterior mean (used by :meth:`decision_function` and the k-NN vectors). ``link``: how a
-    classifier turns y(x) into P(y = 1), the sigmoid ("logit") or the normal CDF ("probit").
+    classifier turns y(x) into P(y = 1), the sigmoid ("logit") or the normal CDF ("probit": MCMC).
     """
 
     w0: float
@@ -150,7 +145,7 @@ class FittedFM:
             raise ModelFormatError(f"V must be 2-D (feature_dim, num_factors), got shape {self.V.shape}")
         if self.V.shape[0] != self.w.shape[0]:
             raise ModelFormatError(f"w has {self.w.shape[0]} entries but V has {self.V.shape[0]} rows; both must equal feature_dim")
-        for name, choices in (("predictor_type", _PREDICTOR_TYPES), ("link", LINKS)):
+        for name, choices in (("predictor_type", PREDICTOR_TYPES), ("link", LINKS)):
             if getattr(self, name) not in choices:
                 raise ModelFormatError(f"{name} must be {' or '.join(map(repr, choices))}, got {getattr(self, name)!r}")
         if self.samples is not None and self.samples.V.shape[1:] != self.V.shape:
@@ -219,9 +214,8 @@ class FittedFM:
         return self._output(self._as_csr(X), self.w0, self.w, self.V)
 
     def predict_score(self, X: Any) -> np.ndarray:
-        """SageMaker's ``score``: the prediction for a regressor (within ``metadata["target_range"]``
-        when recorded), P(y = 1) for a classifier -- averaged over the posterior samples when the
-        model has them."""
+        """SageMaker's ``score``: :meth:`score_of` the FM output, averaged over the posterior
+        samples when the model has them."""
         X = self._as_csr(X)
         if self.samples is None:
             return self.score_of(self._output(X, self.w0, self.w, self.V))
@@ -306,9 +300,8 @@ class FittedFM:
             raise ModelFormatError(f"{cfg_path} lacks {', '.join(missing)}")
         dims = meta["feature_dim"], meta["num_factors"]
         n_samples = (meta.get("n_samples") or 0) if version >= 2 else 0
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) or not (
-            isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples >= 0
-        ):
+        sizes_ok = all(type(d) is int and d > 0 for d in dims)  # JSON ints (a bool is not one)
+        if not (sizes_ok and type(n_samples) is int and n_samples >= 0):
             raise ModelFormatError(f"{cfg_path}: feature_dim, num_factors and n_samples must be non-negative integers")
         shapes = {"w": (dims[0],), "V": dims}
         if n_samples:
@@ -346,10 +339,9 @@ def _check_npz(npz_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     try:
         with zipfile.ZipFile(npz_path) as zf:
             for name, shape in shapes.items():
-                try:
-                    info = zf.getinfo(f"{name}.npy")
-                except KeyError:
-                    raise ModelFormatError(f"{npz_path} lacks the array {name!r}; re-save the model") from None
+                if f"{name}.npy" not in zf.namelist():
+                    raise ModelFormatError(f"{npz_path} lacks the array {name!r}; re-save the model")
+                info = zf.getinfo(f"{name}.npy")
                 if info.compress_type != zipfile.ZIP_STORED or info.file_size > size_on_disk:
                     raise ModelFormatError(f"{npz_path}: array {name!r} is not stored as recsys writes it; re-save the model")
                 with zf.open(info) as fh:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
@@ -113,15 +113,8 @@ class FMParams:
     #: near zero for 100+ sweeps on the full preset: benchmarks/README.md)
     mcmc_init_sigma: float = 0.3
 
-    #: Names SageMaker's FM understands (everything above the "local only" line).
-    SAGEMAKER_NAMES = (
-        "feature_dim", "num_factors", "predictor_type", "epochs", "mini_batch_size",
-        "clip_gradient", "eps", "rescale_grad", "bias_lr", "linear_lr", "factors_lr",
-        "bias_wd", "linear_wd", "factors_wd",
-        "bias_init_method", "bias_init_scale", "bias_init_sigma", "bias_init_value",
-        "linear_init_method", "linear_init_scale", "linear_init_sigma", "linear_init_value",
-        "factors_init_method", "factors_init_scale", "factors_init_sigma", "factors_init_value",
-    )  # fmt: skip
+    #: Names SageMaker's FM understands (feature_dim, then the rest above the "local only" line).
+    SAGEMAKER_NAMES: ClassVar[tuple[str, ...]]
 
     def validate(self) -> FMParams:
         _check_number("num_factors", self.num_factors, integer=True, maximum=FM_LIMITS["num_factors"])
@@ -158,6 +151,11 @@ class FMParams:
         return self
 
     to_dict = dataclasses.asdict
+
+
+_FM_NAMES = [f.name for f in dataclasses.fields(FMParams)]
+_SHARED = _FM_NAMES[: _FM_NAMES.index("optimizer")]  # above the "local only" line
+FMParams.SAGEMAKER_NAMES = ("feature_dim", *(name for name in _SHARED if name != "feature_dim"))
 
 
 @dataclass
