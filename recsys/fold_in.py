@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._io import atomic_path
-from .data.prepare import Mappings, PreparedData, date_order_key
+from .data.prepare import Mappings, PreparedData, _sorted_uniques, date_order_key
 from .data.schema import CUSTOMER, PRODUCT
 from .errors import DataError, ModelFormatError
 from .features import FeatureLayout
@@ -136,19 +136,15 @@ def fold_in_vectors(
     """``(user_vectors float32 (n, k+1), offsets float64 (n,))`` of customers with the recency
     ranks ``ranks``, scoring like :func:`recsys.vectors.fm_vectors`; an empty history gets zero
     factors (every score is then the video's own term)."""
-    k = fm.num_factors
-    vectors = np.zeros((ranks.shape[0], k + 1), dtype=np.float32)
-    vectors[:, k] = 1.0
     if layout.history_length:
         part = _history_part(layout, ranks)
-        vectors[:, :k] = np.asarray(part @ fm.V)
-        return vectors, fm.decision_function(part)
-    lo, hi = layout.item_offset, layout.item_offset + layout.n_items
-    A = np.hstack([np.ones((layout.n_items, 1)), fm.V[lo:hi].astype(np.float64)])  # rows [1, V_i]
-    r = POSITIVE_LOGIT - fm.w0 - fm.w[lo:hi].astype(np.float64)
-    x = _ridge(A, r, ranks)  # [w_u, V_u]
-    vectors[:, :k] = x[:, 1:]
-    return vectors, fm.w0 + x[:, 0]
+        factors, offsets = np.asarray(part @ fm.V), fm.decision_function(part)
+    else:
+        lo, hi = layout.item_offset, layout.item_offset + layout.n_items
+        A = np.hstack([np.ones((layout.n_items, 1)), fm.V[lo:hi].astype(np.float64)])  # [1, V_i]
+        x = _ridge(A, POSITIVE_LOGIT - fm.w0 - fm.w[lo:hi].astype(np.float64), ranks)  # [w_u, V_u]
+        factors, offsets = x[:, 1:], fm.w0 + x[:, 0]
+    return np.hstack([factors, np.ones((len(factors), 1))]).astype(np.float32), offsets
 
 
 @dataclass
@@ -163,7 +159,7 @@ class Histories:
     def from_frame(cls, frame: pd.DataFrame, mappings: Mappings) -> Histories:
         """From cleaned ratings (in file order) of customers not in ``mappings``; videos
         outside the catalogue are dropped, their customers kept."""
-        ids = _sorted_ids(frame[CUSTOMER])
+        ids = _sorted_uniques(frame[CUSTOMER])
         rows = ids.get_indexer(frame[CUSTOMER]).astype(np.int64)
         items = mappings.item_index(frame[PRODUCT].to_numpy())
         keep = items >= 0
@@ -197,14 +193,6 @@ class Histories:
         if ranks.shape != (len(ids), n_items):
             raise ModelFormatError(f"{directory}: fold-in histories have shape {ranks.shape}, expected ({len(ids)}, {n_items})")
         return cls(ids, ranks)
-
-
-def _sorted_ids(series: pd.Series) -> pd.Index:
-    values = pd.unique(series.dropna())
-    try:
-        return pd.Index(np.sort(values))
-    except TypeError:  # mixed types: sort by text
-        return pd.Index(sorted(values, key=str))
 
 
 def evaluate_everyone(
