@@ -61,8 +61,7 @@ class FeatureLayout:
     def feature_dim(self) -> int:
         return self.n_users + self.n_items * (2 if self.history_length else 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    to_dict = asdict
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> FeatureLayout:
@@ -122,9 +121,7 @@ def _timeline(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     users = frame[USER].to_numpy(np.int64)
     order = np.lexsort((np.arange(len(frame)), date_order_key(frame), users))
     u_sorted = users[order]
-    starts = np.r_[0, np.flatnonzero(u_sorted[1:] != u_sorted[:-1]) + 1] if len(order) else np.zeros(0, np.int64)
-    lengths = np.diff(np.r_[starts, len(order)])
-    pos = np.arange(len(order)) - np.repeat(starts, lengths)
+    pos = np.arange(len(order)) - np.searchsorted(u_sorted, u_sorted)  # minus the user's first row
     return order, u_sorted, frame[ITEM].to_numpy(np.int64)[order], pos
 
 

@@ -194,7 +194,6 @@ def evaluate_ranking(
     cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS,
     test_ratings: np.ndarray | None = None,
     liked_threshold: float | None = None,
-    list_users: np.ndarray | None = None,
     ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The model's ranking metrics and the popularity baseline's, side by side. ``lists`` and

@@ -12,6 +12,7 @@ padded with id -1 / score -inf) and ``similar_items``; id level: DataFrames from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -216,13 +217,12 @@ class Recommender:
         if model.any():
             ids[model], scores[model] = self.recommend(idx[model], k, exclude_seen=exclude_seen)
             source[model] = MODEL
-        rows = -2 - idx[idx <= -2]
-        folded = np.zeros(len(idx), dtype=bool)
-        if len(rows):
-            ranks = self.histories.ranks[rows]  # type: ignore[union-attr]
+        others = np.flatnonzero(idx <= -2)
+        if len(others):
+            ranks = self.histories.ranks[-2 - idx[others]]  # type: ignore[union-attr]
             has = np.diff(ranks.indptr) > 0  # watched something in the catalogue
-            folded[np.flatnonzero(idx <= -2)[has]] = True
             if has.any():
+                folded = others[has]
                 ids[folded], scores[folded] = self.recommend_history(ranks[has], k, exclude_seen=exclude_seen)
                 source[folded] = FOLD_IN
         rest = source == POPULARITY
@@ -389,26 +389,22 @@ def write_recommendations(frames: Any, path: str | os.PathLike, fmt: str | None 
         raise ConfigError(f"recommendations format must be parquet or csv, got {fmt!r}")
     if isinstance(frames, (pd.DataFrame, pa.Table)):
         frames = [frames]
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, contextlib.ExitStack() as opened:  # the writer closes first
         writer: Any = None
-        schema = None
-        try:
-            for frame in frames:
-                table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-                if fmt == "csv":  # plain values: CSV has no dictionaries
-                    table = pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
-                                      for n, c in zip(table.column_names, table.columns, strict=True)})  # fmt: skip
-                if writer is None:
-                    schema = table.schema
-                    if fmt == "csv":
-                        writer = pacsv.CSVWriter(tmp, schema)
-                    else:  # no dictionary attempt on scores, no min/max of strings: 3x faster
-                        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in schema.names if c != "score"],
-                                                  write_statistics=[c for c in ("customer_id", "rank", "score") if c in schema.names])  # fmt: skip
-                writer.write_table(table.cast(schema))
-        finally:
-            if writer is not None:
-                writer.close()
+        for frame in frames:
+            table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+            if fmt == "csv":  # plain values: CSV has no dictionaries
+                table = pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                                  for n, c in zip(table.column_names, table.columns, strict=True)})  # fmt: skip
+            if writer is None:
+                schema = table.schema
+                if fmt == "csv":
+                    writer = pacsv.CSVWriter(tmp, schema)
+                else:  # no dictionary attempt on scores, no min/max of strings: 3x faster
+                    writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in schema.names if c != "score"],
+                                              write_statistics=[c for c in ("customer_id", "rank", "score") if c in schema.names])  # fmt: skip
+                opened.enter_context(writer)
+            writer.write_table(table.cast(schema))
         if writer is None:
             empty = pa.table({c: pa.array([], pa.string()) for c in RECOMMENDATION_COLUMNS})
             (pacsv.write_csv if fmt == "csv" else pq.write_table)(empty, tmp)
