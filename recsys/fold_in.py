@@ -1,14 +1,10 @@
 """Vectors for customers the model was not trained on ("fold-in"), from the catalogue videos
-they watched, every model parameter fixed; they then go through the same exact k-NN:
-
-* **models with a recent-history block** (:mod:`recsys.features`): the customer's side of a row
-  is their last ``history_length`` videos without a user one-hot, so the user vector is
-  ``[sum_h x_h V_h, 1]`` and the offset the FM output of that part -- the model's own score.
-* **one-hot models** (the lab's classifier): ``[w_u, V_u]`` is solved by ridge regression
-  against the fixed item parameters (as implicit's ``recalculate_user`` for ALS), every watched
-  video a positive with target logit :data:`POSITIVE_LOGIT`.
-
-Histories are lists of item indices, oldest first (only the order matters).
+they watched (item indices, oldest first), every model parameter fixed, for the same exact k-NN.
+With a recent-history block (:mod:`recsys.features`) the customer's side of a row is their last
+``history_length`` videos without a user one-hot: the model's own score. For one-hot models
+(the lab's classifier) ``[w_u, V_u]`` is the ridge solution against the fixed item parameters
+(as implicit's ``recalculate_user`` for ALS), every watched video a positive with target logit
+:data:`POSITIVE_LOGIT`.
 """
 
 from __future__ import annotations
@@ -58,8 +54,7 @@ def _recency_ranks(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: in
     lag = np.repeat(np.cumsum(counts), counts) - np.arange(len(rows))
     key = rows * n_items + items
     first = np.lexsort((lag, key))  # per (customer, video): the most recent first
-    if len(key):
-        first = first[np.r_[True, key[first][1:] != key[first][:-1]]]
+    first = first[np.diff(key[first], prepend=-1) != 0]
     return sp.csr_matrix((lag[first].astype(np.float64), (rows[first], items[first])), shape=(n_rows, n_items))
 
 
@@ -178,9 +173,8 @@ class Histories:
         directory = Path(directory)
         with atomic_path(directory / "histories_ids.parquet") as tmp:
             pd.DataFrame({CUSTOMER: self.customer_ids}).to_parquet(tmp, index=False)
-        with atomic_path(directory / "histories.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                sp.save_npz(fh, self.ranks, compressed=True)
+        with atomic_path(directory / "histories.npz") as tmp, open(tmp, "wb") as fh:
+            sp.save_npz(fh, self.ranks, compressed=True)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, n_items: int) -> Histories:
