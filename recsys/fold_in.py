@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._io import atomic_path
-from .data.prepare import Mappings, PreparedData, _sorted_uniques, date_order_key
+from .data.prepare import Mappings, PreparedData, date_order_key
 from .data.schema import CUSTOMER, PRODUCT
 from .errors import DataError, ModelFormatError
 from .features import FeatureLayout
@@ -154,7 +154,7 @@ class Histories:
     def from_frame(cls, frame: pd.DataFrame, mappings: Mappings) -> Histories:
         """From cleaned ratings (in file order) of customers not in ``mappings``; videos
         outside the catalogue are dropped, their customers kept."""
-        ids = _sorted_uniques(frame[CUSTOMER])
+        ids = _sorted_ids(frame[CUSTOMER])
         rows = ids.get_indexer(frame[CUSTOMER]).astype(np.int64)
         items = mappings.item_index(frame[PRODUCT].to_numpy())
         keep = items >= 0
@@ -187,6 +187,14 @@ class Histories:
         if ranks.shape != (len(ids), n_items):
             raise ModelFormatError(f"{directory}: fold-in histories have shape {ranks.shape}, expected ({len(ids)}, {n_items})")
         return cls(ids, ranks)
+
+
+def _sorted_ids(series: pd.Series) -> pd.Index:
+    values = pd.unique(series.dropna())
+    try:
+        return pd.Index(np.sort(values))
+    except TypeError:  # mixed types: sort by text
+        return pd.Index(sorted(values, key=str))
 
 
 def evaluate_everyone(
