@@ -159,12 +159,39 @@ class KNNIndex(abc.ABC):
             exclude.sort_indices()
             if exclude.nnz and (exclude.indices.min() < 0 or exclude.indices.max() >= self.ntotal):
                 raise DataError(f"exclude holds an id outside [0, {self.ntotal})")
-        ids = np.full((q.shape[0], k), -1, dtype=np.int64)
-        scores = np.full((q.shape[0], k), self.worst_score, dtype=np.float32)
-        for rows, depth in self._groups(q.shape[0], exclude, k):
-            i, s = self._deep_search(q[rows], k, depth, None if exclude is None else exclude[rows])
-            ids[rows], scores[rows] = i, s
-        return ids, scores
+        out_ids = np.full((q.shape[0], k), -1, dtype=np.int64)
+        out_scores = np.full((q.shape[0], k), self.worst_score, dtype=np.float32)
+        cap = self.ntotal if self.max_k is None else min(self.ntotal, self.max_k)
+        for pending, depth in self._groups(q.shape[0], exclude, k):
+            # searched deeper (twice, then again) while a row is undecided, so the order is
+            # always score then id, whatever the depth or the batch
+            depth = min(depth, cap)
+            while len(pending):
+                ex = None if exclude is None else exclude[pending]
+                ids, scores = self._batched(q[pending], depth)
+                top_ids, top_scores = drop_excluded(ids, scores, ex, k, self.worst_score)
+                out_ids[pending], out_scores[pending] = top_ids, top_scores
+                if depth >= self.ntotal:
+                    break
+                # undecided: the k-th kept score ties with the last candidate returned, or fewer
+                # than k kept while the index had more to give
+                kth, last = top_scores[:, k - 1], scores[:, -1]
+                short = (top_ids[:, k - 1] < 0) & (ids[:, -1] >= 0)
+                undecided = short | (np.isfinite(kth) & (kth == last))
+                if depth < cap:
+                    pending, depth = pending[undecided], min(cap, 2 * depth)
+                    continue
+                rows, ex = pending[undecided], None if ex is None else ex[undecided]
+                done = self._complete(q[rows], k, ex) if len(rows) else None
+                if done is not None:
+                    out_ids[rows], out_scores[rows] = done
+                elif short.any():
+                    raise BackendError(
+                        f"{int(short.sum())} queries need more than the {cap} neighbours this "
+                        f"index can return; rebuild it with a larger k (at most {self.ntotal})"
+                    )
+                break
+        return out_ids, out_scores
 
     def _groups(self, n: int, exclude: sp.csr_matrix | None, k: int) -> list[tuple[np.ndarray, int]]:
         """Queries grouped by search depth: ``k`` + the ids they exclude + 1 (to see a tie at
@@ -193,45 +220,6 @@ class KNNIndex(abc.ABC):
         ids = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)
         return order_rows(ids, scores, self.higher_is_better)
-
-    def _deep_search(
-        self, q: np.ndarray, k: int, depth: int, exclude: sp.csr_matrix | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of ``q`` skipping ``exclude``, searching ``depth`` deep; deeper (twice,
-        then again) while a row's k-th kept score ties with the last candidate returned, so
-        the order is always score then id, whatever the depth or the batch."""
-        cap = self.ntotal if self.max_k is None else min(self.ntotal, self.max_k)
-        depth = min(depth, cap)
-        out_ids = np.full((len(q), k), -1, dtype=np.int64)
-        out_scores = np.full((len(q), k), self.worst_score, dtype=np.float32)
-        pending = np.arange(len(q))
-        while len(pending):
-            ex = None if exclude is None else exclude[pending]
-            ids, scores = self._batched(q[pending], depth)
-            top_ids, top_scores = drop_excluded(ids, scores, ex, k, self.worst_score)
-            out_ids[pending], out_scores[pending] = top_ids, top_scores
-            if depth >= self.ntotal:
-                break
-            # a row is undecided if its k-th kept score ties with the last candidate returned,
-            # or if it kept fewer than k while the index had more to give
-            kth, last = top_scores[:, k - 1], scores[:, -1]
-            short = (top_ids[:, k - 1] < 0) & (ids[:, -1] >= 0)
-            undecided = short | (np.isfinite(kth) & (kth == last))
-            if depth >= cap:
-                if undecided.any():
-                    rows = pending[undecided]
-                    done = self._complete(q[rows], k, None if ex is None else ex[undecided])
-                    if done is not None:
-                        out_ids[rows], out_scores[rows] = done
-                    elif short.any():
-                        raise BackendError(
-                            f"{int(short.sum())} queries need more than the {cap} neighbours this index can "
-                            f"return; rebuild it with a larger k (at most {self.ntotal})"
-                        )
-                break
-            pending = pending[undecided]
-            depth = min(cap, 2 * depth)
-        return out_ids, out_scores
 
     def _complete(
         self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None

@@ -10,13 +10,8 @@ them, weights summing to 1) -- so the model can learn "people who just watched X
       0 .. n_users   n_users .. +n_items      n_users+n_items .. +n_items
 
 Everything on the customer's side of a row (user one-hot + history) is the *user part*; the
-candidate video is a single one-hot column. For such rows the FM score splits into
-
-    y(user part + item i) = y(user part) + w_i + <sum_f x_f V_f, V_i>
-
-which is what makes k-NN exact: item vector ``[V_i, w_i]``, user vector
-``[sum_f x_f V_f, 1]`` (just ``[V_u, 1]`` for the one-hot layout) and a per-customer
-constant ``y(user part)``.
+candidate video is a single one-hot column, so the FM score splits into
+``y(user part) + w_i + <sum_f x_f V_f, V_i>``, which makes k-NN exact (:mod:`recsys.vectors`).
 """
 
 from __future__ import annotations
@@ -66,8 +61,7 @@ class FeatureLayout:
     def feature_dim(self) -> int:
         return self.n_users + self.n_items * (2 if self.history_length else 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    to_dict = asdict
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> FeatureLayout:
@@ -127,16 +121,8 @@ def _timeline(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     users = frame[USER].to_numpy(np.int64)
     order = np.lexsort((np.arange(len(frame)), date_order_key(frame), users))
     u_sorted = users[order]
-    starts = np.r_[0, np.flatnonzero(u_sorted[1:] != u_sorted[:-1]) + 1] if len(order) else np.zeros(0, np.int64)
-    lengths = np.diff(np.r_[starts, len(order)])
-    pos = np.arange(len(order)) - np.repeat(starts, lengths)
+    pos = np.arange(len(order)) - np.searchsorted(u_sorted, u_sorted)  # minus the user's first row
     return order, u_sorted, frame[ITEM].to_numpy(np.int64)[order], pos
-
-
-def _normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
-    sums = np.asarray(m.sum(axis=1)).ravel()
-    scale = np.divide(1.0, sums, out=np.zeros_like(sums, dtype=np.float64), where=sums > 0)
-    return sp.csr_matrix(sp.diags(scale) @ m, dtype=np.float32)
 
 
 def _plus_onehot(layout: FeatureLayout, m: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
@@ -149,11 +135,17 @@ def _plus_onehot(layout: FeatureLayout, m: sp.csr_matrix, cols: np.ndarray) -> s
 
 
 def _user_part(layout: FeatureLayout, users: np.ndarray, history: sp.csr_matrix | None) -> sp.csr_matrix:
+    """One-hot ``users`` plus, in the history block, ``history`` (n, n_items) with each row
+    scaled to sum to 1."""
     n = len(users)
-    if history is None or not layout.history_length:
+    if history is None:
         return sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), users)), shape=(n, layout.feature_dim))
-    hist = sp.csr_matrix(history, dtype=np.float32)
-    return _plus_onehot(layout, sp.csr_matrix((hist.data, hist.indices + layout.history_offset, hist.indptr), shape=(n, layout.feature_dim)), users)
+    history.sum_duplicates()
+    sums = np.asarray(history.sum(axis=1)).ravel()
+    scale = np.divide(1.0, sums, out=np.zeros_like(sums, dtype=np.float64), where=sums > 0)
+    hist = sp.csr_matrix(sp.diags(scale) @ history, dtype=np.float32)
+    shifted = (hist.data, hist.indices + layout.history_offset, hist.indptr)
+    return _plus_onehot(layout, sp.csr_matrix(shifted, shape=(n, layout.feature_dim)), users)
 
 
 def user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_matrix:
@@ -163,14 +155,12 @@ def user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_matrix:
     if not layout.history_length:
         return _user_part(layout, users, None)
     order, u_sorted, i_sorted, pos = _timeline(train)
-    counts = np.bincount(u_sorted, minlength=layout.n_users)
-    lag = counts[u_sorted] - pos  # 1 = most recent
+    lag = np.bincount(u_sorted, minlength=layout.n_users)[u_sorted] - pos  # 1 = most recent
     keep = lag <= layout.history_length
     hist = sp.csr_matrix(
         (layout._weights(lag[keep]), (u_sorted[keep], i_sorted[keep])), shape=(layout.n_users, layout.n_items)
     )
-    hist.sum_duplicates()
-    return _user_part(layout, users, _normalise_rows(hist))
+    return _user_part(layout, users, hist)
 
 
 def pair_user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_matrix:
@@ -180,7 +170,7 @@ def pair_user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_mat
     users = train[USER].to_numpy(np.int64)
     if not layout.history_length:
         return _user_part(layout, users, None)
-    order, u_sorted, i_sorted, pos = _timeline(train)
+    order, _, i_sorted, pos = _timeline(train)
     rows, cols, lags = [], [], []
     for lag in range(1, layout.history_length + 1):
         ok = np.flatnonzero(pos >= lag)
@@ -189,8 +179,7 @@ def pair_user_features(layout: FeatureLayout, train: pd.DataFrame) -> sp.csr_mat
         lags.append(np.full(len(ok), lag, dtype=np.float64))
     r, c, g = (np.concatenate(x) for x in (rows, cols, lags))
     hist = sp.csr_matrix((layout._weights(g), (r, c)), shape=(len(train), layout.n_items))
-    hist.sum_duplicates()
-    return _user_part(layout, users, _normalise_rows(hist))
+    return _user_part(layout, users, hist)
 
 
 def design_rows(layout: FeatureLayout, user_part: sp.csr_matrix, items: Any) -> sp.csr_matrix:

@@ -1,14 +1,10 @@
 """Vectors for customers the model was not trained on ("fold-in"), from the catalogue videos
-they watched, every model parameter fixed; they then go through the same exact k-NN:
-
-* **models with a recent-history block** (:mod:`recsys.features`): the customer's side of a row
-  is their last ``history_length`` videos without a user one-hot, so the user vector is
-  ``[sum_h x_h V_h, 1]`` and the offset the FM output of that part -- the model's own score.
-* **one-hot models** (the lab's classifier): ``[w_u, V_u]`` is solved by ridge regression
-  against the fixed item parameters (as implicit's ``recalculate_user`` for ALS), every watched
-  video a positive with target logit :data:`POSITIVE_LOGIT`.
-
-Histories are lists of item indices, oldest first (only the order matters).
+they watched (item indices, oldest first), every model parameter fixed, for the same exact k-NN.
+With a recent-history block (:mod:`recsys.features`) the customer's side of a row is their last
+``history_length`` videos without a user one-hot: the model's own score. For one-hot models
+(the lab's classifier) ``[w_u, V_u]`` is the ridge solution against the fixed item parameters
+(as implicit's ``recalculate_user`` for ALS), every watched video a positive with target logit
+:data:`POSITIVE_LOGIT`.
 """
 
 from __future__ import annotations
@@ -58,8 +54,7 @@ def _recency_ranks(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: in
     lag = np.repeat(np.cumsum(counts), counts) - np.arange(len(rows))
     key = rows * n_items + items
     first = np.lexsort((lag, key))  # per (customer, video): the most recent first
-    if len(key):
-        first = first[np.r_[True, key[first][1:] != key[first][:-1]]]
+    first = first[np.diff(key[first], prepend=-1) != 0]
     return sp.csr_matrix((lag[first].astype(np.float64), (rows[first], items[first])), shape=(n_rows, n_items))
 
 
@@ -136,19 +131,15 @@ def fold_in_vectors(
     """``(user_vectors float32 (n, k+1), offsets float64 (n,))`` of customers with the recency
     ranks ``ranks``, scoring like :func:`recsys.vectors.fm_vectors`; an empty history gets zero
     factors (every score is then the video's own term)."""
-    k = fm.num_factors
-    vectors = np.zeros((ranks.shape[0], k + 1), dtype=np.float32)
-    vectors[:, k] = 1.0
     if layout.history_length:
         part = _history_part(layout, ranks)
-        vectors[:, :k] = np.asarray(part @ fm.V)
-        return vectors, fm.decision_function(part)
-    lo, hi = layout.item_offset, layout.item_offset + layout.n_items
-    A = np.hstack([np.ones((layout.n_items, 1)), fm.V[lo:hi].astype(np.float64)])  # rows [1, V_i]
-    r = POSITIVE_LOGIT - fm.w0 - fm.w[lo:hi].astype(np.float64)
-    x = _ridge(A, r, ranks)  # [w_u, V_u]
-    vectors[:, :k] = x[:, 1:]
-    return vectors, fm.w0 + x[:, 0]
+        factors, offsets = np.asarray(part @ fm.V), fm.decision_function(part)
+    else:
+        lo, hi = layout.item_offset, layout.item_offset + layout.n_items
+        A = np.hstack([np.ones((layout.n_items, 1)), fm.V[lo:hi].astype(np.float64)])  # [1, V_i]
+        x = _ridge(A, POSITIVE_LOGIT - fm.w0 - fm.w[lo:hi].astype(np.float64), ranks)  # [w_u, V_u]
+        factors, offsets = x[:, 1:], fm.w0 + x[:, 0]
+    return np.hstack([factors, np.ones((len(factors), 1))]).astype(np.float32), offsets
 
 
 @dataclass
@@ -182,9 +173,8 @@ class Histories:
         directory = Path(directory)
         with atomic_path(directory / "histories_ids.parquet") as tmp:
             pd.DataFrame({CUSTOMER: self.customer_ids}).to_parquet(tmp, index=False)
-        with atomic_path(directory / "histories.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                sp.save_npz(fh, self.ranks, compressed=True)
+        with atomic_path(directory / "histories.npz") as tmp, open(tmp, "wb") as fh:
+            sp.save_npz(fh, self.ranks, compressed=True)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, n_items: int) -> Histories:

@@ -60,24 +60,18 @@ def ranks_from_scores(
             continue
         if not np.issubdtype(s.dtype, np.floating):
             s = s.astype(np.float64)
-        elif seen is not None and (s.base is not None or not s.flags.writeable):
-            s = s.copy()  # masked below: never write into the caller's array
         if s.shape != (len(u), n_items):
             raise DataError(f"score_fn returned shape {s.shape}, expected {(len(u), n_items)}")
         if np.isnan(s).any():
             raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
         rows = np.arange(len(u))
-        st = s[rows, t].copy()
+        st = s[rows, t][:, None]
+        # ahead of the target: an unseen item with a higher score, or the same one at a lower index
+        ahead = (s > st) | ((s == st) & (np.arange(n_items) < t[:, None]))
         if seen is not None:
-            # seen items drop out of both comparisons below (NaN compares False)
             sub = seen[u]
-            s[np.repeat(rows, np.diff(sub.indptr)), sub.indices] = np.nan
-            s[rows, t] = st  # the held-out item itself is always a candidate
-        greater = np.count_nonzero(s > st[:, None], axis=1)
-        ties = np.count_nonzero(s >= st[:, None], axis=1) - greater  # >= 1: the target itself
-        ranks[start : start + len(u)] = greater + 1
-        for r in np.flatnonzero(ties > 1):  # a tie with the target: lower item indices first
-            ranks[start + r] += np.count_nonzero(s[r, : t[r]] == st[r])
+            ahead[np.repeat(rows, np.diff(sub.indptr)), sub.indices] = False
+        ranks[start : start + len(u)] = 1 + np.count_nonzero(ahead, axis=1)
     return ranks
 
 
@@ -194,7 +188,6 @@ def evaluate_ranking(
     cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS,
     test_ratings: np.ndarray | None = None,
     liked_threshold: float | None = None,
-    list_users: np.ndarray | None = None,
     ranks: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The model's ranking metrics and the popularity baseline's, side by side. ``lists`` and

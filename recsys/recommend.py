@@ -1,10 +1,9 @@
 """Top-K recommendations from a fitted FM through a k-NN index (the lab's last stage).
 
-:class:`Recommender` turns the FM into user/item vectors (:mod:`recsys.vectors`), asks the
-backend's k-NN index for each customer's nearest videos by inner product, skipping videos the
-customer already rated (by default; the lab did not), folds in customers outside the model
-(:mod:`recsys.fold_in`) and falls back to the most popular videos for unknown ones (no score).
-Scores are FM scores, ``FittedFM.decision_pairs(user, item)`` (the logit for a classifier).
+:class:`Recommender` asks the backend's k-NN index for each customer's nearest videos by inner
+product of the FM's vectors (:mod:`recsys.vectors`), skipping videos already rated (by default;
+the lab did not), folds in customers outside the model (:mod:`recsys.fold_in`) and gives unknown
+ones the most popular videos (no score). Scores are FM scores (a classifier's logit).
 
 Index level (implicit's convention): ``recommend(userid, k)`` (scalar: 1-D arrays; array: 2-D,
 padded with id -1 / score -inf) and ``similar_items``; id level: DataFrames from
@@ -13,6 +12,7 @@ padded with id -1 / score -inf) and ``similar_items``; id level: DataFrames from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -86,18 +86,16 @@ class Recommender:
                 raise DataError(f"seen must have shape ({n_users}, {n_items}), got {seen.shape}")
             seen.sort_indices()
         self.seen = seen
-        layout = FeatureLayout.from_metadata(fm.metadata) if "layout" in fm.metadata else None
-        if layout is not None and (layout.n_users, layout.n_items) != (n_users, n_items):
+        sizes = {} if "layout" in fm.metadata else {"n_users": n_users, "n_items": n_items}
+        layout = FeatureLayout.from_metadata(fm.metadata) if not sizes else FeatureLayout(**sizes)
+        if (layout.n_users, layout.n_items) != (n_users, n_items):
             raise DataError(f"the model was trained for {layout.n_users} users x {layout.n_items} items but the mappings have {n_users} x {n_items}")
-        kw: dict[str, Any] = {"user_features": user_features}
-        if layout is None:
-            kw.update(n_users=n_users, n_items=n_items)
-        self.layout = layout or FeatureLayout(n_users, n_items)
+        self.layout = layout
         if histories is not None and histories.ranks.shape[1] != n_items:
             raise DataError(f"histories cover {histories.ranks.shape[1]} videos but there are {n_items}")
         self.histories = histories
-        self.user_vectors, self.item_vectors = fm_vectors(fm, **kw)
-        self.offsets = user_offsets(fm, **kw)
+        self.user_vectors, self.item_vectors = fm_vectors(fm, **sizes, user_features=user_features)
+        self.offsets = user_offsets(fm, **sizes, user_features=user_features)
         if item_popularity is None:
             item_popularity = np.asarray(seen.sum(axis=0)).ravel() if seen is not None else np.zeros(n_items)
         self.item_popularity = np.asarray(item_popularity, dtype=np.float64)
@@ -129,14 +127,6 @@ class Recommender:
 
     n_users = property(lambda self: self.mappings.n_users, doc="Customers the model was trained on.")
     n_items = property(lambda self: self.mappings.n_items, doc="Videos in the catalogue.")
-
-    def _to_score(self, offsets: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """Index output -> FM score (higher is better)."""
-        if self.index.metric == "INNER_PRODUCT":
-            return raw.astype(np.float64) + offsets[:, None]
-        if self.index.metric == "L2":
-            return -raw.astype(np.float64)
-        return raw.astype(np.float64)
 
     def recommend(self, userid: Any, k: int = 10, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item indices and FM scores for user index/indices ``userid``.
@@ -184,21 +174,20 @@ class Recommender:
     def _search(
         self, vectors: np.ndarray, offsets: np.ndarray, k: int, exclude: sp.spmatrix | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's top ``k`` with FM scores (higher is better), padded to ``k`` columns."""
         ids, raw = self.index.search(vectors, k, exclude=exclude)
-        scores = np.where(ids >= 0, self._to_score(offsets, raw), -np.inf)
-        if ids.shape[1] < k:  # a catalogue smaller than k
-            pad = k - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return ids, scores
+        raw = raw.astype(np.float64)
+        if self.index.metric == "INNER_PRODUCT":
+            raw += offsets[:, None]
+        elif self.index.metric == "L2":
+            raw = -raw
+        pad = ((0, 0), (0, k - ids.shape[1]))  # a catalogue smaller than k
+        scores = np.where(ids >= 0, raw, -np.inf)
+        return np.pad(ids, pad, constant_values=-1), np.pad(scores, pad, constant_values=-np.inf)
 
-    def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most popular items not in ``exclude`` (ties: lower index first) and their
-        popularity."""
-        order = self.popular_order
-        if exclude is not None and len(exclude):
-            order = order[~np.isin(order, exclude)]
-        top = order[:k]
+    def popular(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most popular items (ties: lower index first) and their popularity."""
+        top = self.popular_order[:k]
         return top, self.item_popularity[top]
 
     def similar_items(self, itemid: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -228,13 +217,12 @@ class Recommender:
         if model.any():
             ids[model], scores[model] = self.recommend(idx[model], k, exclude_seen=exclude_seen)
             source[model] = MODEL
-        rows = -2 - idx[idx <= -2]
-        folded = np.zeros(len(idx), dtype=bool)
-        if len(rows):
-            ranks = self.histories.ranks[rows]  # type: ignore[union-attr]
+        others = np.flatnonzero(idx <= -2)
+        if len(others):
+            ranks = self.histories.ranks[-2 - idx[others]]  # type: ignore[union-attr]
             has = np.diff(ranks.indptr) > 0  # watched something in the catalogue
-            folded[np.flatnonzero(idx <= -2)[has]] = True
             if has.any():
+                folded = others[has]
                 ids[folded], scores[folded] = self.recommend_history(ranks[has], k, exclude_seen=exclude_seen)
                 source[folded] = FOLD_IN
         rest = source == POPULARITY
@@ -270,16 +258,17 @@ class Recommender:
         k = check_k(self.knn_params.k if k is None else k)
         build = self._table if arrow else self.frame
         if customer_ids is None:
-            n_other = len(self.histories) if self.histories is not None else 0
-            ids_all = self.histories.customer_ids.to_numpy() if n_other else self.mappings.customer_ids.to_numpy()[:0]  # type: ignore[union-attr]
-            idx_all = -2 - np.arange(n_other, dtype=np.int64)
+            customers = self.mappings.customer_ids.to_numpy()
+            ids_all, idx_all = customers[:0], np.zeros(0, dtype=np.int64)
+            if self.histories is not None and len(self.histories):
+                ids_all = self.histories.customer_ids.to_numpy()
+                idx_all = -2 - np.arange(len(self.histories), dtype=np.int64)
             if model_lists is not None:
-                customers = self.mappings.customer_ids.to_numpy()
-                for start in range(0, self.n_users, 65536):  # written as computed: 65,536 customers a block
+                for start in range(0, self.n_users, 65536):  # written as computed: 65,536 a block
                     part = slice(start, start + 65536)
                     yield build(customers[part], model_lists[0][part], model_lists[1][part], MODEL)
             else:
-                ids_all = np.concatenate([self.mappings.customer_ids.to_numpy(), ids_all])
+                ids_all = np.concatenate([customers, ids_all])
                 idx_all = np.r_[np.arange(self.n_users, dtype=np.int64), idx_all]
         else:
             ids_all = np.atleast_1d(np.asarray(customer_ids, dtype=object))
@@ -359,7 +348,9 @@ class Recommender:
     def customer_scores(self, customer_id: Any) -> pd.DataFrame:
         """One customer's FM prediction (P(5 stars) for a classifier) for every video, best first
         (the lab's ``prepare_predictions``)."""
-        u = self._known_user(customer_id)
+        u = int(self.mappings.user_index([customer_id])[0])
+        if u < 0:
+            raise DataError(f"unknown customer_id {customer_id!r}")
         raw = self.offsets[u] + self.item_vectors.astype(np.float64) @ self.user_vectors[u].astype(np.float64)
         score = 1.0 / (1.0 + np.exp(-raw)) if self.fm.is_classifier else raw
         seen = np.zeros(self.n_items, dtype=bool)
@@ -367,12 +358,6 @@ class Recommender:
             seen[self.seen[u].indices] = True
         order = np.lexsort((np.arange(self.n_items), -raw))
         return pd.DataFrame({**self._videos(order), "score": score[order], "seen": seen[order]})
-
-    def _known_user(self, customer_id: Any) -> int:
-        u = int(self.mappings.user_index([customer_id])[0])
-        if u < 0:
-            raise DataError(f"unknown customer_id {customer_id!r}")
-        return u
 
     def score_correlation(self, customer_a: Any, customer_b: Any) -> tuple[float, np.ndarray, np.ndarray]:
         """Pearson correlation of two customers' scores over the catalogue and the two score
@@ -404,26 +389,22 @@ def write_recommendations(frames: Any, path: str | os.PathLike, fmt: str | None 
         raise ConfigError(f"recommendations format must be parquet or csv, got {fmt!r}")
     if isinstance(frames, (pd.DataFrame, pa.Table)):
         frames = [frames]
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, contextlib.ExitStack() as opened:  # the writer closes first
         writer: Any = None
-        schema = None
-        try:
-            for frame in frames:
-                table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-                if fmt == "csv":  # plain values: CSV has no dictionaries
-                    table = pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
-                                      for n, c in zip(table.column_names, table.columns, strict=True)})  # fmt: skip
-                if writer is None:
-                    schema = table.schema
-                    if fmt == "csv":
-                        writer = pacsv.CSVWriter(tmp, schema)
-                    else:  # no dictionary attempt on scores, no min/max of strings: 3x faster
-                        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in schema.names if c != "score"],
-                                                  write_statistics=[c for c in ("customer_id", "rank", "score") if c in schema.names])  # fmt: skip
-                writer.write_table(table.cast(schema))
-        finally:
-            if writer is not None:
-                writer.close()
+        for frame in frames:
+            table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+            if fmt == "csv":  # plain values: CSV has no dictionaries
+                table = pa.table({n: c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                                  for n, c in zip(table.column_names, table.columns, strict=True)})  # fmt: skip
+            if writer is None:
+                schema = table.schema
+                if fmt == "csv":
+                    writer = pacsv.CSVWriter(tmp, schema)
+                else:  # no dictionary attempt on scores, no min/max of strings: 3x faster
+                    writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in schema.names if c != "score"],
+                                              write_statistics=[c for c in ("customer_id", "rank", "score") if c in schema.names])  # fmt: skip
+                opened.enter_context(writer)
+            writer.write_table(table.cast(schema))
         if writer is None:
             empty = pa.table({c: pa.array([], pa.string()) for c in RECOMMENDATION_COLUMNS})
             (pacsv.write_csv if fmt == "csv" else pq.write_table)(empty, tmp)

@@ -1,18 +1,9 @@
 """From a fitted FM to k-NN vectors (the lab's step "take the FM's factors").
 
-For the users-then-items one-hot layout, the FM score of (user u, item i) is
-
-    y(u, i) = w0 + w_u + w_i + <V_u, V_i>
-            = <[V_u, 1], [V_i, w_i]>  +  (w0 + w_u)
-
-so with item vectors ``[V_i, w_i]`` and user vectors ``[V_u, 1]`` the inner product ranks a
-user's items exactly as the FM does: the remaining term ``w0 + w_u`` is the same for all of
-that user's items. :func:`user_offsets` returns it, so ``U @ I.T + offsets[:, None]`` is the
-FM's score matrix.
-
-When the customer's side of a row has more features than the user one-hot (the recent-history
-block of :mod:`recsys.features`), the user vector is ``[sum_f x_f V_f, 1]`` over those
-features and the constant is the FM output of the user part alone -- the same identity.
+As the FM score splits (:mod:`recsys.features`), user vector ``[sum_f x_f V_f, 1]`` (``[V_u, 1]``
+for the one-hot layout) times item vector ``[V_i, w_i]`` ranks a customer's items exactly as
+the FM does; :func:`user_offsets` is the constant left, the FM output of the user part alone
+(``w0 + w_u`` for the one-hot layout), so ``U @ I.T + offsets[:, None]`` is the FM's scores.
 """
 
 from __future__ import annotations
