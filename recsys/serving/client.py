@@ -53,24 +53,21 @@ class _FMPredictor:
         if isinstance(data, (bytes, bytearray, str)):
             yield None, data.encode("utf-8") if isinstance(data, str) else bytes(data)
             return
-        instances = None
         if isinstance(data, dict):
-            instances = data.get("instances")
-            if not isinstance(instances, list):
+            if not isinstance(data.get("instances"), list):
                 raise DataError(f'a JSON payload must be {{"instances": [...]}}, got keys {sorted(data)}')
-        elif isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
-            instances = data
-        if instances is not None:
-            if content_type == JSONLINES:
-                yield len(instances), "".join(json.dumps(inst) + "\n" for inst in instances).encode("utf-8")
-            else:
-                yield len(instances), json.dumps({"instances": instances}).encode("utf-8")
+            data = data["instances"]
+        elif not (isinstance(data, list) and data and all(isinstance(x, dict) for x in data)):
+            X = data if sp.issparse(data) else np.asarray(data)
+            for start, stop, body in protocol.batch_payloads(
+                X, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
+            ):
+                yield stop - start, body
             return
-        X = data if sp.issparse(data) else np.asarray(data)
-        for start, stop, body in protocol.batch_payloads(
-            X, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
-        ):
-            yield stop - start, body
+        if content_type == JSONLINES:
+            yield len(data), "".join(json.dumps(inst) + "\n" for inst in data).encode("utf-8")
+        else:
+            yield len(data), json.dumps({"instances": data}).encode("utf-8")
 
     def predict(self, data: Any, initial_args: dict[str, str] | None = None) -> dict[str, Any]:
         """``{"predictions": [{"score": s, "predicted_label": l}, ...]}`` (labels only for a

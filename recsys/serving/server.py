@@ -135,14 +135,13 @@ def serve(
                                      factory=True, workers=workers))  # fmt: skip
         return
     state = ServiceState.load(run_dir, config.model, reload_root=config.reload_root, freeze_gc=True)
-    app = create_app(state, config)
     if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_in_background())
     log.info(
         "serving run %s (%s FM for /invocations) on http://%s:%d",
         state.current.saved.info.get("run_id"), config.model, host, port,
     )  # fmt: skip
-    uvicorn.Server(_uvicorn_config(app, config, host, port, log_level)).run()
+    uvicorn.Server(_uvicorn_config(create_app(state, config), config, host, port, log_level)).run()
 
 
 def _uvicorn_config(app: Any, config: ServingConfig, host: str, port: int, log_level: str, **extra: Any) -> Any:
@@ -197,9 +196,8 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None:
+        if self._server is not None:  # the thread is set with it
             self._server.should_exit = True
-        if self._thread is not None:
             self._thread.join(timeout)
 
     def __enter__(self) -> BackgroundServer:
