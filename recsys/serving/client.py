@@ -71,12 +71,10 @@ class _FMPredictor:
 
     def predict(self, data: Any, initial_args: dict[str, str] | None = None) -> dict[str, Any]:
         """``{"predictions": [{"score": s, "predicted_label": l}, ...]}`` (labels only for a
-        classifier; JSON-lines answers gathered into this shape), one per row of ``data``: a
-        numpy array or scipy sparse matrix (dense rows for an array, sparse rows for a sparse
-        matrix, split into bodies under ``max_payload_bytes``), a JSON payload
-        (``{"instances": [...]}`` or the list of instances) or an encoded body (bytes/str).
-        ``initial_args`` may set this call's ``ContentType`` and ``Accept``. A DataError when
-        ``data`` cannot be encoded, a PredictorError when the service refuses a request."""
+        classifier; also for JSON-lines answers), one per row of ``data``: an array or sparse
+        matrix (dense or sparse rows, in bodies under ``max_payload_bytes``), a JSON payload
+        (``{"instances": [...]}`` or its list) or an encoded body (bytes/str). ``initial_args``
+        may set ``ContentType`` and ``Accept``. A DataError when ``data`` cannot be encoded."""
         args = initial_args or {}
         content_type = protocol.response_media_type(args.get("ContentType", self.content_type), strict=True)
         accept = protocol.response_media_type(args.get("Accept", self.accept), strict=True)
