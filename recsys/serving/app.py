@@ -69,15 +69,16 @@ class _BodyLimits:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and int(length) > self.max_bytes:  # h11 has checked it is an integer
-            return await self._refuse(413, f"the body has {int(length)} bytes", scope, receive, send)
+            return await self._too_large(f"the body has {int(length)} bytes", scope, receive, send)
         try:
             body = await asyncio.wait_for(self._read(receive), self.timeout)
         except asyncio.TimeoutError:
-            return await self._refuse(408, f"the body did not arrive within {self.timeout:g} s", scope, receive, send)
+            detail = f"the body did not arrive within {self.timeout:g} s; send the whole body at once"
+            return await _error(408, "body_timeout", detail, close=True)(scope, receive, send)
         if body is None:  # the client went away
             return None
         if len(body) > self.max_bytes:
-            return await self._refuse(413, f"the body exceeds {self.max_bytes} bytes", scope, receive, send)
+            return await self._too_large(f"the body exceeds {self.max_bytes} bytes", scope, receive, send)
         pending = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> dict:
@@ -96,12 +97,9 @@ class _BodyLimits:
             if size > self.max_bytes or not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _refuse(self, status: int, what: str, scope: dict, receive: Any, send: Any) -> None:
-        code, advice = (
-            ("body_too_large", f"at most {self.max_bytes} bytes per request")
-            if status == 413 else ("body_timeout", "send the whole body at once")
-        )  # fmt: skip
-        await _error(status, code, f"{what}; {advice}", close=True)(scope, receive, send)
+    async def _too_large(self, what: str, scope: dict, receive: Any, send: Any) -> None:
+        detail = f"{what}; at most {self.max_bytes} bytes per request"
+        await _error(413, "body_too_large", detail, close=True)(scope, receive, send)
 
 
 class ReloadRequest(BaseModel):
