@@ -1,14 +1,7 @@
-"""Serving a finished ``recsys run`` over HTTP, and clients for it.
-
-:mod:`~recsys.serving.protocol` (the FM inference JSON, SageMaker's built-in FM protocol, for
-the service and its clients), :mod:`~recsys.serving.config` (the options and limits),
-:mod:`~recsys.serving.state` (the loaded run and its reload), :mod:`~recsys.serving.app` (the
-FastAPI app and its endpoints), :mod:`~recsys.serving.server` (:func:`serve`, ``recsys
-serve``, and :class:`BackgroundServer`), :mod:`~recsys.serving.client` (:class:`RecsysPredictor`
-and :class:`SageMakerPredictor`, with the SageMaker SDK's ``predict`` shape).
-
-Names are imported on first use, so FastAPI and uvicorn (``pip install 'recsys[serve]'``) are
-needed only to build or run the service.
+"""Serving a finished ``recsys run`` over HTTP, and clients for it: ``protocol`` (SageMaker's FM
+inference JSON), ``config``, ``state`` (the loaded run, reloads), ``app`` (FastAPI), ``server``
+(``recsys serve``), ``client``. Names are imported on first use, so FastAPI and uvicorn
+(``pip install 'recsys[serve]'``) are needed only to build or run the service.
 """
 
 from __future__ import annotations

@@ -1,39 +1,24 @@
 """The recommendation service's HTTP face: a FastAPI app over a :class:`ServiceState`.
 
-``GET /ping``
-    SageMaker's health check: 200 ``{"status": "ok"}`` while a model is loaded.
-``GET /healthz``
-    The served model's identity (run id and name -- never an absolute path --, created time,
-    backend, model, sizes, load time) and the limits.
-``POST /invocations``
-    SageMaker's built-in FM inference protocol (:mod:`recsys.serving.protocol`), answered by
-    the served FM (``--model``; default the run's ``classifier``).
-``GET /recommendations/{customer_id}?k=10&exclude_seen=true``
-    ``{"customer_id", "source", "k", "exclude_seen", "recommendations": [{"rank",
-    "product_id", "product_title", "score"}]}``, ids as the run holds them. ``source`` is
-    ``model`` for the model's customers, ``fold_in`` for customers the long-tail filter kept
-    out of training (folded in from what they watched, :mod:`recsys.fold_in`), ``popularity``
-    for unknown ones: the most popular videos, with ``"score": null`` and ``"popularity"`` (the
-    number of training ratings), because a count is not a model score.
-``POST /recommendations`` with ``{"recent": [product ids, oldest first], "k": 10}``
-    The same for an anonymous session (no ``customer_id``; unknown ids listed in ``ignored``).
-``GET /similar/{product_id}?k=10``
-    The k videos most similar to one (cosine of the item vectors).
-``POST /reload``
-    Load the served run directory again (SIGHUP does the same), or with ``{"model_dir": NAME}``
-    another run below the server's ``reload_root`` (403 otherwise), then swap; requests in
-    flight finish on their model. ``{"model": ...}`` switches the ``/invocations`` FM. A failed
-    reload keeps the old model and answers 422 without absolute paths.
+``GET /ping`` (SageMaker's health check), ``GET /healthz`` (the served model's identity --
+never an absolute path -- and the limits), ``POST /invocations`` (SageMaker's FM inference
+protocol, :mod:`recsys.serving.protocol`, answered by the ``--model`` FM),
+``GET /recommendations/{customer_id}?k=10&exclude_seen=true`` (``{"customer_id", "source", "k",
+"exclude_seen", "recommendations": [{"rank", "product_id", "product_title", "score"}]}``, ids as
+the run holds them; ``source`` is ``model``, ``fold_in`` for customers kept out of training, or
+``popularity`` for unknown ones, with ``"score": null`` and the rating count as
+``"popularity"``), ``POST /recommendations`` with ``{"recent": [product ids, oldest first],
+"k": 10}`` (an anonymous session, folded in; unknown ids in ``ignored``),
+``GET /similar/{product_id}?k=10`` (cosine of the item vectors), ``POST /reload`` (the served
+run again, like SIGHUP, or ``{"model_dir": NAME}`` below ``reload_root``; ``{"model": ...}``
+switches the ``/invocations`` FM; a failed reload keeps the old model).
 
 Refusals are 4xx with ``{"error": CODE, "detail": ...}``: 400 (malformed JSON or body), 403
-(a reload path not allowed), 404 (unknown route or product), 405, 406 (``Accept``), 408 (body
-not in within ``body_timeout``), 413 (body over ``max_body_bytes`` -- by ``Content-Length``
-before reading, else as it streams -- or over ``max_instances`` rows), 415 (``Content-Type``),
+(a reload path not allowed), 404, 405, 406 (``Accept``), 408 (body not in within
+``body_timeout``), 413 (over ``max_body_bytes`` or ``max_instances``), 415 (``Content-Type``),
 422 (bad parameters or ids, an overflowing score, a failed reload). Answers never hold NaN or
-Infinity; a 500 names no exception or path (the log has them). Beyond ``max_connections``
-uvicorn answers 503, and a connection that sends no request head within ``keep_alive_timeout``
-is closed (:mod:`recsys.serving.server`). Heavy work (decoding, scoring, k-NN search) runs in
-the threadpool, never on the event loop.
+Infinity; a 500 names no exception or path (the log has them). Heavy work runs in the
+threadpool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -72,10 +57,9 @@ def _error(status: int, code: str, detail: Any, *, close: bool = False) -> JSONR
 
 
 class _BodyLimits:
-    """ASGI middleware: a request body must be at most ``max_bytes`` and arrive whole within
-    ``timeout`` seconds of the headers, or the client gets 413 / 408 and the connection is
-    closed -- so half-sent bodies cannot hold connections open. The body is read here and handed
-    to the app from memory. GET and HEAD pass straight through (no route reads their body)."""
+    """ASGI middleware: a body over ``max_bytes`` or not in whole within ``timeout`` seconds
+    gets 413 / 408 and the connection is closed, so half-sent bodies cannot hold connections
+    open; the app gets the body from memory. GET and HEAD (no route reads their body) pass."""
 
     def __init__(self, app: Any, max_bytes: int, timeout: float):
         self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
@@ -85,15 +69,16 @@ class _BodyLimits:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and int(length) > self.max_bytes:  # h11 has checked it is an integer
-            return await self._refuse(413, f"the body has {int(length)} bytes", scope, receive, send)
+            return await self._too_large(f"the body has {int(length)} bytes", scope, receive, send)
         try:
             body = await asyncio.wait_for(self._read(receive), self.timeout)
         except asyncio.TimeoutError:
-            return await self._refuse(408, f"the body did not arrive within {self.timeout:g} s", scope, receive, send)
+            detail = f"the body did not arrive within {self.timeout:g} s; send the whole body at once"
+            return await _error(408, "body_timeout", detail, close=True)(scope, receive, send)
         if body is None:  # the client went away
             return None
         if len(body) > self.max_bytes:
-            return await self._refuse(413, f"the body exceeds {self.max_bytes} bytes", scope, receive, send)
+            return await self._too_large(f"the body exceeds {self.max_bytes} bytes", scope, receive, send)
         pending = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> dict:
@@ -112,12 +97,9 @@ class _BodyLimits:
             if size > self.max_bytes or not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _refuse(self, status: int, what: str, scope: dict, receive: Any, send: Any) -> None:
-        code, advice = (
-            ("body_too_large", f"at most {self.max_bytes} bytes per request")
-            if status == 413 else ("body_timeout", "send the whole body at once")
-        )  # fmt: skip
-        await _error(status, code, f"{what}; {advice}", close=True)(scope, receive, send)
+    async def _too_large(self, what: str, scope: dict, receive: Any, send: Any) -> None:
+        detail = f"{what}; at most {self.max_bytes} bytes per request"
+        await _error(413, "body_too_large", detail, close=True)(scope, receive, send)
 
 
 class ReloadRequest(BaseModel):
@@ -179,10 +161,7 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
-        try:
-            code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-        except ValueError:
-            code = "http_error"
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         response = _error(exc.status_code, code, exc.detail)
         response.headers.update(exc.headers or {})
         return response

@@ -1,18 +1,7 @@
-"""Clients with the SageMaker SDK predictor's ``predict`` shape.
-
-``predict(data)`` takes a numpy array / scipy sparse matrix (encoded with
-:mod:`recsys.serving.protocol`, dense rows for an array, sparse rows for a sparse matrix, split
-into bodies under ``max_payload_bytes``), a JSON payload (``{"instances": [...]}`` or the list
-of instances) or an already-encoded body (``bytes``/``str``), and returns the deserialized
-JSON, ``{"predictions": [{"score": ..., "predicted_label": ...}, ...]}``, as the SDK's
-``JSONDeserializer`` does (JSON-lines answers are gathered into the same shape).
-
-* :class:`RecsysPredictor` talks to the recsys service (``recsys serve``) over HTTP, with its
-  other endpoints as methods;
-* :class:`SageMakerPredictor` calls a real SageMaker endpoint through a ``sagemaker-runtime``
-  client (boto3's, or the one of a ``sagemaker.predictor.Predictor`` it wraps).
-
-Both raise :class:`PredictorError` when the service refuses a request.
+"""Clients with the SageMaker SDK predictor's ``predict`` shape: :class:`RecsysPredictor` for
+the recsys service (``recsys serve``, its other endpoints as methods) and
+:class:`SageMakerPredictor` for a real SageMaker endpoint (through a ``sagemaker-runtime``
+client). Both raise :class:`PredictorError` when the service refuses a request.
 """
 
 from __future__ import annotations
@@ -64,31 +53,28 @@ class _FMPredictor:
         if isinstance(data, (bytes, bytearray, str)):
             yield None, data.encode("utf-8") if isinstance(data, str) else bytes(data)
             return
-        instances = None
         if isinstance(data, dict):
-            instances = data.get("instances")
-            if not isinstance(instances, list):
+            if not isinstance(data.get("instances"), list):
                 raise DataError(f'a JSON payload must be {{"instances": [...]}}, got keys {sorted(data)}')
-        elif isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
-            instances = data
-        if instances is not None:
-            if content_type == JSONLINES:
-                yield len(instances), "".join(json.dumps(inst) + "\n" for inst in instances).encode("utf-8")
-            else:
-                yield len(instances), json.dumps({"instances": instances}).encode("utf-8")
+            data = data["instances"]
+        elif not (isinstance(data, list) and data and all(isinstance(x, dict) for x in data)):
+            X = data if sp.issparse(data) else np.asarray(data)
+            for start, stop, body in protocol.batch_payloads(
+                X, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
+            ):
+                yield stop - start, body
             return
-        X = data if sp.issparse(data) else np.asarray(data)
-        for start, stop, body in protocol.batch_payloads(
-            X, max_bytes=self.max_payload_bytes, format=self.format, content_type=content_type
-        ):
-            yield stop - start, body
+        if content_type == JSONLINES:
+            yield len(data), "".join(json.dumps(inst) + "\n" for inst in data).encode("utf-8")
+        else:
+            yield len(data), json.dumps({"instances": data}).encode("utf-8")
 
     def predict(self, data: Any, initial_args: dict[str, str] | None = None) -> dict[str, Any]:
-        """``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, one per row of
-        ``data`` in order (``predicted_label`` only for a classifier), as the SageMaker SDK's
-        ``Predictor.predict``; ``initial_args`` may set this call's ``ContentType`` and
-        ``Accept``. A DataError when ``data`` cannot be encoded (NaN, not 2-D, a row over
-        ``max_payload_bytes``), a PredictorError when the service refuses a request."""
+        """``{"predictions": [{"score": s, "predicted_label": l}, ...]}`` (labels only for a
+        classifier; also for JSON-lines answers), one per row of ``data``: an array or sparse
+        matrix (dense or sparse rows, in bodies under ``max_payload_bytes``), a JSON payload
+        (``{"instances": [...]}`` or its list) or an encoded body (bytes/str). ``initial_args``
+        may set ``ContentType`` and ``Accept``. A DataError when ``data`` cannot be encoded."""
         args = initial_args or {}
         content_type = protocol.response_media_type(args.get("ContentType", self.content_type), strict=True)
         accept = protocol.response_media_type(args.get("Accept", self.accept), strict=True)
@@ -105,11 +91,9 @@ class _FMPredictor:
 
 class RecsysPredictor(_FMPredictor):
     """A client of the recsys service at ``endpoint_url`` (e.g. ``"http://127.0.0.1:8080"``),
-    ``timeout`` seconds per request. :meth:`predict` sends ``content_type`` and asks for
-    ``accept`` (JSON or JSON lines), encodes matrices in ``format`` (``"auto"``: sparse rows for
-    a sparse matrix) and splits bigger inputs into bodies of at most ``max_payload_bytes`` (the
-    service's default limit is 6 MB). ``client``: an ``httpx.Client`` to use instead of a new
-    one (its ``base_url`` is ignored).
+    ``timeout`` seconds per request. :meth:`predict` sends ``content_type``, asks for ``accept``
+    (JSON or JSON lines) and encodes matrices in ``format`` (``"auto"``: sparse rows for a
+    sparse matrix). ``client``: an ``httpx.Client`` to use (its ``base_url`` is ignored).
 
     >>> with RecsysPredictor("http://127.0.0.1:8080") as p:  # doctest: +SKIP
     ...     p.predict(X)["predictions"][0]["score"]
@@ -167,8 +151,7 @@ class RecsysPredictor(_FMPredictor):
         return self._request("GET", f"/recommendations/{quote(str(customer_id), safe='')}", params=params).json()
 
     def recommendations_for_recent(self, recent: list[Any], k: int = 10, *, exclude_seen: bool = True) -> dict[str, Any]:
-        """``POST /recommendations``: an anonymous session's top ``k`` from the videos it
-        watched (product ids, oldest first); ids not in the catalogue come back in ``ignored``."""
+        """``POST /recommendations``: an anonymous session's top ``k`` from ``recent``."""
         body = {"recent": list(recent), "k": k, "exclude_seen": exclude_seen}
         return self._request("POST", "/recommendations", json=body).json()
 
@@ -189,8 +172,8 @@ class RecsysPredictor(_FMPredictor):
         return True
 
     def reload(self, model_dir: str | None = None, model: str | None = None) -> dict[str, Any]:
-        """``POST /reload``: load ``model_dir`` (a run below the server's reload root; default: the
-        served directory again) and swap."""
+        """``POST /reload``: load ``model_dir`` (below the server's reload root; default: the
+        served run again) and swap."""
         payload = {k: v for k, v in (("model_dir", model_dir), ("model", model)) if v is not None}
         return self._request("POST", "/reload", json=payload).json()
 
@@ -209,16 +192,11 @@ class RecsysPredictor(_FMPredictor):
 
 
 class SageMakerPredictor(_FMPredictor):
-    """A real SageMaker FM endpoint behind the same ``predict``.
-
-    Give one of ``predictor`` (a ``sagemaker.predictor.Predictor``: its endpoint name and its
-    session's runtime client are used; its own serializer is bypassed), ``runtime_client`` (a
-    boto3 ``sagemaker-runtime`` client) with ``endpoint_name``, or only ``endpoint_name`` (a
-    boto3 client is created from the default AWS configuration, in ``region_name``).
-    ``content_type``, ``accept``, ``format`` and ``max_payload_bytes`` are as for
-    :class:`RecsysPredictor` (default limit 5 MB, under SageMaker's 6 MB). SageMaker's built-in
-    FM reads ``application/json`` requests (keep the default ``content_type``) and answers
-    ``application/json`` or ``application/jsonlines``.
+    """A real SageMaker FM endpoint behind the same ``predict``: give a ``predictor`` (a
+    ``sagemaker.predictor.Predictor``, whose endpoint and runtime client are used, not its
+    serializer), or ``endpoint_name`` with a boto3 ``sagemaker-runtime`` ``runtime_client``
+    (default: a new one in ``region_name``). Other options as for :class:`RecsysPredictor`
+    (default limit 5 MB, under SageMaker's 6 MB); SageMaker's FM reads ``application/json``.
     """
 
     def __init__(

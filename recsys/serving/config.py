@@ -27,22 +27,14 @@ def check_model(model: Any) -> str:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """Limits and choices of the service.
-
-    * ``model``: the FM ``/invocations`` serves (regressor, classifier or ranking);
-    * ``max_body_bytes``: largest request body (default 6 MB, SageMaker's limit), else 413;
-    * ``max_instances``: most rows in one ``/invocations`` request;
-    * ``max_k``: largest ``k`` of ``/recommendations`` and ``/similar``;
-    * ``body_timeout``: seconds a client has to send a whole body once its headers are in; a
-      slower or half-sent body gets 408 and the connection is closed;
-    * ``max_connections``: open connections plus requests in progress beyond which new requests
-      get 503 (uvicorn's ``limit_concurrency``);
-    * ``keep_alive_timeout``: seconds a connection may stay idle, or spend sending a request
-      head, before it is closed (uvicorn's ``timeout_keep_alive``);
-    * ``reload_root``: the folder under which ``POST /reload`` may load a run named by the
-      client (``{"model_dir": "name/below/root"}``); without it a reload re-reads the served
-      directory. Never shown in an answer.
-    """
+    """Limits and choices of the service: ``model``, the FM of ``/invocations``;
+    ``max_body_bytes`` (default 6 MB, SageMaker's limit), else 413; ``max_instances`` per
+    ``/invocations`` request; ``max_k`` of ``/recommendations`` and ``/similar``;
+    ``body_timeout``, seconds to send a whole body once the headers are in, else 408 and the
+    connection is closed; ``max_connections`` (uvicorn's ``limit_concurrency``), beyond which
+    requests get 503; ``keep_alive_timeout`` (uvicorn's ``timeout_keep_alive``), seconds a
+    connection may stay idle or spend sending a request head; ``reload_root``, the folder below
+    which ``POST /reload`` may load a run a client names (never shown in an answer)."""
 
     model: str = DEFAULT_MODEL
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

@@ -1,17 +1,12 @@
-"""The FM inference protocol of SageMaker's built-in factorization machines, in one place:
-the client side (encoding requests, decoding answers; :mod:`recsys.serving.client`,
-:class:`backends.sagemaker.endpoint.FMEndpoint`) and the service's strict decoding of requests
-and encoding of answers (:mod:`recsys.serving.app`). No web framework is imported.
+"""SageMaker's built-in FM inference protocol, in one place: the clients' encoding of requests
+and decoding of answers (:mod:`recsys.serving.client`, :mod:`backends.sagemaker.endpoint`) and
+the service's strict decoding of requests and encoding of answers. No web framework is imported.
 
-Requests (``Content-Type``), one object per row: ``application/json``
-``{"instances": [INSTANCE, ...]}`` or ``application/jsonlines``, one ``INSTANCE`` per line. An
-``INSTANCE`` is dense, ``{"features": [x_0, ..., x_{d-1}]}``, or sparse,
-``{"data": {"features": {"keys": [...], "shape": [d], "values": [...]}}}`` (without ``keys``
-the ``values`` are a dense row).
-
-Responses (``Accept``): ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, or one
-``{"score": s, "predicted_label": l}`` per line for ``application/jsonlines``;
-``predicted_label`` (1.0 or 0.0) only for a ``binary_classifier``.
+Requests: ``application/json`` ``{"instances": [INSTANCE, ...]}`` or ``application/jsonlines``,
+one per line; an INSTANCE is dense, ``{"features": [x_0, ..., x_{d-1}]}``, or sparse, ``{"data":
+{"features": {"keys": [...], "shape": [d], "values": [...]}}}`` (without ``keys``: a dense row).
+Answers: ``{"predictions": [{"score": s, "predicted_label": l}, ...]}``, or one object per line
+(JSON lines); ``predicted_label`` (1.0 or 0.0) only for a ``binary_classifier``.
 """
 
 from __future__ import annotations
@@ -91,12 +86,9 @@ def encode_rows(X: Any, *, format: str = "auto") -> Iterator[bytes]:
 def batch_payloads(
     X: Any, *, max_bytes: int, format: str = "auto", content_type: str = JSON
 ) -> Iterator[tuple[int, int, bytes]]:
-    """``(start, stop, body)``: rows ``start:stop`` of ``X`` (see :func:`encode_rows`) in
-    request bodies of at most ``max_bytes`` bytes (SageMaker refuses bodies over 6 MB),
-    ``{"instances": [...]}`` (the text ``json.dumps`` gives) or one instance per line.
-
-    Raises DataError when one row alone does not fit (for wide one-hot data send sparse rows).
-    """
+    """``(start, stop, body)``: rows ``start:stop`` of ``X`` (:func:`encode_rows`) in bodies of
+    at most ``max_bytes`` (SageMaker refuses over 6 MB), ``{"instances": [...]}`` (as
+    ``json.dumps`` writes it) or one instance per line; a DataError when one row alone is bigger."""
     head, tail, sep = _FRAMES[response_media_type(content_type, strict=True)]
     frame = len(head) + len(tail)
     batch: list[bytes] = []
@@ -192,8 +184,7 @@ def response_media_type(accept: str | None, *, strict: bool = False) -> str:
     if not accept or not accept.strip():
         return JSON
     for entry in accept.split(","):
-        base, *params = (part.strip() for part in entry.split(";"))
-        base = base.lower()
+        base, *params = (part.strip().lower() for part in entry.split(";"))
         if any(_q_is_zero(p) for p in params):
             continue
         if base in (JSON, "*/*", "application/*"):
@@ -208,7 +199,7 @@ def response_media_type(accept: str | None, *, strict: bool = False) -> str:
 def _q_is_zero(param: str) -> bool:
     name, _, value = param.partition("=")
     try:
-        return name.strip().lower() == "q" and float(value) == 0.0
+        return name.strip() == "q" and float(value) == 0.0
     except ValueError:
         return False
 
@@ -315,15 +306,9 @@ def decode_request(
     body: bytes, content_type: str | None, feature_dim: int, *, max_instances: int = DEFAULT_MAX_INSTANCES
 ) -> sp.csr_matrix:
     """Strictly decode an FM inference request into a float64 CSR matrix (n, feature_dim)
-    without explicit zeros.
-
-    Raises
-    ------
-    RequestError
-        415 (content type), 400 (not UTF-8/JSON, wrong structure, non-numeric or non-finite
-        values, keys out of range or repeated, keys/values of different lengths, a width or
-        ``shape`` other than ``feature_dim``, no instances), 413 (more than ``max_instances``).
-    """
+    without explicit zeros; else a RequestError: 415 (content type), 400 (not UTF-8 JSON, wrong
+    structure or values, keys out of range, repeated or not matching the values, a width other
+    than ``feature_dim``, no instances), 413 (more than ``max_instances``)."""
     media = request_media_type(content_type)
     try:
         text = body.decode("utf-8")

@@ -1,8 +1,5 @@
-"""Running the service: ``recsys serve`` (uvicorn, one or more workers) and a background
-server for tests and notebooks. A connection must send each request head within
-``keep_alive_timeout`` (:class:`HeaderDeadlineH11`) and its body within ``body_timeout`` (the
-app's middleware); requests beyond ``max_connections`` get 503.
-"""
+"""Running the service: ``recsys serve`` (uvicorn, one or more workers) and a background server
+for tests and notebooks. Requests beyond ``max_connections`` get 503."""
 
 from __future__ import annotations
 
@@ -33,9 +30,8 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def limit_threads(n: int = 1) -> None:
-    """Run BLAS, OpenMP, FAISS and torch with ``n`` threads in this process: the service gets
-    its parallelism from concurrent requests; a library that also fans out every small search
-    over all cores only adds contention."""
+    """Run BLAS, OpenMP, FAISS and torch with ``n`` threads: the service's parallelism comes
+    from concurrent requests; fanning out each small search too only adds contention."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
     import faiss  # both required by recsys; imported after the variables are set
@@ -48,10 +44,9 @@ def limit_threads(n: int = 1) -> None:
 
 
 class HeaderDeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for request headers: a connection that has not
-    sent a whole request head within ``timeout_keep_alive`` seconds of opening (or of its last
-    response) is closed. uvicorn's own keep-alive timer stops at the first byte, so a client
-    trickling half a head would otherwise hold its connection for ever."""
+    """uvicorn's h11 protocol closing a connection that has not sent a whole request head
+    within ``timeout_keep_alive`` seconds of opening or of its last response (uvicorn's own
+    timer stops at the first byte, so half a head would hold the connection for ever)."""
 
     def _arm(self) -> None:
         self._idle_cycle = self.cycle
@@ -116,15 +111,12 @@ def serve(
     log_level: str = "info",
     **options: Any,
 ) -> None:
-    """Serve ``run_dir`` (the output directory of ``recsys run``) with uvicorn until
-    interrupted (``recsys serve``); ``options`` are fields of :class:`ServingConfig` (None: the
-    default), ``port`` 0 picks any free port.
+    """Serve ``run_dir`` (a ``recsys run`` output) with uvicorn until interrupted (``recsys
+    serve``); ``options`` are :class:`ServingConfig` fields (None: the default), ``port`` 0 any.
 
-    Every option (port range, a resolvable host, a free port, the config's limits) is checked
-    and the model is loaded before the port is bound, so a bad option (a ConfigError naming it)
-    or directory fails at once. With one worker, SIGHUP reloads the directory in place (load,
-    then swap). With ``workers > 1`` uvicorn's supervisor handles SIGHUP by restarting the
-    workers one by one, and ``POST /reload`` reloads only the worker that answers it.
+    Options are checked (a ConfigError naming the bad one) and the model loaded before the port
+    is bound. With one worker SIGHUP reloads the directory in place; with ``workers > 1``
+    uvicorn restarts the workers one by one, and ``POST /reload`` reloads only the one it hits.
     """
     from .app import create_app
     from .state import ServiceState
@@ -143,14 +135,13 @@ def serve(
                                      factory=True, workers=workers))  # fmt: skip
         return
     state = ServiceState.load(run_dir, config.model, reload_root=config.reload_root, freeze_gc=True)
-    app = create_app(state, config)
     if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_in_background())
     log.info(
         "serving run %s (%s FM for /invocations) on http://%s:%d",
         state.current.saved.info.get("run_id"), config.model, host, port,
     )  # fmt: skip
-    uvicorn.Server(_uvicorn_config(app, config, host, port, log_level)).run()
+    uvicorn.Server(_uvicorn_config(create_app(state, config), config, host, port, log_level)).run()
 
 
 def _uvicorn_config(app: Any, config: ServingConfig, host: str, port: int, log_level: str, **extra: Any) -> Any:
@@ -163,13 +154,9 @@ def _uvicorn_config(app: Any, config: ServingConfig, host: str, port: int, log_l
 
 
 def _run_workers(config: Any) -> None:
-    """``uvicorn.run`` for ``workers > 1``, with TCP_NODELAY on every connection.
-
-    uvicorn binds the shared listening socket with ``proto`` 0; accepted sockets inherit it,
-    and asyncio only sets TCP_NODELAY on sockets whose ``proto`` is IPPROTO_TCP -- so every
-    keep-alive response waits ~40 ms for the client's delayed ACK (uvicorn issue #3149). The
-    socket is rewrapped with IPPROTO_TCP before the workers get it.
-    """
+    """``uvicorn.run`` for ``workers > 1``, with the listening socket rewrapped as IPPROTO_TCP:
+    asyncio sets TCP_NODELAY only on such sockets, else every keep-alive response waits ~40 ms
+    for a delayed ACK (uvicorn issue #3149)."""
     from uvicorn.supervisors import Multiprocess
 
     sock = config.bind_socket()
@@ -209,9 +196,8 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None:
+        if self._server is not None:  # the thread is set with it
             self._server.should_exit = True
-        if self._thread is not None:
             self._thread.join(timeout)
 
     def __enter__(self) -> BackgroundServer:

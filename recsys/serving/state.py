@@ -1,11 +1,6 @@
-"""The loaded run the service answers from, and how it is replaced.
-
-:class:`ServedRun` is one run directory loaded, checked (finite models) and warmed up, read-only
-afterwards, so request threads share it without locks; it builds the answers of
-:mod:`recsys.serving.app` and is the service's only caller of the
-:class:`~recsys.recommend.Recommender`. :class:`ServiceState` holds the current snapshot and
-swaps in a new one on reload.
-"""
+"""The loaded run the service answers from (:class:`ServedRun`: checked, warmed up, then
+read-only, so request threads share it without locks) and its swap on reload
+(:class:`ServiceState`)."""
 
 from __future__ import annotations
 
@@ -41,8 +36,7 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"]")
 
 def predict_rows(fm: FittedFM, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray | None]:
     """``(scores, predicted_labels)`` of ``fm`` for the rows of ``X`` (labels only for a
-    classifier); a 422 ``non_finite_score`` RequestError when a row's FM output overflows.
-    (:meth:`FittedFM.decision_function` touches only the columns a small request uses.)"""
+    classifier); a 422 ``non_finite_score`` RequestError when a row's FM output overflows."""
     with np.errstate(over="ignore", invalid="ignore"):  # refused below
         raw = fm.decision_function(X)
     bad = np.flatnonzero(~np.isfinite(raw))
@@ -72,8 +66,8 @@ class _Ids:
         return self._position.get(value, -1) if isinstance(value, wanted) and not isinstance(value, bool) else -1
 
     def find(self, text: str) -> tuple[Any, int]:
-        """``(id, position)``: the id in the run's type and its index (-1 when unknown); a 422
-        when the run's ids are integers and ``text`` is not a 64-bit one."""
+        """``(id in the run's type, index or -1)``; a 422 when the ids are integers and
+        ``text`` is not a 64-bit one."""
         if not self.integer:
             position = self._position.get(text, -1)
             return (self.values[position] if position >= 0 else text), position
@@ -86,10 +80,9 @@ class _Ids:
 
 
 class ServedRun:
-    """Everything one run directory (``run_dir``) needs to answer requests, loaded and warmed
-    up, with ``model`` the FM for ``/invocations`` and ``name`` how answers name the directory
-    (never an absolute path; default its folder name). A RecsysError when the directory is not a
-    readable run or a model is not finite."""
+    """One run directory loaded to answer requests: ``model`` is the FM of ``/invocations``,
+    ``name`` how answers call the directory (never an absolute path; default its folder name).
+    A RecsysError when it is not a readable run or a model is not finite."""
 
     def __init__(self, run_dir: str | os.PathLike, model: str = DEFAULT_MODEL, *, name: str | None = None):
         from recsys.saved_run import SavedRun
@@ -139,9 +132,7 @@ class ServedRun:
         ]
 
     def recommendations(self, customer_id: str, k: int, exclude_seen: bool) -> dict[str, Any]:
-        """``/recommendations``: the top ``k`` of a customer -- from the model, folded in from
-        what they watched when the model was not trained on them, or the most popular videos
-        when nothing is known."""
+        """``/recommendations``: a customer's top ``k`` (model, fold-in or popularity)."""
         cid, u = self.customers.find(customer_id)
         if u >= 0:
             return self._answer(cid, k, exclude_seen, user=u)
@@ -150,8 +141,8 @@ class ServedRun:
         return self._answer(cid, k, exclude_seen, ranks=ranks)
 
     def recommendations_for_recent(self, recent: list[Any], k: int, exclude_seen: bool) -> dict[str, Any]:
-        """``POST /recommendations``: an anonymous session's top ``k`` from the videos it just
-        watched (oldest first), folded in; ids not in the catalogue are listed in ``ignored``."""
+        """``POST /recommendations``: an anonymous session's top ``k`` folded in from ``recent``
+        (oldest first); ids not in the catalogue are listed in ``ignored``."""
         from recsys.fold_in import histories_matrix
 
         positions = [self.products.position(pid) for pid in recent]
@@ -164,8 +155,7 @@ class ServedRun:
 
     def _answer(self, cid: Any, k: int, exclude_seen: bool, *, user: int = -1, ranks: sp.csr_matrix | None = None) -> dict[str, Any]:
         """The top ``k`` of the model's ``user``, else folded in from ``ranks``, else the most
-        popular (``score`` null and ``popularity`` the number of training ratings: a count is
-        not a model score)."""
+        popular (``score`` null, ``popularity`` the rating count: a count is not a score)."""
         try:
             if user >= 0:
                 source, (ids, scores) = "model", self.recommender.recommend(user, k, exclude_seen=exclude_seen)
@@ -196,10 +186,9 @@ class ServedRun:
 
 
 def _freeze_gc() -> None:
-    """Move every object alive now (the loaded model, the libraries: ~170k objects for the
-    default run) out of the cyclic garbage collector's reach, where a full collection costs
-    ~80 ms with the GIL held -- a latency spike for every request in flight. Earlier frozen
-    objects are unfrozen and collected first, so a replaced model does not linger."""
+    """Freeze every live object (~170k for the default run) out of the cyclic GC, whose full
+    collection of them costs ~80 ms with the GIL held; unfreeze and collect first, so a replaced
+    model does not linger."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
@@ -218,15 +207,10 @@ def public_reason(exc: BaseException, run_dir: Path, name: str) -> str:
 
 
 class ServiceState:
-    """The served snapshot (:attr:`current`) and how to replace it.
-
-    Requests read :attr:`current` once and use that snapshot to the end, so a reload never
-    mixes two models in one answer; :meth:`reload` loads the new one completely before the
-    swap (one attribute assignment), and reloads run one at a time. ``reload_root`` is the
-    folder below which a client may name a run to load (without it only the served directory
-    can be re-read). With ``freeze_gc`` (what ``recsys serve`` does) the garbage collector's
-    heap is frozen after each load (see :func:`_freeze_gc`).
-    """
+    """The served snapshot (:attr:`current`), read once per request so an answer never mixes
+    two models; :meth:`reload` loads the new one whole, then swaps (one at a time). A client may
+    name a run to load only below ``reload_root``. ``freeze_gc`` (``recsys serve``): freeze the
+    GC heap after each load (:func:`_freeze_gc`)."""
 
     def __init__(self, current: ServedRun, *, reload_root: str | os.PathLike | None = None, freeze_gc: bool = False):
         self.current = current
@@ -265,10 +249,9 @@ class ServiceState:
         return path, path.relative_to(self.reload_root).as_posix()
 
     def reload(self, model_dir: str | None = None, model: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load ``model_dir`` (a folder below the reload root; default: the served directory,
-        re-read) and swap it in; return the identities of the replaced and the new model.
-        A 403 RequestError for a ``model_dir`` the server may not load, 422 when the directory
-        cannot be loaded (the old model stays)."""
+        """Load ``model_dir`` (below the reload root; default: the served directory again), swap
+        it in and return the identities of the replaced and the new model. A 403 RequestError
+        for a ``model_dir`` not allowed, 422 when loading fails (the old model stays)."""
         with self._lock:
             old = self.current
             path, name = (old.run_dir, old.name) if model_dir is None else self._target(model_dir)
