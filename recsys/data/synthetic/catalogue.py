@@ -287,11 +287,9 @@ def unique_ints(rng: np.random.Generator, n: int, low: int, high: int) -> np.nda
     """``n`` distinct integers in ``[low, high)`` in random order (``n`` << ``high - low``)."""
     out = np.empty(0, dtype=np.int64)
     while len(out) < n:
-        draw = np.concatenate([out, rng.integers(low, high, size=int((n - len(out)) * 1.05) + 16)])
-        draw.sort()
-        out = draw[np.concatenate([[True], draw[1:] != draw[:-1]])]
+        extra = rng.integers(low, high, size=int((n - len(out)) * 1.05) + 16)
+        out = np.unique(np.concatenate([out, extra]))
     return rng.permutation(out)[:n]
-
 
 
 def alnum_strings(prefix: str, digits: np.ndarray) -> pa.Array:

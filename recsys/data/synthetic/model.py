@@ -253,8 +253,8 @@ def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> n
     return counts
 
 
-def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarray, n_products: int,
-                     draw: Callable[..., np.ndarray], taste_rounds: int = 25) -> None:  # fmt: skip
+def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarray, n_customers: int,
+                     n_products: int, draw: Callable, taste_rounds: int = 25) -> None:  # fmt: skip
     """Redraw (in place) every pick of a video the customer already picked earlier."""
     active = np.arange(len(cust))
     for round_ in range(10_000):
@@ -267,7 +267,9 @@ def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarra
         # the taste first, then any video (a customer whose taste is exhausted)
         taste = round_ < taste_rounds
         prod[redo] = draw(rng, cust[redo]) if taste else rng.integers(n_products, size=len(redo))
-        active = np.flatnonzero(np.isin(cust, cust[redo]))
+        dirty = np.zeros(n_customers, dtype=bool)
+        dirty[cust[redo]] = True
+        active = np.flatnonzero(dirty[cust])
     raise RuntimeError("could not make every customer's picks distinct")  # pragma: no cover
 
 
@@ -335,7 +337,7 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
         prev = np.concatenate([[-1], prod[:-1]])
         nxt = np.where(chain, cat.next_season[np.maximum(prev, 0)], -1)
         prod = np.where(nxt >= 0, nxt, prod)
-    _resolve_repeats(rng_pick, cust, prod, cfg.n_products, draw)
+    _resolve_repeats(rng_pick, cust, prod, n_c, cfg.n_products, draw)
     del draw
 
     # Dates: an active window per customer; picks get the window's sorted dates in order.

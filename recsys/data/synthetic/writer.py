@@ -77,20 +77,15 @@ def _column_text(values: pd.Series, name: str) -> pa.Array:
 
 
 def _malformed_line(fields: list[str], kind: int, rng: np.random.Generator) -> tuple[str, str]:
-    """Turn a row's fields into a malformed line; returns (line, reason)."""
-    fields = list(fields)
+    """Break a row's ``fields`` (in place) the ``kind``-th way (0..6); returns (line, reason)."""
     if kind == 0:
         pos = int(rng.integers(1, len(fields)))
         fields.insert(pos, ["Special Edition", "", "extra", "HD"][int(rng.integers(4))])
         return "\t".join(fields), MALFORMED_REASONS[0]
     if kind == 1:
         return "\t".join(fields[: int(rng.integers(3, 12))]), MALFORMED_REASONS[1]
-    star_col = AMAZON_COLUMNS.index("star_rating")
-    if kind in (2, 4):
-        fields[star_col] = "five" if kind == 2 else ""
-        return "\t".join(fields), MALFORMED_REASONS[2]
-    fields[star_col] = {3: "0", 5: "6", 6: "7"}[kind]
-    return "\t".join(fields), MALFORMED_REASONS[3]
+    fields[AMAZON_COLUMNS.index("star_rating")] = ("five", "0", "", "6", "7")[kind - 2]
+    return "\t".join(fields), MALFORMED_REASONS[2 if kind in (2, 4) else 3]
 
 
 def write_reviews_tsv(
