@@ -226,9 +226,7 @@ def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
     first_year, last_year = first // 12, last // 12  # years since 1970
     by_year = np.bincount(months // 12 - first_year, minlength=last_year - first_year + 1)
 
-    year_month_labels = [
-        f"{1970 + m // 12:04d}-{m % 12 + 1:02d}" for m in range(first, last + 1)
-    ]
+    year_month_labels = [f"{1970 + m // 12:04d}-{m % 12 + 1:02d}" for m in range(first, last + 1)]
     years = np.arange(first_year, last_year + 1) + 1970
     nonzero = np.flatnonzero(by_year)
     # argmax/argmin return the first extreme, i.e. the earliest month/year on ties.
