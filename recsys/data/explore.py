@@ -1,18 +1,10 @@
 """The exploration stage: what is in a ratings frame before anything is dropped or encoded.
 
-:func:`explore` computes the lab's exploration statistics in one vectorised pass set (no Python
-loop over rows; ~4M rows take about a second):
-
-* shape, missing values per column, exact duplicate rows and re-reviews (the two notions of
-  :func:`recsys.data.prepare.drop_duplicates`, which removes them);
-* the star-rating distribution;
-* seasonality: reviews per month of the year, per calendar month and per year;
-* how many customers and products there are and how many reviews each has (quantiles over
-  :data:`QUANTILES`).
-
-The result is an :class:`Exploration`, a small JSON-friendly record; the per-customer and
-per-product review counts behind the quantiles (millions of entries) are not kept in it but come
-from :func:`review_counts` when a plot needs them.
+:func:`explore` computes the lab's statistics, vectorised (no Python loop over rows): shape,
+missing values, exact duplicate rows and re-reviews (as :func:`recsys.data.prepare.drop_duplicates`
+counts them), the star ratings, seasonality, and reviews per customer and per product. The result
+is an :class:`Exploration`, a small JSON-friendly record; the per-customer and per-product counts
+behind its quantiles (millions of entries) come from :func:`review_counts` when a plot needs them.
 """
 
 from __future__ import annotations
@@ -165,7 +157,8 @@ def review_counts(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     order, one entry per distinct non-missing id occurring in the frame; unused categories are
     skipped): inputs for distribution plots and quantiles."""
     _validate(frame, required=(CUSTOMER, PRODUCT))
-    return _counts(frame[CUSTOMER]), _counts(frame[PRODUCT])
+    counts = (frame[col].value_counts().to_numpy() for col in (CUSTOMER, PRODUCT))
+    return tuple(c[c > 0].astype(np.int64) for c in counts)
 
 
 def _validate(frame: pd.DataFrame, required: Sequence[str] = REQUIRED_COLUMNS) -> None:
@@ -183,13 +176,6 @@ def _validate(frame: pd.DataFrame, required: Sequence[str] = REQUIRED_COLUMNS) -
             "the ratings frame is empty (0 rows): nothing to explore. Check the input file "
             "and the loader's filters."
         )
-
-
-def _counts(ids: pd.Series) -> np.ndarray:
-    """Rows per distinct non-missing value of ``ids`` (categoricals: per used category)."""
-    codes = ids.cat.codes.to_numpy() if isinstance(ids.dtype, pd.CategoricalDtype) else pd.factorize(ids)[0]
-    counts = np.bincount(codes[codes >= 0])
-    return counts[counts > 0].astype(np.int64)
 
 
 def _quantiles(counts: np.ndarray) -> dict[float, float]:
@@ -240,9 +226,7 @@ def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
     first_year, last_year = first // 12, last // 12  # years since 1970
     by_year = np.bincount(months // 12 - first_year, minlength=last_year - first_year + 1)
 
-    year_month_labels = [
-        f"{1970 + m // 12:04d}-{m % 12 + 1:02d}" for m in range(first, last + 1)
-    ]
+    year_month_labels = [f"{1970 + m // 12:04d}-{m % 12 + 1:02d}" for m in range(first, last + 1)]
     years = np.arange(first_year, last_year + 1) + 1970
     nonzero = np.flatnonzero(by_year)
     # argmax/argmin return the first extreme, i.e. the earliest month/year on ties.

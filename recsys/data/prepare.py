@@ -156,25 +156,15 @@ def reduce_columns(frame: pd.DataFrame) -> pd.DataFrame:
             f"the ratings are missing required column(s) {', '.join(missing)}; "
             f"found columns: {', '.join(map(str, frame.columns))}"
         )
-    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-    for col in RATINGS_COLUMNS:
-        if col in frame.columns:
-            out[col] = frame[col].reset_index(drop=True)
-        elif col == DATE:
-            out[col] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns]")
-        else:
-            out[col] = pd.Series(np.nan, index=out.index, dtype="float64").astype("category")
+    out = frame.reindex(columns=list(RATINGS_COLUMNS)).reset_index(drop=True)
+    if TITLE not in frame.columns:
+        out[TITLE] = out[TITLE].astype("category")
+    if DATE not in frame.columns:
+        out[DATE] = out[DATE].astype("datetime64[ns]")
     out[RATING] = out[RATING].astype(np.float32)
     if not pd.api.types.is_datetime64_any_dtype(out[DATE]):
         out[DATE] = pd.to_datetime(out[DATE], errors="coerce")
     return out
-
-
-def _codes(series: pd.Series) -> np.ndarray:
-    """Integer codes with equal values -> equal codes (NaN gets its own code)."""
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        return series.cat.codes.to_numpy().astype(np.int64)
-    return pd.factorize(series, use_na_sentinel=False)[0].astype(np.int64)
 
 
 def date_order_key(frame: pd.DataFrame) -> np.ndarray:
@@ -185,43 +175,14 @@ def date_order_key(frame: pd.DataFrame) -> np.ndarray:
 def _dedupe(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
     """The rows :func:`drop_duplicates` keeps (sorted) and how many exact duplicate rows it drops.
 
-    One stable sort by (customer, video, date) does both: exact duplicates can only sit in a
-    run of equal (customer, video, date), and the last row of each (customer, video) run is
-    the latest review. ``product_title`` and ``review_date`` may be absent (all missing).
+    ``product_title`` and ``review_date`` may be absent (then all missing).
     """
-    n = len(frame)
-    if n == 0:
-        return np.empty(0, dtype=np.int64), 0
-    cust, prod = _codes(frame[CUSTOMER]) + 1, _codes(frame[PRODUCT]) + 1  # categorical NaN: -1 -> 0
-    pair = cust * (int(prod.max()) + 1) + prod
-    date_key = date_order_key(frame) if DATE in frame.columns else np.zeros(n, dtype=np.int64)
-    date = np.unique(date_key, return_inverse=True)[1].reshape(-1)
-    n_dates = int(date.max()) + 1
-    if (int(pair.max()) + 1) * n_dates < 2**62:
-        order = np.argsort(pair * n_dates + date, kind="stable")  # stable: file order on ties
-    else:  # pragma: no cover - astronomically many (pair, date) combinations
-        order = np.lexsort((date, pair))
-    p_s, d_s = pair[order], date[order]
-    same_prev = np.zeros(n, dtype=bool)
-    same_prev[1:] = (p_s[1:] == p_s[:-1]) & (d_s[1:] == d_s[:-1])
-    # rows in a run of equal (pair, date): compare title and rating there only (rare)
-    in_run = same_prev.copy()
-    in_run[:-1] |= same_prev[1:]
-    exact = np.zeros(n, dtype=bool)
-    if in_run.any():
-        rows = order[in_run]
-        title = _codes(frame[TITLE])[rows] if TITLE in frame.columns else 0
-        key = pd.DataFrame({
-            "k": pair[rows] * n_dates + date[rows],
-            "t": title,
-            "r": frame[RATING].to_numpy(dtype=np.float64)[rows],
-        })  # fmt: skip
-        exact[rows] = key.duplicated(keep="first").to_numpy()
-    kept = order[~exact[order]]
-    p_k = pair[kept]
-    last = np.ones(len(kept), dtype=bool)
-    last[:-1] = p_k[1:] != p_k[:-1]
-    return np.sort(kept[last]), int(exact.sum())
+    exact = frame.duplicated([c for c in RATINGS_COLUMNS if c in frame.columns]).to_numpy()
+    kept = np.flatnonzero(~exact)
+    if DATE in frame.columns:  # stable: the later line wins a tie on the date
+        kept = kept[np.argsort(date_order_key(frame)[kept], kind="stable")]
+    latest = ~frame[[CUSTOMER, PRODUCT]].iloc[kept].duplicated(keep="last").to_numpy()
+    return np.sort(kept[latest]), int(exact.sum())
 
 
 def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -263,7 +224,7 @@ def filter_long_tail(
         raise DataError("no ratings to filter: the input is empty")
     current = frame
     for passes in itertools.count(1):
-        cust, prod = _codes(current[CUSTOMER]), _codes(current[PRODUCT])
+        cust, prod = (pd.factorize(current[c], use_na_sentinel=False)[0] for c in (CUSTOMER, PRODUCT))
         c_counts, p_counts = np.bincount(cust), np.bincount(prod)
         c_ok, p_ok = c_counts >= min_customer_ratings, p_counts >= min_product_ratings
         mask = c_ok[cust] & p_ok[prod]
@@ -277,10 +238,8 @@ def filter_long_tail(
                 f">= {min_product_ratings} ratings (most rated: {int(p_counts.max()):,}), and no rating "
                 "passes both. Lower --min-customer-ratings / --min-product-ratings."
             )
-        if mask.all():
-            return current.reset_index(drop=True), passes
         current = current.iloc[np.flatnonzero(mask)]
-        if not repeat_until_stable:
+        if mask.all() or not repeat_until_stable:
             return current.reset_index(drop=True), passes
 
 
@@ -365,12 +324,8 @@ def build_mappings(frame: pd.DataFrame) -> Mappings:
     customers = _sorted_uniques(frame[CUSTOMER])
     products = _sorted_uniques(frame[PRODUCT])
     titles = np.full(len(products), None, dtype=object)
-    has_title = frame[TITLE].notna().to_numpy()
-    if has_title.any():
-        sub = frame.loc[has_title, [PRODUCT, TITLE]]
-        last = sub.drop_duplicates(subset=[PRODUCT], keep="last")
-        pos = products.get_indexer(last[PRODUCT])
-        titles[pos] = last[TITLE].astype(str).to_numpy()
+    last = frame[[PRODUCT, TITLE]].dropna(subset=[TITLE]).drop_duplicates(PRODUCT, keep="last")
+    titles[products.get_indexer(last[PRODUCT])] = last[TITLE].astype(str).to_numpy()
     return Mappings(customers, products, titles)
 
 
@@ -391,10 +346,9 @@ def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     """
     users = indexed[USER].to_numpy()
     date = date_order_key(indexed)
-    order = np.lexsort((np.arange(len(indexed)), date, users))
-    u_sorted = users[order]
+    order = np.lexsort((date, users))  # stable: the later line wins a tie on the date
     last = np.ones(len(order), dtype=bool)
-    last[:-1] = u_sorted[1:] != u_sorted[:-1]
+    last[:-1] = users[order][1:] != users[order][:-1]
     test_rows = order[last]
     single = np.bincount(users)[users[test_rows]] == 1
     # a tie: the user's previous rating in date order (theirs unless single) has the same date
@@ -439,7 +393,7 @@ def split_explicit(
     train_keys = indexed[USER].to_numpy(np.int64) * n_items + indexed[ITEM].to_numpy(np.int64)
     test_keys = test[USER].to_numpy(np.int64) * n_items + test[ITEM].to_numpy(np.int64)
     overlap = np.isin(train_keys, test_keys)
-    train = indexed.iloc[np.flatnonzero(~overlap)].reset_index(drop=True)
+    train = indexed[~overlap].reset_index(drop=True)
     return train, test, {"explicit_test_rows_dropped": dropped, "explicit_test_overlap_removed": int(overlap.sum())}
 
 

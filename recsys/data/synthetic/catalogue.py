@@ -32,7 +32,6 @@ _GENRE_STYLE = (
     "story", "fitness", "kids", "story", "reality", "anime", "faith", "music", "story",
     "sports", "story", "story", "doc", "story",
 )  # fmt: skip
-ALNUM = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)
 
 # Title vocabulary (fixed: any change changes every title drawn from a seed)
 
@@ -91,6 +90,7 @@ _W = {
     "jp": "Sora Kaze Hikari Yume Tsuki Kage Hoshi Ryu Sakura Kumo Akira Tenshi Mirai Yoru".split(),
     "sport": "Baseball Football Basketball Soccer Boxing Golf Hockey Surfing Tennis".split(),
     "reality": "Kitchen Wives Rescue Pawn Island Ranch Garage Cakes Flip Makeover".split(),
+    "n": "10 15 20 30 45 60".split(),  # minutes of a workout
 }
 _TITLE_TEMPLATES: dict[str, list[str]] = {
     "story": ["The {adj} {noun}", "{adj} {noun}", "The {noun} of {place}", "A {noun} in {place}",
@@ -131,8 +131,8 @@ _SEASON_FORMATS = ["{s} Season {k}", "{s} Season {k}", "{s} Season {k}", "{s}, S
 _SLOT = re.compile(r"\{([a-z]+?)(2?)\}")
 
 
-def _fill(template: str, uniforms: Iterator[float], words: dict[str, list[str]]) -> str:
-    """Fill ``{key}`` / ``{key2}`` slots of ``template`` with words drawn from ``words``.
+def _fill(template: str, uniforms: Iterator[float]) -> str:
+    """Fill ``{key}`` / ``{key2}`` slots of ``template`` with words of ``_W[key]``.
 
     ``{key2}`` differs from ``{key}`` when both appear. ``uniforms`` yields floats in [0, 1).
     """
@@ -140,7 +140,7 @@ def _fill(template: str, uniforms: Iterator[float], words: dict[str, list[str]])
 
     def pick(match: re.Match[str]) -> str:
         key, second = match.group(1), match.group(2)
-        values = words[key]
+        values = _W[key]
         if second and key in chosen and len(values) > 1:
             i = (chosen[key] + 1 + int(next(uniforms) * (len(values) - 1))) % len(values)
         else:
@@ -178,9 +178,7 @@ def _unit_titles(rng: np.random.Generator, styles: list[str], is_series: np.ndar
     own are exhausted); then it gets a year ("Title (1987)") and, if still taken, a sequel
     number ("Title 2").
     """
-    words = {**_W, "n": [str(v) for v in (10, 15, 20, 30, 45, 60)]}
-    titles: list[str] = []
-    seen: set[str] = set()
+    titles: dict[str, None] = {}  # in order
     uniforms = _uniform_stream(rng)
     for i, style in enumerate(styles):
         series_style = is_series[i] and style not in ("fitness", "kids", "anime", "reality")
@@ -188,19 +186,18 @@ def _unit_titles(rng: np.random.Generator, styles: list[str], is_series: np.ndar
         for attempt in range(6):
             if attempt == 2:  # the genre's own templates are exhausted: any drama-like title
                 templates = _SERIES_TEMPLATES if is_series[i] else _TITLE_TEMPLATES["story"]
-            title = _fill(templates[int(next(uniforms) * len(templates))], uniforms, words)
+            title = _fill(templates[int(next(uniforms) * len(templates))], uniforms)
             title = title[0].upper() + title[1:]
-            if title not in seen:
+            if title not in titles:
                 break
         else:
             title = f"{title} ({1950 + int(next(uniforms) * 66)})"
             base, sequel = title, 2
-            while title in seen:
+            while title in titles:
                 title = f"{base[: base.rindex(' (')]} {sequel}"
                 sequel += 1
-        seen.add(title)
-        titles.append(title)
-    return titles
+        titles[title] = None
+    return list(titles)
 
 
 def make_catalogue(cfg: GeneratorConfig, rng: np.random.Generator) -> Catalogue:
@@ -254,19 +251,14 @@ def make_catalogue(cfg: GeneratorConfig, rng: np.random.Generator) -> Catalogue:
     styles = [_GENRE_STYLE[g] for g in unit_genres[:, 0]]
     base_titles = _unit_titles(rng, styles, kind == 1)
     fmt_pick = rng.integers(len(_SEASON_FORMATS), size=n_units)
-    hd = rng.random(n) < 0.04
-    titles = []
-    for p in range(n):
-        u = int(prod_unit[p])
-        title = base_titles[u]
-        if kind[u] == 1:
-            if styles[u] == "fitness":
-                title = f"{title} Vol. {slot[p] + 1}"
-            else:
-                title = _SEASON_FORMATS[fmt_pick[u]].format(s=title, k=slot[p] + 1)
-        if hd[p] and kind[u] != 2:
-            title += " [HD]"
-        titles.append(title)
+    season_fmt = ["{s} Vol. {k}" if style == "fitness" else _SEASON_FORMATS[i]
+                  for style, i in zip(styles, fmt_pick, strict=True)]  # fmt: skip
+    unit_fmt = np.where(kind == 1, season_fmt, "{s}")
+    hd = (rng.random(n) < 0.04) & (kind[prod_unit] != 2)  # editions have no [HD] copy
+    titles = [
+        unit_fmt[u].format(s=base_titles[u], k=k + 1) + " [HD]" * h
+        for u, k, h in zip(prod_unit.tolist(), slot.tolist(), hd.tolist(), strict=True)
+    ]
 
     # Identifiers: product ids "B00" + 7 base-36 characters through a random bijection;
     # product_parent: one 9-digit number per unit for editions, per product otherwise.
@@ -274,10 +266,7 @@ def make_catalogue(cfg: GeneratorConfig, rng: np.random.Generator) -> Catalogue:
     a = int(rng.integers(1, space // 6)) * 6 + 1  # coprime with 36
     x = (a * np.arange(n, dtype=np.int64) + int(rng.integers(space))) % space
     digits = (x[:, None] // (36 ** np.arange(6, -1, -1, dtype=np.int64))) % 36
-    raw = np.empty((n, 10), dtype=np.uint8)
-    raw[:, :3] = np.frombuffer(b"B00", dtype=np.uint8)
-    raw[:, 3:] = ALNUM[digits]
-    product_ids = pa.array(raw.view("S10").ravel()).cast(pa.large_string())
+    product_ids = alnum_strings("B00", digits)
     parent_key = np.where(prod_kind == 2, n + prod_unit, np.arange(n))
     parent_values = unique_ints(rng, 2 * n, 100_000_000, 1_000_000_000)
     parents = parent_values[parent_key]
@@ -298,8 +287,16 @@ def unique_ints(rng: np.random.Generator, n: int, low: int, high: int) -> np.nda
     """``n`` distinct integers in ``[low, high)`` in random order (``n`` << ``high - low``)."""
     out = np.empty(0, dtype=np.int64)
     while len(out) < n:
-        draw = np.concatenate([out, rng.integers(low, high, size=int((n - len(out)) * 1.05) + 16)])
-        draw.sort()
-        out = draw[np.concatenate([[True], draw[1:] != draw[:-1]])]
+        extra = rng.integers(low, high, size=int((n - len(out)) * 1.05) + 16)
+        out = np.unique(np.concatenate([out, extra]))
     return rng.permutation(out)[:n]
 
+
+def alnum_strings(prefix: str, digits: np.ndarray) -> pa.Array:
+    """Arrow strings: ``prefix``, then per column of ``digits`` (n, k) one of 0-9A-Z (0..35) or,
+    for 36 in the last column, nothing."""
+    chars = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\0", dtype=np.uint8)[digits]
+    head = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    raw = np.hstack([np.broadcast_to(head, (len(digits), len(head))), chars])
+    # numpy drops the trailing NULs of fixed-width bytes
+    return pa.array(raw.view(f"S{raw.shape[1]}").ravel()).cast(pa.large_string())

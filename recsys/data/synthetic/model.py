@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import ConfigError
-from .catalogue import ALNUM, GENRE_WEIGHTS, GENRES, Catalogue, make_catalogue, unique_ints
+from .catalogue import GENRE_WEIGHTS, GENRES, Catalogue, alnum_strings, make_catalogue, unique_ints
 
 logger = logging.getLogger("recsys")
 
@@ -195,51 +196,44 @@ def _extra_counts(cfg: GeneratorConfig) -> tuple[int, int]:
     return round(cfg.duplicate_rate * cfg.n_reviews), round(cfg.rereview_rate * cfg.n_reviews)
 
 
-class _PickSampler:
-    """Draws videos for customers: a genre from the taste, then a video of it by popularity."""
+def _pick_sampler(cat: Catalogue, theta: np.ndarray, focus: float) -> Callable[..., np.ndarray]:
+    """``draw(rng, cust)``: a video for every customer in ``cust``. With probability ``focus`` a
+    genre drawn from the customer's taste ``theta``, then a video of it by popularity; else a video
+    drawn by popularity alone."""
+    n_genres = theta.shape[1]
+    entry_genre = cat.genres.ravel()  # entries: (video, genre slot); the video is entry // 3
+    entry_w = (cat.genre_w * cat.pop[:, None]).ravel()
+    entries = np.flatnonzero(entry_w > 0)
+    entries = entries[np.argsort(entry_genre[entries], kind="stable")]
+    cum = np.cumsum(entry_w[entries])
+    sizes = np.bincount(entry_genre[entries], minlength=n_genres)
+    seg_end = np.cumsum(sizes)
+    seg_start = seg_end - sizes
+    cum0 = np.concatenate([[0.0], cum])
+    seg_base = cum0[seg_start]
+    seg_mass = cum0[seg_end] - seg_base
+    global_cum = np.cumsum(cat.pop)
+    theta_cum = np.cumsum(theta, axis=1, dtype=np.float32)
 
-    def __init__(self, cat: Catalogue, theta: np.ndarray, focus: float) -> None:
-        n_products = len(cat.pop)
-        n_genres = theta.shape[1]
-        entry_genre = cat.genres.ravel()
-        entry_w = (cat.genre_w * cat.pop[:, None]).ravel()
-        entry_prod = np.repeat(np.arange(n_products), 3)
-        keep = entry_w > 0
-        entry_genre, entry_w, entry_prod = entry_genre[keep], entry_w[keep], entry_prod[keep]
-        order = np.argsort(entry_genre, kind="stable")
-        self.entry_prod = entry_prod[order]
-        self.cum = np.cumsum(entry_w[order])
-        sizes = np.bincount(entry_genre, minlength=n_genres)
-        self.seg_end = np.cumsum(sizes)
-        self.seg_start = self.seg_end - sizes
-        cum0 = np.concatenate([[0.0], self.cum])
-        self.seg_base = cum0[self.seg_start]
-        self.seg_mass = cum0[self.seg_end] - self.seg_base
-        self.global_cum = np.cumsum(cat.pop)
-        self.theta_cum = np.cumsum(theta, axis=1, dtype=np.float32)
-        self.has_genre = sizes > 0
-        self.focus = focus
-        self.n_genres = n_genres
-
-    def draw(self, rng: np.random.Generator, cust: np.ndarray) -> np.ndarray:
+    def draw(rng: np.random.Generator, cust: np.ndarray) -> np.ndarray:
         n = len(cust)
-        use_taste = rng.random(n) < self.focus
+        use_taste = rng.random(n) < focus
         u = rng.random(n, dtype=np.float32)
         v = rng.random(n)
         w = rng.random(n)
         genre = np.empty(n, dtype=np.int64)
-        step = 500_000
-        for lo in range(0, n, step):
-            sl = slice(lo, lo + step)
-            genre[sl] = (self.theta_cum[cust[sl]] < u[sl, None]).sum(axis=1)
-        np.minimum(genre, self.n_genres - 1, out=genre)
-        use_taste &= self.has_genre[genre]
-        idx = np.searchsorted(self.cum, self.seg_base[genre] + v * self.seg_mass[genre], side="right")
-        idx = np.clip(idx, self.seg_start[genre], self.seg_end[genre] - 1)
-        by_genre = self.entry_prod[np.minimum(idx, len(self.entry_prod) - 1)]
-        by_pop = np.searchsorted(self.global_cum, w * self.global_cum[-1], side="right")
-        by_pop = np.minimum(by_pop, len(self.global_cum) - 1)
-        return np.where(use_taste, by_genre, by_pop)
+        for lo in range(0, n, 500_000):  # in blocks: bounds the (block, n_genres) temporary
+            block = slice(lo, lo + 500_000)
+            genre[block] = (theta_cum[cust[block]] < u[block, None]).sum(axis=1)
+        np.minimum(genre, n_genres - 1, out=genre)
+        use_taste &= sizes[genre] > 0
+        idx = np.searchsorted(cum, seg_base[genre] + v * seg_mass[genre], side="right")
+        idx = np.clip(idx, seg_start[genre], seg_end[genre] - 1)
+        by_genre = entries[np.minimum(idx, len(entries) - 1)] // 3
+        by_pop = np.searchsorted(global_cum, w * global_cum[-1], side="right")
+        return np.where(use_taste, by_genre, np.minimum(by_pop, len(global_cum) - 1))
+
+    return draw
 
 
 def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> np.ndarray:
@@ -260,23 +254,19 @@ def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> n
 
 
 def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarray, n_customers: int,
-                     n_products: int, sampler: _PickSampler, taste_rounds: int = 25) -> None:  # fmt: skip
+                     n_products: int, draw: Callable, taste_rounds: int = 25) -> None:  # fmt: skip
     """Redraw (in place) every pick of a video the customer already picked earlier."""
-    key = cust * n_products + prod
     active = np.arange(len(cust))
     for round_ in range(10_000):
-        keys = key[active]
+        keys = cust[active] * n_products + prod[active]
         order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        repeat = np.zeros(len(keys), dtype=bool)
-        repeat[1:] = sorted_keys[1:] == sorted_keys[:-1]
+        repeat = np.concatenate([[False], keys[order][1:] == keys[order][:-1]])
         if not repeat.any():
             return
-        redo = active[order[repeat]]
+        redo = active[order[repeat]]  # by customer, then video
         # the taste first, then any video (a customer whose taste is exhausted)
-        new = sampler.draw(rng, cust[redo]) if round_ < taste_rounds else rng.integers(n_products, size=len(redo))
-        prod[redo] = new
-        key[redo] = cust[redo] * n_products + new
+        taste = round_ < taste_rounds
+        prod[redo] = draw(rng, cust[redo]) if taste else rng.integers(n_products, size=len(redo))
         dirty = np.zeros(n_customers, dtype=bool)
         dirty[cust[redo]] = True
         active = np.flatnonzero(dirty[cust])
@@ -338,18 +328,17 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     # Picks, in order for every customer.
     cust = np.repeat(np.arange(n_c), counts)
     block_start = np.cumsum(counts) - counts
-    first = np.zeros(n_picks, dtype=bool)
-    first[block_start] = True
-    sampler = _PickSampler(cat, theta, cfg.genre_focus)
+    draw = _pick_sampler(cat, theta, cfg.genre_focus)
     del theta
-    prod = sampler.draw(rng_pick, cust)
-    chain = (rng_pick.random(n_picks) < cfg.next_season_prob) & ~first
+    prod = draw(rng_pick, cust)
+    chain = rng_pick.random(n_picks) < cfg.next_season_prob
+    chain[block_start] = False  # a customer's first pick follows no earlier one
     for _ in range(3):  # a few passes so that chains of seasons follow each other
         prev = np.concatenate([[-1], prod[:-1]])
         nxt = np.where(chain, cat.next_season[np.maximum(prev, 0)], -1)
         prod = np.where(nxt >= 0, nxt, prod)
-    _resolve_repeats(rng_pick, cust, prod, n_c, cfg.n_products, sampler)
-    del sampler
+    _resolve_repeats(rng_pick, cust, prod, n_c, cfg.n_products, draw)
+    del draw
 
     # Dates: an active window per customer; picks get the window's sorted dates in order.
     days, through, before = _day_weights(cfg)
@@ -393,7 +382,7 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     helpful_votes = rng_rows.binomial(total_votes, help_p).astype(np.int64)
     vine = rng_rows.random(n_src) < cfg.vine_rate
     verified = (rng_rows.random(n_src) < verified_p[cust]) & ~vine
-    review_id_raw = review_ids(rng_rows, n_src)
+    review_id = review_ids(rng_rows, n_src)
     n_para = len(_PARAGRAPHS)
     para1 = (rng_rows.random(n_src) * n_para).astype(np.int64)
     para2 = (rng_rows.random(n_src) * n_para).astype(np.int64)
@@ -405,51 +394,38 @@ def generate_reviews(preset: str | GeneratorConfig = "default", seed: int = 0) -
     head_pick = np.where(rng_rows.random(n_src) < 0.35, 0, head_pick)  # "Five Stars" & co.
     headline = head_off[star - 1] + head_pick
     n_null = max(cfg.min_nulls, round(cfg.null_rate * n_src))
-    null_masks = [np.zeros(n_src, dtype=bool) for _ in range(3)]
-    for mask in null_masks:
-        mask[rng_rows.permutation(n_src)[: min(n_null, n_src)]] = True
+    null_src = [rng_rows.permutation(n_src)[:n_null] for _ in range(3)]  # headline, body, date
 
     # Final rows: every source row once plus exact duplicates, shuffled.
     dup_src = rng_rows.permutation(n_src)[:n_dup]
     rows = rng_rows.permutation(np.concatenate([np.arange(n_src), dup_src]))
     c, p = cust[rows], prod[rows]
-    head_null, body_null, date_null = (m[rows] for m in null_masks)
+    head_null, body_null, date_null = (np.isin(rows, null_rows) for null_rows in null_src)
     paragraphs = pa.array([*_PARAGRAPHS, ""], pa.large_string())
     body = pc.binary_join_element_wise(
         paragraphs.take(pa.array(para1[rows], mask=body_null)),
-        paragraphs.take(pa.array(para2[rows])),
-        pa.array(_SEPARATORS, pa.large_string()).take(pa.array(sep[rows])),
+        paragraphs.take(para2[rows]),
+        pa.array(_SEPARATORS, pa.large_string()).take(sep[rows]),
     )
     head_pool = pa.array([h for star_heads in _HEADLINES for h in star_heads], pa.large_string())
-    date_pool = pa.array(np.datetime_as_string(days, unit="D").astype(object), pa.large_string())
-    yn = pa.array(["N", "Y"], pa.large_string())
-    n_rows = len(rows)
-    zeros = pa.array(np.zeros(n_rows, dtype=np.int64))
-    columns = {
-        "marketplace": pa.array(["US"], pa.large_string()).take(zeros),
+    date_pool = pa.array(np.datetime_as_string(days, unit="D"), pa.large_string())
+    frame = pa.table({
+        "marketplace": pa.repeat("US", len(rows)),
         "customer_id": customer_ids[c],
-        "review_id": review_id_raw.take(pa.array(rows)),
-        "product_id": cat.product_ids.take(pa.array(p)),
+        "review_id": review_id.take(rows),
+        "product_id": cat.product_ids.take(p),
         "product_parent": cat.parents[p],
-        "product_title": cat.titles.take(pa.array(p)),
-        "product_category": pa.array(["Digital_Video_Download"], pa.large_string()).take(zeros),
+        "product_title": cat.titles.take(p),
+        "product_category": pa.repeat("Digital_Video_Download", len(rows)),
         "star_rating": star[rows],
         "helpful_votes": helpful_votes[rows],
         "total_votes": total_votes[rows],
-        "vine": yn.take(pa.array(vine[rows].astype(np.int64))),
-        "verified_purchase": yn.take(pa.array(verified[rows].astype(np.int64))),
+        "vine": pc.if_else(vine[rows], "Y", "N"),
+        "verified_purchase": pc.if_else(verified[rows], "Y", "N"),
         "review_headline": head_pool.take(pa.array(headline[rows], mask=head_null)),
         "review_body": body,
         "review_date": date_pool.take(pa.array(day[rows], mask=date_null)),
-    }
-    frame = pd.DataFrame(
-        {
-            name: pd.Series(values, dtype="str")
-            if isinstance(values, (pa.Array, pa.ChunkedArray))
-            else pd.Series(np.asarray(values, dtype=np.int64))
-            for name, values in columns.items()
-        }
-    )
+    }).to_pandas()  # fmt: skip
     logger.debug("generated %d synthetic reviews (%d customers, %d videos) in %.2fs",
                  len(frame), n_c, cfg.n_products, time.perf_counter() - t0)  # fmt: skip
     return frame
@@ -461,17 +437,7 @@ def review_ids(rng: np.random.Generator, n: int) -> pa.Array:
     long_ = rng.random(n) < 0.85
     digits[long_, 0] = rng.integers(1, 4, size=int(long_.sum()), dtype=np.uint8)
     powers = 36 ** np.arange(11, -1, -1, dtype=np.int64)
-    while True:
-        key = digits[:, :12].astype(np.int64) @ powers
-        order = np.argsort(key, kind="stable")
-        clash = np.zeros(n, dtype=bool)
-        clash[order[1:]] = key[order[1:]] == key[order[:-1]]
-        if not clash.any():
-            break
-        digits[clash] = rng.integers(0, 36, size=(int(clash.sum()), 13), dtype=np.uint8)
-    raw = np.empty((n, 14), dtype=np.uint8)
-    raw[:, 0] = ord("R")
-    raw[:, 1:] = ALNUM[digits]
-    raw[~long_, 13] = 0  # numpy strips trailing NULs: 12 characters after the "R"
-    return pa.array(raw.view("S14").ravel()).cast(pa.large_string())
-
+    while (clash := pd.Series(digits[:, :12].astype(np.int64) @ powers).duplicated()).any():
+        digits[clash.to_numpy()] = rng.integers(0, 36, size=(int(clash.sum()), 13), dtype=np.uint8)
+    digits[~long_, 12] = 36  # 12 characters after the "R"
+    return alnum_strings("R", digits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import logging
 import os
 import time
@@ -76,20 +77,15 @@ def _column_text(values: pd.Series, name: str) -> pa.Array:
 
 
 def _malformed_line(fields: list[str], kind: int, rng: np.random.Generator) -> tuple[str, str]:
-    """Turn a row's fields into a malformed line; returns (line, reason)."""
-    fields = list(fields)
+    """Break a row's ``fields`` (in place) the ``kind``-th way (0..6); returns (line, reason)."""
     if kind == 0:
         pos = int(rng.integers(1, len(fields)))
         fields.insert(pos, ["Special Edition", "", "extra", "HD"][int(rng.integers(4))])
         return "\t".join(fields), MALFORMED_REASONS[0]
     if kind == 1:
         return "\t".join(fields[: int(rng.integers(3, 12))]), MALFORMED_REASONS[1]
-    star_col = AMAZON_COLUMNS.index("star_rating")
-    if kind in (2, 4):
-        fields[star_col] = "five" if kind == 2 else ""
-        return "\t".join(fields), MALFORMED_REASONS[2]
-    fields[star_col] = {3: "0", 5: "6", 6: "7"}[kind]
-    return "\t".join(fields), MALFORMED_REASONS[3]
+    fields[AMAZON_COLUMNS.index("star_rating")] = ("five", "0", "", "6", "7")[kind - 2]
+    return "\t".join(fields), MALFORMED_REASONS[2 if kind in (2, 4) else 3]
 
 
 def write_reviews_tsv(
@@ -142,22 +138,25 @@ def write_reviews_tsv(
     snippets = {int(r): _NON_UTF8_SNIPPETS[i % len(_NON_UTF8_SNIPPETS)]
                 for i, r in enumerate(non_utf8_rows)}  # fmt: skip
     template_rows = rng.integers(0, max(n, 1), size=n_bad)
-    fresh_ids = review_ids(rng, n_bad).to_pylist() if n_bad else []
+    fresh_ids = review_ids(rng, n_bad).to_pylist()
 
+    # Malformed lines: copies of random rows with a fresh review id, broken in turn.
+    templates = df.iloc[template_rows]
+    texts = [_column_text(templates[col], col).to_pylist() for col in AMAZON_COLUMNS]
     reasons: dict[int, str] = {}  # data-line index -> reason
     before_row: dict[int, list[bytes]] = {}  # malformed lines written just before row k (n: last)
-    if n_bad:
-        templates = df.iloc[template_rows]
-        texts = [_column_text(templates[col], col).to_pylist() for col in AMAZON_COLUMNS]
-        for i, pos in enumerate(bad_pos):
-            fields = [col[i] for col in texts]
-            fields[AMAZON_COLUMNS.index("review_id")] = fresh_ids[i]
-            line, reasons[int(pos)] = _malformed_line(fields, i % 7, rng)
-            before_row.setdefault(int(np.searchsorted(row_line, pos)), []).append(line.encode() + b"\n")
+    for i, pos in enumerate(bad_pos.tolist()):
+        fields = [col[i] for col in texts]
+        fields[AMAZON_COLUMNS.index("review_id")] = fresh_ids[i]
+        line, reasons[pos] = _malformed_line(fields, i % 7, rng)
+        before_row.setdefault(pos - i, []).append(line.encode() + b"\n")
 
     path = Path(path)
     body_col = AMAZON_COLUMNS.index("review_body")
-    newline, tab, empty = (pa.scalar(c, pa.large_binary()) for c in (b"\n", b"\t", b""))
+    tab, empty = pa.scalar(b"\t", pa.large_binary()), pa.scalar(b"", pa.large_binary())
+    # rows written in segments of at most chunk_rows, cut where malformed lines go; a row whose
+    # review_body gets non-UTF-8 bytes is a segment of its own
+    cuts = sorted({*range(0, n, chunk_rows), *before_row, *snippets, *(r + 1 for r in snippets), n})
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
         with (
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
@@ -165,23 +164,14 @@ def write_reviews_tsv(
             else contextlib.nullcontext(raw)
         ) as out:
             out.write(("\t".join(AMAZON_COLUMNS) + "\n").encode())
-            for lo in range(0, n, chunk_rows):
-                part = df.iloc[lo : lo + chunk_rows]
+            for lo, hi in itertools.pairwise(cuts):
+                out.writelines(before_row.get(lo, ()))
+                part = df.iloc[lo:hi]
                 cols = [_column_text(part[c], c).cast(pa.large_binary()) for c in AMAZON_COLUMNS]
-                if here := {r - lo: b for r, b in snippets.items() if lo <= r < lo + len(part)}:
-                    tails = pa.array([here.get(i, b"") for i in range(len(part))], pa.large_binary())
-                    cols[body_col] = pc.binary_join_element_wise(cols[body_col], tails, empty)
-                cols[-1] = pc.binary_join_element_wise(cols[-1], newline, empty)
-                lines = pc.binary_join_element_wise(*cols, tab)
-                offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
-                    lines.offset : lines.offset + len(lines) + 1
-                ]
-                data, cursor = memoryview(lines.buffers()[2]), 0  # first line not written yet
-                for r in sorted(r - lo for r in before_row if lo <= r < lo + len(part)):
-                    out.write(data[offsets[cursor] : offsets[r]])
-                    out.writelines(before_row[r + lo])
-                    cursor = r
-                out.write(data[offsets[cursor] : offsets[-1]])
+                if lo in snippets:
+                    tail = pa.array([snippets[lo]], pa.large_binary())
+                    cols[body_col] = pc.binary_join_element_wise(cols[body_col], tail, empty)
+                out.write(b"\n".join(pc.binary_join_element_wise(*cols, tab).to_pylist()) + b"\n")
             out.writelines(before_row.get(n, ()))
         raw.flush()
         os.fsync(raw.fileno())
