@@ -51,9 +51,25 @@ PRESETS = ("tiny", "default", "full")
 RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
 
 
+def _check(ok: bool, name: str, expected: str, value: Any, *, short: bool = False) -> None:
+    """Raise ``ConfigError("<name> must be <expected>, got <value>")`` unless ``ok`` (the value's
+    repr, cut by :func:`_short` with ``short``)."""
+    if not ok:
+        shown = _short(value) if short else repr(value)
+        raise ConfigError(f"{name} must be {expected}, got {shown}")
+
+
 def _choice(name: str, value: Any, choices: tuple[str, ...], shown: str | None = None) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {shown or repr(value)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "\x00" not in value
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -88,8 +104,8 @@ class DataConfig:
             )
         for name in (f.name for f in dataclasses.fields(self) if f.name not in ("format", "preset")):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
-                raise ConfigError(f"data.{name} must be a non-empty text, got {_short(value)}")
+            ok = value is None or _is_text(value)
+            _check(ok, f"data.{name}", "a non-empty text", value, short=True)
         return self
 
     def mapping(self) -> dict[str, str]:
@@ -128,11 +144,11 @@ class RankingConfig:
     def validate(self) -> RankingConfig:
         _choice("ranking.loss", self.loss, RANKING_LOSSES)
         # negatives = None: the loss's default (recsys.objectives.DEFAULT_NEGATIVES)
-        for name, v, low in (("negatives", self.negatives, 1), ("history_length", self.history_length, 0)):
-            if not (v is None and name == "negatives") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
-                raise ConfigError(f"ranking.{name} must be an integer >= {low}, got {v!r}")
-        if self.history_weighting not in ("uniform", "decay"):
-            raise ConfigError(f"ranking.history_weighting must be 'uniform' or 'decay', got {self.history_weighting!r}")
+        n, length, weighting = self.negatives, self.history_length, self.history_weighting
+        _check(n is None or (_is_int(n) and n >= 1), "ranking.negatives", "an integer >= 1", n)
+        _check(_is_int(length) and length >= 0, "ranking.history_length", "an integer >= 0", length)
+        ok = weighting in ("uniform", "decay")
+        _check(ok, "ranking.history_weighting", "'uniform' or 'decay'", weighting)
         self.fm.validate()
         if self.fm.solver != "sgd" and self.loss in ("softmax", "bpr"):
             raise ConfigError(f"[ranking] solver = {self.fm.solver!r} cannot train the {self.loss!r} loss; "
@@ -157,13 +173,12 @@ class RecommendConfig:
     customers: str = "all"
 
     def validate(self) -> RecommendConfig:
-        if self.customers not in ("all", "trained"):
-            raise ConfigError(f"recommend.customers must be 'all' or 'trained', got {self.customers!r}")
+        c, n = self.customers, self.sample_customers
+        _check(c in ("all", "trained"), "recommend.customers", "'all' or 'trained'", c)
         for name in ("exclude_seen", "csv"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"recommend.{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.sample_customers, int) or self.sample_customers < 0:
-            raise ConfigError(f"recommend.sample_customers must be an integer >= 0, got {self.sample_customers!r}")
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"recommend.{name}", "true or false", value)
+        _check(isinstance(n, int) and n >= 0, "recommend.sample_customers", "an integer >= 0", n)
         return self
 
 
@@ -176,8 +191,8 @@ class EvaluationConfig:
 
     def validate(self) -> EvaluationConfig:
         t = self.liked_threshold
-        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t)):
-            raise ConfigError(f"evaluation.liked_threshold must be a number or omitted, got {t!r}")
+        number = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+        _check(t is None or number, "evaluation.liked_threshold", "a number or omitted", t)
         return self
 
 
@@ -259,16 +274,14 @@ class RunConfig:
     def validate(self) -> RunConfig:
         seeds = {"seed": self.seed, **{f"{name}.seed": obj.seed for name, obj in self._seeded()}}
         for name, seed in seeds.items():
-            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-                raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
+            ok = _is_int(seed) and 0 <= seed <= MAX_SEED
+            _check(ok, name, f"an integer from 0 to {MAX_SEED}", seed, short=True)
         _choice("backend", self.backend, BACKENDS)
         _choice("objective", self.objective, OBJECTIVES)
-        if not isinstance(self.out, str) or not self.out or "\x00" in self.out:
-            raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
+        _check(_is_text(self.out), "out", "a folder path", self.out, short=True)
         self.data.validate()
         self.prepare.validate()
-        if not isinstance(self.lab, bool):
-            raise ConfigError(f"lab must be true or false, got {_short(self.lab)}")
+        _check(isinstance(self.lab, bool), "lab", "true or false", self.lab, short=True)
         from backends import backend_class
 
         cls = backend_class(self.backend)
@@ -479,8 +492,7 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
         if value is None:
             continue
         if key == "seed":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"seed must be an integer, got {value!r}")
+            _check(_is_int(value), "seed", "an integer", value)
             apply_seed(cfg, value)
             continue
         if key == "sagemaker":
