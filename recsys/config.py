@@ -51,25 +51,9 @@ PRESETS = ("tiny", "default", "full")
 RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
 
 
-def _check(ok: bool, name: str, expected: str, value: Any, *, short: bool = False) -> None:
-    """Raise ``ConfigError("<name> must be <expected>, got <value>")`` unless ``ok`` (the value's
-    repr, cut by :func:`_short` with ``short``)."""
-    if not ok:
-        shown = _short(value) if short else repr(value)
-        raise ConfigError(f"{name} must be {expected}, got {shown}")
-
-
 def _choice(name: str, value: Any, choices: tuple[str, ...], shown: str | None = None) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {shown or repr(value)}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value) and "\x00" not in value
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -104,8 +88,8 @@ class DataConfig:
             )
         for name in (f.name for f in dataclasses.fields(self) if f.name not in ("format", "preset")):
             value = getattr(self, name)
-            ok = value is None or _is_text(value)
-            _check(ok, f"data.{name}", "a non-empty text", value, short=True)
+            if value is not None and (not isinstance(value, str) or not value or "\x00" in value):
+                raise ConfigError(f"data.{name} must be a non-empty text, got {_short(value)}")
         return self
 
     def mapping(self) -> dict[str, str]:
@@ -144,11 +128,11 @@ class RankingConfig:
     def validate(self) -> RankingConfig:
         _choice("ranking.loss", self.loss, RANKING_LOSSES)
         # negatives = None: the loss's default (recsys.objectives.DEFAULT_NEGATIVES)
-        n, length, weighting = self.negatives, self.history_length, self.history_weighting
-        _check(n is None or (_is_int(n) and n >= 1), "ranking.negatives", "an integer >= 1", n)
-        _check(_is_int(length) and length >= 0, "ranking.history_length", "an integer >= 0", length)
-        ok = weighting in ("uniform", "decay")
-        _check(ok, "ranking.history_weighting", "'uniform' or 'decay'", weighting)
+        for name, v, low in (("negatives", self.negatives, 1), ("history_length", self.history_length, 0)):
+            if not (v is None and name == "negatives") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise ConfigError(f"ranking.{name} must be an integer >= {low}, got {v!r}")
+        if self.history_weighting not in ("uniform", "decay"):
+            raise ConfigError(f"ranking.history_weighting must be 'uniform' or 'decay', got {self.history_weighting!r}")
         self.fm.validate()
         if self.fm.solver != "sgd" and self.loss in ("softmax", "bpr"):
             raise ConfigError(f"[ranking] solver = {self.fm.solver!r} cannot train the {self.loss!r} loss; "
@@ -173,12 +157,13 @@ class RecommendConfig:
     customers: str = "all"
 
     def validate(self) -> RecommendConfig:
-        c, n = self.customers, self.sample_customers
-        _check(c in ("all", "trained"), "recommend.customers", "'all' or 'trained'", c)
+        if self.customers not in ("all", "trained"):
+            raise ConfigError(f"recommend.customers must be 'all' or 'trained', got {self.customers!r}")
         for name in ("exclude_seen", "csv"):
-            value = getattr(self, name)
-            _check(isinstance(value, bool), f"recommend.{name}", "true or false", value)
-        _check(isinstance(n, int) and n >= 0, "recommend.sample_customers", "an integer >= 0", n)
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"recommend.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.sample_customers, int) or self.sample_customers < 0:
+            raise ConfigError(f"recommend.sample_customers must be an integer >= 0, got {self.sample_customers!r}")
         return self
 
 
@@ -191,8 +176,8 @@ class EvaluationConfig:
 
     def validate(self) -> EvaluationConfig:
         t = self.liked_threshold
-        number = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
-        _check(t is None or number, "evaluation.liked_threshold", "a number or omitted", t)
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t)):
+            raise ConfigError(f"evaluation.liked_threshold must be a number or omitted, got {t!r}")
         return self
 
 
@@ -252,9 +237,10 @@ class RunConfig:
     def _rating_model_defaults(self, solvers: tuple[str, ...]) -> None:
         """The settings of :data:`LOCAL_BEST` (or the lab's) for every key a config did not set."""
         explicit = getattr(self, "_explicit_keys", {})
-        # the rating level is measured for the Bayesian rating models; the classifier that
-        # recommends (objective = "classifier") keeps the lab's design too (with the level its SGD
-        # factors rank next videos far worse: default preset HR@10 0.007 vs 0.106)
+        # the classifier that recommends (objective = "classifier") keeps the lab's SGD FM and
+        # design: its factors rank next videos far better through k-NN (default preset HR@10
+        # 0.106, vs 0.030 as a Bayesian classifier and 0.007 with the rating level), while the
+        # Bayesian FM's strength is the rating question itself
         local = not self.lab and "mcmc" in solvers  # the backend runs the Bayesian FM
         level = local and self.objective != "classifier"
         self.features = dataclasses.replace(self.features, **{
@@ -262,9 +248,6 @@ class RunConfig:
             for key, value in LOCAL_BEST["features"].items() if key not in explicit.get("features", ())
         })  # fmt: skip
         for name, lab in (("regressor", _lab_regressor()), ("classifier", _lab_classifier())):
-            # the classifier that recommends (objective = "classifier") keeps the lab's SGD FM: its
-            # factors rank next videos far better through k-NN (default preset HR@10 0.106 vs
-            # 0.030 for the Bayesian classifier, whose strength is the rating question itself)
             best = local and not (name == "classifier" and self.objective == "classifier")
             fm = getattr(self, name)
             for key, value in LOCAL_BEST[name].items():
@@ -274,14 +257,16 @@ class RunConfig:
     def validate(self) -> RunConfig:
         seeds = {"seed": self.seed, **{f"{name}.seed": obj.seed for name, obj in self._seeded()}}
         for name, seed in seeds.items():
-            ok = _is_int(seed) and 0 <= seed <= MAX_SEED
-            _check(ok, name, f"an integer from 0 to {MAX_SEED}", seed, short=True)
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
         _choice("backend", self.backend, BACKENDS)
         _choice("objective", self.objective, OBJECTIVES)
-        _check(_is_text(self.out), "out", "a folder path", self.out, short=True)
+        if not isinstance(self.out, str) or not self.out or "\x00" in self.out:
+            raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
         self.data.validate()
         self.prepare.validate()
-        _check(isinstance(self.lab, bool), "lab", "true or false", self.lab, short=True)
+        if not isinstance(self.lab, bool):
+            raise ConfigError(f"lab must be true or false, got {_short(self.lab)}")
         from backends import backend_class
 
         cls = backend_class(self.backend)
@@ -492,7 +477,8 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
         if value is None:
             continue
         if key == "seed":
-            _check(_is_int(value), "seed", "an integer", value)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"seed must be an integer, got {value!r}")
             apply_seed(cfg, value)
             continue
         if key == "sagemaker":

@@ -388,7 +388,7 @@ def run(
                 now = time.perf_counter()
                 return {**timer.seconds, "write outputs": round(now - t_write, 3), "total": round(now - t_total, 3)}
 
-            result.files = _write_outputs(result, out_dir, spool, kind=kind, timing=timing)
+            result.files = _write_outputs(result, out_dir, spool, kind, timing)
             log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
             result.out_dir = out_dir
     return result
@@ -627,8 +627,7 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
 
 
 def _write_outputs(
-    result: RunResult, out_dir: Path, spool: dict[str, Path], *, kind: str = "recsys.run",
-    timing: Callable[[], dict[str, float]] | None = None,
+    result: RunResult, out_dir: Path, spool: dict[str, Path], kind: str, timing: Callable[[], dict]
 ) -> dict[str, Any]:
     """Write every output into a temporary folder that then replaces ``out_dir`` (only if it
     holds an earlier output ``kind`` may replace; see :mod:`recsys._io`); the recommendation
@@ -674,8 +673,7 @@ def _write_outputs(
             "recsys_version": __version__, "python": platform.python_version(), "files": files,
         }  # fmt: skip
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
-        if timing is not None:
-            result.metrics["timing"] = timing()
+        result.metrics["timing"] = timing()
         (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
     return files
 
@@ -726,12 +724,11 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
         return plain if groups is None else groups.design(test, training=False).to_csr()
 
     out: dict[str, Any] = {}
-    models = saved.model_names
-    if "regressor" in models:
+    if "regressor" in saved.model_names:
         reg = saved.model("regressor")
         out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(design(reg)), train[RATING].to_numpy(),
                                              items_test=test[ITEM], items_train=train[ITEM])  # fmt: skip
-    if "classifier" in models:
+    if "classifier" in saved.model_names:
         clf = saved.model("classifier")
         thr = cfg.prepare.positive_threshold
         out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(design(clf)),
