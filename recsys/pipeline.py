@@ -420,7 +420,7 @@ def _model_info(params: Any, groups: Any) -> dict[str, Any]:
         steps = {"epochs": params.epochs, "optimizer": params.optimizer}
     names = list(groups.group_names) if groups is not None else ["user", "item"]
     return {"solver": params.solver, "num_factors": params.num_factors, "feature_groups": names,
-            **steps}  # fmt: skip
+            **steps}
 
 
 @contextlib.contextmanager
