@@ -162,22 +162,19 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides among the flags given (see :data:`recsys.config.OVERRIDES`)."""
+    from .config import OVERRIDES
 
-
-_RUN_FLAGS = (
-    "out", "backend", "objective", "data_path", "data_format", "preset", "test_path", "user_column", "item_column",
-    "rating_column", "timestamp_column", "title_column", "sep", "min_customer_ratings", "min_product_ratings", "k",
-    "csv", "seed", "lab",
-)  # fmt: skip
+    names = {*OVERRIDES, "seed"}
+    return {n: v for n, v in vars(args).items() if n in names and v is not None}
 
 
 def _cmd_run(args: argparse.Namespace, *, train_only: bool = False) -> int:
     from .pipeline import run
 
     result = run(args.config, show_progress=not args.quiet, dry_run=args.dry_run, until="train" if train_only else None,
-                 **_overrides(args, _RUN_FLAGS))  # fmt: skip
+                 **_overrides(args))  # fmt: skip
     if result.plan is not None:
         print(result.plan)
         if "plan" in result.files:
@@ -201,8 +198,7 @@ def _cmd_run(args: argparse.Namespace, *, train_only: bool = False) -> int:
 def _cmd_eda(args: argparse.Namespace) -> int:
     from .pipeline import eda
 
-    result = eda(args.config, **_overrides(args, ("out", "data_path", "data_format", "preset", "user_column", "item_column",
-                                                  "rating_column", "timestamp_column", "title_column", "sep", "seed")))  # fmt: skip
+    result = eda(args.config, **_overrides(args))
     for line in result.exploration.summary_lines():
         print(line)
     print(f"exploration.json and {len(result.files['plots'])} plots in {result.out_dir}/")

@@ -237,9 +237,10 @@ class RunConfig:
     def _rating_model_defaults(self, solvers: tuple[str, ...]) -> None:
         """The settings of :data:`LOCAL_BEST` (or the lab's) for every key a config did not set."""
         explicit = getattr(self, "_explicit_keys", {})
-        # the rating level is measured for the Bayesian rating models; the classifier that
-        # recommends (objective = "classifier") keeps the lab's design too (with the level its SGD
-        # factors rank next videos far worse: default preset HR@10 0.007 vs 0.106)
+        # the classifier that recommends (objective = "classifier") keeps the lab's SGD FM and
+        # design: its factors rank next videos far better through k-NN (default preset HR@10
+        # 0.106, vs 0.030 as a Bayesian classifier and 0.007 with the rating level), while the
+        # Bayesian FM's strength is the rating question itself
         local = not self.lab and "mcmc" in solvers  # the backend runs the Bayesian FM
         level = local and self.objective != "classifier"
         self.features = dataclasses.replace(self.features, **{
@@ -247,9 +248,6 @@ class RunConfig:
             for key, value in LOCAL_BEST["features"].items() if key not in explicit.get("features", ())
         })  # fmt: skip
         for name, lab in (("regressor", _lab_regressor()), ("classifier", _lab_classifier())):
-            # the classifier that recommends (objective = "classifier") keeps the lab's SGD FM: its
-            # factors rank next videos far better through k-NN (default preset HR@10 0.106 vs
-            # 0.030 for the Bayesian classifier, whose strength is the rating question itself)
             best = local and not (name == "classifier" and self.objective == "classifier")
             fm = getattr(self, name)
             for key, value in LOCAL_BEST[name].items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
@@ -27,6 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # Windows: no peak memory figures
+    resource = None  # type: ignore[assignment]
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -39,12 +45,12 @@ from .config import RunConfig, apply_overrides, config_from_dict, dump_toml, loa
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
 from .data.prepare import PreparedData, labels, one_hot, prepare
-from .data.schema import CUSTOMER, DATE, ITEM, PRODUCT, RATING, TITLE, USER
+from .data.schema import DATE, ITEM, RATING, USER
 from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
 from .fold_in import Histories
 from .model import FittedFM
-from .recommend import Recommender, write_recommendations
+from .recommend import Recommender, popularity, write_recommendations
 from .summary import metric_lines, metric_warnings
 
 __all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
@@ -165,22 +171,14 @@ class _Timer:
             yield
         seconds = time.perf_counter() - t0
         self.seconds[stage] = round(seconds, 3)
-        peak = _peak_rss_gb()
-        if peak is None:
+        if resource is None:
             log.info("stage: %s ... %.1f s", stage, seconds)
-        else:
-            self.peak_rss_gb[stage] = peak
-            log.info("stage: %s ... %.1f s (peak RSS so far %.2f GB)", stage, seconds, peak)
-
-
-def _peak_rss_gb() -> float | None:
-    """The process's peak resident memory so far in GB (10^9 bytes), where the OS reports it."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
+            return
+        # the process's peak resident memory so far, in GB (10^9 bytes)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB (bytes on macOS)
+        unit = 1 if sys.platform == "darwin" else 1024
+        peak = self.peak_rss_gb[stage] = round(rss * unit / 1e9, 3)
+        log.info("stage: %s ... %.1f s (peak RSS so far %.2f GB)", stage, seconds, peak)
 
 
 class _LastRecord(logging.Handler):
@@ -263,40 +261,40 @@ def _ranking_metrics(
 
 
 def _samples(
-    prepared: PreparedData, rec: Recommender, lists: Any, n: int, seed: int, liked_threshold: float | None
+    prepared: PreparedData, lists: tuple[np.ndarray, np.ndarray], n: int, seed: int,
+    liked_threshold: float | None,
 ) -> list[dict[str, Any]]:
-    """Sample customers: what they rated highly (latest first) next to what they are recommended."""
+    """Sample customers: what they rated highly (latest first) next to the top 10 of their
+    written ``(ids, scores)`` lists."""
     if n <= 0 or len(prepared.test) == 0:
         return []
-    tested = np.unique(prepared.test[USER].to_numpy())
+    train, test = prepared.train, prepared.test
+    tested = np.unique(test[USER].to_numpy())
     users = np.sort(np.random.default_rng(seed).choice(tested, size=min(n, len(tested)), replace=False))
     titles, pids = prepared.mappings.product_titles, prepared.mappings.product_ids.to_numpy()
     threshold = liked_threshold if liked_threshold is not None else 4.0
-    train = prepared.train
-    recs = _model_frame(rec, lists, prepared.mappings.customer_ids[users].to_numpy())
 
     def rated(rows: pd.DataFrame) -> list[dict[str, Any]]:
         return [{"product_id": pids[i], "product_title": titles[i], "rating": float(s)}
                 for i, s in zip(rows[ITEM], rows[RATING], strict=True)]  # fmt: skip
 
-    by_customer = {c: g for c, g in recs.groupby(CUSTOMER, sort=False)} if len(recs) else {}
     out = []
     for u in users:
-        cid = prepared.mappings.customer_ids[u]
         hist = train[train[USER] == u].sort_values(DATE, ascending=False, na_position="last")
-        liked = hist[hist[RATING] >= threshold].head(10)
-        held = prepared.test[prepared.test[USER] == u]
-        r = by_customer.get(cid, pd.DataFrame(columns=recs.columns))
-        held_items = set(held[ITEM].tolist())
-        rec_items = prepared.mappings.item_index(r[PRODUCT].tolist()) if len(r) else np.array([], dtype=np.int64)
-        hits = [int(i) in held_items for i in rec_items]
+        held = test[test[USER] == u]
+        places = np.flatnonzero(lists[0][u] >= 0)  # the list's slots that hold a video
+        hits = np.isin(lists[0][u][places], held[ITEM].to_numpy())
+        top = places[:10]
+        items = lists[0][u][top]
+        names = [t if isinstance(t, str) else None for t in titles[items]]
+        rows = zip(top, pids[items].tolist(), names, lists[1][u][top], hits, strict=False)
+        recommended = [{"rank": int(p) + 1, "product_id": pid, "product_title": t,
+                        "score": float(sc), "held_out": bool(h)} for p, pid, t, sc, h in rows]
         out.append({
-            "customer_id": cid, "n_train_ratings": int(len(hist)), "liked": rated(liked), "held_out": rated(held),
-            "recommended": [{"rank": int(rk), "product_id": p, "product_title": t if isinstance(t, str) else None,
-                             "score": float(sc), "held_out": h}
-                            for rk, p, t, sc, h in zip(r["rank"].head(10), r[PRODUCT].head(10), r[TITLE].head(10),
-                                                       r["score"].head(10), hits[:10], strict=False)],
-            "held_out_rank_in_list": next((int(rk) for rk, h in zip(r["rank"], hits, strict=False) if h), None),
+            "customer_id": prepared.mappings.customer_ids[u], "n_train_ratings": int(len(hist)),
+            "liked": rated(hist[hist[RATING] >= threshold].head(10)), "held_out": rated(held),
+            "recommended": recommended,
+            "held_out_rank_in_list": int(places[hits][0]) + 1 if hits.any() else None,
         })  # fmt: skip
     return out
 
@@ -366,9 +364,10 @@ def run(
     from backends import backend_class
 
     backend = backend_class(cfg.backend).from_config(cfg, dry_run=dry_run)
-    with _Spool(out_dir if write and not dry_run else None) as spool:
+    with _spooled() as spool:
         with backend:
-            result = _run_stages(cfg, backend, timer, show_progress, dry_run, train_only=until == "train", spool=spool)
+            result = _run_stages(cfg, backend, timer, show_progress, dry_run, until == "train",
+                                 spool if write and not dry_run else None)  # fmt: skip
             if dry_run:
                 backend.close()  # the cleanup a real run ends with belongs to the plan
                 result.plan = backend.format_plan()
@@ -389,75 +388,51 @@ def run(
                 now = time.perf_counter()
                 return {**timer.seconds, "write outputs": round(now - t_write, 3), "total": round(now - t_total, 3)}
 
-            result.files = _write_outputs(result, out_dir, spool, kind=kind, timing=timing)
+            result.files = _write_outputs(result, out_dir, spool, kind, timing)
             log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
             result.out_dir = out_dir
     return result
 
 
-class RatingDesigns:
-    """The rating models' design matrices: the user and item one-hots, plus the ``[features]``
-    groups when configured (:mod:`recsys.feature_groups`). The Bayesian FM takes the grouped
-    design (a prior per group, relation blocks kept compact); the SGD FM and SageMaker the same
-    columns as one CSR matrix."""
+def _rating_designs(prepared: PreparedData, features: Any) -> tuple[Any, Callable, sp.csr_matrix]:
+    """The rating models' designs: the user and item one-hots, plus the ``[features]`` groups
+    when configured (:mod:`recsys.feature_groups`). Returns the groups (or None), the training
+    design for an FM's params -- grouped for the Bayesian FM (a prior per group, relation blocks
+    kept compact), as one CSR matrix (made on first use) for the SGD FM and SageMaker -- and
+    the test rows as CSR."""
+    if not features.any:
+        train = prepared.design_matrix("train")
+        return None, lambda params: train, prepared.design_matrix("test")
+    from .feature_groups import FeatureGroups
 
-    def __init__(self, prepared: PreparedData, features: Any) -> None:
-        from .feature_groups import FeatureGroups
-
-        self.groups = FeatureGroups(features, prepared.train, prepared.n_users, prepared.n_items) if features.any else None
-        if self.groups is None:
-            self._train_grouped, self._train = None, prepared.design_matrix("train")
-            self.test = prepared.design_matrix("test")
-        else:  # the CSR form of the training design only when a non-MCMC model asks for it
-            self._train_grouped, self._train = self.groups.design(prepared.train, training=True), None
-            self.test = self.groups.design(prepared.test, training=False).to_csr()
-
-    def train_for(self, params: Any) -> Any:
-        if self._train_grouped is not None and params.solver == "mcmc":
-            return self._train_grouped
-        if self._train is None:
-            self._train = self._train_grouped.to_csr()  # type: ignore[union-attr]
-        return self._train
-
-    def user_part(self) -> sp.csr_matrix | None:
-        return self.groups.user_part() if self.groups is not None else None
-
-    def describe(self, params: Any) -> dict[str, Any]:
-        """Which solver and feature groups ran (for metrics.json and the report)."""
-        groups = list(self.groups.group_names) if self.groups is not None else ["user", "item"]
-        steps = {"burn_in": params.mcmc_burn_in, "samples": params.mcmc_samples} if params.solver == "mcmc" \
-            else {"epochs": params.epochs, "optimizer": params.optimizer}  # fmt: skip
-        return {"solver": params.solver, "num_factors": params.num_factors, "feature_groups": groups, **steps}
+    groups = FeatureGroups(features, prepared.train, prepared.n_users, prepared.n_items)
+    grouped = groups.design(prepared.train, training=True)
+    as_csr = functools.cache(grouped.to_csr)
+    test = groups.design(prepared.test, training=False).to_csr()
+    return groups, lambda params: grouped if params.solver == "mcmc" else as_csr(), test
 
 
-class _Spool:
-    """Files written during the run (the recommendation lists, streamed while a remote
-    backend is still open) next to ``out``, moved into the outputs at the end or removed."""
+def _model_info(params: Any, groups: Any) -> dict[str, Any]:
+    """Which solver and feature groups trained a rating model (for metrics.json and the report)."""
+    if params.solver == "mcmc":
+        steps = {"burn_in": params.mcmc_burn_in, "samples": params.mcmc_samples}
+    else:
+        steps = {"epochs": params.epochs, "optimizer": params.optimizer}
+    names = list(groups.group_names) if groups is not None else ["user", "item"]
+    return {"solver": params.solver, "num_factors": params.num_factors, "feature_groups": names,
+            **steps}
 
-    def __init__(self, out_dir: Path | None) -> None:
-        self.out_dir = out_dir
-        self.files: dict[str, Path] = {}
 
-    def path(self, name: str) -> Path | None:
-        if self.out_dir is None:
-            return None
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # named as recsys names its temporary files, so a killed run's leftovers are cleaned up
-        self.files[name] = temp_path(self.out_dir, "tmp", "." + name.replace(".", "-"))
-        return self.files[name]
-
-    def move_into(self, directory: Path) -> list[str]:
-        moved = list(self.files)
-        for name in moved:
-            os.replace(self.files[name], directory / name)
-        self.files.clear()
-        return moved
-
-    def __enter__(self) -> _Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for path in self.files.values():
+@contextlib.contextmanager
+def _spooled() -> Iterator[dict[str, Path]]:
+    """Files written during the run (the recommendation lists, streamed while a remote backend
+    is still open) by name -> temporary path next to ``out``: moved into the outputs at the
+    end, removed if still there."""
+    files: dict[str, Path] = {}
+    try:
+        yield files
+    finally:
+        for path in files.values():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -472,8 +447,8 @@ _REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("rec
 
 
 def _run_stages(
-    cfg: RunConfig, backend: Any, timer: _Timer, show_progress: bool, dry_run: bool, *, train_only: bool = False,
-    spool: _Spool | None = None,
+    cfg: RunConfig, backend: Any, timer: _Timer, show_progress: bool, dry_run: bool,
+    train_only: bool, spool: dict[str, Path] | None,
 ) -> RunResult:
     metrics: dict[str, Any] = {}
     with timer("load"):
@@ -488,33 +463,36 @@ def _run_stages(
                        prepared=prepared, frame=frame)  # fmt: skip
     meta: dict[str, Any] = {"n_users": prepared.n_users, "n_items": prepared.n_items}
     rating_range = (float(np.nanmin(frame[RATING])), float(np.nanmax(frame[RATING])))
-    designs = RatingDesigns(prepared, cfg.features)
-    if designs.groups is not None:
-        meta["feature_groups"] = designs.groups.to_dict()
+    groups, train_design, test_design = _rating_designs(prepared, cfg.features)
+    if groups is not None:
+        meta["feature_groups"] = groups.to_dict()
 
     def fit(params: Any, stage: str, y: np.ndarray, y_eval: np.ndarray) -> FittedFM:
-        return backend.fit_fm(designs.train_for(params), y, params, eval_set=(designs.test, y_eval),
+        return backend.fit_fm(train_design(params), y, params, eval_set=(test_design, y_eval),
                               options=TrainOptions(show_progress=show_progress, metadata={**meta, "stage": stage}))  # fmt: skip
 
     with timer("fm regressor"):
         ytr, yte = prepared.labels("train"), prepared.labels("test")
         reg = fit(cfg.regressor, "regressor", ytr, yte)
-        pred = reg.predict(designs.test)
+        pred = reg.predict(test_design)
         metrics["regressor"] = {
             **regression_report(yte, pred, ytr, items_test=prepared.test[ITEM], items_train=prepared.train[ITEM]),
-            "predictions": prediction_summary(pred, valid_range=rating_range), "model": designs.describe(cfg.regressor),
+            "predictions": prediction_summary(pred, valid_range=rating_range),
+            "model": _model_info(cfg.regressor, groups),
         }  # fmt: skip
     with timer("fm classifier"):
         ctr, cte = prepared.labels("train", "classification"), prepared.labels("test", "classification")
         clf = fit(cfg.classifier, "classifier", ctr, cte)
-        proba = clf.predict_score(designs.test)
+        proba = clf.predict_score(test_design)
         metrics["classifier"] = {
             **classification_report(cte, proba, ctr), "positive_threshold": cfg.prepare.positive_threshold,
-            "predictions": prediction_summary(proba, valid_range=(0.0, 1.0)), "model": designs.describe(cfg.classifier),
+            "predictions": prediction_summary(proba, valid_range=(0.0, 1.0)),
+            "model": _model_info(cfg.classifier, groups),
         }  # fmt: skip
     result.models = {"regressor": reg, "classifier": clf}
     result.predictions = {"regressor": (pred, yte), "classifier": (proba, cte)}
-    rating_user_features = designs.user_part()  # the customers' side of a rating model's row
+    # the customers' side of a rating model's row
+    rating_user_features = groups.user_part() if groups is not None else None
     user_features = rating_user_features
     if cfg.objective == "ranking":
         with timer("fm ranking"):
@@ -527,10 +505,10 @@ def _run_stages(
         return result
     chosen = result.models["ranking" if cfg.objective == "ranking" else "classifier"]
     seen = prepared.seen_items()
-    popularity = np.bincount(prepared.train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
+    pop = popularity(prepared.train[ITEM], prepared.n_items)
     with timer("knn"):
         histories = Histories.from_frame(prepared.others(), prepared.mappings) if cfg.recommend.customers == "all" else None
-        rec = Recommender(chosen, prepared.mappings, seen, item_popularity=popularity, backend=backend,
+        rec = Recommender(chosen, prepared.mappings, seen, item_popularity=pop, backend=backend,
                           knn_params=cfg.knn, user_features=user_features, histories=histories)  # fmt: skip
         rec.index  # noqa: B018 - built here, so the stage timings tell building from searching
     result.recommender = rec
@@ -540,13 +518,17 @@ def _run_stages(
     metrics["recommendations"] = _list_counts(rec, cfg.knn.k)
     if dry_run:
         return result
-    if spool is not None and spool.out_dir is not None:
+    if spool is not None:
         with timer("recommend everyone"):  # streamed to disk, block by block
-            names = ["recommendations.parquet"] + (["recommendations.csv"] if cfg.recommend.csv else [])
-            for name in names:
+            out = Path(cfg.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            for fmt in ("parquet", "csv") if cfg.recommend.csv else ("parquet",):
+                # named as recsys names its temporaries, so a killed run's are removed later
+                path = temp_path(out, "tmp", f".recommendations-{fmt}")
+                spool[f"recommendations.{fmt}"] = path
                 write_recommendations(rec.iter_recommendations(k=cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen,
                                                                arrow=True, model_lists=result.model_lists),
-                                      spool.path(name), fmt=name.rsplit(".", 1)[1])  # fmt: skip
+                                      path, fmt=fmt)  # fmt: skip
     with timer("evaluate ranking"):
         metrics["ranking"], test_ranks = _ranking_metrics(rec, prepared, lists, cfg, cfg.objective)
         if histories is not None:
@@ -554,7 +536,7 @@ def _run_stages(
         if cfg.objective == "ranking":
             # the lab's path (classifier factors + k-NN), evaluated the same way for comparison
             # (searched locally on a remote backend: a comparison is not worth paid jobs)
-            lab = Recommender(clf, prepared.mappings, seen, item_popularity=popularity, knn_params=cfg.knn,
+            lab = Recommender(clf, prepared.mappings, seen, item_popularity=pop, knn_params=cfg.knn,
                               backend="torch" if backend.remote else backend, user_features=rating_user_features)  # fmt: skip
             # (its lists only for the customers with a held-out rating: all of them after the
             # long-tail filter, a quarter of them without it)
@@ -569,24 +551,18 @@ def _run_stages(
             for name, model, uf in (("regressor", reg, rating_user_features), (cfg.objective, chosen, user_features)):
                 r2 = rec if model is chosen else Recommender(model, prepared.mappings, seen, user_features=uf)
                 corr, a, b = r2.score_correlation(*pair)
-                views[name] = {"customers": [pair[0], pair[1]], "pearson_r": corr}
+                views[name] = {"customers": list(pair), "pearson_r": corr}
                 result.score_pairs[name] = (a, b)
             ids = _lab_customers(prepared, [200, 201, 900])
-            views["top_k_overlap"] = {
-                "customers": ids,
-                "shared_videos": Recommender.list_overlap(_model_frame(rec, result.model_lists, ids), ids).to_numpy().tolist(),
-            }
+            users = prepared.mappings.user_index(ids)
+            listed = [set(lists[u][lists[u] >= 0].tolist()) for u in users]
+            shared = [[len(a & b) for b in listed] for a in listed]
+            views["top_k_overlap"] = {"customers": ids, "shared_videos": shared}
         metrics["customer_views"] = views
     with timer("samples"):
-        result.samples = _samples(prepared, rec, result.model_lists, cfg.recommend.sample_customers, cfg.seed,
-                                  cfg.evaluation.liked_threshold)  # fmt: skip
+        result.samples = _samples(prepared, result.model_lists, cfg.recommend.sample_customers,
+                                  cfg.seed, cfg.evaluation.liked_threshold)  # fmt: skip
     return result
-
-
-def _model_frame(rec: Recommender, lists: tuple[np.ndarray, np.ndarray], customer_ids: Any) -> pd.DataFrame:
-    """The written lists of some of the model's customers (no new search)."""
-    users = rec.mappings.user_index(customer_ids)
-    return rec.frame(rec.mappings.customer_ids.to_numpy()[users], lists[0][users], lists[1][users])
 
 
 def _list_counts(rec: Recommender, k: int) -> dict[str, int]:
@@ -651,8 +627,7 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
 
 
 def _write_outputs(
-    result: RunResult, out_dir: Path, spool: _Spool, *, kind: str = "recsys.run",
-    timing: Callable[[], dict[str, float]] | None = None,
+    result: RunResult, out_dir: Path, spool: dict[str, Path], kind: str, timing: Callable[[], dict]
 ) -> dict[str, Any]:
     """Write every output into a temporary folder that then replaces ``out_dir`` (only if it
     holds an earlier output ``kind`` may replace; see :mod:`recsys._io`); the recommendation
@@ -665,7 +640,8 @@ def _write_outputs(
     with atomic_dir(out_dir, kind=kind, replaces=_REPLACES[kind]) as tmp:
         (tmp / "config.toml").write_text(dump_toml(cfg), encoding="utf-8")
         files["config"] = "config.toml"
-        for name in spool.move_into(tmp):
+        for name, path in spool.items():
+            os.replace(path, tmp / name)
             files["recommendations_csv" if name.endswith(".csv") else "recommendations"] = name
         for name, model in result.models.items():
             model.save(tmp / "models" / name)
@@ -697,8 +673,7 @@ def _write_outputs(
             "recsys_version": __version__, "python": platform.python_version(), "files": files,
         }  # fmt: skip
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
-        if timing is not None:
-            result.metrics["timing"] = timing()
+        result.metrics["timing"] = timing()
         (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
     return files
 
@@ -749,12 +724,11 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
         return plain if groups is None else groups.design(test, training=False).to_csr()
 
     out: dict[str, Any] = {}
-    models = saved.model_names
-    if "regressor" in models:
+    if "regressor" in saved.model_names:
         reg = saved.model("regressor")
         out["regressor"] = regression_report(test[RATING].to_numpy(), reg.predict(design(reg)), train[RATING].to_numpy(),
                                              items_test=test[ITEM], items_train=train[ITEM])  # fmt: skip
-    if "classifier" in models:
+    if "classifier" in saved.model_names:
         clf = saved.model("classifier")
         thr = cfg.prepare.positive_threshold
         out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(design(clf)),

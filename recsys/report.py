@@ -145,15 +145,11 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
             ["stars", "before", "after"], [[s, before.get(s, 0), after.get(s, 0)] for s in stars]
         )
     parts[-1] += "</section>"
-    parts.append(
-        '<section><h2>Exploration</h2><div class="plots">'
-        + plot("rating_distribution.png", "rating distribution")
-        + plot("reviews_by_month.png", "reviews by month")
-        + plot("reviews_by_year.png", "reviews by year")
-        + plot("reviews_per_customer.png", "reviews per customer")
-        + plot("reviews_per_product.png", "reviews per video")
-        + "</div></section>"
-    )
+    from .plots import EXPLORATION_PLOTS
+
+    shown = "".join(plot(file, name.replace("_", " ").replace("product", "video"))
+                    for name, file in EXPLORATION_PLOTS.items())
+    parts.append(f'<section><h2>Exploration</h2><div class="plots">{shown}</div></section>')
     r = m["regressor"]
     reg_rows = _metric_rows([
         ("test MSE vs naive (train mean)", r["test_mse"], r["naive_mse"], False),

@@ -28,7 +28,7 @@ from .errors import DataError, ModelFormatError, RecsysError
 from .features import FeatureLayout, user_features
 from .fold_in import Histories
 from .model import FittedFM
-from .recommend import Recommender
+from .recommend import Recommender, popularity
 
 __all__ = ["SavedRun"]
 
@@ -44,6 +44,7 @@ class SavedRun:
         from .pipeline import RUN_FORMAT, RUN_FORMAT_VERSION
 
         self.path = Path(path)
+        self._fix = f"the run folder is damaged: run `recsys run --out {self.path}` again"
         info_path = self.path / "run.json"
         if not info_path.is_file():
             raise DataError(f"{self.path} is not a recsys run directory (no run.json); run `recsys run --out {self.path}` first")
@@ -57,10 +58,6 @@ class SavedRun:
             if not isinstance(info.get(key), str):
                 raise ModelFormatError(f"{info_path} lacks {key!r}; {self._fix}")
         self.info: dict[str, Any] = info
-
-    @property
-    def _fix(self) -> str:
-        return f"the run folder is damaged: run `recsys run --out {self.path}` again"
 
     @contextlib.contextmanager
     def _reading(self, path: Path | str) -> Iterator[None]:
@@ -140,7 +137,7 @@ class SavedRun:
 
     @cached_property
     def popularity(self) -> np.ndarray:
-        return np.bincount(self.train[ITEM].to_numpy(), minlength=self.mappings.n_items).astype(np.float64)
+        return popularity(self.train[ITEM], self.mappings.n_items)
 
     def feature_groups_for(self, fm: FittedFM) -> Any:
         """The :class:`~recsys.feature_groups.FeatureGroups` a rating model was trained with

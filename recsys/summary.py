@@ -113,7 +113,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:,.4f}" if abs(value) < 1e5 else f"{value:,.0f}"
+        return _n(value, ",.4f" if abs(value) < 1e5 else ",.0f")
     return str(value)
 
 
