@@ -97,13 +97,13 @@ class _CSRTensors:
         """The rows ``rows`` (int64 tensor) as a batch."""
         if self.width:
             return self._fixed(self.idx2d[rows], self.val2d[rows])
-        b = int(rows.numel())
-        starts = self.indptr[rows]
-        lengths = self.indptr[rows + 1] - starts
-        local = torch.repeat_interleave(torch.arange(b), lengths)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        pos = starts[local] + (torch.arange(int(lengths.sum())) - offsets[local])
-        return SparseBatch(self.indices[pos], self.data[pos], local, b)
+        _, local, pos = csr_take(self.indptr, rows)
+        return SparseBatch(self.indices[pos], self.data[pos], local, int(rows.numel()))
+
+    def permuted(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows ``order`` as CSR arrays ``(indptr, indices, values)``, for the native kernels."""
+        indptr, _, pos = csr_take(self.indptr, order)
+        return indptr, self.indices[pos], self.data[pos]
 
     def epoch(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[slice, SparseBatch]]:
         """Yield ``(slice into order, batch)`` covering all rows in ``order``; fixed-width rows
@@ -115,13 +115,22 @@ class _CSRTensors:
             yield sl, (self._fixed(idx[sl], val[sl]) if self.width else self.batch(order[sl]))
 
 
+def csr_take(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The CSR rows ``rows`` of a matrix with row pointers ``indptr``: their row pointers, and
+    per entry its row's place in ``rows`` and its position in the matrix's entry arrays."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+    local = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+    return ptr, local, starts[local] + (torch.arange(int(ptr[-1])) - ptr[local])
+
+
 def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:
     """Yield ``(row_ids, batch)`` over ``X`` in ``order`` (default: row order)."""
-    data = _CSRTensors(X)
     order = np.arange(X.shape[0]) if order is None else order
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, data.batch(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
+    rows = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+    for sl, batch in _CSRTensors(X).epoch(rows, batch_size):
+        yield order[sl], batch
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -277,14 +286,7 @@ class FMTrainer:
                     return math.nan
             return total
         n = int(order.numel())
-        if data.width:
-            idx, val = data.idx2d[order].reshape(-1), data.val2d[order].reshape(-1)
-            indptr = torch.arange(n + 1) * data.width
-        else:
-            whole = data.batch(order)
-            idx, val = whole.idx, whole.val
-            lengths = data.indptr[order + 1] - data.indptr[order]
-            indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+        indptr, idx, val = data.permuted(order)
         starts = torch.arange(0, n, batch_size)
         max_nnz = int((indptr[torch.clamp(starts + batch_size, max=n)] - indptr[starts]).max()) if n else 0
         # grow the kernel's scratch buffers to fit the largest batch
@@ -300,7 +302,7 @@ class FMTrainer:
         total = self._kernel.fm_train_epoch(
             ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
             ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
-            ptr(indptr.contiguous()), ptr(idx.contiguous()), ptr(val.contiguous()), n,
+            ptr(indptr), ptr(idx), ptr(val), n,
             ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,

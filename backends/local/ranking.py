@@ -35,7 +35,7 @@ from recsys.model import FittedFM
 from recsys.params import FMParams
 from recsys.ranking import rank_metrics, ranks_from_scores
 
-from .fm import _OPTIMIZERS, FMTrainer, SparseBatch, _CSRTensors
+from .fm import _OPTIMIZERS, FMTrainer, SparseBatch, _CSRTensors, csr_take
 from .training import run_epochs
 
 __all__ = ["train_fm_ranking", "RANKING_LOSSES", "EVAL_ROWS"]
@@ -62,11 +62,7 @@ class _Seen:
 
     def entries(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in ``u``, video) for every video rated by the customers ``u``."""
-        starts = self.indptr[u]
-        lengths = self.indptr[u + 1] - starts
-        rows = torch.repeat_interleave(torch.arange(len(u)), lengths)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        pos = starts[rows] + (torch.arange(int(lengths.sum())) - offsets[rows])
+        _, rows, pos = csr_take(self.indptr, u)
         return rows, self.indices[pos]
 
     def shared_mask(self, u: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -149,13 +145,13 @@ class _NativeSoftmax:
     lays the rows out in the epoch's order (a batch is a contiguous slice); buffers are allocated
     once for the largest batch."""
 
-    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: sp.csr_matrix, users: torch.Tensor, items: torch.Tensor,
+    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: _CSRTensors, users: torch.Tensor, items: torch.Tensor,
                  seen: _Seen, n_items: int, item_offset: int, batch_size: int, negatives: int):  # fmt: skip
         self.kernel, self.tr, self.part, self.seen = kernel, tr, part, seen
         self.all_users, self.all_items, self.n_items, self.item_offset = users, items, n_items, item_offset
         k, k1 = tr.k, tr.k + 1
         B, S = min(batch_size, len(users)), negatives
-        widest = int(np.diff(part.indptr).max()) if len(users) else 0
+        widest = int(torch.diff(part.indptr).max()) if len(users) else 0
         self.U, self.Pi, self.Pn, self.Uext = (torch.empty(n, k1) for n in (B, B, S, B))  # U: [U | 1]
         self.g_pos, self.inv = torch.empty(B), torch.empty(B)
         self.Sc, self.gU, self.gN = torch.empty(B * S), torch.empty(B * k), torch.empty(S * k1)
@@ -167,9 +163,7 @@ class _NativeSoftmax:
     def epoch(self, order: torch.Tensor) -> None:
         """The training rows in the order ``order``: customers, videos and the user-part CSR."""
         self.users, self.items = self.all_users[order], self.all_items[order]
-        part = self.part[order.numpy()]
-        self.indptr, self.idx = (torch.from_numpy(a.astype(np.int64)) for a in (part.indptr, part.indices))
-        self.val = torch.from_numpy(part.data)
+        self.indptr, self.idx, self.val = self.part.permuted(order)
 
     def step(self, start: int, stop: int, neg: torch.Tensor, scale: float) -> float:
         """One batch: rows ``start:stop`` of the epoch, ``neg`` the distinct sorted negatives."""
@@ -248,18 +242,14 @@ def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softma
     rng = np.random.default_rng(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     tr = FMTrainer(layout.feature_dim, params)
-    part = sp.csr_matrix(data.user_part, dtype=np.float32)
-    if not part.has_canonical_format:
-        part = part.copy()  # never modify the caller's matrix
-        part.sum_duplicates()
-    rows_data = _CSRTensors(part)
+    rows_data = _CSRTensors(sp.csr_matrix(data.user_part, dtype=np.float32))
     seen = _Seen(data.users, data.items, n_users, n_items)
     users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
     n, bs = len(data), params.mini_batch_size
     kernel = _kernel.load()
     native = None
     if kernel is not None and loss == "softmax" and tr._fusable():
-        native = _NativeSoftmax(kernel, tr, part, users, items, seen, n_items, off, bs, negatives)
+        native = _NativeSoftmax(kernel, tr, rows_data, users, items, seen, n_items, off, bs, negatives)
 
     def epoch_fn() -> float:
         order = torch.from_numpy(rng.permutation(n))
