@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from backends.local._kernel import KERNEL_ENV
-
-log = logging.getLogger("recsys")
+from backends.local._kernel import KERNEL_ENV, open_library
 
 __all__ = ["Hyper", "Rows", "ColumnGroup", "Relation", "update_columns", "update_relation", "kernel", "NativeUpdates"]
 
@@ -228,44 +224,23 @@ def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper:
 
 
 # -- the native kernel -----------------------------------------------------------------------
-_P = ctypes.c_void_p
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("backends.local._mcmc")
-    if spec is None or not spec.origin:
-        log.debug("the native Gibbs kernel is not built; using numpy updates")
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError as exc:  # pragma: no cover - a broken build
-        log.warning("could not load the native Gibbs kernel %s (%s)", spec.origin, exc)
-        return None
-    abi = getattr(lib, "mcmc_kernel_abi", None)
-    if abi is None:  # pragma: no cover
-        return None
-    abi.restype = ctypes.c_int64
-    if abi() != MCMC_KERNEL_ABI:
-        log.warning("the native Gibbs kernel at %s was built from other sources; not using it "
-                    "(rebuild: pip install -e .)", spec.origin)  # fmt: skip
-        return None
-    i64, f64 = ctypes.c_int64, ctypes.c_double
-    lib.mcmc_update_columns.restype = lib.mcmc_update_relation.restype = None
-    rows = [_P, _P, _P, i64, _P, _P]  # row_ptr, row_col, row_val, n_rel, rel_index, rel_Q
-    hyper = [f64, _P, _P, _P, _P]  # alpha, mu_w, lam_w, mu_v, lam_v
-    lib.mcmc_update_columns.argtypes = [
-        i64, _P, _P, _P, *rows,  # k, e, w, V
-        _P, _P, _P, _P, i64, _P,  # ent_ptr, ent_row, ent_val, feats, n_feats, feat_group
-        *hyper, _P, _P, _P, _P, _P,  # noise, el, H, s2v, qr
-    ]  # fmt: skip
-    lib.mcmc_update_relation.argtypes = [
-        i64, i64, _P, _P, *rows, i64,  # n, k, e, Vall, self
-        i64, _P, i64, _P, _P, _P,  # n_ent, cnt, width, tcol_ptr, tcol_ent, tcol_val
-        _P, _P, _P, *hyper, _P,  # w, V, col_group, noise
+_P, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_ROWS = [_P, _P, _P, _I64, _P, _P]  # row_ptr, row_col, row_val, n_rel, rel_index, rel_Q
+_HYPER = [_F64, _P, _P, _P, _P]  # alpha, mu_w, lam_w, mu_v, lam_v
+_SIGNATURES = {
+    "mcmc_kernel_abi": (_I64, []),
+    "mcmc_update_columns": (None, [
+        _I64, _P, _P, _P, *_ROWS,  # k, e, w, V
+        _P, _P, _P, _P, _I64, _P,  # ent_ptr, ent_row, ent_val, feats, n_feats, feat_group
+        *_HYPER, _P, _P, _P, _P, _P,  # noise, el, H, s2v, qr
+    ]),
+    "mcmc_update_relation": (None, [
+        _I64, _I64, _P, _P, *_ROWS, _I64,  # n, k, e, Vall, self
+        _I64, _P, _I64, _P, _P, _P,  # n_ent, cnt, width, tcol_ptr, tcol_ent, tcol_val
+        _P, _P, _P, *_HYPER, _P,  # w, V, col_group, noise
         _P, _P, _P, _P,  # rec, Qold, Dold, r
-    ]  # fmt: skip
-    return lib
+    ]),
+}  # fmt: skip
 
 
 def kernel() -> ctypes.CDLL | None:
@@ -280,6 +255,11 @@ def kernel() -> ctypes.CDLL | None:
             "reinstall recsys with a C compiler available (pip install -e .) or unset it"
         )
     return lib
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    return open_library("_mcmc", MCMC_KERNEL_ABI, _SIGNATURES)
 
 
 def _ptr(a: np.ndarray) -> int:
