@@ -1,26 +1,15 @@
 /*
  * The local backend's native training kernels, called through ctypes (backends/local/_kernel.py).
- * Everything here has a PyTorch twin that computes the same result to float32 rounding (the
- * tests compare the two); RECSYS_NATIVE=off uses the twins.
+ * Each has a PyTorch twin giving the same result to float32 rounding (tested; RECSYS_NATIVE=off
+ * uses the twins):
+ * - fm_train_epoch: a whole FM epoch (fm.py, FMTrainer.torch_step: ~40 small ATen calls a batch);
+ * - rank_gather / rank_softmax / rank_update: a sampled-softmax ranking step (ranking.py) but its
+ *   three matrix products (PyTorch's BLAS); rank_targets: ranks for the per-epoch evaluation.
  *
- * - fm_train_epoch: a whole epoch of the factorization machine (backends/local/fm.py,
- *   FMTrainer.torch_step): forward, loss, closed-form gradients and the lazy optimizer update,
- *   batch after batch. The PyTorch step is ~40 small ATen calls whose per-call overhead is most
- *   of a step on small catalogues.
- * - rank_gather / rank_softmax / rank_update / rank_targets: the sampled-softmax ranking FM
- *   (backends/local/ranking.py). The three matrix products of a step stay in PyTorch (its BLAS);
- *   these do the rest of the step in three calls (user vectors and gathers; masking the videos
- *   a customer rated, the softmax, its loss and gradient; scattering the gradients onto the
- *   touched rows and the lazy update), and rank held-out videos for the per-epoch evaluation.
- *
- * One library for every x86-64 CPU: the hot functions are compiled twice, for baseline x86-64
- * and with AVX2 (function attributes), and the AVX2 copy is chosen at run time when the CPU has
- * it (fm_kernel_isa). The build uses -ffp-contract=off and no fast-math, and every reduction
- * keeps a fixed order (explicit partial sums), so the two copies give the same bits. Other
- * architectures get the baseline copy only.
- *
- * No CPython API is used: the module init at the end only makes the shared library a valid
- * (limited-API, abi3) extension module, so that setuptools builds it.
+ * The hot functions are compiled for baseline x86-64 and for AVX2, chosen at run time
+ * (fm_kernel_isa); with -ffp-contract=off, no fast-math and fixed-order reductions both copies
+ * give the same bits. No CPython API is used: the module init at the end only makes the library
+ * a valid abi3 extension module, so that setuptools builds it.
  */
 #ifndef Py_LIMITED_API
 #define Py_LIMITED_API 0x030A0000
@@ -47,8 +36,7 @@
 #define HAVE_AVX2_COPY 0
 #endif
 
-/* Bumped whenever an exported function's arguments change: backends/local/_kernel.py refuses a
- * library built from older sources (an editable install is not rebuilt by a git pull). */
+/* Bumped whenever an exported function's arguments change: _kernel.py refuses older builds. */
 int fm_kernel_abi(void) { return 11; }
 
 /* -1: not decided yet; 0: baseline; 1: AVX2. */
@@ -63,9 +51,8 @@ static int cpu_has_avx2(void) {
 #endif
 }
 
-/* The instruction set the kernels use: request -1 keeps the current choice (the first call
- * decides from the CPU), 0 forces the baseline copy, 1 the AVX2 copy when the CPU has AVX2.
- * Returns the choice now in effect. */
+/* The copy in use, returned: request -1 keeps it (the first call asks the CPU), 0 forces the
+ * baseline copy, 1 the AVX2 copy if the CPU has AVX2. */
 int fm_kernel_isa(int request) {
     if (request >= 0) g_isa = request && cpu_has_avx2();
     else if (g_isa < 0) g_isa = cpu_has_avx2();
@@ -85,8 +72,7 @@ enum { LOSS_SQUARED = 0, LOSS_LOGISTIC = 1 };
  * Shared pieces
  */
 
-/* sum_f a[f] * b[f] with 8 running sums: a single running sum is one long chain of dependent
- * additions; the fixed lane order keeps the result the same in every build. */
+/* sum_f a[f] * b[f] with 8 running sums (no chain of dependent additions), in a fixed order. */
 INLINE float dot(const float *RESTRICT a, const float *RESTRICT b, int64_t n) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t f = 0;
@@ -104,9 +90,8 @@ INLINE void axpy(float *RESTRICT y, const float *RESTRICT x, float a, int64_t n)
     for (int64_t f = 0; f < n; f++) y[f] += x[f] * a;
 }
 
-/* exp(x) for x <= 0 (0 below -87, so exp(-inf) = 0), in plain arithmetic so that it
- * vectorises without fast-math: Cephes' expf (range reduction by ln 2, degree-6 polynomial,
- * scaling by 2^n through the exponent bits), about 1 ulp from libm's. */
+/* exp(x) for x <= 0 (0 below -87), vectorisable without fast-math: Cephes' expf (range
+ * reduction by ln 2, degree-6 polynomial, 2^n through the exponent bits), ~1 ulp from libm's. */
 INLINE float exp_nonpos(float x) {
     float xc = x < -87.0f ? -87.0f : x;
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
@@ -125,8 +110,8 @@ INLINE float exp_nonpos(float x) {
     return x < -87.0f ? 0.0f : p * scale;
 }
 
-/* max(init, x[0], ..., x[n - 1]) (NaN entries are skipped): 4 x 8 lanes compared at once
- * where the compiler has vector extensions (independent lanes: no chain of dependent blends). */
+/* max(init, x[0], ..., x[n - 1]) (NaN entries skipped), 4 x 8 independent lanes where the
+ * compiler has vector extensions. */
 #if defined(__GNUC__) || defined(__clang__)
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -160,35 +145,32 @@ static float adam_correction(int64_t t) {
     return (float)(sqrt(1.0 - pow(0.999, (double)t)) / (1.0 - pow(0.9, (double)t)));
 }
 
-/* One optimizer update of n weights with gradient g: clipped to [-clip, clip] (clip = inf:
- * none; NaN passes through, as torch.clamp), weight decay added, then the optimizer's rule.
- * One loop per optimizer over restrict pointers, so that it vectorises. */
+/* The gradient g clipped to [-clip, clip] (clip = inf: none; NaN passes through, as
+ * torch.clamp), plus the weight decay wd * w. */
+INLINE float decayed(float g, float clip, float wd, float w) {
+    float x = clip < g ? clip : g;
+    x = x < -clip ? -clip : x;
+    return x + wd * w;
+}
+
+/* One optimizer update of n weights with gradient g (clipped, weight decay added), one loop
+ * per optimizer over restrict pointers, so that it vectorises. */
 INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT s0,
                    float *RESTRICT s1, int64_t n, const float *RESTRICT lr,
                    const float *RESTRICT wd, int optimizer, float clip, float eps,
                    float correction) {
-    const float lo = -clip;
     if (optimizer == OPT_SGD) {
-        for (int64_t f = 0; f < n; f++) {
-            float x = clip < g[f] ? clip : g[f];
-            x = x < lo ? lo : x;
-            x = x + wd[f] * wgt[f];
-            wgt[f] = wgt[f] - lr[f] * x;
-        }
+        for (int64_t f = 0; f < n; f++) wgt[f] = wgt[f] - lr[f] * decayed(g[f], clip, wd[f], wgt[f]);
     } else if (optimizer == OPT_ADAGRAD) {
         for (int64_t f = 0; f < n; f++) {
-            float x = clip < g[f] ? clip : g[f];
-            x = x < lo ? lo : x;
-            x = x + wd[f] * wgt[f];
+            float x = decayed(g[f], clip, wd[f], wgt[f]);
             float h = s0[f] + x * x;
             s0[f] = h;
             wgt[f] = wgt[f] - lr[f] * x / (sqrtf(h) + eps);
         }
     } else {
         for (int64_t f = 0; f < n; f++) {
-            float x = clip < g[f] ? clip : g[f];
-            x = x < lo ? lo : x;
-            x = x + wd[f] * wgt[f];
+            float x = decayed(g[f], clip, wd[f], wgt[f]);
             float m = s0[f] * BETA1 + ONE_MINUS_BETA1 * x;
             float v = s1[f] * BETA2 + ONE_MINUS_BETA2 * x * x;
             s0[f] = m;
@@ -198,8 +180,7 @@ INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT
     }
 }
 
-/* Rows of the tables are read in an order no hardware prefetcher can guess: ask for them a few
- * iterations ahead. */
+/* Table rows are read in an order no hardware prefetcher guesses: fetch a few ahead. */
 #define PREFETCH_AHEAD 4
 #if defined(__GNUC__) || defined(__clang__)
 #define prefetch(p) __builtin_prefetch((p), 1, 3)
@@ -211,9 +192,8 @@ INLINE void prefetch_row(const float *p, int64_t n) {
     for (int64_t f = 0; f < n; f += 16) prefetch(p + f);
 }
 
-/* The rows of a (feature_dim, k1) table touched by a step, each with its gradient: slot[i] is
- * row i's place in grows (feature_dim int32, all -1 between calls), uniq the rows in order of
- * first touch. */
+/* The rows of a (feature_dim, k1) table touched by a step, with their gradients: slot[i] is row
+ * i's place in grows (feature_dim int32, all -1 between calls), uniq the rows by first touch. */
 typedef struct {
     int32_t *slot;
     float *grows;
@@ -258,12 +238,10 @@ INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const flo
  */
 
 /*
- * One batch. P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of the same shape
- * (unused ones may be NULL). w0, w0_s0, w0_s1: the global bias and its state. The batch: n_rows
- * rows, entry j is x[row[j], idx[j]] = val[j], rows non-decreasing. target: n_rows. lr, wd: k1
- * per-column values; bias_lr/bias_wd for w0. clip < 0: no clipping. correction: Adam's bias
- * correction for this step. Scratch: fwork of n_rows * k1 + nnz * k1 + n_rows floats, iwork of
- * nnz int64. Returns the summed loss of the batch.
+ * One batch; returns its summed loss. P: (feature_dim, k1) table [V | w]; s0, s1: optimizer
+ * state of that shape (NULL if unused); w0, w0_s0, w0_s1: the global bias and its state. Entry
+ * j is x[row[j], idx[j]] = val[j], rows non-decreasing. lr, wd: per column; clip < 0: none.
+ * Scratch: fwork of (n_rows + nnz) * k1 + n_rows floats, iwork of nnz int64.
  */
 INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w0, float *w0_s0,
                             float *w0_s1, const int64_t *row, const int64_t *idx,
@@ -326,13 +304,11 @@ INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w
 }
 
 /*
- * A whole epoch: the rows of a (permuted) CSR matrix -- row r holds entries indptr[r] ..
- * indptr[r + 1] of idx/val -- in batches of batch_size, each one fm_train_step. rescale <= 0
- * means 1 / rows in the batch. *step is the optimizer's step count before the epoch and is
- * advanced by one per batch. slot: feature_dim int32 all -1 (left so). Returns the summed loss,
- * NaN as soon as it stops being finite (the training has diverged; the batches so far are
- * applied, as in the PyTorch loop), or -1 (nothing changed) if an index is out of range.
- * iwork: 2 x the largest batch's entries.
+ * A whole epoch: the rows of a (permuted) CSR matrix in batches of batch_size, each one
+ * fm_train_step. rescale <= 0: 1 / rows in the batch. *step (the optimizer's step count) is
+ * advanced per batch. slot: feature_dim int32 all -1 (left so); iwork: 2 x the largest batch's
+ * entries. Returns the summed loss, NaN once it is not finite (the batches so far applied, as
+ * in the PyTorch loop), or -1 (nothing changed) if an index is out of range.
  */
 #define FM_EPOCH_PARAMS                                                                           \
     (float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1, float *w0, float *w0_s0,    \
@@ -366,17 +342,16 @@ INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
 }
 
 /* ------------------------------------------------------------------------------------------
- * The sampled-softmax ranking FM (backends/local/ranking.py, _softmax_step). A batch is B
- * consecutive training rows of an epoch's permuted data: row r's user part is entries
- * up_indptr[r] .. up_indptr[r + 1] of up_idx / up_val, its video items[r], its customer
- * users[r]; S distinct negative videos neg (sorted); table row of video i: item_offset + i.
+ * The sampled-softmax ranking FM (ranking.py, _softmax_step). A batch: B rows of the permuted
+ * epoch, row r with user part up_indptr[r] .. up_indptr[r + 1] of up_idx / up_val, video
+ * items[r], customer users[r]; S distinct sorted negatives neg; video i is table row
+ * item_offset + i.
  */
 
 /*
- * U (B x k1): each row's user vector sum_f x_f V_f over its user part, then a 1; Pi (B x k1):
- * the table row of its video; Pn (S x k1): the negatives' factors, then their linear weight
- * minus log_q (the log-Q correction), so that U @ Pn^T is the negatives' scores. Returns 0, or
- * -1 (nothing read) if an index is out of range.
+ * U (B x k1): each row's [sum_f x_f V_f | 1]; Pi (B x k1): its video's table row; Pn (S x k1):
+ * the negatives' rows, linear weight minus log_q, so that U @ Pn^T is their log-Q corrected
+ * scores. Returns 0, or -1 (nothing read) if an index is out of range.
  */
 #define RANK_GATHER_PARAMS                                                                        \
     (const float *P, int64_t feature_dim, int64_t k1, const int64_t *up_indptr,                   \
@@ -412,14 +387,12 @@ INLINE int rank_gather_impl RANK_GATHER_PARAMS {
 }
 
 /*
- * The sampled softmax of each row over [its own video, the S negatives]. Sc (B x S) holds
- * U @ Pn^T (a matrix product done by the caller: the negatives' scores with the log-Q term); negatives the row's
- * customer rated (seen_*: CSR of the videos rated, by customer) are left out. The gradient of
- * the loss wrt the negatives' scores is inv_r * Sc[r, c] afterwards: Sc gets exp(s - max) (0
- * where left out), inv (B) the factor scale / sum, so that the caller's products Sc @ V_neg and
- * Sc^T @ Uext need no scaling pass: Uext (B x k1) = [inv_r U_r | inv_r] (its last column gives
- * the negatives' column sums). g_pos (B) gets the gradient wrt the row's own score.
- * col_of: n_items int32, all -1 (left so). Returns the summed loss.
+ * The sampled softmax of each row over [its video, the S negatives] but those its customer
+ * rated (seen_*: CSR by customer); returns the summed loss. Sc (B x S) holds U @ Pn^T and gets
+ * exp(s - max) (0 where left out), inv (B) scale / sum, so that inv_r * Sc[r, c] is the
+ * gradient wrt a negative's score and the caller's Sc @ V_neg and Sc^T @ Uext need no scaling:
+ * Uext (B x k1) = [inv_r U_r | inv_r]. g_pos (B): the gradient wrt the row's own score.
+ * col_of: n_items int32, all -1 (left so).
  */
 #define RANK_SOFTMAX_PARAMS                                                                       \
     (float *Sc, const float *U, const float *Pi, int64_t k1, const int64_t *users, int64_t B,     \
@@ -449,8 +422,7 @@ INLINE float exp_shift_sum(float *RESTRICT x, int64_t n, float m) {
 INLINE double rank_softmax_impl RANK_SOFTMAX_PARAMS {
     const int64_t k = k1 - 1;
     double total = 0.0;
-    /* first the rated videos of every row's customer: a pass of scattered reads alone, so that
-     * the memory system serves several rows at once */
+    /* the rated videos of every row's customer first: scattered reads alone, several in flight */
     for (int64_t c = 0; c < S; c++) col_of[neg[c]] = (int32_t)c;
     for (int64_t r = 0; r < B; r++) {
         if (r + 2 * PREFETCH_AHEAD < B) prefetch(seen_indptr + users[r + 2 * PREFETCH_AHEAD]);
@@ -486,13 +458,12 @@ INLINE double rank_softmax_impl RANK_SOFTMAX_PARAMS {
 }
 
 /*
- * The lazy optimizer step of a softmax batch, with gU (B x k) = Sc @ V_neg and gN (S x k1) =
- * Sc^T @ Uext (matrix products done by the caller) and g_pos, inv, U, Pi from the calls above.
- * Gradients: user-part feature f of row r: x_f (inv_r gU_r + g_pos_r V_i) (its linear weight:
- * 0); the row's video: [g_pos_r U_r | g_pos_r]; negative c: gN_c; summed per table row in that
- * order, then every touched row is updated (w0 is not: it cancels in the loss). *step is
- * advanced by one; returns 0. slot: feature_dim int32 all -1 (left so); grows: (user-part
- * entries + B + S) x k1 floats; uniq as many int64; gu: k floats.
+ * The lazy optimizer step of a softmax batch, given gU (B x k) = Sc @ V_neg, gN (S x k1) =
+ * Sc^T @ Uext and the calls above. Gradients, summed per table row in this order: user-part
+ * feature f of row r: x_f (inv_r gU_r + g_pos_r V_i) (linear weight: 0); the row's video:
+ * [g_pos_r U_r | g_pos_r]; negative c: gN_c (w0 cancels in the loss). Advances *step; returns 0.
+ * slot: feature_dim int32 all -1 (left so); grows: (user-part entries + B + S) x k1 floats;
+ * uniq as many int64; gu: k floats.
  */
 #define RANK_UPDATE_PARAMS                                                                        \
     (float *P, float *s0, float *s1, int64_t k1, const int64_t *up_indptr,                        \
@@ -528,10 +499,9 @@ INLINE int rank_update_impl RANK_UPDATE_PARAMS {
 }
 
 /*
- * Ranks for the evaluation (recsys.ranking.ranks_from_scores' rule): Sc (B x n_items) scores
- * of B held-out rows, target t = targets[r] of row r; rank = 1 + the videos j != t that the
- * row's customer (users[r]) did not rate (seen_*) with s_j > s_t, or s_j == s_t and j < t.
- * Returns 0, or -1 if a target's score is NaN or an index is out of range.
+ * Ranks by recsys.ranking.ranks_from_scores' rule: Sc (B x n_items) scores, row r's rank of
+ * t = targets[r] is 1 + the videos j != t its customer did not rate (seen_*) with s_j > s_t,
+ * or s_j == s_t and j < t. Returns 0, or -1 on a NaN target score or an index out of range.
  */
 #define RANK_TARGETS_PARAMS                                                                       \
     (const float *Sc, int64_t B, int64_t n_items, const int64_t *targets, const int64_t *users,   \
@@ -559,10 +529,7 @@ INLINE int rank_targets_impl RANK_TARGETS_PARAMS {
     return 0;
 }
 
-/* ------------------------------------------------------------------------------------------
- * The exported functions: each body compiled for baseline x86-64 and for AVX2, one chosen at
- * run time (fm_kernel_isa).
- */
+/* The exported functions: each body compiled for baseline x86-64 and for AVX2 (fm_kernel_isa). */
 #if HAVE_AVX2_COPY
 #define EXPORT(ret, name, params, args)                                                           \
     AVX2_TARGET static ret name##_avx2 params { return name##_impl args; }                       \
