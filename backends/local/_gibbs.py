@@ -10,24 +10,18 @@ linearly, ``y(x) = g(x) + theta h(x)``, so given everything else it is Gaussian 
 with ``e_n = target_n - y(x_n)`` the cached residual of row ``n``. For ``w_j``, ``h = x_j``; for
 ``V_jf``, ``h = x_j (q_f(x) - x_j V_jf)`` with ``q_f(x) = sum_i x_i V_if`` the row's factor sum.
 After a coordinate moves by ``d``, ``e -= d h``. ``q`` is not cached per row (``n * k`` values
-read and written at random every sweep cost more than they save): it is summed from the row's
-few entries of ``V`` and the relation blocks' per-entity sums ``Q_b`` (:class:`Rows`).
+read and written at random every sweep cost more than they save), but summed (:class:`Rows`).
 
-Two kinds of columns:
-
-* **Per-row columns** (a CSR design ``X``): updated feature by feature (``w_j``, then
-  ``V_j0 .. V_j,k-1``). Features of a *one-hot* group (each row holds at most one of them: the
-  user, the video, the time bucket) touch disjoint rows, so they are conditionally independent
-  and :func:`update_columns` updates the whole group at once with segment sums; other groups
-  (several features per row, e.g. the recent-history set) go one feature at a time.
-* **Relation blocks** (Rendle 2013, "Scaling factorization machines to relational data"): every
-  row ``n`` carries row ``index[n]`` of a table ``T`` (e.g. a customer's normalised set of
-  rated videos, shared by all of their rows). Sums over rows are kept per table row, so a column
-  costs O(its table entries) instead of O(the design rows it reaches).
+* **Per-row columns** (a CSR design ``X``): feature by feature (``w_j``, then ``V_j0 ..
+  V_j,k-1``); the features of a *one-hot* group (the user, the video, the time bucket) touch
+  disjoint rows, so :func:`update_columns` updates them all at once with segment sums.
+* **Relation blocks** (Rendle 2013, "Scaling factorization machines to relational data"): row
+  ``n`` carries row ``index[n]`` of a table ``T`` (e.g. a customer's rated videos, shared by all
+  of their rows); sums over rows are kept per table row, so a column costs O(its table entries).
 
 :func:`kernel` returns the C build of the same updates (``_mcmc.c``), or ``None``; both take the
-standard normals from the caller, one row of ``k + 1`` per feature (``[:, 0]`` for ``w``,
-``[:, 1 + f]`` for ``V[:, f]``), so both paths give the same chain.
+standard normals from the caller (per feature ``k + 1``: ``[:, 0]`` for ``w``, ``[:, 1 + f]``
+for ``V[:, f]``), so both paths give the same chain.
 """
 
 from __future__ import annotations
@@ -86,9 +80,8 @@ class Rows:
 
 
 class ColumnGroup:
-    """The per-row columns of one group: ``feats`` (column ids, update order) and, per entry of
-    those columns in CSC order, its ``rows``, position ``t`` in ``feats`` and value ``x``
-    (``ptr``: where each feature's entries start). ``one_hot``: no row holds two of them."""
+    """The per-row columns ``feats`` of one group and, per entry in CSC order, its ``rows``,
+    position ``t`` in ``feats`` and value ``x`` (``ptr``: where each feature's entries start)."""
 
     def __init__(self, Xc: sp.csc_matrix, feats: np.ndarray, group: int):
         self.feats, self.group = np.ascontiguousarray(feats, dtype=np.int64), int(group)
@@ -173,8 +166,8 @@ class Relation:
 
 
 def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
-    """Update a relation block's columns in place (all ``w_j``, then for each ``f`` all ``V_jf``)
-    and ``state["Q"][rel.pos]``, as ``mcmc_update_relation`` in ``_mcmc.c`` does."""
+    """Update a relation block's columns (all ``w_j``, then for each ``f`` all ``V_jf``) and
+    ``state["Q"][rel.pos]`` in place."""
     e, Q = state["e"], state["Q"][rel.pos]
     w = state["w"][rel.offset : rel.offset + rel.width]  # views: updated in place
     V = state["V"][rel.offset : rel.offset + rel.width]
@@ -271,8 +264,7 @@ def _pointers(arrays: list[np.ndarray]) -> ctypes.Array:
 
 
 class _RowsLayout:
-    """The rows' design in C form: CSR arrays and the relation blocks' indexes and Q (the
-    addresses of the caller's arrays, updated in place, never replaced)."""
+    """The rows' design in C form: CSR arrays, the blocks' indexes and the caller's Q arrays."""
 
     def __init__(self, X: sp.csr_matrix, indexes: list[np.ndarray], Q: list[np.ndarray]):
         self.keep = [X.indptr.astype(np.int64), X.indices.astype(np.int64), np.ascontiguousarray(X.data), *indexes]
@@ -290,8 +282,8 @@ def _others(X: sp.csr_matrix, group: ColumnGroup) -> sp.csr_matrix:
 
 
 class NativeUpdates:
-    """Calls into ``_mcmc.c`` with scratch buffers sized once for a design. Each column group
-    gets a copy of its rows laid out in entry order (the kernel then reads them sequentially)."""
+    """Calls into ``_mcmc.c`` with scratch sized once for a design; each column group gets a
+    copy of its rows in entry order (read sequentially)."""
 
     def __init__(self, lib: ctypes.CDLL, data: Rows, k: int, groups: list[ColumnGroup], relations: list[Relation],
                  Q: list[np.ndarray], zero_factors: np.ndarray | None = None):  # fmt: skip
