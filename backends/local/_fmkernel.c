@@ -68,10 +68,6 @@ int fm_kernel_isa(int request) {
 enum { OPT_SGD = 0, OPT_ADAGRAD = 1, OPT_ADAM = 2 };
 enum { LOSS_SQUARED = 0, LOSS_LOGISTIC = 1 };
 
-/* ------------------------------------------------------------------------------------------
- * Shared pieces
- */
-
 /* sum_f a[f] * b[f] with 8 running sums (no chain of dependent additions), in a fixed order. */
 INLINE float dot(const float *RESTRICT a, const float *RESTRICT b, int64_t n) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -160,7 +156,8 @@ INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT
                    const float *RESTRICT wd, int optimizer, float clip, float eps,
                    float correction) {
     if (optimizer == OPT_SGD) {
-        for (int64_t f = 0; f < n; f++) wgt[f] = wgt[f] - lr[f] * decayed(g[f], clip, wd[f], wgt[f]);
+        for (int64_t f = 0; f < n; f++)
+            wgt[f] = wgt[f] - lr[f] * decayed(g[f], clip, wd[f], wgt[f]);
     } else if (optimizer == OPT_ADAGRAD) {
         for (int64_t f = 0; f < n; f++) {
             float x = decayed(g[f], clip, wd[f], wgt[f]);
@@ -238,77 +235,14 @@ INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const flo
  */
 
 /*
- * One batch; returns its summed loss. P: (feature_dim, k1) table [V | w]; s0, s1: optimizer
- * state of that shape (NULL if unused); w0, w0_s0, w0_s1: the global bias and its state. Entry
- * j is x[row[j], idx[j]] = val[j], rows non-decreasing. lr, wd: per column; clip < 0: none.
- * Scratch: fwork of (n_rows + nnz) * k1 + n_rows floats, iwork of nnz int64.
- */
-INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w0, float *w0_s0,
-                            float *w0_s1, const int64_t *row, const int64_t *idx,
-                            const float *val, int64_t nnz, int64_t n_rows, const float *target,
-                            int loss, float scale, const float *lr, const float *wd,
-                            float bias_lr, float bias_wd, float clip, int optimizer,
-                            float correction, float eps, int32_t *slot, float *fwork,
-                            int64_t *iwork) {
-    const int64_t k = k1 - 1;
-    float *s = fwork;                   /* n_rows x k1: per-row sums of x_j P[idx_j] */
-    float *grows = fwork + n_rows * k1; /* n_unique x k1: per-feature gradients */
-    float *sq = grows + nnz * k1;       /* n_rows: sum of (x v)^2, then dLoss/dy * scale */
-    double total = 0.0;
-
-    /* forward */
-    memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
-    memset(sq, 0, sizeof(float) * (size_t)n_rows);
-    for (int64_t j = 0; j < nnz; j++) {
-        const float *p = P + idx[j] * k1;
-        const float x = val[j];
-        axpy(s + row[j] * k1, p, x, k1);
-        sq[row[j]] += sumsq(p, k) * (x * x);
-    }
-    float g_w0 = 0.0f;
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float *sr = s + r * k1;
-        float y = (sumsq(sr, k) - sq[r]) * 0.5f + sr[k] + w0[0];
-        float d;
-        if (loss == LOSS_SQUARED) {
-            d = y - target[r];
-            total += (double)d * (double)d;
-        } else {
-            /* binary cross-entropy on logits, stable form; gradient sigmoid(y) - t */
-            float t = target[r];
-            total += (double)(fmaxf(y, 0.0f) - y * t + log1pf(expf(-fabsf(y))));
-            float sig = y >= 0.0f ? 1.0f / (1.0f + expf(-y)) : expf(y) / (1.0f + expf(y));
-            d = sig - t;
-        }
-        sq[r] = d * scale;
-        g_w0 += sq[r];
-    }
-
-    /* backward: gradient of each distinct feature, summed in entry order; dy/dv = x (s - v x) */
-    touched t = {slot, grows, iwork, 0, k1};
-    for (int64_t j = 0; j < nnz; j++) {
-        float *gr = grad_row(&t, idx[j]);
-        const float *p = P + idx[j] * k1;
-        const float *sr = s + row[j] * k1;
-        const float x = val[j];
-        const float gx = sq[row[j]] * x;
-        for (int64_t f = 0; f < k; f++) gr[f] += (sr[f] - p[f] * x) * gx;
-        gr[k] += gx;
-    }
-
-    /* lazy optimizer step: w0, then the touched rows */
-    float c = clip >= 0.0f ? clip : INFINITY;
-    update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, c, eps, correction);
-    update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, correction);
-    return total;
-}
-
-/*
- * A whole epoch: the rows of a (permuted) CSR matrix in batches of batch_size, each one
- * fm_train_step. rescale <= 0: 1 / rows in the batch. *step (the optimizer's step count) is
- * advanced per batch. slot: feature_dim int32 all -1 (left so); iwork: 2 x the largest batch's
- * entries. Returns the summed loss, NaN once it is not finite (the batches so far applied, as
- * in the PyTorch loop), or -1 (nothing changed) if an index is out of range.
+ * A whole epoch: the rows of a (permuted) CSR matrix in batches of batch_size (each one
+ * FMTrainer.torch_step). P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of that
+ * shape (NULL if unused); w0, w0_s0, w0_s1: the global bias and its state. lr, wd: per column;
+ * clip < 0: none; rescale <= 0: 1 / rows in the batch. *step (the optimizer's step count) is
+ * advanced per batch. Scratch for the largest batch: fwork of (rows + entries) * k1 + rows
+ * floats, iwork of 2 x entries int64; slot: feature_dim int32 all -1 (left so). Returns the
+ * summed loss, NaN once it is not finite (the batches so far applied, as in the PyTorch loop),
+ * or -1 (nothing changed) if an index is out of range.
  */
 #define FM_EPOCH_PARAMS                                                                           \
     (float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1, float *w0, float *w0_s0,    \
@@ -321,21 +255,71 @@ INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w
      rescale, lr, wd, bias_lr, bias_wd, clip, optimizer, step, eps, slot, fwork, iwork)
 
 INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
+    const int64_t k = k1 - 1;
     for (int64_t j = indptr[0]; j < indptr[n]; j++)
         if (idx[j] < 0 || idx[j] >= feature_dim) return -1.0;
     double total = 0.0;
     for (int64_t r0 = 0; r0 < n; r0 += batch_size) {
-        int64_t r1 = r0 + batch_size < n ? r0 + batch_size : n;
-        int64_t e0 = indptr[r0], nnz = indptr[r1] - e0;
-        int64_t *rows = iwork + nnz;
-        for (int64_t r = r0; r < r1; r++)
-            for (int64_t j = indptr[r]; j < indptr[r + 1]; j++) rows[j - e0] = r - r0;
-        int64_t t = ++*step;
-        float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)(r1 - r0));
-        total += fm_train_step(P, s0, s1, k1, w0, w0_s0, w0_s1, rows, idx + e0, val + e0, nnz,
-                               r1 - r0, target + r0, loss, scale, lr, wd, bias_lr, bias_wd, clip,
-                               optimizer, optimizer == OPT_ADAM ? adam_correction(t) : 1.0f, eps,
-                               slot, fwork, iwork);
+        const int64_t n_rows = (r0 + batch_size < n ? r0 + batch_size : n) - r0;
+        const int64_t e0 = indptr[r0], nnz = indptr[r0 + n_rows] - e0;
+        const int64_t *bidx = idx + e0;
+        const float *bval = val + e0;
+        int64_t *row = iwork + nnz; /* the batch's entry j is x[row[j], bidx[j]] = bval[j] */
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t j = indptr[r0 + r]; j < indptr[r0 + r + 1]; j++) row[j - e0] = r;
+        const int64_t t_step = ++*step;
+        const float correction = optimizer == OPT_ADAM ? adam_correction(t_step) : 1.0f;
+        const float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)n_rows);
+        float *s = fwork;                   /* n_rows x k1: per-row sums of x_j P[idx_j] */
+        float *grows = fwork + n_rows * k1; /* n_unique x k1: per-feature gradients */
+        float *sq = grows + nnz * k1;       /* n_rows: sum of (x v)^2, then dLoss/dy * scale */
+        double batch_loss = 0.0;
+
+        /* forward */
+        memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
+        memset(sq, 0, sizeof(float) * (size_t)n_rows);
+        for (int64_t j = 0; j < nnz; j++) {
+            const float *p = P + bidx[j] * k1;
+            const float x = bval[j];
+            axpy(s + row[j] * k1, p, x, k1);
+            sq[row[j]] += sumsq(p, k) * (x * x);
+        }
+        float g_w0 = 0.0f;
+        for (int64_t r = 0; r < n_rows; r++) {
+            const float *sr = s + r * k1;
+            float y = (sumsq(sr, k) - sq[r]) * 0.5f + sr[k] + w0[0];
+            float d;
+            if (loss == LOSS_SQUARED) {
+                d = y - target[r0 + r];
+                batch_loss += (double)d * (double)d;
+            } else {
+                /* binary cross-entropy on logits, stable form; gradient sigmoid(y) - t */
+                float t = target[r0 + r];
+                batch_loss += (double)(fmaxf(y, 0.0f) - y * t + log1pf(expf(-fabsf(y))));
+                float sig = y >= 0.0f ? 1.0f / (1.0f + expf(-y)) : expf(y) / (1.0f + expf(y));
+                d = sig - t;
+            }
+            sq[r] = d * scale;
+            g_w0 += sq[r];
+        }
+
+        /* backward: each distinct feature's gradient, summed in entry order; dy/dv = x (s - v x) */
+        touched t = {slot, grows, iwork, 0, k1};
+        for (int64_t j = 0; j < nnz; j++) {
+            float *gr = grad_row(&t, bidx[j]);
+            const float *p = P + bidx[j] * k1;
+            const float *sr = s + row[j] * k1;
+            const float x = bval[j];
+            const float gx = sq[row[j]] * x;
+            for (int64_t f = 0; f < k; f++) gr[f] += (sr[f] - p[f] * x) * gx;
+            gr[k] += gx;
+        }
+
+        /* lazy optimizer step: w0, then the touched rows */
+        float c = clip >= 0.0f ? clip : INFINITY;
+        update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, c, eps, correction);
+        update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, correction);
+        total += batch_loss;
         if (!isfinite(total)) return NAN;
     }
     return total;
