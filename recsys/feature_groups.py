@@ -191,11 +191,6 @@ class FeatureGroups:
     def feature_dim(self) -> int:
         return len(self.groups)
 
-    @property
-    def layout(self) -> FeatureLayout:
-        """The users-then-items layout at the front of the design (what k-NN vectors need)."""
-        return FeatureLayout(self.n_users, self.n_items)
-
     def to_dict(self) -> dict[str, Any]:
         return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names), **asdict(self.config)}
 
