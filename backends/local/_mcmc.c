@@ -10,7 +10,7 @@
 
 #define MCMC_KERNEL_ABI 2
 
-/* On x86-64 GCC also builds an AVX2 copy of the updates, picked at load time (no FMA either way). */
+/* On x86-64 GCC also builds an AVX2 copy of the updates, picked at load time (no FMA). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else

@@ -96,7 +96,7 @@ class _CSRTensors:
         return SparseBatch(self.indices[pos], self.data[pos], local, int(rows.numel()))
 
     def permuted(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The rows ``order`` as CSR arrays ``(indptr, indices, values)``, for the native kernels."""
+        """The rows ``order`` as CSR arrays ``(indptr, indices, values)`` (for the kernels)."""
         indptr, _, pos = csr_take(self.indptr, order)
         return indptr, self.indices[pos], self.data[pos]
 
