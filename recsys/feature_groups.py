@@ -1,8 +1,7 @@
 """Feature groups: design-matrix blocks besides the user and item one-hots.
 
-An FM's strength is that any feature can join the user and the video in a row. Four groups,
-all built from the *training* ratings only (what is known when a prediction is made), each with
-its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
+Four groups, built from the *training* ratings only (what is known when a prediction is made),
+each with its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
 
 ``time``
     a one-hot time bucket of the rating's date (``time_buckets`` buckets at the quantiles of
@@ -11,20 +10,17 @@ its own id so a Bayesian FM (``backends.local.mcmc``) gives it its own prior:
 ``recent_mean``
     the customer's current rating level: the mean of their last ``recent_mean`` ratings *before*
     this one, minus the mean training rating (0 without earlier ratings) -- one numeric column, a
-    time-varying user bias (Koren's timeSVD++ models the same drift). The Bayesian FM gives it a
-    linear weight only (``LINEAR_GROUPS``: its factors stay 0): one pass over the rows per sweep;
+    time-varying user bias (as in timeSVD++). The Bayesian FM gives it a linear weight only
+    (``LINEAR_GROUPS``: its factors stay 0);
 ``recent``
     the customer's last ``recent`` videos rated *before* this rating (weights ``1/N`` over the
-    N found), as the ranking objective's history block (:mod:`recsys.features`). Several of
-    these columns are set in a row, so the sampler updates them one by one; as a relation block
-    with a table row per design row it does so in O(num_factors * (rows + entries));
+    N found), as the ranking objective's history block (:mod:`recsys.features`); a relation
+    block with a table row per design row;
 ``implicit``
     the customer's whole set of rated training videos ``N(u)`` with weights
-    ``1 / sqrt(|N(u)|)`` (SVD++'s implicit feedback). It is the same for all of a customer's
-    rows, so it is a *relation block* (a table with one row per customer, indexed by the row's
-    customer): the sampler never materialises the ``sum_u |N(u)|^2`` entries it would take as
-    plain columns (42 M on ``ml-latest-small``); :meth:`GroupedDesign.to_csr` does, for solvers
-    that need a plain matrix.
+    ``1 / sqrt(|N(u)|)`` (SVD++'s implicit feedback): a *relation block* with a table row per
+    customer, so the sampler never materialises the ``sum_u |N(u)|^2`` entries of plain columns
+    (42 M on ``ml-latest-small``); :meth:`GroupedDesign.to_csr` does, for other solvers.
 
 A row being predicted (not a training row) sees the customer's last training ratings (for
 ``recent_mean`` and ``recent``). Columns, in order (the relation block last)::
@@ -32,12 +28,10 @@ A row being predicted (not a training row) sees the customer's last training rat
     [ user | item | time | recent_mean | recent | implicit ]
       n_users, n_items, time_buckets, 1 (if recent_mean), n_items (if recent), n_items (if implicit)
 
-k-NN vectors stay exact. Every group but the item is on the customer's side of a row, so
-:meth:`FeatureGroups.user_part` (one row per customer, at serving time: the *latest* time
-bucket, as recommendations are made "now") folds into the user vector exactly as the ranking
-history does: ``recsys.vectors.fm_vectors(fm, user_features=part)`` gives ``[sum_f x_f V_f, 1]``
-per customer and ``[V_i, w_i]`` per video, ``recsys.vectors.user_offsets`` the per-customer
-constant (the FM output of the user part).
+k-NN vectors stay exact: every group but the item is on the customer's side of a row, so
+:meth:`FeatureGroups.user_part` (one row per customer at serving time, in the *latest* time
+bucket) folds into the user vector as the ranking history does
+(``recsys.vectors.fm_vectors(fm, user_features=part)``, ``recsys.vectors.user_offsets``).
 """
 
 from __future__ import annotations
@@ -197,11 +191,6 @@ class FeatureGroups:
     def feature_dim(self) -> int:
         return len(self.groups)
 
-    @property
-    def layout(self) -> FeatureLayout:
-        """The users-then-items layout at the front of the design (what k-NN vectors need)."""
-        return FeatureLayout(self.n_users, self.n_items)
-
     def to_dict(self) -> dict[str, Any]:
         return {"n_users": self.n_users, "n_items": self.n_items, "groups": list(self.group_names), **asdict(self.config)}
 
@@ -215,31 +204,15 @@ class FeatureGroups:
         end, count = np.arange(len(order)) + through, np.minimum(pos + through, self.config.recent_mean)
         return order, users_sorted, np.divide(csum[end] - csum[end - count], count, out=np.zeros(len(order)), where=count > 0)
 
-    def _rating_level(self, frame: pd.DataFrame, training: bool) -> np.ndarray:
-        """The ``recent_mean`` column of ``frame``'s rows: training rows see the ratings before
-        them in ``frame``; rows to predict, the customer's last training ratings."""
-        if not training:
-            return self._level[frame[USER].to_numpy(np.int64)]
-        order, _, means = self._window_means(frame, through=0)
-        out = np.empty(len(order))
-        out[order] = means
-        return out
-
     def _last_videos(self) -> sp.csr_matrix:
         """(n_users, n_items): every customer's last ``recent`` training videos (weights)."""
         if self._last is None:
             self._last = sp.csr_matrix(user_features(self._history, self._train)[:, self._history.history_offset :])
         return self._last
 
-    def _recent(self, frame: pd.DataFrame, training: bool) -> sp.csr_matrix:
-        if training:
-            return sp.csr_matrix(pair_user_features(self._history, frame)[:, self._history.history_offset :])
-        return self._last_videos()[frame[USER].to_numpy(np.int64)]
-
     def _assemble(self, users: np.ndarray, items: sp.csr_matrix, time: np.ndarray | None, level: np.ndarray | None,
                   recent: sp.csr_matrix | None) -> GroupedDesign:  # fmt: skip
-        """The design of rows of ``users``: their one-hot, the ``items`` part, the time bucket,
-        the rating level and the ``recent`` videos (the groups that are on)."""
+        """The design of rows of ``users`` from the parts of the groups that are on."""
         parts = [_one_hot(users, self.n_users), items]
         if self.config.time_buckets:
             parts.append(_one_hot(time, self.config.time_buckets))
@@ -262,8 +235,14 @@ class FeatureGroups:
                 raise DataError(f"{name} indices must be in [0, {n}), got [{idx.min()}, {idx.max()}]")
         c = self.config
         time = np.searchsorted(self._edges, date_order_key(frame), side="right") if c.time_buckets else None
-        level = self._rating_level(frame, training) if c.recent_mean else None
-        recent = self._recent(frame, training) if c.recent else None
+        level = self._level[users]  # the rows to predict see the customers' last training ratings
+        if c.recent_mean and training:
+            order, _, means = self._window_means(frame, through=0)
+            level = np.empty(len(order))
+            level[order] = means
+        recent = self._last_videos()[users] if c.recent and not training else None
+        if c.recent and training:
+            recent = sp.csr_matrix(pair_user_features(self._history, frame)[:, self._history.history_offset :])
         return self._assemble(users, _one_hot(items, self.n_items), time, level, recent)
 
     def user_part(self) -> sp.csr_matrix:

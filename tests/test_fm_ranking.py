@@ -300,7 +300,7 @@ def test_native_softmax_steps_track_the_pytorch_steps(opt, clip, rescale):
     rows = _CSRTensors(data.user_part)
     users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
     seen = _Seen(data.users, data.items, layout.n_users, n_items)
-    native = _NativeSoftmax(KERNEL, nat, data.user_part, users, items, seen, n_items, off, 32, 12)
+    native = _NativeSoftmax(KERNEL, nat, rows, users, items, seen, n_items, off, 32, 12)
     rng = np.random.default_rng(2)
     masked = 0
     with torch.no_grad():

@@ -1,26 +1,15 @@
 /*
  * The local backend's native training kernels, called through ctypes (backends/local/_kernel.py).
- * Everything here has a PyTorch twin that computes the same result to float32 rounding (the
- * tests compare the two); RECSYS_NATIVE=off uses the twins.
+ * Each has a PyTorch twin giving the same result to float32 rounding (tested; RECSYS_NATIVE=off
+ * uses the twins):
+ * - fm_train_epoch: a whole FM epoch (fm.py, FMTrainer.torch_step: ~40 small ATen calls a batch);
+ * - rank_gather / rank_softmax / rank_update: a sampled-softmax ranking step (ranking.py) but its
+ *   three matrix products (PyTorch's BLAS); rank_targets: ranks for the per-epoch evaluation.
  *
- * - fm_train_epoch: a whole epoch of the factorization machine (backends/local/fm.py,
- *   FMTrainer.torch_step): forward, loss, closed-form gradients and the lazy optimizer update,
- *   batch after batch. The PyTorch step is ~40 small ATen calls whose per-call overhead is most
- *   of a step on small catalogues.
- * - rank_gather / rank_softmax / rank_update / rank_targets: the sampled-softmax ranking FM
- *   (backends/local/ranking.py). The three matrix products of a step stay in PyTorch (its BLAS);
- *   these do the rest of the step in three calls (user vectors and gathers; masking the videos
- *   a customer rated, the softmax, its loss and gradient; scattering the gradients onto the
- *   touched rows and the lazy update), and rank held-out videos for the per-epoch evaluation.
- *
- * One library for every x86-64 CPU: the hot functions are compiled twice, for baseline x86-64
- * and with AVX2 (function attributes), and the AVX2 copy is chosen at run time when the CPU has
- * it (fm_kernel_isa). The build uses -ffp-contract=off and no fast-math, and every reduction
- * keeps a fixed order (explicit partial sums), so the two copies give the same bits. Other
- * architectures get the baseline copy only.
- *
- * No CPython API is used: the module init at the end only makes the shared library a valid
- * (limited-API, abi3) extension module, so that setuptools builds it.
+ * The hot functions are compiled for baseline x86-64 and for AVX2, chosen at run time
+ * (fm_kernel_isa); with -ffp-contract=off, no fast-math and fixed-order reductions both copies
+ * give the same bits. No CPython API is used: the module init at the end only makes the library
+ * a valid abi3 extension module, so that setuptools builds it.
  */
 #ifndef Py_LIMITED_API
 #define Py_LIMITED_API 0x030A0000
@@ -47,8 +36,7 @@
 #define HAVE_AVX2_COPY 0
 #endif
 
-/* Bumped whenever an exported function's arguments change: backends/local/_kernel.py refuses a
- * library built from older sources (an editable install is not rebuilt by a git pull). */
+/* Bumped whenever an exported function's arguments change: _kernel.py refuses older builds. */
 int fm_kernel_abi(void) { return 11; }
 
 /* -1: not decided yet; 0: baseline; 1: AVX2. */
@@ -63,9 +51,8 @@ static int cpu_has_avx2(void) {
 #endif
 }
 
-/* The instruction set the kernels use: request -1 keeps the current choice (the first call
- * decides from the CPU), 0 forces the baseline copy, 1 the AVX2 copy when the CPU has AVX2.
- * Returns the choice now in effect. */
+/* The copy in use, returned: request -1 keeps it (the first call asks the CPU), 0 forces the
+ * baseline copy, 1 the AVX2 copy if the CPU has AVX2. */
 int fm_kernel_isa(int request) {
     if (request >= 0) g_isa = request && cpu_has_avx2();
     else if (g_isa < 0) g_isa = cpu_has_avx2();
@@ -81,12 +68,7 @@ int fm_kernel_isa(int request) {
 enum { OPT_SGD = 0, OPT_ADAGRAD = 1, OPT_ADAM = 2 };
 enum { LOSS_SQUARED = 0, LOSS_LOGISTIC = 1 };
 
-/* ------------------------------------------------------------------------------------------
- * Shared pieces
- */
-
-/* sum_f a[f] * b[f] with 8 running sums: a single running sum is one long chain of dependent
- * additions; the fixed lane order keeps the result the same in every build. */
+/* sum_f a[f] * b[f] with 8 running sums (no chain of dependent additions), in a fixed order. */
 INLINE float dot(const float *RESTRICT a, const float *RESTRICT b, int64_t n) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t f = 0;
@@ -104,9 +86,8 @@ INLINE void axpy(float *RESTRICT y, const float *RESTRICT x, float a, int64_t n)
     for (int64_t f = 0; f < n; f++) y[f] += x[f] * a;
 }
 
-/* exp(x) for x <= 0 (0 below -87, so exp(-inf) = 0), in plain arithmetic so that it
- * vectorises without fast-math: Cephes' expf (range reduction by ln 2, degree-6 polynomial,
- * scaling by 2^n through the exponent bits), about 1 ulp from libm's. */
+/* exp(x) for x <= 0 (0 below -87), vectorisable without fast-math: Cephes' expf (range
+ * reduction by ln 2, degree-6 polynomial, 2^n through the exponent bits), ~1 ulp from libm's. */
 INLINE float exp_nonpos(float x) {
     float xc = x < -87.0f ? -87.0f : x;
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
@@ -125,8 +106,8 @@ INLINE float exp_nonpos(float x) {
     return x < -87.0f ? 0.0f : p * scale;
 }
 
-/* max(init, x[0], ..., x[n - 1]) (NaN entries are skipped): 4 x 8 lanes compared at once
- * where the compiler has vector extensions (independent lanes: no chain of dependent blends). */
+/* max(init, x[0], ..., x[n - 1]) (NaN entries skipped), 4 x 8 independent lanes where the
+ * compiler has vector extensions. */
 #if defined(__GNUC__) || defined(__clang__)
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -160,35 +141,33 @@ static float adam_correction(int64_t t) {
     return (float)(sqrt(1.0 - pow(0.999, (double)t)) / (1.0 - pow(0.9, (double)t)));
 }
 
-/* One optimizer update of n weights with gradient g: clipped to [-clip, clip] (clip = inf:
- * none; NaN passes through, as torch.clamp), weight decay added, then the optimizer's rule.
- * One loop per optimizer over restrict pointers, so that it vectorises. */
+/* The gradient g clipped to [-clip, clip] (clip = inf: none; NaN passes through, as
+ * torch.clamp), plus the weight decay wd * w. */
+INLINE float decayed(float g, float clip, float wd, float w) {
+    float x = clip < g ? clip : g;
+    x = x < -clip ? -clip : x;
+    return x + wd * w;
+}
+
+/* One optimizer update of n weights with gradient g (clipped, weight decay added), one loop
+ * per optimizer over restrict pointers, so that it vectorises. */
 INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT s0,
                    float *RESTRICT s1, int64_t n, const float *RESTRICT lr,
                    const float *RESTRICT wd, int optimizer, float clip, float eps,
                    float correction) {
-    const float lo = -clip;
     if (optimizer == OPT_SGD) {
-        for (int64_t f = 0; f < n; f++) {
-            float x = clip < g[f] ? clip : g[f];
-            x = x < lo ? lo : x;
-            x = x + wd[f] * wgt[f];
-            wgt[f] = wgt[f] - lr[f] * x;
-        }
+        for (int64_t f = 0; f < n; f++)
+            wgt[f] = wgt[f] - lr[f] * decayed(g[f], clip, wd[f], wgt[f]);
     } else if (optimizer == OPT_ADAGRAD) {
         for (int64_t f = 0; f < n; f++) {
-            float x = clip < g[f] ? clip : g[f];
-            x = x < lo ? lo : x;
-            x = x + wd[f] * wgt[f];
+            float x = decayed(g[f], clip, wd[f], wgt[f]);
             float h = s0[f] + x * x;
             s0[f] = h;
             wgt[f] = wgt[f] - lr[f] * x / (sqrtf(h) + eps);
         }
     } else {
         for (int64_t f = 0; f < n; f++) {
-            float x = clip < g[f] ? clip : g[f];
-            x = x < lo ? lo : x;
-            x = x + wd[f] * wgt[f];
+            float x = decayed(g[f], clip, wd[f], wgt[f]);
             float m = s0[f] * BETA1 + ONE_MINUS_BETA1 * x;
             float v = s1[f] * BETA2 + ONE_MINUS_BETA2 * x * x;
             s0[f] = m;
@@ -198,8 +177,7 @@ INLINE void update(float *RESTRICT wgt, const float *RESTRICT g, float *RESTRICT
     }
 }
 
-/* Rows of the tables are read in an order no hardware prefetcher can guess: ask for them a few
- * iterations ahead. */
+/* Table rows are read in an order no hardware prefetcher guesses: fetch a few ahead. */
 #define PREFETCH_AHEAD 4
 #if defined(__GNUC__) || defined(__clang__)
 #define prefetch(p) __builtin_prefetch((p), 1, 3)
@@ -211,9 +189,8 @@ INLINE void prefetch_row(const float *p, int64_t n) {
     for (int64_t f = 0; f < n; f += 16) prefetch(p + f);
 }
 
-/* The rows of a (feature_dim, k1) table touched by a step, each with its gradient: slot[i] is
- * row i's place in grows (feature_dim int32, all -1 between calls), uniq the rows in order of
- * first touch. */
+/* The rows of a (feature_dim, k1) table touched by a step, with their gradients: slot[i] is row
+ * i's place in grows (feature_dim int32, all -1 between calls), uniq the rows by first touch. */
 typedef struct {
     int32_t *slot;
     float *grows;
@@ -258,81 +235,14 @@ INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const flo
  */
 
 /*
- * One batch. P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of the same shape
- * (unused ones may be NULL). w0, w0_s0, w0_s1: the global bias and its state. The batch: n_rows
- * rows, entry j is x[row[j], idx[j]] = val[j], rows non-decreasing. target: n_rows. lr, wd: k1
- * per-column values; bias_lr/bias_wd for w0. clip < 0: no clipping. correction: Adam's bias
- * correction for this step. Scratch: fwork of n_rows * k1 + nnz * k1 + n_rows floats, iwork of
- * nnz int64. Returns the summed loss of the batch.
- */
-INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w0, float *w0_s0,
-                            float *w0_s1, const int64_t *row, const int64_t *idx,
-                            const float *val, int64_t nnz, int64_t n_rows, const float *target,
-                            int loss, float scale, const float *lr, const float *wd,
-                            float bias_lr, float bias_wd, float clip, int optimizer,
-                            float correction, float eps, int32_t *slot, float *fwork,
-                            int64_t *iwork) {
-    const int64_t k = k1 - 1;
-    float *s = fwork;                   /* n_rows x k1: per-row sums of x_j P[idx_j] */
-    float *grows = fwork + n_rows * k1; /* n_unique x k1: per-feature gradients */
-    float *sq = grows + nnz * k1;       /* n_rows: sum of (x v)^2, then dLoss/dy * scale */
-    double total = 0.0;
-
-    /* forward */
-    memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
-    memset(sq, 0, sizeof(float) * (size_t)n_rows);
-    for (int64_t j = 0; j < nnz; j++) {
-        const float *p = P + idx[j] * k1;
-        const float x = val[j];
-        axpy(s + row[j] * k1, p, x, k1);
-        sq[row[j]] += sumsq(p, k) * (x * x);
-    }
-    float g_w0 = 0.0f;
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float *sr = s + r * k1;
-        float y = (sumsq(sr, k) - sq[r]) * 0.5f + sr[k] + w0[0];
-        float d;
-        if (loss == LOSS_SQUARED) {
-            d = y - target[r];
-            total += (double)d * (double)d;
-        } else {
-            /* binary cross-entropy on logits, stable form; gradient sigmoid(y) - t */
-            float t = target[r];
-            total += (double)(fmaxf(y, 0.0f) - y * t + log1pf(expf(-fabsf(y))));
-            float sig = y >= 0.0f ? 1.0f / (1.0f + expf(-y)) : expf(y) / (1.0f + expf(y));
-            d = sig - t;
-        }
-        sq[r] = d * scale;
-        g_w0 += sq[r];
-    }
-
-    /* backward: gradient of each distinct feature, summed in entry order; dy/dv = x (s - v x) */
-    touched t = {slot, grows, iwork, 0, k1};
-    for (int64_t j = 0; j < nnz; j++) {
-        float *gr = grad_row(&t, idx[j]);
-        const float *p = P + idx[j] * k1;
-        const float *sr = s + row[j] * k1;
-        const float x = val[j];
-        const float gx = sq[row[j]] * x;
-        for (int64_t f = 0; f < k; f++) gr[f] += (sr[f] - p[f] * x) * gx;
-        gr[k] += gx;
-    }
-
-    /* lazy optimizer step: w0, then the touched rows */
-    float c = clip >= 0.0f ? clip : INFINITY;
-    update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, c, eps, correction);
-    update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, correction);
-    return total;
-}
-
-/*
- * A whole epoch: the rows of a (permuted) CSR matrix -- row r holds entries indptr[r] ..
- * indptr[r + 1] of idx/val -- in batches of batch_size, each one fm_train_step. rescale <= 0
- * means 1 / rows in the batch. *step is the optimizer's step count before the epoch and is
- * advanced by one per batch. slot: feature_dim int32 all -1 (left so). Returns the summed loss,
- * NaN as soon as it stops being finite (the training has diverged; the batches so far are
- * applied, as in the PyTorch loop), or -1 (nothing changed) if an index is out of range.
- * iwork: 2 x the largest batch's entries.
+ * A whole epoch: the rows of a (permuted) CSR matrix in batches of batch_size (each one
+ * FMTrainer.torch_step). P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of that
+ * shape (NULL if unused); w0, w0_s0, w0_s1: the global bias and its state. lr, wd: per column;
+ * clip < 0: none; rescale <= 0: 1 / rows in the batch. *step (the optimizer's step count) is
+ * advanced per batch. Scratch for the largest batch: fwork of (rows + entries) * k1 + rows
+ * floats, iwork of 2 x entries int64; slot: feature_dim int32 all -1 (left so). Returns the
+ * summed loss, NaN once it is not finite (the batches so far applied, as in the PyTorch loop),
+ * or -1 (nothing changed) if an index is out of range.
  */
 #define FM_EPOCH_PARAMS                                                                           \
     (float *P, float *s0, float *s1, int64_t feature_dim, int64_t k1, float *w0, float *w0_s0,    \
@@ -345,38 +255,87 @@ INLINE double fm_train_step(float *P, float *s0, float *s1, int64_t k1, float *w
      rescale, lr, wd, bias_lr, bias_wd, clip, optimizer, step, eps, slot, fwork, iwork)
 
 INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
+    const int64_t k = k1 - 1;
     for (int64_t j = indptr[0]; j < indptr[n]; j++)
         if (idx[j] < 0 || idx[j] >= feature_dim) return -1.0;
     double total = 0.0;
     for (int64_t r0 = 0; r0 < n; r0 += batch_size) {
-        int64_t r1 = r0 + batch_size < n ? r0 + batch_size : n;
-        int64_t e0 = indptr[r0], nnz = indptr[r1] - e0;
-        int64_t *rows = iwork + nnz;
-        for (int64_t r = r0; r < r1; r++)
-            for (int64_t j = indptr[r]; j < indptr[r + 1]; j++) rows[j - e0] = r - r0;
-        int64_t t = ++*step;
-        float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)(r1 - r0));
-        total += fm_train_step(P, s0, s1, k1, w0, w0_s0, w0_s1, rows, idx + e0, val + e0, nnz,
-                               r1 - r0, target + r0, loss, scale, lr, wd, bias_lr, bias_wd, clip,
-                               optimizer, optimizer == OPT_ADAM ? adam_correction(t) : 1.0f, eps,
-                               slot, fwork, iwork);
+        const int64_t n_rows = (r0 + batch_size < n ? r0 + batch_size : n) - r0;
+        const int64_t e0 = indptr[r0], nnz = indptr[r0 + n_rows] - e0;
+        const int64_t *bidx = idx + e0;
+        const float *bval = val + e0;
+        int64_t *row = iwork + nnz; /* the batch's entry j is x[row[j], bidx[j]] = bval[j] */
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t j = indptr[r0 + r]; j < indptr[r0 + r + 1]; j++) row[j - e0] = r;
+        const int64_t t_step = ++*step;
+        const float correction = optimizer == OPT_ADAM ? adam_correction(t_step) : 1.0f;
+        const float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)n_rows);
+        float *s = fwork;                   /* n_rows x k1: per-row sums of x_j P[idx_j] */
+        float *grows = fwork + n_rows * k1; /* n_unique x k1: per-feature gradients */
+        float *sq = grows + nnz * k1;       /* n_rows: sum of (x v)^2, then dLoss/dy * scale */
+        double batch_loss = 0.0;
+
+        /* forward */
+        memset(s, 0, sizeof(float) * (size_t)(n_rows * k1));
+        memset(sq, 0, sizeof(float) * (size_t)n_rows);
+        for (int64_t j = 0; j < nnz; j++) {
+            const float *p = P + bidx[j] * k1;
+            const float x = bval[j];
+            axpy(s + row[j] * k1, p, x, k1);
+            sq[row[j]] += sumsq(p, k) * (x * x);
+        }
+        float g_w0 = 0.0f;
+        for (int64_t r = 0; r < n_rows; r++) {
+            const float *sr = s + r * k1;
+            float y = (sumsq(sr, k) - sq[r]) * 0.5f + sr[k] + w0[0];
+            float d;
+            if (loss == LOSS_SQUARED) {
+                d = y - target[r0 + r];
+                batch_loss += (double)d * (double)d;
+            } else {
+                /* binary cross-entropy on logits, stable form; gradient sigmoid(y) - t */
+                float t = target[r0 + r];
+                batch_loss += (double)(fmaxf(y, 0.0f) - y * t + log1pf(expf(-fabsf(y))));
+                float sig = y >= 0.0f ? 1.0f / (1.0f + expf(-y)) : expf(y) / (1.0f + expf(y));
+                d = sig - t;
+            }
+            sq[r] = d * scale;
+            g_w0 += sq[r];
+        }
+
+        /* backward: each distinct feature's gradient, summed in entry order; dy/dv = x (s - v x) */
+        touched t = {slot, grows, iwork, 0, k1};
+        for (int64_t j = 0; j < nnz; j++) {
+            float *gr = grad_row(&t, bidx[j]);
+            const float *p = P + bidx[j] * k1;
+            const float *sr = s + row[j] * k1;
+            const float x = bval[j];
+            const float gx = sq[row[j]] * x;
+            for (int64_t f = 0; f < k; f++) gr[f] += (sr[f] - p[f] * x) * gx;
+            gr[k] += gx;
+        }
+
+        /* lazy optimizer step: w0, then the touched rows */
+        float c = clip >= 0.0f ? clip : INFINITY;
+        update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, c, eps, correction);
+        update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, correction);
+        total += batch_loss;
         if (!isfinite(total)) return NAN;
     }
     return total;
 }
 
 /* ------------------------------------------------------------------------------------------
- * The sampled-softmax ranking FM (backends/local/ranking.py, _softmax_step). A batch is B
- * consecutive training rows of an epoch's permuted data: row r's user part is entries
- * up_indptr[r] .. up_indptr[r + 1] of up_idx / up_val, its video items[r], its customer
- * users[r]; S distinct negative videos neg (sorted); table row of video i: item_offset + i.
+ * The sampled-softmax ranking FM (ranking.py, _softmax_step). A batch: B rows of the permuted
+ * epoch, row r with user part up_indptr[r] .. up_indptr[r + 1] of up_idx / up_val, video
+ * items[r], customer users[r]; S distinct sorted negatives neg; video i is table row
+ * item_offset + i.
  */
 
 /*
- * U (B x k1): each row's user vector sum_f x_f V_f over its user part, then a 1; Pi (B x k1):
- * the table row of its video; Pn (S x k1): the negatives' factors, then their linear weight
- * minus log_q (the log-Q correction), so that U @ Pn^T is the negatives' scores. Returns 0, or
- * -1 (nothing read) if an index is out of range.
+ * U (B x k1): each row's [sum_f x_f V_f | 1]; Pi (B x k1): its video's table row; Pn (S x k1):
+ * the negatives' rows, linear weight minus log_q, so that U @ Pn^T is their log-Q corrected
+ * scores. Returns 0, or -1 (nothing read) if an index is out of range.
  */
 #define RANK_GATHER_PARAMS                                                                        \
     (const float *P, int64_t feature_dim, int64_t k1, const int64_t *up_indptr,                   \
@@ -412,14 +371,12 @@ INLINE int rank_gather_impl RANK_GATHER_PARAMS {
 }
 
 /*
- * The sampled softmax of each row over [its own video, the S negatives]. Sc (B x S) holds
- * U @ Pn^T (a matrix product done by the caller: the negatives' scores with the log-Q term); negatives the row's
- * customer rated (seen_*: CSR of the videos rated, by customer) are left out. The gradient of
- * the loss wrt the negatives' scores is inv_r * Sc[r, c] afterwards: Sc gets exp(s - max) (0
- * where left out), inv (B) the factor scale / sum, so that the caller's products Sc @ V_neg and
- * Sc^T @ Uext need no scaling pass: Uext (B x k1) = [inv_r U_r | inv_r] (its last column gives
- * the negatives' column sums). g_pos (B) gets the gradient wrt the row's own score.
- * col_of: n_items int32, all -1 (left so). Returns the summed loss.
+ * The sampled softmax of each row over [its video, the S negatives] but those its customer
+ * rated (seen_*: CSR by customer); returns the summed loss. Sc (B x S) holds U @ Pn^T and gets
+ * exp(s - max) (0 where left out), inv (B) scale / sum, so that inv_r * Sc[r, c] is the
+ * gradient wrt a negative's score and the caller's Sc @ V_neg and Sc^T @ Uext need no scaling:
+ * Uext (B x k1) = [inv_r U_r | inv_r]. g_pos (B): the gradient wrt the row's own score.
+ * col_of: n_items int32, all -1 (left so).
  */
 #define RANK_SOFTMAX_PARAMS                                                                       \
     (float *Sc, const float *U, const float *Pi, int64_t k1, const int64_t *users, int64_t B,     \
@@ -449,8 +406,7 @@ INLINE float exp_shift_sum(float *RESTRICT x, int64_t n, float m) {
 INLINE double rank_softmax_impl RANK_SOFTMAX_PARAMS {
     const int64_t k = k1 - 1;
     double total = 0.0;
-    /* first the rated videos of every row's customer: a pass of scattered reads alone, so that
-     * the memory system serves several rows at once */
+    /* the rated videos of every row's customer first: scattered reads alone, several in flight */
     for (int64_t c = 0; c < S; c++) col_of[neg[c]] = (int32_t)c;
     for (int64_t r = 0; r < B; r++) {
         if (r + 2 * PREFETCH_AHEAD < B) prefetch(seen_indptr + users[r + 2 * PREFETCH_AHEAD]);
@@ -486,13 +442,12 @@ INLINE double rank_softmax_impl RANK_SOFTMAX_PARAMS {
 }
 
 /*
- * The lazy optimizer step of a softmax batch, with gU (B x k) = Sc @ V_neg and gN (S x k1) =
- * Sc^T @ Uext (matrix products done by the caller) and g_pos, inv, U, Pi from the calls above.
- * Gradients: user-part feature f of row r: x_f (inv_r gU_r + g_pos_r V_i) (its linear weight:
- * 0); the row's video: [g_pos_r U_r | g_pos_r]; negative c: gN_c; summed per table row in that
- * order, then every touched row is updated (w0 is not: it cancels in the loss). *step is
- * advanced by one; returns 0. slot: feature_dim int32 all -1 (left so); grows: (user-part
- * entries + B + S) x k1 floats; uniq as many int64; gu: k floats.
+ * The lazy optimizer step of a softmax batch, given gU (B x k) = Sc @ V_neg, gN (S x k1) =
+ * Sc^T @ Uext and the calls above. Gradients, summed per table row in this order: user-part
+ * feature f of row r: x_f (inv_r gU_r + g_pos_r V_i) (linear weight: 0); the row's video:
+ * [g_pos_r U_r | g_pos_r]; negative c: gN_c (w0 cancels in the loss). Advances *step; returns 0.
+ * slot: feature_dim int32 all -1 (left so); grows: (user-part entries + B + S) x k1 floats;
+ * uniq as many int64; gu: k floats.
  */
 #define RANK_UPDATE_PARAMS                                                                        \
     (float *P, float *s0, float *s1, int64_t k1, const int64_t *up_indptr,                        \
@@ -528,10 +483,9 @@ INLINE int rank_update_impl RANK_UPDATE_PARAMS {
 }
 
 /*
- * Ranks for the evaluation (recsys.ranking.ranks_from_scores' rule): Sc (B x n_items) scores
- * of B held-out rows, target t = targets[r] of row r; rank = 1 + the videos j != t that the
- * row's customer (users[r]) did not rate (seen_*) with s_j > s_t, or s_j == s_t and j < t.
- * Returns 0, or -1 if a target's score is NaN or an index is out of range.
+ * Ranks by recsys.ranking.ranks_from_scores' rule: Sc (B x n_items) scores, row r's rank of
+ * t = targets[r] is 1 + the videos j != t its customer did not rate (seen_*) with s_j > s_t,
+ * or s_j == s_t and j < t. Returns 0, or -1 on a NaN target score or an index out of range.
  */
 #define RANK_TARGETS_PARAMS                                                                       \
     (const float *Sc, int64_t B, int64_t n_items, const int64_t *targets, const int64_t *users,   \
@@ -559,10 +513,7 @@ INLINE int rank_targets_impl RANK_TARGETS_PARAMS {
     return 0;
 }
 
-/* ------------------------------------------------------------------------------------------
- * The exported functions: each body compiled for baseline x86-64 and for AVX2, one chosen at
- * run time (fm_kernel_isa).
- */
+/* The exported functions: each body compiled for baseline x86-64 and for AVX2 (fm_kernel_isa). */
 #if HAVE_AVX2_COPY
 #define EXPORT(ret, name, params, args)                                                           \
     AVX2_TARGET static ret name##_avx2 params { return name##_impl args; }                       \

@@ -10,32 +10,24 @@ linearly, ``y(x) = g(x) + theta h(x)``, so given everything else it is Gaussian 
 with ``e_n = target_n - y(x_n)`` the cached residual of row ``n``. For ``w_j``, ``h = x_j``; for
 ``V_jf``, ``h = x_j (q_f(x) - x_j V_jf)`` with ``q_f(x) = sum_i x_i V_if`` the row's factor sum.
 After a coordinate moves by ``d``, ``e -= d h``. ``q`` is not cached per row (``n * k`` values
-read and written at random every sweep cost more than they save): it is summed from the row's
-few entries of ``V`` and the relation blocks' per-entity sums ``Q_b`` (:class:`Rows`).
+read and written at random every sweep cost more than they save), but summed (:class:`Rows`).
 
-Two kinds of columns:
-
-* **Per-row columns** (a CSR design ``X``): updated feature by feature (``w_j``, then
-  ``V_j0 .. V_j,k-1``). Features of a *one-hot* group (each row holds at most one of them: the
-  user, the video, the time bucket) touch disjoint rows, so they are conditionally independent
-  and :func:`update_columns` updates the whole group at once with segment sums; other groups
-  (several features per row, e.g. the recent-history set) go one feature at a time.
-* **Relation blocks** (Rendle 2013, "Scaling factorization machines to relational data"): every
-  row ``n`` carries row ``index[n]`` of a table ``T`` (e.g. a customer's normalised set of
-  rated videos, shared by all of their rows). Sums over rows are kept per table row, so a column
-  costs O(its table entries) instead of O(the design rows it reaches).
+* **Per-row columns** (a CSR design ``X``): feature by feature (``w_j``, then ``V_j0 ..
+  V_j,k-1``); the features of a *one-hot* group (the user, the video, the time bucket) touch
+  disjoint rows, so :func:`update_columns` updates them all at once with segment sums.
+* **Relation blocks** (Rendle 2013, "Scaling factorization machines to relational data"): row
+  ``n`` carries row ``index[n]`` of a table ``T`` (e.g. a customer's rated videos, shared by all
+  of their rows); sums over rows are kept per table row, so a column costs O(its table entries).
 
 :func:`kernel` returns the C build of the same updates (``_mcmc.c``), or ``None``; both take the
-standard normals from the caller, one row of ``k + 1`` per feature (``[:, 0]`` for ``w``,
-``[:, 1 + f]`` for ``V[:, f]``), so both paths give the same chain.
+standard normals from the caller (per feature ``k + 1``: ``[:, 0]`` for ``w``, ``[:, 1 + f]``
+for ``V[:, f]``), so both paths give the same chain.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from backends.local._kernel import KERNEL_ENV
-
-log = logging.getLogger("recsys")
+from backends.local._kernel import KERNEL_ENV, open_library
 
 __all__ = ["Hyper", "Rows", "ColumnGroup", "Relation", "update_columns", "update_relation", "kernel", "NativeUpdates"]
 
@@ -90,9 +80,8 @@ class Rows:
 
 
 class ColumnGroup:
-    """The per-row columns of one group: ``feats`` (column ids, update order) and, per entry of
-    those columns in CSC order, its ``rows``, position ``t`` in ``feats`` and value ``x``
-    (``ptr``: where each feature's entries start). ``one_hot``: no row holds two of them."""
+    """The per-row columns ``feats`` of one group and, per entry in CSC order, its ``rows``,
+    position ``t`` in ``feats`` and value ``x`` (``ptr``: where each feature's entries start)."""
 
     def __init__(self, Xc: sp.csc_matrix, feats: np.ndarray, group: int):
         self.feats, self.group = np.ascontiguousarray(feats, dtype=np.int64), int(group)
@@ -177,8 +166,8 @@ class Relation:
 
 
 def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper: Hyper, noise: np.ndarray) -> None:
-    """Update a relation block's columns in place (all ``w_j``, then for each ``f`` all ``V_jf``)
-    and ``state["Q"][rel.pos]``, as ``mcmc_update_relation`` in ``_mcmc.c`` does."""
+    """Update a relation block's columns (all ``w_j``, then for each ``f`` all ``V_jf``) and
+    ``state["Q"][rel.pos]`` in place."""
     e, Q = state["e"], state["Q"][rel.pos]
     w = state["w"][rel.offset : rel.offset + rel.width]  # views: updated in place
     V = state["V"][rel.offset : rel.offset + rel.width]
@@ -228,44 +217,23 @@ def update_relation(rel: Relation, data: Rows, state: dict, alpha: float, hyper:
 
 
 # -- the native kernel -----------------------------------------------------------------------
-_P = ctypes.c_void_p
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("backends.local._mcmc")
-    if spec is None or not spec.origin:
-        log.debug("the native Gibbs kernel is not built; using numpy updates")
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError as exc:  # pragma: no cover - a broken build
-        log.warning("could not load the native Gibbs kernel %s (%s)", spec.origin, exc)
-        return None
-    abi = getattr(lib, "mcmc_kernel_abi", None)
-    if abi is None:  # pragma: no cover
-        return None
-    abi.restype = ctypes.c_int64
-    if abi() != MCMC_KERNEL_ABI:
-        log.warning("the native Gibbs kernel at %s was built from other sources; not using it "
-                    "(rebuild: pip install -e .)", spec.origin)  # fmt: skip
-        return None
-    i64, f64 = ctypes.c_int64, ctypes.c_double
-    lib.mcmc_update_columns.restype = lib.mcmc_update_relation.restype = None
-    rows = [_P, _P, _P, i64, _P, _P]  # row_ptr, row_col, row_val, n_rel, rel_index, rel_Q
-    hyper = [f64, _P, _P, _P, _P]  # alpha, mu_w, lam_w, mu_v, lam_v
-    lib.mcmc_update_columns.argtypes = [
-        i64, _P, _P, _P, *rows,  # k, e, w, V
-        _P, _P, _P, _P, i64, _P,  # ent_ptr, ent_row, ent_val, feats, n_feats, feat_group
-        *hyper, _P, _P, _P, _P, _P,  # noise, el, H, s2v, qr
-    ]  # fmt: skip
-    lib.mcmc_update_relation.argtypes = [
-        i64, i64, _P, _P, *rows, i64,  # n, k, e, Vall, self
-        i64, _P, i64, _P, _P, _P,  # n_ent, cnt, width, tcol_ptr, tcol_ent, tcol_val
-        _P, _P, _P, *hyper, _P,  # w, V, col_group, noise
+_P, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_ROWS = [_P, _P, _P, _I64, _P, _P]  # row_ptr, row_col, row_val, n_rel, rel_index, rel_Q
+_HYPER = [_F64, _P, _P, _P, _P]  # alpha, mu_w, lam_w, mu_v, lam_v
+_SIGNATURES = {
+    "mcmc_kernel_abi": (_I64, []),
+    "mcmc_update_columns": (None, [
+        _I64, _P, _P, _P, *_ROWS,  # k, e, w, V
+        _P, _P, _P, _P, _I64, _P,  # ent_ptr, ent_row, ent_val, feats, n_feats, feat_group
+        *_HYPER, _P, _P, _P, _P, _P,  # noise, el, H, s2v, qr
+    ]),
+    "mcmc_update_relation": (None, [
+        _I64, _I64, _P, _P, *_ROWS, _I64,  # n, k, e, Vall, self
+        _I64, _P, _I64, _P, _P, _P,  # n_ent, cnt, width, tcol_ptr, tcol_ent, tcol_val
+        _P, _P, _P, *_HYPER, _P,  # w, V, col_group, noise
         _P, _P, _P, _P,  # rec, Qold, Dold, r
-    ]  # fmt: skip
-    return lib
+    ]),
+}  # fmt: skip
 
 
 def kernel() -> ctypes.CDLL | None:
@@ -282,6 +250,11 @@ def kernel() -> ctypes.CDLL | None:
     return lib
 
 
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    return open_library("_mcmc", MCMC_KERNEL_ABI, _SIGNATURES)
+
+
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
@@ -291,8 +264,7 @@ def _pointers(arrays: list[np.ndarray]) -> ctypes.Array:
 
 
 class _RowsLayout:
-    """The rows' design in C form: CSR arrays and the relation blocks' indexes and Q (the
-    addresses of the caller's arrays, updated in place, never replaced)."""
+    """The rows' design in C form: CSR arrays, the blocks' indexes and the caller's Q arrays."""
 
     def __init__(self, X: sp.csr_matrix, indexes: list[np.ndarray], Q: list[np.ndarray]):
         self.keep = [X.indptr.astype(np.int64), X.indices.astype(np.int64), np.ascontiguousarray(X.data), *indexes]
@@ -310,8 +282,8 @@ def _others(X: sp.csr_matrix, group: ColumnGroup) -> sp.csr_matrix:
 
 
 class NativeUpdates:
-    """Calls into ``_mcmc.c`` with scratch buffers sized once for a design. Each column group
-    gets a copy of its rows laid out in entry order (the kernel then reads them sequentially)."""
+    """Calls into ``_mcmc.c`` with scratch sized once for a design; each column group gets a
+    copy of its rows in entry order (read sequentially)."""
 
     def __init__(self, lib: ctypes.CDLL, data: Rows, k: int, groups: list[ColumnGroup], relations: list[Relation],
                  Q: list[np.ndarray], zero_factors: np.ndarray | None = None):  # fmt: skip

@@ -1,6 +1,7 @@
-"""ctypes binding of the local backend's native kernels (``_fmkernel.c``). :func:`load` returns
-the library, or None when it was not built (no C compiler at install time) or is switched off
-with ``RECSYS_NATIVE=off``; callers then use their PyTorch paths (equal to float32 rounding).
+"""ctypes binding of the local backend's native kernels (``_fmkernel.c``; :func:`open_library`
+also opens the Gibbs kernel ``_mcmc.c``). :func:`load` returns the library, or None when it was
+not built (no C compiler at install time) or is switched off with ``RECSYS_NATIVE=off``; callers
+then use their PyTorch paths (equal to float32 rounding).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from recsys.errors import ConfigError
 
 log = logging.getLogger("recsys")
 
-__all__ = ["load", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
+__all__ = ["load", "open_library", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_NATIVE"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
@@ -30,6 +31,7 @@ _STEP = ctypes.POINTER(ctypes.c_int64)
 
 #: restype and argument types of every exported function (see _fmkernel.c for their meaning)
 _SIGNATURES = {
+    "fm_kernel_abi": (_INT, []),
     "fm_kernel_isa": (_INT, [_INT]),
     "fm_train_epoch": (_F64, [
         _P, _P, _P, _I64, _I64,  # P, s0, s1, feature_dim, k1
@@ -60,14 +62,15 @@ _SIGNATURES = {
 }  # fmt: skip
 
 
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    """The build next to this file whose ABI matches these declarations, or None; every
-    suffix is tried, so a stale build left by an older install never hides the current one."""
+def open_library(stem: str, abi: int, signatures: dict[str, tuple]) -> ctypes.CDLL | None:
+    """The build ``stem`` next to this file whose ABI (its first exported function, first in
+    ``signatures``) is ``abi``, its functions declared, or None; every suffix is tried, so a
+    stale build left by an older install never hides the current one."""
     here = Path(__file__).resolve().parent
     stale = []
+    abi_fn = next(iter(signatures))
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_fmkernel{suffix}"
+        path = here / f"{stem}{suffix}"
         if not path.is_file():
             continue
         try:
@@ -75,20 +78,29 @@ def _library() -> ctypes.CDLL | None:
         except OSError as exc:  # pragma: no cover - a broken build
             log.warning("could not load the native kernels %s (%s)", path, exc)
             continue
-        abi = getattr(lib, "fm_kernel_abi", None)
-        if abi is None or abi() != KERNEL_ABI:
+        check = getattr(lib, abi_fn, None)
+        if check is not None:
+            check.restype = signatures[abi_fn][0]
+        if check is None or check() != abi:
             stale.append(path.name)
             continue
-        for name, (restype, argtypes) in _SIGNATURES.items():
+        for name, (restype, argtypes) in signatures.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = restype, argtypes
-        log.debug("native kernels: %s (%s)", path.name, "AVX2" if lib.fm_kernel_isa(-1) else "baseline")
         return lib
     if stale:
         log.warning("the native kernels %s were built from other sources; not using them (rebuild: pip install -e .)", ", ".join(stale))
     else:
-        log.debug("native kernels not built; using the PyTorch paths")
+        log.debug("native kernels %s not built; using the PyTorch / numpy paths", stem)
     return None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = open_library("_fmkernel", KERNEL_ABI, _SIGNATURES)
+    if lib is not None:
+        log.debug("native kernels: %s (%s)", Path(lib._name).name, "AVX2" if lib.fm_kernel_isa(-1) else "baseline")
+    return lib
 
 
 def load() -> ctypes.CDLL | None:

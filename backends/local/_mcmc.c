@@ -1,19 +1,7 @@
-/* Gibbs updates of a Bayesian factorization machine (backends/local/mcmc.py).
- *
- * The same arithmetic as the numpy updates in backends/local/_gibbs.py, in the same order, so
- * both paths give the same chain (to float64 rounding) from the same standard normals. All
- * randomness is drawn in Python and passed in as `noise`: one row of (k + 1) standard normals per
- * feature, noise[t][0] for w and noise[t][1 + f] for V[:, f].
- *
- * A coordinate theta (w_j or V_jf) enters the FM output linearly, y(x) = g(x) + theta h(x), so
- * given everything else it is Gaussian (Rendle 2012, "Factorization Machines with libFM"):
- *     precision = lambda + alpha sum_n h_n^2
- *     mean      = (alpha sum_n (e_n + theta h_n) h_n + lambda mu) / precision
- * with e_n = target_n - y(x_n) the cached residual. For w_j, h = x_j; for V_jf,
- * h = x_j (q_f(x) - x_j V_jf) with q_f(x) = sum_i x_i V_if the row's factor sum. q is not
- * cached per row (n * k doubles would be read and written at random every sweep): it is summed
- * from the row's few entries of V, which stays in cache, and from the relation blocks' per-entity
- * sums Q_b (n_ent * k), kept current by mcmc_update_relation.
+/* Gibbs updates of a Bayesian factorization machine: the numpy updates of
+ * backends/local/_gibbs.py (whose docstring gives the conditionals) in the same order, so both
+ * paths give the same chain (to float64 rounding) from the same standard normals, drawn in
+ * Python and passed in as `noise`: per feature a row of k + 1, [0] for w, [1 + f] for V[:, f].
  *
  * Layouts: e (n), w (d), V (d * k) row-major, Q_b (n_ent * k) row-major; int64 indices, doubles.
  */
@@ -22,8 +10,7 @@
 
 #define MCMC_KERNEL_ABI 2
 
-/* The loops vectorise; on x86-64 GCC also builds an AVX2 copy of the updates and picks it at
- * load time on a CPU that has AVX2 (no FMA contraction either way: -ffp-contract=off). */
+/* On x86-64 GCC also builds an AVX2 copy of the updates, picked at load time (no FMA). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
@@ -46,9 +33,8 @@ typedef struct {
     double *const *rel_Q;
 } rows_t;
 
-/* out[0..k) = sum over the entries of row i of x V (the row's factor sum q(x_i), or, when the
- * rows list "the other entries" of a feature's rows, q(x_i) - x_j V_j) plus every relation
- * block's per-entity sum */
+/* out[0..k) = sum over the entries of row i of x V plus every relation block's per-entity sum:
+ * the row's factor sum q(x_i), or q(x_i) - x_j V_j when R lists the other entries of j's rows */
 static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i, double *restrict out) {
     for (int64_t f = 0; f < k; f++) out[f] = 0.0;
     for (int64_t p = R->row_ptr[i]; p < R->row_ptr[i + 1]; p++) {
@@ -62,9 +48,8 @@ static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i,
     }
 }
 
-/* sum_r a[r] b[r] with four partial sums (independent additions pipeline; one chain would wait
- * on each addition) -- the order the numpy updates sum in differs, so the paths agree to
- * rounding, not bit for bit */
+/* sum_r a[r] b[r] with four partial sums (they pipeline); numpy sums in another order, so the
+ * paths agree to rounding, not bit for bit */
 static inline double dot(const double *restrict a, const double *restrict b, int64_t m) {
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
     int64_t r = 0;
@@ -99,13 +84,10 @@ static inline double axpy_dot(double *restrict el, double d, const double *restr
     return (s0 + s1) + (s2 + s3);
 }
 
-/* Update the features `feats` (per-row columns) one after the other: w_j, then V_j0 ..
- * V_j,k-1, then write the residuals of its rows back. Within a one-hot group the features touch
- * disjoint rows, so this equals updating them all at once.
- * The group's entries, feature after feature: feature t has entries ent_ptr[t] .. ent_ptr[t+1],
- * entry p is design row ent_row[p] with value ent_val[p]. R lists, in the same entry order, the
- * *other* entries of that row (and its relation indexes), so h = x (sum of R's row p), read
- * sequentially.
+/* Update the per-row features `feats` one after the other: w_j, then V_j0 .. V_j,k-1, then
+ * write back the residuals of its rows (in a one-hot group, the same as all at once). Feature t
+ * has entries ent_ptr[t] .. ent_ptr[t+1]: design row ent_row[p], value ent_val[p]; row p of R
+ * holds the *other* entries of that design row, so h = x (sum of R's row p), read sequentially.
  * Scratch: el (longest column), H (longest column * k), s2v, qr (k each). */
 MULTIVERSION void mcmc_update_columns(
     int64_t k, double *restrict e, double *restrict w, double *restrict V,
@@ -130,9 +112,8 @@ MULTIVERSION void mcmc_update_columns(
         const double wn = draw(prec, alpha * (se + w[j] * s2) + lam_w[g] * mu_w[g], z[0]);
         double d = wn - w[j];
         w[j] = wn;
-        /* h of every factor (and sum h^2: it does not move while V_j changes); then each
-         * factor's update is one pass over the rows: apply it to the residuals and accumulate
-         * the next factor's sum e h */
+        /* h and sum h^2 of every factor (fixed while V_j changes); then one pass per factor
+         * applies its update to the residuals and sums e h for the next */
         for (int64_t f = 0; f < k; f++) s2v[f] = 0.0;
         for (int64_t r = 0; r < m; r++) {
             el[r] -= d * x[r];
@@ -162,17 +143,12 @@ MULTIVERSION void mcmc_update_columns(
     }
 }
 
-/* Update the columns of relation block `self` (0-based among the row design's blocks): design
- * row n carries row index[n] of a table T (n_ent x width, CSC), e.g. a customer's normalised
- * set of rated videos shared by all of their rows. Sums over design rows are kept per table row
- * (entity), so a column costs O(its table entries), not O(the design rows it reaches) -- Rendle
- * 2013, "Scaling factorization machines to relational data"; the caches follow myFM's.
- *
- * w and V point at the block's first column; Vall is the whole V (for the per-row entries).
- * cnt[m] = number of design rows of entity m; Q (n_ent * k) is the block's persistent
- * Q_mf = sum_j T_mj V_jf, recomputed here. Scratch: rec (n_ent * 8: an entity's sums in one
- * cache line, as a column visits its entities at random), Qold, Dold (n_ent each), r (n).
- * Linear pass: all w_j in column order; then for each factor f: all V_jf in column order. */
+/* Update the columns of relation block `self` (0-based): design row n carries row index[n] of
+ * a table T (n_ent x width, CSC); sums over design rows are kept per entity, as in _gibbs.py's
+ * update_relation (the caches follow myFM's). All w_j in column order, then for each factor f
+ * all V_jf. w and V point at the block's first column; Vall is the whole V. cnt[m]: design rows
+ * of entity m; Q (n_ent * k): the block's Q_mf = sum_j T_mj V_jf, recomputed here. Scratch: rec
+ * (n_ent * 8: an entity's sums in one cache line), Qold, Dold (n_ent each), r (n). */
 enum { R_Q, R_CNT, R_S1, R_S2, R_E, R_G, R_D, R_WIDTH = 8 };
 
 MULTIVERSION void mcmc_update_relation(

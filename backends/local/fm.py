@@ -4,26 +4,21 @@ The model, for any sparse feature row x::
 
     y(x) = w0 + sum_i w_i x_i + 1/2 sum_f [(sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2]
 
-is computed in O(nnz * num_factors) per batch with gathers and segment sums. Gradients are in
-closed form (checked against autograd and finite differences in the tests) and applied
-*lazily*: only the rows of ``w`` and ``V`` whose features occur in a batch are updated (and
-weight-decayed), as MXNet's sparse optimizers do -- an epoch costs O(nnz * k), not
-O(feature_dim * k) per batch, so millions of users are cheap.
+is computed in O(nnz * num_factors) per batch. Gradients are in closed form (tested against
+autograd) and applied *lazily*, as MXNet's sparse optimizers do: only the rows of ``w`` and
+``V`` whose features occur in a batch are updated (and weight-decayed), so an epoch costs
+O(nnz * k), not O(feature_dim * k) per batch.
 
-Optimizer semantics follow MXNet (which runs SageMaker's FM): per batch the loss gradient is
-summed and multiplied by ``rescale_grad`` (default ``1 / batch size``, i.e. the mean), clipped
-to ``[-clip_gradient, clip_gradient]``, weight decay ``wd * weight`` is added, then the
-optimizer steps with the per-part learning rate (``bias_lr``, ``linear_lr``, ``factors_lr``).
-SageMaker does not document its FM's optimizer; ``eps`` ("avoid division by 0") implies an
-adaptive one. The local default is Adam, which trains well with SageMaker's default learning
-rates; ``"sgd"`` and ``"adagrad"`` are available.
+Optimizer semantics follow MXNet (which runs SageMaker's FM): per batch the summed loss gradient
+is multiplied by ``rescale_grad`` (default ``1 / batch size``), clipped to ``[-clip_gradient,
+clip_gradient]``, weight decay ``wd * weight`` is added, then the optimizer steps with the
+per-part learning rate (``bias_lr``, ``linear_lr``, ``factors_lr``). SageMaker's ``eps`` implies
+an adaptive optimizer; the local default is Adam (``"sgd"`` and ``"adagrad"`` are available).
 
-Two implementations of the same step: :meth:`FMTrainer.torch_step` in PyTorch (~40 small ATen
-calls per batch, whose per-call overhead dominates on small catalogues) and, when the optional
-C extension ``backends/local/_fmkernel.c`` was built (at install time, given a C compiler), a
-native epoch running forward, loss, gradients and lazy update of every batch in one call (5-6x
-faster on MovieLens-sized data; the lab regressor on ``full``: 19.1 s -> 4.4 s). They agree to
-float32 rounding (tested). ``RECSYS_NATIVE=off`` or float64 parameters use the PyTorch step.
+:meth:`FMTrainer.torch_step` is the step in PyTorch (~40 small ATen calls per batch); the
+optional C extension ``_fmkernel.c``, when built, runs a whole epoch in one call (5-6x faster on
+MovieLens-sized data; the lab regressor on ``full``: 19.1 s -> 4.4 s), equal to float32
+rounding (tested). ``RECSYS_NATIVE=off`` or float64 parameters use the PyTorch step.
 """
 
 from __future__ import annotations
@@ -97,17 +92,17 @@ class _CSRTensors:
         """The rows ``rows`` (int64 tensor) as a batch."""
         if self.width:
             return self._fixed(self.idx2d[rows], self.val2d[rows])
-        b = int(rows.numel())
-        starts = self.indptr[rows]
-        lengths = self.indptr[rows + 1] - starts
-        local = torch.repeat_interleave(torch.arange(b), lengths)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        pos = starts[local] + (torch.arange(int(lengths.sum())) - offsets[local])
-        return SparseBatch(self.indices[pos], self.data[pos], local, b)
+        _, local, pos = csr_take(self.indptr, rows)
+        return SparseBatch(self.indices[pos], self.data[pos], local, int(rows.numel()))
+
+    def permuted(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows ``order`` as CSR arrays ``(indptr, indices, values)`` (for the kernels)."""
+        indptr, _, pos = csr_take(self.indptr, order)
+        return indptr, self.indices[pos], self.data[pos]
 
     def epoch(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[slice, SparseBatch]]:
-        """Yield ``(slice into order, batch)`` covering all rows in ``order``; fixed-width rows
-        are permuted once, so a batch is a contiguous slice with no gather of its own."""
+        """Yield ``(slice into order, batch)`` over the rows ``order`` (fixed-width rows are
+        permuted once: a batch is then a slice)."""
         if self.width:
             idx, val = self.idx2d[order], self.val2d[order]
         for start in range(0, len(order), batch_size):
@@ -115,13 +110,22 @@ class _CSRTensors:
             yield sl, (self._fixed(idx[sl], val[sl]) if self.width else self.batch(order[sl]))
 
 
+def csr_take(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The CSR rows ``rows`` of a matrix with row pointers ``indptr``: their row pointers, and
+    per entry its row's place in ``rows`` and its position in the matrix's entry arrays."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+    local = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+    return ptr, local, starts[local] + (torch.arange(int(ptr[-1])) - ptr[local])
+
+
 def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:
     """Yield ``(row_ids, batch)`` over ``X`` in ``order`` (default: row order)."""
-    data = _CSRTensors(X)
     order = np.arange(X.shape[0]) if order is None else order
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, data.batch(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
+    rows = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+    for sl, batch in _CSRTensors(X).epoch(rows, batch_size):
+        yield order[sl], batch
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -162,10 +166,9 @@ _OPTIMIZERS = {"sgd": 0, "adagrad": 1, "adam": 2}
 
 
 class FMTrainer:
-    """Parameters, optimizer state and the closed-form training step of an FM. The linear
-    weights and the factors live in one (feature_dim, num_factors + 1) table ``P = [V | w]`` so
-    a batch does one gather and one scatter; per-column learning rates and weight decays keep
-    ``linear_lr`` / ``factors_lr`` (and the ``_wd`` s) separate."""
+    """Parameters, optimizer state and the closed-form training step of an FM. ``w`` and ``V``
+    live in one (feature_dim, num_factors + 1) table ``P = [V | w]`` (one gather and one
+    scatter a batch) with per-column learning rates and weight decays."""
 
     def __init__(self, feature_dim: int, params: FMParams):
         self.params = p = params
@@ -191,10 +194,7 @@ class FMTrainer:
         self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
         self.step_count = 0
         self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
-        # the native kernel (backends/local/_fmkernel.c), when built; None: the PyTorch step
-        self._kernel = _kernel.load()
-        self._slot: torch.Tensor | None = None
-        self._fwork, self._iwork = torch.empty(0), torch.empty(0, dtype=torch.int64)
+        self._kernel = _kernel.load()  # None: the PyTorch step
 
     @property
     def V(self) -> torch.Tensor:
@@ -256,8 +256,7 @@ class FMTrainer:
         return weight.sub_(m.div(v.sqrt().add_(self.eps)).mul_(lr * correction)), [m, v]
 
     def torch_step(self, batch: SparseBatch, target: torch.Tensor, loss_fn: LossFn) -> float:
-        """Forward, loss, closed-form backward and a lazy optimizer step in PyTorch (the native
-        epoch's reference); the summed loss."""
+        """Forward, loss, closed-form backward and a lazy optimizer step; the summed loss."""
         y, s, xv = self.forward(batch)
         loss, dy = loss_fn(y, target)
         scale = self.params.rescale_grad if self.params.rescale_grad is not None else 1.0 / batch.n_rows
@@ -266,9 +265,8 @@ class FMTrainer:
         return float(loss.sum())
 
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
-        """:meth:`torch_step` over the rows ``order`` of ``data`` in batches of ``batch_size``
-        (``target`` in that order), or the native kernel's one call with the same arithmetic.
-        Returns the summed loss, or NaN as soon as it is not finite (training diverged)."""
+        """:meth:`torch_step` over the rows ``order`` of ``data`` in batches (``target`` in that
+        order), or the native kernel's one call; the summed loss, NaN once it is not finite."""
         if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
@@ -277,36 +275,25 @@ class FMTrainer:
                     return math.nan
             return total
         n = int(order.numel())
-        if data.width:
-            idx, val = data.idx2d[order].reshape(-1), data.val2d[order].reshape(-1)
-            indptr = torch.arange(n + 1) * data.width
-        else:
-            whole = data.batch(order)
-            idx, val = whole.idx, whole.val
-            lengths = data.indptr[order + 1] - data.indptr[order]
-            indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+        indptr, idx, val = data.permuted(order)
         starts = torch.arange(0, n, batch_size)
         max_nnz = int((indptr[torch.clamp(starts + batch_size, max=n)] - indptr[starts]).max()) if n else 0
-        # grow the kernel's scratch buffers to fit the largest batch
-        if self._slot is None:
-            self._slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
-        need = (min(batch_size, n) + max_nnz) * (self.k + 1) + min(batch_size, n)
-        if self._fwork.numel() < need:
-            self._fwork = torch.empty(need)
-        if self._iwork.numel() < 2 * max_nnz:
-            self._iwork = torch.empty(2 * max_nnz, dtype=torch.int64)
+        b = min(batch_size, n)  # the kernel's scratch, for the largest batch
+        fwork = torch.empty((b + max_nnz) * (self.k + 1) + b)
+        iwork = torch.empty(2 * max_nnz, dtype=torch.int64)
+        slot = torch.full((self.feature_dim,), -1, dtype=torch.int32)
         p, ptr, step = self.params, _kernel.ptr, ctypes.c_int64(self.step_count)
         st, st0 = [*self.state_P, None, None][:2], [*self.state_w0, None, None][:2]
         total = self._kernel.fm_train_epoch(
             ptr(self.P), ptr(st[0]), ptr(st[1]), self.feature_dim, self.k + 1,
             ptr(self.w0), ptr(st0[0]), ptr(st0[1]),
-            ptr(indptr.contiguous()), ptr(idx.contiguous()), ptr(val.contiguous()), n,
+            ptr(indptr), ptr(idx), ptr(val), n,
             ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
             -1.0 if p.clip_gradient is None else p.clip_gradient,
             _OPTIMIZERS[self.optimizer], ctypes.byref(step), self.eps,
-            ptr(self._slot), ptr(self._fwork), ptr(self._iwork),
+            ptr(slot), ptr(fwork), ptr(iwork),
         )  # fmt: skip
         self.step_count = step.value
         if total == -1.0:
@@ -319,8 +306,8 @@ class FMTrainer:
         return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
     def apply_row_gradients(self, rows: torch.Tensor, g_rows: torch.Tensor, g_w0: torch.Tensor | None = None) -> None:
-        """One lazy optimizer step: ``g_rows[j]`` is the gradient (``[dV | dw]``) of table row
-        ``rows[j]``, summed over repeated rows; ``g_w0`` None leaves the global bias alone."""
+        """One lazy optimizer step with gradient ``g_rows[j]`` (``[dV | dw]``, summed over repeats)
+        of table row ``rows[j]``; ``g_w0`` None leaves the global bias alone."""
         if rows.numel() and not bool((rows[1:] > rows[:-1]).all()):
             rows, inverse = torch.unique(rows, return_inverse=True)
             g_rows = torch.zeros(rows.numel(), self.k + 1).index_add_(0, inverse, g_rows)
@@ -377,9 +364,8 @@ def _available_memory() -> int | None:
 
 
 def model_bytes(feature_dim: int, params: FMParams) -> int:
-    """Memory the trainer allocates: the (feature_dim, num_factors + 1) float32 table, its
-    optimizer state, the copy made while initialising (and for the fitted artifact) and, with
-    early stopping, the best epoch's snapshot."""
+    """Memory the trainer allocates: the float32 table, its optimizer state, the copy made while
+    initialising (and for the artifact) and, with early stopping, the best epoch's snapshot."""
     copies = 2 + _N_STATE.get(params.optimizer, 0) + (1 if params.early_stopping_patience else 0)
     return copies * feature_dim * (params.num_factors + 1) * 4
 

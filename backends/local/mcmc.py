@@ -17,10 +17,10 @@ regularization is integrated out instead of tuned:
 Knobs: ``mcmc_burn_in`` (sweeps discarded), ``mcmc_samples`` (sweeps kept), ``num_factors``,
 ``seed``, ``mcmc_init_sigma`` (the factors' starting spread). The ``eval_*`` history averages
 predictions over the kept samples. The returned :class:`~recsys.model.FittedFM` holds the
-posterior mean ``w0, w, V`` (what later predictions and the k-NN vectors use: on the validation
-folds of ``benchmarks/bench_quality.py`` it predicts as well as the average over every kept
-sample) and, with ``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, for
-:meth:`~recsys.model.FittedFM.predict_score` to average over (storage: S x the model's size).
+posterior mean ``w0, w, V`` (used by predictions and k-NN vectors: on ``bench_quality.py``'s
+folds it predicts as well as the average over every kept sample) and, with
+``mcmc_saved_samples > 0``, that many kept samples, evenly thinned, for ``predict_score`` to
+average over (storage: S x the model's size).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ GAMMA_0, MU_0 = 1.0, 0.0
 
 
 class FMOutput:
-    """``y(x)`` of every row of a design for given parameters, relation blocks included; the
-    design's float64 copies and squares are made once (it is called for every kept sample)."""
+    """``y(x)`` of every row of a design (relation blocks included) for given parameters; the
+    float64 copies and squares are made once."""
 
     def __init__(self, design: GroupedDesign):
         self.X = sp.csr_matrix(design.X, dtype=np.float64)
@@ -96,10 +96,9 @@ def _default_groups(feature_dim: int, metadata: dict[str, Any] | None) -> np.nda
 
 
 class GibbsSampler:
-    """The chain's state: parameters, hyperparameters, the training rows' residuals ``e`` and
-    each relation block's per-entity factor sums ``Q``; :meth:`sweep` draws the next sample.
-    ``fixed_alpha`` (regressor) and ``sample_hyper=False`` freeze the noise precision and the
-    priors (:attr:`hyper`) -- for checks against closed forms."""
+    """The chain's state: parameters, hyperparameters, the residuals ``e`` and each relation
+    block's per-entity factor sums ``Q``; :meth:`sweep` draws the next sample. ``fixed_alpha``
+    and ``sample_hyper=False`` freeze the noise precision and :attr:`hyper` (for checks)."""
 
     def __init__(self, design: GroupedDesign, y: np.ndarray, *, num_factors: int, classifier: bool = False,
                  groups: np.ndarray | None = None, init_sigma: float = 0.3, seed: int = 0, native: bool | None = None,
@@ -286,9 +285,9 @@ def train_fm_mcmc(X: sp.csr_matrix | GroupedDesign, y: np.ndarray, params: FMPar
 
     ``X``: a CSR design or a :class:`~recsys.feature_groups.GroupedDesign` (with its column
     groups), ``groups`` (one id per column) overrides them; a CSR design by default gets users /
-    items / the rest when ``options.metadata`` gives ``n_users`` and ``n_items``. Sweeps run in
-    :func:`backends.local.training.run_epochs` (``epoch`` = sweep); the evaluation loss is the
-    running average's over the kept samples (none during burn-in)."""
+    items / the rest when ``options.metadata`` gives ``n_users`` and ``n_items``. Sweeps are
+    :func:`~backends.local.training.run_epochs`' epochs; the evaluation loss is the running
+    average's over the kept samples (none during burn-in)."""
     options = options or TrainOptions()
     metadata = options.metadata
     params.validate()

@@ -9,11 +9,10 @@ customer did rate are masked out):
   batch, with the log-Q correction;
 * ``"bpr"`` -- ``-log sigmoid(s(U, i) - s(U, j))`` for ``negatives`` uniform j per pair.
 
-Gradients are closed-form (checked against autograd in the tests) and applied with the FM's lazy
-optimizer. With an evaluation set, NDCG@10 on at most :data:`EVAL_ROWS` of its rows is measured
-after every epoch (for early stopping). :class:`_NativeSoftmax` is :func:`_softmax_step` with all
-but the three matrix products in the native kernel (``_fmkernel.c``), several times faster and
-equal to float32 rounding (tested); ``RECSYS_NATIVE=off`` forces the PyTorch step.
+Gradients are closed-form (tested against autograd), applied with the FM's lazy optimizer. With
+an evaluation set, NDCG@10 on at most :data:`EVAL_ROWS` of its rows is measured after every
+epoch (for early stopping). :class:`_NativeSoftmax` is :func:`_softmax_step` with all but the
+three matrix products in ``_fmkernel.c``, several times faster, equal to float32 rounding.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from recsys.model import FittedFM
 from recsys.params import FMParams
 from recsys.ranking import rank_metrics, ranks_from_scores
 
-from .fm import _OPTIMIZERS, FMTrainer, SparseBatch, _CSRTensors
+from .fm import _OPTIMIZERS, FMTrainer, SparseBatch, _CSRTensors, csr_take
 from .training import run_epochs
 
 __all__ = ["train_fm_ranking", "RANKING_LOSSES", "EVAL_ROWS"]
@@ -62,11 +61,7 @@ class _Seen:
 
     def entries(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in ``u``, video) for every video rated by the customers ``u``."""
-        starts = self.indptr[u]
-        lengths = self.indptr[u + 1] - starts
-        rows = torch.repeat_interleave(torch.arange(len(u)), lengths)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        pos = starts[rows] + (torch.arange(int(lengths.sum())) - offsets[rows])
+        _, rows, pos = csr_take(self.indptr, u)
         return rows, self.indices[pos]
 
     def shared_mask(self, u: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -95,10 +90,13 @@ def _user_vectors(tr: FMTrainer, b: SparseBatch) -> torch.Tensor:
     return torch.zeros(b.n_rows, tr.k).index_add_(0, b.row, e)
 
 
-def _user_part_grads(tr: FMTrainer, b: SparseBatch, g_user: torch.Tensor) -> torch.Tensor:
-    """dV_f = x_f * dU over the user part (their linear weights get no gradient: user-side
-    terms cancel in every ranking loss)."""
-    return torch.cat([g_user.index_select(0, b.row) * b.val[:, None], torch.zeros(b.idx.numel(), 1)], 1)
+def _apply(
+    tr: FMTrainer, b: SparseBatch, g_user: torch.Tensor, rows: torch.Tensor, g_rows: torch.Tensor
+) -> None:
+    """The lazy step: dV_f = x_f * dU over the user part (their linear weights get no gradient:
+    user-side terms cancel in every ranking loss), ``g_rows`` for the table rows ``rows``."""
+    g_part = torch.cat([g_user[b.row] * b.val[:, None], torch.zeros(b.idx.numel(), 1)], 1)
+    tr.apply_row_gradients(torch.cat([b.idx, rows]), torch.cat([g_part, g_rows]))
 
 
 def _bpr_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, j: torch.Tensor, valid: torch.Tensor, item_offset: int, scale: float) -> float:
@@ -115,9 +113,8 @@ def _bpr_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, j: torch.Tensor, v
     gsum = g.sum(1)
     g_u = Vi * gsum[:, None] - torch.einsum("bn,bnk->bk", g, Vj)
     g_i = torch.cat([U * gsum[:, None], gsum[:, None]], 1)
-    g_j = torch.cat([-g[:, :, None] * U[:, None, :], -g[:, :, None]], 2)
-    rows = torch.cat([b.idx, i + item_offset, j.reshape(-1) + item_offset])
-    tr.apply_row_gradients(rows, torch.cat([_user_part_grads(tr, b, g_u), g_i, g_j.reshape(-1, k + 1)]))
+    g_j = torch.cat([-g[:, :, None] * U[:, None, :], -g[:, :, None]], 2).reshape(-1, k + 1)
+    _apply(tr, b, g_u, torch.cat([i, j.reshape(-1)]) + item_offset, torch.cat([g_i, g_j]))
     return loss
 
 
@@ -139,23 +136,21 @@ def _softmax_step(tr: FMTrainer, b: SparseBatch, i: torch.Tensor, neg: torch.Ten
     g_u = torch.addmm(Vi * g_pos[:, None], g_neg, Vn)
     g_i = torch.cat([U * g_pos[:, None], g_pos[:, None]], 1)
     g_n = torch.cat([g_neg.T @ U, g_neg.sum(0)[:, None]], 1)
-    rows = torch.cat([b.idx, i + item_offset, neg + item_offset])
-    tr.apply_row_gradients(rows, torch.cat([_user_part_grads(tr, b, g_u), g_i, g_n]))
+    _apply(tr, b, g_u, torch.cat([i, neg]) + item_offset, torch.cat([g_i, g_n]))
     return loss
 
 
 class _NativeSoftmax:
-    """:func:`_softmax_step` as three PyTorch matrix products and three kernel calls. :meth:`epoch`
-    lays the rows out in the epoch's order (a batch is a contiguous slice); buffers are allocated
-    once for the largest batch."""
+    """:func:`_softmax_step` as three PyTorch matrix products and three kernel calls, over the
+    rows of :meth:`epoch` (a batch is a slice), with buffers for the largest batch."""
 
-    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: sp.csr_matrix, users: torch.Tensor, items: torch.Tensor,
+    def __init__(self, kernel: ctypes.CDLL, tr: FMTrainer, part: _CSRTensors, users: torch.Tensor, items: torch.Tensor,
                  seen: _Seen, n_items: int, item_offset: int, batch_size: int, negatives: int):  # fmt: skip
         self.kernel, self.tr, self.part, self.seen = kernel, tr, part, seen
         self.all_users, self.all_items, self.n_items, self.item_offset = users, items, n_items, item_offset
         k, k1 = tr.k, tr.k + 1
         B, S = min(batch_size, len(users)), negatives
-        widest = int(np.diff(part.indptr).max()) if len(users) else 0
+        widest = int(torch.diff(part.indptr).max()) if len(users) else 0
         self.U, self.Pi, self.Pn, self.Uext = (torch.empty(n, k1) for n in (B, B, S, B))  # U: [U | 1]
         self.g_pos, self.inv = torch.empty(B), torch.empty(B)
         self.Sc, self.gU, self.gN = torch.empty(B * S), torch.empty(B * k), torch.empty(S * k1)
@@ -167,9 +162,7 @@ class _NativeSoftmax:
     def epoch(self, order: torch.Tensor) -> None:
         """The training rows in the order ``order``: customers, videos and the user-part CSR."""
         self.users, self.items = self.all_users[order], self.all_items[order]
-        part = self.part[order.numpy()]
-        self.indptr, self.idx = (torch.from_numpy(a.astype(np.int64)) for a in (part.indptr, part.indices))
-        self.val = torch.from_numpy(part.data)
+        self.indptr, self.idx, self.val = self.part.permuted(order)
 
     def step(self, start: int, stop: int, neg: torch.Tensor, scale: float) -> float:
         """One batch: rows ``start:stop`` of the epoch, ``neg`` the distinct sorted negatives."""
@@ -202,8 +195,7 @@ class _NativeSoftmax:
 
 
 def _ndcg_at(tr: FMTrainer, eval_set: RankingData, seen: _Seen) -> float:
-    """NDCG@10 of held-out rows by :func:`recsys.ranking.ranks_from_scores` (the rule
-    ``recsys run`` evaluates with)."""
+    """NDCG@10 of held-out rows by :func:`recsys.ranking.ranks_from_scores` (as ``recsys run``)."""
     layout, k = eval_set.layout, tr.k
     rows = _CSRTensors(eval_set.user_part)
     table = tr.P[layout.item_offset : layout.item_offset + layout.n_items]
@@ -248,18 +240,13 @@ def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softma
     rng = np.random.default_rng(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     tr = FMTrainer(layout.feature_dim, params)
-    part = sp.csr_matrix(data.user_part, dtype=np.float32)
-    if not part.has_canonical_format:
-        part = part.copy()  # never modify the caller's matrix
-        part.sum_duplicates()
-    rows_data = _CSRTensors(part)
+    rows_data = _CSRTensors(sp.csr_matrix(data.user_part, dtype=np.float32))
     seen = _Seen(data.users, data.items, n_users, n_items)
     users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
     n, bs = len(data), params.mini_batch_size
-    kernel = _kernel.load()
     native = None
-    if kernel is not None and loss == "softmax" and tr._fusable():
-        native = _NativeSoftmax(kernel, tr, part, users, items, seen, n_items, off, bs, negatives)
+    if tr._kernel is not None and loss == "softmax" and tr._fusable():
+        native = _NativeSoftmax(tr._kernel, tr, rows_data, users, items, seen, n_items, off, bs, negatives)
 
     def epoch_fn() -> float:
         order = torch.from_numpy(rng.permutation(n))

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -29,14 +29,6 @@ PROGRESS_EVERY = 10.0
 #: ``eval_fn()`` returns (metric name, value, higher is better), or None when there is nothing
 #: to measure yet (an MCMC sampler during burn-in).
 EvalFn = Callable[[], "tuple[str, float, bool] | None"]
-
-
-class Trainable(Protocol):
-    """What the loop needs of a trainer's state."""
-
-    def finite(self) -> bool: ...
-    def snapshot(self) -> Any: ...
-    def restore(self, snap: Any) -> None: ...
 
 
 @contextlib.contextmanager
@@ -58,7 +50,7 @@ def diverged(where: str, params: FMParams) -> ModelFitError:
 
 
 def run_epochs(
-    model: Trainable,
+    model: Any,
     params: FMParams,
     epoch_fn: Callable[[], float],
     *,
@@ -69,7 +61,8 @@ def run_epochs(
 ) -> dict[str, Any]:
     """Train for ``params.epochs`` epochs, fewer if a callback or early stopping (that many
     epochs after the best ``eval_fn`` value; the best epoch is restored) says so.
-    ``epoch_fn()`` returns the epoch's mean training loss (NaN once not finite).
+    ``epoch_fn()`` returns the epoch's mean training loss (NaN once not finite); ``model`` has
+    ``finite()``, ``snapshot()`` and ``restore(snapshot)``.
 
     Returns ``history`` (per epoch: ``epoch``, ``train_<loss_name>``, ``eval_<metric>``),
     ``train_seconds`` and, with early stopping, ``best_epoch`` and ``best_eval_<metric>``.
