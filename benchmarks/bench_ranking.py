@@ -170,7 +170,7 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
         lists, _ = rec.recommend(
             np.arange(data.n_users), cfg.knn.k, exclude_seen=True
         )
-        m = _ranking_metrics(rec, data, lists, cfg, "classifier")
+        m, _ = _ranking_metrics(rec, data, lists, cfg, "classifier")
         runs["lab_classifier_knn"].append({**m, "fit_s": fit_s, "seed": seed})
         if popularity is None:
             popularity = {
@@ -194,7 +194,7 @@ def stage_quality(p: dict[str, Any]) -> dict[str, Any]:
         lists, _ = rec.recommend(
             np.arange(data.n_users), cfg.knn.k, exclude_seen=True
         )
-        m = _ranking_metrics(rec, data, lists, cfg, "ranking")
+        m, _ = _ranking_metrics(rec, data, lists, cfg, "ranking")
         runs["ranking_objective"].append(
             {
                 **m,

@@ -172,17 +172,53 @@ def date_order_key(frame: pd.DataFrame) -> np.ndarray:
     return frame[DATE].to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
+def _codes(series: pd.Series) -> np.ndarray:
+    """Integer codes with equal values -> equal codes (NaN gets its own code)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return series.cat.codes.to_numpy().astype(np.int64)
+    return pd.factorize(series, use_na_sentinel=False)[0].astype(np.int64)
+
+
 def _dedupe(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
     """The rows :func:`drop_duplicates` keeps (sorted) and how many exact duplicate rows it drops.
 
-    ``product_title`` and ``review_date`` may be absent (then all missing).
+    One stable sort by (customer, video, date) does both: exact duplicates can only sit in a
+    run of equal (customer, video, date), and the last row of each (customer, video) run is
+    the latest review. ``product_title`` and ``review_date`` may be absent (all missing).
     """
-    exact = frame.duplicated([c for c in RATINGS_COLUMNS if c in frame.columns]).to_numpy()
-    kept = np.flatnonzero(~exact)
-    if DATE in frame.columns:  # stable: the later line wins a tie on the date
-        kept = kept[np.argsort(date_order_key(frame)[kept], kind="stable")]
-    latest = ~frame[[CUSTOMER, PRODUCT]].iloc[kept].duplicated(keep="last").to_numpy()
-    return np.sort(kept[latest]), int(exact.sum())
+    n = len(frame)
+    if n == 0:
+        return np.empty(0, dtype=np.int64), 0
+    cust, prod = _codes(frame[CUSTOMER]) + 1, _codes(frame[PRODUCT]) + 1  # categorical NaN: -1 -> 0
+    pair = cust * (int(prod.max()) + 1) + prod
+    date_key = date_order_key(frame) if DATE in frame.columns else np.zeros(n, dtype=np.int64)
+    date = np.unique(date_key, return_inverse=True)[1].reshape(-1)
+    n_dates = int(date.max()) + 1
+    if (int(pair.max()) + 1) * n_dates < 2**62:
+        order = np.argsort(pair * n_dates + date, kind="stable")  # stable: file order on ties
+    else:  # pragma: no cover - astronomically many (pair, date) combinations
+        order = np.lexsort((date, pair))
+    p_s, d_s = pair[order], date[order]
+    same_prev = np.zeros(n, dtype=bool)
+    same_prev[1:] = (p_s[1:] == p_s[:-1]) & (d_s[1:] == d_s[:-1])
+    # rows in a run of equal (pair, date): compare title and rating there only (rare)
+    in_run = same_prev.copy()
+    in_run[:-1] |= same_prev[1:]
+    exact = np.zeros(n, dtype=bool)
+    if in_run.any():
+        rows = order[in_run]
+        title = _codes(frame[TITLE])[rows] if TITLE in frame.columns else 0
+        key = pd.DataFrame({
+            "k": pair[rows] * n_dates + date[rows],
+            "t": title,
+            "r": frame[RATING].to_numpy(dtype=np.float64)[rows],
+        })  # fmt: skip
+        exact[rows] = key.duplicated(keep="first").to_numpy()
+    kept = order[~exact[order]]
+    p_k = pair[kept]
+    last = np.ones(len(kept), dtype=bool)
+    last[:-1] = p_k[1:] != p_k[:-1]
+    return np.sort(kept[last]), int(exact.sum())
 
 
 def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -224,7 +260,7 @@ def filter_long_tail(
         raise DataError("no ratings to filter: the input is empty")
     current = frame
     for passes in itertools.count(1):
-        cust, prod = (pd.factorize(current[c], use_na_sentinel=False)[0] for c in (CUSTOMER, PRODUCT))
+        cust, prod = _codes(current[CUSTOMER]), _codes(current[PRODUCT])
         c_counts, p_counts = np.bincount(cust), np.bincount(prod)
         c_ok, p_ok = c_counts >= min_customer_ratings, p_counts >= min_product_ratings
         mask = c_ok[cust] & p_ok[prod]
