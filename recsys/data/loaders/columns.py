@@ -24,20 +24,9 @@ MIN_US, MAX_US = pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1
 Ids = np.ndarray | pd.Categorical  # an id column: int64 or category
 
 
-def frame(
-    customer: Ids,
-    product: Ids,
-    title: pd.Categorical | None,
-    rating: np.ndarray,
-    date_us: np.ndarray | None,
-) -> pd.DataFrame:
-    """Assemble the ratings frame (columns in :data:`RATINGS_COLUMNS` order); ``title`` None:
-    all NaN, ``date_us`` (int64 microseconds) None: all NaT."""
-    n = len(rating)
-    if title is None:
-        title = pd.Categorical.from_codes(np.full(n, -1, np.int8), pd.Index([], dtype="str"))
-    date_us = np.full(n, NAT, dtype=np.int64) if date_us is None else date_us
-    rating, date = np.asarray(rating, np.float32), np.asarray(date_us, np.int64).view(DATE_DTYPE)
+def frame(customer: Ids, product: Ids, title: pd.Categorical, rating: np.ndarray, date_us: np.ndarray) -> pd.DataFrame:
+    """Assemble the ratings frame (columns in :data:`RATINGS_COLUMNS` order)."""
+    rating, date = np.asarray(rating, dtype=np.float32), np.asarray(date_us, dtype=np.int64).view(DATE_DTYPE)
     data = {CUSTOMER: customer, PRODUCT: product, TITLE: title, RATING: rating, DATE: date}
     return pd.DataFrame(data, columns=list(RATINGS_COLUMNS), copy=False)
 
@@ -57,16 +46,19 @@ def in_range(us: np.ndarray) -> np.ndarray:
 
 
 class Lookup:
-    """Map a text column through ``fn(text) -> (value, code)`` once per distinct text: stars or
-    dates have few, so only the column's dictionary goes through Python (cached across blocks)."""
+    """Map a text column through ``fn(text) -> (value, code)`` once per distinct text.
 
-    def __init__(self, fn: Callable[[str], tuple], dtype: type, null: tuple[float, int]) -> None:
+    Columns of a ratings file hold few distinct stars or dates, so the column is dictionary
+    encoded and only its dictionary goes through Python (with a cache across blocks).
+    """
+
+    def __init__(self, fn: Callable[[str], tuple[float, int]], dtype: type, null: tuple[float, int]) -> None:
         self.fn, self.dtype, self.null = functools.cache(fn), dtype, null
 
-    def __call__(self, col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Values (``dtype``) and codes (int8) of every row; a null gets ``null``."""
         values, codes = [np.empty(0, self.dtype)], [np.empty(0, np.int8)]
-        for ch in col.chunks:
+        for ch in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
             if not pa.types.is_dictionary(ch.type):
                 ch = ch.dictionary_encode()
             pairs = [*map(self.fn, ch.dictionary.to_pylist()), self.null]
@@ -76,7 +68,32 @@ class Lookup:
         return np.concatenate(values), np.concatenate(codes)
 
 
-def _canonical_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+def empty_categorical(n: int) -> pd.Categorical:
+    return pd.Categorical.from_codes(
+        np.full(n, -1, dtype=np.int8), categories=pd.Index([], dtype="str")
+    )
+
+
+def categorical(dictionary: pa.Array, indices: np.ndarray) -> pd.Categorical:
+    """A Categorical with sorted, used-only categories from a dictionary and codes (-1 = NaN)."""
+    used_idx = np.flatnonzero(np.bincount(indices[indices >= 0], minlength=len(dictionary)))
+    values = dictionary.take(pa.array(used_idx)) if len(used_idx) < len(dictionary) else dictionary
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        values = pc.cast(values, pa.string())
+    order = np.asarray(pc.array_sort_indices(values))
+    remap = np.full(len(dictionary) + 1, -1, dtype=np.int64)  # last slot: -1 stays -1
+    remap[used_idx[order]] = np.arange(len(order))
+    categories = pd.Index(values.take(pa.array(order)).to_pandas(), dtype="str")
+    return pd.Categorical.from_codes(remap[indices], categories=categories, validate=False)
+
+
+def encode(arr: pa.Array) -> pd.Categorical:
+    """``arr`` as a Categorical (see :func:`categorical`); nulls are NaN."""
+    enc = arr.dictionary_encode()
+    return categorical(enc.dictionary, np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64))
+
+
+def _canonical_ints(values: pa.Array) -> np.ndarray | None:
     """``values`` (strings) as int64 when every one is a plain decimal integer, else None."""
     try:
         ints = pc.cast(values, pa.int64())
@@ -87,11 +104,26 @@ def _canonical_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     return np.asarray(ints.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def ids_from_strings(arr: pa.Array | pa.ChunkedArray) -> Ids:
-    """Id column from strings: int64 if every id is an integer, else category (sorted, used-only
-    categories, as :class:`pandas.Categorical` makes them)."""
+def dict_parts(chunks: list[pa.ChunkedArray]) -> tuple[pa.Array, np.ndarray]:
+    """Unify dictionary chunks: (dictionary, int64 indices with -1 for null)."""
+    ca = pa.chunked_array([ch for c in chunks for ch in c.chunks], type=DICT).unify_dictionaries()
+    dictionary = ca.chunk(0).dictionary if ca.num_chunks else pa.array([], pa.string())
+    indices = [np.asarray(pc.fill_null(c.indices, -1)) for c in ca.chunks]
+    return dictionary, np.concatenate(indices).astype(np.int64) if indices else np.empty(0, np.int64)
+
+
+def ids_from_dict(chunks: list[pa.ChunkedArray]) -> Ids:
+    """Id column from dictionary chunks: int64 if all used ids are integers, else category."""
+    cat = categorical(*dict_parts(chunks))
+    ints = _canonical_ints(pa.array(cat.categories.to_numpy(dtype=object), pa.string()))
+    return ints[cat.codes] if ints is not None else cat
+
+
+def ids_from_strings(chunks: list[pa.ChunkedArray]) -> Ids:
+    """Id column from string chunks: int64 if every id is an integer, else category."""
+    arr = pa.chunked_array([ch for c in chunks for ch in c.chunks], pa.string()).combine_chunks()
     ints = _canonical_ints(arr)
-    return ints if ints is not None else pd.Categorical(arr.to_pandas())
+    return ints if ints is not None else encode(arr)
 
 
 def plain(arr: pa.Array) -> pa.Array:
@@ -100,6 +132,8 @@ def plain(arr: pa.Array) -> pa.Array:
 
 
 def _as_strings(arr: pa.Array, what: str) -> pa.Array:
+    if pa.types.is_string(arr.type):
+        return arr
     try:
         return pc.cast(arr, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -115,10 +149,10 @@ def ids_from_arrow(col: pa.ChunkedArray, what: str) -> Ids:
         vals = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
         if len(vals) and np.all(vals == np.round(vals)) and np.abs(vals).max() < 2**53:
             return vals.astype(np.int64)
-    return ids_from_strings(_as_strings(arr, what))
+    return ids_from_strings([pa.chunked_array([_as_strings(arr, what)])])
 
 
 def titles_from_arrow(col: pa.ChunkedArray, what: str) -> pd.Categorical:
     """Title column from any scalar Arrow column; empty titles are missing."""
     arr = _as_strings(plain(col.combine_chunks()), what)
-    return pd.Categorical(pc.if_else(pc.equal(arr, ""), None, arr).to_pandas())
+    return encode(pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr))

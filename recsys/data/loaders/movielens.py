@@ -16,19 +16,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import DataError
+from ..schema import RATING
 from . import columns as C
-from .report import LoadReport, finish
+from .report import LoadReport, check_rows, finish
 from .text import (
     DEFAULT_BLOCK_SIZE,
     Block,
+    Format,
     Tally,
     check_file,
     describe_columns,
     first_line,
     head,
-    is_utf8,
     lines_of,
-    parse,
     parse_blocks,
 )
 
@@ -69,18 +69,17 @@ def _int_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pc.cast(values, pa.int64()).to_numpy(), dtype=np.int64), ok
 
 
-def _variant(head_bytes: bytes, path: Path) -> tuple[list[str], bytes, bool, str]:
-    """The entry of :data:`_VARIANTS` for a file starting with ``head_bytes``."""
+def _variant(head_bytes: bytes, path: Path) -> str:
     first = first_line(head_bytes)
     if first.lower().startswith(b"userid,movieid,rating"):
-        return _VARIANTS["ratings.csv"]
+        return "ratings.csv"
     if b"::" in first:
-        return _VARIANTS["ratings.dat"]
+        return "ratings.dat"
     if b"\t" in first:
-        return _VARIANTS["u.data"]
-    for name, variant in _VARIANTS.items():
+        return "u.data"
+    for name in _VARIANTS:
         if path.name.startswith(name):
-            return variant
+            return name
     raise DataError(
         f"{path} does not look like a MovieLens ratings file: its first line has neither a "
         f"ratings.csv header, '::' separators nor tabs. Expected u.data "
@@ -99,21 +98,25 @@ def load_movielens(
     """Load MovieLens ratings (ml-100k ``u.data``, ml-1m/10m ``ratings.dat``, ``ratings.csv``).
 
     The variant is recognised from the content (header ``userId,movieId,rating``, ``::``
-    separators, tabs); the file may be gzip. Ratings must be numbers from 0.5 to 5, user and
-    movie ids integers; timestamps are unix seconds. ``max_examples`` and ``block_size`` work as
-    for :func:`load_amazon_reviews`.
+    separators, tabs); the file may be gzip. Ratings must be numbers from 0.5 to 5; user and
+    movie ids integers (so both id columns, ``product_id`` being the movie id, are ``int64``);
+    timestamps are unix seconds (an unparseable one becomes NaT and is counted in
+    ``bad_dates``). Malformed lines are skipped and reported, and ``max_examples`` and
+    ``block_size`` work, as for :func:`load_amazon_reviews`.
 
     ``titles``: True reads titles from the sibling file (``u.item`` -- ``|``-separated latin-1;
     ``movies.dat`` -- ``id::title::genres``; ``movies.csv`` -- a real CSV with quoted titles), if
     it exists; False/None: no titles; a path: titles from that file (same three formats,
-    recognised by content; a missing file is a :class:`DataError`).
+    recognised by content). Raises :class:`DataError` for a missing or unreadable file,
+    unrecognised content, a missing titles file given by path, or no valid line.
     """
     t0 = time.perf_counter()
     p = check_file(path)
-    names, sep, has_header, sibling = _variant(head(p), p)
+    variant = _variant(head(p), p)
+    names, sep, has_header, sibling = _VARIANTS[variant]
     report = LoadReport(source=str(path), format="movielens", columns=list(names))
     ratings = C.Lookup(_rating, np.float32, (math.nan, 3))
-    parts = []  # per block: the valid rows' users, items, ratings and dates (us)
+    cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], RATING: [], "date": []}
     with lines_of(p, block_size, header=has_header) as (header, blocks):
         if header is not None:
             report.columns = header.split(",")
@@ -126,17 +129,19 @@ def load_movielens(
         # "::" is two bytes: blocks of ratings.dat get it replaced by the ASCII unit separator.
         delimiter = "\x1f" if len(sep) > 1 else sep.decode()
         c = report.columns
-        typed = {c[0]: pa.int64(), c[1]: pa.int64(), c[2]: C.DICT, c[3]: pa.int64()}
+        typed = Format(c, delimiter, types={c[0]: pa.int64(), c[1]: pa.int64(), c[2]: C.DICT,
+                                            c[3]: pa.int64()})  # fmt: skip
+        text = Format(c, delimiter, types={c[2]: C.DICT})
 
-        def parse_block(buf: bytes) -> Block:
+        def parse(buf: bytes) -> Block:
             buf = buf.replace(sep, b"\x1f") if len(sep) > 1 else buf
             try:
-                return parse(buf, c, delimiter, types=typed)
+                return typed.parse(buf)
             except pa.ArrowInvalid:  # a non-integer somewhere: parse as text and sort it out
-                return parse(buf, c, delimiter, types={c[2]: C.DICT})
+                return text.parse(buf)
 
         tally = Tally(report.columns, _REASONS, max_examples)
-        for block in parse_blocks(blocks, parse_block):
+        for block in parse_blocks(blocks, parse):
             t = block.table
             user, user_ok = _int_column(t.column(0))
             item, item_ok = _int_column(t.column(1))
@@ -147,11 +152,15 @@ def load_movielens(
             keep = tally.add(block, codes)
             present = np.asarray(t.column(3).is_valid())
             report.bad_dates += int(np.count_nonzero(present & ~ts_ok & keep))
-            date = np.where(ts_ok, ts * 1_000_000, C.NAT)
-            parts.append([values[keep] for values in (user, item, rating, date)])
-    tally.fill(report, 2 if has_header else 1, p)
-    user, item, rating, date = (np.concatenate(values) for values in zip(*parts, strict=True))
-    frame = C.frame(user, item, _titles(item, p, sibling, titles), rating, date)
+            for name, values in (("user", user), ("item", item), (RATING, rating),
+                                 ("date", np.where(ts_ok, ts * 1_000_000, C.NAT))):  # fmt: skip
+                cols[name].append(values[keep])
+    tally.fill(report, first_line=2 if has_header else 1)
+    check_rows(report, p)
+    item = np.concatenate(cols["item"])
+    title = _titles(item, p, sibling, titles)
+    frame = C.frame(np.concatenate(cols["user"]), item, title, np.concatenate(cols[RATING]),
+                    np.concatenate(cols["date"]))  # fmt: skip
     finish(report, t0)
     return frame, report
 
@@ -159,7 +168,10 @@ def load_movielens(
 def _read_titles_file(path: Path) -> dict[int, str]:
     """Movie id -> title from ``u.item``, ``movies.dat`` or ``movies.csv`` (by content)."""
     data = head(path, None)
-    text = data.decode("utf-8" if is_utf8(data) else "latin-1").lstrip("\ufeff")
+    try:
+        text = data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1").lstrip("\ufeff")
     first = text.split("\n", 1)[0]
     if first.lower().startswith("movieid,title"):
         try:
@@ -174,9 +186,7 @@ def _read_titles_file(path: Path) -> dict[int, str]:
     return {int(r[0]): r[1] for r in rows if len(r) >= 2 and _ID.fullmatch(r[0].strip())}
 
 
-def _titles(
-    item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Path | None | bool
-) -> pd.Categorical | None:
+def _titles(item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Path | None | bool) -> pd.Categorical:
     """The title of every movie in ``item`` (see ``titles`` of :func:`load_movielens`)."""
     title_map: dict[int, str] = {}
     if titles is True and not ratings_path.with_name(sibling).is_file():
@@ -185,4 +195,8 @@ def _titles(
         title_map = _read_titles_file(ratings_path.with_name(sibling))
     elif titles is not None and titles is not False:
         title_map = _read_titles_file(check_file(titles))
-    return pd.Categorical(pd.Series(title_map, dtype="str").reindex(item)) if title_map else None
+    if not title_map:
+        return C.empty_categorical(len(item))
+    enc = pa.array(list(title_map.values()), pa.string()).dictionary_encode()
+    codes = np.append(np.asarray(enc.indices, dtype=np.int64), -1)  # get_indexer's -1: no title
+    return C.categorical(enc.dictionary, codes[pd.Index(list(title_map)).get_indexer(item)])

@@ -16,14 +16,14 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..schema import CUSTOMER, DATE, PRODUCT, RATING, TITLE
 from . import columns as C
-from .report import LoadReport, finish
+from .report import LoadReport, check_rows, finish
 from .text import (
     Block,
+    Format,
     Tally,
     check_file,
     describe_columns,
     head,
-    parse,
     split_header,
     starts_with,
 )
@@ -76,35 +76,37 @@ def _check_mapping(mapping: dict[str, str], available: list[str], path: Path) ->
         )
 
 
-def _blank(col: pa.ChunkedArray, nan: bool = False) -> pa.ChunkedArray:
-    """Which values are missing: null, empty text or (``nan``) NaN."""
-    blank = pc.is_null(col, nan_is_null=nan)
+def _is_blank(col: pa.ChunkedArray) -> np.ndarray:
+    """Missing id: null, empty string or NaN."""
+    blank = pc.is_null(col, nan_is_null=True)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         blank = pc.or_(blank, pc.fill_null(pc.equal(col, ""), True))
-    return blank
+    return np.asarray(blank)
 
 
-def _float(text: str) -> tuple[float, int]:
+def _rating_value(text: str) -> tuple[float, int]:
     try:
-        return float(text), 0
+        x = float(text.strip())
     except ValueError:
-        return math.nan, 0
+        return math.nan, 2
+    return x, 2 if math.isnan(x) else 0
 
 
 def _ratings(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(float32 ratings, codes): 0 valid, 2 non-numeric or missing, 3 negative or infinite."""
     t = col.type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        vals = pc.cast(col, pa.float64()).to_numpy()  # nulls are NaN
+        vals = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+        vals = np.where(np.asarray(pc.is_valid(col)), vals, np.nan)
     else:
         try:
             text = col if pa.types.is_string(t) else pc.cast(col, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. bytes that are not text
             text = pa.chunked_array([pa.nulls(len(col), pa.string())])
         try:
-            vals = pc.cast(text, pa.float64()).to_numpy()
-        except pa.ArrowInvalid:  # Python's float() allows spaces, "1_000", ...
-            vals = C.Lookup(_float, np.float64, (math.nan, 0))(text)[0]
+            vals = np.asarray(pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False), float)
+        except pa.ArrowInvalid:
+            vals = C.Lookup(_rating_value, np.float64, (math.nan, 2))(text)[0]
     codes = np.where(np.isnan(vals), 2, np.where(np.isinf(vals) | (vals < 0), 3, 0))
     return vals.astype(np.float32), codes.astype(np.int8)
 
@@ -114,8 +116,11 @@ def _unix_to_us(vals: np.ndarray) -> np.ndarray:
     for NaN and for dates outside the supported range."""
     finite = np.isfinite(vals)
     scale = 1_000 if finite.any() and np.abs(vals[finite]).max() > 1e11 else 1_000_000
-    us = vals * scale
-    return np.where((us >= C.MIN_US) & (us <= C.MAX_US), np.round(us), C.NAT).astype(np.int64)
+    us = np.where(finite, vals, 0.0) * scale
+    ok = finite & (us >= C.MIN_US) & (us <= C.MAX_US)
+    out = np.full(len(vals), C.NAT, dtype=np.int64)
+    out[ok] = np.round(us[ok]).astype(np.int64)
+    return out
 
 
 def _parse_texts(texts: pd.Series) -> np.ndarray:
@@ -143,18 +148,23 @@ def _parse_texts(texts: pd.Series) -> np.ndarray:
     return out
 
 
-def _dates(col: pa.ChunkedArray, what: str) -> tuple[np.ndarray, int]:
+def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, int]:
     """(int64 us with NaT, number of present-but-unparseable values) of a timestamp column."""
+    if col is None:
+        return np.full(n, C.NAT, dtype=np.int64), 0
     arr = C.plain(col.combine_chunks())
     t = arr.type
     present = np.asarray(pc.is_valid(arr))
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        if pa.types.is_timestamp(t):  # dropping the time zone keeps the UTC values
-            arr = pc.cast(arr, pa.timestamp(t.unit))
-        s = pd.to_datetime(pd.Series(arr.to_pandas()))
-        us = C.in_range(s.to_numpy().astype(C.DATE_DTYPE).view(np.int64))
+        if pa.types.is_timestamp(t) and t.tz is not None:
+            arr = pc.cast(arr, pa.timestamp(t.unit, tz="UTC"))
+        s = pd.Series(arr.to_pandas())
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        us = C.in_range(pd.to_datetime(s).to_numpy().astype(C.DATE_DTYPE).view(np.int64))
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        us = _unix_to_us(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False))
+        vals = np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+        us = _unix_to_us(np.where(present, vals, np.nan))
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         enc = arr.dictionary_encode()
         parsed = _parse_texts(pd.Series(enc.dictionary.to_pylist(), dtype=object))
@@ -180,21 +190,31 @@ def load_table(
     max_examples: int = 10,
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Load any CSV or Parquet file, naming its ``user``, ``item`` and ``rating`` columns (and
-    optionally ``timestamp`` and ``title``): the sources of ``customer_id``, ``product_id``,
-    ``star_rating``, ``review_date`` and ``product_title``.
+    optionally ``timestamp`` and ``title``): the source columns of ``customer_id``,
+    ``product_id``, ``star_rating``, ``review_date`` and ``product_title``.
 
-    ``format`` ("csv" or "parquet") is by content unless given (Parquet: the ``PAR1`` magic).
-    CSV (plain or gzip, read whole into memory): the separator is detected among ``, ; TAB |``
-    unless ``sep`` (one character) is given; the first line is the header; fields may be quoted
-    (``"a, b"``). ``titles_path`` is reserved: not supported yet. Rows are skipped as described
-    in :mod:`recsys.data.loaders`; ``report.location == "row"`` (1-based row numbers) for Parquet
-    or a CSV whose quoted fields span lines. **A valid rating is a finite number >= 0** (any
-    scale): empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
-    rating". Integral float ids (``3.0``) count as integers; a column of lists or structs is
-    refused. Timestamps: numbers are unix seconds, or milliseconds when some value exceeds 1e11;
-    text is unix seconds or a date (ISO 8601, else any format pandas recognises); time zones are
-    converted to UTC and dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all
-    source columns.
+    ``format`` ("csv" or "parquet") is by content unless given: Parquet by its ``PAR1`` magic.
+    CSV (plain or gzip): the separator is detected among ``, ; TAB |`` unless ``sep`` (one
+    character) is given; the first line is the header; fields may be quoted (``"a, b"``); LF or
+    CRLF. The whole file is read into memory (use :func:`load_amazon_reviews` for multi-GB review
+    dumps). ``titles_path`` is reserved: titles from a separate file are not supported yet.
+
+    A row is skipped when its field count is wrong (CSV), its user or item is empty, or its
+    rating is not valid -- reported with the CSV line number, or the 1-based row number
+    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines); the first
+    ``max_examples`` are recorded. **A valid rating is a finite number >= 0** (any scale: stars,
+    0-10, counts); empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
+    rating" (shift a scale with negative values, e.g. -10..10, before loading). Ids follow the
+    rule of :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a
+    column of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds
+    when some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format
+    pandas recognises); time zones are converted to UTC and dropped. A timestamp that does not
+    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row is
+    kept). ``report.null_counts`` covers all source columns.
+
+    Raises :class:`DataError` for a missing or unreadable file, content that is not the format, a
+    mapped column that does not exist (the message lists the available ones when they look like
+    names), or no valid row.
     """
     t0 = time.perf_counter()
     p = check_file(path)
@@ -207,33 +227,33 @@ def load_table(
         raise DataError(f"load_table reads 'csv' or 'parquet'; got format={format!r}.")
     if format is None:
         format = "parquet" if starts_with(p, PARQUET_MAGIC) else "csv"
-    sources = (user, item, rating, timestamp, title)  # in the order of OPTIONS
-    mapping = {k: v for k, v in zip(OPTIONS, sources, strict=True) if v is not None}
+    mapping = {CUSTOMER: user, PRODUCT: item, RATING: rating, DATE: timestamp, TITLE: title}
+    mapping = {k: v for k, v in mapping.items() if v is not None}
     report = LoadReport(source=str(path), format=format)
-    if format == "parquet":
-        block = _read_parquet(p, mapping, report)
-    else:
-        block = _read_csv(p, mapping, sep, report)
+    read = _read_parquet if format == "parquet" else _read_csv
+    block, tally = read(p, mapping, sep, report, max_examples)
     tbl = block.table
     ratings, codes = _ratings(tbl.column(mapping[RATING]))
-    user, item = (np.asarray(_blank(tbl.column(mapping[k]), nan=True)) for k in (CUSTOMER, PRODUCT))
-    codes[user | item] = 1
-    tally = Tally(report.columns, _REASONS, max_examples)
+    codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
     keep = tally.add(block, codes)
-    tally.fill(report, 2, p)
+    tally.fill(report, first_line=2)
+    check_rows(report, p)
 
     kept = {k: tbl.column(v).filter(pa.array(keep)) for k, v in mapping.items()}
     where = {k: f"{p}: column {v!r}" for k, v in mapping.items()}
-    dates, report.bad_dates = _dates(kept[DATE], where[DATE]) if DATE in kept else (None, 0)
+    dates, report.bad_dates = _dates(kept.get(DATE), report.rows_read, where.get(DATE, ""))
     customer = C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER])
     product = C.ids_from_arrow(kept[PRODUCT], where[PRODUCT])
-    title = C.titles_from_arrow(kept[TITLE], where[TITLE]) if TITLE in kept else None
+    n = report.rows_read
+    title = C.titles_from_arrow(kept[TITLE], where[TITLE]) if TITLE in kept else C.empty_categorical(n)
     frame = C.frame(customer, product, title, ratings[keep], dates)
     finish(report, t0)
     return frame, report
 
 
-def _read_csv(path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport) -> Block:
+def _read_csv(
+    path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
+) -> tuple[Block, Tally]:
     """Parse the whole CSV (every column as text) as one block."""
     data = head(path, None)
     if not data.strip():
@@ -250,31 +270,42 @@ def _read_csv(path: Path, mapping: dict[str, str], sep: str | None, report: Load
     if len(set(names)) < len(names):
         raise DataError(f"{path}: the header (line 1) has a column name more than once.")
     try:
-        return parse(rest, names, sep, quote=True)
+        block = Format(names, sep, quote=True).parse(rest)
     except pa.ArrowInvalid as exc:
         raise DataError(f"cannot parse {path} as CSV with sep={sep!r}.") from exc
+    return block, Tally(names, _REASONS, max_examples)
 
 
-def _read_parquet(path: Path, mapping: dict[str, str], report: LoadReport) -> Block:
+def _read_parquet(
+    path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
+) -> tuple[Block, Tally]:
     """Read the mapped columns of a Parquet file, and which rows are null (or empty text) in
-    every column, one column at a time (memory stays bounded); rows are numbered, not lines."""
+    every column, one column at a time (memory stays bounded); rows are numbered from 1."""
     import pyarrow.parquet as pq
 
+    nulls = {}
     try:
         pf = pq.ParquetFile(path)
         report.columns = list(pf.schema_arrow.names)
         _check_mapping(mapping, report.columns, path)
         tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
-        nulls = {name: _blank(pf.read(columns=[name]).column(0)) for name in report.columns}
+        for name in report.columns:
+            col = pf.read(columns=[name]).column(0)
+            nulls[name] = col.is_null()
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                nulls[name] = pc.or_kleene(nulls[name], pc.equal(col, ""))
     except (pa.ArrowException, OSError) as exc:
         raise parquet_error(path) from exc
     for name in mapping.values():
         t = tbl.schema.field(name).type
         t = t.value_type if pa.types.is_dictionary(t) else t
-        if pa.types.is_nested(t):  # lists, structs, maps, unions
+        if pa.types.is_nested(t) or pa.types.is_union(t):
             raise DataError(
                 f"{path}: column {name!r} holds values of type {t}; expected one scalar per row "
                 f"(a number, text or a date). Flatten it or map another column."
             )
-    none = np.empty(0, np.int64)
-    return Block(tbl, None, none, none, tbl.num_rows, nulls)
+    n = tbl.num_rows
+    block = Block(tbl, np.arange(n), np.empty(0, np.int64), np.empty(0, np.int64), n, nulls)
+    tally = Tally(report.columns, _REASONS, max_examples)
+    tally.location = "row"
+    return block, tally

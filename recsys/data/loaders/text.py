@@ -1,5 +1,7 @@
-"""Delimited text read with ``pyarrow.csv`` one block of whole lines at a time: files (gzip by
-its magic bytes), blocks, line ends and invalid UTF-8, wrong field counts, the tally of skips.
+"""Delimited text, read with ``pyarrow.csv`` one block of whole lines at a time, shared by the
+text loaders: files (gzip detected by its magic bytes), blocks, line ends and invalid UTF-8
+repaired, lines with the wrong number of fields, and the tally of what was skipped. Errors name
+the file and the line, never a file's content.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ...errors import DataError
-from .report import LoadReport, check_rows
+from .report import LoadReport
 
 GZIP_MAGIC = b"\x1f\x8b"
 WRONG_FIELDS = "wrong field count"
@@ -87,42 +89,48 @@ def first_line(buf: bytes) -> bytes:
     return buf.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
 
 
-def iter_blocks(path: Path, block_size: int) -> Iterator[bytes]:
-    """Yield the lines of ``path`` in runs of about ``block_size`` bytes, each ending with ``\\n``.
+def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
+    """Yield runs of whole lines of about ``block_size`` bytes, each ending with ``\\n``.
 
     A final line without newline gets one. The next block is read in a background thread
     while the caller processes the current one (file reads and decompression release the GIL).
     """
     block_size = max(int(block_size), 1)
-    with open_binary(path) as fh, ThreadPoolExecutor(1, thread_name_prefix="recsys-read") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-read") as pool:
         pending = pool.submit(read, fh, block_size, path)
-        carry = b""  # an unfinished line
+        carry: list[bytes] = []  # pieces of an unfinished line
+        carried = 0
         while chunk := pending.result():
             pending = pool.submit(read, fh, block_size, path)
             cut = chunk.rfind(b"\n") + 1
             if cut:
-                yield carry + chunk[:cut]
-                carry = chunk[cut:]
+                yield b"".join([*carry, chunk[:cut]])
+                carry = [chunk[cut:]] if cut < len(chunk) else []
+                carried = len(chunk) - cut
                 continue
-            carry += chunk
-            if len(carry) > MAX_LINE_BYTES:
+            carry.append(chunk)
+            carried += len(chunk)
+            if carried > MAX_LINE_BYTES:
                 raise DataError(
                     f"{path} has a line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
                     f"line-oriented text (binary, or the wrong --format)."
                 )
         if carry:
-            yield carry + b"\n"
+            yield b"".join([*carry, b"\n"])
 
 
 @contextlib.contextmanager
 def lines_of(
     path: Path, block_size: int, header: bool
 ) -> Iterator[tuple[str | None, Iterator[bytes]]]:
-    """Yield the header line of ``path`` (None: no header wanted, or an empty file) and the
+    """Open ``path``; yield its header line (None: no header wanted, or an empty file) and the
     blocks of the other lines (see :func:`iter_blocks`)."""
-    with contextlib.closing(iter_blocks(path, block_size)) as blocks:
+    with open_binary(path) as fh, contextlib.closing(iter_blocks(fh, block_size, path)) as blocks:
         first = next(blocks, b"") if header else b""
-        line, rest = split_header(first) if first else (None, b"")
+        if not first:
+            yield None, blocks
+            return
+        line, rest = split_header(first)
         yield line, itertools.chain([rest] if rest else [], blocks)
 
 
@@ -144,9 +152,8 @@ def describe_columns(names: list[str]) -> str:
 def is_utf8(buf: bytes) -> bool:
     """True when ``buf`` is valid UTF-8 (Arrow's SIMD validator, no decoding)."""
     offsets = pa.py_buffer(np.array([0, len(buf)], dtype=np.int64))
-    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)])
     try:
-        arr.validate(full=True)
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)]).validate(full=True)
         return True
     except pa.ArrowInvalid:
         return False
@@ -157,15 +164,22 @@ def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
     order) and the 0-based indices of the lines that were not valid UTF-8.
     """
     if buf.find(b"\r") >= 0:
+        buf = buf.replace(b"\r\n", b"\n")
         # A lone CR would end a row for Arrow's CSV parser; in these formats it is not a line
         # break, so it becomes a space.
-        buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b" ")
+        if buf.find(b"\r") >= 0:
+            buf = buf.replace(b"\r", b" ")
     if is_utf8(buf):
         return buf, np.empty(0, dtype=np.int64)
     lines = buf.split(b"\n")
-    fixed = [line.decode("utf-8", errors="replace").encode("utf-8") for line in lines]
-    bad = [i for i, (line, new) in enumerate(zip(lines, fixed, strict=True)) if line != new]
-    return b"\n".join(fixed), np.asarray(bad, dtype=np.int64)
+    bad = []
+    for i, line in enumerate(lines):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(i)
+            lines[i] = line.decode("utf-8", errors="replace").encode("utf-8")
+    return b"\n".join(lines), np.asarray(bad, dtype=np.int64)
 
 
 @dataclass
@@ -180,62 +194,66 @@ class Block:
     nulls: dict[str, pa.Array]  # per column (all of them), which rows are empty
 
 
-def parse(
-    buf: bytes,
-    names: list[str],
-    sep: str,
-    quote: bool = False,
-    types: dict[str, pa.DataType] | None = None,
-    keep: tuple[str, ...] | None = None,
-) -> Block:
-    """Parse a block of whole lines (``buf`` ends with ``\\n``) into the fields ``names`` (all of
-    them; the Arrow ``types`` of some, the others are strings), keeping the columns ``keep`` (None:
-    all; the others only count empty fields). ``pyarrow.ArrowInvalid`` when a value is not of its
-    type."""
-    buf, bad_utf8 = normalise(buf)
-    n_lines = buf.count(b"\n")
-    invalid: list[int] = []
+@dataclass(frozen=True)
+class Format:
+    """How to parse the lines: field names (all of them), separator, quoting, Arrow types, and
+    which columns to keep (the others only count empty fields)."""
 
-    def on_invalid(row: Any) -> str:
-        invalid.append(row.number - 1)
-        return "skip"
+    names: list[str]
+    sep: str
+    quote: bool = False
+    types: dict[str, pa.DataType] | None = None  # the others are strings
+    keep: tuple[str, ...] | None = None  # None: all
 
-    table = pcsv.read_csv(
-        pa.py_buffer(buf),
-        # one Arrow block per buffer: one dictionary per column (Lookup walks dictionaries)
-        read_options=pcsv.ReadOptions(
-            column_names=names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
-        ),
-        parse_options=pcsv.ParseOptions(
-            delimiter=sep, quote_char='"' if quote else False, ignore_empty_lines=False,
-            invalid_row_handler=on_invalid,
-        ),
-        convert_options=pcsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()) | (types or {}), null_values=[""],
-            strings_can_be_null=True, check_utf8=False,  # invalid UTF-8 was repaired by normalise
-        ),
-    )  # fmt: skip
-    wrong = np.asarray(invalid, dtype=np.int64)
-    lines: np.ndarray | None = None
-    if table.num_rows + len(wrong) == n_lines:  # else a quoted field spans lines
-        lines = np.setdiff1d(np.arange(n_lines), wrong, assume_unique=True)
-        if buf.startswith(b"\n") or buf.find(b"\n\n") >= 0:
-            # Arrow reads a blank line as a row of nulls; it is a wrong field count.
-            nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
-            blank = np.flatnonzero(np.diff(nl, prepend=-1) == 1)
-            is_blank = np.isin(lines, blank)
-            table = table.filter(pa.array(~is_blank))
-            lines, wrong = lines[~is_blank], np.union1d(wrong, blank)
-    nulls = {name: table.column(name).is_null().combine_chunks() for name in names}
-    if keep is not None:
-        table = table.select(list(keep))
-    return Block(table, lines, wrong, bad_utf8, n_lines, nulls)
+    def parse(self, buf: bytes) -> Block:
+        """Parse a block of whole lines (``buf`` ends with ``\\n``); ``pyarrow.ArrowInvalid``
+        when a value is not of the requested type."""
+        buf, bad_utf8 = normalise(buf)
+        n_lines = buf.count(b"\n")
+        invalid: list[int] = []
+
+        def on_invalid(row: Any) -> str:
+            invalid.append(row.number - 1)
+            return "skip"
+
+        types = dict.fromkeys(self.names, pa.string()) | (self.types or {})
+        table = pcsv.read_csv(
+            pa.py_buffer(buf),
+            # one Arrow block per buffer: one dictionary per column (Lookup walks dictionaries)
+            read_options=pcsv.ReadOptions(
+                column_names=self.names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
+            ),
+            parse_options=pcsv.ParseOptions(
+                delimiter=self.sep, quote_char='"' if self.quote else False, escape_char=False,
+                newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types=types, strings_can_be_null=True, null_values=[""], true_values=[],
+                false_values=[], check_utf8=False,  # invalid UTF-8 was repaired by normalise
+            ),
+        )  # fmt: skip
+        wrong = np.asarray(invalid, dtype=np.int64)
+        lines: np.ndarray | None = None
+        if table.num_rows + len(wrong) == n_lines:  # else a quoted field spans lines
+            lines = np.setdiff1d(np.arange(n_lines), wrong, assume_unique=True)
+            if buf.startswith(b"\n") or buf.find(b"\n\n") >= 0:
+                # Arrow reads a blank line as a row of nulls; it is a wrong field count.
+                nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+                blank = np.flatnonzero(np.diff(nl, prepend=-1) == 1)
+                is_blank = np.isin(lines, blank)
+                table = table.filter(pa.array(~is_blank))
+                lines, wrong = lines[~is_blank], np.union1d(wrong, blank)
+        nulls = {name: table.column(name).is_null().combine_chunks() for name in self.names}
+        if self.keep is not None:
+            table = table.select(list(self.keep))
+        return Block(table, lines, wrong, bad_utf8, n_lines, nulls)
 
 
-def parse_blocks(blocks: Iterator[bytes], parse: Callable[[bytes], Block]) -> Iterator[Block]:
-    """``parse`` every block in two worker threads (Arrow releases the GIL), in order, up to two
-    blocks ahead of the caller."""
-    workers = 2
+def parse_blocks(
+    blocks: Iterator[bytes], parse: Callable[[bytes], Block], workers: int = 2
+) -> Iterator[Block]:
+    """``parse`` every block in worker threads (Arrow releases the GIL), in order, up to
+    ``workers`` blocks ahead of the caller."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recsys-parse") as pool:
         pending: deque[Future[Block]] = deque()
         for buf in blocks:
@@ -273,28 +291,30 @@ class Tally:
         else:
             line_codes = np.ones(block.n_lines, dtype=np.int8)
             line_codes[block.lines] = row_codes
-            self.invalid_utf8 += int(np.isin(block.lines[valid], block.bad_utf8).sum())
+            if len(block.bad_utf8):
+                self.invalid_utf8 += int(np.isin(block.lines[valid], block.bad_utf8).sum())
         self.counts += np.bincount(line_codes, minlength=len(self.counts))
-        room = max(self.max_examples - len(self.examples), 0)
-        for i in np.flatnonzero(line_codes)[:room]:
-            self.examples.append((self.lines + int(i), self.reasons[line_codes[i] - 1]))
+        room = self.max_examples - len(self.examples)
+        if room > 0:
+            self.examples.extend(
+                (self.lines + int(i), self.reasons[line_codes[i] - 1])
+                for i in np.flatnonzero(line_codes)[:room]
+            )
         for j, name in enumerate(self.columns):
-            nulls = np.asarray(pc.fill_null(block.nulls[name], True), dtype=bool)
-            self.nulls[j] += int(np.count_nonzero(nulls & valid))
+            if name in block.nulls:
+                nulls = np.asarray(pc.fill_null(block.nulls[name], True), dtype=bool)
+                self.nulls[j] += int(np.count_nonzero(nulls & valid))
         self.lines += len(line_codes) + (len(block.wrong_fields) if block.lines is None else 0)
         return valid
 
-    def fill(self, report: LoadReport, first_line: int, path: Path) -> None:
-        """Copy the counts into ``report`` (``first_line``: the number of the first data line);
-        a :class:`DataError` when no valid row remains."""
+    def fill(self, report: LoadReport, first_line: int) -> None:
+        """Copy the counts into ``report``; ``first_line``: the number of the first data line."""
         first = 1 if self.location == "row" else first_line
         report.lines_read = self.lines
         report.rows_read = int(self.counts[0])
         report.rows_skipped = self.lines - report.rows_read
-        counts = zip(self.reasons, self.counts[1:], strict=True)
-        report.skip_reasons = {reason: int(n) for reason, n in counts if n}
+        report.skip_reasons = {r: int(c) for r, c in zip(self.reasons, self.counts[1:], strict=True) if c}
         report.skipped_lines = [(i + first, r) for i, r in self.examples]
         report.null_counts = {c: int(k) for c, k in zip(self.columns, self.nulls, strict=True)}
         report.invalid_utf8_lines = self.invalid_utf8
         report.location = self.location
-        check_rows(report, path)
