@@ -131,8 +131,6 @@ def _read_one(r: _Reader, index: int) -> np.ndarray:
     if stype not in _STORAGE:
         raise r.fail(f"{what} has unknown storage type {stype} at offset {r.pos - 4}; expected 0 (dense), "
                      "1 (row_sparse) or 2 (csr)")  # fmt: skip
-    if stype and v3:
-        raise r.fail(f"{what}: a v3 (numpy-shape) array must be dense, found storage type {stype}")
     if stype:
         raise r.fail(f"{what} has sparse storage ({_STORAGE[stype]}, type {stype}); {_ONLY_DENSE}")
     shape = r.shape(f"{what} shape")
