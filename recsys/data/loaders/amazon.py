@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -14,14 +15,14 @@ import pyarrow as pa
 from ...errors import DataError
 from ..schema import AMAZON_COLUMNS, CUSTOMER, DATE, PRODUCT, RATING, REQUIRED_COLUMNS, TITLE
 from . import columns as C
-from .report import LoadReport, check_rows, finish
+from .report import LoadReport, finish
 from .text import (
     DEFAULT_BLOCK_SIZE,
-    Format,
     Tally,
     check_file,
     describe_columns,
     lines_of,
+    parse,
     parse_blocks,
 )
 
@@ -78,25 +79,17 @@ def load_amazon_reviews(
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Load an Amazon Customer Reviews TSV (plain or gzip, detected by its magic bytes).
 
-    The file is a header of tab-separated column names (normally the 15
+    A header of tab-separated column names (normally the 15
     :data:`~recsys.data.schema.AMAZON_COLUMNS`, in any order; ``product_title`` and
-    ``review_date`` may be absent), then one review per line with no quoting or escaping (``"``
-    and HTML in the text are literal); LF or CRLF, a lone CR inside a field becomes a space. It
-    is streamed in blocks of ``block_size`` bytes parsed by ``pyarrow.csv`` (the next block is
-    read and parsed while one is processed); review text never becomes Python objects.
-
-    Malformed lines are skipped and reported (the first ``max_examples`` with their line number):
-    a field count different from the header's (blank lines too), an empty
-    ``customer_id``/``product_id``, or a ``star_rating`` that is not an integer from 1 to 5:
-    empty or ``five`` is "non-numeric star_rating", ``4.5`` "non-integer star_rating", ``0`` or
-    ``6`` "star_rating outside 1-5" (surrounding spaces are allowed and ``5.0`` counts as 5). A
-    ``review_date`` that is not a valid ``YYYY-MM-DD`` (spaces allowed) becomes NaT, counted in
-    ``bad_dates``; the row is kept. Lines that are not valid UTF-8 are decoded with U+FFFD
-    replacement and kept (``invalid_utf8_lines``).
-
-    Returns the ratings frame (dtypes: see :mod:`recsys.data.loaders`), in file order, and the
-    :class:`LoadReport`. Raises :class:`DataError` when the file is missing, unreadable, lacks a
-    required column in its header, or has no valid line.
+    ``review_date`` may be absent), then one review per line, unquoted (``"`` and HTML are
+    literal). It is streamed in blocks of ``block_size`` bytes parsed by ``pyarrow.csv`` (the
+    next block is read and parsed while one is processed); review text never becomes Python
+    objects. Skipped lines (the first ``max_examples`` recorded) follow the rules of
+    :mod:`recsys.data.loaders`; the ``star_rating`` reasons: empty or ``five`` is "non-numeric
+    star_rating", ``4.5`` "non-integer star_rating", ``0`` or ``6`` "star_rating outside 1-5"
+    (surrounding spaces are allowed, ``5.0`` counts as 5). A ``review_date`` that is not a valid
+    ``YYYY-MM-DD`` (spaces allowed) becomes NaT. A missing required column is a
+    :class:`DataError`.
     """
     t0 = time.perf_counter()
     p = check_file(path)
@@ -113,11 +106,10 @@ def load_amazon_reviews(
         names = report.columns = header.split("\t")
         _check_header(names, p)
         # customer ids are mostly distinct: plain strings; the other columns repeat values
-        kept = (CUSTOMER, PRODUCT, TITLE, RATING, DATE)
-        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in kept if k in names}
-        fmt = Format(names, "\t", types=used, keep=tuple(used))
+        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in cols if k in names}
+        fmt = functools.partial(parse, names=names, sep="\t", types=used, keep=tuple(used))
         tally = Tally(names, _REASONS, max_examples)
-        for block in parse_blocks(blocks, fmt.parse):
+        for block in parse_blocks(blocks, fmt):
             t = block.table
             star, codes = stars(t.column(RATING))
             codes[np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(t.column(PRODUCT).is_null())] = 1
@@ -131,15 +123,13 @@ def load_amazon_reviews(
                 day, bad = days(t.column(DATE))
                 cols[DATE].append(day[keep])
                 report.bad_dates += int(np.count_nonzero(bad[keep]))
-    tally.fill(report, first_line=2)
-    check_rows(report, p)
-    n = report.rows_read
+    tally.fill(report, 2, p)
     frame = C.frame(
         C.ids_from_strings(cols[CUSTOMER]),
         C.ids_from_dict(cols[PRODUCT]),
-        C.categorical(*C.dict_parts(cols[TITLE])) if TITLE in names else C.empty_categorical(n),
+        C.categorical(*C.dict_parts(cols[TITLE])) if TITLE in names else None,
         np.concatenate(cols[RATING]),
-        np.concatenate(cols[DATE]) if DATE in names else np.full(n, C.NAT, dtype=np.int64),
+        np.concatenate(cols[DATE]) if DATE in names else None,
     )
     finish(report, t0)
     return frame, report

@@ -24,9 +24,20 @@ MIN_US, MAX_US = pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1
 Ids = np.ndarray | pd.Categorical  # an id column: int64 or category
 
 
-def frame(customer: Ids, product: Ids, title: pd.Categorical, rating: np.ndarray, date_us: np.ndarray) -> pd.DataFrame:
-    """Assemble the ratings frame (columns in :data:`RATINGS_COLUMNS` order)."""
-    rating, date = np.asarray(rating, dtype=np.float32), np.asarray(date_us, dtype=np.int64).view(DATE_DTYPE)
+def frame(
+    customer: Ids,
+    product: Ids,
+    title: pd.Categorical | None,
+    rating: np.ndarray,
+    date_us: np.ndarray | None,
+) -> pd.DataFrame:
+    """Assemble the ratings frame (columns in :data:`RATINGS_COLUMNS` order); ``title`` None:
+    all NaN, ``date_us`` (int64 microseconds) None: all NaT."""
+    n = len(rating)
+    if title is None:
+        title = pd.Categorical.from_codes(np.full(n, -1, np.int8), pd.Index([], dtype="str"))
+    date_us = np.full(n, NAT, dtype=np.int64) if date_us is None else date_us
+    rating, date = np.asarray(rating, np.float32), np.asarray(date_us, np.int64).view(DATE_DTYPE)
     data = {CUSTOMER: customer, PRODUCT: product, TITLE: title, RATING: rating, DATE: date}
     return pd.DataFrame(data, columns=list(RATINGS_COLUMNS), copy=False)
 
@@ -66,12 +77,6 @@ class Lookup:
             values.append(np.array([p[0] for p in pairs], dtype=self.dtype)[idx])
             codes.append(np.array([p[1] for p in pairs], dtype=np.int8)[idx])
         return np.concatenate(values), np.concatenate(codes)
-
-
-def empty_categorical(n: int) -> pd.Categorical:
-    return pd.Categorical.from_codes(
-        np.full(n, -1, dtype=np.int8), categories=pd.Index([], dtype="str")
-    )
 
 
 def categorical(dictionary: pa.Array, indices: np.ndarray) -> pd.Categorical:

@@ -18,17 +18,17 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..schema import RATING
 from . import columns as C
-from .report import LoadReport, check_rows, finish
+from .report import LoadReport, finish
 from .text import (
     DEFAULT_BLOCK_SIZE,
     Block,
-    Format,
     Tally,
     check_file,
     describe_columns,
     first_line,
     head,
     lines_of,
+    parse,
     parse_blocks,
 )
 
@@ -129,19 +129,17 @@ def load_movielens(
         # "::" is two bytes: blocks of ratings.dat get it replaced by the ASCII unit separator.
         delimiter = "\x1f" if len(sep) > 1 else sep.decode()
         c = report.columns
-        typed = Format(c, delimiter, types={c[0]: pa.int64(), c[1]: pa.int64(), c[2]: C.DICT,
-                                            c[3]: pa.int64()})  # fmt: skip
-        text = Format(c, delimiter, types={c[2]: C.DICT})
+        typed = {c[0]: pa.int64(), c[1]: pa.int64(), c[2]: C.DICT, c[3]: pa.int64()}
 
-        def parse(buf: bytes) -> Block:
+        def parse_block(buf: bytes) -> Block:
             buf = buf.replace(sep, b"\x1f") if len(sep) > 1 else buf
             try:
-                return typed.parse(buf)
+                return parse(buf, c, delimiter, types=typed)
             except pa.ArrowInvalid:  # a non-integer somewhere: parse as text and sort it out
-                return text.parse(buf)
+                return parse(buf, c, delimiter, types={c[2]: C.DICT})
 
         tally = Tally(report.columns, _REASONS, max_examples)
-        for block in parse_blocks(blocks, parse):
+        for block in parse_blocks(blocks, parse_block):
             t = block.table
             user, user_ok = _int_column(t.column(0))
             item, item_ok = _int_column(t.column(1))
@@ -155,8 +153,7 @@ def load_movielens(
             for name, values in (("user", user), ("item", item), (RATING, rating),
                                  ("date", np.where(ts_ok, ts * 1_000_000, C.NAT))):  # fmt: skip
                 cols[name].append(values[keep])
-    tally.fill(report, first_line=2 if has_header else 1)
-    check_rows(report, p)
+    tally.fill(report, 2 if has_header else 1, p)
     item = np.concatenate(cols["item"])
     title = _titles(item, p, sibling, titles)
     frame = C.frame(np.concatenate(cols["user"]), item, title, np.concatenate(cols[RATING]),
@@ -186,7 +183,9 @@ def _read_titles_file(path: Path) -> dict[int, str]:
     return {int(r[0]): r[1] for r in rows if len(r) >= 2 and _ID.fullmatch(r[0].strip())}
 
 
-def _titles(item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Path | None | bool) -> pd.Categorical:
+def _titles(
+    item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Path | None | bool
+) -> pd.Categorical | None:
     """The title of every movie in ``item`` (see ``titles`` of :func:`load_movielens`)."""
     title_map: dict[int, str] = {}
     if titles is True and not ratings_path.with_name(sibling).is_file():
@@ -196,7 +195,7 @@ def _titles(item: np.ndarray, ratings_path: Path, sibling: str, titles: str | Pa
     elif titles is not None and titles is not False:
         title_map = _read_titles_file(check_file(titles))
     if not title_map:
-        return C.empty_categorical(len(item))
+        return None
     enc = pa.array(list(title_map.values()), pa.string()).dictionary_encode()
     codes = np.append(np.asarray(enc.indices, dtype=np.int64), -1)  # get_indexer's -1: no title
     return C.categorical(enc.dictionary, codes[pd.Index(list(title_map)).get_indexer(item)])

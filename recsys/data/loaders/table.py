@@ -16,14 +16,14 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..schema import CUSTOMER, DATE, PRODUCT, RATING, TITLE
 from . import columns as C
-from .report import LoadReport, check_rows, finish
+from .report import LoadReport, finish
 from .text import (
     Block,
-    Format,
     Tally,
     check_file,
     describe_columns,
     head,
+    parse,
     split_header,
     starts_with,
 )
@@ -148,10 +148,8 @@ def _parse_texts(texts: pd.Series) -> np.ndarray:
     return out
 
 
-def _dates(col: pa.ChunkedArray | None, n: int, what: str) -> tuple[np.ndarray, int]:
+def _dates(col: pa.ChunkedArray, what: str) -> tuple[np.ndarray, int]:
     """(int64 us with NaT, number of present-but-unparseable values) of a timestamp column."""
-    if col is None:
-        return np.full(n, C.NAT, dtype=np.int64), 0
     arr = C.plain(col.combine_chunks())
     t = arr.type
     present = np.asarray(pc.is_valid(arr))
@@ -230,30 +228,29 @@ def load_table(
     mapping = {CUSTOMER: user, PRODUCT: item, RATING: rating, DATE: timestamp, TITLE: title}
     mapping = {k: v for k, v in mapping.items() if v is not None}
     report = LoadReport(source=str(path), format=format)
-    read = _read_parquet if format == "parquet" else _read_csv
-    block, tally = read(p, mapping, sep, report, max_examples)
+    if format == "parquet":
+        block = _read_parquet(p, mapping, report)
+    else:
+        block = _read_csv(p, mapping, sep, report)
     tbl = block.table
     ratings, codes = _ratings(tbl.column(mapping[RATING]))
     codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
+    tally = Tally(report.columns, _REASONS, max_examples)
     keep = tally.add(block, codes)
-    tally.fill(report, first_line=2)
-    check_rows(report, p)
+    tally.fill(report, 2, p)
 
     kept = {k: tbl.column(v).filter(pa.array(keep)) for k, v in mapping.items()}
     where = {k: f"{p}: column {v!r}" for k, v in mapping.items()}
-    dates, report.bad_dates = _dates(kept.get(DATE), report.rows_read, where.get(DATE, ""))
+    dates, report.bad_dates = _dates(kept[DATE], where[DATE]) if DATE in kept else (None, 0)
     customer = C.ids_from_arrow(kept[CUSTOMER], where[CUSTOMER])
     product = C.ids_from_arrow(kept[PRODUCT], where[PRODUCT])
-    n = report.rows_read
-    title = C.titles_from_arrow(kept[TITLE], where[TITLE]) if TITLE in kept else C.empty_categorical(n)
+    title = C.titles_from_arrow(kept[TITLE], where[TITLE]) if TITLE in kept else None
     frame = C.frame(customer, product, title, ratings[keep], dates)
     finish(report, t0)
     return frame, report
 
 
-def _read_csv(
-    path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
-) -> tuple[Block, Tally]:
+def _read_csv(path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport) -> Block:
     """Parse the whole CSV (every column as text) as one block."""
     data = head(path, None)
     if not data.strip():
@@ -270,17 +267,14 @@ def _read_csv(
     if len(set(names)) < len(names):
         raise DataError(f"{path}: the header (line 1) has a column name more than once.")
     try:
-        block = Format(names, sep, quote=True).parse(rest)
+        return parse(rest, names, sep, quote=True)
     except pa.ArrowInvalid as exc:
         raise DataError(f"cannot parse {path} as CSV with sep={sep!r}.") from exc
-    return block, Tally(names, _REASONS, max_examples)
 
 
-def _read_parquet(
-    path: Path, mapping: dict[str, str], sep: str | None, report: LoadReport, max_examples: int
-) -> tuple[Block, Tally]:
+def _read_parquet(path: Path, mapping: dict[str, str], report: LoadReport) -> Block:
     """Read the mapped columns of a Parquet file, and which rows are null (or empty text) in
-    every column, one column at a time (memory stays bounded); rows are numbered from 1."""
+    every column, one column at a time (memory stays bounded); rows are numbered, not lines."""
     import pyarrow.parquet as pq
 
     nulls = {}
@@ -304,8 +298,5 @@ def _read_parquet(
                 f"{path}: column {name!r} holds values of type {t}; expected one scalar per row "
                 f"(a number, text or a date). Flatten it or map another column."
             )
-    n = tbl.num_rows
-    block = Block(tbl, np.arange(n), np.empty(0, np.int64), np.empty(0, np.int64), n, nulls)
-    tally = Tally(report.columns, _REASONS, max_examples)
-    tally.location = "row"
-    return block, tally
+    none = np.empty(0, np.int64)
+    return Block(tbl, None, none, none, tbl.num_rows, nulls)

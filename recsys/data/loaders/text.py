@@ -1,7 +1,5 @@
-"""Delimited text, read with ``pyarrow.csv`` one block of whole lines at a time, shared by the
-text loaders: files (gzip detected by its magic bytes), blocks, line ends and invalid UTF-8
-repaired, lines with the wrong number of fields, and the tally of what was skipped. Errors name
-the file and the line, never a file's content.
+"""Delimited text read with ``pyarrow.csv`` one block of whole lines at a time: files (gzip by
+its magic bytes), blocks, line ends and invalid UTF-8, wrong field counts, the tally of skips.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ...errors import DataError
-from .report import LoadReport
+from .report import LoadReport, check_rows
 
 GZIP_MAGIC = b"\x1f\x8b"
 WRONG_FIELDS = "wrong field count"
@@ -98,25 +96,22 @@ def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
     block_size = max(int(block_size), 1)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-read") as pool:
         pending = pool.submit(read, fh, block_size, path)
-        carry: list[bytes] = []  # pieces of an unfinished line
-        carried = 0
+        carry = b""  # an unfinished line
         while chunk := pending.result():
             pending = pool.submit(read, fh, block_size, path)
             cut = chunk.rfind(b"\n") + 1
             if cut:
-                yield b"".join([*carry, chunk[:cut]])
-                carry = [chunk[cut:]] if cut < len(chunk) else []
-                carried = len(chunk) - cut
+                yield carry + chunk[:cut]
+                carry = chunk[cut:]
                 continue
-            carry.append(chunk)
-            carried += len(chunk)
-            if carried > MAX_LINE_BYTES:
+            carry += chunk
+            if len(carry) > MAX_LINE_BYTES:
                 raise DataError(
                     f"{path} has a line longer than {MAX_LINE_BYTES >> 20} MiB: it is not "
                     f"line-oriented text (binary, or the wrong --format)."
                 )
         if carry:
-            yield b"".join([*carry, b"\n"])
+            yield carry + b"\n"
 
 
 @contextlib.contextmanager
@@ -194,59 +189,57 @@ class Block:
     nulls: dict[str, pa.Array]  # per column (all of them), which rows are empty
 
 
-@dataclass(frozen=True)
-class Format:
-    """How to parse the lines: field names (all of them), separator, quoting, Arrow types, and
-    which columns to keep (the others only count empty fields)."""
+def parse(
+    buf: bytes,
+    names: list[str],
+    sep: str,
+    quote: bool = False,
+    types: dict[str, pa.DataType] | None = None,
+    keep: tuple[str, ...] | None = None,
+) -> Block:
+    """Parse a block of whole lines (``buf`` ends with ``\\n``) into the fields ``names`` (all of
+    them; the Arrow ``types`` of some, the others are strings), keeping the columns ``keep`` (None:
+    all; the others only count empty fields). ``pyarrow.ArrowInvalid`` when a value is not of its
+    type."""
+    buf, bad_utf8 = normalise(buf)
+    n_lines = buf.count(b"\n")
+    invalid: list[int] = []
 
-    names: list[str]
-    sep: str
-    quote: bool = False
-    types: dict[str, pa.DataType] | None = None  # the others are strings
-    keep: tuple[str, ...] | None = None  # None: all
+    def on_invalid(row: Any) -> str:
+        invalid.append(row.number - 1)
+        return "skip"
 
-    def parse(self, buf: bytes) -> Block:
-        """Parse a block of whole lines (``buf`` ends with ``\\n``); ``pyarrow.ArrowInvalid``
-        when a value is not of the requested type."""
-        buf, bad_utf8 = normalise(buf)
-        n_lines = buf.count(b"\n")
-        invalid: list[int] = []
-
-        def on_invalid(row: Any) -> str:
-            invalid.append(row.number - 1)
-            return "skip"
-
-        types = dict.fromkeys(self.names, pa.string()) | (self.types or {})
-        table = pcsv.read_csv(
-            pa.py_buffer(buf),
-            # one Arrow block per buffer: one dictionary per column (Lookup walks dictionaries)
-            read_options=pcsv.ReadOptions(
-                column_names=self.names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
-            ),
-            parse_options=pcsv.ParseOptions(
-                delimiter=self.sep, quote_char='"' if self.quote else False, escape_char=False,
-                newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
-            ),
-            convert_options=pcsv.ConvertOptions(
-                column_types=types, strings_can_be_null=True, null_values=[""], true_values=[],
-                false_values=[], check_utf8=False,  # invalid UTF-8 was repaired by normalise
-            ),
-        )  # fmt: skip
-        wrong = np.asarray(invalid, dtype=np.int64)
-        lines: np.ndarray | None = None
-        if table.num_rows + len(wrong) == n_lines:  # else a quoted field spans lines
-            lines = np.setdiff1d(np.arange(n_lines), wrong, assume_unique=True)
-            if buf.startswith(b"\n") or buf.find(b"\n\n") >= 0:
-                # Arrow reads a blank line as a row of nulls; it is a wrong field count.
-                nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
-                blank = np.flatnonzero(np.diff(nl, prepend=-1) == 1)
-                is_blank = np.isin(lines, blank)
-                table = table.filter(pa.array(~is_blank))
-                lines, wrong = lines[~is_blank], np.union1d(wrong, blank)
-        nulls = {name: table.column(name).is_null().combine_chunks() for name in self.names}
-        if self.keep is not None:
-            table = table.select(list(self.keep))
-        return Block(table, lines, wrong, bad_utf8, n_lines, nulls)
+    table = pcsv.read_csv(
+        pa.py_buffer(buf),
+        # one Arrow block per buffer: one dictionary per column (Lookup walks dictionaries)
+        read_options=pcsv.ReadOptions(
+            column_names=names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
+        ),
+        parse_options=pcsv.ParseOptions(
+            delimiter=sep, quote_char='"' if quote else False, escape_char=False,
+            newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
+        ),
+        convert_options=pcsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()) | (types or {}),
+            strings_can_be_null=True, null_values=[""], true_values=[], false_values=[],
+            check_utf8=False,  # invalid UTF-8 was repaired by normalise
+        ),
+    )  # fmt: skip
+    wrong = np.asarray(invalid, dtype=np.int64)
+    lines: np.ndarray | None = None
+    if table.num_rows + len(wrong) == n_lines:  # else a quoted field spans lines
+        lines = np.setdiff1d(np.arange(n_lines), wrong, assume_unique=True)
+        if buf.startswith(b"\n") or buf.find(b"\n\n") >= 0:
+            # Arrow reads a blank line as a row of nulls; it is a wrong field count.
+            nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+            blank = np.flatnonzero(np.diff(nl, prepend=-1) == 1)
+            is_blank = np.isin(lines, blank)
+            table = table.filter(pa.array(~is_blank))
+            lines, wrong = lines[~is_blank], np.union1d(wrong, blank)
+    nulls = {name: table.column(name).is_null().combine_chunks() for name in names}
+    if keep is not None:
+        table = table.select(list(keep))
+    return Block(table, lines, wrong, bad_utf8, n_lines, nulls)
 
 
 def parse_blocks(
@@ -291,8 +284,7 @@ class Tally:
         else:
             line_codes = np.ones(block.n_lines, dtype=np.int8)
             line_codes[block.lines] = row_codes
-            if len(block.bad_utf8):
-                self.invalid_utf8 += int(np.isin(block.lines[valid], block.bad_utf8).sum())
+            self.invalid_utf8 += int(np.isin(block.lines[valid], block.bad_utf8).sum())
         self.counts += np.bincount(line_codes, minlength=len(self.counts))
         room = self.max_examples - len(self.examples)
         if room > 0:
@@ -301,14 +293,14 @@ class Tally:
                 for i in np.flatnonzero(line_codes)[:room]
             )
         for j, name in enumerate(self.columns):
-            if name in block.nulls:
-                nulls = np.asarray(pc.fill_null(block.nulls[name], True), dtype=bool)
-                self.nulls[j] += int(np.count_nonzero(nulls & valid))
+            nulls = np.asarray(pc.fill_null(block.nulls[name], True), dtype=bool)
+            self.nulls[j] += int(np.count_nonzero(nulls & valid))
         self.lines += len(line_codes) + (len(block.wrong_fields) if block.lines is None else 0)
         return valid
 
-    def fill(self, report: LoadReport, first_line: int) -> None:
-        """Copy the counts into ``report``; ``first_line``: the number of the first data line."""
+    def fill(self, report: LoadReport, first_line: int, path: Path) -> None:
+        """Copy the counts into ``report`` (``first_line``: the number of the first data line);
+        a :class:`DataError` when no valid row remains."""
         first = 1 if self.location == "row" else first_line
         report.lines_read = self.lines
         report.rows_read = int(self.counts[0])
@@ -318,3 +310,4 @@ class Tally:
         report.null_counts = {c: int(k) for c, k in zip(self.columns, self.nulls, strict=True)}
         report.invalid_utf8_lines = self.invalid_utf8
         report.location = self.location
+        check_rows(report, path)
