@@ -96,7 +96,6 @@ def load_amazon_reviews(
     report = LoadReport(source=str(path), format="amazon")
     stars = C.Lookup(_star, np.float32, (math.nan, 2))
     days = C.Lookup(_day, np.int64, (C.NAT, 0))
-    cols: dict[str, list] = {CUSTOMER: [], PRODUCT: [], TITLE: [], RATING: [], DATE: []}
     with lines_of(p, block_size, header=True) as (header, blocks):
         if header is None:
             raise DataError(
@@ -106,30 +105,28 @@ def load_amazon_reviews(
         names = report.columns = header.split("\t")
         _check_header(names, p)
         # customer ids are mostly distinct: plain strings; the other columns repeat values
-        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in cols if k in names}
+        kept = (CUSTOMER, PRODUCT, TITLE, RATING, DATE)
+        used = {k: pa.string() if k == CUSTOMER else C.DICT for k in kept if k in names}
         fmt = functools.partial(parse, names=names, sep="\t", types=used, keep=tuple(used))
         tally = Tally(names, _REASONS, max_examples)
+        tables, ratings = [], []
         for block in parse_blocks(blocks, fmt):
             t = block.table
             star, codes = stars(t.column(RATING))
             codes[np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(t.column(PRODUCT).is_null())] = 1
             keep = tally.add(block, codes)
-            mask = pa.array(keep)
-            cols[RATING].append(star[keep])
-            for name in (CUSTOMER, PRODUCT, TITLE):
-                if name in names:
-                    cols[name].append(t.column(name).filter(mask))
-            if DATE in names:
-                day, bad = days(t.column(DATE))
-                cols[DATE].append(day[keep])
-                report.bad_dates += int(np.count_nonzero(bad[keep]))
+            tables.append(t.filter(pa.array(keep)))
+            ratings.append(star[keep])
     tally.fill(report, 2, p)
+    t = pa.concat_tables(tables)
+    dates, bad = days(t[DATE]) if DATE in names else (None, 0)
+    report.bad_dates = int(np.count_nonzero(bad))
     frame = C.frame(
-        C.ids_from_strings(cols[CUSTOMER]),
-        C.ids_from_dict(cols[PRODUCT]),
-        C.categorical(*C.dict_parts(cols[TITLE])) if TITLE in names else None,
-        np.concatenate(cols[RATING]),
-        np.concatenate(cols[DATE]) if DATE in names else None,
+        C.ids_from_strings(t[CUSTOMER].combine_chunks()),
+        C.ids_from_dict(t[PRODUCT]),
+        C.categorical(*C.dict_parts(t[TITLE])) if TITLE in names else None,
+        np.concatenate(ratings),
+        dates,
     )
     finish(report, t0)
     return frame, report

@@ -80,16 +80,12 @@ class Lookup:
 
 
 def categorical(dictionary: pa.Array, indices: np.ndarray) -> pd.Categorical:
-    """A Categorical with sorted, used-only categories from a dictionary and codes (-1 = NaN)."""
-    used_idx = np.flatnonzero(np.bincount(indices[indices >= 0], minlength=len(dictionary)))
-    values = dictionary.take(pa.array(used_idx)) if len(used_idx) < len(dictionary) else dictionary
-    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
-        values = pc.cast(values, pa.string())
-    order = np.asarray(pc.array_sort_indices(values))
-    remap = np.full(len(dictionary) + 1, -1, dtype=np.int64)  # last slot: -1 stays -1
-    remap[used_idx[order]] = np.arange(len(order))
-    categories = pd.Index(values.take(pa.array(order)).to_pandas(), dtype="str")
-    return pd.Categorical.from_codes(remap[indices], categories=categories, validate=False)
+    """A Categorical with sorted, used-only categories from a dictionary of distinct strings and
+    codes (-1 = NaN)."""
+    cat = pd.Categorical.from_codes(
+        indices, pd.Index(dictionary.to_pandas(), dtype="str"), validate=False
+    ).remove_unused_categories()
+    return cat.reorder_categories(cat.categories.sort_values())
 
 
 def encode(arr: pa.Array) -> pd.Categorical:
@@ -109,24 +105,22 @@ def _canonical_ints(values: pa.Array) -> np.ndarray | None:
     return np.asarray(ints.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def dict_parts(chunks: list[pa.ChunkedArray]) -> tuple[pa.Array, np.ndarray]:
-    """Unify dictionary chunks: (dictionary, int64 indices with -1 for null)."""
-    ca = pa.chunked_array([ch for c in chunks for ch in c.chunks], type=DICT).unify_dictionaries()
-    dictionary = ca.chunk(0).dictionary if ca.num_chunks else pa.array([], pa.string())
-    indices = [np.asarray(pc.fill_null(c.indices, -1)) for c in ca.chunks]
-    return dictionary, np.concatenate(indices).astype(np.int64) if indices else np.empty(0, np.int64)
+def dict_parts(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Unify the chunks of a dictionary column: (dictionary, int64 indices with -1 for null)."""
+    col = col.unify_dictionaries()
+    indices = pa.chunked_array([ch.indices for ch in col.chunks], pa.int32())
+    return col.chunk(0).dictionary, np.asarray(pc.fill_null(indices, -1), dtype=np.int64)
 
 
-def ids_from_dict(chunks: list[pa.ChunkedArray]) -> Ids:
-    """Id column from dictionary chunks: int64 if all used ids are integers, else category."""
-    cat = categorical(*dict_parts(chunks))
+def ids_from_dict(col: pa.ChunkedArray) -> Ids:
+    """Id column from a dictionary column: int64 if all used ids are integers, else category."""
+    cat = categorical(*dict_parts(col))
     ints = _canonical_ints(pa.array(cat.categories.to_numpy(dtype=object), pa.string()))
     return ints[cat.codes] if ints is not None else cat
 
 
-def ids_from_strings(chunks: list[pa.ChunkedArray]) -> Ids:
-    """Id column from string chunks: int64 if every id is an integer, else category."""
-    arr = pa.chunked_array([ch for c in chunks for ch in c.chunks], pa.string()).combine_chunks()
+def ids_from_strings(arr: pa.Array) -> Ids:
+    """Id column from strings: int64 if every id is an integer, else category."""
     ints = _canonical_ints(arr)
     return ints if ints is not None else encode(arr)
 
@@ -154,7 +148,7 @@ def ids_from_arrow(col: pa.ChunkedArray, what: str) -> Ids:
         vals = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
         if len(vals) and np.all(vals == np.round(vals)) and np.abs(vals).max() < 2**53:
             return vals.astype(np.int64)
-    return ids_from_strings([pa.chunked_array([_as_strings(arr, what)])])
+    return ids_from_strings(_as_strings(arr, what))
 
 
 def titles_from_arrow(col: pa.ChunkedArray, what: str) -> pd.Categorical:
