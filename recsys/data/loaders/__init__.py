@@ -14,9 +14,8 @@ Every loader returns a :class:`pandas.DataFrame` with exactly the columns
 ``review_date``    ``datetime64[us]`` (the pandas 3 default unit), NaT when missing or invalid
 =================  ===========================================================================
 
-Categories are sorted (as :class:`pandas.Categorical` sorts them by default) and hold only
-values that occur in the returned rows, so the result does not depend on how the file was
-read (block size, skipped lines).
+Categories are sorted and hold only values that occur in the returned rows, so the result does
+not depend on how the file was read (block size, skipped lines).
 
 Which rows are kept
 -------------------
@@ -31,10 +30,6 @@ logger. Duplicates are kept (exploration counts them, preparation removes them).
 
 Errors are :class:`~recsys.errors.DataError` naming the file, the line and what was expected;
 they never show the file's content.
-
-Modules: :mod:`.amazon`, :mod:`.movielens`, :mod:`.table` (any CSV or Parquet with a column
-mapping), :mod:`.detect` (:func:`detect_format`, :func:`load_ratings`), :mod:`.report`; the
-text formats share :mod:`.text` (files and blocks) and :mod:`.columns` (the frame's dtypes).
 """
 
 from .amazon import load_amazon_reviews

@@ -98,17 +98,14 @@ def load_movielens(
     """Load MovieLens ratings (ml-100k ``u.data``, ml-1m/10m ``ratings.dat``, ``ratings.csv``).
 
     The variant is recognised from the content (header ``userId,movieId,rating``, ``::``
-    separators, tabs); the file may be gzip. Ratings must be numbers from 0.5 to 5; user and
-    movie ids integers (so both id columns, ``product_id`` being the movie id, are ``int64``);
-    timestamps are unix seconds (an unparseable one becomes NaT and is counted in
-    ``bad_dates``). Malformed lines are skipped and reported, and ``max_examples`` and
-    ``block_size`` work, as for :func:`load_amazon_reviews`.
+    separators, tabs); the file may be gzip. Ratings must be numbers from 0.5 to 5, user and
+    movie ids integers; timestamps are unix seconds. ``max_examples`` and ``block_size`` work as
+    for :func:`load_amazon_reviews`.
 
     ``titles``: True reads titles from the sibling file (``u.item`` -- ``|``-separated latin-1;
     ``movies.dat`` -- ``id::title::genres``; ``movies.csv`` -- a real CSV with quoted titles), if
     it exists; False/None: no titles; a path: titles from that file (same three formats,
-    recognised by content). Raises :class:`DataError` for a missing or unreadable file,
-    unrecognised content, a missing titles file given by path, or no valid line.
+    recognised by content; a missing file is a :class:`DataError`).
     """
     t0 = time.perf_counter()
     p = check_file(path)

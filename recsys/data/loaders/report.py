@@ -20,8 +20,7 @@ class LoadReport:
     ``lines_read == rows_read + rows_skipped``. Line numbers are 1-based, the header being line
     1; with ``location == "row"`` (Parquet, or a CSV whose quoted fields span lines) they are
     1-based row numbers. A trailing final newline does not create a line; an empty line before
-    it does (and is malformed). Duplicates are kept: exploration counts them, preparation
-    removes them.
+    it does (and is malformed).
     """
 
     source: str  # the path as given

@@ -84,29 +84,27 @@ def _is_blank(col: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(blank)
 
 
-def _rating_value(text: str) -> tuple[float, int]:
+def _float(text: str) -> tuple[float, int]:
     try:
-        x = float(text.strip())
+        return float(text), 0
     except ValueError:
-        return math.nan, 2
-    return x, 2 if math.isnan(x) else 0
+        return math.nan, 0
 
 
 def _ratings(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(float32 ratings, codes): 0 valid, 2 non-numeric or missing, 3 negative or infinite."""
     t = col.type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        vals = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
-        vals = np.where(np.asarray(pc.is_valid(col)), vals, np.nan)
+        vals = pc.cast(col, pa.float64()).to_numpy()  # nulls are NaN
     else:
         try:
             text = col if pa.types.is_string(t) else pc.cast(col, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. bytes that are not text
             text = pa.chunked_array([pa.nulls(len(col), pa.string())])
         try:
-            vals = np.asarray(pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False), float)
-        except pa.ArrowInvalid:
-            vals = C.Lookup(_rating_value, np.float64, (math.nan, 2))(text)[0]
+            vals = pc.cast(text, pa.float64()).to_numpy()
+        except pa.ArrowInvalid:  # Python's float() allows spaces, "1_000", ...
+            vals = C.Lookup(_float, np.float64, (math.nan, 0))(text)[0]
     codes = np.where(np.isnan(vals), 2, np.where(np.isinf(vals) | (vals < 0), 3, 0))
     return vals.astype(np.float32), codes.astype(np.int8)
 
@@ -161,8 +159,7 @@ def _dates(col: pa.ChunkedArray, what: str) -> tuple[np.ndarray, int]:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         us = C.in_range(pd.to_datetime(s).to_numpy().astype(C.DATE_DTYPE).view(np.int64))
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        vals = np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
-        us = _unix_to_us(np.where(present, vals, np.nan))
+        us = _unix_to_us(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False))
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         enc = arr.dictionary_encode()
         parsed = _parse_texts(pd.Series(enc.dictionary.to_pylist(), dtype=object))
@@ -188,31 +185,21 @@ def load_table(
     max_examples: int = 10,
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Load any CSV or Parquet file, naming its ``user``, ``item`` and ``rating`` columns (and
-    optionally ``timestamp`` and ``title``): the source columns of ``customer_id``,
-    ``product_id``, ``star_rating``, ``review_date`` and ``product_title``.
+    optionally ``timestamp`` and ``title``): the sources of ``customer_id``, ``product_id``,
+    ``star_rating``, ``review_date`` and ``product_title``.
 
-    ``format`` ("csv" or "parquet") is by content unless given: Parquet by its ``PAR1`` magic.
-    CSV (plain or gzip): the separator is detected among ``, ; TAB |`` unless ``sep`` (one
-    character) is given; the first line is the header; fields may be quoted (``"a, b"``); LF or
-    CRLF. The whole file is read into memory (use :func:`load_amazon_reviews` for multi-GB review
-    dumps). ``titles_path`` is reserved: titles from a separate file are not supported yet.
-
-    A row is skipped when its field count is wrong (CSV), its user or item is empty, or its
-    rating is not valid -- reported with the CSV line number, or the 1-based row number
-    (``report.location == "row"``: Parquet, or a CSV whose quoted fields span lines); the first
-    ``max_examples`` are recorded. **A valid rating is a finite number >= 0** (any scale: stars,
-    0-10, counts); empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
-    rating" (shift a scale with negative values, e.g. -10..10, before loading). Ids follow the
-    rule of :mod:`recsys.data.loaders` (integral floats such as ``3.0`` count as integers); a
-    column of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds
-    when some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format
-    pandas recognises); time zones are converted to UTC and dropped. A timestamp that does not
-    parse, or falls outside 1677-2262, becomes NaT and is counted in ``bad_dates`` (the row is
-    kept). ``report.null_counts`` covers all source columns.
-
-    Raises :class:`DataError` for a missing or unreadable file, content that is not the format, a
-    mapped column that does not exist (the message lists the available ones when they look like
-    names), or no valid row.
+    ``format`` ("csv" or "parquet") is by content unless given (Parquet: the ``PAR1`` magic).
+    CSV (plain or gzip, read whole into memory): the separator is detected among ``, ; TAB |``
+    unless ``sep`` (one character) is given; the first line is the header; fields may be quoted
+    (``"a, b"``). ``titles_path`` is reserved: not supported yet. Rows are skipped as described
+    in :mod:`recsys.data.loaders`; ``report.location == "row"`` (1-based row numbers) for Parquet
+    or a CSV whose quoted fields span lines. **A valid rating is a finite number >= 0** (any
+    scale): empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
+    rating". Integral float ids (``3.0``) count as integers; a column of lists or structs is
+    refused. Timestamps: numbers are unix seconds, or milliseconds when some value exceeds 1e11;
+    text is unix seconds or a date (ISO 8601, else any format pandas recognises); time zones are
+    converted to UTC and dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all
+    source columns.
     """
     t0 = time.perf_counter()
     p = check_file(path)
