@@ -45,31 +45,25 @@ class LoadReport:
         where = ", ".join(str(n) for n, _ in self.skipped_lines)
         more = ", ..." if self.rows_skipped > len(self.skipped_lines) else ""
         plural = "s" if self.rows_skipped != 1 else ""
-        noun = "row" if self.location == "row" else "line"
         return (
-            f"{self.rows_skipped:,} malformed {noun}{plural} ({reasons}; "
-            f"first at {noun}s {where}{more})"
+            f"{self.rows_skipped:,} malformed {self.location}{plural} ({reasons}; "
+            f"first at {self.location}s {where}{more})"
         )
 
     def summary(self) -> str:
         """One or two human-readable lines describing the load."""
-        noun = "rows" if self.location == "row" else "lines"
-        skipped = f"skipped {self._skip_text()}" if self.rows_skipped else f"all {noun} valid"
-        out = [f"read {self.rows_read:,} rows from {self.source} ({self.format}, {self.seconds:.1f} s); {skipped}"]
-        extra = []
-        if self.invalid_utf8_lines:
-            extra.append(f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)")
-        if self.bad_dates:
-            extra.append(f"{self.bad_dates:,} unparseable dates (set to NaT)")
-        return "\n".join([*out, "; ".join(extra)] if extra else out)
+        ok = f"skipped {self._skip_text()}" if self.rows_skipped else f"all {self.location}s valid"
+        utf8 = f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
+        dates = f"{self.bad_dates:,} unparseable dates (set to NaT)"
+        extra = "; ".join(t for n, t in ((self.invalid_utf8_lines, utf8), (self.bad_dates, dates)) if n)
+        return (
+            f"read {self.rows_read:,} rows from {self.source} ({self.format}, "
+            f"{self.seconds:.1f} s); {ok}" + (f"\n{extra}" if extra else "")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
-        d = asdict(self)
-        d["skipped_lines"] = [[int(n), str(r)] for n, r in self.skipped_lines]
-        d["skip_reasons"] = {str(k): int(v) for k, v in self.skip_reasons.items()}
-        d["null_counts"] = {str(k): int(v) for k, v in self.null_counts.items()}
-        return d
+        return asdict(self) | {"skipped_lines": [list(x) for x in self.skipped_lines]}
 
 
 def check_rows(report: LoadReport, path: Path) -> None:
@@ -83,7 +77,7 @@ def check_rows(report: LoadReport, path: Path) -> None:
         )
     raise DataError(
         f"nothing valid remains in {path}: 0 of {report.lines_read:,} "
-        f"{'rows' if report.location == 'row' else 'lines'} valid; {report._skip_text()}. "
+        f"{report.location}s valid; {report._skip_text()}. "
         f"Check the format (--format) and the column mapping."
     )
 
