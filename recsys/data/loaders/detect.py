@@ -108,10 +108,7 @@ def _default_mapping(path: Path, fmt: str, options: dict[str, Any]) -> dict[str,
     if all(options.get(k) for k in ("user", "item", "rating")):
         return options
     columns = _columns(check_file(path), fmt, options.get("sep"))
-    out = dict(options)
-    for key, canonical in _CANONICAL.items():
-        if key not in out and canonical in columns:
-            out[key] = canonical
+    out = {key: canonical for key, canonical in _CANONICAL.items() if canonical in columns} | options
     still = [k for k in ("user", "item", "rating") if not out.get(k)]
     if still:
         raise DataError(

@@ -159,11 +159,9 @@ def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
     order) and the 0-based indices of the lines that were not valid UTF-8.
     """
     if buf.find(b"\r") >= 0:
-        buf = buf.replace(b"\r\n", b"\n")
         # A lone CR would end a row for Arrow's CSV parser; in these formats it is not a line
         # break, so it becomes a space.
-        if buf.find(b"\r") >= 0:
-            buf = buf.replace(b"\r", b" ")
+        buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b" ")
     if is_utf8(buf):
         return buf, np.empty(0, dtype=np.int64)
     lines = buf.split(b"\n")
