@@ -63,13 +63,13 @@ class Lookup:
     encoded and only its dictionary goes through Python (with a cache across blocks).
     """
 
-    def __init__(self, fn: Callable[[str], tuple[float, int]], dtype: type, null: tuple[float, int]) -> None:
+    def __init__(self, fn: Callable[[str], tuple], dtype: type, null: tuple[float, int]) -> None:
         self.fn, self.dtype, self.null = functools.cache(fn), dtype, null
 
-    def __call__(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         """Values (``dtype``) and codes (int8) of every row; a null gets ``null``."""
         values, codes = [np.empty(0, self.dtype)], [np.empty(0, np.int8)]
-        for ch in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+        for ch in col.chunks:
             if not pa.types.is_dictionary(ch.type):
                 ch = ch.dictionary_encode()
             pairs = [*map(self.fn, ch.dictionary.to_pylist()), self.null]

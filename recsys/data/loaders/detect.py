@@ -30,6 +30,7 @@ FORMATS: tuple[str, ...] = ("amazon", "movielens", "csv", "parquet")
 _NUMBER = re.compile(r"[0-9.]+")
 _CANONICAL = {option: column for column, option in OPTIONS.items()}  # "user" -> "customer_id"
 _TABLE_OPTIONS = {*_CANONICAL, "sep", "titles_path"}
+_PASS = f"Pass the format explicitly: --format {'|'.join(FORMATS)}."
 
 
 def detect_format(path: str | Path) -> str:
@@ -49,31 +50,28 @@ def detect_format(path: str | Path) -> str:
         raise DataError(f"{p} is empty; cannot detect its format.")
     if b"\x00" in start[:4096]:
         raise DataError(
-            f"cannot detect the format of {p}: it looks binary (not text, Parquet or gzip). "
-            f"Pass the format explicitly: --format amazon|movielens|csv|parquet."
+            f"cannot detect the format of {p}: it looks binary (not text, Parquet or gzip). {_PASS}"
         )
     text = first_line(start).decode("utf-8", errors="replace")
     fields = [f.strip() for f in text.split("\t")]
     if all(c in fields for c in REQUIRED_COLUMNS):
         return "amazon"
-    if text.lower().replace(" ", "").startswith("userid,movieid,rating"):
-        return "movielens"
-    parts = text.split("::")
-    if len(parts) == 4 and all(_NUMBER.fullmatch(x) for x in parts):
-        return "movielens"
     if (
-        len(fields) == 4
-        and all(_NUMBER.fullmatch(x) for x in fields)
-        and (p.name.startswith("u.") or p.suffix in (".data", ""))
+        text.lower().replace(" ", "").startswith("userid,movieid,rating")
+        or _four_numbers(text.split("::"))  # ratings.dat
+        or (_four_numbers(fields) and (p.name.startswith("u.") or p.suffix in (".data", "")))
     ):
         return "movielens"
     if any(s in text for s in SEPARATORS):
         return "csv"
     raise DataError(
         f"cannot detect the format of {p}: its first line is none of an Amazon reviews header, "
-        f"MovieLens ratings or delimited text with a header. Pass the format explicitly: "
-        f"--format amazon|movielens|csv|parquet."
+        f"MovieLens ratings or delimited text with a header. {_PASS}"
     )
+
+
+def _four_numbers(fields: list[str]) -> bool:
+    return len(fields) == 4 and all(_NUMBER.fullmatch(x) for x in fields)
 
 
 def load_ratings(
@@ -108,7 +106,7 @@ def _default_mapping(path: Path, fmt: str, options: dict[str, Any]) -> dict[str,
     if all(options.get(k) for k in ("user", "item", "rating")):
         return options
     columns = _columns(check_file(path), fmt, options.get("sep"))
-    out = {key: canonical for key, canonical in _CANONICAL.items() if canonical in columns} | options
+    out = {key: col for key, col in _CANONICAL.items() if col in columns} | options
     still = [k for k in ("user", "item", "rating") if not out.get(k)]
     if still:
         raise DataError(

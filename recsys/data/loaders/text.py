@@ -214,13 +214,12 @@ def parse(
             column_names=names, use_threads=False, block_size=min(len(buf) + 1, 1 << 30)
         ),
         parse_options=pcsv.ParseOptions(
-            delimiter=sep, quote_char='"' if quote else False, escape_char=False,
-            newlines_in_values=False, ignore_empty_lines=False, invalid_row_handler=on_invalid,
+            delimiter=sep, quote_char='"' if quote else False, ignore_empty_lines=False,
+            invalid_row_handler=on_invalid,
         ),
         convert_options=pcsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()) | (types or {}),
-            strings_can_be_null=True, null_values=[""], true_values=[], false_values=[],
-            check_utf8=False,  # invalid UTF-8 was repaired by normalise
+            column_types=dict.fromkeys(names, pa.string()) | (types or {}), null_values=[""],
+            strings_can_be_null=True, check_utf8=False,  # invalid UTF-8 was repaired by normalise
         ),
     )  # fmt: skip
     wrong = np.asarray(invalid, dtype=np.int64)
