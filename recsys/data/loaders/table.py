@@ -114,11 +114,8 @@ def _unix_to_us(vals: np.ndarray) -> np.ndarray:
     for NaN and for dates outside the supported range."""
     finite = np.isfinite(vals)
     scale = 1_000 if finite.any() and np.abs(vals[finite]).max() > 1e11 else 1_000_000
-    us = np.where(finite, vals, 0.0) * scale
-    ok = finite & (us >= C.MIN_US) & (us <= C.MAX_US)
-    out = np.full(len(vals), C.NAT, dtype=np.int64)
-    out[ok] = np.round(us[ok]).astype(np.int64)
-    return out
+    us = vals * scale
+    return np.where((us >= C.MIN_US) & (us <= C.MAX_US), np.round(us), C.NAT).astype(np.int64)
 
 
 def _parse_texts(texts: pd.Series) -> np.ndarray:
@@ -212,8 +209,8 @@ def load_table(
         raise DataError(f"load_table reads 'csv' or 'parquet'; got format={format!r}.")
     if format is None:
         format = "parquet" if starts_with(p, PARQUET_MAGIC) else "csv"
-    mapping = {CUSTOMER: user, PRODUCT: item, RATING: rating, DATE: timestamp, TITLE: title}
-    mapping = {k: v for k, v in mapping.items() if v is not None}
+    sources = (user, item, rating, timestamp, title)  # in the order of OPTIONS
+    mapping = {k: v for k, v in zip(OPTIONS, sources, strict=True) if v is not None}
     report = LoadReport(source=str(path), format=format)
     if format == "parquet":
         block = _read_parquet(p, mapping, report)
