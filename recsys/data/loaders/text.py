@@ -122,10 +122,7 @@ def lines_of(
     blocks of the other lines (see :func:`iter_blocks`)."""
     with open_binary(path) as fh, contextlib.closing(iter_blocks(fh, block_size, path)) as blocks:
         first = next(blocks, b"") if header else b""
-        if not first:
-            yield None, blocks
-            return
-        line, rest = split_header(first)
+        line, rest = split_header(first) if first else (None, b"")
         yield line, itertools.chain([rest] if rest else [], blocks)
 
 
@@ -165,14 +162,9 @@ def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
     if is_utf8(buf):
         return buf, np.empty(0, dtype=np.int64)
     lines = buf.split(b"\n")
-    bad = []
-    for i, line in enumerate(lines):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad.append(i)
-            lines[i] = line.decode("utf-8", errors="replace").encode("utf-8")
-    return b"\n".join(lines), np.asarray(bad, dtype=np.int64)
+    fixed = [line.decode("utf-8", errors="replace").encode("utf-8") for line in lines]
+    bad = [i for i, (line, new) in enumerate(zip(lines, fixed, strict=True)) if line != new]
+    return b"\n".join(fixed), np.asarray(bad, dtype=np.int64)
 
 
 @dataclass
