@@ -113,7 +113,8 @@ def load_amazon_reviews(
         for block in parse_blocks(blocks, fmt):
             t = block.table
             star, codes = stars(t.column(RATING))
-            codes[np.asarray(t.column(CUSTOMER).is_null()) | np.asarray(t.column(PRODUCT).is_null())] = 1
+            customer, product = (np.asarray(t.column(k).is_null()) for k in (CUSTOMER, PRODUCT))
+            codes[customer | product] = 1
             keep = tally.add(block, codes)
             tables.append(t.filter(pa.array(keep)))
             ratings.append(star[keep])

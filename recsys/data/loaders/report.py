@@ -55,10 +55,11 @@ class LoadReport:
         ok = f"skipped {self._skip_text()}" if self.rows_skipped else f"all {self.location}s valid"
         utf8 = f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
         dates = f"{self.bad_dates:,} unparseable dates (set to NaT)"
-        extra = "; ".join(t for n, t in ((self.invalid_utf8_lines, utf8), (self.bad_dates, dates)) if n)
+        extra = [text for n, text in ((self.invalid_utf8_lines, utf8), (self.bad_dates, dates)) if n]
+        extra_line = "\n" + "; ".join(extra) if extra else ""
         return (
             f"read {self.rows_read:,} rows from {self.source} ({self.format}, "
-            f"{self.seconds:.1f} s); {ok}" + (f"\n{extra}" if extra else "")
+            f"{self.seconds:.1f} s); {ok}{extra_line}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -76,12 +76,12 @@ def _check_mapping(mapping: dict[str, str], available: list[str], path: Path) ->
         )
 
 
-def _is_blank(col: pa.ChunkedArray) -> np.ndarray:
-    """Missing id: null, empty string or NaN."""
-    blank = pc.is_null(col, nan_is_null=True)
+def _blank(col: pa.ChunkedArray, nan: bool = False) -> pa.ChunkedArray:
+    """Which values are missing: null, empty text or (``nan``) NaN."""
+    blank = pc.is_null(col, nan_is_null=nan)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         blank = pc.or_(blank, pc.fill_null(pc.equal(col, ""), True))
-    return np.asarray(blank)
+    return blank
 
 
 def _float(text: str) -> tuple[float, int]:
@@ -218,7 +218,8 @@ def load_table(
         block = _read_csv(p, mapping, sep, report)
     tbl = block.table
     ratings, codes = _ratings(tbl.column(mapping[RATING]))
-    codes[_is_blank(tbl.column(mapping[CUSTOMER])) | _is_blank(tbl.column(mapping[PRODUCT]))] = 1
+    user, item = (np.asarray(_blank(tbl.column(mapping[k]), nan=True)) for k in (CUSTOMER, PRODUCT))
+    codes[user | item] = 1
     tally = Tally(report.columns, _REASONS, max_examples)
     keep = tally.add(block, codes)
     tally.fill(report, 2, p)
@@ -261,17 +262,12 @@ def _read_parquet(path: Path, mapping: dict[str, str], report: LoadReport) -> Bl
     every column, one column at a time (memory stays bounded); rows are numbered, not lines."""
     import pyarrow.parquet as pq
 
-    nulls = {}
     try:
         pf = pq.ParquetFile(path)
         report.columns = list(pf.schema_arrow.names)
         _check_mapping(mapping, report.columns, path)
         tbl = pf.read(columns=list(dict.fromkeys(mapping.values())))
-        for name in report.columns:
-            col = pf.read(columns=[name]).column(0)
-            nulls[name] = col.is_null()
-            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                nulls[name] = pc.or_kleene(nulls[name], pc.equal(col, ""))
+        nulls = {name: _blank(pf.read(columns=[name]).column(0)) for name in report.columns}
     except (pa.ArrowException, OSError) as exc:
         raise parquet_error(path) from exc
     for name in mapping.values():

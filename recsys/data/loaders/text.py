@@ -144,8 +144,9 @@ def describe_columns(names: list[str]) -> str:
 def is_utf8(buf: bytes) -> bool:
     """True when ``buf`` is valid UTF-8 (Arrow's SIMD validator, no decoding)."""
     offsets = pa.py_buffer(np.array([0, len(buf)], dtype=np.int64))
+    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)])
     try:
-        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buf)]).validate(full=True)
+        arr.validate(full=True)
         return True
     except pa.ArrowInvalid:
         return False
@@ -275,12 +276,9 @@ class Tally:
             line_codes[block.lines] = row_codes
             self.invalid_utf8 += int(np.isin(block.lines[valid], block.bad_utf8).sum())
         self.counts += np.bincount(line_codes, minlength=len(self.counts))
-        room = self.max_examples - len(self.examples)
-        if room > 0:
-            self.examples.extend(
-                (self.lines + int(i), self.reasons[line_codes[i] - 1])
-                for i in np.flatnonzero(line_codes)[:room]
-            )
+        room = max(self.max_examples - len(self.examples), 0)
+        for i in np.flatnonzero(line_codes)[:room]:
+            self.examples.append((self.lines + int(i), self.reasons[line_codes[i] - 1]))
         for j, name in enumerate(self.columns):
             nulls = np.asarray(pc.fill_null(block.nulls[name], True), dtype=bool)
             self.nulls[j] += int(np.count_nonzero(nulls & valid))
@@ -294,7 +292,8 @@ class Tally:
         report.lines_read = self.lines
         report.rows_read = int(self.counts[0])
         report.rows_skipped = self.lines - report.rows_read
-        report.skip_reasons = {r: int(c) for r, c in zip(self.reasons, self.counts[1:], strict=True) if c}
+        counts = zip(self.reasons, self.counts[1:], strict=True)
+        report.skip_reasons = {reason: int(n) for reason, n in counts if n}
         report.skipped_lines = [(i + first, r) for i, r in self.examples]
         report.null_counts = {c: int(k) for c, k in zip(self.columns, self.nulls, strict=True)}
         report.invalid_utf8_lines = self.invalid_utf8
