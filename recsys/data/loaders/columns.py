@@ -89,9 +89,8 @@ def categorical(dictionary: pa.Array, indices: np.ndarray) -> pd.Categorical:
 
 
 def encode(arr: pa.Array) -> pd.Categorical:
-    """``arr`` as a Categorical (see :func:`categorical`); nulls are NaN."""
-    enc = arr.dictionary_encode()
-    return categorical(enc.dictionary, np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64))
+    """``arr`` (strings) as a Categorical with sorted, used-only categories; nulls are NaN."""
+    return pd.Categorical(arr.to_pandas())
 
 
 def _canonical_ints(values: pa.Array) -> np.ndarray | None:

@@ -55,7 +55,7 @@ class LoadReport:
         ok = f"skipped {self._skip_text()}" if self.rows_skipped else f"all {self.location}s valid"
         utf8 = f"{self.invalid_utf8_lines:,} lines with invalid UTF-8 (decoded with U+FFFD)"
         dates = f"{self.bad_dates:,} unparseable dates (set to NaT)"
-        extra = [text for n, text in ((self.invalid_utf8_lines, utf8), (self.bad_dates, dates)) if n]
+        extra = [t for n, t in ((self.invalid_utf8_lines, utf8), (self.bad_dates, dates)) if n]
         extra_line = "\n" + "; ".join(extra) if extra else ""
         return (
             f"read {self.rows_read:,} rows from {self.source} ({self.format}, "

@@ -232,11 +232,10 @@ def parse(
     return Block(table, lines, wrong, bad_utf8, n_lines, nulls)
 
 
-def parse_blocks(
-    blocks: Iterator[bytes], parse: Callable[[bytes], Block], workers: int = 2
-) -> Iterator[Block]:
-    """``parse`` every block in worker threads (Arrow releases the GIL), in order, up to
-    ``workers`` blocks ahead of the caller."""
+def parse_blocks(blocks: Iterator[bytes], parse: Callable[[bytes], Block]) -> Iterator[Block]:
+    """``parse`` every block in two worker threads (Arrow releases the GIL), in order, up to two
+    blocks ahead of the caller."""
+    workers = 2
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recsys-parse") as pool:
         pending: deque[Future[Block]] = deque()
         for buf in blocks:
