@@ -123,9 +123,9 @@ def load_amazon_reviews(
     dates, bad = days(t[DATE]) if DATE in names else (None, 0)
     report.bad_dates = int(np.count_nonzero(bad))
     frame = C.frame(
-        C.ids_from_strings(t[CUSTOMER].combine_chunks()),
-        C.ids_from_dict(t[PRODUCT]),
-        C.categorical(*C.dict_parts(t[TITLE])) if TITLE in names else None,
+        C.ids_from_strings(t[CUSTOMER]),
+        C.ids_from_strings(C.plain(t[PRODUCT])),
+        C.encode(C.plain(t[TITLE])) if TITLE in names else None,
         np.concatenate(ratings),
         dates,
     )

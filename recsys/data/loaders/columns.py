@@ -79,21 +79,12 @@ class Lookup:
         return np.concatenate(values), np.concatenate(codes)
 
 
-def categorical(dictionary: pa.Array, indices: np.ndarray) -> pd.Categorical:
-    """A Categorical with sorted, used-only categories from a dictionary of distinct strings and
-    codes (-1 = NaN)."""
-    cat = pd.Categorical.from_codes(
-        indices, pd.Index(dictionary.to_pandas(), dtype="str"), validate=False
-    ).remove_unused_categories()
-    return cat.reorder_categories(cat.categories.sort_values())
-
-
-def encode(arr: pa.Array) -> pd.Categorical:
+def encode(arr: pa.Array | pa.ChunkedArray) -> pd.Categorical:
     """``arr`` (strings) as a Categorical with sorted, used-only categories; nulls are NaN."""
     return pd.Categorical(arr.to_pandas())
 
 
-def _canonical_ints(values: pa.Array) -> np.ndarray | None:
+def _canonical_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     """``values`` (strings) as int64 when every one is a plain decimal integer, else None."""
     try:
         ints = pc.cast(values, pa.int64())
@@ -104,21 +95,7 @@ def _canonical_ints(values: pa.Array) -> np.ndarray | None:
     return np.asarray(ints.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def dict_parts(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """Unify the chunks of a dictionary column: (dictionary, int64 indices with -1 for null)."""
-    col = col.unify_dictionaries()
-    indices = pa.chunked_array([ch.indices for ch in col.chunks], pa.int32())
-    return col.chunk(0).dictionary, np.asarray(pc.fill_null(indices, -1), dtype=np.int64)
-
-
-def ids_from_dict(col: pa.ChunkedArray) -> Ids:
-    """Id column from a dictionary column: int64 if all used ids are integers, else category."""
-    cat = categorical(*dict_parts(col))
-    ints = _canonical_ints(pa.array(cat.categories.to_numpy(dtype=object), pa.string()))
-    return ints[cat.codes] if ints is not None else cat
-
-
-def ids_from_strings(arr: pa.Array) -> Ids:
+def ids_from_strings(arr: pa.Array | pa.ChunkedArray) -> Ids:
     """Id column from strings: int64 if every id is an integer, else category."""
     ints = _canonical_ints(arr)
     return ints if ints is not None else encode(arr)
