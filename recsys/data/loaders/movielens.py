@@ -27,6 +27,7 @@ from .text import (
     describe_columns,
     first_line,
     head,
+    is_utf8,
     lines_of,
     parse,
     parse_blocks,
@@ -162,10 +163,7 @@ def load_movielens(
 def _read_titles_file(path: Path) -> dict[int, str]:
     """Movie id -> title from ``u.item``, ``movies.dat`` or ``movies.csv`` (by content)."""
     data = head(path, None)
-    try:
-        text = data.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1").lstrip("\ufeff")
+    text = data.decode("utf-8" if is_utf8(data) else "latin-1").lstrip("\ufeff")
     first = text.split("\n", 1)[0]
     if first.lower().startswith("movieid,title"):
         try:

@@ -273,7 +273,7 @@ def _read_parquet(path: Path, mapping: dict[str, str], report: LoadReport) -> Bl
     for name in mapping.values():
         t = tbl.schema.field(name).type
         t = t.value_type if pa.types.is_dictionary(t) else t
-        if pa.types.is_nested(t) or pa.types.is_union(t):
+        if pa.types.is_nested(t):  # lists, structs, maps, unions
             raise DataError(
                 f"{path}: column {name!r} holds values of type {t}; expected one scalar per row "
                 f"(a number, text or a date). Flatten it or map another column."
