@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import DataError
-from ..schema import RATING
 from . import columns as C
 from .report import LoadReport, finish
 from .text import (
@@ -114,7 +113,7 @@ def load_movielens(
     names, sep, has_header, sibling = _VARIANTS[variant]
     report = LoadReport(source=str(path), format="movielens", columns=list(names))
     ratings = C.Lookup(_rating, np.float32, (math.nan, 3))
-    cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], RATING: [], "date": []}
+    parts = []  # per block: the valid rows' users, items, ratings and dates (us)
     with lines_of(p, block_size, header=has_header) as (header, blocks):
         if header is not None:
             report.columns = header.split(",")
@@ -148,14 +147,11 @@ def load_movielens(
             keep = tally.add(block, codes)
             present = np.asarray(t.column(3).is_valid())
             report.bad_dates += int(np.count_nonzero(present & ~ts_ok & keep))
-            for name, values in (("user", user), ("item", item), (RATING, rating),
-                                 ("date", np.where(ts_ok, ts * 1_000_000, C.NAT))):  # fmt: skip
-                cols[name].append(values[keep])
+            date = np.where(ts_ok, ts * 1_000_000, C.NAT)
+            parts.append([values[keep] for values in (user, item, rating, date)])
     tally.fill(report, 2 if has_header else 1, p)
-    item = np.concatenate(cols["item"])
-    title = _titles(item, p, sibling, titles)
-    frame = C.frame(np.concatenate(cols["user"]), item, title, np.concatenate(cols[RATING]),
-                    np.concatenate(cols["date"]))  # fmt: skip
+    user, item, rating, date = (np.concatenate(values) for values in zip(*parts, strict=True))
+    frame = C.frame(user, item, _titles(item, p, sibling, titles), rating, date)
     finish(report, t0)
     return frame, report
 
