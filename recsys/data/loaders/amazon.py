@@ -125,7 +125,7 @@ def load_amazon_reviews(
     frame = C.frame(
         C.ids_from_strings(t[CUSTOMER]),
         C.ids_from_strings(C.plain(t[PRODUCT])),
-        C.encode(C.plain(t[TITLE])) if TITLE in names else None,
+        pd.Categorical(C.plain(t[TITLE]).to_pandas()) if TITLE in names else None,
         np.concatenate(ratings),
         dates,
     )

@@ -79,11 +79,6 @@ class Lookup:
         return np.concatenate(values), np.concatenate(codes)
 
 
-def encode(arr: pa.Array | pa.ChunkedArray) -> pd.Categorical:
-    """``arr`` (strings) as a Categorical with sorted, used-only categories; nulls are NaN."""
-    return pd.Categorical(arr.to_pandas())
-
-
 def _canonical_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     """``values`` (strings) as int64 when every one is a plain decimal integer, else None."""
     try:
@@ -96,9 +91,10 @@ def _canonical_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
 
 
 def ids_from_strings(arr: pa.Array | pa.ChunkedArray) -> Ids:
-    """Id column from strings: int64 if every id is an integer, else category."""
+    """Id column from strings: int64 if every id is an integer, else category (sorted, used-only
+    categories, as :class:`pandas.Categorical` makes them)."""
     ints = _canonical_ints(arr)
-    return ints if ints is not None else encode(arr)
+    return ints if ints is not None else pd.Categorical(arr.to_pandas())
 
 
 def plain(arr: pa.Array) -> pa.Array:
@@ -107,8 +103,6 @@ def plain(arr: pa.Array) -> pa.Array:
 
 
 def _as_strings(arr: pa.Array, what: str) -> pa.Array:
-    if pa.types.is_string(arr.type):
-        return arr
     try:
         return pc.cast(arr, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -130,4 +124,4 @@ def ids_from_arrow(col: pa.ChunkedArray, what: str) -> Ids:
 def titles_from_arrow(col: pa.ChunkedArray, what: str) -> pd.Categorical:
     """Title column from any scalar Arrow column; empty titles are missing."""
     arr = _as_strings(plain(col.combine_chunks()), what)
-    return encode(pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr))
+    return pd.Categorical(pc.if_else(pc.equal(arr, ""), None, arr).to_pandas())
