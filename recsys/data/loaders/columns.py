@@ -57,11 +57,8 @@ def in_range(us: np.ndarray) -> np.ndarray:
 
 
 class Lookup:
-    """Map a text column through ``fn(text) -> (value, code)`` once per distinct text.
-
-    Columns of a ratings file hold few distinct stars or dates, so the column is dictionary
-    encoded and only its dictionary goes through Python (with a cache across blocks).
-    """
+    """Map a text column through ``fn(text) -> (value, code)`` once per distinct text: stars or
+    dates have few, so only the column's dictionary goes through Python (cached across blocks)."""
 
     def __init__(self, fn: Callable[[str], tuple], dtype: type, null: tuple[float, int]) -> None:
         self.fn, self.dtype, self.null = functools.cache(fn), dtype, null

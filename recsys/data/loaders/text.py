@@ -87,14 +87,14 @@ def first_line(buf: bytes) -> bytes:
     return buf.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")
 
 
-def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
-    """Yield runs of whole lines of about ``block_size`` bytes, each ending with ``\\n``.
+def iter_blocks(path: Path, block_size: int) -> Iterator[bytes]:
+    """Yield the lines of ``path`` in runs of about ``block_size`` bytes, each ending with ``\\n``.
 
     A final line without newline gets one. The next block is read in a background thread
     while the caller processes the current one (file reads and decompression release the GIL).
     """
     block_size = max(int(block_size), 1)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-read") as pool:
+    with open_binary(path) as fh, ThreadPoolExecutor(1, thread_name_prefix="recsys-read") as pool:
         pending = pool.submit(read, fh, block_size, path)
         carry = b""  # an unfinished line
         while chunk := pending.result():
@@ -118,9 +118,9 @@ def iter_blocks(fh: BinaryIO, block_size: int, path: Path) -> Iterator[bytes]:
 def lines_of(
     path: Path, block_size: int, header: bool
 ) -> Iterator[tuple[str | None, Iterator[bytes]]]:
-    """Open ``path``; yield its header line (None: no header wanted, or an empty file) and the
+    """Yield the header line of ``path`` (None: no header wanted, or an empty file) and the
     blocks of the other lines (see :func:`iter_blocks`)."""
-    with open_binary(path) as fh, contextlib.closing(iter_blocks(fh, block_size, path)) as blocks:
+    with contextlib.closing(iter_blocks(path, block_size)) as blocks:
         first = next(blocks, b"") if header else b""
         line, rest = split_header(first) if first else (None, b"")
         yield line, itertools.chain([rest] if rest else [], blocks)
