@@ -149,12 +149,10 @@ def _dates(col: pa.ChunkedArray, what: str) -> tuple[np.ndarray, int]:
     t = arr.type
     present = np.asarray(pc.is_valid(arr))
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        if pa.types.is_timestamp(t) and t.tz is not None:
-            arr = pc.cast(arr, pa.timestamp(t.unit, tz="UTC"))
-        s = pd.Series(arr.to_pandas())
-        if isinstance(s.dtype, pd.DatetimeTZDtype):
-            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-        us = C.in_range(pd.to_datetime(s).to_numpy().astype(C.DATE_DTYPE).view(np.int64))
+        if pa.types.is_timestamp(t):  # dropping the time zone keeps the UTC values
+            arr = pc.cast(arr, pa.timestamp(t.unit))
+        s = pd.to_datetime(pd.Series(arr.to_pandas()))
+        us = C.in_range(s.to_numpy().astype(C.DATE_DTYPE).view(np.int64))
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         us = _unix_to_us(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False))
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
