@@ -69,17 +69,18 @@ def _int_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pc.cast(values, pa.int64()).to_numpy(), dtype=np.int64), ok
 
 
-def _variant(head_bytes: bytes, path: Path) -> str:
+def _variant(head_bytes: bytes, path: Path) -> tuple[list[str], bytes, bool, str]:
+    """The entry of :data:`_VARIANTS` for a file starting with ``head_bytes``."""
     first = first_line(head_bytes)
     if first.lower().startswith(b"userid,movieid,rating"):
-        return "ratings.csv"
+        return _VARIANTS["ratings.csv"]
     if b"::" in first:
-        return "ratings.dat"
+        return _VARIANTS["ratings.dat"]
     if b"\t" in first:
-        return "u.data"
-    for name in _VARIANTS:
+        return _VARIANTS["u.data"]
+    for name, variant in _VARIANTS.items():
         if path.name.startswith(name):
-            return name
+            return variant
     raise DataError(
         f"{path} does not look like a MovieLens ratings file: its first line has neither a "
         f"ratings.csv header, '::' separators nor tabs. Expected u.data "
@@ -109,8 +110,7 @@ def load_movielens(
     """
     t0 = time.perf_counter()
     p = check_file(path)
-    variant = _variant(head(p), p)
-    names, sep, has_header, sibling = _VARIANTS[variant]
+    names, sep, has_header, sibling = _variant(head(p), p)
     report = LoadReport(source=str(path), format="movielens", columns=list(names))
     ratings = C.Lookup(_rating, np.float32, (math.nan, 3))
     parts = []  # per block: the valid rows' users, items, ratings and dates (us)
