@@ -124,8 +124,8 @@ def load_amazon_reviews(
     report.bad_dates = int(np.count_nonzero(bad))
     frame = C.frame(
         C.ids_from_strings(t[CUSTOMER]),
-        C.ids_from_strings(C.plain(t[PRODUCT])),
-        pd.Categorical(C.plain(t[TITLE]).to_pandas()) if TITLE in names else None,
+        C.ids_from_strings(t[PRODUCT]),
+        C.categorical(t[TITLE]) if TITLE in names else None,
         np.concatenate(ratings),
         dates,
     )

@@ -87,11 +87,36 @@ def _canonical_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     return np.asarray(ints.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def categorical(col: pa.Array | pa.ChunkedArray) -> pd.Categorical:
+    """Strings (plain or dictionary-encoded; null = NaN) as a Categorical with sorted, used-only
+    categories, worked out by Arrow on the distinct values (no Python string per row)."""
+    col = pa.chunked_array([col]) if isinstance(col, pa.Array) else col
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    col = col.unify_dictionaries()
+    dictionary = col.chunk(0).dictionary if col.num_chunks else pa.array([], pa.string())
+    idx = pa.chunked_array([ch.indices for ch in col.chunks], col.type.index_type)
+    indices = np.asarray(pc.fill_null(idx, -1), dtype=np.int64)
+    used = np.flatnonzero(np.bincount(indices[indices >= 0], minlength=len(dictionary)))
+    values = dictionary.take(pa.array(used)) if len(used) < len(dictionary) else dictionary
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        values = pc.cast(values, pa.string())
+    order = np.asarray(pc.array_sort_indices(values))
+    remap = np.full(len(dictionary) + 1, -1, dtype=np.int64)  # last slot: -1 stays -1
+    remap[used[order]] = np.arange(len(order))
+    categories = pd.Index(values.take(pa.array(order)).to_pandas(), dtype="str")
+    return pd.Categorical.from_codes(remap[indices], categories=categories, validate=False)
+
+
 def ids_from_strings(arr: pa.Array | pa.ChunkedArray) -> Ids:
-    """Id column from strings: int64 if every id is an integer, else category (sorted, used-only
-    categories, as :class:`pandas.Categorical` makes them)."""
-    ints = _canonical_ints(arr)
-    return ints if ints is not None else pd.Categorical(arr.to_pandas())
+    """Id column from strings, plain or dictionary-encoded: int64 if every id is an integer,
+    else category (see :func:`categorical`)."""
+    if not pa.types.is_dictionary(arr.type):
+        ints = _canonical_ints(arr)
+        return ints if ints is not None else categorical(arr)
+    cat = categorical(arr)
+    ints = _canonical_ints(pa.array(cat.categories.to_numpy(dtype=object), pa.string()))
+    return ints[cat.codes] if ints is not None else cat
 
 
 def plain(arr: pa.Array) -> pa.Array:
@@ -121,4 +146,4 @@ def ids_from_arrow(col: pa.ChunkedArray, what: str) -> Ids:
 def titles_from_arrow(col: pa.ChunkedArray, what: str) -> pd.Categorical:
     """Title column from any scalar Arrow column; empty titles are missing."""
     arr = _as_strings(plain(col.combine_chunks()), what)
-    return pd.Categorical(pc.if_else(pc.equal(arr, ""), None, arr).to_pandas())
+    return categorical(pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr))

@@ -185,4 +185,9 @@ def _titles(
         title_map = _read_titles_file(ratings_path.with_name(sibling))
     elif titles is not None and titles is not False:
         title_map = _read_titles_file(check_file(titles))
-    return pd.Categorical(pd.Series(title_map, dtype="str").reindex(item)) if title_map else None
+    if not title_map:
+        return None
+    enc = pa.array(list(title_map.values()), pa.string()).dictionary_encode()  # titles may repeat
+    codes = np.append(np.asarray(enc.indices, dtype=np.int64), -1)  # get_indexer's -1: no title
+    codes = codes[pd.Index(list(title_map)).get_indexer(item)]
+    return C.categorical(pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), enc.dictionary))
