@@ -163,9 +163,14 @@ def normalise(buf: bytes) -> tuple[bytes, np.ndarray]:
     if is_utf8(buf):
         return buf, np.empty(0, dtype=np.int64)
     lines = buf.split(b"\n")
-    fixed = [line.decode("utf-8", errors="replace").encode("utf-8") for line in lines]
-    bad = [i for i, (line, new) in enumerate(zip(lines, fixed, strict=True)) if line != new]
-    return b"\n".join(fixed), np.asarray(bad, dtype=np.int64)
+    bad = []
+    for i, line in enumerate(lines):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(i)
+            lines[i] = line.decode("utf-8", errors="replace").encode("utf-8")
+    return b"\n".join(lines), np.asarray(bad, dtype=np.int64)
 
 
 @dataclass
