@@ -82,13 +82,14 @@ def load_amazon_reviews(
     A header of tab-separated column names (normally the 15
     :data:`~recsys.data.schema.AMAZON_COLUMNS`, in any order; ``product_title`` and
     ``review_date`` may be absent), then one review per line, unquoted (``"`` and HTML are
-    literal). It is streamed in blocks of ``block_size`` bytes parsed by ``pyarrow.csv`` (the
-    next block is read and parsed while one is processed); review text never becomes Python
-    objects. Skipped lines (the first ``max_examples`` recorded) follow the rules of
-    :mod:`recsys.data.loaders`; the ``star_rating`` reasons: empty or ``five`` is "non-numeric
-    star_rating", ``4.5`` "non-integer star_rating", ``0`` or ``6`` "star_rating outside 1-5"
-    (surrounding spaces are allowed, ``5.0`` counts as 5). A ``review_date`` that is not a valid
-    ``YYYY-MM-DD`` (spaces allowed) becomes NaT. A missing required column is a
+    literal); LF or CRLF, a lone CR inside a field becomes a space. It is streamed in blocks of
+    ``block_size`` bytes parsed by ``pyarrow.csv`` (the next block is read and parsed while one
+    is processed); review text never becomes Python objects. Skipped lines (the first
+    ``max_examples`` recorded) follow the rules of :mod:`recsys.data.loaders`; the
+    ``star_rating`` reasons: empty or ``five`` is "non-numeric star_rating", ``4.5``
+    "non-integer star_rating", ``0`` or ``6`` "star_rating outside 1-5" (surrounding spaces are
+    allowed, ``5.0`` counts as 5). A ``review_date`` that is not a valid ``YYYY-MM-DD`` (spaces
+    allowed) becomes NaT. A missing required column is a
     :class:`DataError`.
     """
     t0 = time.perf_counter()
