@@ -695,6 +695,20 @@ def test_load_table_csv_with_mapping_and_sniffed_separator(tmp_path):
     assert rep.columns == ["who", "what", "stars", "when", "name"]
 
 
+def test_load_table_zoned_timestamps_become_utc(tmp_path):
+    # 23:30 in New York on 1 Jan 2020 (EST, UTC-5) is 04:30 UTC on 2 Jan; a naive column is kept
+    local = pd.to_datetime(["2020-01-01 23:30:00", "2020-07-01 12:00:00"]).tz_localize("America/New_York")
+    table = pa.table({"u": [1, 2], "i": [3, 4], "r": [4.0, 5.0],
+                      "zoned": pa.array(local, pa.timestamp("us", tz="America/New_York")),
+                      "naive": pa.array(local.tz_localize(None), pa.timestamp("ms"))})  # fmt: skip
+    pq.write_table(table, tmp_path / "t.parquet")
+    for column, expected in (("zoned", ["2020-01-02 04:30", "2020-07-01 16:00"]),
+                             ("naive", ["2020-01-01 23:30", "2020-07-01 12:00"])):  # fmt: skip
+        df, rep = load_table(tmp_path / "t.parquet", user="u", item="i", rating="r", timestamp=column)
+        assert df["review_date"].tolist() == [pd.Timestamp(x) for x in expected]
+        assert rep.bad_dates == 0
+
+
 def test_load_table_parquet_with_ms_timestamps(tmp_path):
     table = pa.table(
         {
