@@ -98,15 +98,14 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        path.unlink(missing_ok=True)
 
 
 # what may be replaced
-def _read_small_json(path: Path, limit: int = 1 << 20) -> dict[str, Any]:
-    """The JSON object in ``path``; {} if it is missing, large, unreadable or not an object."""
+def _read_small_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} if it is missing, over 1 MiB, unreadable or not an object."""
     try:
-        if path.is_file() and path.stat().st_size <= limit:
+        if path.is_file() and path.stat().st_size <= 1 << 20:
             doc = json.loads(path.read_text(encoding="utf-8"))
             return doc if isinstance(doc, dict) else {}
     except (OSError, UnicodeDecodeError, ValueError):
@@ -212,7 +211,7 @@ def _write_error(target: Path, tmp: Path, exc: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def _temporary(target: Path, suffix: str = "") -> Iterator[Path]:
+def _temporary(target: Path) -> Iterator[Path]:
     """A temporary name next to ``target`` (folder created, stale temporaries removed), removed if
     the body fails in any way. A failed write (disk full, file-size limit, permissions) becomes one
     ``OutputError`` naming ``target``, at the outermost write."""
@@ -224,7 +223,7 @@ def _temporary(target: Path, suffix: str = "") -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"cannot create the folder {target.parent} ({exc.strerror}); choose another path") from None
     remove_stale_temps(target)
-    tmp = temp_path(target, "tmp", suffix)
+    tmp = temp_path(target, "tmp")
     token = None if _WRITING.get() else _WRITING.set(True)
     try:
         yield tmp
@@ -240,17 +239,16 @@ def _temporary(target: Path, suffix: str = "") -> Iterator[Path]:
 
 # files
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
-    ``suffix`` is kept at the end of the temporary name (before ``.tmp``) for writers that look at
-    it. On any exception the temporary is removed and ``path`` is left untouched. A folder at
-    ``path`` is refused.
+    On any exception the temporary is removed and ``path`` is left untouched. A folder at ``path``
+    is refused.
     """
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise OutputError(f"{path} is a folder; cannot write a file there. Choose another path")
-    with _temporary(path, suffix) as tmp:
+    with _temporary(path) as tmp:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
         yield tmp
         os.replace(tmp, path)
@@ -296,8 +294,7 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] 
     """Yield an empty temporary folder; on success it replaces ``path`` as a whole.
 
     ``kind`` (a key of :data:`KINDS`) and the files written are recorded in the marker file.
-    :func:`check_replaceable` runs before and again after the body. The previous folder is deleted
-    only after the new one is in place, so readers see either the complete old or the new one.
+    :func:`check_replaceable` runs before and again after the body.
     """
     from . import __version__
 
@@ -310,14 +307,12 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, replaces: Collection[str] 
         doc = {"kind": kind, "recsys_version": __version__, "files": files}
         (tmp / MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         check_replaceable(path, kind, replaces)  # it may have changed while the body ran
-        old = _swap(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _swap(tmp, path)
 
 
-def _swap(tmp: Path, path: Path) -> Path | None:
+def _swap(tmp: Path, path: Path) -> None:
     """Put ``tmp`` at ``path``, with SIGINT/SIGTERM held for the two renames (delivered right
-    after); returns where the previous folder went (to be deleted)."""
+    after), then delete the previous folder."""
     mask = getattr(signal, "pthread_sigmask", None)  # POSIX only
     previous = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
     old = temp_path(path, "old") if os.path.lexists(path) else None
@@ -333,4 +328,5 @@ def _swap(tmp: Path, path: Path) -> Path | None:
     finally:
         if mask:
             mask(signal.SIG_SETMASK, previous)
-    return old
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

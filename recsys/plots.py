@@ -49,27 +49,26 @@ EXPLORATION_PLOTS: dict[str, str] = {name: f"{name}.png" for name in (
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def _new_figure(title: str, xlabel: str | Sequence[str] = "", ylabel: str | Sequence[str] = "", *, ncols: int = 1,
-                figsize: tuple[float, float] = FIGSIZE, subtitles: Sequence[str] | None = None) -> tuple[Figure, list[Axes]]:
-    """A house-style figure with ``ncols`` panels on an Agg canvas; a label is one for all
-    panels or one per panel; ``title`` is the suptitle when there are several panels."""
+def _new_figure(title: str, xlabel: str, ylabel: str | Sequence[str], *, figsize: tuple[float, float] = FIGSIZE,
+                subtitles: Sequence[str] = ()) -> tuple[Figure, list[Axes]]:
+    """A house-style figure on an Agg canvas: one panel titled ``title``, or one panel per
+    subtitle under ``title``; ``ylabel`` is one for all panels or one per panel."""
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = list(np.atleast_1d(fig.subplots(1, ncols)))
-    xlabels = [xlabel] * ncols if isinstance(xlabel, str) else xlabel
-    ylabels = [ylabel] * ncols if isinstance(ylabel, str) else ylabel
+    axes = list(np.atleast_1d(fig.subplots(1, max(len(subtitles), 1))))
+    ylabels = [ylabel] * len(axes) if isinstance(ylabel, str) else ylabel
     for i, ax in enumerate(axes):
-        ax.set_xlabel(xlabels[i])
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabels[i])
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="y", color="#E5E5E5", linewidth=0.8)
         ax.set_axisbelow(True)
-        if subtitles is not None:
+        if subtitles:
             ax.set_title(subtitles[i], fontsize="medium")
-    if ncols == 1 and subtitles is None:
-        axes[0].set_title(title, fontweight="bold")
-    else:
+    if subtitles:
         fig.suptitle(title, fontweight="bold")
+    else:
+        axes[0].set_title(title, fontweight="bold")
     return fig, axes
 
 
@@ -95,7 +94,7 @@ def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically (temp file + rename), then release it."""
     path = Path(path)
     try:
-        with atomic_path(path, suffix=".png") as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=DPI)
     finally:
         fig.clear()
@@ -171,7 +170,7 @@ def plot_count_distribution(counts: np.ndarray, path: str | os.PathLike, *, what
     plural = f"{what}s"
     fig, (hist_ax, ccdf_ax) = _new_figure(
         f"Reviews per {what} ({counts.size:,} {plural}, {int(counts.sum()):,} reviews)", f"reviews per {what}",
-        [f"{plural} with k reviews", f"share of {plural}"], ncols=2, figsize=(10.0, 4.0),
+        [f"{plural} with k reviews", f"share of {plural}"], figsize=(10.0, 4.0),
         subtitles=[f"{plural} with k reviews (log bins)", "share with at least k reviews"],
     )  # fmt: skip
 
