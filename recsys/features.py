@@ -16,7 +16,7 @@ candidate video is a single one-hot column, so the FM score splits into
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,7 @@ class FeatureLayout:
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> FeatureLayout:
         """The layout a model records in its metadata (``layout``, or ``n_users``/``n_items``)."""
-        if "layout" in metadata and metadata["layout"]:
+        if metadata.get("layout"):
             return cls(**metadata["layout"])
         if "n_users" in metadata and "n_items" in metadata:
             return cls(int(metadata["n_users"]), int(metadata["n_items"]))
@@ -89,7 +89,7 @@ class RankingData:
     layout: FeatureLayout
     users: np.ndarray
     items: np.ndarray
-    user_part: sp.csr_matrix = field(default=None)  # type: ignore[assignment]
+    user_part: sp.csr_matrix = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         layout = self.layout
