@@ -103,7 +103,7 @@ class _BodyLimits:
 
 
 class ReloadRequest(BaseModel):
-    """The body of ``POST /reload``."""
+    """The body of ``POST /reload`` (every field optional)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
