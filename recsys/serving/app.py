@@ -152,7 +152,7 @@ def create_app(state: ServiceState | str | os.PathLike, config: ServingConfig | 
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in detail):
             return _error(400, "invalid_json", detail)
         if any(e["loc"][:1] == ["body"] for e in detail):

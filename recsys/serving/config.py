@@ -67,7 +67,7 @@ class ServingConfig:
         if unknown:
             raise ConfigError(f"unknown serving option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         given = {k: v for k, v in options.items() if v is not None}
-        if given.get("reload_root") is not None:
+        if "reload_root" in given:
             given["reload_root"] = os.path.abspath(given["reload_root"])
         return cls(**given).validate()
 

@@ -19,6 +19,7 @@ from recsys.errors import BackendError, ConfigError, require
 from .config import ServingConfig
 
 uvicorn = require("uvicorn", "serve")
+from uvicorn.config import LOG_LEVELS  # noqa: E402
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 __all__ = ["serve", "app_from_env", "limit_threads", "BackgroundServer"]
@@ -26,7 +27,6 @@ __all__ = ["serve", "app_from_env", "limit_threads", "BackgroundServer"]
 log = logging.getLogger("recsys")
 
 _ENV = "RECSYS_SERVE"
-_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def limit_threads(n: int = 1) -> None:
@@ -124,8 +124,8 @@ def serve(
     config = ServingConfig.of(**options)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
-    if str(log_level).lower() not in _LOG_LEVELS:
-        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+    if str(log_level).lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     _check_address(host, port)
     limit_threads()
     if workers > 1:
