@@ -74,7 +74,7 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
-def order_rows(ids: np.ndarray, scores: np.ndarray, higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def order_rows(ids: np.ndarray, scores: np.ndarray, higher_is_better: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each row best score first, ties by lower id, -1 last. Only rows out of order are sorted."""
     key = np.where(ids < 0, np.iinfo(np.int64).max, ids)
     s = scores if higher_is_better else -scores
@@ -171,18 +171,18 @@ class KNNIndex(abc.ABC):
                 ids, scores = self._batched(q[pending], depth)
                 top_ids, top_scores = drop_excluded(ids, scores, ex, k, self.worst_score)
                 out_ids[pending], out_scores[pending] = top_ids, top_scores
-                if depth >= self.ntotal:
-                    break
                 # undecided: the k-th kept score ties with the last candidate returned, or fewer
                 # than k kept while the index had more to give
                 kth, last = top_scores[:, k - 1], scores[:, -1]
                 short = (top_ids[:, k - 1] < 0) & (ids[:, -1] >= 0)
                 undecided = short | (np.isfinite(kth) & (kth == last))
+                if depth >= self.ntotal or not undecided.any():
+                    break
                 if depth < cap:
                     pending, depth = pending[undecided], min(cap, 2 * depth)
                     continue
                 rows, ex = pending[undecided], None if ex is None else ex[undecided]
-                done = self._complete(q[rows], k, ex) if len(rows) else None
+                done = self._complete(q[rows], k, ex)
                 if done is not None:
                     out_ids[rows], out_scores[rows] = done
                 elif short.any():

@@ -85,8 +85,7 @@ def classification_report(y_true: Any, proba: Any, y_train: Any, *, threshold: f
         raise DataError("proba must be probabilities in [0, 1]")
     label = (p >= threshold).astype(np.float64)
     out: dict[str, Any] = _binary_metrics(y, label)
-    both = len(np.unique(y)) == 2
-    out["auc"] = float(skm.roc_auc_score(y, p)) if both else float("nan")
+    out["auc"] = float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
     out["log_loss"] = float(skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0.0, 1.0]))
     tn, fp, fn, tp = skm.confusion_matrix(y, label, labels=[0.0, 1.0]).ravel()
     out["confusion_matrix"] = [[int(tn), int(fp)], [int(fn), int(tp)]]

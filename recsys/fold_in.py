@@ -20,11 +20,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ._io import atomic_path
-from .data.prepare import Mappings, PreparedData, date_order_key
-from .data.schema import CUSTOMER, PRODUCT
+from .data.prepare import Mappings, PreparedData, date_order_key, split_leave_last_out
+from .data.schema import CUSTOMER, ITEM, PRODUCT, USER
 from .errors import DataError, ModelFormatError
 from .features import FeatureLayout
 from .model import FittedFM
+from .ranking import metrics_by_history, popularity_ranks, ranks_from_scores
 
 __all__ = ["Histories", "histories_matrix", "fold_in_vectors", "unique_rows", "evaluate_everyone", "POSITIVE_LOGIT", "RIDGE"]
 
@@ -213,10 +214,6 @@ def evaluate_everyone(
     catalogue is a miss; without a catalogue video they get popularity, as served).
     ``test_ranks``: the model's ranks of its test rows, when already computed.
     """
-    from .data.prepare import split_leave_last_out
-    from .data.schema import ITEM, USER
-    from .ranking import metrics_by_history, popularity_ranks, ranks_from_scores
-
     n_items = prepared.n_items
     pop = np.asarray(item_popularity, dtype=np.float64)
 

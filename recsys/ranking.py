@@ -27,6 +27,7 @@ from .errors import DataError
 __all__ = ["ranks_from_scores", "popularity_ranks", "rank_metrics", "list_metrics", "evaluate_ranking", "metrics_by_history", "DEFAULT_CUTOFFS", "HISTORY_BUCKETS"]
 
 DEFAULT_CUTOFFS = (10, 100)
+_DIVERGED = "the model produced NaN scores; it has diverged (retrain with lower learning rates)"
 
 
 def ranks_from_scores(
@@ -63,7 +64,7 @@ def ranks_from_scores(
         if s.shape != (len(u), n_items):
             raise DataError(f"score_fn returned shape {s.shape}, expected {(len(u), n_items)}")
         if np.isnan(s).any():
-            raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
+            raise DataError(_DIVERGED)
         rows = np.arange(len(u))
         st = s[rows, t][:, None]
         # ahead of the target: an unseen item with a higher score, or the same one at a lower index
@@ -97,7 +98,7 @@ def _native_counter(seen: sp.csr_matrix | None) -> Callable[..., np.ndarray] | N
         ranks = np.empty(len(targets), dtype=np.int64)
         if lib.rank_targets(s.ctypes.data, len(targets), s.shape[1], targets.ctypes.data, users.ctypes.data,
                             indptr.ctypes.data, indices.ctypes.data, ranks.ctypes.data):  # fmt: skip
-            raise DataError("the model produced NaN scores; it has diverged (retrain with lower learning rates)")
+            raise DataError(_DIVERGED)
         return ranks
 
     return count
@@ -121,6 +122,7 @@ def popularity_ranks(
         ahead = place[sub.indices] < place[targets][rows]  # (the target is never ahead of itself)
         ranks -= np.bincount(rows[ahead], minlength=len(targets))
     return ranks
+
 
 def rank_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS) -> dict[str, float]:
     """HR@K, NDCG@K for each cutoff and MRR from 1-based ranks."""

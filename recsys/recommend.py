@@ -30,11 +30,10 @@ from ._io import atomic_path
 from .data.prepare import Mappings
 from .data.schema import CUSTOMER, PRODUCT, TITLE
 from .errors import ConfigError, DataError
-from .features import FeatureLayout
 from .fold_in import Histories, fold_in_vectors, histories_matrix, unique_rows
 from .model import FittedFM
 from .params import KNNParams
-from .vectors import fm_vectors, user_offsets
+from .vectors import fm_vectors, model_layout, user_offsets
 
 __all__ = ["Recommender", "popularity", "write_recommendations", "RECOMMENDATION_COLUMNS"]
 
@@ -87,10 +86,9 @@ class Recommender:
             seen.sort_indices()
         self.seen = seen
         sizes = {} if "layout" in fm.metadata else {"n_users": n_users, "n_items": n_items}
-        layout = FeatureLayout.from_metadata(fm.metadata) if not sizes else FeatureLayout(**sizes)
+        self.layout = layout = model_layout(fm, **sizes)
         if (layout.n_users, layout.n_items) != (n_users, n_items):
             raise DataError(f"the model was trained for {layout.n_users} users x {layout.n_items} items but the mappings have {n_users} x {n_items}")
-        self.layout = layout
         if histories is not None and histories.ranks.shape[1] != n_items:
             raise DataError(f"histories cover {histories.ranks.shape[1]} videos but there are {n_items}")
         self.histories = histories
