@@ -22,21 +22,11 @@ from typing import Any
 from recsys.errors import BackendError, ConfigError, require
 
 from .config import SageMakerConfig
-from .plan import PlanEntry, delete_entry, request_problems, s3_uri, split_s3_uri
+from .plan import PlanEntry, delete_entry, request_problems, s3_uri
 
 logger = logging.getLogger("recsys")
 
 MISSING_ROLE = "<role: set [sagemaker] role>"
-
-
-def import_sdk() -> Any:
-    # recsys pins SDK 2.x on purpose; its "v2 is deprecated" banner is noise for our users.
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    # ... and so are its INFO lines about config files it did not find, unless asked for.
-    config_logger = logging.getLogger("sagemaker.config")
-    if config_logger.level == logging.NOTSET:
-        config_logger.setLevel(logging.WARNING)
-    return require("sagemaker", "sagemaker")
 
 
 class AWS:
@@ -48,7 +38,13 @@ class AWS:
     def __init__(self, config: SageMakerConfig) -> None:
         self.config = config
         self.dry_run = config.dry_run
-        self.sdk = import_sdk()
+        # recsys pins SDK 2.x on purpose; its "v2 is deprecated" banner is noise for our users,
+        # and so are its INFO lines about config files it did not find, unless asked for.
+        os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+        config_logger = logging.getLogger("sagemaker.config")
+        if config_logger.level == logging.NOTSET:
+            config_logger.setLevel(logging.WARNING)
+        self.sdk = require("sagemaker", "sagemaker")
         self.plan: list[PlanEntry] = []
         self.jobs: list[dict[str, Any]] = []
         self.endpoints: list[dict[str, Any]] = []
@@ -169,12 +165,16 @@ class AWS:
         entry.executed = True
 
     def download(self, uri: str, path: str | os.PathLike) -> None:
-        bucket, key = split_s3_uri(uri)
+        from sagemaker.s3_utils import parse_s3_url
+
+        bucket, key = parse_s3_url(uri)
         with aws_errors(f"downloading {uri}"):
             self.client("s3").download_file(bucket, key, str(path))
 
     def read(self, uri: str) -> bytes:
-        bucket, key = split_s3_uri(uri)
+        from sagemaker.s3_utils import parse_s3_url
+
+        bucket, key = parse_s3_url(uri)
         with aws_errors(f"reading {uri}"):
             return self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
 

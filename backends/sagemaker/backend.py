@@ -58,7 +58,6 @@ class SageMakerBackend(Backend):
     """
 
     name = "sagemaker"
-    ranking_losses = ("classifier",)
     remote = True
     supports_dry_run = True
     options_section = "sagemaker"

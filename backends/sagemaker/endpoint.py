@@ -125,16 +125,14 @@ class FMEndpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.keep and not self.deleted:  # kept: nothing to delete (nor to plan deleting)
-            if self.dry_run:
-                return
+        if not self.keep or self.deleted:
+            self.delete()
+        elif not self.dry_run:  # kept: nothing to delete (nor to plan deleting)
             logger.warning(
                 "keeping SageMaker endpoint %s (keep_endpoint): it is billed until deleted; delete it with "
                 "endpoint.delete() or `aws sagemaker delete-endpoint --endpoint-name %s` (and "
                 "delete-endpoint-config / delete-model of the same name)", self.name, self.name,
             )  # fmt: skip
-            return
-        self.delete()
 
     def __repr__(self) -> str:
         state = "deleted" if self.deleted else ("dry run" if self.dry_run else "live")

@@ -1,9 +1,7 @@
-"""SageMaker's built-in Factorization Machines: hyperparameters (typed and checked by the SDK's own
-estimator descriptors, so the strings sent are the ones the SDK sends), training data, the
-training job, reading its model, and (``evaluate_on_endpoint``) checking the hosted model
-against the local one. With ``train_instance_count = N > 1`` the training data is written as N
-shuffled RecordIO shards read ``ShardedByS3Key`` (as the SDK's ``record_set()`` does); the test
-channel is replicated.
+"""SageMaker's built-in Factorization Machines: hyperparameters, training data (on N > 1
+instances, N shuffled RecordIO shards read ``ShardedByS3Key``, as the SDK's ``record_set()``
+does; the test channel is replicated), the training job, reading its model, and
+(``evaluate_on_endpoint``) checking the hosted model against the local one.
 """
 
 from __future__ import annotations

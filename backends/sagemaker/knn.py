@@ -1,18 +1,15 @@
 """SageMaker's built-in k-NN behind :class:`backends.base.KNNIndex`.
 
 :func:`build_knn` trains ``knn`` on the item vectors (labels = row numbers, so a label *is* an
-id) with ``k = min(params.k, n, 1024)``: SageMaker returns a fixed ``k`` set at training and
-refuses more than 1024. With ``train_instance_count = N > 1`` the vectors are written as N
-shards read ``ShardedByS3Key`` and ``sample_size`` is N times the largest shard: each of N
-instances samples ``sample_size / N`` points of what it reads, so every item is indexed once.
+id). SageMaker returns a fixed ``k``, set at training and at most 1024. With N training instances
+each samples ``sample_size / N`` points of its shard, so ``sample_size`` is N times the largest
+shard and every item is indexed once.
 
-:class:`SageMakerKNNIndex` searches with batch transform jobs and does not rely on conventions
-it cannot see: the labels SageMaker returns are **re-scored with the local vectors** and
-ordered by that score (ties by lower id), whichever way its ``distances`` run (which way they
-ran, and whether they equal the local scores, is recorded in :meth:`~SageMakerKNNIndex.report`);
-answers deeper than ``k`` (or a tie at the cut) and lines returned short are **completed
-exactly from the local vectors**, and counted; deeper passes of the exclusion search over the
-same queries reuse the last transform job's result instead of paying for another job.
+:class:`SageMakerKNNIndex` searches with batch transform jobs and relies on no convention it
+cannot see: returned labels are **re-scored with the local vectors** (ties by lower id),
+whichever way SageMaker's ``distances`` run (:meth:`~SageMakerKNNIndex.report` records which);
+answers deeper than ``k``, tied at the cut or returned short are **completed exactly from the
+local vectors**; a deeper pass over the same queries reuses the last transform job's result.
 """
 
 from __future__ import annotations

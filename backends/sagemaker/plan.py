@@ -76,14 +76,6 @@ def s3_uri(bucket: str, *parts: str) -> str:
     return f"s3://{bucket}/" + "/".join(cleaned) + (tail if cleaned else "")
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``("bucket", "key")`` of ``s3://bucket/key``."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an S3 URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
 def _finish(request: dict[str, Any], cfg: SageMakerConfig, *, vpc: bool = False) -> dict[str, Any]:
     """Add what every request of this configuration carries: the VPC (jobs and models) and tags."""
     if vpc and cfg.subnets:
@@ -99,7 +91,9 @@ def _kms(part: dict[str, Any], key: str, value: str | None) -> dict[str, Any]:
 
 # ---- builders ---------------------------------------------------------------------------------
 def upload_entry(uri: str, *, purpose: str, content_type: str, details: dict[str, Any]) -> PlanEntry:
-    bucket, key = split_s3_uri(uri)
+    from sagemaker.s3_utils import parse_s3_url
+
+    bucket, key = parse_s3_url(uri)
     return PlanEntry(kind="upload", name=uri, purpose=purpose, api="s3.upload_file",
                      request={"Bucket": bucket, "Key": key}, content_type=content_type, details=details)  # fmt: skip
 
@@ -289,7 +283,6 @@ _KEYS = {
     "Name": "job_name_prefix", "Tags": "tags", "MaxRuntimeInSeconds": "max_runtime_seconds",
     "MaxWaitTimeInSeconds": "max_wait", "S3": "bucket / prefix",
 }  # fmt: skip
-_KEYS_ENDPOINT_CONFIG = {"KmsKeyId": "volume_kms_key"}
 
 
 def check_config_requests(cfg: SageMakerConfig) -> None:
@@ -313,7 +306,7 @@ def check_config_requests(cfg: SageMakerConfig) -> None:
     ]  # fmt: skip
     problems = []
     for entry in probes:
-        keys = {**_KEYS, **_KEYS_ENDPOINT_CONFIG} if entry.kind == "endpoint_config" else _KEYS
+        keys = {**_KEYS, "KmsKeyId": "volume_kms_key"} if entry.kind == "endpoint_config" else _KEYS
         for problem in request_problems(entry.api, entry.request):
             key = max((k for k in keys if k in problem), key=len, default=None)
             where = f"[sagemaker] {keys[key]}" if key else "[sagemaker]"
@@ -324,9 +317,6 @@ def check_config_requests(cfg: SageMakerConfig) -> None:
 
 
 # ---- rendering --------------------------------------------------------------------------------
-_TITLES = {"transform_job": "batch transform job"}  # otherwise the kind, spaced
-
-
 def plan_requests(plan: list[PlanEntry]) -> list[dict[str, Any]]:
     """Every request of ``plan`` in the order sent: ``{"api", "request", "kind", "name",
     "purpose"}``; an endpoint invocation appears once per request body, the body shown as
@@ -353,7 +343,8 @@ def format_plan(plan: list[PlanEntry], *, dry_run: bool | None = None) -> str:
     width = len(str(len(plan)))
     pad = " " * (width + 4)
     for i, e in enumerate(plan, start=1):
-        lines.append(f"{i:>{width}}. {_TITLES.get(e.kind, e.kind.replace('_', ' '))} {e.name}" + (f"  [{e.purpose}]" if e.purpose else ""))
+        title = "batch transform job" if e.kind == "transform_job" else e.kind.replace("_", " ")
+        lines.append(f"{i:>{width}}. {title} {e.name}" + (f"  [{e.purpose}]" if e.purpose else ""))
         rows: list[tuple[str, Any]] = [("image", e.image_uri)]
         if e.instance_type:
             rows.append(("instances", f"{e.instance_count or 1} x {e.instance_type}"))
