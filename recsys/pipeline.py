@@ -44,7 +44,7 @@ from ._io import atomic_dir, check_replaceable, temp_path, to_json
 from .config import RunConfig, apply_overrides, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
-from .data.prepare import PreparedData, labels, one_hot, prepare
+from .data.prepare import PreparedData, prepare
 from .data.schema import DATE, ITEM, RATING, USER
 from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
@@ -443,7 +443,7 @@ TRAIN_OUT = "recsys-train"
 HEARTBEAT_SECONDS = 10.0
 #: Which earlier outputs a writer may replace: a full run replaces a run or a train output; a
 #: train output replaces only a train output (it would lose a run's report and recommendations).
-_REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",), "recsys.eda": ("recsys.eda",)}
+_REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",)}
 
 
 def _run_stages(
@@ -695,10 +695,10 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
     overrides.setdefault("out", "recsys-eda")
     cfg = _resolve(config, overrides)
     out_dir = Path(cfg.out)
-    check_replaceable(out_dir, "recsys.eda", _REPLACES["recsys.eda"])
+    check_replaceable(out_dir, "recsys.eda")
     frame, report, label = load_input(cfg.data, cfg.seed)
     exploration = explore_mod.explore(frame, report)
-    with atomic_dir(out_dir, kind="recsys.eda", replaces=_REPLACES["recsys.eda"]) as tmp:
+    with atomic_dir(out_dir, kind="recsys.eda") as tmp:
         paths = plots.plot_exploration(exploration, frame, tmp / "plots", item_label="video")
         doc = {"source": label, "load": report.to_dict(), "exploration": exploration.to_dict()}
         (tmp / "exploration.json").write_text(to_json(doc) + "\n", encoding="utf-8")
@@ -714,10 +714,11 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     from .saved_run import SavedRun
 
     saved = SavedRun(run_dir)
-    cfg = saved.config
-    train, test = saved.train, saved.test
-    n_users, n_items = saved.mappings.n_users, saved.mappings.n_items
-    plain = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
+    cfg, train, test = saved.config, saved.train, saved.test
+    # the saved split, without the load and prepare reports a run keeps only in metrics.json
+    prepared = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings,
+                            report=None, config=cfg.prepare)  # type: ignore[arg-type]
+    plain = prepared.design_matrix("test")
 
     def design(model: FittedFM) -> Any:  # the test rows as the model was trained to read them
         groups = saved.feature_groups_for(model)
@@ -730,12 +731,10 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
                                              items_test=test[ITEM], items_train=train[ITEM])  # fmt: skip
     if "classifier" in saved.model_names:
         clf = saved.model("classifier")
-        thr = cfg.prepare.positive_threshold
-        out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(design(clf)),
-                                                  labels(train[RATING], "classification", thr))  # fmt: skip
+        y, y_train = (prepared.labels(part, "classification") for part in ("test", "train"))
+        out["classifier"] = classification_report(y, clf.predict_score(design(clf)), y_train)
     rec = saved.recommender()
-    lists, _ = rec.top_lists(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
-    prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
-    out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])[0]
-    out["warnings"] = metric_warnings({"data": {"test_rows": len(test)}, **out}, n_items=n_items)
+    lists, _ = rec.top_lists(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+    out["ranking"] = _ranking_metrics(rec, prepared, lists, cfg, saved.info["objective"])[0]
+    out["warnings"] = metric_warnings(out, n_items=prepared.n_items)
     return out
