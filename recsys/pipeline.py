@@ -382,14 +382,7 @@ def run(
         result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
         result.metrics["peak_rss_gb"] = dict(timer.peak_rss_gb)
         if write:
-            t_write = time.perf_counter()
-
-            def timing() -> dict[str, float]:
-                now = time.perf_counter()
-                return {**timer.seconds, "write outputs": round(now - t_write, 3), "total": round(now - t_total, 3)}
-
-            result.files = _write_outputs(result, out_dir, spool, kind, timing)
-            log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
+            result.files = _write_outputs(result, out_dir, spool, kind, timer.seconds, t_total)
             result.out_dir = out_dir
     return result
 
@@ -627,14 +620,16 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
 
 
 def _write_outputs(
-    result: RunResult, out_dir: Path, spool: dict[str, Path], kind: str, timing: Callable[[], dict]
+    result: RunResult, out_dir: Path, spool: dict[str, Path], kind: str, seconds: dict[str, float],
+    t_total: float,
 ) -> dict[str, Any]:
     """Write every output into a temporary folder that then replaces ``out_dir`` (only if it
     holds an earlier output ``kind`` may replace; see :mod:`recsys._io`); the recommendation
-    lists spooled during the run are moved in. ``metrics.json`` is written last, with
-    ``timing()`` (the stage times up to that moment)."""
+    lists spooled during the run are moved in. ``metrics.json`` is written last, with the stage
+    ``seconds``, this stage's and the total since ``t_total`` (``time.perf_counter()``)."""
     from .report import write_report
 
+    t_write = time.perf_counter()
     cfg, prepared, rec = result.config, result.prepared, result.recommender
     files: dict[str, Any] = {}
     with atomic_dir(out_dir, kind=kind, replaces=_REPLACES[kind]) as tmp:
@@ -673,8 +668,11 @@ def _write_outputs(
             "recsys_version": __version__, "python": platform.python_version(), "files": files,
         }  # fmt: skip
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
-        result.metrics["timing"] = timing()
+        now = time.perf_counter()
+        result.metrics["timing"] = {**seconds, "write outputs": round(now - t_write, 3),
+                                    "total": round(now - t_total, 3)}  # fmt: skip
         (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
+    log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
     return files
 
 
