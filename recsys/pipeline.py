@@ -51,15 +51,13 @@ from .evaluation import classification_report, prediction_summary, regression_re
 from .fold_in import Histories
 from .model import FittedFM
 from .recommend import Recommender, popularity, write_recommendations
+from .saved_run import RUN_FORMAT, RUN_FORMAT_VERSION, SavedRun
 from .summary import metric_lines, metric_warnings
 
 __all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
            "RUN_FORMAT_VERSION"]
 
 log = logging.getLogger("recsys")
-
-RUN_FORMAT = "recsys.run"
-RUN_FORMAT_VERSION = 1
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -266,8 +264,6 @@ def _samples(
 ) -> list[dict[str, Any]]:
     """Sample customers: what they rated highly (latest first) next to the top 10 of their
     written ``(ids, scores)`` lists."""
-    if n <= 0 or len(prepared.test) == 0:
-        return []
     train, test = prepared.train, prepared.test
     tested = np.unique(test[USER].to_numpy())
     users = np.sort(np.random.default_rng(seed).choice(tested, size=min(n, len(tested)), replace=False))
@@ -709,8 +705,6 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     regressor and classifier, ranking metrics for the recommending model, and ``warnings``
     (:func:`metric_warnings`). A damaged run raises :class:`~recsys.errors.ModelFormatError`
     naming the file."""
-    from .saved_run import SavedRun
-
     saved = SavedRun(run_dir)
     cfg, train, test = saved.config, saved.train, saved.test
     # the saved split, without the load and prepare reports a run keeps only in metrics.json
