@@ -153,9 +153,8 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         ("test MSE vs naive (train mean)", r["test_mse"], r["naive_mse"], False),
         ("test RMSE vs naive", r["test_rmse"], r["naive_rmse"], False),
         ("test MAE vs naive", r["test_mae"], r["naive_mae"], False),
+        ("test RMSE vs per-video mean", r["test_rmse"], r["item_mean_rmse"], False),
     ])  # fmt: skip
-    if "item_mean_rmse" in r:
-        reg_rows += _metric_rows([("test RMSE vs per-video mean", r["test_rmse"], r["item_mean_rmse"], False)])
     p = r["predictions"]
     parts.append(
         "<section><h2>FM regressor (star rating)</h2>"
