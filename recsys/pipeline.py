@@ -726,7 +726,8 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
         y, y_train = (prepared.labels(part, "classification") for part in ("test", "train"))
         out["classifier"] = classification_report(y, clf.predict_score(design(clf)), y_train)
     rec = saved.recommender()
-    lists, _ = rec.top_lists(np.arange(prepared.n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
+    lists, _ = rec.top_lists(np.arange(rec.n_users), cfg.knn.k,
+                             exclude_seen=cfg.recommend.exclude_seen)
     out["ranking"] = _ranking_metrics(rec, prepared, lists, cfg, saved.info["objective"])[0]
     out["warnings"] = metric_warnings(out, n_items=prepared.n_items)
     return out

@@ -74,7 +74,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     for row in rows:
         cells = []
         for j, cell in enumerate(row):
-            cls = ' class="num"' if j and (isinstance(cell, _Raw) or not isinstance(cell, str)) else ""
+            numeric = j and (isinstance(cell, _Raw) or not isinstance(cell, str))  # not plain text
+            cls = ' class="num"' if numeric else ""
             cells.append(f"<td{cls}>{cell if isinstance(cell, _Raw) else _fmt(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
