@@ -44,22 +44,20 @@ from ._io import atomic_dir, check_replaceable, temp_path, to_json
 from .config import RunConfig, apply_overrides, config_from_dict, dump_toml, load_config
 from .data import explore as explore_mod
 from .data.loaders import LoadReport, load_amazon_reviews, load_ratings
-from .data.prepare import PreparedData, labels, one_hot, prepare
+from .data.prepare import PreparedData, prepare
 from .data.schema import DATE, ITEM, RATING, USER
 from .errors import BackendError, ConfigError, DataError
 from .evaluation import classification_report, prediction_summary, regression_report
 from .fold_in import Histories
 from .model import FittedFM
 from .recommend import Recommender, popularity, write_recommendations
+from .saved_run import RUN_FORMAT, RUN_FORMAT_VERSION, SavedRun
 from .summary import metric_lines, metric_warnings
 
 __all__ = ["run", "eda", "evaluate_saved", "RunResult", "EdaResult", "load_input", "builtin_dataset", "RUN_FORMAT",
            "RUN_FORMAT_VERSION"]
 
 log = logging.getLogger("recsys")
-
-RUN_FORMAT = "recsys.run"
-RUN_FORMAT_VERSION = 1
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -266,8 +264,6 @@ def _samples(
 ) -> list[dict[str, Any]]:
     """Sample customers: what they rated highly (latest first) next to the top 10 of their
     written ``(ids, scores)`` lists."""
-    if n <= 0 or len(prepared.test) == 0:
-        return []
     train, test = prepared.train, prepared.test
     tested = np.unique(test[USER].to_numpy())
     users = np.sort(np.random.default_rng(seed).choice(tested, size=min(n, len(tested)), replace=False))
@@ -382,14 +378,7 @@ def run(
         result.metrics["timing"] = {**timer.seconds, "total": round(time.perf_counter() - t_total, 3)}
         result.metrics["peak_rss_gb"] = dict(timer.peak_rss_gb)
         if write:
-            t_write = time.perf_counter()
-
-            def timing() -> dict[str, float]:
-                now = time.perf_counter()
-                return {**timer.seconds, "write outputs": round(now - t_write, 3), "total": round(now - t_total, 3)}
-
-            result.files = _write_outputs(result, out_dir, spool, kind, timing)
-            log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
+            result.files = _write_outputs(result, out_dir, spool, kind, timer.seconds, t_total)
             result.out_dir = out_dir
     return result
 
@@ -443,7 +432,7 @@ TRAIN_OUT = "recsys-train"
 HEARTBEAT_SECONDS = 10.0
 #: Which earlier outputs a writer may replace: a full run replaces a run or a train output; a
 #: train output replaces only a train output (it would lose a run's report and recommendations).
-_REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",), "recsys.eda": ("recsys.eda",)}
+_REPLACES = {"recsys.run": ("recsys.run", "recsys.train"), "recsys.train": ("recsys.train",)}
 
 
 def _run_stages(
@@ -627,14 +616,16 @@ def _plots(result: RunResult, plot_dir: Path) -> dict[str, Path]:
 
 
 def _write_outputs(
-    result: RunResult, out_dir: Path, spool: dict[str, Path], kind: str, timing: Callable[[], dict]
+    result: RunResult, out_dir: Path, spool: dict[str, Path], kind: str, seconds: dict[str, float],
+    t_total: float,
 ) -> dict[str, Any]:
     """Write every output into a temporary folder that then replaces ``out_dir`` (only if it
     holds an earlier output ``kind`` may replace; see :mod:`recsys._io`); the recommendation
-    lists spooled during the run are moved in. ``metrics.json`` is written last, with
-    ``timing()`` (the stage times up to that moment)."""
+    lists spooled during the run are moved in. ``metrics.json`` is written last, with the stage
+    ``seconds``, this stage's and the total since ``t_total`` (``time.perf_counter()``)."""
     from .report import write_report
 
+    t_write = time.perf_counter()
     cfg, prepared, rec = result.config, result.prepared, result.recommender
     files: dict[str, Any] = {}
     with atomic_dir(out_dir, kind=kind, replaces=_REPLACES[kind]) as tmp:
@@ -673,8 +664,11 @@ def _write_outputs(
             "recsys_version": __version__, "python": platform.python_version(), "files": files,
         }  # fmt: skip
         (tmp / "run.json").write_text(to_json(run_info) + "\n", encoding="utf-8")
-        result.metrics["timing"] = timing()
+        now = time.perf_counter()
+        result.metrics["timing"] = {**seconds, "write outputs": round(now - t_write, 3),
+                                    "total": round(now - t_total, 3)}  # fmt: skip
         (tmp / "metrics.json").write_text(to_json(result.metrics) + "\n", encoding="utf-8")
+    log.info("stage: write outputs ... %.1f s", time.perf_counter() - t_write)
     return files
 
 
@@ -695,10 +689,10 @@ def eda(config: RunConfig | dict | str | os.PathLike | None = None, **overrides:
     overrides.setdefault("out", "recsys-eda")
     cfg = _resolve(config, overrides)
     out_dir = Path(cfg.out)
-    check_replaceable(out_dir, "recsys.eda", _REPLACES["recsys.eda"])
+    check_replaceable(out_dir, "recsys.eda")
     frame, report, label = load_input(cfg.data, cfg.seed)
     exploration = explore_mod.explore(frame, report)
-    with atomic_dir(out_dir, kind="recsys.eda", replaces=_REPLACES["recsys.eda"]) as tmp:
+    with atomic_dir(out_dir, kind="recsys.eda") as tmp:
         paths = plots.plot_exploration(exploration, frame, tmp / "plots", item_label="video")
         doc = {"source": label, "load": report.to_dict(), "exploration": exploration.to_dict()}
         (tmp / "exploration.json").write_text(to_json(doc) + "\n", encoding="utf-8")
@@ -711,13 +705,12 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
     regressor and classifier, ranking metrics for the recommending model, and ``warnings``
     (:func:`metric_warnings`). A damaged run raises :class:`~recsys.errors.ModelFormatError`
     naming the file."""
-    from .saved_run import SavedRun
-
     saved = SavedRun(run_dir)
-    cfg = saved.config
-    train, test = saved.train, saved.test
-    n_users, n_items = saved.mappings.n_users, saved.mappings.n_items
-    plain = one_hot(test[USER].to_numpy(), test[ITEM].to_numpy(), n_users, n_items)
+    cfg, train, test = saved.config, saved.train, saved.test
+    # the saved split, without the load and prepare reports a run keeps only in metrics.json
+    prepared = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings,
+                            report=None, config=cfg.prepare)  # type: ignore[arg-type]
+    plain = prepared.design_matrix("test")
 
     def design(model: FittedFM) -> Any:  # the test rows as the model was trained to read them
         groups = saved.feature_groups_for(model)
@@ -730,12 +723,11 @@ def evaluate_saved(run_dir: str | os.PathLike) -> dict[str, Any]:
                                              items_test=test[ITEM], items_train=train[ITEM])  # fmt: skip
     if "classifier" in saved.model_names:
         clf = saved.model("classifier")
-        thr = cfg.prepare.positive_threshold
-        out["classifier"] = classification_report(labels(test[RATING], "classification", thr), clf.predict_score(design(clf)),
-                                                  labels(train[RATING], "classification", thr))  # fmt: skip
+        y, y_train = (prepared.labels(part, "classification") for part in ("test", "train"))
+        out["classifier"] = classification_report(y, clf.predict_score(design(clf)), y_train)
     rec = saved.recommender()
-    lists, _ = rec.top_lists(np.arange(n_users), cfg.knn.k, exclude_seen=cfg.recommend.exclude_seen)
-    prepared_like = PreparedData(ratings=train, train=train, test=test, mappings=saved.mappings, report=None, config=cfg.prepare)  # type: ignore[arg-type]
-    out["ranking"] = _ranking_metrics(rec, prepared_like, lists, cfg, saved.info["objective"])[0]
-    out["warnings"] = metric_warnings({"data": {"test_rows": len(test)}, **out}, n_items=n_items)
+    lists, _ = rec.top_lists(np.arange(rec.n_users), cfg.knn.k,
+                             exclude_seen=cfg.recommend.exclude_seen)
+    out["ranking"] = _ranking_metrics(rec, prepared, lists, cfg, saved.info["objective"])[0]
+    out["warnings"] = metric_warnings(out, n_items=prepared.n_items)
     return out

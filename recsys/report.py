@@ -68,13 +68,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return _e(value)
 
 
-def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for row in rows:
         cells = []
         for j, cell in enumerate(row):
-            cls = ' class="num"' if j >= numeric_from and (isinstance(cell, _Raw) or not isinstance(cell, str)) else ""
+            numeric = j and (isinstance(cell, _Raw) or not isinstance(cell, str))  # not plain text
+            cls = ' class="num"' if numeric else ""
             cells.append(f"<td{cls}>{cell if isinstance(cell, _Raw) else _fmt(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -91,10 +92,6 @@ def _metric_rows(pairs: list[tuple[str, float, float, bool]]) -> list[list[Any]]
     return [[name, _vs(m, b, hib), b] for name, m, b, hib in pairs]
 
 
-def _cards(items: list[tuple[str, str]]) -> str:
-    return '<div class="cards">' + "".join(f'<div class="card"><b>{v}</b><span>{_e(k)}</span></div>' for k, v in items) + "</div>"
-
-
 def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str:
     """The report page as HTML text for a :class:`recsys.pipeline.RunResult`."""
     m, cfg, d, ex = result.metrics, result.config, result.metrics["data"], result.exploration
@@ -109,24 +106,26 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
     if m.get("warnings"):
         parts.append('<section class="warnings"><h2>Warnings: read these before the figures</h2><ul>'
                      + "".join(f"<li>{_e(w)}</li>" for w in m["warnings"]) + "</ul></section>")  # fmt: skip
+    cards = [
+        ("reviews read", _fmt(d["rows_read"])),
+        ("malformed lines skipped", _fmt(d["rows_skipped"])),
+        ("exact duplicate rows removed", _fmt(d["exact_duplicates_removed"])),
+        ("re-reviews removed (latest kept)", _fmt(d["rereviews_removed"])),
+        ("customers kept", _fmt(d["customers"])),
+        ("videos kept", _fmt(d["products"])),
+        ("train / test ratings", f"{d['train_rows']:,} / {d['test_rows']:,}"),
+    ]
     parts.append(
-        "<section><h2>Dataset</h2>"
-        + _cards([
-            ("reviews read", _fmt(d["rows_read"])),
-            ("malformed lines skipped", _fmt(d["rows_skipped"])),
-            ("exact duplicate rows removed", _fmt(d["exact_duplicates_removed"])),
-            ("re-reviews removed (latest kept)", _fmt(d["rereviews_removed"])),
-            ("customers kept", _fmt(d["customers"])),
-            ("videos kept", _fmt(d["products"])),
-            ("train / test ratings", f"{d['train_rows']:,} / {d['test_rows']:,}"),
-        ])  # fmt: skip
-        + f'<p class="muted">Source: {_e(d.get("source"))}. Long-tail filter: customers with at least '
-        f"{d['min_customer_ratings']} ratings and videos with at least {d['min_product_ratings']}. "
-        f"Split: {_e(d['split'])} (each customer's latest review by date is the test row).</p>"
+        '<section><h2>Dataset</h2><div class="cards">'
+        + "".join(f'<div class="card"><b>{v}</b><span>{_e(k)}</span></div>' for k, v in cards)
+        + f'</div><p class="muted">Source: {_e(d.get("source"))}. Long-tail filter: customers '
+        f"with at least {d['min_customer_ratings']} ratings and videos with at least "
+        f"{d['min_product_ratings']}. Split: {_e(d['split'])} (each customer's latest review by "
+        "date is the test row).</p>"
     )
     if d.get("skipped_lines"):
         rows = [[str(n), r] for n, r in d["skipped_lines"]]
-        parts[-1] += "<h3>Skipped lines (first few)</h3>" + _table(["line", "reason"], rows, numeric_from=9)
+        parts[-1] += "<h3>Skipped lines (first few)</h3>" + _table(["line", "reason"], rows)
     if ex is not None:
         nulls = [[k, v] for k, v in ex.nulls.items()]
         q_c = ex.reviews_per_customer_quantiles
@@ -155,9 +154,8 @@ def render_report(result: Any, plot_dir: str | os.PathLike | None = None) -> str
         ("test MSE vs naive (train mean)", r["test_mse"], r["naive_mse"], False),
         ("test RMSE vs naive", r["test_rmse"], r["naive_rmse"], False),
         ("test MAE vs naive", r["test_mae"], r["naive_mae"], False),
+        ("test RMSE vs per-video mean", r["test_rmse"], r["item_mean_rmse"], False),
     ])  # fmt: skip
-    if "item_mean_rmse" in r:
-        reg_rows += _metric_rows([("test RMSE vs per-video mean", r["test_rmse"], r["item_mean_rmse"], False)])
     p = r["predictions"]
     parts.append(
         "<section><h2>FM regressor (star rating)</h2>"

@@ -30,7 +30,11 @@ from .fold_in import Histories
 from .model import FittedFM
 from .recommend import Recommender, popularity
 
-__all__ = ["SavedRun"]
+__all__ = ["SavedRun", "RUN_FORMAT", "RUN_FORMAT_VERSION"]
+
+#: The format stamp of ``run.json`` (written by :func:`recsys.pipeline.run`, checked here).
+RUN_FORMAT = "recsys.run"
+RUN_FORMAT_VERSION = 1
 
 
 class SavedRun:
@@ -41,8 +45,6 @@ class SavedRun:
     """
 
     def __init__(self, path: str | os.PathLike):
-        from .pipeline import RUN_FORMAT, RUN_FORMAT_VERSION
-
         self.path = Path(path)
         self._fix = f"the run folder is damaged: run `recsys run --out {self.path}` again"
         info_path = self.path / "run.json"

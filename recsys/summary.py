@@ -26,21 +26,18 @@ def _change(r: dict[str, Any]) -> str:
 def metric_lines(m: dict[str, Any]) -> list[str]:
     """The main metrics next to their baselines, one line per model."""
     lines = []
-    r = m.get("regressor")
-    if r:
+    if r := m.get("regressor"):
         lines.append(
             f"FM regressor: test RMSE {_n(r['test_rmse'])} vs naive {_n(r['naive_rmse'])} "
             f"({_change(r)}), per-video mean {_n(r.get('item_mean_rmse'))}"
         )
-    c = m.get("classifier")
-    if c:
+    if c := m.get("classifier"):
         lines.append(
             f"FM 5-star classifier: accuracy {_n(c['accuracy'])} vs baseline {_n(c['baseline_accuracy'])} "
             f"(balanced {_n(c.get('balanced_accuracy'))} vs 0.5), AUC {_n(c['auc'])}, log loss {_n(c['log_loss'])} "
             f"vs {_n(c['baseline_log_loss'])}"
         )
-    k = m.get("ranking")
-    if k:
+    if k := m.get("ranking"):
         lines.append(
             f"recommendations ({k['objective']}): HR@10 {_n(k['hr@10'])} (popularity {_n(k['popularity_hr@10'])}), "
             f"NDCG@10 {_n(k['ndcg@10'])} ({_n(k['popularity_ndcg@10'])}), HR@100 {_n(k['hr@100'])} "
