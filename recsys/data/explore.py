@@ -76,7 +76,10 @@ class Exploration:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict: every mapping has string keys, values are plain Python."""
-        return {name: _jsonable(value) for name, value in asdict(self).items()}
+        return {
+            name: {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+            for name, value in asdict(self).items()
+        }
 
     def summary_lines(self) -> list[str]:
         """A short human-readable summary, one statement per line."""
@@ -246,13 +249,3 @@ def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
 
 def _quantile_name(p: float) -> str:
     return {0.5: "median", 1.0: "max", 0.0: "min"}.get(p, f"p{p * 100:g}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
