@@ -114,8 +114,7 @@ def _unix_to_us(vals: np.ndarray) -> np.ndarray:
     for NaN and for dates outside the supported range."""
     finite = np.isfinite(vals)
     scale = 1_000 if finite.any() and np.abs(vals[finite]).max() > 1e11 else 1_000_000
-    us = vals * scale
-    return np.where((us >= C.MIN_US) & (us <= C.MAX_US), np.round(us), C.NAT).astype(np.int64)
+    return np.round(C.in_range(vals * scale)).astype(np.int64)
 
 
 def _parse_texts(texts: pd.Series) -> np.ndarray:
