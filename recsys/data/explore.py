@@ -32,7 +32,7 @@ QUANTILES: tuple[float, ...] = (
 )  # fmt: skip
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_SUMMARY_QUANTILES = (0.5, 0.9, 0.99, 1.0)
+_SUMMARY_QUANTILES = {0.5: "median", 0.9: "p90", 0.99: "p99", 1.0: "max"}
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Exploration:
         for label, q in (("customer", self.reviews_per_customer_quantiles),
                          ("product", self.reviews_per_product_quantiles)):  # fmt: skip
             if q:
-                values = (f"{_quantile_name(p)} {q[p]:,.4g}" for p in _SUMMARY_QUANTILES)
+                values = (f"{name} {q[p]:,.4g}" for p, name in _SUMMARY_QUANTILES.items())
                 lines.append(f"reviews per {label}: " + ", ".join(values))
         if self.date_min is None:
             lines.append("dates: none")
@@ -245,7 +245,3 @@ def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
         "date_max": str(values.max().astype("datetime64[D]")),
         "missing_dates": n_rows - len(values),
     }
-
-
-def _quantile_name(p: float) -> str:
-    return {0.5: "median", 1.0: "max", 0.0: "min"}.get(p, f"p{p * 100:g}")
