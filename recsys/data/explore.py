@@ -48,10 +48,9 @@ class Exploration:
     n_rows: int
     n_columns: int
     nulls: dict[str, int]  # missing values per column
-    # rows identical to an earlier row in all five ratings columns (missing equals missing)
+    # exact duplicate rows and re-reviews as recsys.data.prepare.drop_duplicates defines them
+    # (preparation removes both, keeping each customer's latest review of a video)
     exact_duplicate_rows: int
-    # further rows of a (customer, video) pair once exact duplicates are gone; preparation
-    # removes exact_duplicate_rows + rereviews rows (keeping the latest review)
     rereviews: int
     rating_counts: dict[float, int]  # star -> rows, sorted by star (missing ratings left out)
     rating_shares: dict[float, float]  # star -> share of the rated rows (sums to 1)
