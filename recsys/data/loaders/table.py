@@ -189,11 +189,11 @@ def load_table(
     in :mod:`recsys.data.loaders`; ``report.location == "row"`` (1-based row numbers) for Parquet
     or a CSV whose quoted fields span lines. **A valid rating is a finite number >= 0** (any
     scale): empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
-    rating" (shift a scale with negative values, e.g. -10..10, before loading). Integral float ids (``3.0``) count as integers; a column of lists or structs is
-    refused. Timestamps: numbers are unix seconds, or milliseconds when some value exceeds 1e11;
-    text is unix seconds or a date (ISO 8601, else any format pandas recognises); time zones are
-    converted to UTC and dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all
-    source columns.
+    rating" (shift a scale with negative values, e.g. -10..10, before loading). Integral float
+    ids (``3.0``) count as integers; a column of lists or structs is refused. Timestamps: numbers
+    are unix seconds, or milliseconds when some value exceeds 1e11; text is unix seconds or a
+    date (ISO 8601, else any format pandas recognises); time zones are converted to UTC and
+    dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all source columns.
     """
     t0 = time.perf_counter()
     p = check_file(path)
