@@ -309,8 +309,7 @@ class Mappings:
             num = pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(dtype=np.float64)
             ok = np.isfinite(num) & (num == np.round(num))
             out = np.full(len(arr), -1, dtype=np.int64)
-            if ok.any():
-                out[ok] = index.get_indexer(num[ok].astype(np.int64))
+            out[ok] = index.get_indexer(num[ok].astype(np.int64))
             return out
         return index.get_indexer(pd.Index([str(x) for x in arr], dtype=index.dtype))
 
