@@ -32,7 +32,7 @@ QUANTILES: tuple[float, ...] = (
 )  # fmt: skip
 
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_SUMMARY_QUANTILES = (0.5, 0.9, 0.99, 1.0)
+_SUMMARY_QUANTILES = {0.5: "median", 0.9: "p90", 0.99: "p99", 1.0: "max"}
 
 
 @dataclass
@@ -48,10 +48,9 @@ class Exploration:
     n_rows: int
     n_columns: int
     nulls: dict[str, int]  # missing values per column
-    # rows identical to an earlier row in all five ratings columns (missing equals missing)
+    # exact duplicate rows and re-reviews as recsys.data.prepare.drop_duplicates defines them
+    # (preparation removes both, keeping each customer's latest review of a video)
     exact_duplicate_rows: int
-    # further rows of a (customer, video) pair once exact duplicates are gone; preparation
-    # removes exact_duplicate_rows + rereviews rows (keeping the latest review)
     rereviews: int
     rating_counts: dict[float, int]  # star -> rows, sorted by star (missing ratings left out)
     rating_shares: dict[float, float]  # star -> share of the rated rows (sums to 1)
@@ -76,7 +75,10 @@ class Exploration:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict: every mapping has string keys, values are plain Python."""
-        return {name: _jsonable(value) for name, value in asdict(self).items()}
+        return {
+            name: {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+            for name, value in asdict(self).items()
+        }
 
     def summary_lines(self) -> list[str]:
         """A short human-readable summary, one statement per line."""
@@ -94,7 +96,7 @@ class Exploration:
         for label, q in (("customer", self.reviews_per_customer_quantiles),
                          ("product", self.reviews_per_product_quantiles)):  # fmt: skip
             if q:
-                values = (f"{_quantile_name(p)} {q[p]:,.4g}" for p in _SUMMARY_QUANTILES)
+                values = (f"{name} {q[p]:,.4g}" for p, name in _SUMMARY_QUANTILES.items())
                 lines.append(f"reviews per {label}: " + ", ".join(values))
         if self.date_min is None:
             lines.append("dates: none")
@@ -242,17 +244,3 @@ def _date_stats(dates: pd.Series | None, n_rows: int) -> dict[str, Any]:
         "date_max": str(values.max().astype("datetime64[D]")),
         "missing_dates": n_rows - len(values),
     }
-
-
-def _quantile_name(p: float) -> str:
-    return {0.5: "median", 1.0: "max", 0.0: "min"}.get(p, f"p{p * 100:g}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value

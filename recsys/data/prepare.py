@@ -6,20 +6,10 @@ Each stage is a plain function over DataFrames/arrays that returns new values;
 1. :func:`reduce_columns` -- keep customer, product, title, rating (+ date for ordering).
 2. :func:`drop_duplicates` -- exact duplicate rows, then re-reviews of the same video by the
    same customer (the latest review is kept).
-3. :func:`filter_long_tail` -- keep customers with >= ``min_customer_ratings`` ratings and
-   videos with >= ``min_product_ratings`` (the lab's 18 / 95). Both counts are taken once on
-   the de-duplicated data and applied together, as in the lab; ``repeat_until_stable`` repeats
-   the filter until every remaining customer and video passes it (a k-core).
+3. :func:`filter_long_tail` -- drop customers and videos with too few ratings (the lab's 18 / 95).
 4. :func:`build_mappings` / :func:`index_ratings` -- sequential 0-based ``user`` / ``item``.
 5. :func:`split_leave_last_out` (default), :func:`split_random` or :func:`split_explicit`.
 6. :func:`one_hot` -- the users-then-items one-hot design matrix, float32 CSR.
-
-About the leave-last-out split: the lab took ``groupby("customer_id").last()`` which picks the
-last row *in file order*, not the latest review. Here the test row of a customer is their
-latest review by ``review_date``; ties on the date are broken by file order (the later line
-wins), so the result is deterministic for a given file. Reviews without a date count as the
-oldest. Customers with a single rating stay entirely in training (nothing to learn from
-otherwise).
 """
 
 from __future__ import annotations
@@ -252,9 +242,9 @@ def filter_long_tail(
     """Keep customers with >= ``min_customer_ratings`` and videos with >= ``min_product_ratings``.
 
     Both counts are computed on the input and applied together (the lab's rule). With
-    ``repeat_until_stable`` the filter is repeated until nothing changes. Returns the filtered
-    frame and the number of passes. If nothing is left, raises :class:`DataError` naming the
-    thresholds and how many customers / videos met each.
+    ``repeat_until_stable`` the filter is repeated until nothing changes (a k-core). Returns the
+    filtered frame and the number of passes. If nothing is left, raises :class:`DataError` naming
+    the thresholds and how many customers / videos met each.
     """
     if len(frame) == 0:
         raise DataError("no ratings to filter: the input is empty")
@@ -319,8 +309,7 @@ class Mappings:
             num = pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(dtype=np.float64)
             ok = np.isfinite(num) & (num == np.round(num))
             out = np.full(len(arr), -1, dtype=np.int64)
-            if ok.any():
-                out[ok] = index.get_indexer(num[ok].astype(np.int64))
+            out[ok] = index.get_indexer(num[ok].astype(np.int64))
             return out
         return index.get_indexer(pd.Index([str(x) for x in arr], dtype=index.dtype))
 
@@ -374,7 +363,9 @@ def index_ratings(frame: pd.DataFrame, mappings: Mappings) -> pd.DataFrame:
 
 
 def split_leave_last_out(indexed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """Each customer's latest rating (by date, then file order) is the test row.
+    """Each customer's latest rating (by date, then file order; no date counts as the oldest) is
+    the test row -- deterministic for a given file. (The lab's ``groupby("customer_id").last()``
+    took the last row in file order, not the latest review.)
 
     Customers with a single rating keep it in training. Returns ``(train, test, stats)`` with
     stats ``test_customers_single_rating`` and ``test_date_ties`` (customers whose latest date

@@ -52,7 +52,7 @@ def number(text: str) -> float | None:
 
 
 def in_range(us: np.ndarray) -> np.ndarray:
-    """``us`` (int64 microseconds) with dates outside the supported range set to NaT."""
+    """``us`` (microseconds) with dates outside the supported range set to NaT."""
     return np.where((us >= MIN_US) & (us <= MAX_US), us, NAT)
 
 
@@ -94,13 +94,11 @@ def categorical(col: pa.Array | pa.ChunkedArray) -> pd.Categorical:
     if not pa.types.is_dictionary(col.type):
         col = col.dictionary_encode()
     col = col.unify_dictionaries()
-    dictionary = col.chunk(0).dictionary if col.num_chunks else pa.array([], pa.string())
+    dictionary = col.chunk(0).dictionary
     idx = pa.chunked_array([ch.indices for ch in col.chunks], col.type.index_type)
     indices = np.asarray(pc.fill_null(idx, -1), dtype=np.int64)
     used = np.flatnonzero(np.bincount(indices[indices >= 0], minlength=len(dictionary)))
     values = dictionary.take(pa.array(used)) if len(used) < len(dictionary) else dictionary
-    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
-        values = pc.cast(values, pa.string())
     order = np.asarray(pc.array_sort_indices(values))
     remap = np.full(len(dictionary) + 1, -1, dtype=np.int64)  # last slot: -1 stays -1
     remap[used[order]] = np.arange(len(order))

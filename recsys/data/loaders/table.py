@@ -114,8 +114,7 @@ def _unix_to_us(vals: np.ndarray) -> np.ndarray:
     for NaN and for dates outside the supported range."""
     finite = np.isfinite(vals)
     scale = 1_000 if finite.any() and np.abs(vals[finite]).max() > 1e11 else 1_000_000
-    us = vals * scale
-    return np.where((us >= C.MIN_US) & (us <= C.MAX_US), np.round(us), C.NAT).astype(np.int64)
+    return np.round(C.in_range(vals * scale)).astype(np.int64)
 
 
 def _parse_texts(texts: pd.Series) -> np.ndarray:
@@ -190,11 +189,11 @@ def load_table(
     in :mod:`recsys.data.loaders`; ``report.location == "row"`` (1-based row numbers) for Parquet
     or a CSV whose quoted fields span lines. **A valid rating is a finite number >= 0** (any
     scale): empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
-    rating" (shift a scale with negative values, e.g. -10..10, before loading). Integral float ids (``3.0``) count as integers; a column of lists or structs is
-    refused. Timestamps: numbers are unix seconds, or milliseconds when some value exceeds 1e11;
-    text is unix seconds or a date (ISO 8601, else any format pandas recognises); time zones are
-    converted to UTC and dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all
-    source columns.
+    rating" (shift a scale with negative values, e.g. -10..10, before loading). Integral float
+    ids (``3.0``) count as integers; a column of lists or structs is refused. Timestamps: numbers
+    are unix seconds, or milliseconds when some value exceeds 1e11; text is unix seconds or a
+    date (ISO 8601, else any format pandas recognises); time zones are converted to UTC and
+    dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all source columns.
     """
     t0 = time.perf_counter()
     p = check_file(path)

@@ -68,7 +68,7 @@ def open_binary(path: Path) -> BinaryIO:
 def read(fh: BinaryIO, n: int | None, path: Path) -> bytes:
     """``fh.read(n)`` (None: all); a damaged gzip stream or an I/O failure is a DataError."""
     try:
-        return fh.read() if n is None else fh.read(n)
+        return fh.read(n)
     except _READ_ERRORS as exc:
         raise DataError(
             f"cannot read {path}: it is damaged (a truncated or corrupt gzip stream, or an I/O "

@@ -165,10 +165,10 @@ class Catalogue:
     parents: np.ndarray  # (n_products,) int64
 
 
-def _uniform_stream(rng: np.random.Generator, block: int = 65_536) -> Iterator[float]:
+def _uniform_stream(rng: np.random.Generator) -> Iterator[float]:
     """An endless stream of floats in [0, 1) drawn from ``rng`` in blocks."""
     while True:
-        yield from rng.random(block).tolist()
+        yield from rng.random(65_536).tolist()
 
 
 def _unit_titles(rng: np.random.Generator, styles: list[str], is_series: np.ndarray) -> list[str]:

@@ -254,7 +254,7 @@ def _activity(cfg: GeneratorConfig, rng: np.random.Generator, n_picks: int) -> n
 
 
 def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarray, n_customers: int,
-                     n_products: int, draw: Callable, taste_rounds: int = 25) -> None:  # fmt: skip
+                     n_products: int, draw: Callable) -> None:  # fmt: skip
     """Redraw (in place) every pick of a video the customer already picked earlier."""
     active = np.arange(len(cust))
     for round_ in range(10_000):
@@ -264,8 +264,8 @@ def _resolve_repeats(rng: np.random.Generator, cust: np.ndarray, prod: np.ndarra
         if not repeat.any():
             return
         redo = active[order[repeat]]  # by customer, then video
-        # the taste first, then any video (a customer whose taste is exhausted)
-        taste = round_ < taste_rounds
+        # the taste for 25 rounds, then any video (a customer whose taste is exhausted)
+        taste = round_ < 25
         prod[redo] = draw(rng, cust[redo]) if taste else rng.integers(n_products, size=len(redo))
         dirty = np.zeros(n_customers, dtype=bool)
         dirty[cust[redo]] = True

@@ -56,7 +56,7 @@ _NON_UTF8_SNIPPETS = (b" \xff\xfe", b" The caf\xe9 scene was lovely.", b" Na\xef
 def _column_text(values: pd.Series, name: str) -> pa.Array:
     """Column as Arrow strings, missing values as empty strings; rejects tabs and newlines."""
     arr = pa.array(values, from_pandas=True)
-    if isinstance(arr, pa.ChunkedArray):  # pragma: no cover - depends on pandas internals
+    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed column of several chunks (pd.concat)
         arr = arr.combine_chunks()
     if pa.types.is_floating(arr.type):
         as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
