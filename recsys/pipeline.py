@@ -12,7 +12,7 @@ half-written files. Same config and seed -> same metrics.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import datetime as _dt
 import functools
 import hashlib
@@ -317,7 +317,7 @@ def _data_metrics(report: LoadReport, prepared: PreparedData) -> dict[str, Any]:
 
 def _resolve(config: RunConfig | dict | str | os.PathLike | None, overrides: dict[str, Any]) -> RunConfig:
     if isinstance(config, RunConfig):
-        cfg = dataclasses.replace(config)
+        cfg = copy.deepcopy(config)  # overrides reach nested sections: the caller's stays as it was
     elif config is None or isinstance(config, dict):
         cfg = config_from_dict(config or {})
     else:

@@ -491,3 +491,12 @@ def test_metrics_on_one_held_out_row_come_with_warnings(tmp_path: Path, capsys: 
         assert needle in html
     assert "nan" not in stdout.lower() and "AUC n/a" in stdout
     assert "% better" not in stdout or "-" not in stdout.split("% better")[0].split("(")[-1]
+
+
+def test_overrides_leave_the_callers_config_unchanged(tmp_path: Path) -> None:
+    from recsys.pipeline import eda
+
+    cfg = config_from_dict({"data": {"preset": "tiny"}, "knn": {"k": 12}})
+    before = cfg.to_dict()
+    eda(cfg, out=str(tmp_path / "eda"), k=7, min_customer_ratings=3)
+    assert cfg.to_dict() == before
