@@ -34,7 +34,7 @@ from typing import Any
 from .data.prepare import PrepareConfig
 from .errors import ConfigError
 from .feature_groups import FeatureGroupsConfig
-from .params import FMParams, KNNParams, params_from_dict
+from .params import FMParams, KNNParams, check_choice, params_from_dict
 
 __all__ = [
     "RunConfig", "DataConfig", "RankingConfig", "RecommendConfig", "EvaluationConfig", "load_config",
@@ -49,11 +49,6 @@ BACKENDS = ("torch", "sagemaker")
 DATA_FORMATS = ("amazon", "movielens", "csv", "parquet")
 PRESETS = ("tiny", "default", "full")
 RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...], shown: str | None = None) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {shown or repr(value)}")
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -79,8 +74,9 @@ class DataConfig:
 
     def validate(self) -> DataConfig:
         if self.format is not None:
-            _choice("data.format", self.format, DATA_FORMATS)
-        _choice("data.preset", self.preset, PRESETS, repr(str(self.preset)[:40]))
+            check_choice("data.format", self.format, DATA_FORMATS, quote=str)
+        shown = repr(str(self.preset)[:40])
+        check_choice("data.preset", self.preset, PRESETS, quote=str, shown=shown)
         if self.path is not None and self.preset != DataConfig.preset:
             raise ConfigError(
                 f"data.preset = {self.preset!r} chooses a built-in dataset, but data.path is set too (--data); "
@@ -126,7 +122,7 @@ class RankingConfig:
         return backend.ranking_losses[0] if self.loss == "auto" else self.loss
 
     def validate(self) -> RankingConfig:
-        _choice("ranking.loss", self.loss, RANKING_LOSSES)
+        check_choice("ranking.loss", self.loss, RANKING_LOSSES, quote=str)
         # negatives = None: the loss's default (recsys.objectives.DEFAULT_NEGATIVES)
         for name, v, low in (("negatives", self.negatives, 1), ("history_length", self.history_length, 0)):
             if not (v is None and name == "negatives") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
@@ -259,8 +255,8 @@ class RunConfig:
         for name, seed in seeds.items():
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
-        _choice("backend", self.backend, BACKENDS)
-        _choice("objective", self.objective, OBJECTIVES)
+        check_choice("backend", self.backend, BACKENDS, quote=str)
+        check_choice("objective", self.objective, OBJECTIVES, quote=str)
         if not isinstance(self.out, str) or not self.out or "\x00" in self.out:
             raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
         self.data.validate()
@@ -313,7 +309,6 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a table of keys, got {type(raw).__name__}")
-    cfg = RunConfig()
     valid = list(RunConfig.TOP_KEYS) + list(RunConfig.SECTIONS)
     unknown = sorted(set(raw) - set(valid))
     if unknown:
@@ -321,9 +316,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(valid)}"
         )
-    for key in RunConfig.TOP_KEYS:
-        if key in raw:
-            setattr(cfg, key, raw[key])
+    cfg = RunConfig(**{key: raw[key] for key in RunConfig.TOP_KEYS if key in raw})
     explicit_seeds: set[str] = set()
 
     def section(name: str) -> dict[str, Any]:
