@@ -43,6 +43,8 @@ __all__ = [
 
 #: Seeds go to numpy, torch and FAISS; all take this range.
 MAX_SEED = 2**32 - 1
+#: A larger config file is refused before parsing (configs are a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
 
 OBJECTIVES = ("ranking", "classifier")
 BACKENDS = ("torch", "sagemaker")
@@ -384,10 +386,6 @@ def load_config(path: str | Path) -> RunConfig:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path} is not UTF-8 text (line {line} has a byte that is not UTF-8); save it as UTF-8") from None
     return config_from_dict(parse_config_text(text, suffix, source=str(path)), source=str(path))
-
-
-#: A larger file is refused before parsing (configs are a few hundred bytes).
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def parse_config_text(text: str, suffix: str, *, source: str = "config") -> Any:

@@ -7,6 +7,8 @@ where there is one, the fix.
 
 from __future__ import annotations
 
+import importlib
+
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = ["RecsysError", "DataError", "ConfigError", "NotFittedError", "ModelFitError", "BackendError",
@@ -53,11 +55,9 @@ class MissingDependencyError(RecsysError, ImportError):
 
 def require(module: str, extra: str):
     """Import ``module`` or raise :class:`MissingDependencyError` naming ``pip install 'recsys[extra]'``."""
-    import importlib
-
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - exercised via monkeypatch in tests
+    except ImportError as exc:
         raise MissingDependencyError(
             f"{module!r} is required for this feature but could not be imported ({exc}). "
             f"Install it with: pip install 'recsys[{extra}]'"
