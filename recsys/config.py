@@ -424,9 +424,7 @@ def _syntax_error(exc: Exception) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
+    if isinstance(value, (int, float)):
         return repr(value)  # also TOML's nan, inf and -inf
     if isinstance(value, str):
         return json.dumps(value)

@@ -7,8 +7,6 @@ where there is one, the fix.
 
 from __future__ import annotations
 
-import importlib
-
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = ["RecsysError", "DataError", "ConfigError", "NotFittedError", "ModelFitError", "BackendError",
@@ -55,6 +53,8 @@ class MissingDependencyError(RecsysError, ImportError):
 
 def require(module: str, extra: str):
     """Import ``module`` or raise :class:`MissingDependencyError` naming ``pip install 'recsys[extra]'``."""
+    import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError as exc:
