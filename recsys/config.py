@@ -319,21 +319,20 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
             f"valid keys: {', '.join(valid)}"
         )
     cfg = RunConfig(**{key: raw[key] for key in RunConfig.TOP_KEYS if key in raw})
-    explicit_seeds: set[str] = set()
+    explicit: dict[str, set[str]] = {}  # section -> the keys the config sets
 
     def section(name: str) -> dict[str, Any]:
         value = raw.get(name) or {}
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of key = value pairs")
-        if "seed" in value:
-            explicit_seeds.add(name)
+        explicit[name] = set(value)
         return value
 
     cfg.data = params_from_dict(DataConfig, section("data"), where="data")
     cfg.prepare = params_from_dict(PrepareConfig, section("prepare"), where="prepare")
-    cfg._explicit_keys = {name: set(section(name)) for name in ("regressor", "classifier", "features")}  # type: ignore[attr-defined]
-    cfg.regressor = _fm_section(section("regressor"), "regressor", _lab_regressor(), "regressor")
-    cfg.classifier = _fm_section(section("classifier"), "classifier", _lab_classifier(), "binary_classifier")
+    regressor, classifier, features = section("regressor"), section("classifier"), section("features")
+    cfg.regressor = _fm_section(regressor, "regressor", _lab_regressor(), "regressor")
+    cfg.classifier = _fm_section(classifier, "classifier", _lab_classifier(), "binary_classifier")
     ranking_raw = section("ranking")
     own = {k: v for k, v in ranking_raw.items() if k in RankingConfig.OWN_KEYS}
     fm_raw = {k: v for k, v in ranking_raw.items() if k not in RankingConfig.OWN_KEYS}
@@ -344,13 +343,13 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     cfg.ranking.fm = _fm_section(fm_raw, "ranking", RankingConfig().fm, "binary_classifier")
     cfg.knn = params_from_dict(KNNParams, section("knn"), where="knn")
     try:
-        cfg.features = params_from_dict(FeatureGroupsConfig, section("features"), where="features")
+        cfg.features = params_from_dict(FeatureGroupsConfig, features, where="features")
     except ConfigError as exc:
         raise ConfigError(f"[features] {exc}") from None
     cfg.recommend = params_from_dict(RecommendConfig, section("recommend"), where="recommend")
     cfg.evaluation = params_from_dict(EvaluationConfig, section("evaluation"), where="evaluation")
     cfg.sagemaker = dict(section("sagemaker"))
-    cfg._explicit_seeds = explicit_seeds  # type: ignore[attr-defined]
+    cfg._explicit_keys = explicit  # type: ignore[attr-defined]
     apply_seed(cfg, cfg.seed)
     return cfg.validate()
 
@@ -358,9 +357,9 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
 def apply_seed(cfg: RunConfig, seed: int) -> RunConfig:
     """Set ``seed`` everywhere a section did not set its own."""
     cfg.seed = seed
-    explicit = getattr(cfg, "_explicit_seeds", set())
+    explicit = getattr(cfg, "_explicit_keys", {})
     for name, obj in cfg._seeded():
-        if name not in explicit:
+        if "seed" not in explicit.get(name, ()):
             obj.seed = seed
     return cfg
 
