@@ -34,7 +34,7 @@ from typing import Any
 from .data.prepare import PrepareConfig
 from .errors import ConfigError
 from .feature_groups import FeatureGroupsConfig
-from .params import FMParams, KNNParams, params_from_dict
+from .params import FMParams, KNNParams, check_choice, params_from_dict
 
 __all__ = [
     "RunConfig", "DataConfig", "RankingConfig", "RecommendConfig", "EvaluationConfig", "load_config",
@@ -43,17 +43,14 @@ __all__ = [
 
 #: Seeds go to numpy, torch and FAISS; all take this range.
 MAX_SEED = 2**32 - 1
+#: A larger config file is refused before parsing (configs are a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
 
 OBJECTIVES = ("ranking", "classifier")
 BACKENDS = ("torch", "sagemaker")
 DATA_FORMATS = ("amazon", "movielens", "csv", "parquet")
 PRESETS = ("tiny", "default", "full")
 RANKING_LOSSES = ("auto", "softmax", "bpr", "classifier")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...], shown: str | None = None) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {shown or repr(value)}")
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -79,8 +76,9 @@ class DataConfig:
 
     def validate(self) -> DataConfig:
         if self.format is not None:
-            _choice("data.format", self.format, DATA_FORMATS)
-        _choice("data.preset", self.preset, PRESETS, repr(str(self.preset)[:40]))
+            check_choice("data.format", self.format, DATA_FORMATS, quote=str)
+        shown = repr(str(self.preset)[:40])
+        check_choice("data.preset", self.preset, PRESETS, quote=str, shown=shown)
         if self.path is not None and self.preset != DataConfig.preset:
             raise ConfigError(
                 f"data.preset = {self.preset!r} chooses a built-in dataset, but data.path is set too (--data); "
@@ -126,7 +124,7 @@ class RankingConfig:
         return backend.ranking_losses[0] if self.loss == "auto" else self.loss
 
     def validate(self) -> RankingConfig:
-        _choice("ranking.loss", self.loss, RANKING_LOSSES)
+        check_choice("ranking.loss", self.loss, RANKING_LOSSES, quote=str)
         # negatives = None: the loss's default (recsys.objectives.DEFAULT_NEGATIVES)
         for name, v, low in (("negatives", self.negatives, 1), ("history_length", self.history_length, 0)):
             if not (v is None and name == "negatives") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
@@ -259,8 +257,8 @@ class RunConfig:
         for name, seed in seeds.items():
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
-        _choice("backend", self.backend, BACKENDS)
-        _choice("objective", self.objective, OBJECTIVES)
+        check_choice("backend", self.backend, BACKENDS, quote=str)
+        check_choice("objective", self.objective, OBJECTIVES, quote=str)
         if not isinstance(self.out, str) or not self.out or "\x00" in self.out:
             raise ConfigError(f"out must be a folder path, got {_short(self.out)}")
         self.data.validate()
@@ -313,7 +311,6 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a table of keys, got {type(raw).__name__}")
-    cfg = RunConfig()
     valid = list(RunConfig.TOP_KEYS) + list(RunConfig.SECTIONS)
     unknown = sorted(set(raw) - set(valid))
     if unknown:
@@ -321,24 +318,21 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(valid)}"
         )
-    for key in RunConfig.TOP_KEYS:
-        if key in raw:
-            setattr(cfg, key, raw[key])
-    explicit_seeds: set[str] = set()
+    cfg = RunConfig(**{key: raw[key] for key in RunConfig.TOP_KEYS if key in raw})
+    explicit: dict[str, set[str]] = {}  # section -> the keys the config sets
 
     def section(name: str) -> dict[str, Any]:
         value = raw.get(name) or {}
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of key = value pairs")
-        if "seed" in value:
-            explicit_seeds.add(name)
+        explicit[name] = set(value)
         return value
 
     cfg.data = params_from_dict(DataConfig, section("data"), where="data")
     cfg.prepare = params_from_dict(PrepareConfig, section("prepare"), where="prepare")
-    cfg._explicit_keys = {name: set(section(name)) for name in ("regressor", "classifier", "features")}  # type: ignore[attr-defined]
-    cfg.regressor = _fm_section(section("regressor"), "regressor", _lab_regressor(), "regressor")
-    cfg.classifier = _fm_section(section("classifier"), "classifier", _lab_classifier(), "binary_classifier")
+    regressor, classifier, features = section("regressor"), section("classifier"), section("features")
+    cfg.regressor = _fm_section(regressor, "regressor", _lab_regressor(), "regressor")
+    cfg.classifier = _fm_section(classifier, "classifier", _lab_classifier(), "binary_classifier")
     ranking_raw = section("ranking")
     own = {k: v for k, v in ranking_raw.items() if k in RankingConfig.OWN_KEYS}
     fm_raw = {k: v for k, v in ranking_raw.items() if k not in RankingConfig.OWN_KEYS}
@@ -349,13 +343,13 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     cfg.ranking.fm = _fm_section(fm_raw, "ranking", RankingConfig().fm, "binary_classifier")
     cfg.knn = params_from_dict(KNNParams, section("knn"), where="knn")
     try:
-        cfg.features = params_from_dict(FeatureGroupsConfig, section("features"), where="features")
+        cfg.features = params_from_dict(FeatureGroupsConfig, features, where="features")
     except ConfigError as exc:
         raise ConfigError(f"[features] {exc}") from None
     cfg.recommend = params_from_dict(RecommendConfig, section("recommend"), where="recommend")
     cfg.evaluation = params_from_dict(EvaluationConfig, section("evaluation"), where="evaluation")
     cfg.sagemaker = dict(section("sagemaker"))
-    cfg._explicit_seeds = explicit_seeds  # type: ignore[attr-defined]
+    cfg._explicit_keys = explicit  # type: ignore[attr-defined]
     apply_seed(cfg, cfg.seed)
     return cfg.validate()
 
@@ -363,9 +357,9 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
 def apply_seed(cfg: RunConfig, seed: int) -> RunConfig:
     """Set ``seed`` everywhere a section did not set its own."""
     cfg.seed = seed
-    explicit = getattr(cfg, "_explicit_seeds", set())
+    explicit = getattr(cfg, "_explicit_keys", {})
     for name, obj in cfg._seeded():
-        if name not in explicit:
+        if "seed" not in explicit.get(name, ()):
             obj.seed = seed
     return cfg
 
@@ -391,10 +385,6 @@ def load_config(path: str | Path) -> RunConfig:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path} is not UTF-8 text (line {line} has a byte that is not UTF-8); save it as UTF-8") from None
     return config_from_dict(parse_config_text(text, suffix, source=str(path)), source=str(path))
-
-
-#: A larger file is refused before parsing (configs are a few hundred bytes).
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def parse_config_text(text: str, suffix: str, *, source: str = "config") -> Any:
@@ -433,9 +423,7 @@ def _syntax_error(exc: Exception) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
+    if isinstance(value, (int, float)):
         return repr(value)  # also TOML's nan, inf and -inf
     if isinstance(value, str):
         return json.dumps(value)

@@ -57,7 +57,7 @@ def require(module: str, extra: str):
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - exercised via monkeypatch in tests
+    except ImportError as exc:
         raise MissingDependencyError(
             f"{module!r} is required for this feature but could not be imported ({exc}). "
             f"Install it with: pip install 'recsys[{extra}]'"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,9 +52,12 @@ def _check_number(name: str, value: Any, *, positive: bool = True, allow_none: b
         raise ConfigError(f"{name} must be at most {maximum:,}, got {shown}")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...], *,
+                 quote: Callable[[str], str] = repr, shown: str | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (listed through ``quote``)."""
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        listed = ", ".join(map(quote, choices))
+        raise ConfigError(f"{name} must be one of {listed}; got {shown or repr(value)}")
 
 
 @dataclass
@@ -118,7 +122,7 @@ class FMParams:
 
     def validate(self) -> FMParams:
         _check_number("num_factors", self.num_factors, integer=True, maximum=FM_LIMITS["num_factors"])
-        _check_choice("predictor_type", self.predictor_type, PREDICTOR_TYPES)
+        check_choice("predictor_type", self.predictor_type, PREDICTOR_TYPES)
         for name in ("feature_dim", "epochs", "mini_batch_size"):
             _check_number(name, getattr(self, name), allow_none=name == "feature_dim", integer=True,
                           maximum=FM_LIMITS[name])  # fmt: skip
@@ -128,7 +132,7 @@ class FMParams:
             _check_number(f"{part}_lr", getattr(self, f"{part}_lr"), positive=False)
             _check_number(f"{part}_wd", getattr(self, f"{part}_wd"), positive=False)
             method = getattr(self, f"{part}_init_method")
-            _check_choice(f"{part}_init_method", method, INIT_METHODS)
+            check_choice(f"{part}_init_method", method, INIT_METHODS)
             if method == "constant":
                 value = getattr(self, f"{part}_init_value")
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -136,12 +140,12 @@ class FMParams:
             else:
                 key = f"{part}_init_{'scale' if method == 'uniform' else 'sigma'}"
                 _check_number(key, getattr(self, key), positive=False)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         for name in ("threads", "early_stopping_patience"):
             _check_number(name, getattr(self, name), allow_none=True, integer=True, maximum=FM_LIMITS[name])
-        _check_choice("solver", self.solver, SOLVERS)
+        check_choice("solver", self.solver, SOLVERS)
         for name in ("mcmc_burn_in", "mcmc_saved_samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= FM_LIMITS["epochs"]:
@@ -176,9 +180,9 @@ class KNNParams:
 
     def validate(self) -> KNNParams:
         _check_number("k", self.k, integer=True)
-        _check_choice("index_type", self.index_type, INDEX_TYPES)
-        _check_choice("index_metric", self.index_metric, INDEX_METRICS)
-        _check_choice("predictor_type", self.predictor_type, ("classifier", "regressor"))
+        check_choice("index_type", self.index_type, INDEX_TYPES)
+        check_choice("index_metric", self.index_metric, INDEX_METRICS)
+        check_choice("predictor_type", self.predictor_type, ("classifier", "regressor"))
         for name in ("sample_size", "mini_batch_size", "faiss_index_ivf_nlists", "nprobe", "query_batch_size", "threads"):
             value = getattr(self, name)
             if name != "faiss_index_ivf_nlists" or value != "auto":
