@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 from .data.prepare import PrepareConfig
 from .errors import ConfigError
 from .feature_groups import FeatureGroupsConfig
-from .params import FMParams, KNNParams, check_choice, params_from_dict
+from .params import FMParams, KNNParams, check_choice, is_number, params_from_dict
 
 __all__ = [
     "RunConfig", "DataConfig", "RankingConfig", "RecommendConfig", "EvaluationConfig", "load_config",
@@ -160,7 +159,7 @@ class RecommendConfig:
         for name in ("exclude_seen", "csv"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"recommend.{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.sample_customers, int) or self.sample_customers < 0:
+        if not isinstance(self.sample_customers, int) or isinstance(self.sample_customers, bool) or self.sample_customers < 0:
             raise ConfigError(f"recommend.sample_customers must be an integer >= 0, got {self.sample_customers!r}")
         return self
 
@@ -174,7 +173,7 @@ class EvaluationConfig:
 
     def validate(self) -> EvaluationConfig:
         t = self.liked_threshold
-        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t)):
+        if t is not None and not is_number(t):
             raise ConfigError(f"evaluation.liked_threshold must be a number or omitted, got {t!r}")
         return self
 
@@ -312,7 +311,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunConfi
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a table of keys, got {type(raw).__name__}")
     valid = list(RunConfig.TOP_KEYS) + list(RunConfig.SECTIONS)
-    unknown = sorted(set(raw) - set(valid))
+    unknown = sorted(set(raw) - set(valid), key=str)
     if unknown:
         raise ConfigError(
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "

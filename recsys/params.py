@@ -32,6 +32,14 @@ FM_LIMITS = {"num_factors": 4096, "feature_dim": 2**31 - 1, "epochs": 100_000, "
              "threads": 1024, "early_stopping_patience": 100_000}  # fmt: skip
 
 
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool); an int too large for a float is not one."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_number(name: str, value: Any, *, positive: bool = True, allow_none: bool = False,
                   integer: bool = False, maximum: int | None = None) -> None:
     """A finite number > 0 (>= 0 with ``positive=False``); ``integer``: also whole (1.0 passes)."""
@@ -41,7 +49,7 @@ def _check_number(name: str, value: Any, *, positive: bool = True, allow_none: b
     if integer:  # no math.isfinite on an int: it may be too large for a float
         ok = ok and (isinstance(value, int) or (math.isfinite(value) and value.is_integer()))
     else:
-        ok = ok and math.isfinite(value)
+        ok = ok and is_number(value)
     ok = ok and (value > 0 if positive else value >= 0)
     if not ok:
         kind = "a positive integer" if integer else "a positive number" if positive else "a non-negative number"
@@ -135,7 +143,7 @@ class FMParams:
             check_choice(f"{part}_init_method", method, INIT_METHODS)
             if method == "constant":
                 value = getattr(self, f"{part}_init_value")
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                if not is_number(value):
                     raise ConfigError(f"{part}_init_method='constant' needs a finite {part}_init_value, got {value!r}")
             else:
                 key = f"{part}_init_{'scale' if method == 'uniform' else 'sigma'}"
@@ -199,7 +207,7 @@ def params_from_dict(cls: type, values: dict[str, Any], *, where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"[{where}] must be a table of key = value pairs, got {type(values).__name__}")
     names = list(cls) if isinstance(cls, dict) else [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(set(values) - set(names), key=str)
     if unknown:
         raise ConfigError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in [{where}]; "

@@ -30,7 +30,7 @@ from recsys.config import (
     load_config,
 )
 from recsys.data.prepare import PrepareConfig
-from recsys.errors import RecsysError
+from recsys.errors import ConfigError, RecsysError
 from recsys.params import FMParams, KNNParams
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
@@ -193,3 +193,22 @@ def test_non_utf8_and_syntax_errors_do_not_quote_the_file(tmp_path: Path) -> Non
             load_config(tmp_path / name)
         assert secret not in str(info.value) and name in str(info.value)
         assert "line " in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("1: a\nfoo: b\n", "unknown keys 1, 'foo'"),  # keys of mixed types: sorted by their text
+        ("knn:\n  k: 5\n  2: x\n  bar: y\n", "unknown keys 2, 'bar' in [knn]"),
+        ("regressor:\n  clip_gradient: " + "9" * 400 + "\n", "clip_gradient must be a positive number"),
+        ("evaluation:\n  liked_threshold: " + "9" * 400 + "\n", "evaluation.liked_threshold must be a number"),
+        ("recommend:\n  sample_customers: true\n", "recommend.sample_customers must be an integer >= 0"),
+    ],
+)
+def test_odd_yaml_values_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    """YAML gives keys that are not strings, integers too large for a float and booleans where a
+    count belongs: each is a ConfigError naming the key, never an internal error."""
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path)

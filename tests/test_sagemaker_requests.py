@@ -235,6 +235,7 @@ def test_sharded_run_indexes_every_item_once_and_trains_on_every_row(make_sagema
     ({"tags": {"team": 1}}, r"tags must map non-empty strings"),
     ({"keep_endpoint": "yes"}, r"keep_endpoint must be true or false"),
     ({"poll_seconds": -1}, r"poll_seconds must be a non-negative number"),
+    ({"poll_seconds": 10**400}, r"poll_seconds must be a non-negative number"),  # too large for a float
 ])  # fmt: skip
 def test_a_bad_configuration_fails_before_any_call(no_aws, options, message):
     with pytest.raises(ConfigError, match=message):
@@ -243,6 +244,11 @@ def test_a_bad_configuration_fails_before_any_call(no_aws, options, message):
         with pytest.raises(ConfigError, match=message):
             SageMakerBackend.check_options(options)
     assert no_aws == []
+
+
+def test_option_names_of_mixed_types_are_named_not_sorted_into_a_crash(no_aws):
+    with pytest.raises(ConfigError, match=r"unknown \[sagemaker\] options 1, 'buckt'"):
+        SageMakerBackend.check_options({1: "x", "buckt": "y"})  # a YAML key may be a number
 
 
 def test_a_valid_production_configuration_passes(no_aws):

@@ -383,6 +383,7 @@ def test_unknown_preset_is_a_config_error() -> None:
         {"genre_focus": 1.5},
         {"end_date": "1990-01-01"},
         {"n_customers": 0},
+        {"quality_sd": 10**400},  # an integer too large for a float
     ],
 )
 def test_bad_config_is_a_config_error(changes: dict) -> None:

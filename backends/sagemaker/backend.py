@@ -66,7 +66,7 @@ class SageMakerBackend(Backend):
     def check_options(cls, options: dict[str, Any]) -> SageMakerConfig:
         """Validate a ``[sagemaker]`` section: keys, types, our limits, and one request of every
         kind checked against botocore's service model (instance types, ARNs, KMS keys, subnets)."""
-        unknown = sorted(set(options) - set(SAGEMAKER_OPTIONS))
+        unknown = sorted(set(options) - set(SAGEMAKER_OPTIONS), key=str)
         if unknown:
             raise ConfigError(
                 f"unknown [sagemaker] option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "

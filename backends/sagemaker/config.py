@@ -8,12 +8,12 @@ keys, subnets, names) is checked against botocore's service model by
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from recsys.errors import ConfigError
+from recsys.params import is_number
 
 #: SageMaker's hard limit on an ``InvokeEndpoint`` request body (6 MB).
 INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
@@ -98,7 +98,7 @@ class SageMakerConfig:
                 raise ConfigError(f"[sagemaker] {key} must be true or false, got {getattr(self, key)!r}")
         for key in ("poll_seconds", "endpoint_wait_seconds"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ConfigError(f"[sagemaker] {key} must be a non-negative number of seconds, got {value!r}")
         if len(self.job_name_prefix) > MAX_NAME_PREFIX:
             raise ConfigError(f"[sagemaker] job_name_prefix must be at most {MAX_NAME_PREFIX} characters (generated "

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import ConfigError
+from ...params import is_number
 from .catalogue import GENRE_WEIGHTS, GENRES, Catalogue, alnum_strings, make_catalogue, unique_ints
 
 logger = logging.getLogger("recsys")
@@ -145,7 +146,7 @@ def _validate(cfg: GeneratorConfig) -> None:
         ints[name] = int(value)
     for name, (low, high, closed) in _RANGES.items():
         value = getattr(cfg, name)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = is_number(value)
         if not (ok and (low <= value if closed else low < value) and value <= high):
             interval = f"{'[' if closed else '('}{low:g}, {high:g}{']' if high < math.inf else ')'}"
             raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
