@@ -200,7 +200,10 @@ class FMTrainer:
         self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
         self.step_count = 0
         self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
-        self._kernel = _kernel.load()  # None: the PyTorch step
+        self.clip = math.inf if p.clip_gradient is None else p.clip_gradient  # the kernels' argument
+        # None: the PyTorch step (the kernels write float32 parameters and state in place)
+        kernel = _kernel.load()
+        self._kernel = kernel if self.P.dtype == torch.float32 else None
 
     @property
     def V(self) -> torch.Tensor:
@@ -273,7 +276,7 @@ class FMTrainer:
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
         """:meth:`torch_step` over the rows ``order`` of ``data`` in batches (``target`` in that
         order), or the native kernel's one call; the summed loss, NaN once it is not finite."""
-        if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
+        if self._kernel is None or loss_fn not in _KERNEL_LOSSES:
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
                 total += self.torch_step(batch, target[sl], loss_fn)
@@ -297,19 +300,13 @@ class FMTrainer:
             ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
-            -1.0 if p.clip_gradient is None else p.clip_gradient,
-            _OPTIMIZERS[self.optimizer], ctypes.byref(step), self.eps,
+            self.clip, _OPTIMIZERS[self.optimizer], ctypes.byref(step), self.eps,
             ptr(slot), ptr(fwork), ptr(iwork),
         )  # fmt: skip
         self.step_count = step.value
         if total == -1.0:
             raise DataError(f"a feature index is outside [0, {self.feature_dim}): the data must have {self.feature_dim} columns")
         return total
-
-    def _fusable(self) -> bool:
-        """The kernel writes the parameters and state in place through raw pointers."""
-        tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
-        return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
     def apply_row_gradients(self, rows: torch.Tensor, g_rows: torch.Tensor, g_w0: torch.Tensor | None = None) -> None:
         """One lazy optimizer step with gradient ``g_rows[j]`` (``[dV | dw]``, summed over repeats)
