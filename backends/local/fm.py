@@ -184,8 +184,7 @@ class FMTrainer:
         available = _available_memory()
         if available is not None and model_bytes(feature_dim, p) > available:
             raise _too_big(feature_dim, p, available)
-        self.optimizer = p.optimizer
-        n_state = _N_STATE[self.optimizer]
+        n_state = _N_STATE[p.optimizer]
         try:
             self.w0 = _init((1,), p.bias_init_method, p.bias_init_sigma, p.bias_init_scale, p.bias_init_value, gen)
             w = _init((feature_dim,), p.linear_init_method, p.linear_init_sigma, p.linear_init_scale, p.linear_init_value, gen)
@@ -199,7 +198,7 @@ class FMTrainer:
         self.lr = torch.tensor([p.factors_lr] * k + [p.linear_lr])
         self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
         self.step_count = 0
-        self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
+        self.eps = float(p.eps) if p.eps is not None else (1e-8 if p.optimizer == "adam" else 1e-7)
         self.clip = math.inf if p.clip_gradient is None else p.clip_gradient  # the kernels' argument
         # None: the PyTorch step (the kernels write float32 parameters and state in place)
         kernel = _kernel.load()
@@ -253,9 +252,9 @@ class FMTrainer:
         if p.clip_gradient is not None:
             grad = grad.clamp(-p.clip_gradient, p.clip_gradient)
         grad = grad + wd * weight
-        if self.optimizer == "sgd":
+        if p.optimizer == "sgd":
             return weight - lr * grad, []
-        if self.optimizer == "adagrad":
+        if p.optimizer == "adagrad":
             h = state[0] + grad * grad
             return weight - lr * grad / (h.sqrt() + self.eps), [h]
         t = self.step_count
@@ -300,7 +299,7 @@ class FMTrainer:
             ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
-            self.clip, _OPTIMIZERS[self.optimizer], ctypes.byref(step), self.eps,
+            self.clip, _OPTIMIZERS[p.optimizer], ctypes.byref(step), self.eps,
             ptr(slot), ptr(fwork), ptr(iwork),
         )  # fmt: skip
         self.step_count = step.value

@@ -188,7 +188,7 @@ class _NativeSoftmax:
         s0, s1 = (*(ptr(t) for t in tr.state_P), None, None)[:2]
         kern.rank_update(P, s0, s1, k1, *up, items, self.item_offset, B, neg_p, S, ptr(U), ptr(self.Pi), ptr(gU),
                          ptr(self.g_pos), ptr(self.inv), ptr(gN), ptr(tr.lr), ptr(tr.wd),
-                         tr.clip, _OPTIMIZERS[tr.optimizer],
+                         tr.clip, _OPTIMIZERS[tr.params.optimizer],
                          ctypes.byref(step), tr.eps, ptr(self.slot), ptr(self.grows), ptr(self.uniq), ptr(self.gu))  # fmt: skip
         tr.step_count = step.value
         return loss
