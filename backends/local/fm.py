@@ -92,7 +92,7 @@ class _CSRTensors:
         """The rows ``rows`` (int64 tensor) as a batch."""
         if self.width:
             return self._fixed(self.idx2d[rows], self.val2d[rows])
-        _, local, pos = csr_take(self.indptr, rows)
+        local, pos = csr_take(self.indptr, rows)
         return SparseBatch(self.indices[pos], self.data[pos], local, int(rows.numel()))
 
     def permuted(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,14 +116,14 @@ class _CSRTensors:
             yield sl, (self._fixed(idx[sl], val[sl]) if self.width else self.batch(order[sl]))
 
 
-def csr_take(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The CSR rows ``rows`` of a matrix with row pointers ``indptr``: their row pointers, and
-    per entry its row's place in ``rows`` and its position in the matrix's entry arrays."""
+def csr_take(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries of the CSR rows ``rows`` of a matrix with row pointers ``indptr``: per entry
+    its row's place in ``rows`` and its position in the matrix's entry arrays."""
     starts = indptr[rows]
     lengths = indptr[rows + 1] - starts
     ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
     local = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-    return ptr, local, starts[local] + (torch.arange(int(ptr[-1])) - ptr[local])
+    return local, starts[local] + (torch.arange(int(ptr[-1])) - ptr[local])
 
 
 def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:

@@ -61,7 +61,7 @@ class _Seen:
 
     def entries(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in ``u``, video) for every video rated by the customers ``u``."""
-        _, rows, pos = csr_take(self.indptr, u)
+        rows, pos = csr_take(self.indptr, u)
         return rows, self.indices[pos]
 
     def shared_mask(self, u: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
