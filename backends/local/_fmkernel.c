@@ -37,7 +37,7 @@
 #endif
 
 /* Bumped whenever an exported function's arguments change: _kernel.py refuses older builds. */
-int fm_kernel_abi(void) { return 11; }
+int fm_kernel_abi(void) { return 12; }
 
 /* -1: not decided yet; 0: baseline; 1: AVX2. */
 static int g_isa = -1;
@@ -78,8 +78,6 @@ INLINE float dot(const float *RESTRICT a, const float *RESTRICT b, int64_t n) {
     for (; f < n; f++) tot += a[f] * b[f];
     return tot;
 }
-
-INLINE float sumsq(const float *RESTRICT a, int64_t n) { return dot(a, a, n); }
 
 /* y[f] += x[f] * a */
 INLINE void axpy(float *RESTRICT y, const float *RESTRICT x, float a, int64_t n) {
@@ -136,9 +134,11 @@ INLINE float row_max(const float *RESTRICT x, int64_t n, float init) {
     return out;
 }
 
-/* Adam's bias correction for step t, as FMTrainer._step computes it (in double, then float). */
-static float adam_correction(int64_t t) {
-    return (float)(sqrt(1.0 - pow(0.999, (double)t)) / (1.0 - pow(0.9, (double)t)));
+/* Advances the optimizer's step count *step to t; returns Adam's bias correction for step t, as
+ * FMTrainer._step computes it (in double, then float), or 1 for the other optimizers. */
+static float next_step(int64_t *step, int optimizer) {
+    const double t = (double)++*step;
+    return optimizer == OPT_ADAM ? (float)(sqrt(1.0 - pow(0.999, t)) / (1.0 - pow(0.9, t))) : 1.0f;
 }
 
 /* The gradient g clipped to [-clip, clip] (clip = inf: none; NaN passes through, as
@@ -215,7 +215,6 @@ INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const flo
                            const float *wd, int optimizer, float clip, float eps,
                            float correction) {
     const int64_t k1 = t->k1;
-    if (!(clip >= 0.0f)) clip = INFINITY;
     for (int64_t u = 0; u < t->n; u++) {
         int64_t i = t->uniq[u];
         if (u + PREFETCH_AHEAD < t->n) { /* rows are scattered over the table: fetch ahead */
@@ -238,7 +237,7 @@ INLINE void update_touched(touched *t, float *P, float *s0, float *s1, const flo
  * A whole epoch: the rows of a (permuted) CSR matrix in batches of batch_size (each one
  * FMTrainer.torch_step). P: (feature_dim, k1) table [V | w]; s0, s1: optimizer state of that
  * shape (NULL if unused); w0, w0_s0, w0_s1: the global bias and its state. lr, wd: per column;
- * clip < 0: none; rescale <= 0: 1 / rows in the batch. *step (the optimizer's step count) is
+ * clip = inf: none; rescale <= 0: 1 / rows in the batch. *step (the optimizer's step count) is
  * advanced per batch. Scratch for the largest batch: fwork of (rows + entries) * k1 + rows
  * floats, iwork of 2 x entries int64; slot: feature_dim int32 all -1 (left so). Returns the
  * summed loss, NaN once it is not finite (the batches so far applied, as in the PyTorch loop),
@@ -267,8 +266,7 @@ INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
         int64_t *row = iwork + nnz; /* the batch's entry j is x[row[j], bidx[j]] = bval[j] */
         for (int64_t r = 0; r < n_rows; r++)
             for (int64_t j = indptr[r0 + r]; j < indptr[r0 + r + 1]; j++) row[j - e0] = r;
-        const int64_t t_step = ++*step;
-        const float correction = optimizer == OPT_ADAM ? adam_correction(t_step) : 1.0f;
+        const float correction = next_step(step, optimizer);
         const float scale = (float)(rescale > 0 ? rescale : 1.0 / (double)n_rows);
         float *s = fwork;                   /* n_rows x k1: per-row sums of x_j P[idx_j] */
         float *grows = fwork + n_rows * k1; /* n_unique x k1: per-feature gradients */
@@ -282,12 +280,12 @@ INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
             const float *p = P + bidx[j] * k1;
             const float x = bval[j];
             axpy(s + row[j] * k1, p, x, k1);
-            sq[row[j]] += sumsq(p, k) * (x * x);
+            sq[row[j]] += dot(p, p, k) * (x * x);
         }
         float g_w0 = 0.0f;
         for (int64_t r = 0; r < n_rows; r++) {
             const float *sr = s + r * k1;
-            float y = (sumsq(sr, k) - sq[r]) * 0.5f + sr[k] + w0[0];
+            float y = (dot(sr, sr, k) - sq[r]) * 0.5f + sr[k] + w0[0];
             float d;
             if (loss == LOSS_SQUARED) {
                 d = y - target[r0 + r];
@@ -316,8 +314,7 @@ INLINE double fm_train_epoch_impl FM_EPOCH_PARAMS {
         }
 
         /* lazy optimizer step: w0, then the touched rows */
-        float c = clip >= 0.0f ? clip : INFINITY;
-        update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, c, eps, correction);
+        update(w0, &g_w0, w0_s0, w0_s1, 1, &bias_lr, &bias_wd, optimizer, clip, eps, correction);
         update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, correction);
         total += batch_loss;
         if (!isfinite(total)) return NAN;
@@ -476,9 +473,7 @@ INLINE int rank_update_impl RANK_UPDATE_PARAMS {
         gr[k] += g_pos[r];
     }
     for (int64_t c = 0; c < S; c++) axpy(grad_row(&t, item_offset + neg[c]), gN + c * k1, 1.0f, k1);
-    int64_t st = ++*step;
-    update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps,
-                   optimizer == OPT_ADAM ? adam_correction(st) : 1.0f);
+    update_touched(&t, P, s0, s1, lr, wd, optimizer, clip, eps, next_step(step, optimizer));
     return 0;
 }
 

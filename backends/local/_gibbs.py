@@ -40,7 +40,7 @@ from backends.local._kernel import KERNEL_ENV, open_library
 __all__ = ["Hyper", "Rows", "ColumnGroup", "Relation", "update_columns", "update_relation", "kernel", "NativeUpdates"]
 
 #: must equal MCMC_KERNEL_ABI in _mcmc.c
-MCMC_KERNEL_ABI = 2
+MCMC_KERNEL_ABI = 3
 
 
 @dataclass
@@ -90,7 +90,6 @@ class ColumnGroup:
         self.t = np.repeat(np.arange(len(self.feats), dtype=np.int64), np.diff(self.ptr))
         self.x = sub.data.astype(np.float64)
         self.one_hot = bool(np.bincount(self.rows, minlength=1).max(initial=0) <= 1)
-        self.feat_group = np.full(len(self.feats), self.group, dtype=np.int64)
 
     def entries(self, t0: int) -> slice:
         """Where the entries of the feature at position ``t0`` are."""
@@ -224,7 +223,7 @@ _SIGNATURES = {
     "mcmc_kernel_abi": (_I64, []),
     "mcmc_update_columns": (None, [
         _I64, _P, _P, _P, *_ROWS,  # k, e, w, V
-        _P, _P, _P, _P, _I64, _P,  # ent_ptr, ent_row, ent_val, feats, n_feats, feat_group
+        _P, _P, _P, _P, _I64, _I64,  # ent_ptr, ent_row, ent_val, feats, n_feats, group
         *_HYPER, _P, _P, _P, _P, _P,  # noise, el, H, s2v, qr
     ]),
     "mcmc_update_relation": (None, [
@@ -304,7 +303,7 @@ class NativeUpdates:
         noise = np.ascontiguousarray(noise, dtype=np.float64)
         self.lib.mcmc_update_columns(
             self.k, _ptr(state["e"]), _ptr(state["w"]), _ptr(state["V"]), *self.group_rows[id(group)].args,
-            _ptr(group.ptr), _ptr(group.rows), _ptr(group.x), _ptr(group.feats), len(group.feats), _ptr(group.feat_group),
+            _ptr(group.ptr), _ptr(group.rows), _ptr(group.x), _ptr(group.feats), len(group.feats), group.group,
             float(alpha), _ptr(hyper.mu_w), _ptr(hyper.lam_w), _ptr(hyper.mu_v), _ptr(hyper.lam_v),
             _ptr(noise), _ptr(self.el), _ptr(self.H), *(_ptr(a) for a in self.small),
         )  # fmt: skip

@@ -23,7 +23,7 @@ __all__ = ["load", "open_library", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_NATIVE"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
-KERNEL_ABI = 11
+KERNEL_ABI = 12
 
 _P = ctypes.c_void_p  # pointers are passed as integers (tensor.data_ptr())
 _I64, _F32, _INT, _F64 = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_double

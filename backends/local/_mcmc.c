@@ -8,7 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define MCMC_KERNEL_ABI 2
+#define MCMC_KERNEL_ABI 3
 
 /* On x86-64 GCC also builds an AVX2 copy of the updates, picked at load time (no FMA). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -84,23 +84,23 @@ static inline double axpy_dot(double *restrict el, double d, const double *restr
     return (s0 + s1) + (s2 + s3);
 }
 
-/* Update the per-row features `feats` one after the other: w_j, then V_j0 .. V_j,k-1, then
- * write back the residuals of its rows (in a one-hot group, the same as all at once). Feature t
- * has entries ent_ptr[t] .. ent_ptr[t+1]: design row ent_row[p], value ent_val[p]; row p of R
- * holds the *other* entries of that design row, so h = x (sum of R's row p), read sequentially.
- * Scratch: el (longest column), H (longest column * k), s2v, qr (k each). */
+/* Update the per-row features `feats` (all of prior group g) one after the other: w_j, then
+ * V_j0 .. V_j,k-1, then write back the residuals of its rows (in a one-hot group, the same as all
+ * at once). Feature t has entries ent_ptr[t] .. ent_ptr[t+1]: design row ent_row[p], value
+ * ent_val[p]; row p of R holds the *other* entries of that design row, so h = x (sum of R's row
+ * p), read sequentially. Scratch: el (longest column), H (longest column * k), s2v, qr (k each). */
 MULTIVERSION void mcmc_update_columns(
     int64_t k, double *restrict e, double *restrict w, double *restrict V,
     const int64_t *row_ptr, const int64_t *row_col, const double *row_val,
     int64_t n_rel, const int64_t *const *rel_index, double *const *rel_Q,
     const int64_t *ent_ptr, const int64_t *ent_row, const double *ent_val,
-    const int64_t *feats, int64_t n_feats, const int64_t *feat_group,
+    const int64_t *feats, int64_t n_feats, int64_t g,
     double alpha, const double *mu_w, const double *lam_w, const double *mu_v, const double *lam_v,
     const double *noise, double *restrict el, double *restrict H, double *restrict s2v, double *restrict qr)
 {
     const rows_t R = {row_ptr, row_col, row_val, n_rel, rel_index, rel_Q};
     for (int64_t t = 0; t < n_feats; t++) {
-        const int64_t j = feats[t], g = feat_group[t];
+        const int64_t j = feats[t];
         const int64_t p0 = ent_ptr[t], m = ent_ptr[t + 1] - p0;
         const int64_t *rows = ent_row + p0;
         const double *x = ent_val + p0;

@@ -92,7 +92,7 @@ class _CSRTensors:
         """The rows ``rows`` (int64 tensor) as a batch."""
         if self.width:
             return self._fixed(self.idx2d[rows], self.val2d[rows])
-        _, local, pos = csr_take(self.indptr, rows)
+        local, pos = csr_take(self.indptr, rows)
         return SparseBatch(self.indices[pos], self.data[pos], local, int(rows.numel()))
 
     def permuted(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,14 +116,14 @@ class _CSRTensors:
             yield sl, (self._fixed(idx[sl], val[sl]) if self.width else self.batch(order[sl]))
 
 
-def csr_take(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The CSR rows ``rows`` of a matrix with row pointers ``indptr``: their row pointers, and
-    per entry its row's place in ``rows`` and its position in the matrix's entry arrays."""
+def csr_take(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries of the CSR rows ``rows`` of a matrix with row pointers ``indptr``: per entry
+    its row's place in ``rows`` and its position in the matrix's entry arrays."""
     starts = indptr[rows]
     lengths = indptr[rows + 1] - starts
     ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
     local = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-    return ptr, local, starts[local] + (torch.arange(int(ptr[-1])) - ptr[local])
+    return local, starts[local] + (torch.arange(int(ptr[-1])) - ptr[local])
 
 
 def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch]]:
@@ -184,8 +184,7 @@ class FMTrainer:
         available = _available_memory()
         if available is not None and model_bytes(feature_dim, p) > available:
             raise _too_big(feature_dim, p, available)
-        self.optimizer = p.optimizer
-        n_state = _N_STATE[self.optimizer]
+        n_state = _N_STATE[p.optimizer]
         try:
             self.w0 = _init((1,), p.bias_init_method, p.bias_init_sigma, p.bias_init_scale, p.bias_init_value, gen)
             w = _init((feature_dim,), p.linear_init_method, p.linear_init_sigma, p.linear_init_scale, p.linear_init_value, gen)
@@ -199,8 +198,11 @@ class FMTrainer:
         self.lr = torch.tensor([p.factors_lr] * k + [p.linear_lr])
         self.wd = torch.tensor([p.factors_wd] * k + [p.linear_wd])
         self.step_count = 0
-        self.eps = float(p.eps) if p.eps is not None else (1e-8 if self.optimizer == "adam" else 1e-7)
-        self._kernel = _kernel.load()  # None: the PyTorch step
+        self.eps = float(p.eps) if p.eps is not None else (1e-8 if p.optimizer == "adam" else 1e-7)
+        self.clip = math.inf if p.clip_gradient is None else p.clip_gradient  # the kernels' argument
+        # None: the PyTorch step (the kernels write float32 parameters and state in place)
+        kernel = _kernel.load()
+        self._kernel = kernel if self.P.dtype == torch.float32 else None
 
     @property
     def V(self) -> torch.Tensor:
@@ -250,9 +252,9 @@ class FMTrainer:
         if p.clip_gradient is not None:
             grad = grad.clamp(-p.clip_gradient, p.clip_gradient)
         grad = grad + wd * weight
-        if self.optimizer == "sgd":
+        if p.optimizer == "sgd":
             return weight - lr * grad, []
-        if self.optimizer == "adagrad":
+        if p.optimizer == "adagrad":
             h = state[0] + grad * grad
             return weight - lr * grad / (h.sqrt() + self.eps), [h]
         t = self.step_count
@@ -273,7 +275,7 @@ class FMTrainer:
     def train_epoch(self, data: _CSRTensors, order: torch.Tensor, target: torch.Tensor, batch_size: int, loss_fn: LossFn) -> float:
         """:meth:`torch_step` over the rows ``order`` of ``data`` in batches (``target`` in that
         order), or the native kernel's one call; the summed loss, NaN once it is not finite."""
-        if self._kernel is None or loss_fn not in _KERNEL_LOSSES or not self._fusable():
+        if self._kernel is None or loss_fn not in _KERNEL_LOSSES:
             total = 0.0
             for sl, batch in data.epoch(order, batch_size):
                 total += self.torch_step(batch, target[sl], loss_fn)
@@ -297,19 +299,13 @@ class FMTrainer:
             ptr(target.to(torch.float32).contiguous()), batch_size, _KERNEL_LOSSES[loss_fn],
             -1.0 if p.rescale_grad is None else p.rescale_grad,
             ptr(self.lr), ptr(self.wd), p.bias_lr, p.bias_wd,
-            -1.0 if p.clip_gradient is None else p.clip_gradient,
-            _OPTIMIZERS[self.optimizer], ctypes.byref(step), self.eps,
+            self.clip, _OPTIMIZERS[p.optimizer], ctypes.byref(step), self.eps,
             ptr(slot), ptr(fwork), ptr(iwork),
         )  # fmt: skip
         self.step_count = step.value
         if total == -1.0:
             raise DataError(f"a feature index is outside [0, {self.feature_dim}): the data must have {self.feature_dim} columns")
         return total
-
-    def _fusable(self) -> bool:
-        """The kernel writes the parameters and state in place through raw pointers."""
-        tensors = (self.P, self.w0, self.lr, self.wd, *self.state_P, *self.state_w0)
-        return all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
     def apply_row_gradients(self, rows: torch.Tensor, g_rows: torch.Tensor, g_w0: torch.Tensor | None = None) -> None:
         """One lazy optimizer step with gradient ``g_rows[j]`` (``[dV | dw]``, summed over repeats)

@@ -61,7 +61,7 @@ class _Seen:
 
     def entries(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in ``u``, video) for every video rated by the customers ``u``."""
-        _, rows, pos = csr_take(self.indptr, u)
+        rows, pos = csr_take(self.indptr, u)
         return rows, self.indices[pos]
 
     def shared_mask(self, u: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ class _NativeSoftmax:
 
     def step(self, start: int, stop: int, neg: torch.Tensor, scale: float) -> float:
         """One batch: rows ``start:stop`` of the epoch, ``neg`` the distinct sorted negatives."""
-        kern, tr, p = self.kernel, self.tr, self.tr.params
+        kern, tr = self.kernel, self.tr
         k, k1, B, S = tr.k, tr.k + 1, stop - start, len(neg)
         # addresses: the batch's rows are a slice of the epoch's arrays (8-byte entries)
         up = (self.indptr.data_ptr() + 8 * start, self.idx.data_ptr(), self.val.data_ptr())
@@ -188,7 +188,7 @@ class _NativeSoftmax:
         s0, s1 = (*(ptr(t) for t in tr.state_P), None, None)[:2]
         kern.rank_update(P, s0, s1, k1, *up, items, self.item_offset, B, neg_p, S, ptr(U), ptr(self.Pi), ptr(gU),
                          ptr(self.g_pos), ptr(self.inv), ptr(gN), ptr(tr.lr), ptr(tr.wd),
-                         -1.0 if p.clip_gradient is None else p.clip_gradient, _OPTIMIZERS[tr.optimizer],
+                         tr.clip, _OPTIMIZERS[tr.params.optimizer],
                          ctypes.byref(step), tr.eps, ptr(self.slot), ptr(self.grows), ptr(self.uniq), ptr(self.gu))  # fmt: skip
         tr.step_count = step.value
         return loss
@@ -245,7 +245,7 @@ def train_fm_ranking(data: RankingData, params: FMParams, *, loss: str = "softma
     users, items = torch.from_numpy(data.users), torch.from_numpy(data.items)
     n, bs = len(data), params.mini_batch_size
     native = None
-    if tr._kernel is not None and loss == "softmax" and tr._fusable():
+    if tr._kernel is not None and loss == "softmax":
         native = _NativeSoftmax(tr._kernel, tr, rows_data, users, items, seen, n_items, off, bs, negatives)
 
     def epoch_fn() -> float:
