@@ -574,12 +574,21 @@ def test_native_epoch_rejects_out_of_range_indices_and_changes_nothing():
     assert torch.equal(tr.P, before[0]) and torch.equal(tr.w0, before[1]) and tr.step_count == 0
 
 
-def test_kernel_switch(monkeypatch):
+@pytest.mark.parametrize("what", ["fm", "gibbs"])
+def test_kernel_switch(monkeypatch, what):
+    """One switch for both native libraries: off, a typo, and on without a build."""
+    from backends.local import _gibbs
+
+    module, load = (_kernel, _kernel.load) if what == "fm" else (_gibbs, _gibbs.kernel)
     monkeypatch.setenv(_kernel.KERNEL_ENV, "off")
-    assert _kernel.load() is None
+    assert load() is None
     monkeypatch.setenv(_kernel.KERNEL_ENV, "fast")
     with pytest.raises(ConfigError, match="RECSYS_NATIVE must be 'auto', 'on' or 'off'"):
-        _kernel.load()
+        load()
+    monkeypatch.setenv(_kernel.KERNEL_ENV, "on")
+    monkeypatch.setattr(module, "_library", lambda: None)  # as on a machine without a compiler
+    with pytest.raises(ConfigError, match=r"RECSYS_NATIVE=on but the native .* not built; reinstall"):
+        load()
 
 
 def test_the_kernel_is_built_where_a_compiler_is():

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from backends.local._kernel import KERNEL_ENV, open_library
+from backends.local._kernel import open_library, switched
 
 __all__ = ["Hyper", "Rows", "ColumnGroup", "Relation", "update_columns", "update_relation", "kernel", "NativeUpdates"]
 
@@ -237,16 +236,7 @@ _SIGNATURES = {
 
 def kernel() -> ctypes.CDLL | None:
     """The native Gibbs kernel, or None (not built, or ``RECSYS_NATIVE=off``)."""
-    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower()
-    if choice == "off":
-        return None
-    lib = _library()
-    if lib is None and choice == "on":
-        raise RuntimeError(
-            f"{KERNEL_ENV}=on but the native Gibbs kernel (backends/local/_mcmc.c) is not built; "
-            "reinstall recsys with a C compiler available (pip install -e .) or unset it"
-        )
-    return lib
+    return switched(_library, "the native Gibbs kernel (backends/local/_mcmc.c) is")
 
 
 @functools.cache

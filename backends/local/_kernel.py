@@ -11,6 +11,7 @@ import functools
 import importlib.machinery
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from recsys.errors import ConfigError
 
 log = logging.getLogger("recsys")
 
-__all__ = ["load", "open_library", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
+__all__ = ["load", "switched", "open_library", "ptr", "KERNEL_ENV", "KERNEL_ABI"]
 
 KERNEL_ENV = "RECSYS_NATIVE"
 #: must equal ``fm_kernel_abi()`` in _fmkernel.c
@@ -103,17 +104,23 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
-def load() -> ctypes.CDLL | None:
-    """The kernel library, or None (not built, or ``RECSYS_NATIVE=off``)."""
+def switched(library: Callable[[], ctypes.CDLL | None], what: str) -> ctypes.CDLL | None:
+    """``library()``, or None with ``RECSYS_NATIVE=off``; ``on`` without a build is a
+    :class:`ConfigError` saying that ``what`` is not built."""
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower()
     if choice not in ("auto", "on", "off"):
         raise ConfigError(f"{KERNEL_ENV} must be 'auto', 'on' or 'off', got {choice!r}")
     if choice == "off":
         return None
-    lib = _library()
+    lib = library()
     if lib is None and choice == "on":
-        raise ConfigError(f"{KERNEL_ENV}=on but the native kernels are not built; reinstall recsys with a C compiler available (pip install -e .) or unset it")
+        raise ConfigError(f"{KERNEL_ENV}=on but {what} not built; reinstall recsys with a C compiler available (pip install -e .) or unset it")
     return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel library, or None (not built, or ``RECSYS_NATIVE=off``)."""
+    return switched(_library, "the native kernels are")
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
