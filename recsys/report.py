@@ -74,7 +74,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     for row in rows:
         cells = []
         for j, cell in enumerate(row):
-            numeric = j and (isinstance(cell, _Raw) or not isinstance(cell, str))  # not plain text
+            numeric = j > 0 and (isinstance(cell, _Raw) or not isinstance(cell, str))  # not plain text
             cls = ' class="num"' if numeric else ""
             cells.append(f"<td{cls}>{cell if isinstance(cell, _Raw) else _fmt(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
