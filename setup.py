@@ -1,7 +1,7 @@
 """Build the optional native training kernels (the FM's SGD / ranking steps, the Bayesian FM's
 Gibbs updates); everything else is in pyproject.toml.
 
-The extension is optional: without a C compiler the install still succeeds and the local backend
+The extension (one library) is optional: without a C compiler the install still succeeds and the local backend
 uses its PyTorch paths, which compute the same results. It is loaded with ctypes and uses no
 CPython API, so it is built against the stable ABI (one ``abi3`` build per platform, not one per
 Python version). On x86-64 the one library holds a baseline and an AVX2 copy of its hot loops and
@@ -20,14 +20,15 @@ FLAGS = [] if WINDOWS else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ff
 setup(
     ext_modules=[
         Extension(
-            f"backends.local.{name}",
-            [f"backends/local/{name}.c"],
+            "backends.local._fmkernel",
+            # the SGD / ranking steps; the Gibbs sampler's updates
+            ["backends/local/_fmkernel.c", "backends/local/_mcmc.c"],
+            depends=["backends/local/_native.h"],
             extra_compile_args=FLAGS,
             libraries=[] if WINDOWS else ["m"],
             py_limited_api=True,
             optional=True,
         )
-        for name in ("_fmkernel", "_mcmc")  # the SGD / ranking steps; the Gibbs sampler's updates
     ],
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -606,6 +606,21 @@ def test_the_kernel_is_built_where_a_compiler_is():
     assert KERNEL is not None
 
 
+def test_every_function_ctypes_calls_is_exported_on_windows_too():
+    """A Windows DLL exports only what is marked (``API`` in ``_native.h``), so every function
+    in the ctypes tables is defined with it, directly or through the ``EXPORT`` macro (checked
+    by cross-compiling with mingw-w64: the unmarked build exported only ``PyInit__fmkernel``)."""
+    import re
+
+    from backends.local import _gibbs
+
+    here = Path(_kernel.__file__).parent
+    source = "".join((here / name).read_text() for name in ("_fmkernel.c", "_mcmc.c"))
+    assert source.count("    API ret name params {") == 2  # both EXPORT definitions
+    for name in [*_kernel._SIGNATURES, *_gibbs._SIGNATURES]:
+        assert re.search(rf"^(API\b[^;{{]*\b{name}\(|EXPORT\(\w+, {name},)", source, re.M), name
+
+
 def test_default_eps_and_default_rescale_is_the_batch_mean():
     tr = FMTrainer(3, FMParams(num_factors=2, optimizer="adam"))
     assert tr.eps == 1e-8

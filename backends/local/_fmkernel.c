@@ -21,13 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(_MSC_VER) && !defined(__clang__)
-#define RESTRICT __restrict
-#define INLINE static __forceinline
-#else
-#define RESTRICT __restrict__
-#define INLINE static inline __attribute__((always_inline))
-#endif
+#include "_native.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_AVX2_COPY 1
@@ -37,7 +31,7 @@
 #endif
 
 /* Bumped whenever an exported function's arguments change: _kernel.py refuses older builds. */
-int fm_kernel_abi(void) { return 12; }
+API int fm_kernel_abi(void) { return 12; }
 
 /* -1: not decided yet; 0: baseline; 1: AVX2. */
 static int g_isa = -1;
@@ -53,7 +47,7 @@ static int cpu_has_avx2(void) {
 
 /* The copy in use, returned: request -1 keeps it (the first call asks the CPU), 0 forces the
  * baseline copy, 1 the AVX2 copy if the CPU has AVX2. */
-int fm_kernel_isa(int request) {
+API int fm_kernel_isa(int request) {
     if (request >= 0) g_isa = request && cpu_has_avx2();
     else if (g_isa < 0) g_isa = cpu_has_avx2();
     return g_isa;
@@ -513,10 +507,10 @@ INLINE int rank_targets_impl RANK_TARGETS_PARAMS {
 #define EXPORT(ret, name, params, args)                                                           \
     AVX2_TARGET static ret name##_avx2 params { return name##_impl args; }                       \
     static ret name##_base params { return name##_impl args; }                                    \
-    ret name params { return fm_kernel_isa(-1) ? name##_avx2 args : name##_base args; }
+    API ret name params { return fm_kernel_isa(-1) ? name##_avx2 args : name##_base args; }
 #else
 #define EXPORT(ret, name, params, args)                                                           \
-    ret name params { return name##_impl args; }
+    API ret name params { return name##_impl args; }
 #endif
 
 EXPORT(double, fm_train_epoch, FM_EPOCH_PARAMS, FM_EPOCH_ARGS)

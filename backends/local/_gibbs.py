@@ -241,7 +241,7 @@ def kernel() -> ctypes.CDLL | None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    return open_library("_mcmc", MCMC_KERNEL_ABI, _SIGNATURES)
+    return open_library("_fmkernel", MCMC_KERNEL_ABI, _SIGNATURES)
 
 
 def _ptr(a: np.ndarray) -> int:

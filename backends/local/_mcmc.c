@@ -8,6 +8,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "_native.h"
+
 #define MCMC_KERNEL_ABI 3
 
 /* On x86-64 GCC also builds an AVX2 copy of the updates, picked at load time (no FMA). */
@@ -17,7 +19,7 @@
 #define MULTIVERSION
 #endif
 
-int64_t mcmc_kernel_abi(void) { return MCMC_KERNEL_ABI; }
+API int64_t mcmc_kernel_abi(void) { return MCMC_KERNEL_ABI; }
 
 static double draw(double prec, double lin, double z) {
     /* a normal with precision `prec` and mean lin / prec, from the standard normal z */
@@ -35,7 +37,7 @@ typedef struct {
 
 /* out[0..k) = sum over the entries of row i of x V plus every relation block's per-entity sum:
  * the row's factor sum q(x_i), or q(x_i) - x_j V_j when R lists the other entries of j's rows */
-static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i, double *restrict out) {
+static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i, double *RESTRICT out) {
     for (int64_t f = 0; f < k; f++) out[f] = 0.0;
     for (int64_t p = R->row_ptr[i]; p < R->row_ptr[i + 1]; p++) {
         const double x = R->row_val[p];
@@ -50,7 +52,7 @@ static inline void row_q(const rows_t *R, int64_t k, const double *V, int64_t i,
 
 /* sum_r a[r] b[r] with four partial sums (they pipeline); numpy sums in another order, so the
  * paths agree to rounding, not bit for bit */
-static inline double dot(const double *restrict a, const double *restrict b, int64_t m) {
+static inline double dot(const double *RESTRICT a, const double *RESTRICT b, int64_t m) {
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
     int64_t r = 0;
     for (; r + 4 <= m; r += 4) {
@@ -64,7 +66,7 @@ static inline double dot(const double *restrict a, const double *restrict b, int
 }
 
 /* el -= d h, then return sum_r el[r] hn[r] (the next factor's sum e h), in one pass */
-static inline double axpy_dot(double *restrict el, double d, const double *restrict h, const double *restrict hn, int64_t m) {
+static inline double axpy_dot(double *RESTRICT el, double d, const double *RESTRICT h, const double *RESTRICT hn, int64_t m) {
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
     int64_t r = 0;
     for (; r + 4 <= m; r += 4) {
@@ -89,14 +91,14 @@ static inline double axpy_dot(double *restrict el, double d, const double *restr
  * at once). Feature t has entries ent_ptr[t] .. ent_ptr[t+1]: design row ent_row[p], value
  * ent_val[p]; row p of R holds the *other* entries of that design row, so h = x (sum of R's row
  * p), read sequentially. Scratch: el (longest column), H (longest column * k), s2v, qr (k each). */
-MULTIVERSION void mcmc_update_columns(
-    int64_t k, double *restrict e, double *restrict w, double *restrict V,
+API MULTIVERSION void mcmc_update_columns(
+    int64_t k, double *RESTRICT e, double *RESTRICT w, double *RESTRICT V,
     const int64_t *row_ptr, const int64_t *row_col, const double *row_val,
     int64_t n_rel, const int64_t *const *rel_index, double *const *rel_Q,
     const int64_t *ent_ptr, const int64_t *ent_row, const double *ent_val,
     const int64_t *feats, int64_t n_feats, int64_t g,
     double alpha, const double *mu_w, const double *lam_w, const double *mu_v, const double *lam_v,
-    const double *noise, double *restrict el, double *restrict H, double *restrict s2v, double *restrict qr)
+    const double *noise, double *RESTRICT el, double *RESTRICT H, double *RESTRICT s2v, double *RESTRICT qr)
 {
     const rows_t R = {row_ptr, row_col, row_val, n_rel, rel_index, rel_Q};
     for (int64_t t = 0; t < n_feats; t++) {
@@ -105,7 +107,7 @@ MULTIVERSION void mcmc_update_columns(
         const int64_t *rows = ent_row + p0;
         const double *x = ent_val + p0;
         const double *z = noise + t * (k + 1);
-        double *restrict vj = V + j * k;
+        double *RESTRICT vj = V + j * k;
         for (int64_t r = 0; r < m; r++) el[r] = e[rows[r]];
         const double s2 = dot(x, x, m), se = dot(el, x, m);
         const double prec = lam_w[g] + alpha * s2;
@@ -151,7 +153,7 @@ MULTIVERSION void mcmc_update_columns(
  * (n_ent * 8: an entity's sums in one cache line), Qold, Dold (n_ent each), r (n). */
 enum { R_Q, R_CNT, R_S1, R_S2, R_E, R_G, R_D, R_WIDTH = 8 };
 
-MULTIVERSION void mcmc_update_relation(
+API MULTIVERSION void mcmc_update_relation(
     int64_t n, int64_t k, double *e, const double *Vall,
     const int64_t *row_ptr, const int64_t *row_col, const double *row_val,
     int64_t n_rel, const int64_t *const *rel_index, double *const *rel_Q, int64_t self,
