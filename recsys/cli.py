@@ -136,10 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", "--run", dest="run_dir", default="recsys-output", metavar="DIR", help=_RUN_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", choices=("regressor", "classifier", "ranking"), default=None,
-                   help="the FM /invocations serves (default: classifier)")  # fmt: skip
+    p.add_argument("--model", default=None, help="the FM /invocations serves: regressor, classifier (default) or ranking")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    p.add_argument("--max-body-bytes", type=int, default=6 * 1024 * 1024, metavar="N",
+    p.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
                    help="largest request body; bigger ones get 413 (default 6 MB, SageMaker's limit)")  # fmt: skip
     p.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
                    help="a request body must arrive whole within this long, else 408 (default 10)")  # fmt: skip

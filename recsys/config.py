@@ -33,6 +33,7 @@ from typing import Any
 from .data.prepare import PrepareConfig
 from .errors import ConfigError
 from .feature_groups import FeatureGroupsConfig
+from .features import HISTORY_WEIGHTINGS
 from .params import FMParams, KNNParams, check_choice, is_number, params_from_dict
 
 __all__ = [
@@ -128,8 +129,7 @@ class RankingConfig:
         for name, v, low in (("negatives", self.negatives, 1), ("history_length", self.history_length, 0)):
             if not (v is None and name == "negatives") and (not isinstance(v, int) or isinstance(v, bool) or v < low):
                 raise ConfigError(f"ranking.{name} must be an integer >= {low}, got {v!r}")
-        if self.history_weighting not in ("uniform", "decay"):
-            raise ConfigError(f"ranking.history_weighting must be 'uniform' or 'decay', got {self.history_weighting!r}")
+        check_choice("ranking.history_weighting", self.history_weighting, HISTORY_WEIGHTINGS)
         self.fm.validate()
         if self.fm.solver != "sgd" and self.loss in ("softmax", "bpr"):
             raise ConfigError(f"[ranking] solver = {self.fm.solver!r} cannot train the {self.loss!r} loss; "
