@@ -1,11 +1,11 @@
 """Build the optional native training kernels (the FM's SGD / ranking steps, the Bayesian FM's
 Gibbs updates); everything else is in pyproject.toml.
 
-The extension (one library) is optional: without a C compiler the install still succeeds and the local backend
-uses its PyTorch paths, which compute the same results. It is loaded with ctypes and uses no
-CPython API, so it is built against the stable ABI (one ``abi3`` build per platform, not one per
-Python version). On x86-64 the one library holds a baseline and an AVX2 copy of its hot loops and
-picks one at run time (``backends/local/_fmkernel.c``).
+The extension (one library from both C files) is optional: without a C compiler the install still
+succeeds and the local backend uses its PyTorch paths, which compute the same results. It is
+loaded with ctypes and uses no CPython API, so it is built against the stable ABI (one ``abi3``
+build per platform, not one per Python version). On x86-64 with gcc or clang it holds a baseline
+and an AVX2 copy of its hot loops and picks one at run time (``backends/local/_fmkernel.c``).
 """
 
 import sys

@@ -1,7 +1,8 @@
 """ctypes binding of the local backend's native kernels (``_fmkernel.c``; the same library holds
-the Gibbs kernel ``_mcmc.c``, opened by :mod:`._gibbs` through :func:`open_library`). :func:`load` returns the library, or None when it was
-not built (no C compiler at install time) or is switched off with ``RECSYS_NATIVE=off``; callers
-then use their PyTorch paths (equal to float32 rounding).
+the Gibbs kernel ``_mcmc.c``, opened by :mod:`._gibbs` through :func:`open_library`).
+:func:`load` returns the library, or None when it was not built (no C compiler at install time)
+or is switched off with ``RECSYS_NATIVE=off``; callers then use their PyTorch paths (equal to
+float32 rounding).
 """
 
 from __future__ import annotations
