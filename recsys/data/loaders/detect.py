@@ -29,7 +29,7 @@ from .text import check_file, describe_columns, first_line, head, starts_with
 FORMATS: tuple[str, ...] = ("amazon", "movielens", "csv", "parquet")
 _NUMBER = re.compile(r"[0-9.]+")
 _CANONICAL = {option: column for column, option in OPTIONS.items()}  # "user" -> "customer_id"
-_TABLE_OPTIONS = {*_CANONICAL, "sep", "titles_path"}
+_TABLE_OPTIONS = {*_CANONICAL, "sep"}
 _PASS = f"Pass the format explicitly: --format {'|'.join(FORMATS)}."
 
 

@@ -175,7 +175,6 @@ def load_table(
     title: str | None = None,
     format: str | None = None,
     sep: str | None = None,
-    titles_path: str | Path | None = None,
     max_examples: int = 10,
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Load any CSV or Parquet file, naming its ``user``, ``item`` and ``rating`` columns (and
@@ -185,23 +184,18 @@ def load_table(
     ``format`` ("csv" or "parquet") is by content unless given (Parquet: the ``PAR1`` magic).
     CSV (plain or gzip, read whole into memory): the separator is detected among ``, ; TAB |``
     unless ``sep`` (one character) is given; the first line is the header; fields may be quoted
-    (``"a, b"``). ``titles_path`` is reserved: not supported yet. Rows are skipped as described
-    in :mod:`recsys.data.loaders`; ``report.location == "row"`` (1-based row numbers) for Parquet
-    or a CSV whose quoted fields span lines. **A valid rating is a finite number >= 0** (any
-    scale): empty, text and NaN are "non-numeric rating", -3 or inf "negative or infinite
-    rating" (shift a scale with negative values, e.g. -10..10, before loading). Integral float
-    ids (``3.0``) count as integers; a column of lists or structs is refused. Timestamps: numbers
-    are unix seconds, or milliseconds when some value exceeds 1e11; text is unix seconds or a
-    date (ISO 8601, else any format pandas recognises); time zones are converted to UTC and
-    dropped; outside 1677-2262 is NaT. ``report.null_counts`` covers all source columns.
+    (``"a, b"``). Rows are skipped as described in :mod:`recsys.data.loaders`;
+    ``report.location == "row"`` (1-based row numbers) for Parquet or a CSV whose quoted fields
+    span lines. **A valid rating is a finite number >= 0** (any scale): empty, text and NaN are
+    "non-numeric rating", -3 or inf "negative or infinite rating" (shift a scale with negative
+    values, e.g. -10..10, before loading). Integral float ids (``3.0``) count as integers; a
+    column of lists or structs is refused. Timestamps: numbers are unix seconds, or milliseconds
+    when some value exceeds 1e11; text is unix seconds or a date (ISO 8601, else any format
+    pandas recognises); time zones are converted to UTC and dropped; outside 1677-2262 is NaT.
+    ``report.null_counts`` covers all source columns.
     """
     t0 = time.perf_counter()
     p = check_file(path)
-    if titles_path is not None:
-        raise DataError(
-            "load_table(titles_path=...) is not supported; name the title column with "
-            "title=... instead (or join titles onto the frame afterwards)."
-        )
     if format not in (None, "csv", "parquet"):
         raise DataError(f"load_table reads 'csv' or 'parquet'; got format={format!r}.")
     if format is None:
