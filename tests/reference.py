@@ -1,6 +1,8 @@
 """Independent references the tests compare against, written once.
 
 * :func:`fm_brute_force` -- the FM by its O(n^2 k) definition, pair by pair, in float64.
+* :func:`fm_forward_torch` -- the FM's O(n k) identity on a sparse batch in PyTorch,
+  differentiable with autograd (the reference for the trainers' hand-written gradients).
 * :func:`knn_scores` / :func:`knn_brute_force` -- every query against every vector in float64,
   then a full sort (ties: lower id first), optionally skipping excluded ids.
 * :class:`BruteIndex` -- a numpy inner-product :class:`~backends.base.KNNIndex` (the contract's
@@ -15,10 +17,11 @@ import itertools
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from backends.base import KNNIndex
 
-__all__ = ["fm_brute_force", "knn_scores", "knn_brute_force", "assert_top_k", "BruteIndex"]
+__all__ = ["fm_brute_force", "fm_forward_torch", "knn_scores", "knn_brute_force", "assert_top_k", "BruteIndex"]
 
 
 def fm_brute_force(w0: float, w: np.ndarray, V: np.ndarray, X) -> np.ndarray:
@@ -35,6 +38,16 @@ def fm_brute_force(w0: float, w: np.ndarray, V: np.ndarray, X) -> np.ndarray:
             y += float(V[i] @ V[j]) * xi * xj
         out[r] = y
     return out
+
+
+def fm_forward_torch(w0: torch.Tensor, w: torch.Tensor, V: torch.Tensor, batch) -> torch.Tensor:
+    """y(x) for a :class:`backends.local.fm.SparseBatch` (rows ``row``, columns ``idx``, values
+    ``val``): ``w0 + sum x w + 1/2 (|sum x V|^2 - sum |x V|^2)``."""
+    xv = V[batch.idx] * batch.val[:, None]
+    s = torch.zeros(batch.n_rows, V.shape[1], dtype=V.dtype).index_add(0, batch.row, xv)
+    lin = torch.zeros(batch.n_rows, dtype=w.dtype).index_add(0, batch.row, w[batch.idx] * batch.val)
+    sq = torch.zeros(batch.n_rows, dtype=V.dtype).index_add(0, batch.row, (xv * xv).sum(1))
+    return w0 + lin + 0.5 * ((s * s).sum(1) - sq)
 
 
 def knn_scores(vectors: np.ndarray, queries: np.ndarray, metric: str = "INNER_PRODUCT") -> np.ndarray:

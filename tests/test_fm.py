@@ -29,7 +29,6 @@ from backends.local.fm import (
     FMTrainer,
     _CSRTensors,
     csr_batches,
-    fm_forward_torch,
     logistic_loss,
     model_bytes,
     squared_loss,
@@ -40,7 +39,7 @@ from recsys.data.prepare import one_hot
 from recsys.errors import ConfigError, DataError, ModelFitError, ModelFormatError
 from recsys.model import FM_FORMAT_VERSION, FittedFM
 from recsys.params import FM_LIMITS, FMParams
-from tests.reference import fm_brute_force
+from tests.reference import fm_brute_force, fm_forward_torch
 
 # Every small training run uses one torch thread: on a busy 2-core machine torch's default
 # intra-op threads make the tiny per-batch ops ~10-30x slower (results are unaffected).

@@ -42,7 +42,7 @@ from recsys.params import FMParams
 
 from .training import run_epochs
 
-__all__ = ["FMTrainer", "train_fm", "fm_forward_torch", "SparseBatch", "csr_batches", "model_bytes"]
+__all__ = ["FMTrainer", "train_fm", "SparseBatch", "csr_batches", "model_bytes"]
 
 _ADAM_BETA1, _ADAM_BETA2 = 0.9, 0.999
 #: optimizer state tensors per parameter
@@ -135,15 +135,6 @@ def csr_batches(X: sp.csr_matrix, batch_size: int, order: np.ndarray | None = No
 
 
 # -- the model -------------------------------------------------------------------------------
-def fm_forward_torch(w0: torch.Tensor, w: torch.Tensor, V: torch.Tensor, batch: SparseBatch) -> torch.Tensor:
-    """y(x) for a batch, differentiable with autograd (used as the reference in tests)."""
-    xv = V[batch.idx] * batch.val[:, None]
-    s = torch.zeros(batch.n_rows, V.shape[1], dtype=V.dtype).index_add(0, batch.row, xv)
-    lin = torch.zeros(batch.n_rows, dtype=w.dtype).index_add(0, batch.row, w[batch.idx] * batch.val)
-    sq = torch.zeros(batch.n_rows, dtype=V.dtype).index_add(0, batch.row, (xv * xv).sum(1))
-    return w0 + lin + 0.5 * ((s * s).sum(1) - sq)
-
-
 def _init(shape: tuple[int, ...], method: str, sigma: float | None, scale: float | None, value: float | None, gen: torch.Generator) -> torch.Tensor:
     if method == "normal":
         return torch.randn(shape, generator=gen) * float(sigma)
