@@ -163,7 +163,11 @@ def test_binds_loopback_by_default(server):
     from recsys.cli import build_parser
     from recsys.serving import serve
 
-    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"
+    # the service's own defaults apply: 6 MB bodies (SageMaker's limit), the classifier
+    assert ServingConfig.of(model=args.model, max_body_bytes=args.max_body_bytes).limits()["max_body_bytes"] == 6 * 1024 * 1024
+    assert ServingConfig.of(model=args.model).model == "classifier"
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert server.host == "127.0.0.1"
 
@@ -716,6 +720,8 @@ def test_bad_serve_options_are_one_line_errors(run_dir, tmp_path, capsys):
     assert main(["serve", "--model-dir", str(run_dir), "--port", "99999", "-q"]) == 2
     err = capsys.readouterr().err
     assert err == "error: port must be an integer in 0..65535, got 99999\n"
+    assert main(["serve", "--model-dir", str(run_dir), "--model", "gbdt", "--port", str(free_port()), "-q"]) == 2
+    assert capsys.readouterr().err == "error: model must be one of regressor, classifier, ranking, got 'gbdt'\n"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
