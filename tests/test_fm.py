@@ -602,7 +602,10 @@ def test_the_kernel_is_built_where_a_compiler_is():
         os.path.join(sysconfig.get_paths()["include"], "Python.h")
     ):
         pytest.skip("no C compiler or Python headers here")
+    from backends.local import _gibbs
+
     assert KERNEL is not None
+    assert _gibbs.kernel() is not None  # the Gibbs updates are in the same library
 
 
 def test_every_function_ctypes_calls_is_exported_on_windows_too():
