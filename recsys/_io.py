@@ -8,7 +8,7 @@
   the user's files, a full run under a writer of models only) raises
   :class:`~recsys.errors.OutputError` and nothing is touched.
 * Temporaries are named ``.NAME.recsys-<host>-<pid>-<random>.tmp``; one left by a killed
-  process is removed when the next write to the same target starts.
+  process is removed when the next write into the same folder starts.
 * A failed write (disk full, file-size limit, no permission) raises ``OutputError`` naming the
   target and the fix; the previous content is intact and no temporary is left.
 """
@@ -73,16 +73,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(target: Path) -> None:
-    """Remove the temporaries of earlier writes to ``target`` whose process is gone (this host
-    only). A ``.old`` folder -- the previous output moved aside in the instant before the new
-    one took its place -- is put back when the target is missing."""
+    """Remove the temporaries that earlier writes into ``target``'s folder left when their process
+    died (this host only; whatever their target: a killed full-scale run leaves gigabytes). A
+    ``.old`` folder -- the previous output moved aside in the instant before the new one took its
+    place -- is left for its own target, and put back when that target is missing."""
     try:
         entries = list(os.scandir(target.parent))
     except OSError:
         return
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m is None or m["name"] != target.name or m["host"] != _HOST or _pid_alive(int(m["pid"])):
+        if m is None or m["host"] != _HOST or (m["end"] == "old" and m["name"] != target.name):
+            continue
+        if _pid_alive(int(m["pid"])):
             continue
         path = Path(entry.path)
         if m["end"] == "old" and not os.path.lexists(target):

@@ -137,12 +137,15 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path
     dead = _stale(tmp_path, "model", _dead_pid())
     alive = _stale(tmp_path, "model", os.getppid())  # a writer still running: left alone
     elsewhere = _stale(tmp_path, "model", _dead_pid(), host="ffffff")  # another machine's (shared disk)
-    other_target = _stale(tmp_path, "other", _dead_pid())  # removed when "other" is written next
+    other_target = _stale(tmp_path, "other", _dead_pid())  # a killed run's, into another target
+    other_alive = _stale(tmp_path, "other", os.getppid())
+    other_aside = _stale(tmp_path, "other", _dead_pid(), end="old")  # put back when "other" is written
     users = tmp_path / ".model.mine.tmp"
     users.mkdir()  # not our naming
     FittedFM(0.5, np.ones(3), np.ones((3, 2))).save(tmp_path / "model")
-    assert not dead.exists()
-    assert alive.exists() and elsewhere.exists() and other_target.exists() and users.exists()
+    assert not dead.exists() and not other_target.exists()
+    assert alive.exists() and elsewhere.exists() and other_alive.exists() and other_aside.exists()
+    assert users.exists() and not (tmp_path / "other").exists()
 
 
 def test_a_previous_output_moved_aside_by_a_killed_swap_is_put_back(tmp_path: Path) -> None:
