@@ -83,9 +83,8 @@ def remove_stale_temps(target: Path) -> None:
         return
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m is None or m["host"] != _HOST or (m["end"] == "old" and m["name"] != target.name):
-            continue
-        if _pid_alive(int(m["pid"])):
+        if m is None or m["host"] != _HOST or (m["end"] == "old" and m["name"] != target.name) \
+                or _pid_alive(int(m["pid"])):
             continue
         path = Path(entry.path)
         if m["end"] == "old" and not os.path.lexists(target):
